@@ -1,0 +1,64 @@
+-- Initial schema (SQLite dialect). The Postgres migration of the same number defines the same tables.
+-- Times are integer microseconds since the Unix epoch (UTC) unless a column name says otherwise.
+
+-- A camera or virtual camera. Seeded from the config file on first sight, then owned by the API:
+-- once a row exists, the database is the source of truth.
+CREATE TABLE streams (
+    id                  TEXT PRIMARY KEY,          -- UUID, lower-case hyphenated
+    name                TEXT NOT NULL DEFAULT '',
+    source_kind         TEXT NOT NULL CHECK (source_kind IN ('rtsp', 'file')),
+    url                 TEXT NOT NULL DEFAULT '',  -- RTSP URL (may embed credentials); '' for files
+    rtsp_transport      TEXT NOT NULL DEFAULT 'tcp' CHECK (rtsp_transport IN ('tcp', 'udp')),
+    file_path           TEXT NOT NULL DEFAULT '',  -- MP4 path for file sources
+    file_loop           BOOLEAN NOT NULL DEFAULT FALSE,
+    output_types        TEXT NOT NULL DEFAULT '',  -- comma-separated, in configured order: 'mse,hls'
+    on_demand           BOOLEAN,                   -- NULL inherits [on_demand] enabled
+    enabled             BOOLEAN NOT NULL DEFAULT TRUE,
+    verbose             TEXT NOT NULL DEFAULT '',
+    archive_recording   BOOLEAN NOT NULL DEFAULT FALSE,
+    archive_ms_per_file INTEGER,                   -- NULL inherits [archive] ms_per_file
+    archive_storage     TEXT NOT NULL DEFAULT 'filesystem' CHECK (archive_storage IN ('filesystem', 's3')),
+    archive_directory   TEXT,                      -- NULL inherits [archive] directory
+    archive_bucket      TEXT,                      -- NULL inherits [s3] bucket
+    archive_prefix      TEXT,                      -- NULL inherits [s3] prefix
+    retention_max_age_s INTEGER,                   -- NULL: keep forever
+    retention_max_bytes INTEGER,                   -- NULL: no size cap
+    origin              TEXT NOT NULL DEFAULT 'api' CHECK (origin IN ('config', 'api')),
+    created_at_us       INTEGER NOT NULL,
+    updated_at_us       INTEGER NOT NULL
+);
+
+-- One codec setup (the ftyp+moov of a fragmented MP4). Segments that share a setup share a row,
+-- so playback can send the init segment without opening a file.
+CREATE TABLE init_segments (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256      TEXT NOT NULL UNIQUE,              -- hex digest of `data`, for de-duplication
+    codecs      TEXT NOT NULL,                     -- RFC 6381 list as sent to MSE: 'avc1.42C01E,mp4a.40.2'
+    data        BLOB NOT NULL,                     -- ftyp + moov bytes
+    created_at_us INTEGER NOT NULL
+);
+
+-- One archive segment: a self-contained fragmented MP4 file (or S3 object).
+CREATE TABLE segments (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id       TEXT NOT NULL,                 -- not a foreign key: archives outlive stream rows
+    start_us        INTEGER NOT NULL,              -- wall-clock time of the first frame
+    end_us          INTEGER NOT NULL,              -- wall-clock time just after the last frame
+    media_duration_us INTEGER NOT NULL DEFAULT 0,  -- sum of frame durations in the file
+    storage         TEXT NOT NULL DEFAULT 'filesystem' CHECK (storage IN ('filesystem', 's3')),
+    storage_key     TEXT NOT NULL,                 -- file path, or object key in the bucket
+    bytes           INTEGER NOT NULL DEFAULT 0,
+    init_segment_id INTEGER REFERENCES init_segments (id),
+    -- recording: being written; complete: closed and playable; missing: file vanished;
+    -- deleting: retention is removing it (crash-consistent delete)
+    state           TEXT NOT NULL DEFAULT 'recording'
+                    CHECK (state IN ('recording', 'complete', 'missing', 'deleting')),
+    -- upload outbox for S3: local -> uploading -> remote ('none' for filesystem-only storage)
+    upload_state    TEXT NOT NULL DEFAULT 'none'
+                    CHECK (upload_state IN ('none', 'local', 'uploading', 'remote')),
+    created_at_us   INTEGER NOT NULL,
+    CHECK (end_us >= start_us)
+);
+
+-- Every time query is "segments of one stream around a time": keep it one index range.
+CREATE INDEX segments_stream_start ON segments (stream_id, start_us);

@@ -1,0 +1,227 @@
+//! The two error shapes the API answers with.
+//!
+//! * [`ApiError`]: our REST API, `{"error":{"code":"...","message":"...","field":"..."}}`.
+//! * [`GoError`]: the Go-compatible routes, `{"Error":"..."}` or `{"error":"..."}` exactly as the
+//!   original sent them (its key case differs between routes, and clients may depend on it).
+//!
+//! Internal failures are logged once here with their detail; clients get a generic message.
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::DbError;
+
+/// Error body of the `/api/v1` routes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, machine- and human-readable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `validation_failed`, `bad_json`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending field (dotted path), when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An `/api/v1` error: status + body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        )
+        .with_field(field)
+    }
+
+    pub fn internal(err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error while serving a request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(id) => ApiError::conflict(format!("stream {id} already exists")),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        json_rejection(&r)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
+    }
+}
+
+/// Maps a JSON body rejection onto our codes: 413 too large, 415 wrong content type, 400 malformed,
+/// 422 well-formed but wrong shape (missing field, wrong type, unknown field).
+fn json_rejection(r: &JsonRejection) -> ApiError {
+    let status = r.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
+        _ => "bad_json",
+    };
+    let mut err = ApiError::new(status, code, r.body_text());
+    if let JsonRejection::JsonDataError(e) = r {
+        // serde's message names the path as "<path>: <reason>"; expose the path as the field.
+        let text = e.body_text();
+        if let Some((_, rest)) = text.split_once(": ")
+            && let Some((path, _)) = rest.split_once(": ")
+            && !path.contains(' ')
+        {
+            err.field = Some(path.to_owned());
+        }
+    }
+    err
+}
+
+/// `axum::Json` whose rejection is an [`ApiError`].
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`].
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Which key the Go route used for its error message.
+#[derive(Debug, Clone, Copy)]
+pub enum GoKey {
+    /// `{"Error": ...}`: enable_camera, disable_camera, HLS.
+    Upper,
+    /// `{"error": ...}`: archive ranges.
+    Lower,
+}
+
+/// A Go-compatible error response.
+#[derive(Debug)]
+pub struct GoError {
+    pub status: StatusCode,
+    pub key: GoKey,
+    pub message: String,
+}
+
+impl GoError {
+    pub fn upper(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            key: GoKey::Upper,
+            message: message.into(),
+        }
+    }
+
+    pub fn lower(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            key: GoKey::Lower,
+            message: message.into(),
+        }
+    }
+}
+
+/// `{"Error": "..."}` (for the OpenAPI document).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoUpperError {
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
+/// `{"error": "..."}` (for the OpenAPI document).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoLowerError {
+    pub error: String,
+}
+
+impl IntoResponse for GoError {
+    fn into_response(self) -> Response {
+        match self.key {
+            GoKey::Upper => (
+                self.status,
+                Json(GoUpperError {
+                    error: self.message,
+                }),
+            )
+                .into_response(),
+            GoKey::Lower => (
+                self.status,
+                Json(GoLowerError {
+                    error: self.message,
+                }),
+            )
+                .into_response(),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The Go original's API routes, with its exact JSON (go-original.md §2.1, §2.3).
+//!
+//! Differences from the original are fixes, not shape changes: streams persist, `/status` lists the
+//! streams (v0.8 always sent `{}`), a missing `guid` is a 400 instead of registering the nil UUID, and
+//! ranges come from the SQL index with real segment times.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{GoError, GoLowerError, GoUpperError};
+use crate::db::{segments, streams};
+use crate::stream::{OutputType, RtspTransport, Source, StreamSpec, parse_output_type};
+
+/// Gap tolerance for the Go ranges route: holes shorter than this are bridged. Recorded segments
+/// are back to back; imported Go archives have whole-second names, so allow a little slack.
+pub const GO_RANGES_GAP_MS: i64 = 2_000;
+
+/// `{"stream_id": ...}` entry of `/list`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListEntry {
+    pub stream_id: Uuid,
+}
+
+/// Body of `GET /list`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListResponse {
+    pub data: Vec<ListEntry>,
+}
+
+/// Lists the active streams.
+#[utoipa::path(get, path = "/list", tag = "go-compatible",
+    responses((status = 200, description = "Active stream ids", body = ListResponse)))]
+pub async fn list(State(state): State<AppState>) -> Json<ListResponse> {
+    let data = state
+        .manager
+        .snapshot()
+        .into_iter()
+        .map(|(spec, _)| ListEntry { stream_id: spec.id })
+        .collect();
+    Json(ListResponse { data })
+}
+
+/// `{"host": ..., "port": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+/// One stream in the status document. Field order is the Go struct's.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoStreamStatus {
+    pub url: String,
+    pub status: bool,
+    pub on_demand: bool,
+    pub online: bool,
+    pub streaming: bool,
+    pub viewers: u32,
+    /// RFC 3339; `0001-01-01T00:00:00Z` when never checked.
+    pub last_health_check: String,
+    pub last_health_error: String,
+    /// 2 = hls, 3 = mse, in configured order.
+    pub supported_output_types: Vec<u8>,
+    /// `null` until the codecs are known.
+    pub codecs: Option<Vec<GoCodec>>,
+    /// Ours: tracks left out of the live outputs and why (e.g. G.711 audio).
+    pub skipped_tracks: Vec<String>,
+}
+
+/// A codec of a running stream. (The original marshalled its media library's structs; clients read
+/// `status` and the flags, so we send the codec string instead.)
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoCodec {
+    /// RFC 6381 codec string, e.g. `avc1.42C01E` or `mp4a.40.2`.
+    pub codec: String,
+}
+
+/// `"hls"` section of the status document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoHlsStatus {
+    pub hls_ms_per_segment: u64,
+    pub hls_window_size: usize,
+    pub hls_window_capacity: usize,
+}
+
+/// `"on_demand"` section of the status document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoOnDemandStatus {
+    pub enabled: bool,
+    pub idle_ms: i64,
+    pub health_check: bool,
+    pub health_interval_ms: i64,
+    pub health_timeout_ms: i64,
+}
+
+/// The whole application status (`GET /status`, and the body of enable/disable replies).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusDocument {
+    pub api: HostPort,
+    pub video: HostPort,
+    /// Keyed by stream UUID.
+    pub streams: BTreeMap<String, GoStreamStatus>,
+    pub hls: GoHlsStatus,
+    pub on_demand: GoOnDemandStatus,
+}
+
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// Builds the status document from the manager's live view.
+pub fn status_document(state: &AppState) -> StatusDocument {
+    let c = &state.config;
+    let streams = state
+        .manager
+        .snapshot()
+        .into_iter()
+        .map(|(spec, st)| {
+            let entry = GoStreamStatus {
+                url: spec.source.display_url(),
+                status: st.status,
+                on_demand: c.on_demand_for(&spec),
+                online: st.online,
+                streaming: st.streaming,
+                viewers: st.viewers,
+                last_health_check: st
+                    .last_health_check
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| GO_ZERO_TIME.into()),
+                last_health_error: st.last_health_error,
+                supported_output_types: spec.outputs.iter().map(|o| o.go_code()).collect(),
+                codecs: (!st.codecs.is_empty()).then(|| {
+                    st.codecs
+                        .into_iter()
+                        .map(|codec| GoCodec { codec })
+                        .collect()
+                }),
+                skipped_tracks: st.skipped_tracks,
+            };
+            (spec.id.to_string(), entry)
+        })
+        .collect();
+    StatusDocument {
+        api: HostPort {
+            host: c.api.host.clone(),
+            port: c.api.port(),
+        },
+        video: HostPort {
+            host: c.video.host.clone(),
+            port: c.video.port(),
+        },
+        streams,
+        hls: GoHlsStatus {
+            hls_ms_per_segment: c.hls.ms_per_segment,
+            hls_window_size: c.hls.window_size,
+            hls_window_capacity: c.hls.window_capacity,
+        },
+        on_demand: GoOnDemandStatus {
+            enabled: c.on_demand.enabled,
+            idle_ms: c.on_demand.idle_ms,
+            health_check: c.on_demand.health_check,
+            health_interval_ms: c.on_demand.health_interval_ms,
+            health_timeout_ms: c.on_demand.health_timeout_ms,
+        },
+    }
+}
+
+/// The whole application status.
+#[utoipa::path(get, path = "/status", tag = "go-compatible",
+    responses((status = 200, description = "Status document", body = StatusDocument)))]
+pub async fn status(State(state): State<AppState>) -> Json<StatusDocument> {
+    Json(status_document(&state))
+}
+
+/// Body of `POST /enable_camera` and `POST /disable_camera`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CameraRequest {
+    /// Stream UUID (required).
+    #[schema(value_type = String, format = Uuid)]
+    pub guid: Option<String>,
+    /// `rtsp://` or `rtsps://` URL (enable only).
+    #[serde(default)]
+    pub url: String,
+    /// `mse` and/or `hls` (enable only).
+    #[serde(default)]
+    pub output_types: Vec<String>,
+    /// Pull only while watched; absent inherits `[on_demand] enabled`.
+    #[serde(default)]
+    pub on_demand: Option<bool>,
+}
+
+const BAD_JSON: &str = "Bad JSON binding";
+
+/// Parses the body the way the original's binder did: anything unparsable, and a guid that is not a
+/// UUID, is "Bad JSON binding". Unlike the original, a missing guid is refused too.
+fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest), GoError> {
+    let bad = |detail: Option<&str>| {
+        GoError::upper(
+            StatusCode::BAD_REQUEST,
+            match detail {
+                Some(d) => format!("{BAD_JSON}: {d}"),
+                None => BAD_JSON.to_owned(),
+            },
+        )
+    };
+    let req: CameraRequest = serde_json::from_slice(body).map_err(|_| bad(None))?;
+    let guid = match req.guid.as_deref().map(str::trim) {
+        None | Some("") => return Err(bad(Some("'guid' is required"))),
+        Some(g) => Uuid::parse_str(g).map_err(|_| bad(None))?,
+    };
+    if guid.is_nil() {
+        return Err(bad(Some("'guid' must not be the nil UUID")));
+    }
+    Ok((guid, req))
+}
+
+/// Starts a camera (creating it when unknown). A stream that already runs is left unchanged.
+#[utoipa::path(post, path = "/enable_camera", tag = "go-compatible",
+    request_body = CameraRequest,
+    responses(
+        (status = 200, description = "Status document", body = StatusDocument),
+        (status = 400, description = "Bad body or output type", body = GoUpperError),
+    ))]
+pub async fn enable_camera(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<StatusDocument>, GoError> {
+    let (id, req) = parse_camera_request(&body)?;
+    let mut outputs: Vec<OutputType> = Vec::new();
+    for t in &req.output_types {
+        let ty = parse_output_type(t)
+            .map_err(|e| GoError::upper(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if !outputs.contains(&ty) {
+            outputs.push(ty);
+        }
+    }
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "enable_camera failed");
+        GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+    };
+    let existing = streams::get(&state.db, id).await.map_err(|e| internal(&e))?;
+    let url = req.url.trim();
+    match existing {
+        Some(rec) if rec.spec.enabled => {
+            // Already running: the original changes nothing.
+        }
+        Some(rec) => {
+            // Disabled: the original had deleted it, so it registered the body's camera afresh.
+            let mut spec = rec.spec;
+            spec.enabled = true;
+            if !url.is_empty() {
+                check_rtsp_url(url)?;
+                spec.source = Source::Rtsp {
+                    url: url.to_owned(),
+                    transport: RtspTransport::Tcp,
+                };
+                spec.outputs = outputs;
+                spec.on_demand = req.on_demand;
+            }
+            streams::update(&state.db, &spec)
+                .await
+                .map_err(|e| internal(&e))?;
+            state.manager.start(&spec).await;
+        }
+        None => {
+            check_rtsp_url(url)?;
+            let spec = StreamSpec {
+                id,
+                name: String::new(),
+                source: Source::Rtsp {
+                    url: url.to_owned(),
+                    transport: RtspTransport::Tcp,
+                },
+                outputs,
+                on_demand: req.on_demand,
+                enabled: true,
+                verbose: String::new(),
+                archive: Default::default(),
+                retention: Default::default(),
+            };
+            match streams::insert(&state.db, &spec, streams::Origin::Api).await {
+                Ok(_) | Err(crate::db::DbError::Conflict(_)) => {}
+                Err(e) => return Err(internal(&e)),
+            }
+            state.manager.start(&spec).await;
+        }
+    }
+    Ok(Json(status_document(&state)))
+}
+
+fn check_rtsp_url(url: &str) -> Result<(), GoError> {
+    let ok = url::Url::parse(url)
+        .map(|u| matches!(u.scheme(), "rtsp" | "rtsps") && u.host_str().is_some_and(|h| !h.is_empty()))
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(GoError::upper(
+            StatusCode::BAD_REQUEST,
+            format!("{BAD_JSON}: 'url' must be an rtsp:// or rtsps:// URL"),
+        ))
+    }
+}
+
+/// Stops a camera and marks it disabled (persisted). Unknown guids answer 200 like the original.
+#[utoipa::path(post, path = "/disable_camera", tag = "go-compatible",
+    request_body = CameraRequest,
+    responses(
+        (status = 200, description = "Status document", body = StatusDocument),
+        (status = 400, description = "Bad body", body = GoUpperError),
+    ))]
+pub async fn disable_camera(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<StatusDocument>, GoError> {
+    let (id, _) = parse_camera_request(&body)?;
+    state.manager.stop(id).await;
+    streams::set_enabled(&state.db, id, false)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "disable_camera failed");
+            GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+        })?;
+    Ok(Json(status_document(&state)))
+}
+
+/// One recorded range.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoRange {
+    /// RFC 3339, UTC.
+    pub start: String,
+    /// RFC 3339, UTC.
+    pub end: String,
+}
+
+/// Body of `GET /archive/{stream_id}/ranges`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GoRangesResponse {
+    /// The id as given in the path.
+    pub stream_id: String,
+    pub ranges: Vec<GoRange>,
+}
+
+/// Formats microseconds as RFC 3339 UTC with whole seconds (what Go clients got), rounding `up` for
+/// range ends so a range never looks shorter than the recording.
+pub fn rfc3339_secs(us: i64, up: bool) -> String {
+    let secs = if up {
+        us.div_euclid(1_000_000) + i64::from(us.rem_euclid(1_000_000) != 0)
+    } else {
+        us.div_euclid(1_000_000)
+    };
+    DateTime::<Utc>::from_timestamp(secs, 0)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Recorded time ranges of a stream, from the SQL index.
+#[utoipa::path(get, path = "/archive/{stream_id}/ranges", tag = "go-compatible",
+    params(("stream_id" = String, Path, description = "Stream UUID")),
+    responses(
+        (status = 200, description = "Recorded ranges", body = GoRangesResponse),
+        (status = 400, description = "`invalid stream_id`", body = GoLowerError),
+        (status = 404, description = "`no archive segments found` or `archive not available: ...`", body = GoLowerError),
+    ))]
+pub async fn archive_ranges(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<GoRangesResponse>, GoError> {
+    let id = Uuid::parse_str(&raw_id)
+        .map_err(|_| GoError::lower(StatusCode::BAD_REQUEST, "invalid stream_id"))?;
+    if !state.config.archive.serving {
+        return Err(GoError::lower(
+            StatusCode::NOT_FOUND,
+            "archive not available: archive serving not enabled globally",
+        ));
+    }
+    let now = crate::db::now_us();
+    let ranges = segments::ranges(
+        &state.db,
+        id,
+        0,
+        now + 24 * 3600 * 1_000_000,
+        GO_RANGES_GAP_MS * 1000,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, stream = %id, "ranges query failed");
+        GoError::lower(StatusCode::INTERNAL_SERVER_ERROR, "failed to list archive files")
+    })?;
+    if ranges.is_empty() {
+        return Err(GoError::lower(
+            StatusCode::NOT_FOUND,
+            "no archive segments found",
+        ));
+    }
+    Ok(Json(GoRangesResponse {
+        stream_id: raw_id,
+        ranges: ranges
+            .into_iter()
+            .map(|r| GoRange {
+                start: rfc3339_secs(r.start_us, false),
+                end: rfc3339_secs(r.end_us, true),
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,168 @@
+//! The API listener (default port 8091): Go-compatible routes, our `/api/v1` REST API, the OpenAPI
+//! document and Swagger UI, and a health check.
+//!
+//! Only this module knows JSON DTOs and HTTP status codes. Handlers are free `async fn`s taking
+//! [`AppState`]; every route is declared with `utoipa` so the OpenAPI document cannot drift from the
+//! router (`openapi/openapi.json` is committed and checked by a test).
+
+pub mod error;
+pub mod go;
+pub mod openapi;
+pub mod streams;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::{Config, CorsConfig};
+use crate::db::Db;
+use crate::manager::StreamManager;
+
+/// Largest request body the API accepts. Stream definitions are a few hundred bytes; this bounds
+/// the memory an anonymous client can make us buffer.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything a handler needs. Cheap to clone (all `Arc`s / pools).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub manager: Arc<StreamManager>,
+}
+
+/// The API router and the OpenAPI document it implements.
+pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(go::list))
+        .routes(routes!(go::status))
+        .routes(routes!(go::enable_camera))
+        .routes(routes!(go::disable_camera))
+        .routes(routes!(go::archive_ranges))
+        .routes(routes!(streams::list_streams, streams::create_stream))
+        .routes(routes!(
+            streams::get_stream,
+            streams::replace_stream,
+            streams::patch_stream,
+            streams::delete_stream
+        ))
+        .routes(routes!(streams::stream_status))
+        .routes(routes!(healthz))
+        .split_for_parts()
+}
+
+/// The OpenAPI document as pretty JSON (what `video-server openapi` prints and the repo commits).
+pub fn openapi_json() -> String {
+    let (_, doc) = router_and_openapi();
+    let mut text = doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// The complete API application for a state: routes, Swagger UI, body limit, CORS, tracing.
+pub fn app(state: AppState) -> Router {
+    let cors = cors_layer(&state.config.cors);
+    let (router, doc) = router_and_openapi();
+    let router = router
+        .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS from `[cors]`, shared by both listeners. `None` when disabled (the default).
+pub fn cors_layer(c: &CorsConfig) -> Option<CorsLayer> {
+    if !c.enabled {
+        return None;
+    }
+    let origin = if c.allow_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            c.allow_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let methods: Vec<Method> = if c.allow_methods.is_empty() {
+        ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+            .iter()
+            .filter_map(|m| m.parse().ok())
+            .collect()
+    } else {
+        c.allow_methods
+            .iter()
+            .filter_map(|m| m.to_ascii_uppercase().parse().ok())
+            .collect()
+    };
+    let headers: Vec<HeaderName> = if c.allow_headers.is_empty() {
+        ["origin", "content-length", "content-type"]
+            .iter()
+            .filter_map(|h| h.parse().ok())
+            .collect()
+    } else {
+        c.allow_headers.iter().filter_map(|h| h.parse().ok()).collect()
+    };
+    let expose: Vec<HeaderName> = c
+        .expose_headers
+        .iter()
+        .filter_map(|h| h.parse().ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods(methods)
+            .allow_headers(headers)
+            .expose_headers(expose)
+            .allow_credentials(c.allow_credentials)
+            .max_age(Duration::from_secs(12 * 3600)),
+    )
+}
+
+/// Health check answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+    /// `ok`, or the reason the index is unreachable.
+    pub database: String,
+}
+
+/// Liveness and database reachability.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "The database is unreachable", body = Health),
+    ))]
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.db.ping().await {
+        Ok(()) => (
+            axum::http::StatusCode::OK,
+            axum::Json(Health {
+                status: "ok",
+                database: "ok".into(),
+            }),
+        ),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health {
+                status: "degraded",
+                database: e.to_string(),
+            }),
+        ),
+    }
+}

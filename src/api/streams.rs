@@ -1,0 +1,627 @@
+//! `/api/v1/streams`: create, read, update (PUT and JSON merge-patch PATCH), delete, list, status.
+//!
+//! Every change is written to the database first, then applied to the running stream through the
+//! [`StreamManager`](crate::manager::StreamManager), so it survives a restart.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::config::{MAX_MS_PER_FILE, MIN_MS_PER_FILE};
+use crate::db::streams::{self, Origin, StreamRecord};
+use crate::stream::{
+    ArchiveSpec, OutputType, RetentionSpec, RtspTransport, Source, StorageKind, StreamSpec,
+};
+
+/// Where a stream's media comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceDto {
+    /// An RTSP camera.
+    Rtsp {
+        /// `rtsp://[user:pass@]host[:port]/path` or `rtsps://...`.
+        url: String,
+        /// `tcp` (interleaved, default) or `udp`.
+        #[serde(default)]
+        transport: RtspTransport,
+    },
+    /// An MP4 file played as a camera.
+    File {
+        /// Path of the MP4 file on the server.
+        path: String,
+        /// Start again at the end of the file.
+        #[serde(default, rename = "loop")]
+        looping: bool,
+    },
+}
+
+/// Archive (recording) settings of a stream. Absent fields inherit `[archive]` / `[s3]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveDto {
+    /// Record this stream (also requires `[archive] recording = true`).
+    pub recording: bool,
+    /// Target segment length in ms (1000..=300000).
+    pub ms_per_file: Option<u32>,
+    /// `filesystem` or `s3`.
+    pub storage: StorageKind,
+    /// Local directory for segments.
+    pub directory: Option<String>,
+    /// S3 bucket (storage `s3`).
+    pub bucket: Option<String>,
+    /// S3 key prefix (storage `s3`).
+    pub prefix: Option<String>,
+}
+
+/// Retention limits; absent means unlimited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionDto {
+    /// Delete segments older than this many seconds.
+    pub max_age_s: Option<i64>,
+    /// Delete the oldest segments while the stream uses more than this many bytes.
+    pub max_bytes: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A stream definition as clients send it (POST, PUT, and the target of a PATCH).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamInput {
+    /// Optional on create (a random UUID is assigned); must match the path on PUT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    pub source: SourceDto,
+    /// Live outputs: `mse` and/or `hls`.
+    #[serde(default)]
+    pub outputs: Vec<OutputType>,
+    /// Pull only while watched; `null` inherits `[on_demand] enabled`.
+    #[serde(default)]
+    pub on_demand: Option<bool>,
+    /// A disabled stream is kept but not run.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub archive: ArchiveDto,
+    #[serde(default)]
+    pub retention: RetentionDto,
+}
+
+/// A stream as the API returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamDto {
+    pub id: Uuid,
+    pub name: String,
+    pub source: SourceDto,
+    pub outputs: Vec<OutputType>,
+    pub on_demand: Option<bool>,
+    pub enabled: bool,
+    pub archive: ArchiveDto,
+    pub retention: RetentionDto,
+    /// `config` (seeded from the config file) or `api`.
+    pub origin: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+fn rfc3339_us(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl StreamInput {
+    fn from_spec(s: &StreamSpec) -> Self {
+        StreamInput {
+            id: Some(s.id),
+            name: s.name.clone(),
+            source: match &s.source {
+                Source::Rtsp { url, transport } => SourceDto::Rtsp {
+                    url: url.clone(),
+                    transport: *transport,
+                },
+                Source::File { path, looping } => SourceDto::File {
+                    path: path.clone(),
+                    looping: *looping,
+                },
+            },
+            outputs: s.outputs.clone(),
+            on_demand: s.on_demand,
+            enabled: s.enabled,
+            archive: ArchiveDto {
+                recording: s.archive.recording,
+                ms_per_file: s.archive.ms_per_file,
+                storage: s.archive.storage,
+                directory: s.archive.directory.clone(),
+                bucket: s.archive.bucket.clone(),
+                prefix: s.archive.prefix.clone(),
+            },
+            retention: RetentionDto {
+                max_age_s: s.retention.max_age_s,
+                max_bytes: s.retention.max_bytes,
+            },
+        }
+    }
+}
+
+impl From<&StreamRecord> for StreamDto {
+    fn from(r: &StreamRecord) -> Self {
+        let i = StreamInput::from_spec(&r.spec);
+        StreamDto {
+            id: r.spec.id,
+            name: i.name,
+            source: i.source,
+            outputs: i.outputs,
+            on_demand: i.on_demand,
+            enabled: i.enabled,
+            archive: i.archive,
+            retention: i.retention,
+            origin: r.origin.as_str().to_owned(),
+            created_at: rfc3339_us(r.created_at_us),
+            updated_at: rfc3339_us(r.updated_at_us),
+        }
+    }
+}
+
+const MAX_NAME_CHARS: usize = 256;
+const MAX_URL_BYTES: usize = 2048;
+const MAX_PATH_BYTES: usize = 4096;
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} contains control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_optional(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(ApiError::invalid(
+            field,
+            format!("{field} must not be empty (omit it to inherit the default)"),
+        )),
+        Some(v) => check_text(field, v, max),
+        None => Ok(()),
+    }
+}
+
+/// Validates an input and turns it into a spec with the given id.
+pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<StreamSpec, ApiError> {
+    if id.is_nil() {
+        return Err(ApiError::invalid("id", "id must not be the nil UUID"));
+    }
+    if input.name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::invalid(
+            "name",
+            format!("name is longer than {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    check_text("name", &input.name, MAX_NAME_CHARS * 4)?;
+    let source = match input.source {
+        SourceDto::Rtsp { url, transport } => {
+            let url = url.trim().to_owned();
+            check_text("source.url", &url, MAX_URL_BYTES)?;
+            let parsed = url::Url::parse(&url).map_err(|e| {
+                ApiError::invalid("source.url", format!("source.url is not a URL: {e}"))
+            })?;
+            if !matches!(parsed.scheme(), "rtsp" | "rtsps") {
+                return Err(ApiError::invalid(
+                    "source.url",
+                    "source.url must start with rtsp:// or rtsps://",
+                ));
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(ApiError::invalid("source.url", "source.url has no host"));
+            }
+            Source::Rtsp { url, transport }
+        }
+        SourceDto::File { path, looping } => {
+            check_text("source.path", &path, MAX_PATH_BYTES)?;
+            if path.trim().is_empty() {
+                return Err(ApiError::invalid("source.path", "source.path is empty"));
+            }
+            if !std::path::Path::new(&path).is_file() {
+                return Err(ApiError::invalid(
+                    "source.path",
+                    format!("source.path '{path}' is not a readable file on the server"),
+                ));
+            }
+            Source::File { path, looping }
+        }
+    };
+    let mut outputs = Vec::new();
+    for o in input.outputs {
+        if !outputs.contains(&o) {
+            outputs.push(o);
+        }
+    }
+    let a = input.archive;
+    if let Some(ms) = a.ms_per_file
+        && !(MIN_MS_PER_FILE..=MAX_MS_PER_FILE).contains(&u64::from(ms))
+    {
+        return Err(ApiError::invalid(
+            "archive.ms_per_file",
+            format!("archive.ms_per_file must be within {MIN_MS_PER_FILE}..={MAX_MS_PER_FILE}"),
+        ));
+    }
+    check_optional("archive.directory", &a.directory, MAX_PATH_BYTES)?;
+    check_optional("archive.bucket", &a.bucket, 63)?;
+    check_optional("archive.prefix", &a.prefix, 512)?;
+    if a.prefix.as_deref().is_some_and(|p| p.split('/').any(|c| c == "..")) {
+        return Err(ApiError::invalid(
+            "archive.prefix",
+            "archive.prefix must not contain '..'",
+        ));
+    }
+    if a.storage == StorageKind::S3 && state.config.effective_s3().is_none() {
+        return Err(ApiError::invalid(
+            "archive.storage",
+            "archive.storage is s3 but the server has no [s3] settings",
+        ));
+    }
+    let r = input.retention;
+    for (field, v) in [
+        ("retention.max_age_s", r.max_age_s),
+        ("retention.max_bytes", r.max_bytes),
+    ] {
+        if v.is_some_and(|v| v <= 0) {
+            return Err(ApiError::invalid(field, format!("{field} must be positive")));
+        }
+    }
+    Ok(StreamSpec {
+        id,
+        name: input.name,
+        source,
+        outputs,
+        on_demand: input.on_demand,
+        enabled: input.enabled,
+        verbose: String::new(),
+        archive: ArchiveSpec {
+            recording: a.recording,
+            ms_per_file: a.ms_per_file,
+            storage: a.storage,
+            directory: a.directory,
+            bucket: a.bucket,
+            prefix: a.prefix,
+        },
+        retention: RetentionSpec {
+            max_age_s: r.max_age_s,
+            max_bytes: r.max_bytes,
+        },
+    })
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("'{raw}' is not a valid UUID: {e}"),
+        )
+        .with_field("id")
+    })
+}
+
+async fn load(state: &AppState, id: Uuid) -> Result<StreamRecord, ApiError> {
+    streams::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))
+}
+
+/// Applies a stored spec to the runtime: run it when enabled, stop it otherwise.
+async fn apply(state: &AppState, spec: &StreamSpec) {
+    if spec.enabled {
+        state.manager.restart(spec).await;
+    } else {
+        state.manager.stop(spec.id).await;
+    }
+}
+
+/// Query of `GET /api/v1/streams`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of streams.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamPage {
+    pub items: Vec<StreamDto>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists streams, ordered by id, a page at a time.
+#[utoipa::path(get, path = "/api/v1/streams", tag = "streams",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of streams", body = StreamPage),
+        (status = 400, description = "Bad query", body = ErrorBody),
+    ))]
+pub async fn list_streams(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<StreamPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be within 1..=1000").with_field("limit"));
+    }
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::bad_request("cursor is not valid").with_field("cursor"))
+        })
+        .transpose()?;
+    // Fetch one extra row to know whether another page exists.
+    let mut rows = streams::list_page(&state.db, after, limit + 1).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.spec.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(StreamPage {
+        items: rows.iter().map(StreamDto::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Creates a stream and starts it if enabled.
+#[utoipa::path(post, path = "/api/v1/streams", tag = "streams",
+    request_body = StreamInput,
+    responses(
+        (status = 201, description = "Created; `Location` names the new stream", body = StreamDto),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "A stream with this id exists", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn create_stream(
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<StreamInput>,
+) -> Result<Response, ApiError> {
+    let id = input.id.unwrap_or_else(Uuid::new_v4);
+    let spec = validate(&state, id, input)?;
+    let rec = streams::insert(&state.db, &spec, Origin::Api).await?;
+    if spec.enabled {
+        state.manager.start(&spec).await;
+    }
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = format!("/api/v1/streams/{id}").parse() {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, headers, Json(StreamDto::from(&rec))).into_response())
+}
+
+/// One stream.
+#[utoipa::path(get, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream UUID")),
+    responses(
+        (status = 200, description = "The stream", body = StreamDto),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 404, description = "No such stream", body = ErrorBody),
+    ))]
+pub async fn get_stream(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<StreamDto>, ApiError> {
+    let id = parse_id(&raw)?;
+    Ok(Json(StreamDto::from(&load(&state, id).await?)))
+}
+
+async fn store_update(
+    state: &AppState,
+    id: Uuid,
+    input: StreamInput,
+) -> Result<Json<StreamDto>, ApiError> {
+    if input.id.is_some_and(|body_id| body_id != id) {
+        return Err(ApiError::invalid(
+            "id",
+            "id in the body differs from the id in the path",
+        ));
+    }
+    let spec = validate(state, id, input)?;
+    let rec = streams::update(&state.db, &spec)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))?;
+    apply(state, &rec.spec).await;
+    Ok(Json(StreamDto::from(&rec)))
+}
+
+/// Replaces a stream's settings and restarts it with them.
+#[utoipa::path(put, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream UUID")),
+    request_body = StreamInput,
+    responses(
+        (status = 200, description = "Updated", body = StreamDto),
+        (status = 400, description = "Bad id or malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such stream", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn replace_stream(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiJson(input): ApiJson<StreamInput>,
+) -> Result<Json<StreamDto>, ApiError> {
+    let id = parse_id(&raw)?;
+    store_update(&state, id, input).await
+}
+
+/// Changes some settings (JSON merge patch, RFC 7386) and restarts the stream with them.
+#[utoipa::path(patch, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream UUID")),
+    request_body(content = Object, description = "JSON merge patch of a StreamInput",
+        content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Updated", body = StreamDto),
+        (status = 400, description = "Bad id or malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such stream", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ))]
+pub async fn patch_stream(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<StreamDto>, ApiError> {
+    let id = parse_id(&raw)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime != "application/json" && mime != "application/merge-patch+json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type application/merge-patch+json or application/json",
+        ));
+    }
+    let patch: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    if !patch.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "a merge patch must be a JSON object",
+        ));
+    }
+    let current = load(&state, id).await?;
+    let mut doc = serde_json::to_value(StreamInput::from_spec(&current.spec))
+        .map_err(|e| ApiError::internal(&e))?;
+    merge_patch(&mut doc, &patch);
+    let input: StreamInput = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::invalid(field, e.into_inner().to_string())
+    })?;
+    store_update(&state, id, input).await
+}
+
+/// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(patch_map) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(map) = target {
+        for (k, v) in patch_map {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// Stops and deletes a stream. Its recorded archive stays until retention removes it.
+#[utoipa::path(delete, path = "/api/v1/streams/{id}", tag = "streams",
+    params(("id" = String, Path, description = "Stream UUID")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 404, description = "No such stream", body = ErrorBody),
+    ))]
+pub async fn delete_stream(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&raw)?;
+    load(&state, id).await?;
+    state.manager.stop(id).await;
+    if streams::delete(&state.db, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("stream {id} not found")))
+    }
+}
+
+/// Live status of one stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamStatusDto {
+    pub id: Uuid,
+    /// The stream is enabled and managed by the runtime.
+    pub active: bool,
+    /// Codecs are known (the source delivered media).
+    pub status: bool,
+    pub online: bool,
+    pub streaming: bool,
+    pub viewers: u32,
+    /// RFC 3339, or `null` if never checked.
+    pub last_health_check: Option<String>,
+    pub last_health_error: String,
+    /// RFC 6381 codec strings.
+    pub codecs: Vec<String>,
+    /// Tracks left out of live outputs and why.
+    pub skipped_tracks: Vec<String>,
+}
+
+/// Live status of one stream.
+#[utoipa::path(get, path = "/api/v1/streams/{id}/status", tag = "streams",
+    params(("id" = String, Path, description = "Stream UUID")),
+    responses(
+        (status = 200, description = "Status", body = StreamStatusDto),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 404, description = "No such stream", body = ErrorBody),
+    ))]
+pub async fn stream_status(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<StreamStatusDto>, ApiError> {
+    let id = parse_id(&raw)?;
+    load(&state, id).await?;
+    let st = state.manager.status(id);
+    let active = st.is_some();
+    let st = st.unwrap_or_default();
+    Ok(Json(StreamStatusDto {
+        id,
+        active,
+        status: st.status,
+        online: st.online,
+        streaming: st.streaming,
+        viewers: st.viewers,
+        last_health_check: st
+            .last_health_check
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        last_health_error: st.last_health_error,
+        codecs: st.codecs,
+        skipped_tracks: st.skipped_tracks,
+    }))
+}

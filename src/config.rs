@@ -1,0 +1,772 @@
+//! Configuration: the Go original's `conf.toml` / `conf.json` keys, plus our additions.
+//!
+//! The Go server's keys are accepted unchanged (see `shared/reference/go-original.md` §1) so an existing
+//! config file keeps working. Its pitfalls are fixed here:
+//! * any file path works (`./conf.toml`, `my.conf.toml`); the format is picked from the last extension;
+//! * a missing or malformed file is an error that names the file and the offending key;
+//! * ports default to 8090 (video) and 8091 (API) instead of "random";
+//! * `ms_per_file` defaults to 30000 ms (the original's default was 30 ms);
+//! * an invalid `guid` or output type is an error naming the entry, not a silent skip or a crash;
+//! * a missing archive `type` means filesystem.
+//!
+//! Unknown keys are ignored, as in the original, but each one is reported as a warning so typos show up.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::stream::{
+    ArchiveSpec, OutputType, RtspTransport, Source, StorageKind, StreamSpec, parse_output_type,
+};
+
+/// Environment variable that overrides `[database] url`.
+pub const DATABASE_URL_ENV: &str = "VIDEO_SERVER_DATABASE_URL";
+
+/// Default database: a SQLite file next to the working directory, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/video-server.db";
+
+/// Longest archive segment we accept. Segments are the unit of time queries, so a cap keeps every
+/// "which segment holds time T" lookup a bounded index range (DESIGN.md §4).
+pub const MAX_MS_PER_FILE: u64 = 300_000;
+
+/// Shortest archive segment we accept: below a second, per-file overhead dominates.
+pub const MIN_MS_PER_FILE: u64 = 1_000;
+
+/// Default archive segment length when neither the stream nor `[archive]` sets one.
+pub const DEFAULT_MS_PER_FILE: u64 = 30_000;
+
+/// Errors while loading or validating a configuration file. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: unsupported format (expected a .toml or .json file name)")]
+    Format { path: PathBuf },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: {entry}: {message}")]
+    Entry {
+        path: PathBuf,
+        entry: String,
+        message: String,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration file. Field names are the Go original's keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub video: VideoConfig,
+    pub hls: HlsConfig,
+    pub archive: ArchiveConfig,
+    pub on_demand: OnDemandConfig,
+    pub cors: CorsConfig,
+    pub rtsp_streams: Vec<RtspStreamEntry>,
+    pub local_files: Vec<LocalFileEntry>,
+    /// Ours: where the SQL index lives.
+    pub database: DatabaseConfig,
+    /// Ours: an S3-compatible object store for the archive. When absent but `[archive] minio_settings`
+    /// has a host, the MinIO settings are mapped onto it.
+    pub s3: Option<S3Config>,
+    /// Ours: log output.
+    pub log: LogConfig,
+    /// Where the file was read from (not a key). Relative paths in the file stay relative to the
+    /// working directory, as in the original.
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
+}
+
+/// `[api]`: the REST API listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// The Go original defaults to off; we default to on when the key is absent, because the API is
+    /// how cameras are managed. An explicit `enabled = false` is respected.
+    pub enabled: Option<bool>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub mode: String,
+    pub verbose: String,
+}
+
+impl ApiConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(8091)
+    }
+}
+
+/// `[video]`: the media listener (MSE WebSocket, archive WebSocket, HLS files, web UI).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct VideoConfig {
+    pub host: String,
+    pub port: Option<u16>,
+    pub mode: String,
+    pub verbose: String,
+}
+
+impl VideoConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(8090)
+    }
+}
+
+/// `[hls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HlsConfig {
+    pub ms_per_segment: u64,
+    pub directory: String,
+    pub window_size: usize,
+    pub window_capacity: usize,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            ms_per_segment: 10_000,
+            directory: "./hls".into(),
+            window_size: 5,
+            window_capacity: 10,
+        }
+    }
+}
+
+/// `[archive]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ArchiveConfig {
+    /// Global switch: streams may record only when this is true.
+    pub recording: bool,
+    /// Global switch: archive ranges and playback are served only when this is true.
+    pub serving: bool,
+    /// Default archive directory for streams (`./mp4` when empty).
+    pub directory: String,
+    /// Default target segment length in ms (30000 when 0).
+    pub ms_per_file: u64,
+    pub minio_settings: MinioSettings,
+}
+
+impl ArchiveConfig {
+    pub fn directory(&self) -> &str {
+        if self.directory.is_empty() {
+            "./mp4"
+        } else {
+            &self.directory
+        }
+    }
+    pub fn ms_per_file(&self) -> u64 {
+        if self.ms_per_file == 0 {
+            DEFAULT_MS_PER_FILE
+        } else {
+            self.ms_per_file
+        }
+    }
+}
+
+/// `[archive] minio_settings = { ... }` of the Go original.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MinioSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub default_bucket: String,
+    pub default_path: String,
+}
+
+impl fmt::Debug for MinioSettings {
+    // The password is never printed (the original's String() leaked it into logs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MinioSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("default_bucket", &self.default_bucket)
+            .field("default_path", &self.default_path)
+            .finish()
+    }
+}
+
+/// `[on_demand]`: pull a source only while someone watches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OnDemandConfig {
+    pub enabled: bool,
+    pub idle_ms: i64,
+    pub health_check: bool,
+    pub health_interval_ms: i64,
+    pub health_timeout_ms: i64,
+}
+
+impl Default for OnDemandConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            idle_ms: 30_000,
+            health_check: false,
+            health_interval_ms: 30_000,
+            health_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// `[cors]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+/// Per-stream `archive = { ... }` inline table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamArchiveEntry {
+    pub recording: bool,
+    pub ms_per_file: u64,
+    pub directory: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub minio_bucket: String,
+    pub minio_path: String,
+}
+
+/// One `[[rtsp_streams]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RtspStreamEntry {
+    pub guid: String,
+    pub url: String,
+    /// Parsed and ignored, as in the original.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub output_types: Vec<String>,
+    pub verbose: String,
+    pub on_demand: Option<bool>,
+    pub archive: Option<StreamArchiveEntry>,
+    /// Ours: a display name.
+    pub name: Option<String>,
+    /// Ours: `tcp` (default, interleaved) or `udp`.
+    pub transport: Option<String>,
+}
+
+/// One `[[local_files]]` entry: an MP4 file played as a camera.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LocalFileEntry {
+    pub guid: String,
+    pub file: String,
+    pub output_types: Vec<String>,
+    #[serde(rename = "loop")]
+    pub looping: bool,
+    pub verbose: String,
+    pub on_demand: Option<bool>,
+    pub archive: Option<StreamArchiveEntry>,
+    pub name: Option<String>,
+}
+
+/// `[database]` (ours).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user:pass@host/db`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_DATABASE_URL.into(),
+        }
+    }
+}
+
+/// `[s3]` (ours): an S3-compatible object store (MinIO, AWS, ...).
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000`; empty means the AWS endpoint for `region`.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    /// Key prefix; objects are stored under `<prefix>/<stream-uuid>/<file>`.
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO. Default true.
+    pub path_style: Option<bool>,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .finish()
+    }
+}
+
+/// `[log]` (ours).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `video_server=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Config {
+    /// Reads and validates a config file. The format comes from the last extension of the name.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let mut config = match ext.as_deref() {
+            Some("toml") => Self::parse_toml(path, &text)?,
+            Some("json") => Self::parse_json(path, &text)?,
+            _ => return Err(ConfigError::Format { path: path.into() }),
+        };
+        config.source_path = Some(path.to_owned());
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        Self::deserialize_reporting(path, de)
+    }
+
+    fn parse_json(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config = Self::deserialize_reporting(path, &mut de)?;
+        de.end().map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Deserializes while tracking the key path of any error and warning about ignored keys.
+    fn deserialize_reporting<'de, D>(path: &Path, de: D) -> Result<Config, ConfigError>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        let mut unknown = Vec::new();
+        let mut track = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+        let ignored = serde_ignored::Deserializer::new(de, &mut track);
+        let result: Result<Config, _> = serde_path_to_error::deserialize(ignored);
+        for key in unknown {
+            tracing::warn!(file = %path.display(), key, "unknown config key ignored");
+        }
+        result.map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if key == "." || key.is_empty() {
+                ConfigError::Syntax {
+                    path: path.into(),
+                    message,
+                }
+            } else {
+                ConfigError::Key {
+                    path: path.into(),
+                    key,
+                    message,
+                }
+            }
+        })
+    }
+
+    /// Parses TOML text as if it were a file called `name` (used by tests and the built-in default).
+    pub fn from_toml_str(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let path = Path::new(name);
+        let mut config = Self::parse_toml(path, text)?;
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var(DATABASE_URL_ENV)
+            && !url.trim().is_empty()
+        {
+            self.database.url = url;
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.source_path.clone().unwrap_or_default()
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let path = self.path();
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        if self.hls.window_capacity == 0 {
+            self.hls.window_capacity = 10;
+        }
+        if self.hls.window_size == 0 {
+            self.hls.window_size = 5;
+        }
+        self.hls.window_size = self.hls.window_size.min(self.hls.window_capacity);
+        if self.hls.ms_per_segment == 0 {
+            self.hls.ms_per_segment = 10_000;
+        }
+        if self.hls.directory.is_empty() {
+            self.hls.directory = "./hls".into();
+        }
+        if self.on_demand.idle_ms <= 0 {
+            self.on_demand.idle_ms = 30_000;
+        }
+        if self.on_demand.health_interval_ms <= 0 {
+            self.on_demand.health_interval_ms = 30_000;
+        }
+        if self.on_demand.health_timeout_ms <= 0 {
+            self.on_demand.health_timeout_ms = 3_000;
+        }
+        if self.archive.ms_per_file != 0
+            && !(MIN_MS_PER_FILE..=MAX_MS_PER_FILE).contains(&self.archive.ms_per_file)
+        {
+            return Err(ConfigError::Key {
+                path: path.clone(),
+                key: "archive.ms_per_file".into(),
+                message: format!(
+                    "{} is out of range {MIN_MS_PER_FILE}..={MAX_MS_PER_FILE}",
+                    self.archive.ms_per_file
+                ),
+            });
+        }
+        if self.cors.enabled && self.cors.allow_origins.is_empty() {
+            return Err(ConfigError::Key {
+                path: path.clone(),
+                key: "cors.allow_origins".into(),
+                message: "must list at least one origin when cors.enabled is true".into(),
+            });
+        }
+        if self.cors.allow_credentials && self.cors.allow_origins.iter().any(|o| o == "*") {
+            tracing::warn!("cors.allow_credentials is ignored because allow_origins contains \"*\"");
+            self.cors.allow_credentials = false;
+        }
+        match self.log.format.as_str() {
+            "" | "text" | "json" => {}
+            other => {
+                return Err(ConfigError::Key {
+                    path: path.clone(),
+                    key: "log.format".into(),
+                    message: format!("unknown format '{other}' (use text or json)"),
+                });
+            }
+        }
+        if self.database.url.trim().is_empty() {
+            self.database.url = DEFAULT_DATABASE_URL.into();
+        }
+        // Validate every stream now, so a bad entry stops start-up with a message naming it.
+        let streams = self.streams()?;
+        let mut seen = HashSet::new();
+        for s in &streams {
+            if !seen.insert(s.id) {
+                return Err(invalid(format!("stream {} is configured twice", s.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The streams declared in the file, converted to our model. Config-file streams are seeds: see
+    /// `db::streams::seed`.
+    pub fn streams(&self) -> Result<Vec<StreamSpec>, ConfigError> {
+        let path = self.path();
+        let mut out = Vec::new();
+        for (i, e) in self.rtsp_streams.iter().enumerate() {
+            let entry = format!("rtsp_streams[{i}] (guid \"{}\")", e.guid);
+            let err = |message: String| ConfigError::Entry {
+                path: path.clone(),
+                entry: entry.clone(),
+                message,
+            };
+            let id = parse_guid(&e.guid).map_err(&err)?;
+            let outputs = parse_outputs(&e.output_types).map_err(&err)?;
+            let transport = match e.transport.as_deref().map(str::to_ascii_lowercase) {
+                None => RtspTransport::Tcp,
+                Some(t) if t == "tcp" => RtspTransport::Tcp,
+                Some(t) if t == "udp" => RtspTransport::Udp,
+                Some(t) => return Err(err(format!("unknown transport '{t}' (use tcp or udp)"))),
+            };
+            let archive = self
+                .stream_archive(e.archive.as_ref(), true)
+                .map_err(&err)?;
+            out.push(StreamSpec {
+                id,
+                name: e.name.clone().unwrap_or_default(),
+                source: Source::Rtsp {
+                    url: e.url.clone(),
+                    transport,
+                },
+                outputs,
+                on_demand: e.on_demand,
+                enabled: true,
+                verbose: e.verbose.clone(),
+                archive,
+                retention: Default::default(),
+            });
+        }
+        for (i, e) in self.local_files.iter().enumerate() {
+            let entry = format!("local_files[{i}] (guid \"{}\")", e.guid);
+            let err = |message: String| ConfigError::Entry {
+                path: path.clone(),
+                entry: entry.clone(),
+                message,
+            };
+            let id = parse_guid(&e.guid).map_err(&err)?;
+            let outputs = parse_outputs(&e.output_types).map_err(&err)?;
+            if e.file.trim().is_empty() {
+                return Err(err("`file` is empty".into()));
+            }
+            let archive = self
+                .stream_archive(e.archive.as_ref(), false)
+                .map_err(&err)?;
+            out.push(StreamSpec {
+                id,
+                name: e.name.clone().unwrap_or_default(),
+                source: Source::File {
+                    path: e.file.clone(),
+                    looping: e.looping,
+                },
+                outputs,
+                on_demand: e.on_demand,
+                enabled: true,
+                verbose: e.verbose.clone(),
+                archive,
+                retention: Default::default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Converts a per-stream archive table, filling defaults from `[archive]` the way the original
+    /// meant to (30000 ms, not 30 ms) and for file streams too.
+    fn stream_archive(
+        &self,
+        entry: Option<&StreamArchiveEntry>,
+        _rtsp: bool,
+    ) -> Result<ArchiveSpec, String> {
+        let Some(a) = entry else {
+            return Ok(ArchiveSpec::default());
+        };
+        let storage = match a.kind.to_ascii_lowercase().as_str() {
+            "" | "filesystem" | "fs" => StorageKind::Filesystem,
+            "minio" | "s3" => StorageKind::S3,
+            other => {
+                return Err(format!(
+                    "unsupported archive type '{other}' (use filesystem or minio)"
+                ));
+            }
+        };
+        let ms_per_file = match a.ms_per_file {
+            0 => None,
+            ms if (MIN_MS_PER_FILE..=MAX_MS_PER_FILE).contains(&ms) => Some(ms as u32),
+            ms => {
+                return Err(format!(
+                    "archive.ms_per_file {ms} is out of range {MIN_MS_PER_FILE}..={MAX_MS_PER_FILE}"
+                ));
+            }
+        };
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Ok(ArchiveSpec {
+            recording: a.recording,
+            ms_per_file,
+            storage,
+            directory: non_empty(&a.directory),
+            bucket: non_empty(&a.minio_bucket),
+            prefix: non_empty(&a.minio_path),
+        })
+    }
+
+    /// The S3 settings in force: `[s3]`, or the Go `minio_settings` mapped onto it.
+    pub fn effective_s3(&self) -> Option<S3Config> {
+        if let Some(s3) = &self.s3 {
+            return Some(s3.clone());
+        }
+        let m = &self.archive.minio_settings;
+        if m.host.is_empty() {
+            return None;
+        }
+        let port = if m.port == 0 { 9000 } else { m.port };
+        Some(S3Config {
+            endpoint: format!("http://{}:{port}", m.host),
+            region: "us-east-1".into(),
+            access_key: m.user.clone(),
+            secret_key: m.password.clone(),
+            bucket: m.default_bucket.clone(),
+            prefix: m.default_path.trim_matches('/').to_owned(),
+            path_style: Some(true),
+        })
+    }
+
+    /// Effective segment length for a stream.
+    pub fn ms_per_file_for(&self, spec: &StreamSpec) -> u64 {
+        spec.archive
+            .ms_per_file
+            .map(u64::from)
+            .unwrap_or_else(|| self.archive.ms_per_file())
+    }
+
+    /// Whether a stream is pulled only while watched.
+    pub fn on_demand_for(&self, spec: &StreamSpec) -> bool {
+        spec.on_demand.unwrap_or(self.on_demand.enabled)
+    }
+}
+
+fn parse_guid(guid: &str) -> Result<Uuid, String> {
+    if guid.trim().is_empty() {
+        return Err("`guid` is missing".into());
+    }
+    Uuid::parse_str(guid.trim()).map_err(|e| format!("`guid` is not a valid UUID: {e}"))
+}
+
+fn parse_outputs(types: &[String]) -> Result<Vec<OutputType>, String> {
+    let mut out: Vec<OutputType> = Vec::new();
+    for t in types {
+        let ty = parse_output_type(t).map_err(|e| e.to_string())?;
+        if !out.contains(&ty) {
+            out.push(ty);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str("test.toml", text)
+    }
+
+    #[test]
+    fn empty_file_gets_sane_defaults() {
+        let c = toml("").expect("empty config is valid");
+        assert_eq!(c.api.port(), 8091);
+        assert_eq!(c.video.port(), 8090);
+        assert!(c.api.is_enabled());
+        assert_eq!(c.archive.ms_per_file(), 30_000);
+        assert_eq!(c.hls.window_size, 5);
+        assert_eq!(c.hls.window_capacity, 10);
+        assert_eq!(c.on_demand.idle_ms, 30_000);
+    }
+
+    #[test]
+    fn window_size_is_clamped_to_capacity() {
+        let c = toml("[hls]\nwindow_size = 20\nwindow_capacity = 4\n").expect("valid");
+        assert_eq!(c.hls.window_size, 4);
+    }
+
+    #[test]
+    fn bad_key_type_names_the_key() {
+        let err = toml("[api]\nport = \"eighty\"\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("test.toml"), "{msg}");
+        assert!(msg.contains("api.port"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_guid_names_the_entry() {
+        let err = toml("[[rtsp_streams]]\nguid = \"nope\"\nurl = \"rtsp://h/x\"\n")
+            .expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("rtsp_streams[0]"), "{msg}");
+        assert!(msg.contains("nope"), "{msg}");
+    }
+
+    #[test]
+    fn unsupported_output_type_names_the_entry() {
+        let err = toml(
+            "[[local_files]]\nguid = \"13bf3e5c-d537-4f10-98e8-9d0afca8b070\"\nfile = \"a.mp4\"\noutput_types = [\"mse\", \"rtsp\"]\n",
+        )
+        .expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("local_files[0]"), "{msg}");
+        assert!(msg.contains("stream type is not supported"), "{msg}");
+    }
+
+    #[test]
+    fn archive_without_type_is_filesystem_and_default_length() {
+        let c = toml(
+            "[archive]\nrecording = true\n[[rtsp_streams]]\nguid = \"566bfe72-2a8a-4d4c-9b84-2e1b9b4b1a3c\"\nurl = \"rtsp://h/x\"\narchive = { recording = true }\n",
+        )
+        .expect("valid");
+        let s = &c.streams().expect("valid")[0];
+        assert_eq!(s.archive.storage, StorageKind::Filesystem);
+        assert_eq!(c.ms_per_file_for(s), 30_000);
+    }
+
+    #[test]
+    fn cors_without_origins_is_an_error_not_a_panic() {
+        let err = toml("[cors]\nenabled = true\n").expect_err("must fail");
+        assert!(err.to_string().contains("cors.allow_origins"));
+    }
+
+    #[test]
+    fn duplicate_guid_is_an_error() {
+        let err = toml(
+            "[[rtsp_streams]]\nguid = \"566bfe72-2a8a-4d4c-9b84-2e1b9b4b1a3c\"\nurl = \"rtsp://h/x\"\n[[local_files]]\nguid = \"566BFE72-2a8a-4d4c-9b84-2e1b9b4b1a3c\"\nfile = \"a.mp4\"\n",
+        )
+        .expect_err("must fail");
+        assert!(err.to_string().contains("configured twice"));
+    }
+
+    #[test]
+    fn minio_settings_map_onto_s3() {
+        let c = toml(
+            "[archive]\nminio_settings = { host = \"localhost\", port = 29199, user = \"u\", password = \"secret\", default_bucket = \"b\", default_path = \"/var/x\" }\n",
+        )
+        .expect("valid");
+        let s3 = c.effective_s3().expect("mapped");
+        assert_eq!(s3.endpoint, "http://localhost:29199");
+        assert_eq!(s3.bucket, "b");
+        assert_eq!(s3.prefix, "var/x");
+        assert!(!format!("{:?}", c.archive.minio_settings).contains("secret"));
+        assert!(!format!("{s3:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,229 @@
+//! The SQL index: one repository API over SQLite (the embedded default) or PostgreSQL.
+//!
+//! Only this module contains SQL. Queries are written once where both dialects agree (they do for
+//! everything here: `$n` parameters, `ON CONFLICT`, `RETURNING`, window functions) and the
+//! [`with_pool!`] macro instantiates the same code for both pool types. Where a type differs between
+//! engines (UUID is `TEXT` in SQLite and `UUID` in Postgres) a small wrapper type ([`DbUuid`]) encodes
+//! the right thing for each.
+
+pub mod segments;
+pub mod streams;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Decode, Encode, PgPool, Postgres, Sqlite, SqlitePool, Type};
+use uuid::Uuid;
+
+/// Errors from the index. The URL in `Connect` never carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL '{0}' is not supported (use sqlite://PATH or postgres://...)")]
+    UnsupportedUrl(String),
+    #[error("cannot connect to database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stream {0} already exists")]
+    Conflict(Uuid),
+    #[error("database row is inconsistent: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to the index. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same block of query code against whichever pool `db` holds. Inside the block `$pool` is
+/// a `&SqlitePool` or a `&PgPool`, so the block is type-checked once per engine.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// How long to wait for a pooled connection before failing a request.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Db {
+    /// Connects by URL scheme (`sqlite:` or `postgres:`/`postgresql:`). For SQLite the file and its
+    /// directory are created if missing. Does not migrate: call [`Db::migrate`].
+    pub async fn connect(url: &str) -> Result<Db> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|source| DbError::Connect {
+                    url: url.to_owned(),
+                    source,
+                })?
+                .create_if_missing(true)
+                // WAL: readers (API queries) never block the writer (recorder) and vice versa.
+                .journal_mode(SqliteJournalMode::Wal)
+                // NORMAL in WAL mode loses at most the last transactions on power loss, never
+                // corrupts; segment rows are re-derived from files on start-up anyway.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let file = opts.get_filename();
+            if let Some(dir) = file.parent()
+                && !dir.as_os_str().is_empty()
+                && file != Path::new(":memory:")
+            {
+                std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            Self::connect_sqlite(opts).await.map_err(|source| DbError::Connect {
+                url: url.to_owned(),
+                source,
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url).map_err(|source| DbError::Connect {
+                url: crate::stream::redact_url(url),
+                source,
+            })?;
+            Self::connect_postgres(opts)
+                .await
+                .map_err(|source| DbError::Connect {
+                    url: crate::stream::redact_url(url),
+                    source,
+                })
+        } else {
+            Err(DbError::UnsupportedUrl(crate::stream::redact_url(url)))
+        }
+    }
+
+    pub async fn connect_sqlite(opts: SqliteConnectOptions) -> Result<Db, sqlx::Error> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    pub async fn connect_postgres(opts: PgConnectOptions) -> Result<Db, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await?;
+        Ok(Db::Postgres(pool))
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Db::Sqlite(_) => Engine::Sqlite,
+            Db::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Applies the embedded migrations of this engine.
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Db::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Db::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, p => p.close().await)
+    }
+}
+
+/// Current wall-clock time in microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// A UUID column: `TEXT` (hyphenated, lower case) in SQLite, native `UUID` in Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbUuid(pub Uuid);
+
+impl Type<Sqlite> for DbUuid {
+    fn type_info() -> <Sqlite as sqlx::Database>::TypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+    fn compatible(ty: &<Sqlite as sqlx::Database>::TypeInfo) -> bool {
+        <String as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Sqlite> for DbUuid {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        Encode::<Sqlite>::encode(self.0.hyphenated().to_string(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for DbUuid {
+    fn decode(value: <Sqlite as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        let s = <&str as Decode<Sqlite>>::decode(value)?;
+        Ok(DbUuid(Uuid::parse_str(s)?))
+    }
+}
+
+impl Type<Postgres> for DbUuid {
+    fn type_info() -> <Postgres as sqlx::Database>::TypeInfo {
+        <Uuid as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for DbUuid {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Postgres as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        Encode::<Postgres>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for DbUuid {
+    fn decode(value: <Postgres as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(DbUuid(<Uuid as Decode<Postgres>>::decode(value)?))
+    }
+}

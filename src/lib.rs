@@ -1,0 +1,25 @@
+//! video-server: cameras in, live video and a SQL-indexed archive out.
+//!
+//! # Layout
+//!
+//! | module | role |
+//! |---|---|
+//! | [`config`] | `conf.toml` / `conf.json` with the Go original's keys, plus ours |
+//! | [`stream`] | the stream (camera) model shared by config, database and API |
+//! | [`db`] | SQLite / Postgres pool, migrations, the one repository API (only place with SQL) |
+//! | [`manager`] | starts, stops and reports on running streams |
+//! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI |
+//! | [`live`] | the video listener: MSE WebSocket, archive WebSocket, HLS files |
+//! | [`server`] | wiring, listeners, graceful shutdown |
+//! | [`logging`] | tracing subscriber set-up (text or JSON) |
+//!
+//! Dependencies point one way: `config` → `db` → `manager` → `live`/`api` → `server`.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod live;
+pub mod logging;
+pub mod manager;
+pub mod server;
+pub mod stream;

@@ -1,0 +1,112 @@
+//! `GET /hls/{file}`: serves a stream's playlist and segments from `[hls] directory`.
+//!
+//! A file name must start with the stream's UUID (any version, unlike the original's v4-only regex)
+//! and may then only contain `[A-Za-z0-9_.-]`, so no request can leave the HLS directory.
+
+use std::path::PathBuf;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use crate::api::AppState;
+use crate::api::error::GoError;
+
+/// A validated HLS file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HlsName {
+    pub stream_id: Uuid,
+    /// The whole file name (safe to join onto the HLS directory).
+    pub file: String,
+    pub is_playlist: bool,
+}
+
+/// Why a name was refused; the text goes into `{"Error": ...}`.
+pub fn parse_name(file: &str) -> Result<HlsName, String> {
+    let head = file.get(..36).unwrap_or(file);
+    let stream_id = Uuid::parse_str(head).map_err(|e| e.to_string())?;
+    let rest = &file[head.len()..];
+    if rest.is_empty()
+        || rest.contains("..")
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(format!("invalid HLS file name '{file}'"));
+    }
+    let ext = rest.rsplit('.').next().unwrap_or("");
+    if !matches!(ext, "m3u8" | "m4s" | "mp4" | "ts") {
+        return Err(format!("invalid HLS file name '{file}'"));
+    }
+    Ok(HlsName {
+        stream_id,
+        file: file.to_owned(),
+        is_playlist: ext == "m3u8",
+    })
+}
+
+/// Content type by extension.
+pub fn content_type(file: &str) -> &'static str {
+    match file.rsplit('.').next() {
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("m4s") => "video/iso.segment",
+        Some("mp4") => "video/mp4",
+        Some("ts") => "video/mp2t",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Serves one HLS file.
+pub async fn serve(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    let name = match parse_name(&file) {
+        Ok(n) => n,
+        Err(msg) => return GoError::upper(StatusCode::BAD_REQUEST, msg).into_response(),
+    };
+    let known = state
+        .manager
+        .spec(name.stream_id)
+        .is_some_and(|s| s.has_output(crate::stream::OutputType::Hls));
+    if !known {
+        return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
+    }
+    let path: PathBuf = PathBuf::from(&state.config.hls.directory).join(&name.file);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let mut resp = bytes.into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(&name.file)),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            resp
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            GoError::upper(StatusCode::NOT_FOUND, "file not found").into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, file = %name.file, "cannot read HLS file");
+            GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_accept_any_uuid_version_and_refuse_traversal() {
+        // A version-1 UUID: the original refused it.
+        let ok = parse_name("6ba7b810-9dad-11d1-80b4-00c04fd430c8.m3u8").expect("valid");
+        assert!(ok.is_playlist);
+        assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070_0_000001.m4s").is_ok());
+        assert!(parse_name("").is_err());
+        assert!(parse_name("../etc/passwd").is_err());
+        assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070..m3u8").is_err());
+        assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070.m3u8/x").is_err());
+        assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070.exe").is_err());
+        assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070").is_err());
+    }
+}

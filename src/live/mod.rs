@@ -1,0 +1,28 @@
+//! The video listener (default port 8090): live MSE over WebSocket, archive playback over WebSocket,
+//! and HLS files. Paths and wire behaviour follow the Go original (go-original.md §2.2, §3, §4).
+
+pub mod hls;
+pub mod ws;
+
+use axum::Router;
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+
+use crate::api::AppState;
+
+/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`.
+pub fn app(state: AppState) -> Router {
+    let cors = crate::api::cors_layer(&state.config.cors);
+    // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
+    // the original did.
+    let router = Router::new()
+        .route("/ws/archive", get(ws::archive))
+        .route("/ws/{any}", get(ws::live))
+        .route("/hls/{file}", get(hls::serve))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}

@@ -1,0 +1,186 @@
+//! WebSocket entry points: validation and the Go close reasons. Both handlers upgrade first and then
+//! validate, like the original, so clients see a close frame with code 1011 and a reason.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use uuid::Uuid;
+
+use crate::api::AppState;
+use crate::db::segments;
+use crate::stream::OutputType;
+
+/// Close code the original uses for every error ("internal error").
+pub const CLOSE_ERROR: u16 = 1011;
+
+/// How long a new viewer waits for the stream's codecs before giving up (the original's 10 s).
+pub const CODEC_WAIT: Duration = Duration::from_secs(10);
+
+/// A query parameter by name (first occurrence), percent-decoded.
+pub fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Sends a 1011 close frame with `reason` (cut to the 123 bytes a close frame can carry).
+pub async fn close_with(socket: &mut WebSocket, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = CloseFrame {
+        code: CLOSE_ERROR,
+        reason: Utf8Bytes::from(&reason[..end]),
+    };
+    // The peer may already be gone; nothing more to do then.
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// `GET /ws/{anything}?stream_id=<uuid>`: live MSE.
+pub async fn live(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let stream_id = query_param(query.as_deref(), "stream_id").unwrap_or_default();
+    ws.on_upgrade(move |socket| live_session(socket, state, stream_id))
+}
+
+async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
+    let Ok(id) = Uuid::parse_str(&raw_id) else {
+        close_with(&mut socket, &format!("Not valid UUID: '{raw_id}'")).await;
+        return;
+    };
+    let known = state
+        .manager
+        .spec(id)
+        .is_some_and(|s| s.has_output(OutputType::Mse));
+    if !known {
+        // The original closes at once, without a close frame, for an unknown stream or one without
+        // the mse output. Dropping the socket does exactly that.
+        return;
+    }
+    // Wait for codec information (the media runtime publishes it in the stream status).
+    let deadline = tokio::time::Instant::now() + CODEC_WAIT;
+    loop {
+        match state.manager.status(id) {
+            None => return,
+            Some(st) if !st.codecs.is_empty() => break,
+            Some(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            close_with(&mut socket, "Timeout waiting for codec information").await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    close_with(&mut socket, "Can't extract codec for stream").await;
+}
+
+/// `GET /ws/archive?stream_id=<uuid>&start=<unix s>&duration=<s>`: archive playback.
+pub async fn archive(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    ws.on_upgrade(move |socket| archive_session(socket, state, query))
+}
+
+/// Archive request parameters after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    pub stream_id: Uuid,
+    pub start_s: i64,
+    /// `None` means "until now + 1 year", as in the original.
+    pub duration_s: Option<i64>,
+}
+
+/// Validates the query with the original's close reasons.
+pub fn parse_archive_query(raw: Option<&str>) -> Result<ArchiveRequest, &'static str> {
+    let stream_id = query_param(raw, "stream_id")
+        .and_then(|s| Uuid::parse_str(&s).ok())
+        .ok_or("Invalid stream_id")?;
+    let start_s = query_param(raw, "start")
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        // Reject times that cannot be microseconds in an i64 (or are before the epoch).
+        .filter(|s| (0..=i64::MAX / 1_000_000 / 2).contains(s))
+        .ok_or("Invalid start time (use Unix timestamp)")?;
+    let duration_s = query_param(raw, "duration")
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|d| *d > 0)
+        .map(|d| d.min(100 * 365 * 24 * 3600));
+    Ok(ArchiveRequest {
+        stream_id,
+        start_s,
+        duration_s,
+    })
+}
+
+async fn archive_session(mut socket: WebSocket, state: AppState, query: Option<String>) {
+    let req = match parse_archive_query(query.as_deref()) {
+        Ok(r) => r,
+        Err(reason) => {
+            close_with(&mut socket, reason).await;
+            return;
+        }
+    };
+    if !state.config.archive.serving {
+        close_with(
+            &mut socket,
+            "Archive not available: archive serving not enabled globally",
+        )
+        .await;
+        return;
+    }
+    let from_us = req.start_s * 1_000_000;
+    let to_us = match req.duration_s {
+        Some(d) => from_us + d * 1_000_000,
+        None => crate::db::now_us() + 365 * 24 * 3600 * 1_000_000,
+    };
+    match segments::any_in_range(&state.db, req.stream_id, from_us, to_us).await {
+        Ok(true) => {
+            close_with(&mut socket, "No valid archive segments found").await;
+        }
+        Ok(false) => {
+            close_with(&mut socket, "No segments found for this time range").await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, stream = %req.stream_id, "archive segment query failed");
+            close_with(&mut socket, "Failed to list archive segments").await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_query_validation_uses_go_reasons() {
+        assert_eq!(parse_archive_query(None), Err("Invalid stream_id"));
+        assert_eq!(
+            parse_archive_query(Some("stream_id=nope&start=1")),
+            Err("Invalid stream_id")
+        );
+        let id = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+        assert_eq!(
+            parse_archive_query(Some(&format!("stream_id={id}"))),
+            Err("Invalid start time (use Unix timestamp)")
+        );
+        assert_eq!(
+            parse_archive_query(Some(&format!("stream_id={id}&start=abc"))),
+            Err("Invalid start time (use Unix timestamp)")
+        );
+        assert_eq!(
+            parse_archive_query(Some(&format!("stream_id={id}&start=99999999999999999"))),
+            Err("Invalid start time (use Unix timestamp)")
+        );
+        let ok = parse_archive_query(Some(&format!("stream_id={id}&start=100&duration=-5")))
+            .expect("valid");
+        assert_eq!(ok.start_s, 100);
+        assert_eq!(ok.duration_s, None);
+    }
+}

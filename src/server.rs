@@ -1,0 +1,160 @@
+//! Wiring: open the index, seed streams, start the runtime and both listeners, shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::db::{self, Db, streams};
+use crate::live;
+use crate::manager::StreamManager;
+
+/// Start-up failures. Each names what could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server: its bound addresses, and the handle to wait for it to stop.
+pub struct Running {
+    pub video_addr: SocketAddr,
+    pub api_addr: Option<SocketAddr>,
+    pub state: AppState,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Waits until both listeners have drained and the runtime has stopped.
+    pub async fn wait(self) {
+        self.tracker.wait().await;
+    }
+}
+
+/// Opens the database and applies migrations.
+pub async fn open_db(config: &Config) -> Result<Db, ServerError> {
+    let db = Db::connect(&config.database.url).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+fn bind_host(host: &str) -> &str {
+    if host.is_empty() { "0.0.0.0" } else { host }
+}
+
+async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, ServerError> {
+    let host = bind_host(host);
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|source| ServerError::Bind {
+            what,
+            addr: format!("{host}:{port}"),
+            source,
+        })
+}
+
+/// Starts everything and returns once both listeners accept connections. Cancelling `shutdown`
+/// stops the listeners (in-flight requests finish), then the streams.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServerError> {
+    let config = Arc::new(config);
+    let db = open_db(&config).await?;
+    let seeded = streams::seed(&db, &config.streams()?).await?;
+    if seeded > 0 {
+        tracing::info!(count = seeded, "streams from the config file added to the database");
+    }
+    let manager = StreamManager::new(config.clone());
+    for rec in streams::list_all(&db).await? {
+        if rec.spec.enabled {
+            manager.start(&rec.spec).await;
+        }
+    }
+    let state = AppState {
+        config: config.clone(),
+        db: db.clone(),
+        manager: manager.clone(),
+    };
+
+    let tracker = TaskTracker::new();
+    let video_listener = bind("video", &config.video.host, config.video.port()).await?;
+    let video_addr = local_addr(&video_listener)?;
+    let api_listener = if config.api.is_enabled() {
+        Some(bind("api", &config.api.host, config.api.port()).await?)
+    } else {
+        None
+    };
+    let api_addr = api_listener.as_ref().map(local_addr).transpose()?;
+
+    let mut listeners = Vec::new();
+    let video_app = live::app(state.clone());
+    let token = shutdown.clone();
+    listeners.push(tokio::spawn(async move {
+        let result = axum::serve(video_listener, video_app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "video listener failed");
+        }
+    }));
+    tracing::info!(addr = %video_addr, "video listener ready");
+
+    if let Some(listener) = api_listener {
+        let api_app = api::app(state.clone());
+        let token = shutdown.clone();
+        listeners.push(tokio::spawn(async move {
+            let result = axum::serve(listener, api_app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "api listener failed");
+            }
+        }));
+        if let Some(addr) = api_addr {
+            tracing::info!(addr = %addr, "api listener ready");
+        }
+    } else {
+        tracing::info!("api listener disabled ([api] enabled = false)");
+    }
+
+    // Once shutdown is requested and the listeners have drained, stop the streams and close the pool.
+    let token = shutdown.clone();
+    let (m, d) = (manager.clone(), db.clone());
+    tracker.spawn(async move {
+        token.cancelled().await;
+        for l in listeners {
+            if let Err(e) = l.await {
+                tracing::error!(error = %e, "listener task panicked");
+            }
+        }
+        m.shutdown().await;
+        d.close().await;
+    });
+    tracker.close();
+
+    Ok(Running {
+        video_addr,
+        api_addr,
+        state,
+        tracker,
+    })
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+    l.local_addr().map_err(|source| ServerError::Bind {
+        what: "listener",
+        addr: "?".into(),
+        source,
+    })
+}
