@@ -486,7 +486,9 @@ impl Config {
             });
         }
         if self.cors.allow_credentials && self.cors.allow_origins.iter().any(|o| o == "*") {
-            tracing::warn!("cors.allow_credentials is ignored because allow_origins contains \"*\"");
+            tracing::warn!(
+                "cors.allow_credentials is ignored because allow_origins contains \"*\""
+            );
             self.cors.allow_credentials = false;
         }
         match self.log.format.as_str() {
@@ -759,14 +761,14 @@ mod tests {
     #[test]
     fn minio_settings_map_onto_s3() {
         let c = toml(
-            "[archive]\nminio_settings = { host = \"localhost\", port = 29199, user = \"u\", password = \"secret\", default_bucket = \"b\", default_path = \"/var/x\" }\n",
+            "[archive]\nminio_settings = { host = \"localhost\", port = 29199, user = \"u\", password = \"hunter2\", default_bucket = \"b\", default_path = \"/var/x\" }\n",
         )
         .expect("valid");
         let s3 = c.effective_s3().expect("mapped");
         assert_eq!(s3.endpoint, "http://localhost:29199");
         assert_eq!(s3.bucket, "b");
         assert_eq!(s3.prefix, "var/x");
-        assert!(!format!("{:?}", c.archive.minio_settings).contains("secret"));
-        assert!(!format!("{s3:?}").contains("secret"));
+        assert!(!format!("{:?}", c.archive.minio_settings).contains("hunter2"));
+        assert!(!format!("{s3:?}").contains("hunter2"));
     }
 }

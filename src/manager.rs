@@ -65,10 +65,7 @@ impl StreamManager {
         }
         let streaming = !self.config.on_demand_for(spec);
         let mut map = self.write();
-        let status = map
-            .remove(&spec.id)
-            .map(|e| e.status)
-            .unwrap_or_default();
+        let status = map.remove(&spec.id).map(|e| e.status).unwrap_or_default();
         map.insert(
             spec.id,
             Entry {

@@ -73,7 +73,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let db = open_db(&config).await?;
     let seeded = streams::seed(&db, &config.streams()?).await?;
     if seeded > 0 {
-        tracing::info!(count = seeded, "streams from the config file added to the database");
+        tracing::info!(
+            count = seeded,
+            "streams from the config file added to the database"
+        );
     }
     let manager = StreamManager::new(config.clone());
     for rec in streams::list_all(&db).await? {

@@ -14,7 +14,7 @@ CREATE TABLE streams (
     output_types        TEXT NOT NULL DEFAULT '',  -- comma-separated, in configured order: 'mse,hls'
     on_demand           BOOLEAN,                   -- NULL inherits [on_demand] enabled
     enabled             BOOLEAN NOT NULL DEFAULT TRUE,
-    verbose             TEXT NOT NULL DEFAULT '',
+    verbose_level       TEXT NOT NULL DEFAULT '',
     archive_recording   BOOLEAN NOT NULL DEFAULT FALSE,
     archive_ms_per_file INTEGER,                   -- NULL inherits [archive] ms_per_file
     archive_storage     TEXT NOT NULL DEFAULT 'filesystem' CHECK (archive_storage IN ('filesystem', 's3')),

@@ -7,8 +7,8 @@
 //! Internal failures are logged once here with their detail; clients get a generic message.
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

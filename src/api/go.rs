@@ -245,7 +245,9 @@ pub async fn enable_camera(
         tracing::error!(error = %e, "enable_camera failed");
         GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     };
-    let existing = streams::get(&state.db, id).await.map_err(|e| internal(&e))?;
+    let existing = streams::get(&state.db, id)
+        .await
+        .map_err(|e| internal(&e))?;
     let url = req.url.trim();
     match existing {
         Some(rec) if rec.spec.enabled => {
@@ -297,7 +299,9 @@ pub async fn enable_camera(
 
 fn check_rtsp_url(url: &str) -> Result<(), GoError> {
     let ok = url::Url::parse(url)
-        .map(|u| matches!(u.scheme(), "rtsp" | "rtsps") && u.host_str().is_some_and(|h| !h.is_empty()))
+        .map(|u| {
+            matches!(u.scheme(), "rtsp" | "rtsps") && u.host_str().is_some_and(|h| !h.is_empty())
+        })
         .unwrap_or(false);
     if ok {
         Ok(())
@@ -392,7 +396,10 @@ pub async fn archive_ranges(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, stream = %id, "ranges query failed");
-        GoError::lower(StatusCode::INTERNAL_SERVER_ERROR, "failed to list archive files")
+        GoError::lower(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed to list archive files",
+        )
     })?;
     if ranges.is_empty() {
         return Err(GoError::lower(

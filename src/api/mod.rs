@@ -64,7 +64,9 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// The OpenAPI document as pretty JSON (what `video-server openapi` prints and the repo commits).
 pub fn openapi_json() -> String {
     let (_, doc) = router_and_openapi();
-    let mut text = doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut text = doc
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     text.push('\n');
     text
 }
@@ -115,7 +117,10 @@ pub fn cors_layer(c: &CorsConfig) -> Option<CorsLayer> {
             .filter_map(|h| h.parse().ok())
             .collect()
     } else {
-        c.allow_headers.iter().filter_map(|h| h.parse().ok()).collect()
+        c.allow_headers
+            .iter()
+            .filter_map(|h| h.parse().ok())
+            .collect()
     };
     let expose: Vec<HeaderName> = c
         .expose_headers

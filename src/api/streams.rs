@@ -271,7 +271,10 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
     check_optional("archive.directory", &a.directory, MAX_PATH_BYTES)?;
     check_optional("archive.bucket", &a.bucket, 63)?;
     check_optional("archive.prefix", &a.prefix, 512)?;
-    if a.prefix.as_deref().is_some_and(|p| p.split('/').any(|c| c == "..")) {
+    if a.prefix
+        .as_deref()
+        .is_some_and(|p| p.split('/').any(|c| c == ".."))
+    {
         return Err(ApiError::invalid(
             "archive.prefix",
             "archive.prefix must not contain '..'",
@@ -289,7 +292,10 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
         ("retention.max_bytes", r.max_bytes),
     ] {
         if v.is_some_and(|v| v <= 0) {
-            return Err(ApiError::invalid(field, format!("{field} must be positive")));
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must be positive"),
+            ));
         }
     }
     Ok(StreamSpec {

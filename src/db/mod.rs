@@ -108,10 +108,12 @@ impl Db {
                     source,
                 })?;
             }
-            Self::connect_sqlite(opts).await.map_err(|source| DbError::Connect {
-                url: url.to_owned(),
-                source,
-            })
+            Self::connect_sqlite(opts)
+                .await
+                .map_err(|source| DbError::Connect {
+                    url: url.to_owned(),
+                    source,
+                })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|source| DbError::Connect {
                 url: crate::stream::redact_url(url),

@@ -50,7 +50,7 @@ struct Row {
     output_types: String,
     on_demand: Option<bool>,
     enabled: bool,
-    verbose: String,
+    verbose_level: String,
     archive_recording: bool,
     archive_ms_per_file: Option<i32>,
     archive_storage: String,
@@ -65,7 +65,7 @@ struct Row {
 }
 
 const COLUMNS: &str = "id, name, source_kind, url, rtsp_transport, file_path, file_loop, \
-    output_types, on_demand, enabled, verbose, archive_recording, archive_ms_per_file, \
+    output_types, on_demand, enabled, verbose_level, archive_recording, archive_ms_per_file, \
     archive_storage, archive_directory, archive_bucket, archive_prefix, retention_max_age_s, \
     retention_max_bytes, origin, created_at_us, updated_at_us";
 
@@ -109,7 +109,7 @@ impl TryFrom<Row> for StreamRecord {
                 outputs,
                 on_demand: r.on_demand,
                 enabled: r.enabled,
-                verbose: r.verbose,
+                verbose: r.verbose_level,
                 archive: ArchiveSpec {
                     recording: r.archive_recording,
                     ms_per_file: r.archive_ms_per_file.and_then(|v| u32::try_from(v).ok()),
@@ -219,7 +219,7 @@ macro_rules! bind_values {
 }
 
 const INSERT: &str = "INSERT INTO streams (id, name, source_kind, url, rtsp_transport, file_path, \
-    file_loop, output_types, on_demand, enabled, verbose, archive_recording, archive_ms_per_file, \
+    file_loop, output_types, on_demand, enabled, verbose_level, archive_recording, archive_ms_per_file, \
     archive_storage, archive_directory, archive_bucket, archive_prefix, retention_max_age_s, \
     retention_max_bytes, origin, created_at_us, updated_at_us) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
@@ -263,7 +263,7 @@ pub async fn seed(db: &Db, specs: &[StreamSpec]) -> Result<u64> {
 pub async fn update(db: &Db, spec: &StreamSpec) -> Result<Option<StreamRecord>> {
     const SQL: &str = "UPDATE streams SET name = $2, source_kind = $3, url = $4, \
         rtsp_transport = $5, file_path = $6, file_loop = $7, output_types = $8, on_demand = $9, \
-        enabled = $10, verbose = $11, archive_recording = $12, archive_ms_per_file = $13, \
+        enabled = $10, verbose_level = $11, archive_recording = $12, archive_ms_per_file = $13, \
         archive_storage = $14, archive_directory = $15, archive_bucket = $16, \
         archive_prefix = $17, retention_max_age_s = $18, retention_max_bytes = $19, \
         updated_at_us = $20 WHERE id = $1";

@@ -1,0 +1,286 @@
+//! The Go-compatible API routes: exact keys, messages and status codes, on both engines.
+
+use axum::http::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+use video_server::db::segments::{self, NewSegment, SegmentState};
+use video_server::db::streams;
+use video_server::stream::StorageKind;
+
+use crate::both_engines;
+use crate::support::{TestDb, call, config, get, send_json, state};
+
+const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+
+fn demo_config() -> String {
+    format!(
+        "[api]\nhost = \"127.0.0.1\"\nport = 8091\n[video]\nhost = \"127.0.0.1\"\nport = 8090\n\
+         [archive]\nserving = true\n\
+         [[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\", \"hls\"]\nloop = true\n"
+    )
+}
+
+async fn seeded(t: &TestDb, toml: &str) -> video_server::api::AppState {
+    let c = config(toml);
+    streams::seed(&t.db, &c.streams().expect("streams"))
+        .await
+        .expect("seed");
+    state(&t.db, c).await
+}
+
+both_engines!(
+    async fn list_has_the_go_shape(t: &TestDb) {
+        let s = seeded(t, &demo_config()).await;
+        let r = get(&s, "/list").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json(), json!({"data": [{"stream_id": DEMO}]}));
+    }
+);
+
+both_engines!(
+    async fn status_has_every_go_field_in_order(t: &TestDb) {
+        let s = seeded(t, &demo_config()).await;
+        let r = get(&s, "/status").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let v = r.json();
+        assert_eq!(v["api"], json!({"host": "127.0.0.1", "port": 8091}));
+        assert_eq!(v["video"], json!({"host": "127.0.0.1", "port": 8090}));
+        assert_eq!(
+            v["hls"],
+            json!({"hls_ms_per_segment": 10000, "hls_window_size": 5, "hls_window_capacity": 10})
+        );
+        assert_eq!(
+            v["on_demand"],
+            json!({"enabled": false, "idle_ms": 30000, "health_check": false,
+                   "health_interval_ms": 30000, "health_timeout_ms": 3000})
+        );
+        let stream = &v["streams"][DEMO];
+        assert_eq!(stream["supported_output_types"], json!([3, 2]));
+        assert_eq!(stream["last_health_check"], json!("0001-01-01T00:00:00Z"));
+        assert_eq!(stream["viewers"], json!(0));
+        assert_eq!(stream["url"], json!("assets/demo.mp4"));
+        // Field order is the Go struct's: check it on the raw text.
+        let text = String::from_utf8(r.body.clone()).expect("utf8");
+        let order = [
+            "\"url\"",
+            "\"status\"",
+            "\"on_demand\"",
+            "\"online\"",
+            "\"streaming\"",
+            "\"viewers\"",
+            "\"last_health_check\"",
+            "\"last_health_error\"",
+            "\"supported_output_types\"",
+            "\"codecs\"",
+        ];
+        let stream_text = &text[text.find(DEMO).expect("stream key")..];
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|k| stream_text.find(k).unwrap_or_else(|| panic!("{k} missing")))
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "field order {positions:?}"
+        );
+        let top = [
+            "\"api\":{",
+            "\"video\":{",
+            "\"streams\":{",
+            "\"hls\":{",
+            "\"on_demand\":{",
+        ];
+        let positions: Vec<usize> = top.iter().map(|k| text.find(k).expect("key")).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "top order {positions:?}"
+        );
+    }
+);
+
+both_engines!(
+    async fn enable_camera_creates_persists_and_answers_status(t: &TestDb) {
+        let s = seeded(t, &demo_config()).await;
+        let id = Uuid::new_v4();
+        let r = send_json(
+            &s,
+            "POST",
+            "/enable_camera",
+            &json!({"guid": id, "url": "rtsp://127.0.0.1:8554/test", "output_types": ["mse", "HLS"], "on_demand": true}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let v = r.json();
+        let entry = &v["streams"][id.to_string()];
+        assert_eq!(entry["supported_output_types"], json!([3, 2]));
+        assert_eq!(entry["on_demand"], json!(true));
+        let rec = streams::get(&t.db, id)
+            .await
+            .expect("get")
+            .expect("persisted");
+        assert!(rec.spec.enabled);
+        // Enabling an existing, running camera changes nothing.
+        let r = send_json(
+            &s,
+            "POST",
+            "/enable_camera",
+            &json!({"guid": id, "url": "rtsp://10.9.9.9/other", "output_types": ["mse"]}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let again = streams::get(&t.db, id)
+            .await
+            .expect("get")
+            .expect("persisted");
+        assert_eq!(again.spec, rec.spec);
+    }
+);
+
+both_engines!(
+    async fn enable_camera_errors_are_the_go_ones(t: &TestDb) {
+        let s = seeded(t, &demo_config()).await;
+        let cases = [
+            (
+                json!({"guid": "not-a-uuid", "url": "rtsp://h/x"}),
+                "Bad JSON binding",
+            ),
+            (
+                json!({"guid": Uuid::new_v4(), "url": "rtsp://h/x", "output_types": ["rtsp"]}),
+                "stream type is not supported. Type: 'rtsp'",
+            ),
+            (
+                json!({"guid": Uuid::new_v4(), "url": "rtsp://h/x", "output_types": ["local_file"]}),
+                "stream type is not supported. Type: 'local_file'",
+            ),
+            (
+                json!({"guid": Uuid::new_v4(), "url": "rtsp://h/x", "output_types": ["webrtc"]}),
+                "stream type does not exists. Type: 'webrtc'",
+            ),
+            (
+                json!({"url": "rtsp://h/x"}),
+                "Bad JSON binding: 'guid' is required",
+            ),
+            (
+                json!({"guid": Uuid::nil(), "url": "rtsp://h/x"}),
+                "Bad JSON binding: 'guid' must not be the nil UUID",
+            ),
+            (
+                json!({"guid": Uuid::new_v4(), "url": "http://h/x"}),
+                "Bad JSON binding: 'url' must be an rtsp:// or rtsps:// URL",
+            ),
+        ];
+        for (body, message) in cases {
+            let r = send_json(&s, "POST", "/enable_camera", &body).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(r.json(), json!({"Error": message}), "{body}");
+        }
+        let r = call(
+            &s,
+            "POST",
+            "/enable_camera",
+            Some("application/json"),
+            "{not json",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.json(), json!({"Error": "Bad JSON binding"}));
+        // Nothing was registered by the failures.
+        assert_eq!(streams::list_all(&t.db).await.expect("list").len(), 1);
+    }
+);
+
+both_engines!(
+    async fn disable_camera_persists_and_unknown_is_200(t: &TestDb) {
+        let s = seeded(t, &demo_config()).await;
+        let r = send_json(&s, "POST", "/disable_camera", &json!({"guid": DEMO})).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.json()["streams"].get(DEMO).is_none());
+        let rec = streams::get(&t.db, DEMO.parse().expect("uuid"))
+            .await
+            .expect("get")
+            .expect("kept");
+        assert!(!rec.spec.enabled, "disabled state is persisted");
+        assert_eq!(get(&s, "/list").await.json(), json!({"data": []}));
+        // Restart: the stream stays disabled.
+        let s2 = state(&t.db, config(&demo_config())).await;
+        assert_eq!(get(&s2, "/list").await.json(), json!({"data": []}));
+        // Unknown guid: the Go 200 with the status document.
+        let r = send_json(
+            &s,
+            "POST",
+            "/disable_camera",
+            &json!({"guid": Uuid::new_v4()}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.json().get("streams").is_some());
+        // Missing guid / bad JSON: 400 with the Go key.
+        let r = send_json(&s, "POST", "/disable_camera", &json!({})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            r.json(),
+            json!({"Error": "Bad JSON binding: 'guid' is required"})
+        );
+        let r = call(&s, "POST", "/disable_camera", Some("application/json"), "[").await;
+        assert_eq!(r.json(), json!({"Error": "Bad JSON binding"}));
+        // Re-enable the disabled stream through the Go route.
+        let r = send_json(&s, "POST", "/enable_camera", &json!({"guid": DEMO})).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.json()["streams"].get(DEMO).is_some());
+    }
+);
+
+both_engines!(
+    async fn archive_ranges_go_shape_and_errors(t: &TestDb) {
+        let s = seeded(t, &demo_config()).await;
+        let r = get(&s, "/archive/not-a-uuid/ranges").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.json(), json!({"error": "invalid stream_id"}));
+        let r = get(&s, &format!("/archive/{DEMO}/ranges")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.json(), json!({"error": "no archive segments found"}));
+
+        let id: Uuid = DEMO.parse().expect("uuid");
+        let base_us = 1_766_224_800_000_000; // 2025-12-20T10:00:00Z
+        for (s0, e0) in [(0, 30), (30, 60), (120, 150)] {
+            segments::insert(
+                &t.db,
+                &NewSegment {
+                    stream_id: id,
+                    start_us: base_us + s0 * 1_000_000,
+                    end_us: base_us + e0 * 1_000_000 + 400_000,
+                    media_duration_us: (e0 - s0) * 1_000_000,
+                    storage: StorageKind::Filesystem,
+                    storage_key: format!("mp4/{DEMO}_{s0}.mp4"),
+                    bytes: 10,
+                    state: SegmentState::Complete,
+                },
+            )
+            .await
+            .expect("insert");
+        }
+        // The id is echoed as given (upper case here).
+        let upper = DEMO.to_uppercase();
+        let r = get(&s, &format!("/archive/{upper}/ranges")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.json(),
+            json!({"stream_id": upper, "ranges": [
+                {"start": "2025-12-20T10:00:00Z", "end": "2025-12-20T10:01:01Z"},
+                {"start": "2025-12-20T10:02:00Z", "end": "2025-12-20T10:02:31Z"},
+            ]})
+        );
+    }
+);
+
+both_engines!(
+    async fn archive_ranges_need_serving(t: &TestDb) {
+        let toml = demo_config().replace("serving = true", "serving = false");
+        let s = seeded(t, &toml).await;
+        let r = get(&s, &format!("/archive/{DEMO}/ranges")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            r.json(),
+            json!({"error": "archive not available: archive serving not enabled globally"})
+        );
+    }
+);
