@@ -7,19 +7,26 @@
 //! | [`config`] | `conf.toml` / `conf.json` with the Go original's keys, plus ours |
 //! | [`stream`] | the stream (camera) model shared by config, database and API |
 //! | [`db`] | SQLite / Postgres pool, migrations, the one repository API (only place with SQL) |
+//! | [`media`] | codec parameters, frames, fMP4 writing, MP4 reading (no I/O policy, no HTTP/SQL) |
+//! | [`source`] | RTSP (retina) and looping-file sources, the per-stream supervisor |
+//! | [`hub`] | per-stream fan-out to viewers, HLS and recorder, with keyframe resync |
 //! | [`manager`] | starts, stops and reports on running streams |
 //! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI |
 //! | [`live`] | the video listener: MSE WebSocket, archive WebSocket, HLS files |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
 //!
-//! Dependencies point one way: `config` → `db` → `manager` → `live`/`api` → `server`.
+//! Dependencies point one way: `config`/`media` → `db`/`hub` → `source` → `manager` →
+//! `live`/`api` → `server`.
 
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod hub;
 pub mod live;
 pub mod logging;
 pub mod manager;
+pub mod media;
 pub mod server;
+pub mod source;
 pub mod stream;

@@ -1,18 +1,33 @@
 //! The stream manager: the one place that starts, stops and reports on running streams.
 //!
 //! The API and the start-up code call [`StreamManager::start`], [`StreamManager::stop`] and
-//! [`StreamManager::restart`]; the video listener looks streams up here (never in SQL) on its hot
-//! path. This version records the desired state and the status flags; the media runtime (sources,
-//! hub, outputs) plugs in behind the same methods.
+//! [`StreamManager::restart`]; the video listener finds a running stream's hub and demand tracker
+//! here (never in SQL) on its hot path. Each running stream is a [`StreamRuntime`]: a hub, a source
+//! supervisor, and the output tasks (HLS segmenter), all under one cancellation token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::stream::StreamSpec;
+use crate::hub::Hub;
+use crate::source::supervisor::{Demand, HealthProbe, Supervisor};
+use crate::source::{StatusCell, lock_status};
+use crate::stream::{OutputType, StreamSpec};
+
+/// How long `stop` waits for a stream's tasks to finish. Every task selects on cancellation, so
+/// this is only hit by a bug; the stream is forgotten either way.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Probes running at once across all streams (go-original.md §6.6: at most 8).
+const MAX_PARALLEL_PROBES: usize = 8;
 
 /// Live flags of one stream, as `/status` reports them (go-original.md §2.3).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,18 +46,39 @@ pub struct StreamStatus {
     pub codecs: Vec<String>,
     /// Tracks left out and why (e.g. G.711 audio, which fMP4/MSE cannot carry).
     pub skipped_tracks: Vec<String>,
+    /// Times a lagging consumer (viewer, HLS writer, recorder) was skipped ahead to a keyframe.
+    pub lag_skips: u64,
 }
 
-struct Entry {
-    spec: StreamSpec,
-    status: StreamStatus,
+/// One running stream.
+pub struct StreamRuntime {
+    pub spec: StreamSpec,
+    pub hub: Arc<Hub>,
+    pub status: StatusCell,
+    pub demand: Arc<Demand>,
+    /// Cancels the supervisor and every output task of this stream.
+    cancel: CancellationToken,
+    /// The supervisor and output tasks, to wait for on stop.
+    tasks: TaskTracker,
+}
+
+impl StreamRuntime {
+    pub fn status(&self) -> StreamStatus {
+        let mut st = lock_status(&self.status).clone();
+        st.viewers = self.demand.viewers();
+        st.lag_skips = self.hub.skips();
+        st
+    }
 }
 
 /// Owns the set of active streams. Cheap to share behind an `Arc`.
 pub struct StreamManager {
     config: Arc<Config>,
-    /// Active (enabled) streams by id. A std lock: it is never held across an await.
-    streams: RwLock<HashMap<Uuid, Entry>>,
+    /// Active (enabled) streams by id. A std lock: never held across an await.
+    streams: RwLock<HashMap<Uuid, Arc<StreamRuntime>>>,
+    /// Parent of every stream's token: cancelled on shutdown.
+    root: CancellationToken,
+    probe_limiter: Arc<Semaphore>,
 }
 
 impl StreamManager {
@@ -50,6 +86,8 @@ impl StreamManager {
         Arc::new(Self {
             config,
             streams: RwLock::new(HashMap::new()),
+            root: CancellationToken::new(),
+            probe_limiter: Arc::new(Semaphore::new(MAX_PARALLEL_PROBES)),
         })
     }
 
@@ -57,49 +95,95 @@ impl StreamManager {
         &self.config
     }
 
-    /// Starts a stream (or replaces a running one with the same id). Disabled specs are ignored.
+    /// Starts a stream, replacing a running one with the same id. Disabled specs only stop.
     pub async fn start(&self, spec: &StreamSpec) {
+        self.stop(spec.id).await;
         if !spec.enabled {
-            self.stop(spec.id).await;
             return;
         }
-        let streaming = !self.config.on_demand_for(spec);
-        let mut map = self.write();
-        let status = map.remove(&spec.id).map(|e| e.status).unwrap_or_default();
-        map.insert(
-            spec.id,
-            Entry {
-                spec: spec.clone(),
-                status: StreamStatus {
-                    streaming,
-                    ..status
-                },
-            },
+        let c = &self.config;
+        let on_demand = c.on_demand_for(spec);
+        let records = spec.archive.recording && c.archive.recording;
+        let demand = Demand::new(
+            !on_demand || records,
+            Duration::from_millis(u64::try_from(c.on_demand.idle_ms).unwrap_or(30_000)),
         );
-        tracing::info!(stream = %spec.id, source = %spec.source.display_url(), "stream started");
+        let probe = (on_demand && c.on_demand.health_check).then(|| HealthProbe {
+            interval: Duration::from_millis(
+                u64::try_from(c.on_demand.health_interval_ms).unwrap_or(30_000),
+            ),
+            timeout: Duration::from_millis(
+                u64::try_from(c.on_demand.health_timeout_ms).unwrap_or(3_000),
+            ),
+            limiter: self.probe_limiter.clone(),
+        });
+        let hub = Hub::new();
+        let status: StatusCell = Default::default();
+        let cancel = self.root.child_token();
+        let tasks = TaskTracker::new();
+        let span = tracing::info_span!("stream", id = %spec.id);
+        let supervisor = Supervisor {
+            spec: spec.clone(),
+            hub: hub.clone(),
+            status: status.clone(),
+            demand: demand.clone(),
+            probe,
+        };
+        tasks.spawn(supervisor.run(cancel.clone()).instrument(span.clone()));
+        if spec.has_output(OutputType::Hls) {
+            let writer = crate::live::hls_writer::HlsWriter::new(
+                spec.id,
+                &c.hls,
+                hub.subscribe(crate::live::hls_writer::QUEUE_FRAMES),
+            );
+            tasks.spawn(writer.run(cancel.clone()).instrument(span.clone()));
+        }
+        tasks.close();
+        let rt = Arc::new(StreamRuntime {
+            spec: spec.clone(),
+            hub,
+            status,
+            demand,
+            cancel,
+            tasks,
+        });
+        self.write().insert(spec.id, rt);
+        tracing::info!(stream = %spec.id, source = %spec.source.display_url(), on_demand, "stream started");
     }
 
-    /// Stops a stream and waits until it has stopped. Unknown ids are a no-op.
+    /// Stops a stream and waits (bounded) until its tasks have finished. Unknown ids are a no-op.
     pub async fn stop(&self, id: Uuid) {
-        if self.write().remove(&id).is_some() {
-            tracing::info!(stream = %id, "stream stopped");
+        let Some(rt) = self.write().remove(&id) else {
+            return;
+        };
+        rt.cancel.cancel();
+        if tokio::time::timeout(STOP_TIMEOUT, rt.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(stream = %id, "stream tasks did not stop in time");
         }
+        tracing::info!(stream = %id, "stream stopped");
     }
 
     /// Applies new settings: stop, then start with the new spec.
     pub async fn restart(&self, spec: &StreamSpec) {
-        self.stop(spec.id).await;
         self.start(spec).await;
+    }
+
+    /// A running stream.
+    pub fn runtime(&self, id: Uuid) -> Option<Arc<StreamRuntime>> {
+        self.read().get(&id).cloned()
     }
 
     /// The spec of an active stream.
     pub fn spec(&self, id: Uuid) -> Option<StreamSpec> {
-        self.read().get(&id).map(|e| e.spec.clone())
+        self.read().get(&id).map(|rt| rt.spec.clone())
     }
 
     /// The live status of an active stream.
     pub fn status(&self, id: Uuid) -> Option<StreamStatus> {
-        self.read().get(&id).map(|e| e.status.clone())
+        self.read().get(&id).map(|rt| rt.status())
     }
 
     /// Every active stream with its status, ordered by id.
@@ -107,7 +191,7 @@ impl StreamManager {
         let mut all: Vec<_> = self
             .read()
             .values()
-            .map(|e| (e.spec.clone(), e.status.clone()))
+            .map(|rt| (rt.spec.clone(), rt.status()))
             .collect();
         all.sort_by_key(|(s, _)| s.id);
         all
@@ -115,19 +199,20 @@ impl StreamManager {
 
     /// Stops everything (graceful shutdown).
     pub async fn shutdown(&self) {
+        self.root.cancel();
         let ids: Vec<Uuid> = self.read().keys().copied().collect();
         for id in ids {
             self.stop(id).await;
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Entry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Arc<StreamRuntime>>> {
         // A poisoned lock means a panic happened while holding it; the map itself is still a
         // consistent HashMap, so keep serving rather than cascading the panic.
         self.streams.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Entry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Arc<StreamRuntime>>> {
         self.streams.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -597,6 +597,8 @@ pub struct StreamStatusDto {
     pub codecs: Vec<String>,
     /// Tracks left out of live outputs and why.
     pub skipped_tracks: Vec<String>,
+    /// Times a lagging viewer (or writer) was skipped ahead to the next keyframe.
+    pub lag_skips: u64,
 }
 
 /// Live status of one stream.
@@ -629,5 +631,6 @@ pub async fn stream_status(
         last_health_error: st.last_health_error,
         codecs: st.codecs,
         skipped_tracks: st.skipped_tracks,
+        lag_skips: st.lag_skips,
     }))
 }

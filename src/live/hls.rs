@@ -4,6 +4,7 @@
 //! and may then only contain `[A-Za-z0-9_.-]`, so no request can leave the HLS directory.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -63,14 +64,29 @@ pub async fn serve(State(state): State<AppState>, Path(file): Path<String>) -> R
         Ok(n) => n,
         Err(msg) => return GoError::upper(StatusCode::BAD_REQUEST, msg).into_response(),
     };
-    let known = state
+    let Some(rt) = state
         .manager
-        .spec(name.stream_id)
-        .is_some_and(|s| s.has_output(crate::stream::OutputType::Hls));
-    if !known {
+        .runtime(name.stream_id)
+        .filter(|rt| rt.spec.has_output(crate::stream::OutputType::Hls))
+    else {
         return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
-    }
+    };
+    // Every HLS request is viewer activity: it starts an on-demand source and keeps it running.
+    rt.demand.hls_request();
     let path: PathBuf = PathBuf::from(&state.config.hls.directory).join(&name.file);
+    if name.is_playlist {
+        // A just-started stream has no playlist yet: wait (bounded) for the first one, as the
+        // original did for on-demand streams, instead of failing the player's first request.
+        let wait_ms = (state.config.hls.ms_per_segment * 2).clamp(1_000, 25_000);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        while !tokio::fs::try_exists(&path).await.unwrap_or(false)
+            && tokio::time::Instant::now() < deadline
+            && state.manager.runtime(name.stream_id).is_some()
+        {
+            rt.demand.hls_request();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let mut resp = bytes.into_response();

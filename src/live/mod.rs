@@ -2,6 +2,8 @@
 //! and HLS files. Paths and wire behaviour follow the Go original (go-original.md §2.2, §3, §4).
 
 pub mod hls;
+pub mod hls_writer;
+pub mod mse;
 pub mod ws;
 
 use axum::Router;

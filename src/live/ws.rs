@@ -54,30 +54,16 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
         close_with(&mut socket, &format!("Not valid UUID: '{raw_id}'")).await;
         return;
     };
-    let known = state
+    let Some(rt) = state
         .manager
-        .spec(id)
-        .is_some_and(|s| s.has_output(OutputType::Mse));
-    if !known {
+        .runtime(id)
+        .filter(|rt| rt.spec.has_output(OutputType::Mse))
+    else {
         // The original closes at once, without a close frame, for an unknown stream or one without
         // the mse output. Dropping the socket does exactly that.
         return;
-    }
-    // Wait for codec information (the media runtime publishes it in the stream status).
-    let deadline = tokio::time::Instant::now() + CODEC_WAIT;
-    loop {
-        match state.manager.status(id) {
-            None => return,
-            Some(st) if !st.codecs.is_empty() => break,
-            Some(_) => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            close_with(&mut socket, "Timeout waiting for codec information").await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    close_with(&mut socket, "Can't extract codec for stream").await;
+    };
+    super::mse::serve_viewer(socket, rt).await;
 }
 
 /// `GET /ws/archive?stream_id=<uuid>&start=<unix s>&duration=<s>`: archive playback.

@@ -3,49 +3,19 @@
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::sync::CancellationToken;
-use video_server::config::Config;
+
+use crate::support::InProcess;
 
 const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
-struct Server {
-    video: String,
-    shutdown: CancellationToken,
-    running: Option<video_server::server::Running>,
-    _dir: tempfile::TempDir,
-}
+struct Server;
 
 impl Server {
-    async fn start(extra: &str) -> Server {
-        let dir = tempfile::tempdir().expect("tmp");
-        let toml = format!(
-            "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
-             [hls]\ndirectory = \"{hls}\"\n\
-             [database]\nurl = \"sqlite://{db}\"\n{extra}\n\
-             [[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"hls\"]\nloop = true\n",
-            hls = dir.path().join("hls").display(),
-            db = dir.path().join("index.db").display(),
-        );
-        let config = Config::from_toml_str("video.toml", &toml).expect("config");
-        let shutdown = CancellationToken::new();
-        let running = video_server::server::start(config, shutdown.clone())
-            .await
-            .expect("server starts");
-        Server {
-            video: running.video_addr.to_string(),
-            shutdown,
-            running: Some(running),
-            _dir: dir,
-        }
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(r) = self.running.take() {
-            tokio::time::timeout(std::time::Duration::from_secs(10), r.wait())
-                .await
-                .expect("graceful shutdown is prompt");
-        }
+    async fn start(extra: &str) -> InProcess {
+        InProcess::start(&format!(
+            "{extra}\n[[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"hls\"]\nloop = true\n"
+        ))
+        .await
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod media;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -214,4 +215,52 @@ pub async fn send_json(
         serde_json::to_vec(body).expect("json"),
     )
     .await
+}
+
+/// The whole server running in this test process on ephemeral ports, with a SQLite index and HLS
+/// directory in a temp dir.
+pub struct InProcess {
+    pub video: String,
+    pub api: String,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+    shutdown: tokio_util::sync::CancellationToken,
+    running: Option<video_server::server::Running>,
+}
+
+impl InProcess {
+    /// Starts with `extra` TOML appended to a base config (listeners on port 0).
+    pub async fn start(extra: &str) -> InProcess {
+        let dir = tempfile::tempdir().expect("tmp");
+        let toml = format!(
+            "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
+             [database]\nurl = \"sqlite://{db}\"\n{extra}\n",
+            db = dir.path().join("index.db").display(),
+        );
+        let mut config = Config::from_toml_str("inprocess.toml", &toml).expect("config");
+        if !extra.contains("directory") {
+            config.hls.directory = dir.path().join("hls").display().to_string();
+        }
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = video_server::server::start(config, shutdown.clone())
+            .await
+            .expect("server starts");
+        InProcess {
+            video: running.video_addr.to_string(),
+            api: format!("http://{}", running.api_addr.expect("api enabled")),
+            state: running.state.clone(),
+            dir,
+            shutdown,
+            running: Some(running),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(15), r.wait())
+                .await
+                .expect("graceful shutdown is prompt");
+        }
+    }
 }

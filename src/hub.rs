@@ -1,0 +1,381 @@
+//! Per-stream fan-out from one source to many consumers (MSE viewers, the HLS segmenter, the
+//! recorder).
+//!
+//! Invariants:
+//! * [`Hub::publish`] never waits: every consumer has a bounded queue filled with `try_send`.
+//! * A consumer whose queue is full is not given a partial GOP: it drops everything up to the next
+//!   video keyframe (a *skip*, counted), and the first frame it gets afterwards carries
+//!   `discontinuity = true`.
+//! * The frames since the last video keyframe are cached, so a new consumer starts at once from the
+//!   latest keyframe instead of waiting for the next one.
+//! * Timestamps are continuous across source sessions: when a source reconnects, its new
+//!   session-relative timestamps are shifted to continue after the previous session's last frame.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::media::{Frame, StreamParams, TrackKind};
+
+/// Most frames kept in the GOP cache. A source with absurdly long GOPs (or audio without video)
+/// would otherwise grow it without bound; past this the cache is dropped and new consumers wait for
+/// the next keyframe.
+const GOP_CACHE_MAX_FRAMES: usize = 1500;
+
+/// What a consumer receives.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub frame: Frame,
+    /// Frames were skipped before this one (the consumer lagged) or the source restarted: the
+    /// timeline may jump here. Always a keyframe (or the first frame of an audio-only stream).
+    pub discontinuity: bool,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    /// Waiting for the next sync point before sending anything.
+    waiting_for_sync: bool,
+    /// The next delivered frame must carry `discontinuity`.
+    mark_next: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: Vec<Slot>,
+    next_id: u64,
+    /// Frames since the last video keyframe (or recent audio frames for audio-only streams).
+    gop: Vec<Frame>,
+    /// Shift applied to the current source session's timestamps, in µs.
+    session_offset_us: i64,
+    /// End of the last published frame (after shifting), in µs, per track.
+    last_end_us: [i64; 2],
+    has_video: bool,
+}
+
+/// The fan-out point of one stream.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    params: watch::Sender<Option<Arc<StreamParams>>>,
+    /// Frames dropped because a consumer lagged (whole GOP tails), over the hub's life.
+    skipped_frames: AtomicU64,
+    /// Frames published.
+    published_frames: AtomicU64,
+}
+
+fn track_index(t: TrackKind) -> usize {
+    match t {
+        TrackKind::Video => 0,
+        TrackKind::Audio => 1,
+    }
+}
+
+fn to_us(ticks: i64, timescale: u32) -> i64 {
+    ((i128::from(ticks) * 1_000_000) / i128::from(timescale.max(1))) as i64
+}
+
+fn from_us(us: i64, timescale: u32) -> i64 {
+    ((i128::from(us) * i128::from(timescale)) / 1_000_000) as i64
+}
+
+impl Hub {
+    pub fn new() -> Arc<Hub> {
+        let (params, _) = watch::channel(None);
+        Arc::new(Hub {
+            inner: Mutex::new(Inner::default()),
+            params,
+            skipped_frames: AtomicU64::new(0),
+            published_frames: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Never held across an await; a poisoned lock still guards consistent data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest codec parameters (`None` until the source delivered them).
+    pub fn params(&self) -> watch::Receiver<Option<Arc<StreamParams>>> {
+        self.params.subscribe()
+    }
+
+    /// Publishes codec parameters ahead of the first frame (so viewers can be told early).
+    pub fn set_params(&self, params: Arc<StreamParams>) {
+        self.params.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.version == params.version) {
+                false
+            } else {
+                *cur = Some(params.clone());
+                true
+            }
+        });
+    }
+
+    /// A source (re)starts: its timestamps start again near zero. Later frames are shifted to
+    /// continue after everything published so far, the GOP cache is dropped, and every consumer's
+    /// next frame is marked as a discontinuity.
+    pub fn begin_session(&self) {
+        let mut inner = self.lock();
+        let end = inner.last_end_us[0].max(inner.last_end_us[1]);
+        inner.session_offset_us = end;
+        inner.gop.clear();
+        for slot in &mut inner.slots {
+            slot.waiting_for_sync = true;
+            slot.mark_next = true;
+        }
+    }
+
+    /// The source ended: clears the codec parameters and the cache.
+    pub fn end_session(&self) {
+        self.lock().gop.clear();
+        self.params.send_replace(None);
+    }
+
+    /// Publishes one frame (timestamps relative to the current session). Never blocks.
+    pub fn publish(&self, mut frame: Frame) {
+        self.set_params(frame.params.clone());
+        let mut inner = self.lock();
+        let timescale = frame.params.timescale(frame.track);
+        frame.dts += from_us(inner.session_offset_us, timescale);
+        let end_us = to_us(frame.dts + i64::from(frame.duration), timescale);
+        let ti = track_index(frame.track);
+        inner.last_end_us[ti] = inner.last_end_us[ti].max(end_us);
+        let has_video = frame.params.video.is_some();
+        inner.has_video = has_video;
+        // A sync point: a video keyframe, or any frame of an audio-only stream.
+        let sync = match frame.track {
+            TrackKind::Video => frame.keyframe,
+            TrackKind::Audio => !has_video,
+        };
+        if sync && (frame.track == TrackKind::Video || inner.gop.len() >= 50) {
+            inner.gop.clear();
+        }
+        if inner.gop.len() < GOP_CACHE_MAX_FRAMES && (sync || !inner.gop.is_empty()) {
+            inner.gop.push(frame.clone());
+        } else if inner.gop.len() >= GOP_CACHE_MAX_FRAMES {
+            inner.gop.clear();
+        }
+        let mut skipped = 0u64;
+        inner.slots.retain_mut(|slot| {
+            if slot.waiting_for_sync {
+                if !sync {
+                    return !slot.tx.is_closed();
+                }
+                slot.waiting_for_sync = false;
+            }
+            let delivery = Delivery {
+                frame: frame.clone(),
+                discontinuity: slot.mark_next,
+            };
+            match slot.tx.try_send(delivery) {
+                Ok(()) => {
+                    slot.mark_next = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Lagging: drop the rest of this GOP for this consumer.
+                    slot.waiting_for_sync = true;
+                    slot.mark_next = true;
+                    skipped += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        drop(inner);
+        self.published_frames.fetch_add(1, Ordering::Relaxed);
+        if skipped > 0 {
+            self.skipped_frames.fetch_add(skipped, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a consumer with room for `capacity` frames beyond the cached GOP it is primed with, so
+    /// it can start immediately from the latest keyframe. Dropping the returned [`Subscription`]
+    /// removes the consumer.
+    pub fn subscribe(self: &Arc<Self>, capacity: usize) -> Subscription {
+        let mut inner = self.lock();
+        let (tx, rx) = mpsc::channel(capacity.max(2) + inner.gop.len());
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let mut waiting_for_sync = true;
+        let mut mark_next = false;
+        if !inner.gop.is_empty() {
+            waiting_for_sync = false;
+            for frame in &inner.gop {
+                let d = Delivery {
+                    frame: frame.clone(),
+                    discontinuity: false,
+                };
+                if tx.try_send(d).is_err() {
+                    waiting_for_sync = true;
+                    mark_next = true;
+                    break;
+                }
+            }
+        }
+        inner.slots.push(Slot {
+            id,
+            tx,
+            waiting_for_sync,
+            mark_next,
+        });
+        Subscription {
+            id,
+            hub: Arc::downgrade(self),
+            rx,
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        self.lock().slots.retain(|s| s.id != id);
+    }
+
+    /// Number of attached consumers.
+    pub fn consumers(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Frames consumers missed because they lagged (each skip drops the rest of a GOP).
+    pub fn skips(&self) -> u64 {
+        self.skipped_frames.load(Ordering::Relaxed)
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published_frames.load(Ordering::Relaxed)
+    }
+}
+
+/// A consumer's end of the hub.
+pub struct Subscription {
+    id: u64,
+    hub: Weak<Hub>,
+    rx: mpsc::Receiver<Delivery>,
+}
+
+impl Subscription {
+    /// The next frame; `None` once the hub is gone.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+
+    /// Frames waiting in this consumer's queue.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.unsubscribe(self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{StreamParams, VideoCodec, VideoParams};
+    use bytes::Bytes;
+
+    fn params() -> Arc<StreamParams> {
+        Arc::new(StreamParams {
+            version: 1,
+            video: Some(VideoParams {
+                codec: VideoCodec::H264,
+                config_record: Bytes::from_static(b"x"),
+                width: 2,
+                height: 2,
+                codec_string: "avc1.42C01E".into(),
+            }),
+            audio: None,
+        })
+    }
+
+    fn frame(p: &Arc<StreamParams>, n: i64, key: bool) -> Frame {
+        Frame {
+            track: TrackKind::Video,
+            dts: n * 3600,
+            duration: 3600,
+            cts_offset: 0,
+            keyframe: key,
+            wallclock_us: 0,
+            data: Bytes::from(vec![n as u8]),
+            params: p.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn new_consumer_starts_at_the_cached_keyframe() {
+        let hub = Hub::new();
+        let p = params();
+        for n in 0..30 {
+            hub.publish(frame(&p, n, n % 25 == 0));
+        }
+        let mut sub = hub.subscribe(2);
+        let first = sub.recv().await.expect("frame");
+        assert!(first.frame.keyframe);
+        assert_eq!(first.frame.dts, 25 * 3600);
+        assert_eq!(sub.queued(), 4);
+    }
+
+    #[tokio::test]
+    async fn lagging_consumer_skips_to_next_keyframe_without_partial_gops() {
+        let hub = Hub::new();
+        let p = params();
+        let mut slow = hub.subscribe(10);
+        let mut fast = hub.subscribe(1000);
+        for n in 0..100 {
+            hub.publish(frame(&p, n, n % 25 == 0));
+        }
+        // The fast consumer got everything from the first keyframe on.
+        let mut got = 0;
+        while let Ok(d) = fast.rx.try_recv() {
+            assert!(!d.discontinuity);
+            got += 1;
+        }
+        assert_eq!(got, 100);
+        // The slow one got a prefix of the first GOP, then nothing until a keyframe it had room for.
+        let mut seen = Vec::new();
+        while let Ok(d) = slow.rx.try_recv() {
+            seen.push(d);
+        }
+        assert_eq!(seen.len(), 10);
+        assert!(seen[0].frame.keyframe);
+        assert!(hub.skips() > 0);
+        // After draining, the next delivery is a keyframe marked as a discontinuity.
+        for n in 100..130 {
+            hub.publish(frame(&p, n, n % 25 == 0));
+        }
+        let d = slow.rx.try_recv().expect("resumed");
+        assert!(d.frame.keyframe && d.discontinuity);
+        assert_eq!(d.frame.dts, 100 * 3600);
+    }
+
+    #[tokio::test]
+    async fn sessions_continue_the_timeline_and_drop_closed_consumers() {
+        let hub = Hub::new();
+        let p = params();
+        let mut sub = hub.subscribe(1000);
+        for n in 0..10 {
+            hub.publish(frame(&p, n, n == 0));
+        }
+        hub.begin_session();
+        hub.publish(frame(&p, 0, true));
+        let mut last = None;
+        while let Ok(d) = sub.rx.try_recv() {
+            last = Some(d);
+        }
+        let last = last.expect("frames");
+        assert!(last.discontinuity);
+        assert_eq!(
+            last.frame.dts,
+            10 * 3600,
+            "continues after the previous session"
+        );
+        assert_eq!(hub.consumers(), 1);
+        drop(sub);
+        assert_eq!(hub.consumers(), 0);
+    }
+}

@@ -1,0 +1,310 @@
+//! Live HLS: fMP4/CMAF segments and a sliding-window playlist written from a stream's hub.
+//!
+//! * Segments are cut at the first keyframe after `ms_per_segment` (the original's rule).
+//! * `window_size` segments are listed; `window_capacity` are kept on disk (the original's ring).
+//! * Every file is written to a temporary name and renamed, so readers never see partial files.
+//! * Names carry a per-writer token (`<uuid>_<token>_<seq>.m4s`), so a restarted stream never
+//!   reuses a name and the delayed clean-up of an old writer cannot delete a new writer's files.
+//! * A source restart or codec change starts a new segment with `EXT-X-DISCONTINUITY` (and a new
+//!   `EXT-X-MAP` when the codecs changed).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use m3u8_rs::{Map, MediaPlaylist, MediaSegment};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::HlsConfig;
+use crate::hub::{Delivery, Subscription};
+use crate::media::fmp4::{FragmentWriter, init_segment};
+use crate::media::{Frame, StreamParams, TrackKind};
+
+/// Hub queue of the segmenter, in frames: a couple of segments' worth, so a slow disk causes a
+/// keyframe skip only after seconds of stall.
+pub const QUEUE_FRAMES: usize = 2048;
+
+/// A segment that never reaches a keyframe is abandoned past this many frames (bounds memory
+/// when a source sends no keyframes).
+const MAX_SEGMENT_FRAMES: usize = 20_000;
+
+/// Playlist file name of a stream.
+pub fn playlist_name(stream_id: Uuid) -> String {
+    format!("{stream_id}.m3u8")
+}
+
+struct Listed {
+    uri: String,
+    duration_s: f32,
+    discontinuity: bool,
+    map: String,
+    program_date_time: Option<DateTime<FixedOffset>>,
+}
+
+/// Writes one stream's HLS files.
+pub struct HlsWriter {
+    stream_id: Uuid,
+    dir: PathBuf,
+    target_ms: u64,
+    window_size: usize,
+    window_capacity: usize,
+    sub: Subscription,
+    /// Distinguishes this writer's files from any other writer's of the same stream.
+    token: String,
+    seq: u64,
+    ring: VecDeque<Listed>,
+    /// Discontinuities among segments that left the ring (EXT-X-DISCONTINUITY-SEQUENCE).
+    dropped_discontinuities: u64,
+    params: Option<Arc<StreamParams>>,
+    init_uri: String,
+    frames: Vec<Frame>,
+    next_discontinuity: bool,
+    writer: FragmentWriter,
+}
+
+impl HlsWriter {
+    pub fn new(stream_id: Uuid, cfg: &HlsConfig, sub: Subscription) -> HlsWriter {
+        let token = format!("{:x}{:04x}", Utc::now().timestamp(), rand::random::<u16>());
+        HlsWriter {
+            stream_id,
+            dir: PathBuf::from(&cfg.directory),
+            target_ms: cfg.ms_per_segment.max(100),
+            window_size: cfg.window_size.max(1),
+            window_capacity: cfg.window_capacity.max(cfg.window_size).max(1),
+            sub,
+            token,
+            seq: 0,
+            ring: VecDeque::new(),
+            dropped_discontinuities: 0,
+            params: None,
+            init_uri: String::new(),
+            frames: Vec::new(),
+            next_discontinuity: false,
+            writer: FragmentWriter::new(),
+        }
+    }
+
+    fn prefix(&self) -> String {
+        format!("{}_{}_", self.stream_id, self.token)
+    }
+
+    /// Consumes frames until cancelled, then schedules the removal of this writer's files.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
+            tracing::error!(error = %e, dir = %self.dir.display(), "cannot create the HLS directory");
+            return;
+        }
+        remove_stale(&self.dir, self.stream_id, &self.token).await;
+        loop {
+            let delivery = tokio::select! {
+                _ = cancel.cancelled() => break,
+                d = self.sub.recv() => match d {
+                    Some(d) => d,
+                    None => break,
+                },
+            };
+            if let Err(e) = self.push(delivery).await {
+                tracing::warn!(error = %e, "HLS segment not written");
+            }
+        }
+        // Keep the last files around for players that are still fetching them, then clean up.
+        let delay = Duration::from_millis(self.target_ms * self.window_size as u64);
+        let (dir, id, token) = (self.dir.clone(), self.stream_id, self.token.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            remove_own(&dir, id, &token).await;
+        });
+    }
+
+    async fn push(&mut self, d: Delivery) -> Result<(), crate::media::MediaError> {
+        let f = d.frame;
+        let has_video = f.params.video.is_some();
+        let sync = match f.track {
+            TrackKind::Video => f.keyframe,
+            TrackKind::Audio => !has_video,
+        };
+        let codec_change = self
+            .params
+            .as_ref()
+            .is_none_or(|p| p.version != f.params.version || !p.same_codecs(&f.params));
+        if d.discontinuity || codec_change {
+            if !self.frames.is_empty() {
+                self.finish_segment().await?;
+            }
+            if !self.ring.is_empty() || self.seq > 0 {
+                self.next_discontinuity = true;
+            }
+        }
+        if codec_change {
+            if !sync {
+                // Wait for a keyframe with the new parameters before anything else.
+                return Ok(());
+            }
+            let init = init_segment(&f.params)?;
+            let name = format!("{}init{}.mp4", self.prefix(), f.params.version);
+            write_atomic(&self.dir.join(&name), &init).await?;
+            self.init_uri = name;
+            self.params = Some(f.params.clone());
+        }
+        if self.frames.is_empty() && !sync {
+            return Ok(());
+        }
+        if sync && !self.frames.is_empty() && self.current_ms() >= self.target_ms {
+            self.finish_segment().await?;
+        }
+        if self.frames.len() >= MAX_SEGMENT_FRAMES {
+            tracing::warn!("no keyframe for too long: HLS segment dropped");
+            self.frames.clear();
+            self.next_discontinuity = true;
+            return Ok(());
+        }
+        self.frames.push(f);
+        Ok(())
+    }
+
+    /// Duration of the current segment in ms.
+    fn current_ms(&self) -> u64 {
+        self.params.as_ref().map_or(0, |p| span_ms(p, &self.frames))
+    }
+
+    async fn finish_segment(&mut self) -> Result<(), crate::media::MediaError> {
+        let frames = std::mem::take(&mut self.frames);
+        let Some(params) = self.params.clone() else {
+            return Ok(());
+        };
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let data = self.writer.write(&params, &frames)?;
+        self.seq += 1;
+        let uri = format!("{}{:06}.m4s", self.prefix(), self.seq);
+        write_atomic(&self.dir.join(&uri), &data).await?;
+        let first_wallclock = frames[0].wallclock_us;
+        self.ring.push_back(Listed {
+            uri,
+            duration_s: span_ms(&params, &frames) as f32 / 1000.0,
+            discontinuity: std::mem::take(&mut self.next_discontinuity),
+            map: self.init_uri.clone(),
+            program_date_time: DateTime::<Utc>::from_timestamp_micros(first_wallclock)
+                .filter(|_| first_wallclock > 0)
+                .map(|t| t.fixed_offset()),
+        });
+        while self.ring.len() > self.window_capacity {
+            if let Some(old) = self.ring.pop_front() {
+                if old.discontinuity {
+                    self.dropped_discontinuities += 1;
+                }
+                let _ = tokio::fs::remove_file(self.dir.join(&old.uri)).await;
+            }
+        }
+        self.write_playlist().await
+    }
+
+    async fn write_playlist(&self) -> Result<(), crate::media::MediaError> {
+        let skip = self.ring.len().saturating_sub(self.window_size);
+        let hidden_discontinuities = self
+            .ring
+            .iter()
+            .take(skip)
+            .filter(|s| s.discontinuity)
+            .count() as u64;
+        let listed: Vec<&Listed> = self.ring.iter().skip(skip).collect();
+        let mut segments = Vec::with_capacity(listed.len());
+        let mut prev_map: Option<&str> = None;
+        for s in &listed {
+            let map = (prev_map != Some(s.map.as_str())).then(|| Map {
+                uri: s.map.clone(),
+                ..Default::default()
+            });
+            prev_map = Some(s.map.as_str());
+            segments.push(MediaSegment {
+                uri: s.uri.clone(),
+                duration: s.duration_s,
+                discontinuity: s.discontinuity,
+                map,
+                program_date_time: s.program_date_time,
+                ..Default::default()
+            });
+        }
+        let target = listed
+            .iter()
+            .map(|s| s.duration_s.ceil() as u64)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let playlist = MediaPlaylist {
+            version: Some(7),
+            target_duration: target,
+            media_sequence: self.seq - listed.len() as u64 + 1,
+            discontinuity_sequence: self.dropped_discontinuities + hidden_discontinuities,
+            independent_segments: true,
+            segments,
+            ..Default::default()
+        };
+        let mut text = Vec::new();
+        playlist.write_to(&mut text)?;
+        write_atomic(&self.dir.join(playlist_name(self.stream_id)), &text).await?;
+        Ok(())
+    }
+}
+
+/// Time covered by `frames` in ms, measured on the main track (video, else audio).
+fn span_ms(p: &StreamParams, frames: &[Frame]) -> u64 {
+    let main = if p.video.is_some() {
+        TrackKind::Video
+    } else {
+        TrackKind::Audio
+    };
+    let mut it = frames.iter().filter(|f| f.track == main);
+    let Some(first) = it.next() else { return 0 };
+    let last = it.next_back().unwrap_or(first);
+    let ticks = last.dts + i64::from(last.duration) - first.dts;
+    u64::try_from(ticks).unwrap_or(0) * 1000 / u64::from(p.timescale(main).max(1))
+}
+
+/// Writes `data` to a temporary file next to `path`, then renames it over `path`.
+pub async fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    tokio::fs::write(&tmp, data).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// Removes files of this stream left by other (older) writers.
+async fn remove_stale(dir: &Path, id: Uuid, own_token: &str) {
+    let own = format!("{id}_{own_token}_");
+    remove_matching(dir, |name| {
+        name.starts_with(&format!("{id}_")) && !name.starts_with(&own)
+    })
+    .await;
+}
+
+/// Removes this writer's files, and the playlist if it still lists them.
+async fn remove_own(dir: &Path, id: Uuid, token: &str) {
+    let own = format!("{id}_{token}_");
+    let playlist = dir.join(playlist_name(id));
+    if let Ok(text) = tokio::fs::read_to_string(&playlist).await
+        && text.contains(&own)
+    {
+        let _ = tokio::fs::remove_file(&playlist).await;
+    }
+    remove_matching(dir, |name| name.starts_with(&own)).await;
+}
+
+async fn remove_matching(dir: &Path, pred: impl Fn(&str) -> bool) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let name = e.file_name();
+        if let Some(name) = name.to_str()
+            && pred(name)
+        {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}

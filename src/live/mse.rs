@@ -1,0 +1,242 @@
+//! Live MSE over WebSocket, in the Go original's message order (go-original.md §3.1):
+//! binary `0x09`+codecs, binary init segment, then binary `moof`+`mdat` fragments starting at a
+//! keyframe; text `ping` is answered with text `pong`.
+//!
+//! Improvements over the original: audio is kept; a codec change sends a new `0x09` message and
+//! init segment; one fragment per video frame for low latency; each viewer's timeline starts at 0
+//! and stays continuous when the viewer lagged and was skipped ahead to a keyframe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::ws::close_with;
+use crate::hub::Delivery;
+use crate::manager::StreamRuntime;
+use crate::media::fmp4::{FragmentWriter, init_segment};
+use crate::media::{Frame, MediaError, StreamParams, TrackKind};
+
+/// Queue between the hub and one viewer, in frames beyond the cached GOP it starts with (about
+/// 5 s of 25 fps video, 2 s with audio). A live viewer further behind than that is better served by
+/// skipping to the next keyframe than by watching ever older video.
+pub const VIEWER_QUEUE: usize = 128;
+/// A viewer whose socket accepts nothing for this long is dropped (the original's deadline).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// No keyframe for this long: the connection is closed (the original's 10 s).
+pub const KEYFRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audio-only streams: frames per fragment.
+const AUDIO_ONLY_FRAMES_PER_FRAGMENT: usize = 4;
+
+/// Turns hub deliveries into the WebSocket messages of one viewer.
+pub struct MseMuxer {
+    params: Option<Arc<StreamParams>>,
+    writer: FragmentWriter,
+    /// Subtracted from each track's dts, in that track's ticks; `None` before the first keyframe.
+    offsets: Option<[i64; 2]>,
+    /// End of the last video (or audio-only) frame sent, after rebasing, in µs.
+    last_end_us: i64,
+    pending_audio: Vec<Frame>,
+}
+
+fn idx(t: TrackKind) -> usize {
+    match t {
+        TrackKind::Video => 0,
+        TrackKind::Audio => 1,
+    }
+}
+
+fn to_us(ticks: i64, ts: u32) -> i64 {
+    (i128::from(ticks) * 1_000_000 / i128::from(ts.max(1))) as i64
+}
+
+fn from_us(us: i64, ts: u32) -> i64 {
+    (i128::from(us) * i128::from(ts) / 1_000_000) as i64
+}
+
+/// The first message of a session: `0x09` followed by the codec list.
+pub fn codec_message(params: &StreamParams) -> Bytes {
+    let list = params.codec_list();
+    let mut b = BytesMut::with_capacity(1 + list.len());
+    b.put_u8(0x09);
+    b.put_slice(list.as_bytes());
+    b.freeze()
+}
+
+impl Default for MseMuxer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MseMuxer {
+    pub fn new() -> Self {
+        MseMuxer {
+            params: None,
+            writer: FragmentWriter::new(),
+            offsets: None,
+            last_end_us: 0,
+            pending_audio: Vec::new(),
+        }
+    }
+
+    /// Whether a keyframe has been sent (the stream is flowing to this viewer).
+    pub fn started(&self) -> bool {
+        self.offsets.is_some()
+    }
+
+    /// Feeds one delivery; returns the binary messages to send, in order.
+    pub fn push(&mut self, d: Delivery) -> Result<Vec<Bytes>, MediaError> {
+        let mut out = Vec::new();
+        let mut f = d.frame;
+        let has_video = f.params.video.is_some();
+        let sync = match f.track {
+            TrackKind::Video => f.keyframe,
+            TrackKind::Audio => !has_video,
+        };
+        let new_codecs = self
+            .params
+            .as_ref()
+            .is_none_or(|p| !p.same_codecs(&f.params));
+        if new_codecs || d.discontinuity {
+            if !sync {
+                // Wait for a keyframe (with the new codecs, or after a skip).
+                return Ok(out);
+            }
+            self.pending_audio.clear();
+            if new_codecs {
+                out.push(codec_message(&f.params));
+                out.push(init_segment(&f.params)?);
+                self.params = Some(f.params.clone());
+            }
+            // Map this keyframe to where the viewer's timeline ended: time keeps running.
+            let p = &f.params;
+            let kf_us = to_us(f.dts, p.timescale(f.track));
+            let shift_us = kf_us - self.last_end_us;
+            self.offsets = Some([
+                from_us(shift_us, p.timescale(TrackKind::Video)),
+                from_us(shift_us, p.timescale(TrackKind::Audio)),
+            ]);
+        }
+        let Some(offsets) = self.offsets else {
+            return Ok(out);
+        };
+        let Some(params) = self.params.clone() else {
+            return Ok(out);
+        };
+        f.dts -= offsets[idx(f.track)];
+        if f.dts < 0 {
+            // Audio captured before the first keyframe: nothing to attach it to.
+            return Ok(out);
+        }
+        let ts = params.timescale(f.track);
+        match f.track {
+            TrackKind::Audio if has_video => {
+                self.pending_audio.push(f);
+            }
+            TrackKind::Audio => {
+                self.last_end_us = to_us(f.dts + i64::from(f.duration), ts);
+                self.pending_audio.push(f);
+                if self.pending_audio.len() >= AUDIO_ONLY_FRAMES_PER_FRAGMENT {
+                    let frames = std::mem::take(&mut self.pending_audio);
+                    out.push(self.writer.write(&params, &frames)?);
+                }
+            }
+            TrackKind::Video => {
+                self.last_end_us = to_us(f.dts + i64::from(f.duration), ts);
+                let mut frames = std::mem::take(&mut self.pending_audio);
+                frames.push(f);
+                out.push(self.writer.write(&params, &frames)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Serves one live viewer until it leaves, lags beyond repair, or the stream stops.
+pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>) {
+    // Registered before codecs are known: this is what starts an on-demand source.
+    let _viewer = rt.demand.viewer();
+    let mut sub = rt.hub.subscribe(VIEWER_QUEUE);
+    let mut params = rt.hub.params();
+    let got_codecs = tokio::select! {
+        r = tokio::time::timeout(super::ws::CODEC_WAIT, params.wait_for(Option::is_some)) => {
+            matches!(r, Ok(Ok(_)))
+        }
+        // The viewer may leave while waiting.
+        _ = wait_closed(&mut socket) => return,
+    };
+    if !got_codecs {
+        close_with(&mut socket, "Timeout waiting for codec information").await;
+        return;
+    }
+    let mut mux = MseMuxer::new();
+    let mut keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
+                    if !send(&mut socket, Message::Text("pong".into())).await {
+                        close_with(&mut socket, "Can't write PONG message").await;
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Err(_)) => {
+                    close_with(&mut socket, "Can't read message").await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+            d = sub.recv() => {
+                let Some(d) = d else {
+                    // The stream was stopped.
+                    return;
+                };
+                if d.frame.track == TrackKind::Video && d.frame.keyframe {
+                    keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
+                }
+                let messages = match mux.push(d) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot mux a fragment for a viewer");
+                        close_with(&mut socket, "Can't write packet to the muxer").await;
+                        return;
+                    }
+                };
+                for m in messages {
+                    if !send(&mut socket, Message::Binary(m)).await {
+                        close_with(&mut socket, "Can't write buffered message").await;
+                        return;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(keyframe_deadline) => {
+                // As in the original: no keyframe for 10 s closes the connection without a frame.
+                return;
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, m: Message) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, socket.send(m)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Resolves when the client closes (other messages are ignored while waiting for codecs, except
+/// `ping`, which is answered).
+async fn wait_closed(socket: &mut WebSocket) {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
+                let _ = send(socket, Message::Text("pong".into())).await;
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! RTSP cameras through retina: DESCRIBE/SETUP/PLAY over TCP interleaved (or UDP), H.264/H.265
+//! video and AAC audio; other audio (G.711, G.726, ...) is left out and reported.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use retina::client::{
+    Credentials, PlayOptions, Session, SessionOptions, SetupOptions, TcpTransportOptions,
+    Transport, UdpTransportOptions,
+};
+use retina::codec::{CodecItem, FrameFormat, ParametersRef};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::{DurationFiller, SessionEnd, SessionSink, SourceError, is_keyframe, lock_status};
+use crate::media::{self, AudioParams, Frame, StreamParams, TrackKind, VideoParams};
+use crate::stream::{RtspTransport, redact_url};
+
+/// Budget for DESCRIBE, SETUP and PLAY together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session that delivers nothing for this long is dropped and reconnected.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+const USER_AGENT: &str = concat!("video-server/", env!("CARGO_PKG_VERSION"));
+
+/// Splits credentials out of the URL (retina takes them separately).
+pub fn split_credentials(url: &str) -> Result<(Url, Option<Credentials>), SourceError> {
+    let mut u = Url::parse(url)
+        .map_err(|e| SourceError::Connect(format!("invalid URL {}: {e}", redact_url(url))))?;
+    if !matches!(u.scheme(), "rtsp" | "rtsps") {
+        return Err(SourceError::Connect(format!(
+            "not an rtsp:// URL: {}",
+            redact_url(url)
+        )));
+    }
+    let creds = if !u.username().is_empty() || u.password().is_some() {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let c = Credentials {
+            username: decode(u.username()),
+            password: decode(u.password().unwrap_or("")),
+        };
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        Some(c)
+    } else {
+        None
+    };
+    Ok((u, creds))
+}
+
+fn video_params(p: &retina::codec::VideoParameters) -> Result<VideoParams, SourceError> {
+    let extra = Bytes::copy_from_slice(p.extra_data());
+    let codec = p.rfc6381_codec();
+    let v = if codec.starts_with("avc1") {
+        media::codec::h264_params(extra)?
+    } else if codec.starts_with("hvc1") || codec.starts_with("hev1") {
+        media::codec::h265_params(extra)?
+    } else {
+        return Err(SourceError::NoTracks(format!(
+            "unsupported video codec {codec}"
+        )));
+    };
+    Ok(v)
+}
+
+fn audio_params(p: &retina::codec::AudioParameters) -> Result<AudioParams, SourceError> {
+    Ok(media::codec::aac_params(Bytes::copy_from_slice(
+        p.extra_data(),
+    ))?)
+}
+
+/// Runs one RTSP session until it fails, the stream ends, or `cancel` fires.
+pub async fn run(
+    url: &str,
+    transport: RtspTransport,
+    sink: &mut SessionSink,
+    cancel: &CancellationToken,
+) -> Result<SessionEnd, SourceError> {
+    let (url, creds) = split_credentials(url)?;
+    let opts = SessionOptions::default()
+        .creds(creds)
+        .user_agent(USER_AGENT.to_owned());
+    let connect = async {
+        let mut session = Session::describe(url.clone(), opts)
+            .await
+            .map_err(|e| SourceError::Connect(e.to_string()))?;
+        let mut video_i = None;
+        let mut audio_i = None;
+        let mut skipped = Vec::new();
+        for (i, s) in session.streams().iter().enumerate() {
+            match (s.media(), s.encoding_name()) {
+                ("video", "h264" | "h265") if video_i.is_none() => video_i = Some(i),
+                ("audio", "mpeg4-generic") if audio_i.is_none() => audio_i = Some(i),
+                (media, enc) => skipped.push(format!(
+                    "{media} track {i} ({enc}): not carried in fMP4/MSE, left out"
+                )),
+            }
+        }
+        if video_i.is_none() && audio_i.is_none() {
+            return Err(SourceError::NoTracks(if skipped.is_empty() {
+                "no tracks".into()
+            } else {
+                skipped.join("; ")
+            }));
+        }
+        for i in [video_i, audio_i].into_iter().flatten() {
+            let t = match transport {
+                RtspTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
+                RtspTransport::Udp => Transport::Udp(UdpTransportOptions::default()),
+            };
+            session
+                .setup(
+                    i,
+                    SetupOptions::default()
+                        .transport(t)
+                        .frame_format(FrameFormat::MP4),
+                )
+                .await
+                .map_err(|e| SourceError::Rtsp(e.to_string()))?;
+        }
+        let playing = session
+            .play(PlayOptions::default())
+            .await
+            .map_err(|e| SourceError::Rtsp(e.to_string()))?;
+        let demuxed = playing
+            .demuxed()
+            .map_err(|e| SourceError::Rtsp(e.to_string()))?;
+        Ok::<_, SourceError>((demuxed, video_i, audio_i, skipped))
+    };
+    let (mut demuxed, video_i, audio_i, skipped) = tokio::select! {
+        _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => {
+            r.map_err(|_| SourceError::Timeout("RTSP connect"))??
+        }
+    };
+    lock_status(&sink.status).skipped_tracks = skipped;
+
+    let mut version: u64 = 1;
+    let mut params: Option<Arc<StreamParams>> = None;
+    // Build what is known from the SDP; video may only be known after the first frame.
+    let build = |demuxed: &retina::client::Demuxed, version: u64| -> Option<StreamParams> {
+        let video = video_i.and_then(|i| match demuxed.streams()[i].parameters() {
+            Some(ParametersRef::Video(v)) => video_params(v).ok(),
+            _ => None,
+        });
+        let audio = audio_i.and_then(|i| match demuxed.streams()[i].parameters() {
+            Some(ParametersRef::Audio(a)) => audio_params(a).ok(),
+            _ => None,
+        });
+        // Wait for video parameters when there is a video track.
+        if video_i.is_some() && video.is_none() {
+            return None;
+        }
+        Some(StreamParams {
+            version,
+            video,
+            audio,
+        })
+    };
+    if let Some(p) = build(&demuxed, version) {
+        let p = Arc::new(p);
+        sink.announce(&p);
+        params = Some(p);
+    }
+    let mut filler = DurationFiller::default();
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let item = tokio::select! {
+            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+            _ = watchdog.tick() => {
+                sink.check_watchdog()?;
+                continue;
+            }
+            r = tokio::time::timeout(READ_TIMEOUT, demuxed.next()) => {
+                match r {
+                    Err(_) => return Err(SourceError::Timeout("no data from the camera")),
+                    Ok(None) => return Err(SourceError::Ended),
+                    Ok(Some(Err(e))) => return Err(SourceError::Rtsp(e.to_string())),
+                    Ok(Some(Ok(item))) => item,
+                }
+            }
+        };
+        match item {
+            CodecItem::VideoFrame(f) => {
+                if f.has_new_parameters() || params.is_none() {
+                    let next = if params.is_some() {
+                        version + 1
+                    } else {
+                        version
+                    };
+                    match build(&demuxed, next) {
+                        Some(p) => {
+                            let changed = params.as_ref().is_none_or(|old| !old.same_codecs(&p));
+                            if changed {
+                                version = next;
+                                let p = Arc::new(StreamParams { version, ..p });
+                                tracing::info!(codecs = %p.codec_list(), version, "codec parameters");
+                                sink.announce(&p);
+                                params = Some(p);
+                            }
+                        }
+                        None => continue,
+                    }
+                }
+                let Some(p) = params.clone() else { continue };
+                let Some(vp) = p.video.as_ref() else { continue };
+                let codec = vp.codec;
+                let dts = f.timestamp().elapsed();
+                let clock = i64::from(f.timestamp().clock_rate().get());
+                let data = Bytes::from(f.into_data());
+                let keyframe = is_keyframe(codec, &data);
+                let frame = Frame {
+                    track: TrackKind::Video,
+                    dts: rescale(dts, clock, i64::from(media::VIDEO_TIMESCALE)),
+                    duration: 0,
+                    cts_offset: 0,
+                    keyframe,
+                    wallclock_us: crate::db::now_us(),
+                    data,
+                    params: p,
+                };
+                if let Some(out) = filler.push(frame) {
+                    sink.publish(out);
+                }
+            }
+            CodecItem::AudioFrame(f) => {
+                let Some(p) = params.clone() else { continue };
+                let Some(ap) = p.audio.as_ref() else { continue };
+                let dts = f.timestamp().elapsed();
+                let clock = i64::from(f.timestamp().clock_rate().get());
+                let frame = Frame {
+                    track: TrackKind::Audio,
+                    dts: rescale(dts, clock, i64::from(ap.sample_rate)),
+                    duration: 1024,
+                    cts_offset: 0,
+                    keyframe: true,
+                    wallclock_us: crate::db::now_us(),
+                    data: Bytes::copy_from_slice(f.data()),
+                    params: p,
+                };
+                if let Some(out) = filler.push(frame) {
+                    sink.publish(out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rescale(ticks: i64, from: i64, to: i64) -> i64 {
+    if from == to || from <= 0 {
+        ticks
+    } else {
+        (i128::from(ticks) * i128::from(to) / i128::from(from)) as i64
+    }
+}
+
+/// Health probe for an idle on-demand camera: DESCRIBE only, within `timeout`. Ok means the camera
+/// answered with a usable video track.
+pub async fn probe(url: &str, timeout: Duration) -> Result<(), SourceError> {
+    let (url, creds) = split_credentials(url)?;
+    let opts = SessionOptions::default()
+        .creds(creds)
+        .user_agent(USER_AGENT.to_owned());
+    let session = tokio::time::timeout(timeout, Session::describe(url, opts))
+        .await
+        .map_err(|_| SourceError::Timeout("health probe"))?
+        .map_err(|e| SourceError::Connect(e.to_string()))?;
+    if session.streams().iter().any(|s| s.media() == "video") {
+        Ok(())
+    } else {
+        Err(SourceError::NoTracks("SDP has no video".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_split_and_decoded() {
+        let (u, c) = split_credentials("rtsp://us%40er:p%3Ass@cam.local:554/s1").expect("valid");
+        assert_eq!(u.as_str(), "rtsp://cam.local:554/s1");
+        let c = c.expect("creds");
+        assert_eq!(c.username, "us@er");
+        assert_eq!(c.password, "p:ss");
+        let (_, none) = split_credentials("rtsp://cam/s").expect("valid");
+        assert!(none.is_none());
+        assert!(split_credentials("http://cam/s").is_err());
+        assert!(split_credentials("::").is_err());
+    }
+
+    #[test]
+    fn rescale_keeps_units() {
+        assert_eq!(rescale(90_000, 90_000, 90_000), 90_000);
+        assert_eq!(rescale(48_000, 48_000, 90_000), 90_000);
+        assert_eq!(rescale(5, 0, 90_000), 5);
+    }
+}

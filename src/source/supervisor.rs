@@ -1,0 +1,311 @@
+//! Keeps one stream's source running: reconnect with exponential backoff and jitter, start and
+//! stop on demand, health probes while idle, and the status flags of `/status`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{SessionEnd, SessionSink, SourceError, StatusCell, lock_status};
+use crate::hub::Hub;
+use crate::stream::{Source, StreamSpec};
+
+/// First retry delay after a failure.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest retry delay: a camera that is down is retried at least this often.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that ran this long resets the backoff to the minimum.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Who is watching a stream, for on-demand start and stop (go-original.md §6.6).
+pub struct Demand {
+    /// Recording or not on-demand: always wanted.
+    permanent: bool,
+    idle: Duration,
+    viewers: AtomicU32,
+    /// Last moment a viewer left or an HLS request came in.
+    last_activity: Mutex<Instant>,
+    changed: Notify,
+}
+
+impl Demand {
+    pub fn new(permanent: bool, idle: Duration) -> Arc<Demand> {
+        Arc::new(Demand {
+            permanent,
+            idle,
+            viewers: AtomicU32::new(0),
+            last_activity: Mutex::new(Instant::now() - idle),
+            changed: Notify::new(),
+        })
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Registers an MSE viewer; the returned guard unregisters it when dropped.
+    pub fn viewer(self: &Arc<Self>) -> ViewerGuard {
+        self.viewers.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        ViewerGuard {
+            demand: self.clone(),
+        }
+    }
+
+    /// An HLS request counts as activity for `idle`.
+    pub fn hls_request(&self) {
+        self.touch();
+        self.changed.notify_waiters();
+    }
+
+    pub fn viewers(&self) -> u32 {
+        self.viewers.load(Ordering::SeqCst)
+    }
+
+    /// Whether the source should run now.
+    pub fn wanted(&self) -> bool {
+        self.permanent
+            || self.viewers() > 0
+            || self
+                .last_activity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                < self.idle
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+/// One attached MSE viewer. Dropping it releases the stream (the idle timer starts).
+pub struct ViewerGuard {
+    demand: Arc<Demand>,
+}
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        self.demand.touch();
+        self.demand.viewers.fetch_sub(1, Ordering::SeqCst);
+        self.demand.changed.notify_waiters();
+    }
+}
+
+/// Health-probe settings for idle on-demand RTSP sources.
+#[derive(Clone)]
+pub struct HealthProbe {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Limits probes running at once across all streams.
+    pub limiter: Arc<Semaphore>,
+}
+
+/// Everything one supervisor needs.
+pub struct Supervisor {
+    pub spec: StreamSpec,
+    pub hub: Arc<Hub>,
+    pub status: StatusCell,
+    pub demand: Arc<Demand>,
+    pub probe: Option<HealthProbe>,
+}
+
+fn backoff_delay(failures: u32) -> Duration {
+    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.min(6));
+    let base = exp.min(BACKOFF_MAX);
+    // "Equal jitter": half fixed, half random, so many cameras failing together spread out.
+    let half = base / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter)
+}
+
+impl Supervisor {
+    /// Runs until `cancel` fires (or a non-looping file ends).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if !self.demand.wanted() {
+                lock_status(&self.status).streaming = false;
+                if !self.wait_for_demand(&cancel).await {
+                    break;
+                }
+                continue;
+            }
+            lock_status(&self.status).streaming = true;
+            self.hub.begin_session();
+            let started = Instant::now();
+            let mut sink = SessionSink::new(self.hub.clone(), self.status.clone());
+            let result = tokio::select! {
+                r = self.session(&mut sink, &cancel) => r,
+                _ = self.until_idle() => Ok(SessionEnd::Cancelled),
+            };
+            drop(sink);
+            self.hub.end_session();
+            {
+                let mut st = lock_status(&self.status);
+                st.status = false;
+                st.codecs.clear();
+            }
+            if started.elapsed() > HEALTHY_SESSION {
+                failures = 0;
+            }
+            match result {
+                Ok(SessionEnd::Finished) => {
+                    tracing::info!("source finished (file without loop)");
+                    break;
+                }
+                Ok(SessionEnd::Cancelled) => {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    tracing::info!("no viewers: source stopped (on demand)");
+                }
+                Err(e) => {
+                    let delay = backoff_delay(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source failed");
+                    {
+                        let mut st = lock_status(&self.status);
+                        st.online = false;
+                        st.last_health_error = e.to_string();
+                        st.last_health_check = Some(chrono::Utc::now());
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        let mut st = lock_status(&self.status);
+        st.streaming = false;
+        st.status = false;
+    }
+
+    async fn session(
+        &self,
+        sink: &mut SessionSink,
+        cancel: &CancellationToken,
+    ) -> Result<SessionEnd, SourceError> {
+        match &self.spec.source {
+            Source::Rtsp { url, transport } => {
+                super::rtsp::run(url, *transport, sink, cancel).await
+            }
+            Source::File { path, looping } => {
+                super::file::run(std::path::Path::new(path), *looping, sink, cancel).await
+            }
+        }
+    }
+
+    /// Resolves once nobody has wanted the stream for the idle period.
+    async fn until_idle(&self) {
+        if self.demand.is_permanent() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if !self.demand.wanted() {
+                return;
+            }
+        }
+    }
+
+    /// Waits (probing health if configured) until someone wants the stream. Returns false when
+    /// cancelled.
+    async fn wait_for_demand(&self, cancel: &CancellationToken) -> bool {
+        let mut next_probe = tokio::time::Instant::now();
+        loop {
+            let notified = self.demand.changed.notified();
+            if self.demand.wanted() {
+                return true;
+            }
+            let probe_at = next_probe;
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = notified => {}
+                // Re-check periodically: HLS activity expires by time, not by notification.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep_until(probe_at), if self.probe.is_some() => {
+                    if let Some(p) = &self.probe {
+                        next_probe = tokio::time::Instant::now() + p.interval;
+                        self.probe_once(p).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn probe_once(&self, p: &HealthProbe) {
+        let result = match &self.spec.source {
+            Source::Rtsp { url, .. } => {
+                let Ok(_permit) = p.limiter.acquire().await else {
+                    return;
+                };
+                super::rtsp::probe(url, p.timeout).await
+            }
+            Source::File { path, .. } => {
+                if std::path::Path::new(path).is_file() {
+                    Ok(())
+                } else {
+                    Err(SourceError::Connect(format!("{path}: no such file")))
+                }
+            }
+        };
+        // The source may have started meanwhile; then its own flags win.
+        if self.demand.wanted() {
+            return;
+        }
+        let mut st = lock_status(&self.status);
+        st.last_health_check = Some(chrono::Utc::now());
+        match result {
+            Ok(()) => {
+                st.online = true;
+                st.last_health_error.clear();
+            }
+            Err(e) => {
+                st.online = false;
+                st.last_health_error = e.to_string();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for failures in 0..20 {
+            let d = backoff_delay(failures);
+            let base = BACKOFF_MIN
+                .saturating_mul(1u32 << failures.min(6))
+                .min(BACKOFF_MAX);
+            assert!(d >= base / 2 && d <= base, "{failures}: {d:?}");
+        }
+        assert!(backoff_delay(10) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn demand_follows_viewers_and_idle_time() {
+        let d = Demand::new(false, Duration::from_millis(50));
+        assert!(!d.wanted());
+        let g = d.viewer();
+        assert!(d.wanted());
+        assert_eq!(d.viewers(), 1);
+        drop(g);
+        assert_eq!(d.viewers(), 0);
+        assert!(d.wanted(), "still wanted during the idle period");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!d.wanted());
+        d.hls_request();
+        assert!(d.wanted());
+        assert!(Demand::new(true, Duration::ZERO).wanted());
+    }
+}

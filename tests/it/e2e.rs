@@ -1,0 +1,72 @@
+//! Browser end-to-end: the real binary with the shipped conf.toml, and headless Chromium playing the
+//! demo camera through MSE over WebSocket and through hls.js (e2e/run.mjs).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::binary::ServerProcess;
+
+const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs e2e/run.mjs in one mode; returns its JSON verdict.
+fn run_browser(video: &str, mode: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let e2e = root().join("e2e");
+    assert!(
+        e2e.join("node_modules/playwright-core").exists(),
+        "e2e/node_modules missing: run `npm ci` in e2e/ (scripts/test does)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&e2e)
+        .arg("run.mjs")
+        .env("VIDEO_ADDR", video)
+        .env("STREAM_ID", DEMO)
+        .env("MODE", mode)
+        .env("TIMEOUT_S", "40");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let verdict: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "no JSON verdict ({e}); stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && verdict["ok"] == serde_json::json!(true),
+        "{mode} playback failed: {verdict}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verdict
+}
+
+/// Copies the shipped config and demo clip into `dir`, with ports set to 0 (free ports).
+fn shipped_setup(dir: &Path) {
+    let conf = std::fs::read_to_string(root().join("conf.toml")).expect("conf.toml");
+    let conf = conf
+        .replace("port = 8091", "port = 0")
+        .replace("port = 8090", "port = 0");
+    std::fs::write(dir.join("conf.toml"), conf).expect("write conf");
+    std::fs::create_dir_all(dir.join("assets")).expect("assets dir");
+    std::fs::copy(root().join("assets/demo.mp4"), dir.join("assets/demo.mp4")).expect("demo");
+}
+
+#[test]
+fn chromium_plays_the_demo_stream_via_mse_and_hls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    shipped_setup(dir.path());
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let mse = run_browser(&server.video, "mse", &[]);
+    assert!(mse["frames"].as_u64().is_some_and(|f| f > 0), "{mse}");
+    assert!(mse["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{mse}");
+    let hls = run_browser(&server.video, "hls", &[]);
+    assert!(hls["frames"].as_u64().is_some_and(|f| f > 0), "{hls}");
+    assert!(hls["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{hls}");
+    assert!(server.terminate());
+}

@@ -1,0 +1,532 @@
+//! Live streaming against real sources: the looping demo file and the GStreamer RTSP server.
+//! MSE over WebSocket (Go wire format), HLS, H.265, reconnects, viewer accounting, slow viewers.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use video_server::media::fmp4;
+
+use crate::support::InProcess;
+use crate::support::media::{
+    RtspServer, eventually, ffmpeg_decode_errors, ffprobe, first_box, watch_live, write_mp4,
+};
+
+const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+
+fn demo_stream(outputs: &str) -> String {
+    format!(
+        "[[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = {outputs}\nloop = true\n"
+    )
+}
+
+fn rtsp_stream(id: &str, url: &str) -> String {
+    format!(
+        "[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{url}\"\noutput_types = [\"mse\", \"hls\"]\n"
+    )
+}
+
+/// Checks the Go message order and returns the decoded frames' keyframe flag of the first fragment.
+fn check_wire_format(r: &crate::support::media::Received) {
+    assert_eq!(
+        first_box(&r.init),
+        "ftyp",
+        "second message starts with ftyp"
+    );
+    assert!(r.init.windows(4).any(|w| w == b"moov"), "init has moov");
+    assert!(r.init.windows(4).any(|w| w == b"mvex"), "init has mvex");
+    assert!(!r.fragments.is_empty(), "fragments arrived");
+    for f in &r.fragments {
+        assert_eq!(first_box(f), "moof", "every later message is moof+mdat");
+        assert!(f.windows(4).any(|w| w == b"mdat"));
+    }
+    let params = fmp4::parse_init(&r.init).expect("init parses");
+    let first = fmp4::parse_fragment(&params, &r.fragments[0]).expect("fragment parses");
+    let video = first
+        .iter()
+        .find(|f| f.track == video_server::media::TrackKind::Video);
+    if let Some(v) = video {
+        assert!(v.keyframe, "the first fragment starts at a keyframe");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_source_mse_go_wire_format_and_decodes() {
+    let s = InProcess::start(&demo_stream("[\"mse\"]")).await;
+    let r = watch_live(&s.video, DEMO, Duration::from_secs(3)).await;
+    assert!(r.codecs.starts_with("avc1.4D"), "codecs {}", r.codecs);
+    assert!(r.codecs.ends_with(",mp4a.40.2"), "audio kept: {}", r.codecs);
+    // Upper-case hex, as the Go original sent.
+    let profile = r.codecs.split(',').next().unwrap_or("");
+    assert_eq!(profile, profile.to_uppercase().replace("AVC1", "avc1"));
+    check_wire_format(&r);
+    assert!(
+        r.fragments.len() >= 50,
+        "low-latency fragments: {}",
+        r.fragments.len()
+    );
+    let path = write_mp4(s.dir.path(), "live.mp4", &r);
+    let errors = ffmpeg_decode_errors(&path.display().to_string());
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    let probe = ffprobe(&path.display().to_string());
+    let codecs: Vec<&str> = probe["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .filter_map(|s| s["codec_name"].as_str())
+        .collect();
+    assert_eq!(codecs, vec!["h264", "aac"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_gets_pong_and_viewers_are_counted() {
+    let s = InProcess::start(&demo_stream("[\"mse\"]")).await;
+    let url = format!("ws://{}/ws/live?stream_id={DEMO}", s.video);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    ws.send(Message::Text("ping".into())).await.expect("ping");
+    let mut pong = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if m == Message::Text("pong".into()) {
+            pong = true;
+            break;
+        }
+    }
+    assert!(pong, "text ping is answered with text pong");
+    let id = DEMO.parse().expect("uuid");
+    assert_eq!(s.state.manager.status(id).expect("status").viewers, 1);
+    drop(ws);
+    eventually("viewer count back to 0", Duration::from_secs(5), || {
+        (s.state.manager.status(id)?.viewers == 0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtsp_h264_aac_codec_string_and_decodes() {
+    let rtsp = RtspServer::start(0);
+    let id = "566bfe72-2a8a-4d4c-9b84-2e1b9b4b1a3c";
+    let s = InProcess::start(&rtsp_stream(id, &rtsp.url("av"))).await;
+    let r = watch_live(&s.video, id, Duration::from_secs(3)).await;
+    assert_eq!(r.codecs, "avc1.42C01E,mp4a.40.2");
+    check_wire_format(&r);
+    let path = write_mp4(s.dir.path(), "av.mp4", &r);
+    let errors = ffmpeg_decode_errors(&path.display().to_string());
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    // /status reports the codecs and the flags.
+    let st: serde_json::Value = reqwest::get(format!("{}/status", s.api))
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let e = &st["streams"][id];
+    assert_eq!(e["status"], json!(true));
+    assert_eq!(e["online"], json!(true));
+    assert_eq!(e["streaming"], json!(true));
+    assert_eq!(
+        e["codecs"],
+        json!([{"codec": "avc1.42C01E"}, {"codec": "mp4a.40.2"}])
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtsp_h265_closed_and_open_gop() {
+    let rtsp = RtspServer::start(0);
+    let idr = "0b0c3a9e-6a1c-4f55-8f0e-3c1d2b4a5e61";
+    let cra = "1c1d4b0f-7b2d-4066-9f1f-4d2e3c5b6f72";
+    let s = InProcess::start(&format!(
+        "{}{}",
+        rtsp_stream(idr, &rtsp.url("h265")),
+        rtsp_stream(cra, &rtsp.url("h265cra"))
+    ))
+    .await;
+    for (id, name) in [(idr, "h265"), (cra, "h265cra")] {
+        let r = watch_live(&s.video, id, Duration::from_secs(3)).await;
+        assert!(
+            r.codecs.starts_with("hvc1.") || r.codecs.starts_with("hev1."),
+            "{}",
+            r.codecs
+        );
+        check_wire_format(&r);
+        let path = write_mp4(s.dir.path(), &format!("{name}.mp4"), &r);
+        let probe = ffprobe(&path.display().to_string());
+        assert_eq!(probe["streams"][0]["codec_name"], json!("hevc"), "{name}");
+        let errors = ffmpeg_decode_errors(&path.display().to_string());
+        assert!(errors.trim().is_empty(), "{name}: ffmpeg: {errors}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hls_playlist_is_valid_and_names_stay_unique_across_restarts() {
+    let s = InProcess::start(&format!(
+        "[hls]\nms_per_segment = 1000\nwindow_size = 3\nwindow_capacity = 5\n{}",
+        demo_stream("[\"hls\"]")
+    ))
+    .await;
+    let base = format!("http://{}/hls/{DEMO}.m3u8", s.video);
+    // The first request waits for the first playlist.
+    let r = reqwest::get(&base).await.expect("playlist");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/vnd.apple.mpegurl")
+    );
+    assert_eq!(
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-cache")
+    );
+    let text = r.text().await.expect("text");
+    assert!(text.contains("#EXT-X-VERSION:7"), "{text}");
+    assert!(text.contains("#EXT-X-MAP:URI="), "{text}");
+    // Let a few segments accumulate, then validate the playlist with ffmpeg over HTTP.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let probe = ffprobe(&base);
+    assert!(probe["streams"].as_array().is_some_and(|s| !s.is_empty()));
+    // A live playlist never ends, so decode a snapshot of it to the end: the playlist with every
+    // file it names, closed with EXT-X-ENDLIST.
+    let snapshot = s.dir.path().join("snapshot");
+    std::fs::create_dir_all(&snapshot).expect("mkdir");
+    let text = reqwest::get(&base)
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    for line in text.lines() {
+        let uri = if line.starts_with("#EXT-X-MAP:URI=") {
+            line.trim_start_matches("#EXT-X-MAP:URI=")
+                .trim_matches('"')
+                .to_owned()
+        } else if !line.starts_with('#') && !line.is_empty() {
+            line.to_owned()
+        } else {
+            continue;
+        };
+        let body = reqwest::get(format!("http://{}/hls/{uri}", s.video))
+            .await
+            .expect("segment")
+            .bytes()
+            .await
+            .expect("bytes");
+        std::fs::write(snapshot.join(&uri), body).expect("write");
+    }
+    let local = snapshot.join("index.m3u8");
+    std::fs::write(&local, format!("{text}#EXT-X-ENDLIST\n")).expect("write playlist");
+    let local = local.display().to_string();
+    let duration: f64 = ffprobe(&local)["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("duration");
+    assert!(duration >= 2.0, "snapshot duration {duration}");
+    let errors = ffmpeg_decode_errors(&local);
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+
+    let names = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.ends_with(".m4s"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = names(
+        &reqwest::get(&base)
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("text"),
+    );
+    assert!(!before.is_empty());
+    // Restart the stream through the API.
+    let c = reqwest::Client::new();
+    let r = c
+        .patch(format!("{}/api/v1/streams/{DEMO}", s.api))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"name":"restarted"}"#)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = names(
+        &reqwest::get(&base)
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("text"),
+    );
+    assert!(!after.is_empty());
+    for n in &after {
+        assert!(
+            !before.contains(n),
+            "segment name {n} reused after a restart"
+        );
+    }
+    // Segment responses have the right type; a traversal attempt is refused.
+    let seg = c
+        .get(format!("http://{}/hls/{}", s.video, after[0]))
+        .send()
+        .await
+        .expect("segment");
+    assert_eq!(seg.status(), 200);
+    assert_eq!(
+        seg.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("video/iso.segment")
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtsp_fault_reconnects_and_viewers_keep_receiving() {
+    let rtsp = RtspServer::start(0);
+    let port = rtsp.port;
+    let id = "2d2e5c10-8c3e-4177-a020-5e3f4d6c7083";
+    let s = InProcess::start(&rtsp_stream(id, &rtsp.url("test"))).await;
+    let uuid = id.parse().expect("uuid");
+    let url = format!("ws://{}/ws/live?stream_id={id}", s.video);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    // Receive until fragments flow.
+    let mut fragments = 0;
+    while fragments < 25 {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if first_box(&b) == "moof" => fragments += 1,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("before the fault: {other:?}"),
+        }
+    }
+    rtsp.kill();
+    eventually("status shows the outage", Duration::from_secs(30), || {
+        let st = s.state.manager.status(uuid)?;
+        (!st.online && !st.last_health_error.is_empty()).then_some(())
+    })
+    .await;
+    let _rtsp = RtspServer::start(port);
+    eventually("status back online", Duration::from_secs(40), || {
+        let st = s.state.manager.status(uuid)?;
+        (st.online && st.status).then_some(())
+    })
+    .await;
+    // The same socket keeps receiving fragments after the reconnect.
+    let mut after = 0;
+    while after < 25 {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if first_box(&b) == "moof" => after += 1,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("after the reconnect: {other:?}"),
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_viewers_come_and_go_without_leaks() {
+    let s = InProcess::start(&demo_stream("[\"mse\"]")).await;
+    let uuid = DEMO.parse().expect("uuid");
+    // Warm up once so the codecs are known.
+    let _ = watch_live(&s.video, DEMO, Duration::from_millis(200)).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let rt = s.state.manager.runtime(uuid).expect("running");
+    let tasks_before = metrics.num_alive_tasks();
+    let url = format!("ws://{}/ws/live?stream_id={DEMO}", s.video);
+    for i in 0..1000 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        if i % 10 == 0 {
+            // Some read a little, some leave at once.
+            let _ = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
+        }
+        drop(ws);
+    }
+    eventually("every viewer gone", Duration::from_secs(20), || {
+        let st = s.state.manager.status(uuid)?;
+        (st.viewers == 0 && rt.hub.consumers() == 0).then_some(())
+    })
+    .await;
+    let tasks_after = eventually("tasks settle", Duration::from_secs(10), || {
+        let n = metrics.num_alive_tasks();
+        (n <= tasks_before + 2).then_some(n)
+    })
+    .await;
+    assert!(
+        tasks_after <= tasks_before + 2,
+        "{tasks_before} -> {tasks_after}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_drives_the_runtime() {
+    let rtsp = RtspServer::start(0);
+    let s = InProcess::start("").await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/api/v1/streams", s.api))
+        .json(&json!({"source": {"kind": "rtsp", "url": rtsp.url("test")}, "outputs": ["mse"]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let id: String = r.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let uuid = id.parse().expect("uuid");
+    eventually("created stream runs", Duration::from_secs(20), || {
+        s.state.manager.status(uuid)?.status.then_some(())
+    })
+    .await;
+    let r = watch_live(&s.video, &id, Duration::from_secs(1)).await;
+    assert_eq!(r.codecs, "avc1.42C01E");
+    // Update: now the H.264+AAC mount; the runtime restarts with it.
+    let r = c
+        .patch(format!("{}/api/v1/streams/{id}", s.api))
+        .json(&json!({"source": {"url": rtsp.url("av")}}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    eventually("updated stream has audio", Duration::from_secs(20), || {
+        let st = s.state.manager.status(uuid)?;
+        (st.codecs.len() == 2).then_some(())
+    })
+    .await;
+    // Delete: the stream stops (bounded) and is gone.
+    let r = c
+        .delete(format!("{}/api/v1/streams/{id}", s.api))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    assert!(s.state.manager.status(uuid).is_none());
+    s.stop().await;
+}
+
+/// Makes a short, high-bitrate H.264 clip (random noise compresses badly), so a viewer that reads
+/// nothing fills its socket buffers within a second or two.
+fn noise_clip(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("noise.mp4");
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "nullsrc=s=640x360:r=25,geq=random(1)*255:128:128",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-sc_threshold",
+            "0",
+            "-b:v",
+            "20M",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg");
+    assert!(status.success());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_viewer_does_not_delay_others_and_is_resynced_at_keyframes() {
+    let s = InProcess::start("").await;
+    let clip = noise_clip(s.dir.path());
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/api/v1/streams", s.api))
+        .json(&json!({"source": {"kind": "file", "path": clip, "loop": true}, "outputs": ["mse"]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let uuid: uuid::Uuid = id.parse().expect("uuid");
+    eventually("stream runs", Duration::from_secs(20), || {
+        s.state.manager.status(uuid)?.status.then_some(())
+    })
+    .await;
+
+    // The slow viewer: a tiny receive buffer, and it reads nothing for 8 s.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket
+        .connect(s.video.parse().expect("addr"))
+        .await
+        .expect("connect");
+    let url = format!("ws://{}/ws/live?stream_id={id}", s.video);
+    let (mut slow, _) = tokio_tungstenite::client_async(&url, tcp)
+        .await
+        .expect("upgrade");
+
+    // Meanwhile a normal viewer watches for 8 s and gets (nearly) every frame in real time.
+    let fast = watch_live(&s.video, &id, Duration::from_secs(8)).await;
+    assert!(
+        fast.fragments.len() >= 150,
+        "fast viewer got {} fragments in 8 s",
+        fast.fragments.len()
+    );
+    let skips = s.state.manager.status(uuid).expect("status").lag_skips;
+    assert!(skips > 0, "the slow viewer was skipped ahead");
+    let st: serde_json::Value = c
+        .get(format!("{}/api/v1/streams/{id}/status", s.api))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert!(st["lag_skips"].as_u64().is_some_and(|n| n > 0), "{st}");
+
+    // Now the slow viewer reads what it was sent: whole GOP prefixes and a clean resync, so the
+    // concatenation decodes without errors.
+    let mut r = crate::support::media::Received::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, slow.next()).await {
+        if let Message::Binary(b) = m {
+            if r.codecs.is_empty() {
+                r.codecs = String::from_utf8_lossy(&b[1..]).into_owned();
+            } else if r.init.is_empty() {
+                r.init = b.to_vec();
+            } else {
+                r.fragments.push(b.to_vec());
+            }
+        }
+    }
+    assert!(!r.fragments.is_empty(), "the slow viewer still receives");
+    let path = write_mp4(s.dir.path(), "slow.mp4", &r);
+    let errors = ffmpeg_decode_errors(&path.display().to_string());
+    assert!(errors.trim().is_empty(), "slow viewer's stream: {errors}");
+    s.stop().await;
+}

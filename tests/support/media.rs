@@ -1,0 +1,175 @@
+//! Real media peers for tests: the GStreamer RTSP server, a WebSocket viewer, ffmpeg/ffprobe checks.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The GStreamer RTSP test server (tests/support/gst_rtsp_server.py). Killed on drop.
+pub struct RtspServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RtspServer {
+    /// Starts the server on `port` (0 = any free port) and waits for its READY line.
+    pub fn start(port: u16) -> RtspServer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp_server.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--exit-on-stdin-eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the GStreamer RTSP server (is python3-gi installed?)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("RTSP server printed READY");
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected READY line: {line}"));
+        RtspServer { child, port }
+    }
+
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{mount}", self.port)
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One viewer's received messages.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// The codec list of the first message (without the 0x09 byte).
+    pub codecs: String,
+    pub init: Vec<u8>,
+    pub fragments: Vec<Vec<u8>>,
+    pub texts: Vec<String>,
+}
+
+/// The four-character type of the first box of `data`.
+pub fn first_box(data: &[u8]) -> &str {
+    data.get(4..8)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .unwrap_or("")
+}
+
+/// Connects a live viewer and collects messages for `dur` (after the init segment).
+pub async fn watch_live(video: &str, stream_id: &str, dur: Duration) -> Received {
+    let url = format!("ws://{video}/ws/live?stream_id={stream_id}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    let mut r = Received::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut stop_at: Option<tokio::time::Instant> = None;
+    loop {
+        let until = stop_at.unwrap_or(deadline);
+        let msg = match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => break,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => panic!("websocket error: {e}"),
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Binary(b) => {
+                if r.codecs.is_empty() {
+                    assert_eq!(b.first(), Some(&0x09), "first message is 0x09 + codecs");
+                    r.codecs = String::from_utf8(b[1..].to_vec()).expect("ascii codecs");
+                } else if r.init.is_empty() {
+                    r.init = b.to_vec();
+                    stop_at = Some(tokio::time::Instant::now() + dur);
+                } else {
+                    r.fragments.push(b.to_vec());
+                }
+            }
+            Message::Text(t) => r.texts.push(t.to_string()),
+            Message::Close(f) => panic!("server closed the viewer: {f:?}"),
+            _ => {}
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    r
+}
+
+/// Writes init + fragments to a file in `dir` and returns its path.
+pub fn write_mp4(dir: &Path, name: &str, r: &Received) -> PathBuf {
+    let path = dir.join(name);
+    let mut all = r.init.clone();
+    for f in &r.fragments {
+        all.extend_from_slice(f);
+    }
+    std::fs::write(&path, all).expect("write mp4");
+    path
+}
+
+/// Decodes a file or URL with ffmpeg; returns ffmpeg's error output (empty = clean).
+pub fn ffmpeg_decode_errors(input: &str) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i", input, "-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        text.push_str(&format!("\nffmpeg exited with {}", out.status));
+    }
+    text
+}
+
+/// ffprobe's JSON description of a file or URL (streams and format).
+pub fn ffprobe(input: &str) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+            input,
+        ])
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {input}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
