@@ -13,6 +13,7 @@
 //! | [`manager`] | starts, stops and reports on running streams |
 //! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI |
 //! | [`live`] | the video listener: MSE WebSocket, archive WebSocket, HLS files |
+//! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
 //!
@@ -20,6 +21,7 @@
 //! `live`/`api` → `server`.
 
 pub mod api;
+pub mod archive;
 pub mod config;
 pub mod db;
 pub mod hub;

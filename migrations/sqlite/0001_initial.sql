@@ -62,3 +62,36 @@ CREATE TABLE segments (
 
 -- Every time query is "segments of one stream around a time": keep it one index range.
 CREATE INDEX segments_stream_start ON segments (stream_id, start_us);
+
+-- Finding the segment being written (at most one per stream) without scanning the stream's history.
+CREATE INDEX segments_recording ON segments (stream_id) WHERE state = 'recording';
+
+-- The S3 upload outbox: rows still to upload, in order.
+CREATE INDEX segments_upload_pending ON segments (id) WHERE upload_state IN ('local', 'uploading');
+
+-- One row per contiguous recording run of a stream: closed segments whose gaps are at most one
+-- second (db::runs::RUN_GAP_US) belong to one run. Maintained in the transaction that closes a
+-- segment and re-derived from `segments` after deletions, so a range query over months reads a
+-- handful of rows instead of every segment. `segments` stays the source of truth.
+CREATE TABLE runs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id     TEXT NOT NULL,
+    start_us      INTEGER NOT NULL,               -- start of the first segment
+    end_us        INTEGER NOT NULL,               -- end of the last segment
+    segment_count INTEGER NOT NULL,
+    bytes         INTEGER NOT NULL,
+    CHECK (end_us >= start_us)
+);
+CREATE INDEX runs_stream_start ON runs (stream_id, start_us);
+
+-- Time ranges retention must never delete (evidence locks), per stream.
+CREATE TABLE protected_ranges (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id     TEXT NOT NULL,
+    start_us      INTEGER NOT NULL,
+    end_us        INTEGER NOT NULL,
+    reason        TEXT NOT NULL DEFAULT '',
+    created_at_us INTEGER NOT NULL,
+    CHECK (end_us > start_us)
+);
+CREATE INDEX protected_ranges_stream ON protected_ranges (stream_id, start_us);

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{GoError, GoLowerError, GoUpperError};
-use crate::db::{segments, streams};
+use crate::db::{runs, streams};
 use crate::stream::{OutputType, RtspTransport, Source, StreamSpec, parse_output_type};
 
 /// Gap tolerance for the Go ranges route: holes shorter than this are bridged. Recorded segments
@@ -386,7 +386,7 @@ pub async fn archive_ranges(
         ));
     }
     let now = crate::db::now_us();
-    let ranges = segments::ranges(
+    let ranges = runs::ranges(
         &state.db,
         id,
         0,

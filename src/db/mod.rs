@@ -6,6 +6,7 @@
 //! engines (UUID is `TEXT` in SQLite and `UUID` in Postgres) a small wrapper type ([`DbUuid`]) encodes
 //! the right thing for each.
 
+pub mod runs;
 pub mod segments;
 pub mod streams;
 
@@ -227,5 +228,11 @@ impl Encode<'_, Postgres> for DbUuid {
 impl<'r> Decode<'r, Postgres> for DbUuid {
     fn decode(value: <Postgres as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
         Ok(DbUuid(<Uuid as Decode<Postgres>>::decode(value)?))
+    }
+}
+
+impl From<DbUuid> for Uuid {
+    fn from(v: DbUuid) -> Uuid {
+        v.0
     }
 }

@@ -128,3 +128,197 @@ pub async fn any_in_range(db: &Db, stream_id: Uuid, from_us: i64, to_us: i64) ->
         .await?);
     Ok(found)
 }
+
+/// A segment row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SegmentRow {
+    pub id: i64,
+    #[sqlx(try_from = "DbUuid")]
+    pub stream_id: Uuid,
+    pub start_us: i64,
+    pub end_us: i64,
+    pub media_duration_us: i64,
+    pub storage: String,
+    pub storage_key: String,
+    pub bytes: i64,
+    pub init_segment_id: Option<i64>,
+    pub state: String,
+    pub upload_state: String,
+}
+
+const SEGMENT_COLUMNS: &str = "id, stream_id, start_us, end_us, media_duration_us, storage, \
+    storage_key, bytes, init_segment_id, state, upload_state";
+
+/// Inserts a segment row for a file being recorded (state `recording`) with its init segment.
+pub async fn insert_recording(
+    db: &Db,
+    s: &NewSegment,
+    init_segment_id: Option<i64>,
+    upload_state: &str,
+) -> Result<i64> {
+    const SQL: &str = "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, \
+        storage, storage_key, bytes, state, created_at_us, init_segment_id, upload_state) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
+    let now = now_us();
+    let id: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(DbUuid(s.stream_id))
+        .bind(s.start_us)
+        .bind(s.end_us)
+        .bind(s.media_duration_us)
+        .bind(s.storage.as_str())
+        .bind(s.storage_key.as_str())
+        .bind(s.bytes)
+        .bind(s.state.as_str())
+        .bind(now)
+        .bind(init_segment_id)
+        .bind(upload_state)
+        .fetch_one(p)
+        .await?);
+    Ok(id)
+}
+
+/// Advances a recording segment's end as fragments reach the disk.
+pub async fn update_progress(
+    db: &Db,
+    id: i64,
+    end_us: i64,
+    media_duration_us: i64,
+    bytes: i64,
+) -> Result<()> {
+    const SQL: &str = "UPDATE segments SET end_us = $2, media_duration_us = $3, bytes = $4 \
+        WHERE id = $1 AND state = 'recording'";
+    with_pool!(db, p => sqlx::query(SQL)
+        .bind(id)
+        .bind(end_us)
+        .bind(media_duration_us)
+        .bind(bytes)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Closes a segment (state `complete`) and extends its stream's runs, in one transaction.
+pub async fn finalize(
+    db: &Db,
+    id: i64,
+    end_us: i64,
+    media_duration_us: i64,
+    bytes: i64,
+) -> Result<()> {
+    const SQL: &str = "UPDATE segments SET end_us = $2, media_duration_us = $3, bytes = $4, \
+        state = 'complete' WHERE id = $1 RETURNING stream_id, start_us";
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let row: Option<(DbUuid, i64)> = sqlx::query_as(SQL)
+            .bind(id)
+            .bind(end_us)
+            .bind(media_duration_us)
+            .bind(bytes)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some((stream, start_us)) = row {
+            super::runs::add_segment!(&mut *tx, stream, start_us, end_us, bytes);
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// Segments in a given state (for start-up repair), oldest first.
+pub async fn with_state(db: &Db, state: SegmentState) -> Result<Vec<SegmentRow>> {
+    let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE state = $1 ORDER BY id");
+    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(state.as_str())
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
+/// Marks a segment whose file is gone.
+pub async fn mark_missing(db: &Db, id: i64) -> Result<()> {
+    const SQL: &str = "UPDATE segments SET state = 'missing' WHERE id = $1";
+    with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// One segment by id.
+pub async fn get(db: &Db, id: i64) -> Result<Option<SegmentRow>> {
+    let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE id = $1");
+    let row = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(p)
+        .await?);
+    Ok(row)
+}
+
+/// Whether a storage key is already indexed (start-up reconciliation of orphan files).
+pub async fn key_exists(db: &Db, storage_key: &str) -> Result<bool> {
+    const SQL: &str = "SELECT EXISTS (SELECT 1 FROM segments WHERE storage_key = $1)";
+    let found: bool = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(storage_key)
+        .fetch_one(p)
+        .await?);
+    Ok(found)
+}
+
+/// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start, after
+/// the keyset cursor `(after_start_us, after_id)`.
+pub async fn page(
+    db: &Db,
+    stream_id: Uuid,
+    from_us: i64,
+    to_us: i64,
+    after: Option<(i64, i64)>,
+    limit: u32,
+) -> Result<Vec<SegmentRow>> {
+    let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
+    let (after_start, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE stream_id = $1 AND start_us >= $2 \
+         AND start_us < $3 AND end_us > $4 AND state IN ('recording', 'complete') \
+         AND (start_us > $5 OR (start_us = $5 AND id > $6)) ORDER BY start_us, id LIMIT $7"
+    );
+    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(DbUuid(stream_id))
+        .bind(lower.max(after_start))
+        .bind(to_us)
+        .bind(from_us)
+        .bind(after_start)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
+/// Stores a codec setup (init segment) once and returns its id; identical bytes share a row.
+pub async fn upsert_init(db: &Db, codecs: &str, data: &[u8]) -> Result<i64> {
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    const INSERT: &str = "INSERT INTO init_segments (sha256, codecs, data, created_at_us) \
+        VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING";
+    const SELECT: &str = "SELECT id FROM init_segments WHERE sha256 = $1";
+    let now = now_us();
+    let id: i64 = with_pool!(db, p => {
+        sqlx::query(INSERT)
+            .bind(digest.as_str())
+            .bind(codecs)
+            .bind(data)
+            .bind(now)
+            .execute(p)
+            .await?;
+        sqlx::query_scalar(SELECT).bind(digest.as_str()).fetch_one(p).await?
+    });
+    Ok(id)
+}
+
+/// A stored init segment: its codec list and bytes.
+pub async fn get_init(db: &Db, id: i64) -> Result<Option<(String, Vec<u8>)>> {
+    const SQL: &str = "SELECT codecs, data FROM init_segments WHERE id = $1";
+    let row = with_pool!(db, p => sqlx::query_as(SQL).bind(id).fetch_optional(p).await?);
+    Ok(row)
+}

@@ -258,6 +258,9 @@ both_engines!(
             .await
             .expect("insert");
         }
+        video_server::db::runs::rebuild(&t.db, id)
+            .await
+            .expect("runs");
         // The id is echoed as given (upper case here).
         let upper = DEMO.to_uppercase();
         let r = get(&s, &format!("/archive/{upper}/ranges")).await;

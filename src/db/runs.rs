@@ -1,0 +1,188 @@
+//! The `runs` table: contiguous recording runs per stream, so time-range queries read a handful of
+//! rows whatever the length of the window. `segments` stays the source of truth; [`rebuild`]
+//! re-derives a stream's runs from it (after deletions, and in tests to check the maintained rows).
+
+use uuid::Uuid;
+
+use super::segments::TimeRange;
+use super::{Db, DbUuid, Result, with_pool};
+
+/// Closed segments separated by at most this much belong to one run. Recorded segments are back to
+/// back; a source reconnect leaves a gap of seconds.
+pub const RUN_GAP_US: i64 = 1_000_000;
+
+/// Adds a closed segment to its stream's runs inside an open transaction: extends the run it
+/// touches, merges runs it bridges, or starts a new one. A macro so the same code runs on a SQLite
+/// or a Postgres transaction.
+macro_rules! add_segment {
+    ($conn:expr, $stream:expr, $start_us:expr, $end_us:expr, $bytes:expr) => {{
+        let (stream, start_us, end_us, bytes): (super::DbUuid, i64, i64, i64) =
+            ($stream, $start_us, $end_us, $bytes);
+        let gap = super::runs::RUN_GAP_US;
+        let near: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, start_us, end_us, segment_count, bytes FROM runs \
+             WHERE stream_id = $1 AND start_us <= $2 AND end_us >= $3 ORDER BY start_us",
+        )
+        .bind(stream)
+        .bind(end_us + gap)
+        .bind(start_us - gap)
+        .fetch_all(&mut *$conn)
+        .await?;
+        match near.split_first() {
+            None => {
+                sqlx::query(
+                    "INSERT INTO runs (stream_id, start_us, end_us, segment_count, bytes) \
+                     VALUES ($1, $2, $3, 1, $4)",
+                )
+                .bind(stream)
+                .bind(start_us)
+                .bind(end_us)
+                .bind(bytes)
+                .execute(&mut *$conn)
+                .await?;
+            }
+            Some((first, rest)) => {
+                let mut run = (
+                    start_us.min(first.1),
+                    end_us.max(first.2),
+                    first.3 + 1,
+                    first.4 + bytes,
+                );
+                for r in rest {
+                    run = (run.0.min(r.1), run.1.max(r.2), run.2 + r.3, run.3 + r.4);
+                    sqlx::query("DELETE FROM runs WHERE id = $1")
+                        .bind(r.0)
+                        .execute(&mut *$conn)
+                        .await?;
+                }
+                sqlx::query(
+                    "UPDATE runs SET start_us = $2, end_us = $3, segment_count = $4, bytes = $5 \
+                     WHERE id = $1",
+                )
+                .bind(first.0)
+                .bind(run.0)
+                .bind(run.1)
+                .bind(run.2)
+                .bind(run.3)
+                .execute(&mut *$conn)
+                .await?;
+            }
+        }
+    }};
+}
+pub(crate) use add_segment;
+
+/// A run as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start_us: i64,
+    pub end_us: i64,
+    pub segment_count: i64,
+    pub bytes: i64,
+}
+
+/// Runs of a stream overlapping `[from_us, to_us)`, ordered by start.
+pub async fn list(db: &Db, stream_id: Uuid, from_us: i64, to_us: i64) -> Result<Vec<Run>> {
+    const SQL: &str = "SELECT start_us, end_us, segment_count, bytes FROM runs \
+        WHERE stream_id = $1 AND start_us < $2 AND end_us > $3 ORDER BY start_us";
+    let rows: Vec<(i64, i64, i64, i64)> = with_pool!(db, p => sqlx::query_as(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(to_us)
+        .bind(from_us)
+        .fetch_all(p)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .map(|(start_us, end_us, segment_count, bytes)| Run {
+            start_us,
+            end_us,
+            segment_count,
+            bytes,
+        })
+        .collect())
+}
+
+/// Every run of a stream, ordered by start.
+pub async fn all(db: &Db, stream_id: Uuid) -> Result<Vec<Run>> {
+    list(db, stream_id, i64::MIN, i64::MAX).await
+}
+
+/// Re-derives a stream's runs from its closed segments (gaps and islands), replacing the rows.
+pub async fn rebuild(db: &Db, stream_id: Uuid) -> Result<()> {
+    const DERIVE: &str = "
+        SELECT MIN(start_us), MAX(end_us), COUNT(*), CAST(SUM(bytes) AS BIGINT) FROM (
+            SELECT start_us, end_us, bytes,
+                   SUM(new_run) OVER (ORDER BY start_us, id ROWS UNBOUNDED PRECEDING) AS run
+            FROM (
+                SELECT id, start_us, end_us, bytes,
+                       CASE WHEN start_us - MAX(end_us) OVER (ORDER BY start_us, id
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > $2
+                            THEN 1 ELSE 0 END AS new_run
+                FROM segments WHERE stream_id = $1 AND state = 'complete'
+            ) AS marked
+        ) AS numbered
+        GROUP BY run ORDER BY 1";
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let derived: Vec<(i64, i64, i64, i64)> = sqlx::query_as(DERIVE)
+            .bind(DbUuid(stream_id))
+            .bind(RUN_GAP_US)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM runs WHERE stream_id = $1")
+            .bind(DbUuid(stream_id))
+            .execute(&mut *tx)
+            .await?;
+        for (start_us, end_us, count, bytes) in derived {
+            sqlx::query(
+                "INSERT INTO runs (stream_id, start_us, end_us, segment_count, bytes) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(DbUuid(stream_id))
+            .bind(start_us)
+            .bind(end_us)
+            .bind(count)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// Recorded time ranges of a stream overlapping `[from_us, to_us)`: its runs plus the segment being
+/// recorded, merged where the hole between them is at most `gap_us` (never less than
+/// [`RUN_GAP_US`]). Reads a few rows whatever the window: the runs and the one `recording` row.
+pub async fn ranges(
+    db: &Db,
+    stream_id: Uuid,
+    from_us: i64,
+    to_us: i64,
+    gap_us: i64,
+) -> Result<Vec<TimeRange>> {
+    const RECORDING: &str = "SELECT start_us, end_us FROM segments \
+        WHERE stream_id = $1 AND state = 'recording' AND start_us < $2 AND end_us > $3";
+    let mut spans: Vec<(i64, i64)> = list(db, stream_id, from_us, to_us)
+        .await?
+        .into_iter()
+        .map(|r| (r.start_us, r.end_us))
+        .collect();
+    let recording: Vec<(i64, i64)> = with_pool!(db, p => sqlx::query_as(RECORDING)
+        .bind(DbUuid(stream_id))
+        .bind(to_us)
+        .bind(from_us)
+        .fetch_all(p)
+        .await?);
+    spans.extend(recording);
+    spans.sort_unstable();
+    let gap = gap_us.max(RUN_GAP_US);
+    let mut out: Vec<TimeRange> = Vec::new();
+    for (start_us, end_us) in spans {
+        match out.last_mut() {
+            Some(last) if start_us - last.end_us <= gap => last.end_us = last.end_us.max(end_us),
+            _ => out.push(TimeRange { start_us, end_us }),
+        }
+    }
+    Ok(out)
+}
