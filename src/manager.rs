@@ -16,7 +16,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::archive::recorder::{Recorder, RecorderConfig};
 use crate::config::Config;
+use crate::db::Db;
 use crate::hub::Hub;
 use crate::source::supervisor::{Demand, HealthProbe, Supervisor};
 use crate::source::{StatusCell, lock_status};
@@ -74,6 +76,8 @@ impl StreamRuntime {
 /// Owns the set of active streams. Cheap to share behind an `Arc`.
 pub struct StreamManager {
     config: Arc<Config>,
+    /// The index, for recorders.
+    db: Db,
     /// Active (enabled) streams by id. A std lock: never held across an await.
     streams: RwLock<HashMap<Uuid, Arc<StreamRuntime>>>,
     /// Parent of every stream's token: cancelled on shutdown.
@@ -82,9 +86,10 @@ pub struct StreamManager {
 }
 
 impl StreamManager {
-    pub fn new(config: Arc<Config>) -> Arc<Self> {
+    pub fn new(config: Arc<Config>, db: Db) -> Arc<Self> {
         Arc::new(Self {
             config,
+            db,
             streams: RwLock::new(HashMap::new()),
             root: CancellationToken::new(),
             probe_limiter: Arc::new(Semaphore::new(MAX_PARALLEL_PROBES)),
@@ -138,6 +143,19 @@ impl StreamManager {
             );
             tasks.spawn(writer.run(cancel.clone()).instrument(span.clone()));
         }
+        if records {
+            let recorder = Recorder::new(
+                RecorderConfig {
+                    stream_id: spec.id,
+                    directory: self.archive_dir(spec),
+                    ms_per_file: c.ms_per_file_for(spec),
+                    storage: spec.archive.storage,
+                },
+                self.db.clone(),
+                hub.subscribe(crate::archive::recorder::QUEUE_FRAMES),
+            );
+            tasks.spawn(recorder.run(cancel.clone()).instrument(span.clone()));
+        }
         tasks.close();
         let rt = Arc::new(StreamRuntime {
             spec: spec.clone(),
@@ -148,7 +166,19 @@ impl StreamManager {
             tasks,
         });
         self.write().insert(spec.id, rt);
-        tracing::info!(stream = %spec.id, source = %spec.source.display_url(), on_demand, "stream started");
+        tracing::info!(stream = %spec.id, source = %spec.source.display_url(), on_demand, records, "stream started");
+    }
+
+    /// The archive directory of a stream: its own, else `[archive] directory`. Absolute, so the
+    /// file paths stored in the index do not depend on the working directory of a later run.
+    pub fn archive_dir(&self, spec: &StreamSpec) -> std::path::PathBuf {
+        let dir = std::path::PathBuf::from(
+            spec.archive
+                .directory
+                .as_deref()
+                .unwrap_or(self.config.archive.directory()),
+        );
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 
     /// Stops a stream and waits (bounded) until its tasks have finished. Unknown ids are a no-op.

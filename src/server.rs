@@ -78,12 +78,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             "streams from the config file added to the database"
         );
     }
-    let manager = StreamManager::new(config.clone());
-    for rec in streams::list_all(&db).await? {
+    let started_us = db::now_us();
+    // Close what a crash left open before any recorder opens new segments.
+    crate::archive::repair::repair_recording(&db)
+        .await
+        .map_err(|crate::archive::repair::RepairError::Db(e)| ServerError::Db(e))?;
+    let manager = StreamManager::new(config.clone(), db.clone());
+    let all_streams = streams::list_all(&db).await?;
+    for rec in &all_streams {
         if rec.spec.enabled {
             manager.start(&rec.spec).await;
         }
     }
+    // Index stray segment files and mark vanished ones, in the background.
+    let mut roots: Vec<std::path::PathBuf> = all_streams
+        .iter()
+        .map(|r| manager.archive_dir(&r.spec))
+        .collect();
+    let global: std::path::PathBuf = config.archive.directory().into();
+    roots.push(std::path::absolute(&global).unwrap_or(global));
+    roots.sort();
+    roots.dedup();
+    let reconcile_db = db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::archive::repair::reconcile(&reconcile_db, &roots, started_us).await {
+            tracing::warn!(error = %e, "archive reconciliation failed");
+        }
+    });
     let state = AppState {
         config: config.clone(),
         db: db.clone(),

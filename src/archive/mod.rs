@@ -1,4 +1,6 @@
 //! The archive: recording segments (`recorder`), where their bytes live (`storage`), and upkeep
-//! (repair on start, S3 upload, retention, import of Go archives).
+//! (start-up `repair`, S3 upload, retention, import of Go archives).
 
+pub mod recorder;
+pub mod repair;
 pub mod storage;

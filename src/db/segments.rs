@@ -322,3 +322,24 @@ pub async fn get_init(db: &Db, id: i64) -> Result<Option<(String, Vec<u8>)>> {
     let row = with_pool!(db, p => sqlx::query_as(SQL).bind(id).fetch_optional(p).await?);
     Ok(row)
 }
+
+/// Deletes a segment row (a segment that never got media, or one retention removed).
+pub async fn delete(db: &Db, id: i64) -> Result<()> {
+    const SQL: &str = "DELETE FROM segments WHERE id = $1";
+    with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await.map(|_| ()))?;
+    Ok(())
+}
+
+/// Filesystem segment rows after `after_id` (keyset), for start-up reconciliation in batches.
+pub async fn local_files_after(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE id > $1 AND storage = 'filesystem' \
+         AND state = 'complete' ORDER BY id LIMIT $2"
+    );
+    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod archive;
 mod binary_cli;
 mod compose;
 mod config_go;

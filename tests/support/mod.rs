@@ -129,7 +129,7 @@ pub fn config(toml: &str) -> Config {
 /// An application state over a test database, with streams from the database started.
 pub async fn state(db: &Db, config: Config) -> AppState {
     let config = Arc::new(config);
-    let manager = StreamManager::new(config.clone());
+    let manager = StreamManager::new(config.clone(), db.clone());
     for rec in video_server::db::streams::list_all(db)
         .await
         .expect("list streams")
@@ -221,6 +221,8 @@ pub async fn send_json(
 /// directory in a temp dir.
 pub struct InProcess {
     pub video: String,
+    /// The index's URL (to reconnect after `stop`).
+    pub db_url: String,
     pub api: String,
     pub state: AppState,
     pub dir: tempfile::TempDir,
@@ -231,12 +233,19 @@ pub struct InProcess {
 impl InProcess {
     /// Starts with `extra` TOML appended to a base config (listeners on port 0).
     pub async fn start(extra: &str) -> InProcess {
+        Self::start_with_db(extra, None).await
+    }
+
+    /// As [`InProcess::start`], with the index at `db_url` (SQLite in the temp dir when `None`).
+    pub async fn start_with_db(extra: &str, db_url: Option<String>) -> InProcess {
         let dir = tempfile::tempdir().expect("tmp");
+        let db_url =
+            db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("index.db").display()));
         let toml = format!(
             "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
-             [database]\nurl = \"sqlite://{db}\"\n{extra}\n",
-            db = dir.path().join("index.db").display(),
+             [database]\nurl = \"{db_url}\"\n{extra}\n",
         );
+        let db_url = db_url.clone();
         let mut config = Config::from_toml_str("inprocess.toml", &toml).expect("config");
         if !extra.contains("directory") {
             config.hls.directory = dir.path().join("hls").display().to_string();
@@ -246,6 +255,7 @@ impl InProcess {
             .await
             .expect("server starts");
         InProcess {
+            db_url,
             video: running.video_addr.to_string(),
             api: format!("http://{}", running.api_addr.expect("api enabled")),
             state: running.state.clone(),
@@ -255,12 +265,30 @@ impl InProcess {
         }
     }
 
-    pub async fn stop(mut self) {
+    /// Shuts down gracefully; returns the temp dir (the SQLite index lives there).
+    pub async fn stop(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {
             tokio::time::timeout(std::time::Duration::from_secs(15), r.wait())
                 .await
                 .expect("graceful shutdown is prompt");
         }
+        self.dir
     }
+}
+
+/// A fresh Postgres schema on the test server and a URL whose connections use it.
+pub async fn pg_schema_url() -> String {
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = Db::connect(&pg_url()).await.expect("postgres reachable");
+    if let Db::Postgres(p) = &admin {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+            .execute(p)
+            .await
+            .expect("schema");
+    }
+    admin.close().await;
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
