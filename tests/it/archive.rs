@@ -282,3 +282,86 @@ async fn ranges_show_a_real_gap_sqlite() {
 async fn ranges_show_a_real_gap_postgres() {
     gap_scenario(Some(crate::support::pg_schema_url().await)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codec_change_and_discontinuity_start_new_segments() {
+    use std::sync::Arc;
+    use video_server::archive::recorder::{Recorder, RecorderConfig};
+    use video_server::hub::Hub;
+    use video_server::media::mp4file::Mp4File;
+    use video_server::media::{StreamParams, TrackKind};
+
+    let t = crate::support::sqlite().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let clip = Mp4File::open(Path::new("assets/demo.mp4")).expect("demo");
+    let v1 = Arc::new(clip.params().clone());
+    let v2 = Arc::new(StreamParams {
+        version: v1.version + 1,
+        audio: None,
+        ..(*v1).clone()
+    });
+    let id = Uuid::new_v4();
+    let hub = Hub::new();
+    let recorder = Recorder::new(
+        RecorderConfig {
+            stream_id: id,
+            directory: dir.path().to_owned(),
+            ms_per_file: 60_000,
+            storage: video_server::stream::StorageKind::Filesystem,
+        },
+        t.db.clone(),
+        hub.subscribe(100_000),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(recorder.run(cancel.clone()));
+    let wall0 = 1_800_000_000_000_000i64;
+    let publish = |params: &Arc<StreamParams>, video_only: bool, secs: i64| {
+        for f in clip.frames() {
+            let ts = params.timescale(f.track);
+            if f.dts >= secs * i64::from(ts) || (video_only && f.track == TrackKind::Audio) {
+                continue;
+            }
+            let mut f = f.clone();
+            f.wallclock_us = wall0 + f.dts * 1_000_000 / i64::from(ts);
+            f.params = params.clone();
+            hub.publish(f);
+        }
+    };
+    publish(&v1, false, 4); // segment 1: video+audio
+    hub.begin_session(); // a source restart: new segment
+    publish(&v1, false, 3); // segment 2
+    publish(&v2, true, 3); // codec change (audio gone): segment 3
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel();
+    task.await.expect("recorder task");
+    let rows = all_segments(&t.db, id).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    check_rows_match_files(&rows, dir.path());
+    let audio_tracks = |r: &SegmentRow| {
+        ffprobe(&r.storage_key)["streams"]
+            .as_array()
+            .expect("streams")
+            .iter()
+            .filter(|s| s["codec_type"] == json!("audio"))
+            .count()
+    };
+    assert_eq!(audio_tracks(&rows[0]), 1);
+    assert_eq!(audio_tracks(&rows[2]), 0);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_only_streams_do_not_record() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The stream asks to record, but the global switch is off (the Go original recorded anyway).
+    let conf = format!("{}{}", archive_config(tmp.path(), 2000), demo_recording())
+        .replace("recording = true\nserving", "recording = false\nserving");
+    let s = InProcess::start(&conf).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(files_under(&tmp.path().join("mp4")).is_empty());
+    let r = reqwest::get(format!("{}/archive/{DEMO}/ranges", s.api))
+        .await
+        .expect("ranges");
+    assert_eq!(r.status(), 404);
+    let _ = s.stop().await;
+}
