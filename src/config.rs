@@ -164,6 +164,12 @@ pub struct ArchiveConfig {
     /// Default target segment length in ms (30000 when 0).
     pub ms_per_file: u64,
     pub minio_settings: MinioSettings,
+    /// Ours: archive playback sends `pause` after this much media (the original's 5 minutes).
+    pub playback_chunk_s: u64,
+    /// Ours: a paused playback session is closed after this long without `more` (10 minutes).
+    pub playback_idle_s: u64,
+    /// Ours: most archive playback sessions at once (0 = default 64).
+    pub playback_max_sessions: usize,
 }
 
 impl ArchiveConfig {
@@ -179,6 +185,30 @@ impl ArchiveConfig {
             DEFAULT_MS_PER_FILE
         } else {
             self.ms_per_file
+        }
+    }
+
+    pub fn playback_chunk(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.playback_chunk_s == 0 {
+            300
+        } else {
+            self.playback_chunk_s
+        })
+    }
+
+    pub fn playback_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.playback_idle_s == 0 {
+            600
+        } else {
+            self.playback_idle_s
+        })
+    }
+
+    pub fn max_playback_sessions(&self) -> usize {
+        if self.playback_max_sessions == 0 {
+            64
+        } else {
+            self.playback_max_sessions
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config: config.clone(),
         db: db.clone(),
         manager: manager.clone(),
+        archive: Arc::new(crate::archive::Archive::new(&config)),
     };
 
     let tracker = TaskTracker::new();

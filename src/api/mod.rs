@@ -39,6 +39,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub manager: Arc<StreamManager>,
+    pub archive: Arc<crate::archive::Archive>,
 }
 
 /// The API router and the OpenAPI document it implements.

@@ -1,6 +1,43 @@
 //! The archive: recording segments (`recorder`), where their bytes live (`storage`), and upkeep
 //! (start-up `repair`, S3 upload, retention, import of Go archives).
 
+pub mod playback;
 pub mod recorder;
 pub mod repair;
 pub mod storage;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use storage::Storage;
+
+/// Archive services shared by the request handlers.
+pub struct Archive {
+    /// The local filesystem (every segment starts there).
+    pub fs: Arc<dyn Storage>,
+    /// The object store, when `[s3]` (or `minio_settings`) is configured.
+    pub s3: Option<Arc<dyn Storage>>,
+    /// Limits concurrent archive playback sessions (each holds a file or object open).
+    pub playback_slots: Arc<Semaphore>,
+}
+
+impl Archive {
+    pub fn new(config: &Config) -> Archive {
+        Archive {
+            fs: Arc::new(storage::fs::FsStorage),
+            s3: None,
+            playback_slots: Arc::new(Semaphore::new(config.archive.max_playback_sessions())),
+        }
+    }
+
+    /// The storage a segment row lives in (`storage` column).
+    pub fn storage_for(&self, kind: &str) -> Option<Arc<dyn Storage>> {
+        match kind {
+            "filesystem" => Some(self.fs.clone()),
+            "s3" => self.s3.clone(),
+            _ => None,
+        }
+    }
+}

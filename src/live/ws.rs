@@ -9,7 +9,6 @@ use axum::response::Response;
 use uuid::Uuid;
 
 use crate::api::AppState;
-use crate::db::segments;
 use crate::stream::OutputType;
 
 /// Close code the original uses for every error ("internal error").
@@ -121,23 +120,8 @@ async fn archive_session(mut socket: WebSocket, state: AppState, query: Option<S
         .await;
         return;
     }
-    let from_us = req.start_s * 1_000_000;
-    let to_us = match req.duration_s {
-        Some(d) => from_us + d * 1_000_000,
-        None => crate::db::now_us() + 365 * 24 * 3600 * 1_000_000,
-    };
-    match segments::any_in_range(&state.db, req.stream_id, from_us, to_us).await {
-        Ok(true) => {
-            close_with(&mut socket, "No valid archive segments found").await;
-        }
-        Ok(false) => {
-            close_with(&mut socket, "No segments found for this time range").await;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, stream = %req.stream_id, "archive segment query failed");
-            close_with(&mut socket, "Failed to list archive segments").await;
-        }
-    }
+    let meta = query_param(query.as_deref(), "meta").is_some_and(|m| m == "1" || m == "true");
+    crate::archive::playback::serve(socket, state, req, meta).await;
 }
 
 #[cfg(test)]

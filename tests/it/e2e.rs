@@ -14,6 +14,15 @@ fn root() -> &'static Path {
 
 /// Runs e2e/run.mjs in one mode; returns its JSON verdict.
 fn run_browser(video: &str, mode: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    run_browser_for(video, DEMO, mode, extra)
+}
+
+fn run_browser_for(
+    video: &str,
+    stream_id: &str,
+    mode: &str,
+    extra: &[(&str, &str)],
+) -> serde_json::Value {
     let e2e = root().join("e2e");
     assert!(
         e2e.join("node_modules/playwright-core").exists(),
@@ -23,7 +32,7 @@ fn run_browser(video: &str, mode: &str, extra: &[(&str, &str)]) -> serde_json::V
     cmd.current_dir(&e2e)
         .arg("run.mjs")
         .env("VIDEO_ADDR", video)
-        .env("STREAM_ID", DEMO)
+        .env("STREAM_ID", stream_id)
         .env("MODE", mode)
         .env("TIMEOUT_S", "40");
     for (k, v) in extra {
@@ -69,4 +78,38 @@ fn chromium_plays_the_demo_stream_via_mse_and_hls() {
     assert!(hls["frames"].as_u64().is_some_and(|f| f > 0), "{hls}");
     assert!(hls["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{hls}");
     assert!(server.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_plays_the_archive_through_a_pause_more_cycle() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = crate::support::InProcess::start(&format!(
+        "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 20\n",
+        tmp.path().display()
+    ))
+    .await;
+    let id = uuid::Uuid::new_v4();
+    let wall0 = 1_760_000_000_000_000i64;
+    crate::playback::synthesize(&s.state.db, tmp.path(), id, wall0, 3).await;
+    let video = s.video.clone();
+    let start = (wall0 / 1_000_000).to_string();
+    let verdict = tokio::task::spawn_blocking(move || {
+        run_browser_for(
+            &video,
+            &id.to_string(),
+            "archive",
+            &[("START", &start), ("DURATION", "70"), ("EXPECT_PAUSE", "1")],
+        )
+    })
+    .await
+    .expect("browser run");
+    assert!(
+        verdict["frames"].as_u64().is_some_and(|f| f > 0),
+        "{verdict}"
+    );
+    assert!(
+        verdict["advanced"].as_f64().is_some_and(|a| a >= 1.0),
+        "{verdict}"
+    );
+    let _ = s.stop().await;
 }

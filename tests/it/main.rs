@@ -13,5 +13,6 @@ mod e2e;
 mod go_routes;
 mod live;
 mod openapi;
+mod playback;
 mod v1_streams;
 mod video_listener;

@@ -139,6 +139,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         }
     }
     AppState {
+        archive: Arc::new(video_server::archive::Archive::new(&config)),
         config,
         db: db.clone(),
         manager,

@@ -1,0 +1,251 @@
+//! Archive playback over WebSocket (the Go pause/more/eos protocol) against recorded segments.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+use video_server::archive::recorder::{Recorder, RecorderConfig};
+use video_server::db::Db;
+use video_server::hub::Hub;
+use video_server::media::mp4file::Mp4File;
+
+use crate::support::InProcess;
+use crate::support::media::{ffmpeg_decode_errors, ffprobe, first_box};
+
+/// Records `loops` × the demo clip (24 s each) for `stream_id` as if it had been received from
+/// `wall0_us` on, without real-time pacing. Returns the recorded length in µs.
+pub async fn synthesize(db: &Db, dir: &Path, stream_id: Uuid, wall0_us: i64, loops: i64) -> i64 {
+    let clip = Mp4File::open(Path::new("assets/demo.mp4")).expect("demo");
+    let params = Arc::new(clip.params().clone());
+    let hub = Hub::new();
+    let recorder = Recorder::new(
+        RecorderConfig {
+            stream_id,
+            directory: dir.to_owned(),
+            ms_per_file: 30_000,
+            storage: video_server::stream::StorageKind::Filesystem,
+        },
+        db.clone(),
+        hub.subscribe(1_000_000),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(recorder.run(cancel.clone()));
+    let loop_us = clip.duration_us();
+    for l in 0..loops {
+        for f in clip.frames() {
+            let ts = i64::from(params.timescale(f.track));
+            let mut f = f.clone();
+            f.dts += l * loop_us * ts / 1_000_000;
+            f.wallclock_us = wall0_us + f.dts * 1_000_000 / ts;
+            f.params = params.clone();
+            hub.publish(f);
+        }
+    }
+    // Dropping the hub ends the recorder's queue: it records what is left, then closes.
+    drop(hub);
+    task.await.expect("recorder");
+    drop(cancel);
+    loops * loop_us
+}
+
+struct Played {
+    codecs: Vec<String>,
+    init: Vec<u8>,
+    fragments: Vec<Vec<u8>>,
+    texts: Vec<String>,
+    close: Option<(u16, String)>,
+}
+
+/// Plays like the original's browser client: `more` on every `pause`.
+async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> Played {
+    let url = format!("ws://{video}/ws/archive?{query}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    if early_more {
+        ws.send(Message::Text("more".into())).await.expect("more");
+    }
+    ws.send(Message::Text("ping".into())).await.expect("ping");
+    let mut p = Played {
+        codecs: Vec::new(),
+        init: Vec::new(),
+        fragments: Vec::new(),
+        texts: Vec::new(),
+        close: None,
+    };
+    loop {
+        let m = match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(_) => break,
+            Err(_) => panic!("playback stalled"),
+        };
+        match m {
+            Message::Binary(b) if b.first() == Some(&9) => {
+                p.codecs.push(String::from_utf8_lossy(&b[1..]).into_owned())
+            }
+            Message::Binary(b) if first_box(&b) == "ftyp" && p.init.is_empty() => {
+                p.init = b.to_vec();
+            }
+            Message::Binary(b) if first_box(&b) == "ftyp" => {}
+            Message::Binary(b) => {
+                assert_eq!(first_box(&b), "moof");
+                p.fragments.push(b.to_vec());
+            }
+            Message::Text(t) => {
+                if t.as_str() == "pause" && answer_more {
+                    ws.send(Message::Text("more".into())).await.expect("more");
+                }
+                p.texts.push(t.to_string());
+            }
+            Message::Close(f) => {
+                p.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+fn media_seconds(dir: &Path, name: &str, p: &Played) -> f64 {
+    let path = dir.join(name);
+    let mut all = p.init.clone();
+    for f in &p.fragments {
+        all.extend_from_slice(f);
+    }
+    std::fs::write(&path, all).expect("write");
+    let errors = ffmpeg_decode_errors(&path.display().to_string());
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    let v = ffprobe(&path.display().to_string());
+    let num = |k: &str| -> f64 {
+        v["format"][k]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0.0)
+    };
+    num("duration") - num("start_time")
+}
+
+fn server_config(dir: &Path, chunk_s: u64, idle_s: u64) -> String {
+    format!(
+        "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = {chunk_s}\nplayback_idle_s = {idle_s}\n",
+        dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twelve_minutes_play_to_eos_with_pause_and_more() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start(&server_config(tmp.path(), 300, 600)).await;
+    let id = Uuid::new_v4();
+    let wall0 = 1_760_000_000_000_000i64;
+    let len_us = synthesize(&s.state.db, tmp.path(), id, wall0, 30).await;
+    assert!(len_us >= 12 * 60 * 1_000_000);
+    let query = format!("stream_id={id}&start={}&duration=720", wall0 / 1_000_000);
+    let p = play(&s.video, &query, true, false).await;
+    assert_eq!(p.codecs, vec!["avc1.4D401E,mp4a.40.2".to_owned()]);
+    assert!(p.texts.contains(&"pong".to_owned()), "{:?}", p.texts);
+    assert_eq!(
+        p.texts.iter().filter(|t| *t == "pause").count(),
+        2,
+        "{:?}",
+        p.texts
+    );
+    assert_eq!(p.texts.last().map(String::as_str), Some("eos"));
+    let secs = media_seconds(tmp.path(), "12min.mp4", &p);
+    assert!((secs - 720.0).abs() <= 1.0, "played {secs} s of 720 s");
+    let _ = s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_at_the_keyframe_before_start_and_reports_gaps_with_meta() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start(&server_config(tmp.path(), 300, 600)).await;
+    let id = Uuid::new_v4();
+    // Keyframes every second at x.5 s, so a start at a whole second falls mid-GOP.
+    let wall0 = 1_760_000_000_500_000i64;
+    let first = synthesize(&s.state.db, tmp.path(), id, wall0, 2).await;
+    // A second recording 60 s after the first one ended.
+    let wall1 = wall0 + first + 60_000_000;
+    synthesize(&s.state.db, tmp.path(), id, wall1, 1).await;
+    // Start 10.5 s in: playback begins at the keyframe at 10 s.
+    let start_s = (wall0 + 10_500_000) / 1_000_000;
+    let query = format!("stream_id={id}&start={start_s}&meta=1");
+    let p = play(&s.video, &query, true, false).await;
+    let metas: Vec<serde_json::Value> = p
+        .texts
+        .iter()
+        .filter(|t| t.starts_with('{'))
+        .map(|t| serde_json::from_str(t).expect("meta JSON"))
+        .collect();
+    assert_eq!(metas.len(), 2, "{metas:?}");
+    let w0 = metas[0]["wallclock_us"].as_i64().expect("us");
+    assert!(
+        w0 <= start_s * 1_000_000 && w0 > start_s * 1_000_000 - 1_000_001,
+        "{metas:?}"
+    );
+    assert_eq!(metas[0]["media_time"], serde_json::json!(0.0));
+    assert_eq!(metas[1]["gap"], serde_json::json!(true));
+    assert_eq!(
+        metas[1]["wallclock_us"].as_i64(),
+        Some(wall1),
+        "gap start = second recording"
+    );
+    let expected_media = (wall0 + first - w0) as f64 / 1e6;
+    let at = metas[1]["media_time"].as_f64().expect("media time");
+    assert!(
+        (at - expected_media).abs() < 0.05,
+        "{at} vs {expected_media}"
+    );
+    let secs = media_seconds(tmp.path(), "gap.mp4", &p);
+    assert!((secs - (expected_media + 24.0)).abs() <= 1.0, "{secs}");
+    // Old clients (no meta=1) never see JSON.
+    let p = play(
+        &s.video,
+        &format!("stream_id={id}&start={start_s}"),
+        true,
+        false,
+    )
+    .await;
+    assert!(p.texts.iter().all(|t| !t.starts_with('{')));
+    let _ = s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start(&server_config(tmp.path(), 20, 2)).await;
+    let id = Uuid::new_v4();
+    let wall0 = 1_760_000_000_000_000i64;
+    synthesize(&s.state.db, tmp.path(), id, wall0, 3).await;
+    // Corrupt the second segment.
+    let mut after = None;
+    let mut rows = Vec::new();
+    loop {
+        let page = video_server::db::segments::page(&s.state.db, id, 0, i64::MAX / 2, after, 100)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some((last.start_us, last.id));
+        rows.extend(page);
+    }
+    assert!(rows.len() >= 3);
+    std::fs::write(&rows[1].storage_key, b"garbage, not an mp4").expect("corrupt");
+    let query = format!("stream_id={id}&start={}", wall0 / 1_000_000);
+    // An early `more` is remembered and answers the first pause.
+    let p = play(&s.video, &query, true, true).await;
+    assert_eq!(p.texts.last().map(String::as_str), Some("eos"));
+    let secs = media_seconds(tmp.path(), "skip.mp4", &p);
+    let expected = (rows.iter().map(|r| r.media_duration_us).sum::<i64>()
+        - rows[1].media_duration_us) as f64
+        / 1e6;
+    assert!((secs - expected).abs() <= 1.0, "{secs} vs {expected}");
+    // A client that never answers `pause` is closed after the idle time.
+    let p = play(&s.video, &query, false, false).await;
+    assert!(p.texts.contains(&"pause".to_owned()));
+    assert_eq!(p.close, Some((1011, "Paused for too long".to_owned())));
+    let _ = s.stop().await;
+}
