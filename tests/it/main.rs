@@ -12,5 +12,6 @@ mod e2e;
 mod go_routes;
 mod live;
 mod openapi;
+mod retention;
 mod v1_streams;
 mod video_listener;
