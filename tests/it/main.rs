@@ -10,6 +10,7 @@ mod config_go;
 mod db_streams;
 mod e2e;
 mod go_routes;
+mod import_archive;
 mod live;
 mod openapi;
 mod retention;
