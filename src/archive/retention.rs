@@ -201,6 +201,11 @@ impl Retention {
     /// were finished; rows whose storage delete fails stay for a later pass.
     pub async fn finish_pending(&self) -> Result<u64, RetentionError> {
         let mut report = Report::default();
+        self.finish_pending_into(&mut report).await?;
+        Ok(report.finished)
+    }
+
+    async fn finish_pending_into(&self, report: &mut Report) -> Result<(), RetentionError> {
         let pending = q::pending(&self.db).await?;
         if !pending.is_empty() {
             tracing::info!(
@@ -209,10 +214,10 @@ impl Retention {
             );
         }
         for chunk in pending.chunks(BATCH as usize) {
-            self.delete_marked(chunk.to_vec(), Reason::Pending, &mut report)
+            self.delete_marked(chunk.to_vec(), Reason::Pending, report)
                 .await?;
         }
-        Ok(report.finished)
+        Ok(())
     }
 
     /// One pass at the current time.
@@ -225,9 +230,9 @@ impl Retention {
     pub async fn run_once_at(&self, now_us: i64) -> Result<Report, RetentionError> {
         let mut report = Report::default();
         if self.retry_pending.swap(false, Ordering::Relaxed) {
-            report.finished = self.finish_pending().await.inspect_err(|_| {
-                self.retry_pending.store(true, Ordering::Relaxed);
-            })?;
+            self.finish_pending_into(&mut report)
+                .await
+                .inspect_err(|_| self.retry_pending.store(true, Ordering::Relaxed))?;
         }
         for rec in db::streams::list_all(&self.db).await? {
             let RetentionSpec {
@@ -372,10 +377,13 @@ impl Retention {
                 wanted -= c.bytes;
                 chosen.push(c);
             }
+            let failed_before = report.failed;
             if chosen.is_empty()
                 || !self
                     .mark_and_delete(chosen, Reason::FreeSpace, report)
                     .await?
+                // Deletes that fail free nothing: hiding more segments would not help.
+                || report.failed > failed_before
             {
                 break;
             }
@@ -430,37 +438,48 @@ impl Retention {
         reason: Reason,
         report: &mut Report,
     ) -> Result<(), RetentionError> {
-        let results: Vec<(Deletable, bool)> = futures::stream::iter(marked)
+        /// How one storage delete went.
+        enum Outcome {
+            Deleted,
+            /// Worth retrying at the next pass.
+            Failed,
+            /// The row's storage is not configured: only a restart with it configured helps, so
+            /// the row waits for the next start-up.
+            NoStorage,
+        }
+        let results: Vec<(Deletable, Outcome)> = futures::stream::iter(marked)
             .map(|row| async move {
-                let ok = match self.storages.for_kind(&row.storage) {
+                let outcome = match self.storages.for_kind(&row.storage) {
                     Some(storage) => match storage.delete(&row.storage_key).await {
-                        Ok(()) => true,
+                        Ok(()) => Outcome::Deleted,
                         Err(e) => {
                             tracing::warn!(segment = row.id, error = %e, "cannot delete segment");
-                            false
+                            Outcome::Failed
                         }
                     },
                     None => {
                         tracing::warn!(
                             segment = row.id,
                             storage = row.storage,
-                            "segment storage is not configured; left for later"
+                            "segment storage is not configured; left for a later start"
                         );
-                        false
+                        Outcome::NoStorage
                     }
                 };
-                (row, ok)
+                (row, outcome)
             })
             .buffered(DELETE_CONCURRENCY)
             .collect()
             .await;
         let mut done = Vec::new();
-        for (row, ok) in results {
-            if ok {
-                done.push(row);
-            } else {
-                report.failed += 1;
-                self.retry_pending.store(true, Ordering::Relaxed);
+        for (row, outcome) in results {
+            match outcome {
+                Outcome::Deleted => done.push(row),
+                Outcome::Failed => {
+                    report.failed += 1;
+                    self.retry_pending.store(true, Ordering::Relaxed);
+                }
+                Outcome::NoStorage => report.failed += 1,
             }
         }
         let ids: Vec<i64> = done.iter().map(|r| r.id).collect();

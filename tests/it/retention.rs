@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use video_server::archive::retention::{DiskSpace, DiskUsage, Report, Retention, Storages};
+use video_server::archive::storage::fs::FsStorage;
+use video_server::archive::storage::{Storage, StorageError};
 use video_server::config::RetentionConfig;
 use video_server::db::retention::{CandidateFilter, mark_deleting, oldest_candidates};
 use video_server::db::segments::{self, NewSegment, SegmentState};
@@ -291,5 +293,58 @@ both_engines! {
         // Nothing is left for finish_pending to do.
         let r = retention(db, dir.path(), RetentionConfig::default());
         assert_eq!(r.finish_pending().await.expect("finish"), 0);
+    }
+}
+
+/// A filesystem storage whose deletes fail while `fail` is set.
+struct FlakyStorage {
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Storage for FlakyStorage {
+    async fn read(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<bytes::Bytes, StorageError> {
+        FsStorage.read(key, range).await
+    }
+    async fn size(&self, key: &str) -> Result<u64, StorageError> {
+        FsStorage.size(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Remote {
+                key: key.to_owned(),
+                message: "unavailable".into(),
+            });
+        }
+        FsStorage.delete(key).await
+    }
+}
+
+both_engines! {
+    async fn failed_storage_deletes_are_retried(t: &TestDb) {
+        let db = &t.db;
+        let dir = tempfile::tempdir().expect("tmp");
+        let stream = add_stream(db, RetentionSpec { max_age_s: Some(60), max_bytes: None }).await;
+        let (id, path) = add_segment(db, dir.path(), stream, NOW_US - 600 * SECOND, 10 * SECOND, 100).await;
+        let storage = Arc::new(FlakyStorage { fail: true.into() });
+        let storages = Storages { filesystem: storage.clone(), s3: None };
+        let r = Retention::new(db.clone(), storages, RetentionConfig::default(), dir.path());
+
+        let report = r.run_once_at(NOW_US).await.expect("pass");
+        assert_eq!(report, Report { failed: 1, ..Report::default() });
+        assert!(path.exists());
+        let row = segments::get(db, id).await.expect("get").expect("row kept");
+        assert_eq!(row.state, "deleting");
+        assert_eq!(runs::all(db, stream).await.expect("runs"), []);
+
+        // The store is back: the next pass finishes the delete.
+        storage.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        let report = r.run_once_at(NOW_US).await.expect("pass");
+        assert_eq!(report, Report { finished: 1, bytes_freed: 100, ..Report::default() });
+        assert!(!path.exists() && !exists(db, id).await);
     }
 }
