@@ -86,6 +86,8 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// Ours: log output.
     pub log: LogConfig,
+    /// Ours: archive retention (global free-disk floor and pass interval).
+    pub retention: RetentionConfig,
     /// Where the file was read from (not a key). Relative paths in the file stay relative to the
     /// working directory, as in the original.
     #[serde(skip)]
@@ -377,6 +379,55 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Default pause between two retention passes.
+pub const DEFAULT_RETENTION_INTERVAL_S: u64 = 60;
+
+/// `[retention]` (ours): the global part of archive retention. Per-stream limits (`max_age_s`,
+/// `max_bytes`) live on the stream. The floor is checked on the filesystem that holds
+/// `[archive] directory`; when it is crossed the oldest filesystem segments of all streams are
+/// deleted until it is met again. Both floors may be set; the larger one wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Keep at least this many bytes free for unprivileged users (`statvfs` `f_bavail`).
+    pub min_free_bytes: Option<u64>,
+    /// Keep at least this share (0..100) of the filesystem free.
+    pub min_free_percent: Option<f64>,
+    /// Seconds between passes (default 60; 0 means the default).
+    pub interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: None,
+            min_free_percent: None,
+            interval_s: DEFAULT_RETENTION_INTERVAL_S,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The free-space floor in bytes for a filesystem of `total_bytes`, if any floor is set.
+    pub fn min_free_bytes_of(&self, total_bytes: u64) -> Option<u64> {
+        let by_percent = self
+            .min_free_percent
+            .map(|p| (total_bytes as f64 * p / 100.0).ceil() as u64);
+        match (self.min_free_bytes, by_percent) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0))),
+        }
+    }
+
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.interval_s == 0 {
+            DEFAULT_RETENTION_INTERVAL_S
+        } else {
+            self.interval_s
+        })
+    }
+}
+
 impl Config {
     /// Reads and validates a config file. The format comes from the last extension of the name.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -533,6 +584,15 @@ impl Config {
         }
         if self.database.url.trim().is_empty() {
             self.database.url = DEFAULT_DATABASE_URL.into();
+        }
+        if let Some(p) = self.retention.min_free_percent
+            && !(0.0..100.0).contains(&p)
+        {
+            return Err(ConfigError::Key {
+                path: path.clone(),
+                key: "retention.min_free_percent".into(),
+                message: format!("{p} is out of range 0..100"),
+            });
         }
         // Validate every stream now, so a bad entry stops start-up with a message naming it.
         let streams = self.streams()?;
@@ -800,5 +860,22 @@ mod tests {
         assert_eq!(s3.prefix, "var/x");
         assert!(!format!("{:?}", c.archive.minio_settings).contains("hunter2"));
         assert!(!format!("{s3:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn retention_floor_and_interval() {
+        let c = toml("").expect("valid");
+        assert_eq!(c.retention.min_free_bytes_of(1000), None);
+        assert_eq!(c.retention.interval().as_secs(), 60);
+        let c = toml("[retention]\nmin_free_bytes = 300\nmin_free_percent = 10\ninterval_s = 5\n")
+            .expect("valid");
+        assert_eq!(c.retention.min_free_bytes_of(1000), Some(300));
+        assert_eq!(c.retention.min_free_bytes_of(10_000), Some(1000));
+        assert_eq!(c.retention.interval().as_secs(), 5);
+        let err = toml("[retention]\nmin_free_percent = 150\n").expect_err("must fail");
+        assert!(
+            err.to_string().contains("retention.min_free_percent"),
+            "{err}"
+        );
     }
 }

@@ -30,6 +30,12 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Index an existing Go archive directory (`<uuid>_<unix-seconds>.mp4` files) into the
+    /// database. Files are neither moved nor deleted; files already indexed are skipped.
+    ImportArchive {
+        /// The directory the Go server recorded into (its subdirectories are searched too).
+        dir: PathBuf,
+    },
 }
 
 /// Rewrites the Go original's single-dash flags (`-conf x`, `-conf=x`) into clap's `--conf`.
@@ -87,13 +93,72 @@ fn main() -> ExitCode {
                 tracing::info!("migrations applied");
                 Ok(())
             }
+            Some(Command::ImportArchive { dir }) => {
+                return Ok(import_archive(&config, &dir).await);
+            }
             _ => serve(config).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "fatal");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `import-archive`: exit 0 even when some files are unplayable (they are listed); 2 when the
+/// directory cannot be read (a usage error); 1 when the database fails.
+async fn import_archive(config: &Config, dir: &std::path::Path) -> ExitCode {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use video_server::archive::import::{ImportError, ImportEvent};
+
+    let db = match video_server::server::open_db(config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Drawn on stderr, and only when stderr is a terminal (indicatif hides it otherwise).
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} files, {elapsed} ({eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = video_server::archive::import::import_archive(&db, dir, |event| match event {
+        ImportEvent::Found(n) => bar.set_length(n as u64),
+        ImportEvent::Imported(_) | ImportEvent::Skipped(_) => bar.inc(1),
+        ImportEvent::Unplayable(u) => {
+            bar.suspend(|| eprintln!("unplayable: {}: {}", u.path.display(), u.reason));
+            bar.inc(1);
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    db.close().await;
+    match result {
+        Ok(report) => {
+            // The summary is the command's result, so it goes to stdout.
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "imported {} ({} bytes), skipped {} already indexed, unplayable {}",
+                    report.imported,
+                    report.bytes,
+                    report.skipped,
+                    report.unplayable.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ (ImportError::Dir { .. } | ImportError::NotADirectory(_))) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -153,6 +153,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("api listener disabled ([api] enabled = false)");
     }
 
+    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`.
+    let retention = crate::archive::retention::Retention::new(
+        db.clone(),
+        crate::archive::retention::Storages::local(),
+        config.retention.clone(),
+        config.archive.directory(),
+    );
+    tracker.spawn(retention.run(shutdown.child_token()));
+
     // Once shutdown is requested and the listeners have drained, stop the streams and close the pool.
     let token = shutdown.clone();
     let (m, d) = (manager.clone(), db.clone());

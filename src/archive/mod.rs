@@ -1,9 +1,11 @@
 //! The archive: recording segments (`recorder`), where their bytes live (`storage`), and upkeep
 //! (start-up `repair`, S3 upload, retention, import of Go archives).
 
+pub mod import;
 pub mod playback;
 pub mod recorder;
 pub mod repair;
+pub mod retention;
 pub mod storage;
 
 use std::sync::Arc;

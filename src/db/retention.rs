@@ -1,0 +1,241 @@
+//! Queries for archive retention: which segments may go (oldest first, never protected, never
+//! being recorded or uploaded), how many bytes a stream holds, and the crash-consistent delete
+//! (`complete` → `deleting` → row gone).
+//!
+//! Every candidate query is one range of the `(stream_id, start_us)` index, read oldest first with
+//! a `LIMIT`; byte totals come from `runs` (a handful of rows per stream), never from a scan of
+//! `segments`.
+//!
+//! **Runs invariant.** `runs` always equals what [`super::runs::rebuild`] derives from the
+//! `complete` segments. Marking a segment `deleting` takes it out of that set, so [`mark_deleting`]
+//! re-derives the runs that held it in the same transaction. Only the affected runs are re-derived
+//! (an index range over their own time span), not the stream's whole history.
+
+use uuid::Uuid;
+
+use super::{Db, DbUuid, Result, with_pool};
+
+/// A segment retention may delete (or has marked `deleting`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Deletable {
+    pub id: i64,
+    #[sqlx(try_from = "DbUuid")]
+    pub stream_id: Uuid,
+    pub start_us: i64,
+    pub end_us: i64,
+    pub bytes: i64,
+    /// `filesystem` or `s3`: which storage holds `storage_key`.
+    pub storage: String,
+    pub storage_key: String,
+    /// The state when read: `complete` or `missing` for candidates, `deleting` for pending rows.
+    pub state: String,
+}
+
+/// Which segments a candidate query may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateFilter<'a> {
+    /// Only segments that end at or before this time (µs); `i64::MAX` for no age bound.
+    pub end_before_us: i64,
+    /// Also return `missing` rows (their file is already gone; deleting them frees no bytes).
+    pub include_missing: bool,
+    /// Only segments in this storage (`filesystem`, `s3`); `None` for any.
+    pub storage: Option<&'a str>,
+}
+
+/// The oldest segments of a stream that retention may delete, oldest first: `complete` (or
+/// `missing`) rows, not being uploaded, that overlap no protected range of the stream.
+///
+/// Overlap is half-open: a segment `[start, end)` and a range `[p.start, p.end)` overlap when
+/// `p.start < end && p.end > start`; a zero-length segment is protected when it lies inside a range.
+pub async fn oldest_candidates(
+    db: &Db,
+    stream_id: Uuid,
+    filter: CandidateFilter<'_>,
+    limit: u32,
+) -> Result<Vec<Deletable>> {
+    const SQL: &str = "
+        SELECT s.id, s.stream_id, s.start_us, s.end_us, s.bytes, s.storage, s.storage_key, s.state
+        FROM segments s
+        WHERE s.stream_id = $1 AND s.start_us < $2 AND s.end_us <= $2
+          AND (s.state = 'complete' OR (s.state = 'missing' AND $3))
+          AND ($4 = '' OR s.storage = $4)
+          AND s.upload_state <> 'uploading'
+          AND NOT EXISTS (
+              SELECT 1 FROM protected_ranges p
+              WHERE p.stream_id = s.stream_id AND p.start_us <= s.end_us AND p.end_us > s.start_us
+                AND (p.start_us < s.end_us OR s.start_us = s.end_us))
+        ORDER BY s.start_us, s.id
+        LIMIT $5";
+    let rows = with_pool!(db, p => sqlx::query_as(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(filter.end_before_us)
+        .bind(filter.include_missing)
+        .bind(filter.storage.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
+/// Bytes of a stream's `complete` segments, from its runs.
+pub async fn stream_bytes(db: &Db, stream_id: Uuid) -> Result<i64> {
+    const SQL: &str =
+        "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM runs WHERE stream_id = $1";
+    let total: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(DbUuid(stream_id))
+        .fetch_one(p)
+        .await?);
+    Ok(total)
+}
+
+/// Bytes of a stream's `complete` segments that overlap one of its protected ranges (each segment
+/// counted once). Reads one index range of `segments` per protected range: segment length is
+/// capped, so a segment overlapping `[p.start, p.end)` starts after `p.start - 2 × cap` (the same
+/// bound the time queries in `segments` use).
+pub async fn protected_bytes(db: &Db, stream_id: Uuid) -> Result<i64> {
+    const SQL: &str = "
+        SELECT CAST(COALESCE(SUM(s.bytes), 0) AS BIGINT) FROM segments s
+        WHERE s.id IN (
+            SELECT s2.id FROM protected_ranges p
+            JOIN segments s2 ON s2.stream_id = p.stream_id
+                AND s2.start_us >= p.start_us - $2 AND s2.start_us < p.end_us
+            WHERE p.stream_id = $1 AND s2.state = 'complete'
+              AND p.start_us <= s2.end_us
+              AND (p.start_us < s2.end_us OR s2.start_us = s2.end_us))";
+    let span_us = crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2;
+    let total: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(span_us)
+        .fetch_one(p)
+        .await?);
+    Ok(total)
+}
+
+/// Streams that have closed segments (from `runs`, which holds a few rows per stream). Includes
+/// streams whose row was deleted: their archive stays until retention removes it.
+pub async fn streams_with_segments(db: &Db) -> Result<Vec<Uuid>> {
+    const SQL: &str = "SELECT DISTINCT stream_id FROM runs";
+    let ids: Vec<DbUuid> = with_pool!(db, p => sqlx::query_scalar(SQL).fetch_all(p).await?);
+    let mut ids: Vec<Uuid> = ids.into_iter().map(Uuid::from).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Marks `candidates` `deleting` and re-derives the runs that held them, in one transaction.
+/// A candidate whose row changed since it was read (another state, now being uploaded, or now
+/// protected) is left alone. Returns the rows marked, in the order given.
+///
+/// After this commits the segment is invisible to ranges and playback; its bytes may still exist
+/// until [`delete_rows`] runs after the storage delete. A crash in between leaves the row
+/// `deleting`, which [`pending`] finds at the next start.
+pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Deletable>> {
+    const MARK: &str = "
+        UPDATE segments SET state = 'deleting'
+        WHERE id = $1 AND state = $2 AND upload_state <> 'uploading'
+          AND NOT EXISTS (
+              SELECT 1 FROM protected_ranges p
+              WHERE p.stream_id = segments.stream_id
+                AND p.start_us <= segments.end_us AND p.end_us > segments.start_us
+                AND (p.start_us < segments.end_us OR segments.start_us = segments.end_us))";
+    const RUN_OF: &str = "SELECT id, start_us, end_us FROM runs \
+        WHERE stream_id = $1 AND start_us <= $2 AND end_us >= $3";
+    const DERIVE: &str = "
+        SELECT MIN(start_us), MAX(end_us), COUNT(*), CAST(SUM(bytes) AS BIGINT) FROM (
+            SELECT start_us, end_us, bytes,
+                   SUM(new_run) OVER (ORDER BY start_us, id ROWS UNBOUNDED PRECEDING) AS run
+            FROM (
+                SELECT id, start_us, end_us, bytes,
+                       CASE WHEN start_us - MAX(end_us) OVER (ORDER BY start_us, id
+                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > $4
+                            THEN 1 ELSE 0 END AS new_run
+                FROM segments
+                WHERE stream_id = $1 AND state = 'complete' AND start_us >= $2 AND start_us <= $3
+            ) AS marked
+        ) AS numbered
+        GROUP BY run ORDER BY 1";
+    let gap = super::runs::RUN_GAP_US;
+    let mut marked = Vec::with_capacity(candidates.len());
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        // (stream, run id, run start, run end) of every run that loses a segment.
+        let mut touched: Vec<(Uuid, i64, i64, i64)> = Vec::new();
+        for c in candidates {
+            let done = sqlx::query(MARK)
+                .bind(c.id)
+                .bind(c.state.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                continue;
+            }
+            if c.state == "complete" {
+                let run: Option<(i64, i64, i64)> = sqlx::query_as(RUN_OF)
+                    .bind(DbUuid(c.stream_id))
+                    .bind(c.start_us)
+                    .bind(c.end_us)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some((id, start, end)) = run
+                    && !touched.iter().any(|t| t.1 == id)
+                {
+                    touched.push((c.stream_id, id, start, end));
+                }
+            }
+            marked.push(c.clone());
+        }
+        for (stream, run_id, start, end) in touched {
+            let derived: Vec<(i64, i64, i64, i64)> = sqlx::query_as(DERIVE)
+                .bind(DbUuid(stream))
+                .bind(start)
+                .bind(end)
+                .bind(gap)
+                .fetch_all(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM runs WHERE id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            for (start_us, end_us, count, bytes) in derived {
+                sqlx::query(
+                    "INSERT INTO runs (stream_id, start_us, end_us, segment_count, bytes) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(DbUuid(stream))
+                .bind(start_us)
+                .bind(end_us)
+                .bind(count)
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+    });
+    Ok(marked)
+}
+
+/// Deletes rows in state `deleting` (their bytes are gone). Other rows are never touched.
+pub async fn delete_rows(db: &Db, ids: &[i64]) -> Result<u64> {
+    const SQL: &str = "DELETE FROM segments WHERE id = $1 AND state = 'deleting'";
+    let mut deleted = 0;
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        for id in ids {
+            deleted += sqlx::query(SQL).bind(*id).execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+    });
+    Ok(deleted)
+}
+
+/// Rows left `deleting` by an interrupted pass (a crash, or a storage delete that failed).
+///
+/// A scan of `segments` (there is no index on `state`): run at start-up and after a pass with
+/// failures, not every pass.
+pub async fn pending(db: &Db) -> Result<Vec<Deletable>> {
+    const SQL: &str = "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, state \
+        FROM segments WHERE state = 'deleting' ORDER BY id";
+    let rows = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
+    Ok(rows)
+}
