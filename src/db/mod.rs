@@ -6,6 +6,7 @@
 //! engines (UUID is `TEXT` in SQLite and `UUID` in Postgres) a small wrapper type ([`DbUuid`]) encodes
 //! the right thing for each.
 
+pub mod protected;
 pub mod runs;
 pub mod segments;
 pub mod streams;

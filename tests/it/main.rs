@@ -12,5 +12,6 @@ mod e2e;
 mod go_routes;
 mod live;
 mod openapi;
+mod v1_archive;
 mod v1_streams;
 mod video_listener;
