@@ -5,6 +5,7 @@
 //! [`AppState`]; every route is declared with `utoipa` so the OpenAPI document cannot drift from the
 //! router (`openapi/openapi.json` is committed and checked by a test).
 
+pub mod archive;
 pub mod error;
 pub mod go;
 pub mod openapi;
@@ -58,6 +59,10 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             streams::delete_stream
         ))
         .routes(routes!(streams::stream_status))
+        .routes(routes!(archive::stream_ranges))
+        .routes(routes!(archive::list_segments))
+        .routes(routes!(archive::list_protected, archive::create_protected))
+        .routes(routes!(archive::delete_protected))
         .routes(routes!(healthz))
         .split_for_parts()
 }

@@ -15,6 +15,7 @@ use utoipa::OpenApi;
     tags(
         (name = "go-compatible", description = "Routes and JSON of the Go original"),
         (name = "streams", description = "Stream (camera) management"),
+        (name = "archive", description = "Recorded ranges, segment listing and protected ranges"),
         (name = "ops", description = "Health and operations"),
     )
 )]

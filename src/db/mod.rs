@@ -7,6 +7,8 @@
 //! the right thing for each.
 
 pub mod import;
+pub mod protected;
+pub mod reports;
 pub mod retention;
 pub mod runs;
 pub mod segments;

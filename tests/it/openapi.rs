@@ -36,6 +36,11 @@ fn every_route_is_documented() {
         ("/api/v1/streams/{id}", "patch"),
         ("/api/v1/streams/{id}", "delete"),
         ("/api/v1/streams/{id}/status", "get"),
+        ("/api/v1/streams/{id}/ranges", "get"),
+        ("/api/v1/streams/{id}/segments", "get"),
+        ("/api/v1/streams/{id}/protected-ranges", "get"),
+        ("/api/v1/streams/{id}/protected-ranges", "post"),
+        ("/api/v1/streams/{id}/protected-ranges/{range_id}", "delete"),
         ("/healthz", "get"),
     ] {
         assert!(
@@ -49,6 +54,9 @@ fn every_route_is_documented() {
         "StreamDto",
         "ErrorBody",
         "GoRangesResponse",
+        "RangesResponse",
+        "SegmentPage",
+        "ProtectedRangeDto",
     ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),
