@@ -6,6 +6,7 @@
 //! router (`openapi/openapi.json` is committed and checked by a test).
 
 pub mod error;
+pub mod export;
 pub mod go;
 pub mod openapi;
 pub mod streams;
@@ -57,6 +58,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             streams::delete_stream
         ))
         .routes(routes!(streams::stream_status))
+        .routes(routes!(export::export_mp4))
         .routes(routes!(healthz))
         .split_for_parts()
 }

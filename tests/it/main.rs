@@ -10,6 +10,7 @@ mod compose;
 mod config_go;
 mod db_streams;
 mod e2e;
+mod export;
 mod go_routes;
 mod live;
 mod openapi;

@@ -36,6 +36,7 @@ fn every_route_is_documented() {
         ("/api/v1/streams/{id}", "patch"),
         ("/api/v1/streams/{id}", "delete"),
         ("/api/v1/streams/{id}/status", "get"),
+        ("/api/v1/streams/{id}/export.mp4", "get"),
         ("/healthz", "get"),
     ] {
         assert!(
