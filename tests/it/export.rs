@@ -593,3 +593,128 @@ async fn export_throughput() {
     );
     s.stop().await;
 }
+
+/// Records `clip` (video only) through the real recorder as stream `id`, 2 s segments.
+async fn record_clip(db: &Db, dir: &Path, id: Uuid, clip: &Path, wall0: i64) {
+    use video_server::archive::recorder::{Recorder, RecorderConfig};
+    use video_server::hub::Hub;
+    use video_server::media::mp4file::Mp4File;
+
+    let clip = Mp4File::open(clip).expect("clip");
+    let hub = Hub::new();
+    let recorder = Recorder::new(
+        RecorderConfig {
+            stream_id: id,
+            directory: dir.to_owned(),
+            ms_per_file: 2000,
+            storage: video_server::stream::StorageKind::Filesystem,
+        },
+        db.clone(),
+        hub.subscribe(100_000),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(recorder.run(cancel.clone()));
+    for f in clip.frames() {
+        let mut f = f.clone();
+        f.wallclock_us = wall0 + f.dts * 1_000_000 / 90_000;
+        hub.publish(f);
+    }
+    let waited = Instant::now();
+    while complete_segments(db, id).await.is_empty() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "segments recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel();
+    task.await.expect("recorder");
+}
+
+/// B-frames (negative composition offsets in the segments) and H.265 export frame-accurately.
+#[tokio::test(flavor = "multi_thread")]
+async fn bframes_and_h265_export_frame_accurately() {
+    let t = crate::support::sqlite().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let state =
+        crate::support::state(&t.db, crate::support::config("[archive]\nserving = true\n")).await;
+    let wall0 = 1_800_000_000_000_000i64;
+    for (name, codec) in [
+        ("bframes", &["-c:v", "libx264", "-bf", "3", "-g", "25"][..]),
+        (
+            "h265",
+            &[
+                "-c:v",
+                "libx265",
+                "-tag:v",
+                "hvc1",
+                "-x265-params",
+                "keyint=25:min-keyint=25:bframes=2:log-level=error",
+            ][..],
+        ),
+    ] {
+        let src = dir.path().join(format!("{name}.mp4"));
+        let out = Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=320x180:rate=25")
+            .args(["-t", "4", "-pix_fmt", "yuv420p"])
+            .args(codec)
+            .arg(&src)
+            .output()
+            .expect("ffmpeg");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = Uuid::new_v4();
+        record_clip(&t.db, &dir.path().join("mp4"), id, &src, wall0).await;
+        let rows = complete_segments(&t.db, id).await;
+        assert_eq!(rows.len(), 2, "{name}: {rows:?}");
+        let created = crate::support::send_json(
+            &state,
+            "POST",
+            "/api/v1/streams",
+            &json!({
+                "id": id,
+                "enabled": false,
+                "source": { "kind": "file", "path": src },
+                "outputs": ["mse"],
+            }),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{:?}", created.json());
+
+        // Segments are cut at the first keyframe *decoded* 2 s in (x265's 2 s keyframe decodes at
+        // 1.96 s, so its cut comes at 2.92 s): stay inside the recorded media.
+        let start_us = rows[0].start_us + 1_320_000;
+        let end_us = (rows[1].start_us + 1_200_000).min(rows[1].end_us - 200_000);
+        let r = crate::support::get(
+            &state,
+            &format!(
+                "/api/v1/streams/{id}/export.mp4?start={}&end={}",
+                urlencode(&rfc3339(start_us)),
+                urlencode(&rfc3339(end_us))
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{name}");
+        let file = dir.path().join(format!("{name}_export.mp4"));
+        std::fs::write(&file, &r.body).expect("write");
+        let errors = ffmpeg_decode_errors(&file.display().to_string());
+        assert!(errors.trim().is_empty(), "{name}: {errors}");
+        let expected = (end_us - start_us) as f64 / 1e6;
+        let probed = probed_duration(&file);
+        assert!(
+            (probed - expected).abs() <= FRAME_S,
+            "{name}: ffprobe {probed} s, asked for {expected} s"
+        );
+        assert_eq!(
+            first_frame_md5(&file, None),
+            first_frame_md5(Path::new(&rows[0].storage_key), Some(1.32)),
+            "{name}: first picture"
+        );
+    }
+    t.cleanup().await;
+}
