@@ -13,7 +13,7 @@
 //! | [`manager`] | starts, stops and reports on running streams |
 //! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI |
 //! | [`live`] | the video listener: MSE WebSocket, archive WebSocket, HLS files |
-//! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import |
+//! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import, export |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
 //!

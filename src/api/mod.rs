@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod error;
+pub mod export;
 pub mod go;
 pub mod openapi;
 pub mod streams;
@@ -63,6 +64,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(archive::list_segments))
         .routes(routes!(archive::list_protected, archive::create_protected))
         .routes(routes!(archive::delete_protected))
+        .routes(routes!(export::export_mp4))
         .routes(routes!(healthz))
         .split_for_parts()
 }

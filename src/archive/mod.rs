@@ -1,6 +1,7 @@
 //! The archive: recording segments (`recorder`), where their bytes live (`storage`), and upkeep
 //! (start-up `repair`, S3 upload, retention, import of Go archives).
 
+pub mod export;
 pub mod import;
 pub mod playback;
 pub mod recorder;

@@ -1,4 +1,5 @@
-//! Media types and formats: codec parameters, frames, fragmented-MP4 writing and MP4 reading.
+//! Media types and formats: codec parameters, frames, fragmented-MP4 writing and MP4 reading,
+//! progressive-MP4 writing for exports.
 //!
 //! This module knows nothing about HTTP, SQL or S3: bytes and frames in, frames and fMP4 out.
 //!
@@ -8,6 +9,7 @@
 pub mod codec;
 pub mod fmp4;
 pub mod mp4file;
+pub mod progressive;
 
 use std::sync::Arc;
 

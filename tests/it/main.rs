@@ -11,6 +11,7 @@ mod config_go;
 mod db_reports;
 mod db_streams;
 mod e2e;
+mod export;
 mod go_routes;
 mod import_archive;
 mod live;

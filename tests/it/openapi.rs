@@ -41,6 +41,7 @@ fn every_route_is_documented() {
         ("/api/v1/streams/{id}/protected-ranges", "get"),
         ("/api/v1/streams/{id}/protected-ranges", "post"),
         ("/api/v1/streams/{id}/protected-ranges/{range_id}", "delete"),
+        ("/api/v1/streams/{id}/export.mp4", "get"),
         ("/healthz", "get"),
     ] {
         assert!(

@@ -197,12 +197,58 @@ pub(in crate::media) fn read_moof(
     let bytes = moof
         .bytes(buf)
         .ok_or_else(|| MediaError::InvalidMp4(format!("moof at {} truncated", moof.offset)))?;
-    let (decoded, _) = MoofBox::decode(bytes)
-        .map_err(|e| MediaError::InvalidMp4(format!("moof at {}: {e}", moof.offset)))?;
+    read_moof_at(
+        bytes,
+        moof.offset as u64,
+        buf.len() as u64,
+        tracks,
+        next_dts,
+    )?
+    .into_iter()
+    .map(|s| {
+        Ok(RawSample {
+            track: s.track,
+            dts: s.dts,
+            duration: s.duration,
+            cts_offset: s.cts_offset,
+            keyframe: s.keyframe,
+            data: usize::try_from(s.data.start).map_err(overflow)?
+                ..usize::try_from(s.data.end).map_err(overflow)?,
+        })
+    })
+    .collect()
+}
+
+fn overflow(_: std::num::TryFromIntError) -> MediaError {
+    MediaError::InvalidMp4("sample offset does not fit in memory".into())
+}
+
+/// A sample found by [`read_moof_at`]: like [`RawSample`], with 64-bit data positions.
+struct MoofSample {
+    track: usize,
+    dts: u64,
+    duration: u32,
+    cts_offset: i64,
+    keyframe: bool,
+    data: Range<u64>,
+}
+
+/// Reads the samples described by the `moof` box `moof_bytes`, which starts at `moof_offset` of a
+/// file whose data may be referenced up to `data_end`; see [`read_moof`]. Only the `moof` needs to
+/// be in memory: positions are computed and bounds-checked, not read.
+fn read_moof_at(
+    moof_bytes: &[u8],
+    moof_offset: u64,
+    data_end: u64,
+    tracks: &[FragmentTrack],
+    next_dts: &mut [u64],
+) -> Result<Vec<MoofSample>, MediaError> {
+    let (decoded, _) = MoofBox::decode(moof_bytes)
+        .map_err(|e| MediaError::InvalidMp4(format!("moof at {moof_offset}: {e}")))?;
     let mut samples = Vec::new();
     // Without an explicit base, the first traf's data starts at the moof, later ones where the
     // previous traf's data ended.
-    let mut implicit_base = moof.offset as u64;
+    let mut implicit_base = moof_offset;
     for traf in &decoded.traf_boxes {
         let tfhd = &traf.tfhd_box;
         let Some(index) = tracks.iter().position(|t| t.track_id == tfhd.track_id) else {
@@ -211,7 +257,7 @@ pub(in crate::media) fn read_moof(
         let track = tracks[index];
         let base = match tfhd.base_data_offset {
             Some(b) => b,
-            None if tfhd.default_base_is_moof => moof.offset as u64,
+            None if tfhd.default_base_is_moof => moof_offset,
             None => implicit_base,
         };
         let default_duration = tfhd
@@ -240,20 +286,20 @@ pub(in crate::media) fn read_moof(
                 };
                 let end = pos
                     .checked_add(size)
-                    .filter(|&e| e <= buf.len() as u64)
+                    .filter(|&e| e <= data_end)
                     .ok_or_else(|| {
                         MediaError::InvalidMp4(format!(
                             "sample of {size} bytes at {pos} lies beyond the data"
                         ))
                     })?;
                 let duration = s.duration.unwrap_or(default_duration);
-                samples.push(RawSample {
+                samples.push(MoofSample {
                     track: index,
                     dts,
                     duration,
                     cts_offset: s.composition_time_offset.unwrap_or(0),
                     keyframe: flags & NON_SYNC_BIT == 0,
-                    data: pos as usize..end as usize,
+                    data: pos..end,
                 });
                 dts = dts
                     .checked_add(u64::from(duration))
@@ -315,6 +361,71 @@ pub fn parse_fragment_bytes(
                 wallclock_us: 0,
                 data: fragment.slice(s.data),
                 params: params.clone(),
+            })
+        })
+        .collect()
+}
+
+/// One sample of a fragment, located but not loaded (see [`parse_moof`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleRef {
+    pub track: TrackKind,
+    /// Decode time in the track's timescale.
+    pub dts: i64,
+    /// Duration in the track's timescale.
+    pub duration: u32,
+    /// Presentation time minus decode time, in the track's timescale.
+    pub cts_offset: i32,
+    pub keyframe: bool,
+    /// Where the sample's bytes are, relative to the first byte of the `moof`.
+    pub data: Range<u64>,
+}
+
+/// Reads the sample table of one fragment we wrote from its `moof` box alone, so a reader can
+/// plan which byte ranges to copy without loading the `mdat` (exports stream them afterwards).
+///
+/// `moof` holds exactly the `moof` box; `fragment_len` is the size of the `moof` plus the `mdat`
+/// that follows it, against which sample positions are checked. Samples come out per track in
+/// `traf` order (video first), each track in decode order.
+pub fn parse_moof(
+    params: &StreamParams,
+    moof: &[u8],
+    fragment_len: u64,
+) -> Result<Vec<SampleRef>, MediaError> {
+    match top_level_boxes(moof).next() {
+        Some(Ok(b)) if &b.box_type == b"moof" && b.end() == moof.len() as u64 => {}
+        _ => {
+            return Err(MediaError::InvalidMp4(
+                "expected exactly one moof box".into(),
+            ));
+        }
+    }
+    let tracks: Vec<FragmentTrack> = [TrackKind::Video, TrackKind::Audio]
+        .into_iter()
+        .filter_map(|kind| {
+            Some(FragmentTrack {
+                track_id: track_id(params, kind)?,
+                kind,
+                default_duration: 0,
+                default_size: 0,
+                default_flags: 0,
+            })
+        })
+        .collect();
+    let mut next_dts = vec![0; tracks.len()];
+    read_moof_at(moof, 0, fragment_len, &tracks, &mut next_dts)?
+        .into_iter()
+        .map(|s| {
+            Ok(SampleRef {
+                track: tracks[s.track].kind,
+                dts: i64::try_from(s.dts)
+                    .map_err(|_| MediaError::InvalidMp4(format!("dts {} too large", s.dts)))?,
+                duration: s.duration,
+                cts_offset: i32::try_from(s.cts_offset).map_err(|_| {
+                    MediaError::InvalidMp4(format!("composition offset {}", s.cts_offset))
+                })?,
+                keyframe: s.keyframe,
+                data: s.data,
             })
         })
         .collect()

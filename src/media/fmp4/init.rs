@@ -82,7 +82,11 @@ pub fn init_segment(params: &StreamParams) -> Result<Bytes, MediaError> {
     Ok(Bytes::from(out))
 }
 
-fn build_trak(params: &StreamParams, kind: TrackKind, id: u32) -> Result<TrakBox, MediaError> {
+pub(in crate::media) fn build_trak(
+    params: &StreamParams,
+    kind: TrackKind,
+    id: u32,
+) -> Result<TrakBox, MediaError> {
     let epoch = Mp4FileTime::from_unix_time(std::time::Duration::ZERO);
     let (entry, width, height, volume, handler, media_header) = match kind {
         TrackKind::Video => {

@@ -28,8 +28,8 @@ mod init;
 
 pub use boxes::{BoxHeader, FragmentedLayout, TopLevelBoxes, split_fragments, top_level_boxes};
 pub(in crate::media) use fragment::{FragmentTrack, RawSample, read_moof};
-pub use fragment::{FragmentWriter, parse_fragment, parse_fragment_bytes};
-pub(in crate::media) use init::{TrackParams, find_moov, track_params_from_entry};
+pub use fragment::{FragmentWriter, SampleRef, parse_fragment, parse_fragment_bytes, parse_moof};
+pub(in crate::media) use init::{TrackParams, build_trak, find_moov, track_params_from_entry};
 pub use init::{init_segment, parse_init};
 
 use super::{StreamParams, TrackKind};

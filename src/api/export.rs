@@ -1,0 +1,379 @@
+//! `GET /api/v1/streams/{id}/export.mp4?start=&end=`: a time range of a stream's archive as one
+//! standard MP4 download, with byte ranges, `ETag` and conditional requests.
+//!
+//! Planning and muxing live in `archive::export`; this module parses the request and speaks HTTP:
+//! times are RFC 3339 or Unix seconds, a single `Range` (`a-b`, `a-`, `-n`) is answered with 206
+//! (several ranges, or an `If-Range` that does not match, get the whole file), the `ETag` comes
+//! from the stream, the range and the segments read (so `If-None-Match` is answered with 304
+//! before any segment is opened).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiQuery, ErrorBody};
+use crate::archive::export::{self, ExportError, MAX_RANGE_US};
+use crate::db::streams;
+
+/// Query of the export route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// Start of the range: RFC 3339 (`2026-05-01T12:00:00.5Z`) or Unix seconds (`1777636800.5`).
+    pub start: String,
+    /// End of the range (exclusive), same formats; at most 24 h after `start`.
+    pub end: String,
+}
+
+/// The bytes of an MP4 file (how the OpenAPI document describes the download).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Mp4File(pub Vec<u8>);
+
+/// Parses RFC 3339 or (fractional) Unix seconds into µs since the epoch.
+pub fn parse_time_us(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    // Decimal seconds parsed exactly (a float would round some microseconds).
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    let secs: i64 = int.parse().ok()?;
+    let mut micros: i64 = 0;
+    for (i, b) in frac.bytes().enumerate() {
+        if i < 6 {
+            micros = micros * 10 + i64::from(b - b'0');
+        }
+    }
+    micros *= 10i64.pow(6 - frac.len().min(6) as u32);
+    secs.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+/// What the `Range` header asks for, for a file of a known length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable `Range`: the whole file, 200.
+    Full,
+    /// One satisfiable range, 206.
+    Part(Range<u64>),
+    /// A syntactically valid range that lies outside the file, 416.
+    Unsatisfiable,
+}
+
+/// Interprets a `Range` header value (RFC 9110 §14): one `bytes` range of the forms `a-b`, `a-`
+/// or `-n`. Other units, several ranges and malformed values are ignored (the whole file).
+pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match num(suffix) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(n) if len > 0 => RangeRequest::Part(len.saturating_sub(n)..len),
+            Some(_) => RangeRequest::Unsatisfiable,
+            None => RangeRequest::Full,
+        },
+        (a, "") => match num(a) {
+            Some(a) if a < len => RangeRequest::Part(a..len),
+            Some(_) => RangeRequest::Unsatisfiable,
+            None => RangeRequest::Full,
+        },
+        (a, b) => match (num(a), num(b)) {
+            (Some(a), Some(b)) if a <= b => {
+                if a < len {
+                    RangeRequest::Part(a..(b + 1).min(len))
+                } else {
+                    RangeRequest::Unsatisfiable
+                }
+            }
+            _ => RangeRequest::Full,
+        },
+    }
+}
+
+/// Whether an `If-None-Match` value matches `etag` (weak comparison, `*` matches anything).
+fn none_match(value: &str, etag: &str) -> bool {
+    value.split(',').map(str::trim).any(|tag| {
+        tag == "*"
+            || tag.strip_prefix("W/").unwrap_or(tag) == etag.strip_prefix("W/").unwrap_or(etag)
+    })
+}
+
+/// A wall-clock time for a file name: `20260501T120000Z`, with a fraction only when needed.
+fn file_time(us: i64) -> String {
+    let Some(t) = DateTime::<Utc>::from_timestamp_micros(us) else {
+        return us.to_string();
+    };
+    let fmt = if us % 1_000_000 == 0 {
+        "%Y%m%dT%H%M%SZ"
+    } else if us % 1000 == 0 {
+        "%Y%m%dT%H%M%S%.3fZ"
+    } else {
+        "%Y%m%dT%H%M%S%.6fZ"
+    };
+    t.format(fmt).to_string()
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("'{raw}' is not a valid UUID: {e}"),
+        )
+        .with_field("id")
+    })
+}
+
+fn bad_time(field: &str, value: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_time",
+        format!("{field} '{value}' is neither RFC 3339 nor Unix seconds"),
+    )
+    .with_field(field)
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(text).map_err(|e| ApiError::internal(&e))
+}
+
+/// Downloads a time range of the archive as one MP4 file.
+///
+/// The file starts at the keyframe before `start` and uses an edit list, so players begin
+/// exactly at `start`; it ends with the last frame starting before `end`. Gaps in the recording
+/// are closed up (timestamps stay continuous); a codec change inside the range ends the file at
+/// the change. `moov` comes first, so playback can start before the download ends.
+#[utoipa::path(get, path = "/api/v1/streams/{id}/export.mp4", tag = "archive",
+    params(
+        ("id" = String, Path, description = "Stream UUID"),
+        ExportQuery,
+        ("Range" = Option<String>, Header, description = "One byte range: `bytes=a-b`, `bytes=a-` or `bytes=-n`"),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer: 304 if unchanged"),
+        ("If-Range" = Option<String>, Header, description = "Serve `Range` only if the `ETag` still matches"),
+    ),
+    responses(
+        (status = 200, description = "The MP4 file (`Content-Disposition: attachment`)", content_type = "video/mp4", body = inline(Mp4File)),
+        (status = 206, description = "The requested byte range (`Content-Range`)", content_type = "video/mp4", body = inline(Mp4File)),
+        (status = 304, description = "Not modified (`If-None-Match` matched the `ETag`)"),
+        (status = 400, description = "Bad id, or `start`/`end` neither RFC 3339 nor Unix seconds", body = ErrorBody),
+        (status = 404, description = "No such stream, or nothing recorded in the range", body = ErrorBody),
+        (status = 416, description = "The byte range lies outside the file (`Content-Range: bytes */size`)", body = ErrorBody),
+        (status = 422, description = "`start` not before `end`, a range over 24 h, or segments that cannot be exported", body = ErrorBody),
+    ))]
+pub async fn export_mp4(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let start_us = parse_time_us(&q.start).ok_or_else(|| bad_time("start", &q.start))?;
+    let end_us = parse_time_us(&q.end).ok_or_else(|| bad_time("end", &q.end))?;
+    if start_us >= end_us {
+        return Err(ApiError::invalid("end", "end must be after start"));
+    }
+    if end_us - start_us > MAX_RANGE_US {
+        return Err(ApiError::invalid(
+            "end",
+            "an export covers at most 24 hours",
+        ));
+    }
+    if !state.config.archive.serving {
+        return Err(ApiError::not_found(
+            "archive not available: archive serving not enabled globally",
+        ));
+    }
+    if streams::get(&state.db, id).await?.is_none() {
+        return Err(ApiError::not_found(format!("stream {id} not found")));
+    }
+    let rows = export::segments_in_range(&state.db, id, start_us, end_us).await?;
+    if rows.is_empty() {
+        return Err(nothing_recorded());
+    }
+    let etag = export::etag(id, start_us, end_us, &rows);
+    let header_str = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if header_str(header::IF_NONE_MATCH).is_some_and(|v| none_match(v, &etag)) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, header_value(&etag)?)],
+        )
+            .into_response());
+    }
+
+    let plan = match export::plan(&rows, start_us, end_us, &export::default_storage).await {
+        Ok(plan) => Arc::new(plan),
+        Err(ExportError::Empty) => return Err(nothing_recorded()),
+        Err(e @ (ExportError::Unsupported { .. } | ExportError::NoStorage { .. })) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_exportable",
+                e.to_string(),
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(&e)),
+    };
+    tracing::debug!(stream = %id, ?plan, "export planned");
+
+    let len = plan.len();
+    // A Range is honoured only if `If-Range` (when sent) names this very file.
+    let range_header = match header_str(header::IF_RANGE) {
+        Some(tag) if tag.trim() != etag => None,
+        _ => header_str(header::RANGE),
+    };
+    let mut out = HeaderMap::new();
+    out.insert(header::ETAG, header_value(&etag)?);
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (status, range) = match parse_range(range_header, len) {
+        RangeRequest::Full => (StatusCode::OK, 0..len),
+        RangeRequest::Part(r) => {
+            out.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {}-{}/{len}", r.start, r.end - 1))?,
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        RangeRequest::Unsatisfiable => {
+            out.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes */{len}"))?,
+            );
+            let err = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the export is {len} bytes long"),
+            );
+            return Ok((out, err).into_response());
+        }
+    };
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    out.insert(
+        header::CONTENT_LENGTH,
+        header_value(&(range.end - range.start).to_string())?,
+    );
+    out.insert(
+        header::CONTENT_DISPOSITION,
+        header_value(&format!(
+            "attachment; filename=\"{id}_{}_{}.mp4\"",
+            file_time(start_us),
+            file_time(end_us)
+        ))?,
+    );
+    let body = plan.stream(range).inspect_err(move |e| {
+        // The status line is gone: the client sees the connection end early.
+        tracing::warn!(stream = %id, error = %e, "export cut short");
+    });
+    Ok((status, out, Body::from_stream(body)).into_response())
+}
+
+fn nothing_recorded() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_recording",
+        "nothing is recorded in this range",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_us("1700000000"), Some(1_700_000_000_000_000));
+        assert_eq!(parse_time_us("1700000000.25"), Some(1_700_000_000_250_000));
+        assert_eq!(
+            parse_time_us("1700000000.1234567"),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(
+            parse_time_us("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000_500_000)
+        );
+        assert_eq!(
+            parse_time_us("2023-11-15T00:13:20+02:00"),
+            Some(1_700_000_000_000_000)
+        );
+        for bad in [
+            "",
+            "x",
+            "-5",
+            "1.",
+            ".5",
+            "1e9",
+            "2023-11-14",
+            "12:00",
+            "1 2",
+        ] {
+            assert_eq!(parse_time_us(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        let r = |v: &str| parse_range(Some(v), 1000);
+        assert_eq!(parse_range(None, 1000), Full);
+        assert_eq!(r("bytes=0-99"), Part(0..100));
+        assert_eq!(r("bytes=990-2000"), Part(990..1000));
+        assert_eq!(r("bytes=500-"), Part(500..1000));
+        assert_eq!(r("bytes=-100"), Part(900..1000));
+        assert_eq!(r("bytes=-5000"), Part(0..1000));
+        assert_eq!(r("bytes=1000-"), Unsatisfiable);
+        assert_eq!(r("bytes=1000-1001"), Unsatisfiable);
+        assert_eq!(r("bytes=-0"), Unsatisfiable);
+        // Ignored: other units, several ranges, nonsense, reversed.
+        for v in [
+            "items=0-1",
+            "bytes=0-1,5-6",
+            "bytes=x-",
+            "bytes=5-1",
+            "bytes=",
+            "bytes=-",
+        ] {
+            assert_eq!(r(v), Full, "{v}");
+        }
+    }
+
+    #[test]
+    fn etags_and_names() {
+        assert!(none_match("\"a\"", "\"a\""));
+        assert!(none_match("\"b\", W/\"a\"", "\"a\""));
+        assert!(none_match("*", "\"a\""));
+        assert!(!none_match("\"b\"", "\"a\""));
+        assert_eq!(file_time(1_700_000_000_000_000), "20231114T221320Z");
+        assert_eq!(file_time(1_700_000_000_500_000), "20231114T221320.500Z");
+        assert_eq!(file_time(1_700_000_000_000_001), "20231114T221320.000001Z");
+    }
+}
