@@ -88,6 +88,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config: config.clone(),
         db: db.clone(),
         manager: manager.clone(),
+        uploads: Default::default(),
     };
 
     let tracker = TaskTracker::new();

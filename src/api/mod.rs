@@ -9,6 +9,7 @@ pub mod error;
 pub mod go;
 pub mod openapi;
 pub mod streams;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub manager: Arc<StreamManager>,
+    /// Counters of the S3 uploader (all zero and `running = false` when there is none).
+    pub uploads: Arc<crate::archive::uploader::UploadStats>,
 }
 
 /// The API router and the OpenAPI document it implements.
@@ -57,6 +60,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             streams::delete_stream
         ))
         .routes(routes!(streams::stream_status))
+        .routes(routes!(uploads::upload_status))
         .routes(routes!(healthz))
         .split_for_parts()
 }

@@ -2,3 +2,4 @@
 //! (repair on start, S3 upload, retention, import of Go archives).
 
 pub mod storage;
+pub mod uploader;
