@@ -165,7 +165,7 @@ pub fn free_port() -> u16 {
 /// A TCP server that accepts connections and never answers: calls to it must time out.
 pub struct SilentServer {
     pub endpoint: String,
-    _task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl SilentServer {
@@ -182,13 +182,13 @@ impl SilentServer {
         });
         SilentServer {
             endpoint: format!("http://{addr}"),
-            _task: task,
+            task,
         }
     }
 }
 
 impl Drop for SilentServer {
     fn drop(&mut self) {
-        self._task.abort();
+        self.task.abort();
     }
 }
