@@ -110,6 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         db: db.clone(),
         manager: manager.clone(),
         archive: Arc::new(crate::archive::Archive::new(&config)),
+        uploads: Default::default(),
     };
 
     let tracker = TaskTracker::new();
@@ -156,11 +157,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`.
     let retention = crate::archive::retention::Retention::new(
         db.clone(),
-        crate::archive::retention::Storages::local(),
+        crate::archive::retention::Storages {
+            filesystem: state.archive.fs.clone(),
+            s3: state.archive.s3.clone(),
+        },
         config.retention.clone(),
         config.archive.directory(),
     );
     tracker.spawn(retention.run(shutdown.child_token()));
+
+    // The S3 upload outbox, when an object store is configured.
+    let uploader = match config.effective_s3() {
+        Some(s3) => match crate::archive::uploader::spawn_uploader(
+            db.clone(),
+            &s3,
+            state.uploads.clone(),
+            shutdown.child_token(),
+        ) {
+            Ok((handle, _waker)) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "S3 uploader not started");
+                None
+            }
+        },
+        None => None,
+    };
 
     // Once shutdown is requested and the listeners have drained, stop the streams and close the pool.
     let token = shutdown.clone();
@@ -173,6 +194,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         }
         m.shutdown().await;
+        // Recorders have closed their segments; let in-flight uploads finish or release their rows.
+        if let Some(u) = uploader
+            && let Err(e) = u.await
+        {
+            tracing::error!(error = %e, "uploader task panicked");
+        }
         d.close().await;
     });
     tracker.close();

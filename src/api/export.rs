@@ -232,7 +232,9 @@ pub async fn export_mp4(
             .into_response());
     }
 
-    let plan = match export::plan(&rows, start_us, end_us, &export::default_storage).await {
+    let archive = state.archive.clone();
+    let storage_for = move |kind: &str| archive.storage_for(kind);
+    let plan = match export::plan(&rows, start_us, end_us, &storage_for).await {
         Ok(plan) => Arc::new(plan),
         Err(ExportError::Empty) => return Err(nothing_recorded()),
         Err(e @ (ExportError::Unsupported { .. } | ExportError::NoStorage { .. })) => {

@@ -11,6 +11,7 @@ pub mod export;
 pub mod go;
 pub mod openapi;
 pub mod streams;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub db: Db,
     pub manager: Arc<StreamManager>,
     pub archive: Arc<crate::archive::Archive>,
+    /// Counters of the S3 uploader (all zero and `running = false` when there is none).
+    pub uploads: Arc<crate::archive::uploader::UploadStats>,
 }
 
 /// The API router and the OpenAPI document it implements.
@@ -65,6 +68,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(archive::list_protected, archive::create_protected))
         .routes(routes!(archive::delete_protected))
         .routes(routes!(export::export_mp4))
+        .routes(routes!(uploads::upload_status))
         .routes(routes!(healthz))
         .split_for_parts()
 }

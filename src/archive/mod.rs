@@ -8,6 +8,7 @@ pub mod recorder;
 pub mod repair;
 pub mod retention;
 pub mod storage;
+pub mod uploader;
 
 use std::sync::Arc;
 
@@ -28,9 +29,18 @@ pub struct Archive {
 
 impl Archive {
     pub fn new(config: &Config) -> Archive {
+        let s3 = config.effective_s3().and_then(|cfg| {
+            match storage::s3::S3Storage::new(&cfg, &storage::s3::S3Timeouts::default()) {
+                Ok(s) => Some(Arc::new(s) as Arc<dyn Storage>),
+                Err(e) => {
+                    tracing::error!(error = %e, "S3 settings are invalid: S3 archive disabled");
+                    None
+                }
+            }
+        });
         Archive {
             fs: Arc::new(storage::fs::FsStorage),
-            s3: None,
+            s3,
             playback_slots: Arc::new(Semaphore::new(config.archive.max_playback_sessions())),
         }
     }

@@ -343,3 +343,121 @@ pub async fn local_files_after(db: &Db, after_id: i64, limit: u32) -> Result<Vec
         .await?);
     Ok(rows)
 }
+
+// ----- S3 upload outbox (`upload_state`: local -> uploading -> remote) -----------------------------
+//
+// Every query below repeats the predicate of the partial index `segments_upload_pending`
+// (`upload_state IN ('local', 'uploading')`) word for word, so both planners use that small index
+// instead of scanning the whole table (SQLite only matches a partial index on an identical term).
+
+/// Crash recovery at uploader start: uploads that were in flight when the process died go back to
+/// `local` (their local files are still there, since files are removed only after `remote` is
+/// committed). Returns the number of rows reset.
+pub async fn reset_uploading(db: &Db) -> Result<u64> {
+    const SQL: &str = "UPDATE segments SET upload_state = 'local' \
+        WHERE upload_state IN ('local', 'uploading') AND upload_state = 'uploading'";
+    let n = with_pool!(db, p => sqlx::query(SQL).execute(p).await?.rows_affected());
+    Ok(n)
+}
+
+/// Claims up to `limit` segments ready to upload (closed, `upload_state = 'local'`) with an id
+/// above `after_id`, lowest id first, marking them `uploading` in the same statement. Rows claimed
+/// by a concurrent caller are not returned twice: the outer condition is re-checked on the row
+/// being updated. The cursor lets the uploader go round the queue, so one segment that keeps
+/// failing does not hold back the ones after it.
+pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
+    let sql = format!(
+        "UPDATE segments SET upload_state = 'uploading' WHERE id IN ( \
+             SELECT id FROM segments \
+             WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
+               AND state = 'complete' AND id > $2 \
+             ORDER BY id LIMIT $1) \
+         AND upload_state = 'local' AND state = 'complete' \
+         RETURNING {SEGMENT_COLUMNS}"
+    );
+    let mut rows: Vec<SegmentRow> = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(i64::from(limit))
+        .bind(after_id)
+        .fetch_all(p)
+        .await?);
+    // RETURNING gives no order guarantee.
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
+}
+
+/// Records a finished upload in one statement: the row now points at the object. Returns false
+/// (and changes nothing) when the row is no longer a closed segment being uploaded, e.g. retention
+/// took it meanwhile; the caller then owns the orphan object. Only after this returns true may the
+/// local file be removed.
+pub async fn complete_upload(db: &Db, id: i64, object_key: &str) -> Result<bool> {
+    const SQL: &str = "UPDATE segments \
+        SET storage = 's3', storage_key = $2, upload_state = 'remote' \
+        WHERE id = $1 AND upload_state IN ('local', 'uploading') AND upload_state = 'uploading' \
+          AND state = 'complete'";
+    let n = with_pool!(db, p => sqlx::query(SQL)
+        .bind(id)
+        .bind(object_key)
+        .execute(p)
+        .await?
+        .rows_affected());
+    Ok(n == 1)
+}
+
+/// A failed upload goes back to `local`, to be retried. Returns whether the row was `uploading`.
+pub async fn release_upload(db: &Db, id: i64) -> Result<bool> {
+    const SQL: &str = "UPDATE segments SET upload_state = 'local' \
+        WHERE id = $1 AND upload_state IN ('local', 'uploading') AND upload_state = 'uploading'";
+    let n = with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// The local file of a segment waiting for upload is gone: the row becomes `missing` and leaves the
+/// outbox (`upload_state = 'none'`, nothing left to upload). Returns whether the row was changed.
+pub async fn mark_upload_missing(db: &Db, id: i64) -> Result<bool> {
+    const SQL: &str = "UPDATE segments SET state = 'missing', upload_state = 'none' \
+        WHERE id = $1 AND upload_state IN ('local', 'uploading')";
+    let n = with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await?.rows_affected());
+    Ok(n == 1)
+}
+
+/// Number of segments ready to upload and not yet claimed (the uploader's backlog).
+pub async fn count_ready_uploads(db: &Db) -> Result<i64> {
+    const SQL: &str = "SELECT COUNT(*) FROM segments \
+        WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
+          AND state = 'complete'";
+    let n: i64 = with_pool!(db, p => sqlx::query_scalar(SQL).fetch_one(p).await?);
+    Ok(n)
+}
+
+/// Number of segments in each `upload_state`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadStateCounts {
+    /// Filesystem-only segments (and S3 ones whose file went missing before upload).
+    pub none: i64,
+    /// Waiting for upload (including segments still being recorded).
+    pub local: i64,
+    pub uploading: i64,
+    pub remote: i64,
+}
+
+/// Counts segments by `upload_state`. This reads the whole table (no index covers `remote` and
+/// `none`): meant for an operator's status page, not for a hot path.
+pub async fn upload_state_counts(db: &Db) -> Result<UploadStateCounts> {
+    const SQL: &str = "SELECT upload_state, COUNT(*) FROM segments GROUP BY upload_state";
+    let rows: Vec<(String, i64)> = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
+    let mut c = UploadStateCounts::default();
+    for (state, n) in rows {
+        match state.as_str() {
+            "none" => c.none = n,
+            "local" => c.local = n,
+            "uploading" => c.uploading = n,
+            "remote" => c.remote = n,
+            other => {
+                return Err(super::DbError::Corrupt(format!(
+                    "unknown segments.upload_state '{other}'"
+                )));
+            }
+        }
+    }
+    Ok(c)
+}

@@ -365,3 +365,103 @@ async fn serve_only_streams_do_not_record() {
     assert_eq!(r.status(), 404);
     let _ = s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_recording_is_uploaded_then_plays_and_exports_from_s3() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s3 = crate::support::s3::S3Server::start().await;
+    let c = s3.config("archive", "video");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let conf = format!(
+        "{}[s3]\nendpoint = \"{}\"\nregion = \"{}\"\naccess_key = \"{}\"\nsecret_key = \"{}\"\nbucket = \"{}\"\nprefix = \"{}\"\npath_style = true\n{}",
+        archive_config(tmp.path(), 2000),
+        c.endpoint,
+        c.region,
+        c.access_key,
+        c.secret_key,
+        c.bucket,
+        c.prefix,
+        demo_recording().replace("recording = true }", "recording = true, type = \"minio\" }")
+    );
+    let s = InProcess::start(&conf).await;
+    let id: Uuid = DEMO.parse().expect("uuid");
+    // Wait until a few closed segments have been uploaded.
+    let mut remote = Vec::new();
+    for _ in 0..200 {
+        remote = all_segments(&s.state.db, id)
+            .await
+            .into_iter()
+            .filter(|r| r.upload_state == "remote")
+            .collect();
+        if remote.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(remote.len() >= 3, "uploaded: {}", remote.len());
+    for r in &remote {
+        assert_eq!(r.storage, "s3");
+        assert!(
+            r.storage_key.starts_with(&format!("video/{DEMO}/")),
+            "{}",
+            r.storage_key
+        );
+        let object = s3.data_dir().join("archive").join(&r.storage_key);
+        assert!(object.is_file(), "object {} stored", object.display());
+    }
+    assert!(
+        files_under(&tmp.path().join("mp4")).iter().all(|f| !remote
+            .iter()
+            .any(|r| f.ends_with(Path::new(&r.storage_key).file_name().expect("name")))),
+        "local copies of uploaded segments are removed"
+    );
+    // Archive playback reads the uploaded segments from S3.
+    let first = &remote[0];
+    let last = &remote[remote.len() - 1];
+    let start_s = first.start_us.div_euclid(1_000_000) + 1;
+    let duration_s = (last.end_us - start_s * 1_000_000) / 1_000_000;
+    let url = format!(
+        "ws://{}/ws/archive?stream_id={DEMO}&start={start_s}&duration={duration_s}",
+        s.video
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    let mut all = Vec::new();
+    let mut eos = false;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+        match m {
+            Message::Binary(b) if b.first() != Some(&9) => all.extend_from_slice(&b),
+            Message::Text(t) if t.as_str() == "eos" => {
+                eos = true;
+                break;
+            }
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+    assert!(eos, "playback reached eos");
+    let played = tmp.path().join("s3-played.mp4");
+    std::fs::write(&played, &all).expect("write");
+    let errors = ffmpeg_decode_errors(&played.display().to_string());
+    assert!(errors.trim().is_empty(), "{errors}");
+    // Export of the same range, from S3.
+    let r = reqwest::get(format!(
+        "{}/api/v1/streams/{DEMO}/export.mp4?start={start_s}&end={}",
+        s.api,
+        start_s + duration_s
+    ))
+    .await
+    .expect("export");
+    assert_eq!(r.status(), 200);
+    let exported = tmp.path().join("s3-export.mp4");
+    std::fs::write(&exported, r.bytes().await.expect("body")).expect("write");
+    let probed = probe_duration(&exported);
+    assert!(
+        (probed - duration_s as f64).abs() < 0.1,
+        "export {probed} s of {duration_s} s"
+    );
+    let _ = s.stop().await;
+}

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod media;
+pub mod s3;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -143,6 +144,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         config,
         db: db.clone(),
         manager,
+        uploads: Default::default(),
     }
 }
 

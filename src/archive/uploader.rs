@@ -1,0 +1,588 @@
+//! The S3 uploader: moves closed segments of S3 streams from local files to objects.
+//!
+//! The database is the outbox. The recorder writes every segment to a local file first; for a
+//! stream archived to S3 the row starts with `upload_state = 'local'`. This loop:
+//!
+//! 1. at start, puts rows left `uploading` by a crash back to `local` (their files are still there);
+//! 2. claims the oldest ready row (`state = 'complete'`, `upload_state = 'local'`) as `uploading`;
+//! 3. uploads the file to `<bucket>/<prefix>/<stream-uuid>/<file name>` (the stream's bucket and
+//!    prefix, else `[s3]`'s);
+//! 4. in one statement points the row at the object (`storage = 's3'`, `storage_key`,
+//!    `upload_state = 'remote'`), and only once that is committed removes the local file.
+//!
+//! A failure puts the row back to `local` and pauses claiming with exponential backoff and jitter;
+//! the local file is never touched on failure, so an outage of any length loses nothing. A row
+//! whose local file has vanished is marked `missing`. At most [`UploaderSettings::concurrency`]
+//! uploads run at once. Cancelling stops claiming at once; uploads in flight get
+//! [`UploaderSettings::shutdown_grace`] to finish, then are abandoned and their rows released.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::storage::StorageError;
+use super::storage::s3::{S3ConfigError, S3Storage, S3Timeouts, check_bucket_name, object_key};
+use crate::config::S3Config;
+use crate::db::segments::{self, SegmentRow};
+use crate::db::{Db, DbError, streams};
+
+/// Tuning of the upload loop. Tests shorten every duration.
+#[derive(Debug, Clone)]
+pub struct UploaderSettings {
+    /// Uploads running at once. Two keep a link busy while one request waits on latency, without
+    /// letting a backlog after an outage saturate the uplink the cameras also use.
+    pub concurrency: usize,
+    /// How often to look for new ready rows when nothing wakes the loop (see
+    /// [`Uploader::waker`]).
+    pub poll_interval: Duration,
+    /// First retry delay after a failure; doubled per consecutive failure.
+    pub backoff_min: Duration,
+    /// Longest retry delay: an outage is noticed to be over within about this long.
+    pub backoff_max: Duration,
+    /// How long uploads in flight may run on after cancellation before they are abandoned.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for UploaderSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            poll_interval: Duration::from_secs(2),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Uploader counters for status pages. Updated lock-free by the uploader, read by the API.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    running: AtomicBool,
+    uploaded: AtomicU64,
+    uploaded_bytes: AtomicU64,
+    failed: AtomicU64,
+    missing: AtomicU64,
+    pending: AtomicU64,
+    in_flight: AtomicU64,
+    consecutive_failures: AtomicU64,
+}
+
+/// A snapshot of [`UploadStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadCounters {
+    /// An uploader loop is running in this process.
+    pub running: bool,
+    /// Segments uploaded since start.
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    /// Upload attempts that failed since start (each is retried).
+    pub failed: u64,
+    /// Segments whose local file was gone when their turn came.
+    pub missing: u64,
+    /// Ready segments not yet claimed, as of the loop's last look.
+    pub pending: u64,
+    /// Uploads running now.
+    pub in_flight: u64,
+    /// Failures since the last success (0 when healthy).
+    pub consecutive_failures: u64,
+}
+
+impl UploadStats {
+    pub fn snapshot(&self) -> UploadCounters {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        UploadCounters {
+            running: self.running.load(Ordering::Relaxed),
+            uploaded: get(&self.uploaded),
+            uploaded_bytes: get(&self.uploaded_bytes),
+            failed: get(&self.failed),
+            missing: get(&self.missing),
+            pending: get(&self.pending),
+            in_flight: get(&self.in_flight),
+            consecutive_failures: get(&self.consecutive_failures),
+        }
+    }
+}
+
+/// Errors of one upload attempt. Never contains credentials.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Config(#[from] S3ConfigError),
+    #[error("segment {id}: storage key '{key}' has no file name")]
+    BadKey { id: i64, key: String },
+}
+
+/// How one claimed row ended.
+enum Outcome {
+    Uploaded,
+    Missing,
+    /// The row changed under us (e.g. retention took it); nothing to count.
+    Superseded,
+    /// Failed and released back to `local` (or, if `released` is false, still `uploading` because
+    /// the database failed too: the loop retries the release).
+    Failed {
+        released: bool,
+    },
+}
+
+/// Everything the upload tasks share.
+struct Inner {
+    db: Db,
+    /// Handle on the `[s3]` bucket; other buckets share its client.
+    s3: S3Storage,
+    /// `[s3] prefix`, used when a stream sets none.
+    default_prefix: String,
+    stats: Arc<UploadStats>,
+    /// Buckets already checked or created by this process, so `ensure_bucket` runs once per bucket.
+    /// An async lock held during the check: concurrent uploads to a new bucket create it once.
+    ensured: tokio::sync::Mutex<HashSet<String>>,
+}
+
+/// The background uploader. Build it, optionally share its [`UploadStats`] and [`waker`], then
+/// [`run`](Uploader::run) it on a task.
+///
+/// [`waker`]: Uploader::waker
+pub struct Uploader {
+    inner: Arc<Inner>,
+    settings: UploaderSettings,
+    wake: Arc<Notify>,
+}
+
+impl Uploader {
+    /// An uploader over `s3` (bound to the `[s3]` bucket) with `default_prefix` for streams that
+    /// set none.
+    pub fn new(
+        db: Db,
+        s3: S3Storage,
+        default_prefix: &str,
+        settings: UploaderSettings,
+        stats: Arc<UploadStats>,
+    ) -> Uploader {
+        Uploader {
+            inner: Arc::new(Inner {
+                db,
+                s3,
+                default_prefix: default_prefix.to_owned(),
+                stats,
+                ensured: tokio::sync::Mutex::new(HashSet::new()),
+            }),
+            settings: UploaderSettings {
+                concurrency: settings.concurrency.max(1),
+                ..settings
+            },
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// An uploader from `[s3]` with default timeouts and settings.
+    pub fn from_config(
+        db: Db,
+        cfg: &S3Config,
+        stats: Arc<UploadStats>,
+    ) -> Result<Uploader, S3ConfigError> {
+        let s3 = S3Storage::new(cfg, &S3Timeouts::default())?;
+        Ok(Uploader::new(
+            db,
+            s3,
+            &cfg.prefix,
+            UploaderSettings::default(),
+            stats,
+        ))
+    }
+
+    /// The counters this uploader updates.
+    pub fn stats(&self) -> Arc<UploadStats> {
+        self.inner.stats.clone()
+    }
+
+    /// Call `notify_one()` on this (e.g. from the recorder after closing a segment) to look for
+    /// work now instead of at the next poll.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs until `cancel` fires. Never panics on storage or database errors: they are logged and
+    /// retried with backoff.
+    pub async fn run(self, cancel: CancellationToken) {
+        let span = tracing::info_span!("uploader", bucket = %self.inner.s3.bucket());
+        self.run_inner(cancel).instrument(span).await
+    }
+
+    async fn run_inner(self, cancel: CancellationToken) {
+        let Uploader {
+            inner,
+            settings,
+            wake,
+        } = self;
+        let stats = inner.stats.clone();
+        stats.running.store(true, Ordering::Relaxed);
+
+        // Crash recovery, retried until it works: claiming before it would leave old rows stuck.
+        let mut failures: u32 = 0;
+        loop {
+            match segments::reset_uploading(&inner.db).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(count = n, "interrupted uploads put back in the queue");
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff_delay(&settings, failures);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "cannot reset interrupted uploads");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {
+                            stats.running.store(false, Ordering::Relaxed);
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+
+        let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
+        // Which row each task is uploading, to release it if the task is aborted or panics.
+        let mut rows_of_tasks: HashMap<tokio::task::Id, i64> = HashMap::new();
+        // Rows whose release failed (database trouble): retried before claiming more.
+        let mut unreleased: Vec<i64> = Vec::new();
+        let mut failures: u32 = 0;
+        let mut retry_at: Option<Instant> = None;
+        // Id of the last row claimed: claiming continues after it, so a row that keeps failing is
+        // retried once per round of the queue instead of blocking the rows behind it.
+        let mut cursor: i64 = 0;
+
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let backing_off = retry_at.is_some_and(|t| Instant::now() < t);
+            if !backing_off && !unreleased.is_empty() {
+                let mut still = Vec::new();
+                for id in unreleased.drain(..) {
+                    if let Err(e) = segments::release_upload(&inner.db, id).await {
+                        tracing::warn!(segment = id, error = %e, "cannot release upload");
+                        still.push(id);
+                    }
+                }
+                unreleased = still;
+            }
+            let mut claimed_any = false;
+            if !backing_off && unreleased.is_empty() && tasks.len() < settings.concurrency {
+                match segments::claim_uploads(&inner.db, cursor, 1).await {
+                    Ok(rows) if rows.is_empty() && cursor > 0 => {
+                        // End of the queue: go round again from the oldest row.
+                        cursor = 0;
+                        continue;
+                    }
+                    Ok(rows) => {
+                        for row in rows {
+                            claimed_any = true;
+                            let id = row.id;
+                            cursor = id;
+                            stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                            let handle = tasks.spawn(upload_one(inner.clone(), row));
+                            rows_of_tasks.insert(handle.id(), id);
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = backoff_delay(&settings, failures);
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                            "cannot claim segments to upload");
+                        retry_at = Some(Instant::now() + delay);
+                    }
+                }
+            }
+            if claimed_any {
+                // Fill the remaining slots before waiting.
+                continue;
+            }
+            if !backing_off && let Ok(n) = segments::count_ready_uploads(&inner.db).await {
+                stats
+                    .pending
+                    .store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+            }
+
+            let deadline = match retry_at {
+                Some(t) if Instant::now() < t => t,
+                _ => Instant::now() + settings.poll_interval,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let (task, result) = match done {
+                        Ok((task, (_, outcome))) => (task, Some(outcome)),
+                        Err(e) => (e.id(), None),
+                    };
+                    let row = rows_of_tasks.remove(&task);
+                    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    match result {
+                        Some(Outcome::Uploaded) => {
+                            failures = 0;
+                            retry_at = None;
+                            stats.consecutive_failures.store(0, Ordering::Relaxed);
+                        }
+                        Some(Outcome::Missing | Outcome::Superseded) => {}
+                        Some(Outcome::Failed { released }) => {
+                            failures += 1;
+                            stats.consecutive_failures.store(u64::from(failures), Ordering::Relaxed);
+                            let delay = backoff_delay(&settings, failures);
+                            tracing::info!(retry_in_ms = delay.as_millis() as u64,
+                                "uploads paused after a failure");
+                            retry_at = Some(Instant::now() + delay);
+                            if !released && let Some(id) = row {
+                                unreleased.push(id);
+                            }
+                        }
+                        // The task panicked: its row is still `uploading`.
+                        None => {
+                            tracing::error!(segment = ?row, "upload task panicked");
+                            if let Some(id) = row {
+                                unreleased.push(id);
+                            }
+                        }
+                    }
+                }
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+
+        // Shutdown: let uploads in flight finish within the grace, then abandon the rest.
+        if !tasks.is_empty() {
+            tracing::info!(in_flight = tasks.len(), "waiting for uploads in flight");
+            let grace = tokio::time::sleep(settings.shutdown_grace);
+            tokio::pin!(grace);
+            loop {
+                tokio::select! {
+                    done = tasks.join_next_with_id() => match done {
+                        Some(Ok((task, (id, outcome)))) => {
+                            rows_of_tasks.remove(&task);
+                            if let Outcome::Failed { released: false } = outcome {
+                                unreleased.push(id);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            if let Some(id) = rows_of_tasks.remove(&e.id()) {
+                                unreleased.push(id);
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = &mut grace => {
+                        tracing::warn!(abandoned = tasks.len(), "uploads abandoned at shutdown");
+                        tasks.abort_all();
+                        while tasks.join_next().await.is_some() {}
+                        unreleased.extend(rows_of_tasks.drain().map(|(_, id)| id));
+                        break;
+                    }
+                }
+            }
+        }
+        for id in unreleased {
+            // If this fails too, start-up recovery (`reset_uploading`) puts the row back.
+            if let Err(e) = segments::release_upload(&inner.db, id).await {
+                tracing::warn!(segment = id, error = %e, "cannot release upload at shutdown");
+            }
+        }
+        stats.in_flight.store(0, Ordering::Relaxed);
+        stats.running.store(false, Ordering::Relaxed);
+        tracing::info!("uploader stopped");
+    }
+}
+
+/// Builds an uploader from `[s3]` and runs it on a new task until `cancel` fires. Returns the
+/// task (await it after cancelling to let in-flight uploads finish) and the waker.
+pub fn spawn_uploader(
+    db: Db,
+    cfg: &S3Config,
+    stats: Arc<UploadStats>,
+    cancel: CancellationToken,
+) -> Result<(tokio::task::JoinHandle<()>, Arc<Notify>), S3ConfigError> {
+    let uploader = Uploader::from_config(db, cfg, stats)?;
+    let waker = uploader.waker();
+    Ok((tokio::spawn(uploader.run(cancel)), waker))
+}
+
+/// Delay before the next attempt after `failures` consecutive failures (1, 2, ...): `backoff_min`
+/// doubled per failure, capped at `backoff_max`, with "equal jitter" (half fixed, half random) so
+/// instances that failed together do not retry in lock-step.
+fn backoff_delay(s: &UploaderSettings, failures: u32) -> Duration {
+    let exp = s
+        .backoff_min
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let base = exp.min(s.backoff_max);
+    let half = base / 2;
+    let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter_ms)
+}
+
+/// Uploads one claimed row and records the result. Returns the row id and how it ended.
+async fn upload_one(inner: Arc<Inner>, row: SegmentRow) -> (i64, Outcome) {
+    let id = row.id;
+    let span = tracing::info_span!("upload", segment = id, stream = %row.stream_id);
+    let outcome = async {
+        match try_upload(&inner, &row).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, file = %row.storage_key, "upload failed; will retry");
+                match segments::release_upload(&inner.db, id).await {
+                    Ok(_) => Outcome::Failed { released: true },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot put the segment back in the queue");
+                        Outcome::Failed { released: false }
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    (id, outcome)
+}
+
+async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadError> {
+    let local = Path::new(&row.storage_key);
+    let Some(file_name) = local.file_name().and_then(|n| n.to_str()) else {
+        return Err(UploadError::BadKey {
+            id: row.id,
+            key: row.storage_key.clone(),
+        });
+    };
+    match tokio::fs::metadata(local).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return mark_missing(inner, row).await;
+        }
+        Err(e) => {
+            return Err(StorageError::Io {
+                key: row.storage_key.clone(),
+                source: e,
+            }
+            .into());
+        }
+    }
+
+    // The stream's own bucket and prefix win over `[s3]`'s; a deleted stream's leftovers use `[s3]`.
+    let archive = streams::get(&inner.db, row.stream_id)
+        .await?
+        .map(|r| r.spec.archive);
+    let bucket = archive
+        .as_ref()
+        .and_then(|a| a.bucket.as_deref())
+        .filter(|b| !b.trim().is_empty())
+        .map(str::trim);
+    let prefix = archive
+        .as_ref()
+        .and_then(|a| a.prefix.as_deref())
+        .unwrap_or(&inner.default_prefix);
+    let store = match bucket {
+        Some(b) if b != inner.s3.bucket() => inner.s3.for_bucket(b),
+        _ => inner.s3.clone(),
+    };
+    ensure_bucket(inner, &store).await?;
+
+    let key = object_key(prefix, row.stream_id, file_name);
+    let bytes = match store.put_file(&key, local).await {
+        Ok(n) => n,
+        // Removed between the check above and the upload.
+        Err(StorageError::NotFound { .. }) => return mark_missing(inner, row).await,
+        Err(e) => return Err(e.into()),
+    };
+    if !segments::complete_upload(&inner.db, row.id, &key).await? {
+        // Retention (or an operator) changed the row meanwhile and owns the local file now. The
+        // object we just wrote is then referenced by nothing, unless another uploader (a second
+        // instance on the same index) has taken the row over and writes or wrote the same key.
+        let now = segments::get(&inner.db, row.id).await?;
+        let taken_over = now.is_some_and(|r| {
+            r.upload_state == "uploading" || (r.upload_state == "remote" && r.storage_key == key)
+        });
+        if !taken_over {
+            tracing::info!(object = %key, "segment changed during upload; removing the object");
+            if let Err(e) = super::storage::Storage::delete(&store, &key).await {
+                tracing::warn!(error = %e, "cannot remove the orphan object");
+            }
+        }
+        return Ok(Outcome::Superseded);
+    }
+    // The row now points at the object: only now may the local copy go.
+    match tokio::fs::remove_file(local).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, file = %row.storage_key,
+            "uploaded, but cannot remove the local file"),
+    }
+    inner.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+    inner
+        .stats
+        .uploaded_bytes
+        .fetch_add(bytes, Ordering::Relaxed);
+    tracing::debug!(bucket = %store.bucket(), object = %key, bytes, "segment uploaded");
+    Ok(Outcome::Uploaded)
+}
+
+async fn mark_missing(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadError> {
+    tracing::warn!(file = %row.storage_key, "local file of a segment waiting for upload is gone; marking it missing");
+    segments::mark_upload_missing(&inner.db, row.id).await?;
+    inner.stats.missing.fetch_add(1, Ordering::Relaxed);
+    Ok(Outcome::Missing)
+}
+
+/// Creates the bucket the first time this process uploads to it.
+async fn ensure_bucket(inner: &Inner, store: &S3Storage) -> Result<(), UploadError> {
+    let mut known = inner.ensured.lock().await;
+    if known.contains(store.bucket()) {
+        return Ok(());
+    }
+    check_bucket_name(store.bucket())?;
+    store.ensure_bucket().await?;
+    known.insert(store.bucket().to_owned());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let s = UploaderSettings::default();
+        for failures in 1..=10u32 {
+            let d = backoff_delay(&s, failures);
+            let base = s
+                .backoff_min
+                .saturating_mul(1 << (failures - 1))
+                .min(s.backoff_max);
+            assert!(d >= base / 2 && d <= base, "{failures}: {d:?} vs {base:?}");
+        }
+        assert!(backoff_delay(&s, 1_000) <= s.backoff_max);
+    }
+
+    #[test]
+    fn counters_snapshot() {
+        let s = UploadStats::default();
+        s.uploaded.fetch_add(3, Ordering::Relaxed);
+        s.running.store(true, Ordering::Relaxed);
+        let c = s.snapshot();
+        assert!(c.running);
+        assert_eq!(c.uploaded, 3);
+        assert_eq!(c.failed, 0);
+    }
+}
