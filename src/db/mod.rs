@@ -7,6 +7,7 @@
 //! the right thing for each.
 
 pub mod protected;
+pub mod reports;
 pub mod runs;
 pub mod segments;
 pub mod streams;

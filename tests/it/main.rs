@@ -7,6 +7,7 @@ mod support;
 mod binary_cli;
 mod compose;
 mod config_go;
+mod db_reports;
 mod db_streams;
 mod e2e;
 mod go_routes;
