@@ -1,6 +1,7 @@
-//! Archive playback latency: time from opening `/ws/archive` to the first media fragment, from
-//! segments on the local filesystem. Run: `cargo bench --bench playback` (results go to
-//! docs/benchmarks.md by hand, with the machine and the date).
+//! Archive playback latency (time from opening `/ws/archive` to the first media fragment) and export
+//! throughput (`export.mp4` of a 5-minute range), from the local filesystem and from S3 (s3s-fs,
+//! which must be on PATH or in ~/.cargo/bin; `scripts/test` installs it).
+//! Run: `cargo bench --bench playback`; results go to docs/benchmarks.md with the date.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::path::Path;
@@ -16,12 +17,76 @@ use video_server::media::mp4file::Mp4File;
 
 const RUNS: usize = 40;
 
+struct S3Server(std::process::Child);
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_s3(dir: &Path) -> (S3Server, u16) {
+    let port = free_port();
+    let home = std::env::var("HOME").unwrap_or_default();
+    let bin = which("s3s-fs").unwrap_or_else(|| Path::new(&home).join(".cargo/bin/s3s-fs"));
+    std::fs::create_dir_all(dir).unwrap();
+    let child = std::process::Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "bench", "--secret-key", "benchsecret"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("s3s-fs (cargo install s3s-fs@0.14.1 --features binary)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (S3Server(child), port)
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 #[tokio::main]
 async fn main() {
+    for s3 in [false, true] {
+        run(s3).await;
+    }
+}
+
+async fn run(use_s3: bool) {
     let tmp = tempfile::tempdir().unwrap();
+    let (_s3, s3_conf) = if use_s3 {
+        let (server, port) = start_s3(&tmp.path().join("s3"));
+        let conf = format!(
+            "[s3]\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\naccess_key = \"bench\"\n\
+             secret_key = \"benchsecret\"\nbucket = \"archive\"\nprefix = \"video\"\n"
+        );
+        (Some(server), conf)
+    } else {
+        (None, String::new())
+    };
+    let label = if use_s3 { "s3" } else { "filesystem" };
     let toml = format!(
-        "[api]\nenabled = false\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
-         [archive]\nserving = true\ndirectory = \"{dir}\"\n[database]\nurl = \"sqlite://{dir}/index.db\"\n",
+        "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
+         [archive]\nserving = true\ndirectory = \"{dir}\"\n[database]\nurl = \"sqlite://{dir}/index.db\"\n{s3_conf}",
         dir = tmp.path().display()
     );
     let config = Config::from_toml_str("bench.toml", &toml).unwrap();
@@ -30,18 +95,40 @@ async fn main() {
         .await
         .unwrap();
     let db = running.state.db.clone();
-
+    let api = running.api_addr.unwrap();
     // Ten minutes of the demo clip as 30 s segments.
     let clip = Mp4File::open(Path::new("assets/demo.mp4")).unwrap();
     let params = Arc::new(clip.params().clone());
     let id = uuid::Uuid::new_v4();
+    // A (disabled) stream row: the export route serves streams it knows.
+    let spec = video_server::stream::StreamSpec {
+        id,
+        name: "bench".into(),
+        source: video_server::stream::Source::File {
+            path: "assets/demo.mp4".into(),
+            looping: true,
+        },
+        outputs: vec![],
+        on_demand: None,
+        enabled: false,
+        verbose: String::new(),
+        archive: Default::default(),
+        retention: Default::default(),
+    };
+    video_server::db::streams::insert(&db, &spec, video_server::db::streams::Origin::Api)
+        .await
+        .unwrap();
     let hub = Hub::new();
     let rec = Recorder::new(
         RecorderConfig {
             stream_id: id,
             directory: tmp.path().to_owned(),
             ms_per_file: 30_000,
-            storage: video_server::stream::StorageKind::Filesystem,
+            storage: if use_s3 {
+                video_server::stream::StorageKind::S3
+            } else {
+                video_server::stream::StorageKind::Filesystem
+            },
         },
         db.clone(),
         hub.subscribe(1_000_000),
@@ -60,6 +147,18 @@ async fn main() {
     }
     drop(hub);
     task.await.unwrap();
+    if use_s3 {
+        // Wait for the uploader to move every segment to S3.
+        loop {
+            let c = video_server::db::segments::upload_state_counts(&db)
+                .await
+                .unwrap();
+            if c.local == 0 && c.uploading == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     let mut samples = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
@@ -84,10 +183,40 @@ async fn main() {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "archive playback, filesystem, {RUNS} sessions: time to first fragment p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (target < 300 ms)",
+        "archive playback, {label}, {RUNS} sessions: time to first fragment p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
         ms(samples[RUNS / 2]),
         ms(samples[RUNS * 9 / 10]),
         ms(samples[RUNS - 1])
+    );
+    // Export throughput: a 5-minute range, 5 downloads, median.
+    let client = reqwest::Client::new();
+    let start = wall0 / 1_000_000 + 60;
+    let url = format!(
+        "http://{api}/api/v1/streams/{id}/export.mp4?start={start}&end={}",
+        start + 300
+    );
+    let mut rates = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let body = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        size = body.len();
+        rates.push(body.len() as f64 / 1e6 / t0.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "export, {label}: 5-minute range ({:.1} MB) median {:.0} MB/s (min {:.0}, max {:.0})",
+        size as f64 / 1e6,
+        rates[2],
+        rates[0],
+        rates[4]
     );
     shutdown.cancel();
     running.wait().await;

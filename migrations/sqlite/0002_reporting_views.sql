@@ -7,42 +7,43 @@
 --   day               'YYYY-MM-DD' (UTC).
 --   recorded_seconds  wall-clock time covered by segments on that day. A segment that runs past
 --                     midnight is split between the two days (segments are capped at 5 minutes,
---                     so a segment touches at most two days).
+--                     config::MAX_MS_PER_FILE, so a segment touches at most two days).
 --   bytes             bytes of the segments that start on that day.
 --   segment_count     segments that start on that day.
 --   gap_count         holes longer than one second (the run gap, db::runs::RUN_GAP_US) that end on
---                     that day: a segment starting more than 1 s after everything before it of the
---                     same stream. The stream's first segment is not a gap.
--- Filtering on stream_id is pushed into the scan; filtering on day still reads the stream's rows.
+--                     that day: a segment that is not the stream's first and that no earlier
+--                     segment of the stream reaches to within one second of its start. (The 5 min
+--                     cap bounds how far back an earlier segment can start: 301 s.)
+-- Each segment is joined with `parts` (0: its time on its start day; 1: its time after the next
+-- midnight, only when it crosses one). A filter on stream_id reaches the (stream_id, start_us)
+-- index, so one stream's report reads only that stream's rows; a filter on day does not.
 CREATE VIEW report_stream_days AS
-SELECT stream_id,
-       date(day_no * 86400, 'unixepoch') AS day,
-       SUM(covered_us) / 1000000.0        AS recorded_seconds,
-       SUM(piece_bytes)                   AS bytes,
-       SUM(starts)                        AS segment_count,
-       SUM(gaps)                          AS gap_count
-FROM (
-    -- Part 0: a segment's time on its start day; part 1: its time after the next midnight.
-    SELECT stream_id,
-           day_no + part AS day_no,
-           CASE WHEN part = 0 THEN MIN(end_us, (day_no + 1) * 86400000000) - start_us
-                ELSE end_us - (day_no + 1) * 86400000000 END AS covered_us,
-           CASE WHEN part = 0 THEN bytes ELSE 0 END AS piece_bytes,
-           1 - part AS starts,
-           CASE WHEN part = 0 THEN gap_before ELSE 0 END AS gaps
-    FROM (
-        SELECT stream_id, start_us, end_us, bytes,
-               start_us / 86400000000 AS day_no,
-               CASE WHEN start_us - MAX(end_us) OVER (PARTITION BY stream_id ORDER BY start_us, id
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > 1000000
-                    THEN 1 ELSE 0 END AS gap_before
-        FROM segments
-        WHERE state IN ('recording', 'complete')
-    ) AS seg
-    CROSS JOIN (SELECT 0 AS part UNION ALL SELECT 1) AS parts
-    WHERE part = 0 OR end_us > (day_no + 1) * 86400000000
-) AS pieces
-GROUP BY stream_id, day_no;
+SELECT s.stream_id,
+       date((s.start_us / 86400000000 + parts.part) * 86400, 'unixepoch') AS day,
+       SUM(CASE WHEN parts.part = 0
+                THEN MIN(s.end_us, (s.start_us / 86400000000 + 1) * 86400000000) - s.start_us
+                ELSE s.end_us - (s.start_us / 86400000000 + 1) * 86400000000 END) / 1000000.0
+           AS recorded_seconds,
+       SUM(CASE WHEN parts.part = 0 THEN s.bytes ELSE 0 END) AS bytes,
+       SUM(1 - parts.part) AS segment_count,
+       SUM(CASE WHEN parts.part = 0
+                 AND EXISTS (SELECT 1 FROM segments p
+                             WHERE p.stream_id = s.stream_id AND p.start_us <= s.start_us
+                               AND (p.start_us < s.start_us OR p.id < s.id)
+                               AND p.state IN ('recording', 'complete'))
+                 AND NOT EXISTS (SELECT 1 FROM segments p
+                             WHERE p.stream_id = s.stream_id
+                               AND p.start_us >= s.start_us - 301000000
+                               AND p.start_us <= s.start_us
+                               AND (p.start_us < s.start_us OR p.id < s.id)
+                               AND p.end_us >= s.start_us - 1000000
+                               AND p.state IN ('recording', 'complete'))
+                THEN 1 ELSE 0 END) AS gap_count
+FROM segments AS s
+CROSS JOIN (SELECT 0 AS part UNION ALL SELECT 1) AS parts
+WHERE s.state IN ('recording', 'complete')
+  AND (parts.part = 0 OR s.end_us > (s.start_us / 86400000000 + 1) * 86400000000)
+GROUP BY s.stream_id, s.start_us / 86400000000 + parts.part;
 
 -- One row per stream that has a `streams` row or playable segments (the archive of a deleted
 -- stream is still listed, with a NULL name).

@@ -20,9 +20,9 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::db::pages::{self, SegmentItem};
 use crate::db::protected::{self, ProtectedRange};
 use crate::db::runs;
-use crate::db::segments::{self, SegmentRow};
 
 /// Earliest instant accepted: the Unix epoch (the index stores microseconds since then).
 pub const MIN_TIME_US: i64 = 0;
@@ -355,8 +355,8 @@ pub struct SegmentDto {
     pub upload_state: String,
 }
 
-impl From<&SegmentRow> for SegmentDto {
-    fn from(r: &SegmentRow) -> Self {
+impl From<&SegmentItem> for SegmentDto {
+    fn from(r: &SegmentItem) -> Self {
         SegmentDto {
             id: r.id,
             start: rfc3339_ms(r.start_us, false),
@@ -423,7 +423,7 @@ pub async fn list_segments(
         .transpose()?;
     check_known(&state, id).await?;
     // One extra row tells whether another page exists.
-    let mut rows = segments::page(&state.db, id, start_us, end_us, after, limit + 1).await?;
+    let mut rows = pages::segments(&state.db, id, start_us, end_us, after, limit + 1).await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|r| encode_cursor(r.start_us, r.id))

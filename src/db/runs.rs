@@ -161,8 +161,11 @@ pub async fn ranges(
     to_us: i64,
     gap_us: i64,
 ) -> Result<Vec<TimeRange>> {
+    // No time condition in SQL: it would tempt the planner into the (stream_id, start_us) index
+    // and a scan of the stream's whole history; the partial index `segments_recording` holds at
+    // most one row per stream, filtered to the window below.
     const RECORDING: &str = "SELECT start_us, end_us FROM segments \
-        WHERE stream_id = $1 AND state = 'recording' AND start_us < $2 AND end_us > $3";
+        WHERE stream_id = $1 AND state = 'recording'";
     let mut spans: Vec<(i64, i64)> = list(db, stream_id, from_us, to_us)
         .await?
         .into_iter()
@@ -170,11 +173,13 @@ pub async fn ranges(
         .collect();
     let recording: Vec<(i64, i64)> = with_pool!(db, p => sqlx::query_as(RECORDING)
         .bind(DbUuid(stream_id))
-        .bind(to_us)
-        .bind(from_us)
         .fetch_all(p)
         .await?);
-    spans.extend(recording);
+    spans.extend(
+        recording
+            .into_iter()
+            .filter(|&(start_us, end_us)| start_us < to_us && end_us > from_us),
+    );
     spans.sort_unstable();
     let gap = gap_us.max(RUN_GAP_US);
     let mut out: Vec<TimeRange> = Vec::new();

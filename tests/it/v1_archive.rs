@@ -436,6 +436,30 @@ both_engines!(
         assert_eq!(v["items"][0]["id"], json!(live));
         assert_eq!(v["items"][0]["state"], json!("recording"));
         assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+
+        // The one-row-per-page query answers exactly what the row-by-row query does.
+        for (from, to, after, limit) in [
+            (0, i64::MAX / 2, None, 1000),
+            (at(15.0), at(100.0), None, 5),
+            (at(0.0), at(700.0), Some((at(50.0), expected[11].1)), 9),
+            (at(2000.0), at(3000.0), None, 10),
+        ] {
+            let rows = segments::page(&t.db, id, from, to, after, limit)
+                .await
+                .expect("page");
+            let items = video_server::db::pages::segments(&t.db, id, from, to, after, limit)
+                .await
+                .expect("page");
+            assert_eq!(
+                items
+                    .iter()
+                    .map(|i| (i.id, i.start_us, i.end_us, i.bytes))
+                    .collect::<Vec<_>>(),
+                rows.iter()
+                    .map(|r| (r.id, r.start_us, r.end_us, r.bytes))
+                    .collect::<Vec<_>>(),
+            );
+        }
     }
 );
 

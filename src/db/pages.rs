@@ -1,0 +1,104 @@
+//! Pages of archive rows for the API, fetched as **one row per page**.
+//!
+//! A 1000-segment page read row by row costs more in the driver than in the database (each row is
+//! decoded, and with SQLite handed from the connection's worker thread to the caller one at a
+//! time: about 8 ms for 1000 rows, docs/benchmarks.md). Here the database aggregates the page into
+//! one JSON array (`json_group_array` / `json_agg`, both ordered), which is parsed in one go: the
+//! page costs what its index range scan costs. Same rows and order as [`super::segments::page`].
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{Db, DbError, DbUuid, Result};
+
+/// One segment as the API lists it (no storage key: that is a server-side detail).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "SegmentTuple")]
+pub struct SegmentItem {
+    pub id: i64,
+    pub start_us: i64,
+    pub end_us: i64,
+    pub media_duration_us: i64,
+    pub bytes: i64,
+    pub state: String,
+    pub storage: String,
+    pub upload_state: String,
+}
+
+/// The JSON array each row is aggregated into, in column order.
+type SegmentTuple = (i64, i64, i64, i64, i64, String, String, String);
+
+impl From<SegmentTuple> for SegmentItem {
+    fn from(t: SegmentTuple) -> Self {
+        SegmentItem {
+            id: t.0,
+            start_us: t.1,
+            end_us: t.2,
+            media_duration_us: t.3,
+            bytes: t.4,
+            state: t.5,
+            storage: t.6,
+            upload_state: t.7,
+        }
+    }
+}
+
+/// The page query: playable segments of `$1` overlapping `[$4, $3)` after the keyset position
+/// `($5, $6)`, at most `$7`, ordered by `(start_us, id)`. `$2` is the lower bound on `start_us`
+/// that keeps the scan inside the index range (segments are capped in length).
+const PAGE_ROWS: &str = "SELECT id, start_us, end_us, media_duration_us, bytes, state, storage, \
+    upload_state FROM segments WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 \
+    AND end_us > $4 AND state IN ('recording', 'complete') \
+    AND (start_us > $5 OR (start_us = $5 AND id > $6)) ORDER BY start_us, id LIMIT $7";
+
+/// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start (then
+/// id), after the keyset position `after = (start_us, id)` of the previous page's last row.
+pub async fn segments(
+    db: &Db,
+    stream_id: Uuid,
+    from_us: i64,
+    to_us: i64,
+    after: Option<(i64, i64)>,
+    limit: u32,
+) -> Result<Vec<SegmentItem>> {
+    let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
+    let (after_start, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+    let json: String = match db {
+        Db::Sqlite(p) => {
+            let sql = format!(
+                "SELECT json_group_array(json_array(id, start_us, end_us, media_duration_us, \
+                 bytes, state, storage, upload_state) ORDER BY start_us, id) \
+                 FROM ({PAGE_ROWS}) AS page"
+            );
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(DbUuid(stream_id))
+                .bind(lower.max(after_start))
+                .bind(to_us)
+                .bind(from_us)
+                .bind(after_start)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_one(p)
+                .await?
+        }
+        Db::Postgres(p) => {
+            let sql = format!(
+                "SELECT CAST(COALESCE(json_agg(json_build_array(id, start_us, end_us, \
+                 media_duration_us, bytes, state, storage, upload_state) ORDER BY start_us, id), \
+                 '[]') AS TEXT) FROM ({PAGE_ROWS}) AS page"
+            );
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(DbUuid(stream_id))
+                .bind(lower.max(after_start))
+                .bind(to_us)
+                .bind(from_us)
+                .bind(after_start)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_one(p)
+                .await?
+        }
+    };
+    serde_json::from_str(&json)
+        .map_err(|e| DbError::Corrupt(format!("segment page of stream {stream_id}: {e}")))
+}
