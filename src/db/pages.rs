@@ -1,10 +1,12 @@
 //! Pages of archive rows for the API, fetched as **one row per page**.
 //!
-//! A 1000-segment page read row by row costs more in the driver than in the database (each row is
-//! decoded, and with SQLite handed from the connection's worker thread to the caller one at a
-//! time: about 8 ms for 1000 rows, docs/benchmarks.md). Here the database aggregates the page into
-//! one JSON array (`json_group_array` / `json_agg`, both ordered), which is parsed in one go: the
-//! page costs what its index range scan costs. Same rows and order as [`super::segments::page`].
+//! With SQLite, a 1000-segment page read row by row costs more in the driver than in the database:
+//! every row is handed from the connection's worker thread to the caller on its own (about 6 ms
+//! for 1000 rows on the benchmark machine, docs/benchmarks.md). So SQLite aggregates the page into
+//! one JSON array (`json_group_array ... ORDER BY`), parsed here in one go, and the page costs what
+//! its index range scan costs. Postgres sends rows efficiently and builds JSON slowly, so it sends
+//! rows. Same rows and order as [`super::segments::page`]; the covering index
+//! `segments_stream_page` (migration 0003) serves the scan on both engines.
 
 use serde::Deserialize;
 use uuid::Uuid;
@@ -44,12 +46,18 @@ impl From<SegmentTuple> for SegmentItem {
 }
 
 /// The page query: playable segments of `$1` overlapping `[$4, $3)` after the keyset position
-/// `($5, $6)`, at most `$7`, ordered by `(start_us, id)`. `$2` is the lower bound on `start_us`
-/// that keeps the scan inside the index range (segments are capped in length).
+/// `($5, $6)`, at most `$7`, ordered by `(start_us, id)`.
+///
+/// `$2` is the scan's lower bound: the window start less the longest segment (segments are capped
+/// in length), or the cursor's start if later. Because it is never below `$5`, the keyset test
+/// `(start_us, id) > ($5, $6)` reduces to `start_us > $5 OR id > $6`, which no planner mistakes
+/// for a range bound. (Written as `start_us > $5 OR (start_us = $5 AND id > $6)`, SQLite derives
+/// `start_us >= $5` from it and may seek from there instead of from `$2`: from the stream's first
+/// segment on a first page.)
 const PAGE_ROWS: &str = "SELECT id, start_us, end_us, media_duration_us, bytes, state, storage, \
     upload_state FROM segments WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 \
     AND end_us > $4 AND state IN ('recording', 'complete') \
-    AND (start_us > $5 OR (start_us = $5 AND id > $6)) ORDER BY start_us, id LIMIT $7";
+    AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7";
 
 /// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start (then
 /// id), after the keyset position `after = (start_us, id)` of the previous page's last row.
@@ -63,14 +71,14 @@ pub async fn segments(
 ) -> Result<Vec<SegmentItem>> {
     let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
     let (after_start, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
-    let json: String = match db {
+    match db {
         Db::Sqlite(p) => {
             let sql = format!(
                 "SELECT json_group_array(json_array(id, start_us, end_us, media_duration_us, \
                  bytes, state, storage, upload_state) ORDER BY start_us, id) \
                  FROM ({PAGE_ROWS}) AS page"
             );
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            let json: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .bind(DbUuid(stream_id))
                 .bind(lower.max(after_start))
                 .bind(to_us)
@@ -79,15 +87,14 @@ pub async fn segments(
                 .bind(after_id)
                 .bind(i64::from(limit))
                 .fetch_one(p)
-                .await?
+                .await?;
+            serde_json::from_str(&json)
+                .map_err(|e| DbError::Corrupt(format!("segment page of stream {stream_id}: {e}")))
         }
         Db::Postgres(p) => {
-            let sql = format!(
-                "SELECT CAST(COALESCE(json_agg(json_build_array(id, start_us, end_us, \
-                 media_duration_us, bytes, state, storage, upload_state) ORDER BY start_us, id), \
-                 '[]') AS TEXT) FROM ({PAGE_ROWS}) AS page"
-            );
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            // Postgres streams rows over one connection efficiently, and building JSON there
+            // costs more (json_agg: ~1.6 ms per 1000 rows) than decoding the rows here.
+            let rows: Vec<SegmentTuple> = sqlx::query_as(PAGE_ROWS)
                 .bind(DbUuid(stream_id))
                 .bind(lower.max(after_start))
                 .bind(to_us)
@@ -95,10 +102,9 @@ pub async fn segments(
                 .bind(after_start)
                 .bind(after_id)
                 .bind(i64::from(limit))
-                .fetch_one(p)
-                .await?
+                .fetch_all(p)
+                .await?;
+            Ok(rows.into_iter().map(SegmentItem::from).collect())
         }
-    };
-    serde_json::from_str(&json)
-        .map_err(|e| DbError::Corrupt(format!("segment page of stream {stream_id}: {e}")))
+    }
 }

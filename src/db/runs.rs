@@ -153,7 +153,16 @@ pub async fn rebuild(db: &Db, stream_id: Uuid) -> Result<()> {
 
 /// Recorded time ranges of a stream overlapping `[from_us, to_us)`: its runs plus the segment being
 /// recorded, merged where the hole between them is at most `gap_us` (never less than
-/// [`RUN_GAP_US`]). Reads a few rows whatever the window: the runs and the one `recording` row.
+/// [`RUN_GAP_US`]). One query that reads only the rows it returns, whatever the window and however
+/// long the stream's history:
+///
+/// * runs: a stream's runs are disjoint (closing a segment merges every run it touches, and
+///   [`rebuild`] derives islands), so the only run starting before the window that can reach into
+///   it is the last one starting at or before `from_us`; one index probe finds its start, and the
+///   scan begins there instead of at the stream's first run;
+/// * the segment being recorded: through the partial index `segments_recording` (at most one row
+///   per stream), without a time condition that could tempt the planner into the
+///   `(stream_id, start_us)` index and the stream's whole history; the window is applied here.
 pub async fn ranges(
     db: &Db,
     stream_id: Uuid,
@@ -161,25 +170,23 @@ pub async fn ranges(
     to_us: i64,
     gap_us: i64,
 ) -> Result<Vec<TimeRange>> {
-    // No time condition in SQL: it would tempt the planner into the (stream_id, start_us) index
-    // and a scan of the stream's whole history; the partial index `segments_recording` holds at
-    // most one row per stream, filtered to the window below.
-    const RECORDING: &str = "SELECT start_us, end_us FROM segments \
-        WHERE stream_id = $1 AND state = 'recording'";
-    let mut spans: Vec<(i64, i64)> = list(db, stream_id, from_us, to_us)
-        .await?
-        .into_iter()
-        .map(|r| (r.start_us, r.end_us))
-        .collect();
-    let recording: Vec<(i64, i64)> = with_pool!(db, p => sqlx::query_as(RECORDING)
+    const SQL: &str = "
+        SELECT start_us, end_us FROM runs
+        WHERE stream_id = $1 AND start_us < $2 AND end_us > $3
+          AND start_us >= COALESCE((SELECT MAX(start_us) FROM runs
+                                    WHERE stream_id = $1 AND start_us <= $3), $3)
+        UNION ALL
+        SELECT start_us, end_us FROM segments WHERE stream_id = $1 AND state = 'recording'";
+    let rows: Vec<(i64, i64)> = with_pool!(db, p => sqlx::query_as(SQL)
         .bind(DbUuid(stream_id))
+        .bind(to_us)
+        .bind(from_us)
         .fetch_all(p)
         .await?);
-    spans.extend(
-        recording
-            .into_iter()
-            .filter(|&(start_us, end_us)| start_us < to_us && end_us > from_us),
-    );
+    let mut spans: Vec<(i64, i64)> = rows
+        .into_iter()
+        .filter(|&(start_us, end_us)| start_us < to_us && end_us > from_us)
+        .collect();
     spans.sort_unstable();
     let gap = gap_us.max(RUN_GAP_US);
     let mut out: Vec<TimeRange> = Vec::new();

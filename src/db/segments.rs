@@ -263,7 +263,9 @@ pub async fn key_exists(db: &Db, storage_key: &str) -> Result<bool> {
 }
 
 /// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start, after
-/// the keyset cursor `(after_start_us, after_id)`.
+/// the keyset cursor `(after_start_us, after_id)`. The scan starts at `max(lower, after_start)`,
+/// so the keyset test reduces to `start_us > $5 OR id > $6` (see `db::pages` for why it must not
+/// be spelled with `start_us = $5`).
 pub async fn page(
     db: &Db,
     stream_id: Uuid,
@@ -277,7 +279,7 @@ pub async fn page(
     let sql = format!(
         "SELECT {SEGMENT_COLUMNS} FROM segments WHERE stream_id = $1 AND start_us >= $2 \
          AND start_us < $3 AND end_us > $4 AND state IN ('recording', 'complete') \
-         AND (start_us > $5 OR (start_us = $5 AND id > $6)) ORDER BY start_us, id LIMIT $7"
+         AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7"
     );
     let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(DbUuid(stream_id))

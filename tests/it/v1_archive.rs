@@ -697,3 +697,60 @@ both_engines!(
         assert_eq!(r.json()["items"].as_array().map(Vec::len), Some(1));
     }
 );
+
+both_engines!(
+    async fn ranges_from_runs_equal_ranges_from_segments_in_any_window(t: &TestDb) {
+        // The runs answer (a few rows) and the gaps-and-islands answer over segments agree on
+        // every window, including windows that start inside a run.
+        use video_server::db::runs;
+        let id = Uuid::new_v4();
+        // Runs of various lengths separated by holes of 1.5 s to 2 min, and a segment recording.
+        let mut start = 0.0;
+        for i in 0..60 {
+            let len = 20.0 + f64::from(i % 7) * 5.0;
+            record(t, id, at(start), at(start + len), 100).await;
+            start += len;
+            start += match i % 5 {
+                0 => 1.5,
+                3 => 120.0,
+                _ => 0.0,
+            };
+        }
+        open(t, id, at(start + 0.5), at(start + 9.0)).await;
+        let end = at(start + 9.0);
+        let mut windows = vec![(0, i64::MAX / 2), (at(0.0), end), (end, end + 1)];
+        let mut w = at(-30.0);
+        while w < end {
+            windows.push((w, w + 45_000_000));
+            windows.push((w, w + 600_000_000));
+            w += 17_000_000;
+        }
+        for (from, to) in windows {
+            // Clipped to the window, as the API answers (segments::ranges ends a range at the
+            // last segment overlapping the window, runs::ranges at the end of the run).
+            let clip = |v: Vec<video_server::db::segments::TimeRange>| {
+                v.into_iter()
+                    .map(|r| (r.start_us.max(from), r.end_us.min(to)))
+                    .collect::<Vec<_>>()
+            };
+            for gap_us in [1_000_000, 2_000_000, 200_000_000] {
+                let from_runs = clip(
+                    runs::ranges(&t.db, id, from, to, gap_us)
+                        .await
+                        .expect("runs"),
+                );
+                let from_segments = clip(
+                    segments::ranges(&t.db, id, from, to, gap_us)
+                        .await
+                        .expect("segments"),
+                );
+                assert_eq!(
+                    from_runs,
+                    from_segments,
+                    "window {from}..{to}, gap {gap_us} on {}",
+                    t.engine_name()
+                );
+            }
+        }
+    }
+);
