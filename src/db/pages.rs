@@ -1,7 +1,7 @@
 //! Pages of archive rows for the API, fetched as **one row per page**.
 //!
 //! With SQLite, a 1000-segment page read row by row costs more in the driver than in the database:
-//! every row is handed from the connection's worker thread to the caller on its own (about 6 ms
+//! every row is handed from the connection's worker thread to the caller on its own (about 5 ms
 //! for 1000 rows on the benchmark machine, docs/benchmarks.md). So SQLite aggregates the page into
 //! one JSON array (`json_group_array ... ORDER BY`), parsed here in one go, and the page costs what
 //! its index range scan costs. Postgres sends rows efficiently and builds JSON slowly, so it sends
