@@ -614,9 +614,11 @@ async fn main() -> anyhow::Result<()> {
             }
             check_runs(&db, rows).await?;
             let app = video_server::api::app(AppState {
+                archive: std::sync::Arc::new(video_server::archive::Archive::new(&config)),
+                uploads: Default::default(),
                 config: config.clone(),
                 db: db.clone(),
-                manager: StreamManager::new(config.clone()),
+                manager: StreamManager::new(config.clone(), db.clone()),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;
