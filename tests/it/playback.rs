@@ -249,3 +249,27 @@ async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
     assert_eq!(p.close, Some((1011, "Paused for too long".to_owned())));
     let _ = s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_corrupt_segments_close_with_the_go_reason() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start(&server_config(tmp.path(), 300, 600)).await;
+    let id = Uuid::new_v4();
+    let wall0 = 1_760_000_000_000_000i64;
+    synthesize(&s.state.db, tmp.path(), id, wall0, 1).await;
+    let rows = video_server::db::segments::page(&s.state.db, id, 0, i64::MAX / 2, None, 100)
+        .await
+        .expect("page");
+    assert!(!rows.is_empty());
+    for r in &rows {
+        std::fs::write(&r.storage_key, b"not an mp4").expect("corrupt");
+    }
+    let query = format!("stream_id={id}&start={}", wall0 / 1_000_000);
+    let p = play(&s.video, &query, true, false).await;
+    assert_eq!(
+        p.close,
+        Some((1011, "No valid archive segments found".to_owned()))
+    );
+    assert!(p.fragments.is_empty());
+    let _ = s.stop().await;
+}
