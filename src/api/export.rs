@@ -40,29 +40,10 @@ pub struct ExportQuery {
 #[schema(value_type = String, format = Binary)]
 pub struct Mp4File(pub Vec<u8>);
 
-/// Parses RFC 3339 or (fractional) Unix seconds into µs since the epoch.
+/// Parses RFC 3339 or (fractional) Unix seconds into µs since the epoch: the archive routes'
+/// parser, so every archive endpoint accepts the same times.
 pub fn parse_time_us(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc).timestamp_micros());
-    }
-    // Decimal seconds parsed exactly (a float would round some microseconds).
-    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && frac.is_empty()) {
-        return None;
-    }
-    let secs: i64 = int.parse().ok()?;
-    let mut micros: i64 = 0;
-    for (i, b) in frac.bytes().enumerate() {
-        if i < 6 {
-            micros = micros * 10 + i64::from(b - b'0');
-        }
-    }
-    micros *= 10i64.pow(6 - frac.len().min(6) as u32);
-    secs.checked_mul(1_000_000)?.checked_add(micros)
+    super::archive::parse_time(text).ok()
 }
 
 /// What the `Range` header asks for, for a file of a known length.
