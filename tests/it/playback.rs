@@ -217,7 +217,9 @@ async fn starts_at_the_keyframe_before_start_and_reports_gaps_with_meta() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let s = InProcess::start(&server_config(tmp.path(), 20, 2)).await;
+    // A generous idle time for the skip check: under load the client may take seconds to read
+    // 20 s of fragments before it sees (and answers) a `pause`.
+    let s = InProcess::start(&server_config(tmp.path(), 20, 600)).await;
     let id = Uuid::new_v4();
     let wall0 = 1_760_000_000_000_000i64;
     synthesize(&s.state.db, tmp.path(), id, wall0, 3).await;
@@ -243,7 +245,10 @@ async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
         - rows[1].media_duration_us) as f64
         / 1e6;
     assert!((secs - expected).abs() <= 1.0, "{secs} vs {expected}");
-    // A client that never answers `pause` is closed after the idle time.
+    // A client that never answers `pause` is closed after the idle time (same index, 2 s idle).
+    let db_url = s.db_url.clone();
+    let _index_dir = s.stop().await;
+    let s = InProcess::start_with_db(&server_config(tmp.path(), 20, 2), Some(db_url)).await;
     let p = play(&s.video, &query, false, false).await;
     assert!(p.texts.contains(&"pause".to_owned()));
     assert_eq!(p.close, Some((1011, "Paused for too long".to_owned())));
