@@ -287,7 +287,7 @@ pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta
     match result {
         Ok(true) => {
             if session.send(Message::Text("eos".into())).await.is_ok() {
-                let _ = session.socket.send(Message::Close(None)).await;
+                crate::live::ws::close(&mut session.socket, None).await;
             }
         }
         Ok(false) => {

@@ -24,7 +24,11 @@ pub fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Sends a 1011 close frame with `reason` (cut to the 123 bytes a close frame can carry).
+/// Longest wait for the client's answer to our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Sends a 1011 close frame with `reason` (cut to the 123 bytes a close frame can carry) and
+/// completes the closing handshake ([`close`]).
 pub async fn close_with(socket: &mut WebSocket, reason: &str) {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -34,8 +38,23 @@ pub async fn close_with(socket: &mut WebSocket, reason: &str) {
         code: CLOSE_ERROR,
         reason: Utf8Bytes::from(&reason[..end]),
     };
-    // The peer may already be gone; nothing more to do then.
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    close(socket, Some(frame)).await;
+}
+
+/// Sends a close frame, then reads (and drops) what the client still sends until its own close
+/// frame arrives, for at most [`CLOSE_WAIT`]. Dropping the connection while client messages sit
+/// unread (a `ping`, an archive client's last `more`) makes the kernel reset it, and a reset can
+/// destroy our last messages before the client reads them: an archive session's final fragments,
+/// its `eos`, or the close reason itself.
+pub async fn close(socket: &mut WebSocket, frame: Option<CloseFrame>) {
+    let handshake = async {
+        // The peer may already be gone; nothing more to do then.
+        if socket.send(Message::Close(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = socket.recv().await {}
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
 }
 
 /// `GET /ws/{anything}?stream_id=<uuid>`: live MSE.

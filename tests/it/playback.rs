@@ -239,7 +239,13 @@ async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
     let query = format!("stream_id={id}&start={}", wall0 / 1_000_000);
     // An early `more` is remembered and answers the first pause.
     let p = play(&s.video, &query, true, true).await;
-    assert_eq!(p.texts.last().map(String::as_str), Some("eos"));
+    assert_eq!(
+        p.texts.last().map(String::as_str),
+        Some("eos"),
+        "texts {:?} close {:?}",
+        p.texts,
+        p.close
+    );
     let secs = media_seconds(tmp.path(), "skip.mp4", &p);
     let expected = (rows.iter().map(|r| r.media_duration_us).sum::<i64>()
         - rows[1].media_duration_us) as f64
@@ -252,6 +258,60 @@ async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
     let p = play(&s.video, &query, false, false).await;
     assert!(p.texts.contains(&"pause".to_owned()));
     assert_eq!(p.close, Some((1011, "Paused for too long".to_owned())));
+    let _ = s.stop().await;
+}
+
+/// The end of a session survives a client that reads slowly and keeps talking: the server must
+/// finish the closing handshake instead of dropping the connection with the client's messages
+/// unread (the kernel then resets it and discards the tail still queued for the client).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start(&server_config(tmp.path(), 300, 600)).await;
+    let id = Uuid::new_v4();
+    let wall0 = 1_760_000_000_000_000i64;
+    synthesize(&s.state.db, tmp.path(), id, wall0, 3).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket
+        .connect(s.video.parse().expect("addr"))
+        .await
+        .expect("connect");
+    let url = format!(
+        "ws://{}/ws/archive?stream_id={id}&start={}&duration=60",
+        s.video,
+        wall0 / 1_000_000
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(&url, tcp)
+        .await
+        .expect("upgrade");
+    // Let the server queue everything it can before the first read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut fragments, mut texts, mut closed) = (0, Vec::new(), None);
+    loop {
+        let m = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(other) => panic!("connection ended without a close frame: {other:?}, {texts:?}"),
+            Err(_) => panic!("stalled"),
+        };
+        match m {
+            Message::Binary(b) if first_box(&b) == "moof" => {
+                fragments += 1;
+                // Chatter the server has to read before it may close.
+                let _ = ws.send(Message::Text("ping".into())).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Message::Text(t) => texts.push(t.to_string()),
+            Message::Close(f) => {
+                closed = Some(f.map(|f| u16::from(f.code)));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
+    assert_eq!(closed, Some(None), "a normal close after eos");
+    assert!(fragments >= 55, "{fragments} fragments for 60 s");
     let _ = s.stop().await;
 }
 
