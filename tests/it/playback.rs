@@ -287,8 +287,8 @@ async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
         .expect("upgrade");
     // Let the server queue everything it can before the first read.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut fragments, mut texts, mut closed) = (0, Vec::new(), None);
-    loop {
+    let (mut fragments, mut texts) = (0, Vec::new());
+    let closed = loop {
         let m = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(other) => panic!("connection ended without a close frame: {other:?}, {texts:?}"),
@@ -302,13 +302,10 @@ async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Message::Text(t) => texts.push(t.to_string()),
-            Message::Close(f) => {
-                closed = Some(f.map(|f| u16::from(f.code)));
-                break;
-            }
+            Message::Close(f) => break Some(f.map(|f| u16::from(f.code))),
             _ => {}
         }
-    }
+    };
     assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
     assert_eq!(closed, Some(None), "a normal close after eos");
     assert!(fragments >= 55, "{fragments} fragments for 60 s");
