@@ -213,19 +213,15 @@ pub async fn export_mp4(
             .into_response());
     }
 
-    let archive = state.archive.clone();
-    let storage_for = move |kind: &str| archive.storage_for(kind);
-    let plan = match export::plan(&rows, start_us, end_us, &storage_for).await {
-        Ok(plan) => Arc::new(plan),
-        Err(ExportError::Empty) => return Err(nothing_recorded()),
-        Err(e @ (ExportError::Unsupported { .. } | ExportError::NoStorage { .. })) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "not_exportable",
-                e.to_string(),
-            ));
+    let plan_key = export::plan_key(&etag, &rows);
+    let cached = state.archive.export_plans.get(&plan_key);
+    let plan = match cached {
+        Some(plan) => plan,
+        None => {
+            let plan = plan_export(&state, &rows, start_us, end_us).await?;
+            state.archive.export_plans.insert(plan_key, plan.clone());
+            plan
         }
-        Err(e) => return Err(ApiError::internal(&e)),
     };
     tracing::debug!(stream = %id, ?plan, "export planned");
 
@@ -278,6 +274,29 @@ pub async fn export_mp4(
         tracing::warn!(stream = %id, error = %e, "export cut short");
     });
     Ok((status, out, Body::from_stream(body)).into_response())
+}
+
+/// Plans the export of `rows` (reading their fragment headers), with the HTTP errors.
+async fn plan_export(
+    state: &AppState,
+    rows: &[crate::db::segments::SegmentRow],
+    start_us: i64,
+    end_us: i64,
+) -> Result<Arc<export::ExportPlan>, ApiError> {
+    let archive = state.archive.clone();
+    let storage_for = move |kind: &str| archive.storage_for(kind);
+    match export::plan(rows, start_us, end_us, &storage_for).await {
+        Ok(plan) => Ok(Arc::new(plan)),
+        Err(ExportError::Empty) => Err(nothing_recorded()),
+        Err(e @ (ExportError::Unsupported { .. } | ExportError::NoStorage { .. })) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_exportable",
+                e.to_string(),
+            ))
+        }
+        Err(e) => Err(ApiError::internal(&e)),
+    }
 }
 
 fn nothing_recorded() -> ApiError {

@@ -144,6 +144,68 @@ pub fn etag(stream_id: Uuid, start_us: i64, end_us: i64, rows: &[SegmentRow]) ->
     format!("\"{hex}\"")
 }
 
+/// Plans kept by [`PlanCache`] at most, and the memory they may hold together.
+const PLAN_CACHE_ENTRIES: usize = 16;
+const PLAN_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Recently built plans, most recent first. A player fetching an export issues many `Range`
+/// requests for the same file (moov first, then the payload, then seeks); each would otherwise
+/// re-read every segment's fragment headers.
+#[derive(Default)]
+pub struct PlanCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(String, Arc<ExportPlan>)>>,
+}
+
+impl PlanCache {
+    /// The plan cached under `key` (see [`plan_key`]), if any.
+    pub fn get(&self, key: &str) -> Option<Arc<ExportPlan>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let i = entries.iter().position(|(k, _)| k == key)?;
+        let entry = entries.remove(i)?;
+        let plan = entry.1.clone();
+        entries.push_front(entry);
+        Some(plan)
+    }
+
+    /// Keeps `plan` under `key`, dropping the least recently used plans over the budget.
+    pub fn insert(&self, key: String, plan: Arc<ExportPlan>) {
+        if plan.memory() > PLAN_CACHE_BYTES / 2 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(k, _)| *k != key);
+        entries.push_front((key, plan));
+        let mut total = 0;
+        let keep = entries
+            .iter()
+            .take(PLAN_CACHE_ENTRIES)
+            .take_while(|(_, p)| {
+                total += p.memory();
+                total <= PLAN_CACHE_BYTES
+            })
+            .count();
+        entries.truncate(keep);
+    }
+}
+
+/// Cache key of the plan for `rows`: the [`etag`] (what the file contains) plus where every
+/// segment's bytes are read from, which changes when a segment moves to S3 after upload.
+pub fn plan_key(etag: &str, rows: &[SegmentRow]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for r in rows {
+        h.update(r.storage.as_bytes());
+        h.update([0]);
+        h.update(r.storage_key.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{etag}/{hex}")
+}
+
 /// One contiguous byte range of a segment copied into the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Piece {
@@ -205,6 +267,17 @@ impl ExportPlan {
         self.len() == 0
     }
 
+    /// Memory the plan holds (about): header, payload map and segment keys.
+    fn memory(&self) -> usize {
+        self.head.len()
+            + self.pieces.len() * std::mem::size_of::<Piece>()
+            + self
+                .sources
+                .iter()
+                .map(|s| std::mem::size_of::<Source>() + s.key.len())
+                .sum::<usize>()
+    }
+
     /// Size of `ftyp` + `moov` + `mdat` header (where the payload starts).
     pub fn head_len(&self) -> u64 {
         self.head.len() as u64
@@ -227,7 +300,10 @@ impl ExportPlan {
     }
 
     /// Some bytes of the output starting at `pos` (before `end`): from the header, or one read of
-    /// the segment piece holding `pos`.
+    /// a segment covering the piece holding `pos` and as many following pieces of the same
+    /// segment as fit in [`COPY_CHUNK`]. The holes between those pieces (the `moof` and `mdat`
+    /// headers between fragments, frames cut before the start) are read and dropped: one large
+    /// read costs far less than a round trip per piece, on S3 especially.
     async fn read_at(&self, pos: u64, end: u64) -> Result<Bytes, ExportError> {
         let head_len = self.head_len();
         if pos < head_len {
@@ -235,30 +311,83 @@ impl ExportPlan {
         }
         let at = pos - head_len;
         let i = self.pieces.partition_point(|p| p.out + p.len <= at);
-        let piece = self
+        let first = self
             .pieces
             .get(i)
             .ok_or_else(|| ExportError::Mux(MediaError::Mux(format!("no data at {pos}"))))?;
-        let skip = at - piece.out;
-        let n = (piece.len - skip).min(end - pos).min(COPY_CHUNK);
-        let source = &self.sources[piece.source as usize];
-        let from = piece.src + skip;
+        let spans = read_spans(
+            &self.pieces[i..],
+            at - first.out,
+            (end - pos).min(COPY_CHUNK),
+        );
+        let (Some(&(from, _)), Some(&(last_src, last_len))) = (spans.first(), spans.last()) else {
+            return Err(ExportError::Mux(MediaError::Mux(format!(
+                "no data at {pos}"
+            ))));
+        };
+        let to = last_src + last_len;
+        let source = &self.sources[first.source as usize];
         let bytes = source
             .storage
-            .read(&source.key, Some(from..from + n))
+            .read(&source.key, Some(from..to))
             .await
             .map_err(|e| ExportError::Storage {
                 segment: source.segment,
                 source: e,
             })?;
-        if bytes.len() as u64 != n {
+        if bytes.len() as u64 != to - from {
             return Err(ExportError::Unsupported {
                 segment: source.segment,
-                reason: format!("short read at {from}: {} of {n} bytes", bytes.len()),
+                reason: format!(
+                    "short read at {from}: {} of {} bytes",
+                    bytes.len(),
+                    to - from
+                ),
             });
         }
-        Ok(bytes)
+        if spans.len() == 1 {
+            return Ok(bytes);
+        }
+        let mut out = bytes::BytesMut::with_capacity(spans.iter().map(|s| s.1 as usize).sum());
+        for (src, len) in spans {
+            let at = (src - from) as usize;
+            out.extend_from_slice(&bytes[at..at + len as usize]);
+        }
+        Ok(out.freeze())
     }
+}
+
+/// Largest hole between two pieces that one read still spans (bytes read and dropped).
+const MAX_READ_HOLE: u64 = 64 * 1024;
+
+/// The source byte ranges `(offset, len)` one read serves, starting `skip` bytes into
+/// `pieces[0]`: at most `max_out` output bytes, from pieces of the same source in increasing
+/// order with holes of at most [`MAX_READ_HOLE`], the whole read within [`COPY_CHUNK`].
+fn read_spans(pieces: &[Piece], skip: u64, max_out: u64) -> Vec<(u64, u64)> {
+    let Some(first) = pieces.first() else {
+        return Vec::new();
+    };
+    let from = first.src + skip;
+    let mut out_len = (first.len - skip).min(max_out);
+    let mut spans = vec![(from, out_len)];
+    let mut src_end = from + out_len;
+    for p in &pieces[1..] {
+        if out_len >= max_out
+            || p.source != first.source
+            || p.src < src_end
+            || p.src - src_end > MAX_READ_HOLE
+        {
+            break;
+        }
+        let take = p.len.min(max_out - out_len);
+        if p.src + take - from > COPY_CHUNK {
+            break;
+        }
+        spans.push((p.src, take));
+        out_len += take;
+        src_end = p.src + take;
+    }
+    spans
 }
 
 /// Plans the export of `[start_us, end_us)` from `rows` (see [`segments_in_range`]).
@@ -779,6 +908,89 @@ mod tests {
                 key: format!("/nonexistent/{i}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn one_read_spans_nearby_pieces_of_one_segment() {
+        let piece = |out, source, src, len| Piece {
+            out,
+            source,
+            src,
+            len,
+        };
+        let pieces = [
+            piece(0, 0, 1000, 500),
+            piece(500, 0, 1600, 300),   // 100-byte hole: same read
+            piece(800, 0, 200_000, 10), // hole over MAX_READ_HOLE: next read
+            piece(810, 1, 300, 10),     // another segment
+        ];
+        assert_eq!(
+            read_spans(&pieces, 0, COPY_CHUNK),
+            vec![(1000, 500), (1600, 300)]
+        );
+        // Starting inside a piece, and stopping at the output limit inside the next one.
+        assert_eq!(read_spans(&pieces, 200, 350), vec![(1200, 300), (1600, 50)]);
+        assert_eq!(read_spans(&pieces[2..], 0, COPY_CHUNK), vec![(200_000, 10)]);
+        // The read itself stays within COPY_CHUNK.
+        let big = [piece(0, 0, 0, 250_000), piece(250_000, 0, 270_000, 10)];
+        assert_eq!(read_spans(&big, 0, COPY_CHUNK), vec![(0, 250_000)]);
+        // Pieces out of order in the source are never merged.
+        let back = [piece(0, 0, 5000, 10), piece(10, 0, 100, 10)];
+        assert_eq!(read_spans(&back, 0, COPY_CHUNK), vec![(5000, 10)]);
+    }
+
+    fn small_plan(seconds: i64) -> Arc<ExportPlan> {
+        let p = av();
+        let mut a = Assembler::new(W0, W0 + seconds * S);
+        assert!(a.add_segment(0, W0, &segment(&p, seconds)).unwrap());
+        Arc::new(a.finish(sources(1)).unwrap())
+    }
+
+    #[test]
+    fn plan_cache_keeps_the_most_recent_plans() {
+        let cache = PlanCache::default();
+        let first = small_plan(2);
+        cache.insert("a".into(), first.clone());
+        assert!(Arc::ptr_eq(&cache.get("a").unwrap(), &first));
+        assert!(cache.get("b").is_none());
+        for i in 0..PLAN_CACHE_ENTRIES {
+            cache.insert(format!("k{i}"), small_plan(2));
+            // `a` is used between inserts: it stays while the others rotate out.
+            assert!(cache.get("a").is_some(), "{i}");
+        }
+        assert!(cache.get("k0").is_none(), "oldest unused plan dropped");
+        assert!(cache.get(&format!("k{}", PLAN_CACHE_ENTRIES - 1)).is_some());
+        // Re-inserting a key replaces its plan.
+        let again = small_plan(3);
+        cache.insert("a".into(), again.clone());
+        assert!(Arc::ptr_eq(&cache.get("a").unwrap(), &again));
+    }
+
+    #[test]
+    fn plan_key_follows_where_segments_live() {
+        let row = |storage: &str, key: &str| SegmentRow {
+            id: 7,
+            stream_id: Uuid::nil(),
+            start_us: W0,
+            end_us: W0 + S,
+            media_duration_us: S,
+            storage: storage.into(),
+            storage_key: key.into(),
+            bytes: 100,
+            init_segment_id: Some(1),
+            state: "complete".into(),
+            upload_state: "remote".into(),
+        };
+        let local = [row("filesystem", "/mp4/x.mp4")];
+        let remote = [row("s3", "prefix/x.mp4")];
+        let tag = etag(Uuid::nil(), W0, W0 + S, &local);
+        assert_eq!(
+            tag,
+            etag(Uuid::nil(), W0, W0 + S, &remote),
+            "same content, same ETag"
+        );
+        assert_ne!(plan_key(&tag, &local), plan_key(&tag, &remote));
+        assert_eq!(plan_key(&tag, &local), plan_key(&tag, &local));
     }
 
     fn presentation(a: &Assembler) -> Presentation {

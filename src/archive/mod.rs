@@ -25,6 +25,8 @@ pub struct Archive {
     pub s3: Option<Arc<dyn Storage>>,
     /// Limits concurrent archive playback sessions (each holds a file or object open).
     pub playback_slots: Arc<Semaphore>,
+    /// Recent export plans (the `Range` requests of one download share one plan).
+    pub export_plans: export::PlanCache,
 }
 
 impl Archive {
@@ -42,6 +44,7 @@ impl Archive {
             fs: Arc::new(storage::fs::FsStorage),
             s3,
             playback_slots: Arc::new(Semaphore::new(config.archive.max_playback_sessions())),
+            export_plans: export::PlanCache::default(),
         }
     }
 

@@ -4,19 +4,29 @@
 //! A segment is protected when it overlaps any protected range of its stream, even by a
 //! microsecond: deleting it would cut a hole into the protected time. Retention can either ask per
 //! segment or window ([`overlaps`]) or, better, filter its deletion candidates in SQL with
-//! [`UNPROTECTED_SEGMENT_SQL`] so protected rows are never even selected.
+//! [`unprotected_segment_sql!`] so protected rows are never even selected.
 
 use uuid::Uuid;
 
 use super::{Db, DbUuid, Result, now_us, with_pool};
 
-/// A `WHERE` condition true for the `segments` rows that no protected range overlaps. Retention
-/// appends it to its candidate query (`SELECT ... FROM segments WHERE ... AND <this>`); the table
-/// must be referred to as `segments` (not aliased). The sub-query reads the `(stream_id, start_us)`
-/// index of `protected_ranges`, which holds a handful of rows per stream.
-pub const UNPROTECTED_SEGMENT_SQL: &str = "NOT EXISTS (SELECT 1 FROM protected_ranges pr \
-    WHERE pr.stream_id = segments.stream_id \
-    AND pr.start_us < segments.end_us AND pr.end_us > segments.start_us)";
+/// A `WHERE` condition true for the `segments` rows that no protected range overlaps, as a string
+/// literal for `concat!`. The table must be referred to as `segments` (not aliased). Overlap is
+/// half-open (`p.start < end && p.end > start`), and a zero-length segment lying inside a range is
+/// protected too. The sub-query reads the `(stream_id, start_us)` index of `protected_ranges`,
+/// which holds a handful of rows per stream.
+macro_rules! unprotected_segment_sql {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM protected_ranges pr \
+         WHERE pr.stream_id = segments.stream_id \
+         AND pr.start_us <= segments.end_us AND pr.end_us > segments.start_us \
+         AND (pr.start_us < segments.end_us OR segments.start_us = segments.end_us))"
+    };
+}
+pub(crate) use unprotected_segment_sql;
+
+/// [`unprotected_segment_sql!`] as a constant, for queries built at run time.
+pub const UNPROTECTED_SEGMENT_SQL: &str = unprotected_segment_sql!();
 
 /// A protected range as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -13,6 +13,7 @@
 
 use uuid::Uuid;
 
+use super::protected::unprotected_segment_sql;
 use super::{Db, DbUuid, Result, with_pool};
 
 /// A segment retention may delete (or has marked `deleting`).
@@ -53,19 +54,19 @@ pub async fn oldest_candidates(
     filter: CandidateFilter<'_>,
     limit: u32,
 ) -> Result<Vec<Deletable>> {
-    const SQL: &str = "
-        SELECT s.id, s.stream_id, s.start_us, s.end_us, s.bytes, s.storage, s.storage_key, s.state
-        FROM segments s
-        WHERE s.stream_id = $1 AND s.start_us < $2 AND s.end_us <= $2
-          AND (s.state = 'complete' OR (s.state = 'missing' AND $3))
-          AND ($4 = '' OR s.storage = $4)
-          AND s.upload_state <> 'uploading'
-          AND NOT EXISTS (
-              SELECT 1 FROM protected_ranges p
-              WHERE p.stream_id = s.stream_id AND p.start_us <= s.end_us AND p.end_us > s.start_us
-                AND (p.start_us < s.end_us OR s.start_us = s.end_us))
-        ORDER BY s.start_us, s.id
-        LIMIT $5";
+    const SQL: &str = concat!(
+        "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, state
+        FROM segments
+        WHERE stream_id = $1 AND start_us < $2 AND end_us <= $2
+          AND (state = 'complete' OR (state = 'missing' AND $3))
+          AND ($4 = '' OR storage = $4)
+          AND upload_state <> 'uploading'
+          AND ",
+        unprotected_segment_sql!(),
+        "
+        ORDER BY start_us, id
+        LIMIT $5"
+    );
     let rows = with_pool!(db, p => sqlx::query_as(SQL)
         .bind(DbUuid(stream_id))
         .bind(filter.end_before_us)
@@ -129,31 +130,13 @@ pub async fn streams_with_segments(db: &Db) -> Result<Vec<Uuid>> {
 /// until [`delete_rows`] runs after the storage delete. A crash in between leaves the row
 /// `deleting`, which [`pending`] finds at the next start.
 pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Deletable>> {
-    const MARK: &str = "
-        UPDATE segments SET state = 'deleting'
-        WHERE id = $1 AND state = $2 AND upload_state <> 'uploading'
-          AND NOT EXISTS (
-              SELECT 1 FROM protected_ranges p
-              WHERE p.stream_id = segments.stream_id
-                AND p.start_us <= segments.end_us AND p.end_us > segments.start_us
-                AND (p.start_us < segments.end_us OR segments.start_us = segments.end_us))";
+    const MARK: &str = concat!(
+        "UPDATE segments SET state = 'deleting'
+        WHERE id = $1 AND state = $2 AND upload_state <> 'uploading' AND ",
+        unprotected_segment_sql!()
+    );
     const RUN_OF: &str = "SELECT id, start_us, end_us FROM runs \
         WHERE stream_id = $1 AND start_us <= $2 AND end_us >= $3";
-    const DERIVE: &str = "
-        SELECT MIN(start_us), MAX(end_us), COUNT(*), CAST(SUM(bytes) AS BIGINT) FROM (
-            SELECT start_us, end_us, bytes,
-                   SUM(new_run) OVER (ORDER BY start_us, id ROWS UNBOUNDED PRECEDING) AS run
-            FROM (
-                SELECT id, start_us, end_us, bytes,
-                       CASE WHEN start_us - MAX(end_us) OVER (ORDER BY start_us, id
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > $4
-                            THEN 1 ELSE 0 END AS new_run
-                FROM segments
-                WHERE stream_id = $1 AND state = 'complete' AND start_us >= $2 AND start_us <= $3
-            ) AS marked
-        ) AS numbered
-        GROUP BY run ORDER BY 1";
-    let gap = super::runs::RUN_GAP_US;
     let mut marked = Vec::with_capacity(candidates.len());
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
@@ -185,30 +168,11 @@ pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Dele
             marked.push(c.clone());
         }
         for (stream, run_id, start, end) in touched {
-            let derived: Vec<(i64, i64, i64, i64)> = sqlx::query_as(DERIVE)
-                .bind(DbUuid(stream))
-                .bind(start)
-                .bind(end)
-                .bind(gap)
-                .fetch_all(&mut *tx)
-                .await?;
             sqlx::query("DELETE FROM runs WHERE id = $1")
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;
-            for (start_us, end_us, count, bytes) in derived {
-                sqlx::query(
-                    "INSERT INTO runs (stream_id, start_us, end_us, segment_count, bytes) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(DbUuid(stream))
-                .bind(start_us)
-                .bind(end_us)
-                .bind(count)
-                .bind(bytes)
-                .execute(&mut *tx)
-                .await?;
-            }
+            super::runs::insert_derived!(&mut *tx, DbUuid(stream), start, end);
         }
         tx.commit().await?;
     });

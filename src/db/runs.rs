@@ -107,45 +107,62 @@ pub async fn all(db: &Db, stream_id: Uuid) -> Result<Vec<Run>> {
     list(db, stream_id, i64::MIN, i64::MAX).await
 }
 
-/// Re-derives a stream's runs from its closed segments (gaps and islands), replacing the rows.
-pub async fn rebuild(db: &Db, stream_id: Uuid) -> Result<()> {
-    const DERIVE: &str = "
-        SELECT MIN(start_us), MAX(end_us), COUNT(*), CAST(SUM(bytes) AS BIGINT) FROM (
-            SELECT start_us, end_us, bytes,
-                   SUM(new_run) OVER (ORDER BY start_us, id ROWS UNBOUNDED PRECEDING) AS run
-            FROM (
-                SELECT id, start_us, end_us, bytes,
-                       CASE WHEN start_us - MAX(end_us) OVER (ORDER BY start_us, id
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > $2
-                            THEN 1 ELSE 0 END AS new_run
-                FROM segments WHERE stream_id = $1 AND state = 'complete'
-            ) AS marked
-        ) AS numbered
-        GROUP BY run ORDER BY 1";
-    with_pool!(db, p => {
-        let mut tx = p.begin().await?;
-        let derived: Vec<(i64, i64, i64, i64)> = sqlx::query_as(DERIVE)
-            .bind(DbUuid(stream_id))
-            .bind(RUN_GAP_US)
-            .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM runs WHERE stream_id = $1")
-            .bind(DbUuid(stream_id))
-            .execute(&mut *tx)
+/// Gaps and islands over a stream's (`$1`) complete segments starting in `[$2, $3]`: one row
+/// `(start, end, segment count, bytes)` per run of segments separated by at most `$4`, in order.
+pub(crate) const DERIVE_SQL: &str = "
+    SELECT MIN(start_us), MAX(end_us), COUNT(*), CAST(SUM(bytes) AS BIGINT) FROM (
+        SELECT start_us, end_us, bytes,
+               SUM(new_run) OVER (ORDER BY start_us, id ROWS UNBOUNDED PRECEDING) AS run
+        FROM (
+            SELECT id, start_us, end_us, bytes,
+                   CASE WHEN start_us - MAX(end_us) OVER (ORDER BY start_us, id
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) > $4
+                        THEN 1 ELSE 0 END AS new_run
+            FROM segments
+            WHERE stream_id = $1 AND state = 'complete' AND start_us >= $2 AND start_us <= $3
+        ) AS marked
+    ) AS numbered
+    GROUP BY run ORDER BY 1";
+
+/// Inside an open transaction, derives the runs of a stream's complete segments starting in
+/// `[from_us, to_us]` ([`DERIVE_SQL`]) and inserts them; the caller has deleted the runs they
+/// replace. A macro so the same code runs on a SQLite or a Postgres transaction.
+macro_rules! insert_derived {
+    ($conn:expr, $stream:expr, $from_us:expr, $to_us:expr) => {{
+        let (stream, from_us, to_us): (super::DbUuid, i64, i64) = ($stream, $from_us, $to_us);
+        let derived: Vec<(i64, i64, i64, i64)> = sqlx::query_as(super::runs::DERIVE_SQL)
+            .bind(stream)
+            .bind(from_us)
+            .bind(to_us)
+            .bind(super::runs::RUN_GAP_US)
+            .fetch_all(&mut *$conn)
             .await?;
         for (start_us, end_us, count, bytes) in derived {
             sqlx::query(
                 "INSERT INTO runs (stream_id, start_us, end_us, segment_count, bytes) \
                  VALUES ($1, $2, $3, $4, $5)",
             )
-            .bind(DbUuid(stream_id))
+            .bind(stream)
             .bind(start_us)
             .bind(end_us)
             .bind(count)
             .bind(bytes)
-            .execute(&mut *tx)
+            .execute(&mut *$conn)
             .await?;
         }
+    }};
+}
+pub(crate) use insert_derived;
+
+/// Re-derives a stream's runs from its closed segments (gaps and islands), replacing the rows.
+pub async fn rebuild(db: &Db, stream_id: Uuid) -> Result<()> {
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        sqlx::query("DELETE FROM runs WHERE stream_id = $1")
+            .bind(DbUuid(stream_id))
+            .execute(&mut *tx)
+            .await?;
+        insert_derived!(&mut *tx, DbUuid(stream_id), i64::MIN, i64::MAX);
         tx.commit().await?;
     });
     Ok(())
