@@ -27,6 +27,8 @@ pub struct Deletable {
     /// `filesystem` or `s3`: which storage holds `storage_key`.
     pub storage: String,
     pub storage_key: String,
+    /// The bucket of an `s3` row (`None`: filesystem, or the `[s3]` bucket).
+    pub bucket: Option<String>,
     /// The state when read: `complete` or `missing` for candidates, `deleting` for pending rows.
     pub state: String,
 }
@@ -54,7 +56,8 @@ pub async fn oldest_candidates(
     limit: u32,
 ) -> Result<Vec<Deletable>> {
     const SQL: &str = "
-        SELECT s.id, s.stream_id, s.start_us, s.end_us, s.bytes, s.storage, s.storage_key, s.state
+        SELECT s.id, s.stream_id, s.start_us, s.end_us, s.bytes, s.storage, s.storage_key, s.bucket,
+               s.state
         FROM segments s
         WHERE s.stream_id = $1 AND s.start_us < $2 AND s.end_us <= $2
           AND (s.state = 'complete' OR (s.state = 'missing' AND $3))
@@ -234,8 +237,8 @@ pub async fn delete_rows(db: &Db, ids: &[i64]) -> Result<u64> {
 /// A scan of `segments` (there is no index on `state`): run at start-up and after a pass with
 /// failures, not every pass.
 pub async fn pending(db: &Db) -> Result<Vec<Deletable>> {
-    const SQL: &str = "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, state \
-        FROM segments WHERE state = 'deleting' ORDER BY id";
+    const SQL: &str = "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, bucket, \
+        state FROM segments WHERE state = 'deleting' ORDER BY id";
     let rows = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
     Ok(rows)
 }
