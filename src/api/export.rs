@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::archive::export::{self, ExportError, MAX_RANGE_US};
+use crate::db::segments::SegmentRow;
 use crate::db::streams;
 
 /// Query of the export route.
@@ -214,7 +215,7 @@ pub async fn export_mp4(
     }
 
     let archive = state.archive.clone();
-    let storage_for = move |kind: &str| archive.storage_for(kind);
+    let storage_for = move |row: &SegmentRow| archive.storage_for_row(row);
     let plan = match export::plan(&rows, start_us, end_us, &storage_for).await {
         Ok(plan) => Arc::new(plan),
         Err(ExportError::Empty) => return Err(nothing_recorded()),

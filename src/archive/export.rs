@@ -28,7 +28,6 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
-use super::storage::fs::FsStorage;
 use super::storage::{Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
 use crate::db::{Db, DbError};
@@ -83,17 +82,9 @@ pub enum ExportError {
     Mux(MediaError),
 }
 
-/// Finds the storage backend of a segment from its `segments.storage` value.
-pub type StorageFor = dyn Fn(&str) -> Option<Arc<dyn Storage>> + Send + Sync;
-
-/// The backends this build can read: the local filesystem. (S3 objects are added here once the
-/// S3 storage exists; until their upload completes, S3 streams' segments are `filesystem` rows.)
-pub fn default_storage(kind: &str) -> Option<Arc<dyn Storage>> {
-    match kind {
-        "filesystem" => Some(Arc::new(FsStorage)),
-        _ => None,
-    }
-}
+/// Finds the storage backend holding a segment row's bytes (`Archive::storage_for_row` in the
+/// server; tests pass their own).
+pub type StorageFor = dyn Fn(&SegmentRow) -> Option<Arc<dyn Storage>> + Send + Sync;
 
 /// The playable segments of `stream_id` overlapping `[start_us, end_us)`, in order, up to the
 /// first change of codec setup (a different init segment), where the export stops.
@@ -270,7 +261,7 @@ pub async fn plan(
 ) -> Result<ExportPlan, ExportError> {
     let mut sources = Vec::with_capacity(rows.len());
     for row in rows {
-        let storage = storage_for(&row.storage).ok_or_else(|| ExportError::NoStorage {
+        let storage = storage_for(row).ok_or_else(|| ExportError::NoStorage {
             segment: row.id,
             storage: row.storage.clone(),
         })?;
@@ -710,6 +701,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::archive::storage::fs::FsStorage;
     use crate::media::codec::tests::{DEMO_AVCC, LC_48K_MONO};
     use crate::media::codec::{aac_params, h264_params};
     use crate::media::progressive::Presentation;
