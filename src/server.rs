@@ -157,10 +157,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`.
     let retention = crate::archive::retention::Retention::new(
         db.clone(),
-        crate::archive::retention::Storages {
-            filesystem: state.archive.fs.clone(),
-            s3: state.archive.s3.clone(),
-        },
+        state.archive.clone(),
         config.retention.clone(),
         config.archive.directory(),
     );

@@ -356,10 +356,20 @@ pub struct SegmentDto {
     pub storage: String,
     /// S3 outbox state: `none`, `local`, `uploading` or `remote`.
     pub upload_state: String,
+    /// The bucket holding an `s3` segment (the stream's own bucket, or `[s3]`'s). Absent for
+    /// filesystem segments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
 }
 
-impl From<&SegmentItem> for SegmentDto {
-    fn from(r: &SegmentItem) -> Self {
+impl SegmentDto {
+    /// The listed segment; an `s3` row without a bucket (uploaded before the index stored
+    /// buckets) is in `default_bucket`, the `[s3]` one.
+    fn new(r: &SegmentItem, default_bucket: Option<&str>) -> Self {
+        let bucket = match r.storage.as_str() {
+            "s3" => r.bucket.as_deref().or(default_bucket).map(str::to_owned),
+            _ => None,
+        };
         SegmentDto {
             id: r.id,
             start: rfc3339_ms(r.start_us, false),
@@ -370,6 +380,7 @@ impl From<&SegmentItem> for SegmentDto {
             state: r.state.clone(),
             storage: r.storage.clone(),
             upload_state: r.upload_state.clone(),
+            bucket,
         }
     }
 }
@@ -438,7 +449,10 @@ pub async fn list_segments(
     };
     Ok(Json(SegmentPage {
         stream_id: id,
-        items: rows.iter().map(SegmentDto::from).collect(),
+        items: rows
+            .iter()
+            .map(|r| SegmentDto::new(r, state.archive.default_bucket()))
+            .collect(),
         next_cursor,
     }))
 }

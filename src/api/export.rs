@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use crate::archive::export::{self, ExportError, MAX_RANGE_US};
+use crate::db::segments::SegmentRow;
 use crate::db::streams;
 
 /// Query of the export route.
@@ -279,12 +280,12 @@ pub async fn export_mp4(
 /// Plans the export of `rows` (reading their fragment headers), with the HTTP errors.
 async fn plan_export(
     state: &AppState,
-    rows: &[crate::db::segments::SegmentRow],
+    rows: &[SegmentRow],
     start_us: i64,
     end_us: i64,
 ) -> Result<Arc<export::ExportPlan>, ApiError> {
     let archive = state.archive.clone();
-    let storage_for = move |kind: &str| archive.storage_for(kind);
+    let storage_for = move |row: &SegmentRow| archive.storage_for_row(row);
     match export::plan(rows, start_us, end_us, &storage_for).await {
         Ok(plan) => Ok(Arc::new(plan)),
         Err(ExportError::Empty) => Err(nothing_recorded()),

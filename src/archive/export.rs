@@ -28,7 +28,6 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
-use super::storage::fs::FsStorage;
 use super::storage::{Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
 use crate::db::{Db, DbError};
@@ -83,17 +82,9 @@ pub enum ExportError {
     Mux(MediaError),
 }
 
-/// Finds the storage backend of a segment from its `segments.storage` value.
-pub type StorageFor = dyn Fn(&str) -> Option<Arc<dyn Storage>> + Send + Sync;
-
-/// The backends this build can read: the local filesystem. (S3 objects are added here once the
-/// S3 storage exists; until their upload completes, S3 streams' segments are `filesystem` rows.)
-pub fn default_storage(kind: &str) -> Option<Arc<dyn Storage>> {
-    match kind {
-        "filesystem" => Some(Arc::new(FsStorage)),
-        _ => None,
-    }
-}
+/// Finds the storage backend holding a segment row's bytes (`Archive::storage_for_row` in the
+/// server; tests pass their own).
+pub type StorageFor = dyn Fn(&SegmentRow) -> Option<Arc<dyn Storage>> + Send + Sync;
 
 /// The playable segments of `stream_id` overlapping `[start_us, end_us)`, in order, up to the
 /// first change of codec setup (a different init segment), where the export stops.
@@ -195,6 +186,8 @@ pub fn plan_key(etag: &str, rows: &[SegmentRow]) -> String {
     let mut h = Sha256::new();
     for r in rows {
         h.update(r.storage.as_bytes());
+        h.update([0]);
+        h.update(r.bucket.as_deref().unwrap_or("").as_bytes());
         h.update([0]);
         h.update(r.storage_key.as_bytes());
         h.update([0]);
@@ -399,7 +392,7 @@ pub async fn plan(
 ) -> Result<ExportPlan, ExportError> {
     let mut sources = Vec::with_capacity(rows.len());
     for row in rows {
-        let storage = storage_for(&row.storage).ok_or_else(|| ExportError::NoStorage {
+        let storage = storage_for(row).ok_or_else(|| ExportError::NoStorage {
             segment: row.id,
             storage: row.storage.clone(),
         })?;
@@ -839,6 +832,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::archive::storage::fs::FsStorage;
     use crate::media::codec::tests::{DEMO_AVCC, LC_48K_MONO};
     use crate::media::codec::{aac_params, h264_params};
     use crate::media::progressive::Presentation;
@@ -976,6 +970,7 @@ mod tests {
             media_duration_us: S,
             storage: storage.into(),
             storage_key: key.into(),
+            bucket: (storage == "s3").then(|| "archive".into()),
             bytes: 100,
             init_segment_id: Some(1),
             state: "complete".into(),

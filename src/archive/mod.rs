@@ -15,14 +15,19 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::db::segments::SegmentRow;
+use crate::stream::StorageKind;
 use storage::Storage;
+use storage::s3::S3Storage;
 
-/// Archive services shared by the request handlers.
+/// Archive services shared by the request handlers and retention: the one place that says where a
+/// segment row's bytes are.
 pub struct Archive {
     /// The local filesystem (every segment starts there).
-    pub fs: Arc<dyn Storage>,
-    /// The object store, when `[s3]` (or `minio_settings`) is configured.
-    pub s3: Option<Arc<dyn Storage>>,
+    fs: Arc<dyn Storage>,
+    /// The `[s3]` (or `minio_settings`) bucket, when configured. Other buckets (per-stream
+    /// overrides) are handles sharing its client.
+    s3: Option<Arc<S3Storage>>,
     /// Limits concurrent archive playback sessions (each holds a file or object open).
     pub playback_slots: Arc<Semaphore>,
     /// Recent export plans (the `Range` requests of one download share one plan).
@@ -32,28 +37,115 @@ pub struct Archive {
 impl Archive {
     pub fn new(config: &Config) -> Archive {
         let s3 = config.effective_s3().and_then(|cfg| {
-            match storage::s3::S3Storage::new(&cfg, &storage::s3::S3Timeouts::default()) {
-                Ok(s) => Some(Arc::new(s) as Arc<dyn Storage>),
+            match S3Storage::new(&cfg, &storage::s3::S3Timeouts::default()) {
+                Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!(error = %e, "S3 settings are invalid: S3 archive disabled");
                     None
                 }
             }
         });
-        Archive {
-            fs: Arc::new(storage::fs::FsStorage),
+        Archive::with_storages(
+            Arc::new(storage::fs::FsStorage),
             s3,
-            playback_slots: Arc::new(Semaphore::new(config.archive.max_playback_sessions())),
+            config.archive.max_playback_sessions(),
+        )
+    }
+
+    /// An archive over the given storages (tests replace the filesystem or point S3 elsewhere).
+    pub fn with_storages(
+        fs: Arc<dyn Storage>,
+        s3: Option<S3Storage>,
+        max_playback_sessions: usize,
+    ) -> Archive {
+        Archive {
+            fs,
+            s3: s3.map(Arc::new),
+            playback_slots: Arc::new(Semaphore::new(max_playback_sessions)),
             export_plans: export::PlanCache::default(),
         }
     }
 
-    /// The storage a segment row lives in (`storage` column).
-    pub fn storage_for(&self, kind: &str) -> Option<Arc<dyn Storage>> {
-        match kind {
-            "filesystem" => Some(self.fs.clone()),
-            "s3" => self.s3.clone(),
-            _ => None,
+    /// Whether an object store is configured (without one, `s3` rows cannot be reached).
+    pub fn has_s3(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    /// The `[s3]` bucket, which holds `s3` rows whose `bucket` is NULL.
+    pub fn default_bucket(&self) -> Option<&str> {
+        self.s3.as_deref().map(S3Storage::bucket)
+    }
+
+    /// The storage holding a segment row's bytes.
+    pub fn storage_for_row(&self, row: &SegmentRow) -> Option<Arc<dyn Storage>> {
+        self.storage_for(&row.storage, row.bucket.as_deref())
+    }
+
+    /// The storage for a row's `storage` and `bucket` columns: `None` for an unknown kind, or an
+    /// `s3` row when no object store is configured.
+    ///
+    /// A bucket other than `[s3]`'s gets a new handle each time rather than a cached one: it only
+    /// clones the shared client (an `Arc`), negligible next to the request it serves.
+    pub fn storage_for(&self, kind: &str, bucket: Option<&str>) -> Option<Arc<dyn Storage>> {
+        match StorageKind::parse(kind)? {
+            StorageKind::Filesystem => Some(self.fs.clone()),
+            StorageKind::S3 => {
+                let s3 = self.s3.as_ref()?;
+                match bucket {
+                    Some(b) if b != s3.bucket() => Some(Arc::new(s3.for_bucket(b))),
+                    _ => Some(s3.clone()),
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::S3Config;
+
+    fn archive(s3: bool) -> Archive {
+        let cfg = S3Config {
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            bucket: "archive".into(),
+            prefix: String::new(),
+            path_style: Some(true),
+        };
+        let s3 = s3.then(|| S3Storage::new(&cfg, &Default::default()).expect("valid settings"));
+        Archive::with_storages(Arc::new(storage::fs::FsStorage), s3, 1)
+    }
+
+    fn same(a: &Arc<dyn Storage>, b: *const ()) -> bool {
+        Arc::as_ptr(a) as *const () == b
+    }
+
+    #[test]
+    fn rows_resolve_to_their_storage_and_bucket() {
+        let a = archive(true);
+        let fs = Arc::as_ptr(&a.fs) as *const ();
+        let default =
+            a.s3.as_ref()
+                .map(|s| Arc::as_ptr(s) as *const ())
+                .expect("s3");
+        let pick = |kind, bucket| a.storage_for(kind, bucket).expect("storage");
+        assert!(same(&pick("filesystem", None), fs));
+        assert!(same(&pick("s3", None), default), "NULL bucket: [s3]");
+        assert!(
+            same(&pick("s3", Some("archive")), default),
+            "[s3] bucket by name"
+        );
+        let other = pick("s3", Some("cams-a"));
+        assert!(!same(&other, default) && !same(&other, fs), "own handle");
+        assert!(a.storage_for("tape", None).is_none());
+        assert_eq!(a.default_bucket(), Some("archive"));
+
+        let local = archive(false);
+        assert!(local.storage_for("s3", Some("cams-a")).is_none());
+        assert!(local.storage_for("filesystem", None).is_some());
+        assert!(!local.has_s3() && local.default_bucket().is_none());
     }
 }

@@ -48,7 +48,7 @@ struct Loaded {
 }
 
 async fn load(state: &AppState, row: SegmentRow) -> Option<Loaded> {
-    let storage = state.archive.storage_for(&row.storage)?;
+    let storage = state.archive.storage_for_row(&row)?;
     let data = match storage.read(&row.storage_key, None).await {
         Ok(d) => d,
         Err(e) => {

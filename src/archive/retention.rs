@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::storage::Storage;
+use super::Archive;
 use crate::config::RetentionConfig;
 use crate::db::retention::{self as q, CandidateFilter, Deletable};
 use crate::db::{self, Db, DbError};
@@ -91,41 +91,6 @@ impl DiskSpace for Statvfs {
     }
 }
 
-/// The storages segment rows can point at, chosen by the row's `storage` column.
-#[derive(Clone)]
-pub struct Storages {
-    pub filesystem: Arc<dyn Storage>,
-    /// `None` when no object store is configured: retention then leaves `s3` rows alone.
-    pub s3: Option<Arc<dyn Storage>>,
-}
-
-impl Storages {
-    /// Only the local filesystem.
-    pub fn local() -> Storages {
-        Storages {
-            filesystem: Arc::new(super::storage::fs::FsStorage),
-            s3: None,
-        }
-    }
-
-    /// The storage for a row's `storage` column value.
-    pub fn for_kind(&self, kind: &str) -> Option<&Arc<dyn Storage>> {
-        match StorageKind::parse(kind)? {
-            StorageKind::Filesystem => Some(&self.filesystem),
-            StorageKind::S3 => self.s3.as_ref(),
-        }
-    }
-
-    /// The storage filter for candidate queries: rows in a storage we cannot reach are never
-    /// marked (they would stay `deleting` forever).
-    fn reachable(&self) -> Option<&'static str> {
-        match self.s3 {
-            Some(_) => None,
-            None => Some(StorageKind::Filesystem.as_str()),
-        }
-    }
-}
-
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -163,7 +128,8 @@ enum Reason {
 /// [`Retention::run_once_at`].
 pub struct Retention {
     db: Db,
-    storages: Storages,
+    /// Where each row's bytes are (the same registry playback and export read through).
+    archive: Arc<Archive>,
     config: RetentionConfig,
     /// The free-space floor is measured on the filesystem holding this directory.
     archive_dir: PathBuf,
@@ -176,13 +142,13 @@ pub struct Retention {
 impl Retention {
     pub fn new(
         db: Db,
-        storages: Storages,
+        archive: Arc<Archive>,
         config: RetentionConfig,
         archive_dir: impl Into<PathBuf>,
     ) -> Retention {
         Retention {
             db,
-            storages,
+            archive,
             config,
             archive_dir: archive_dir.into(),
             disk: Arc::new(Statvfs),
@@ -297,6 +263,16 @@ impl Retention {
         .await
     }
 
+    /// The storage filter for candidate queries: rows in a storage we cannot reach are never
+    /// marked (they would stay `deleting` forever).
+    fn reachable(&self) -> Option<&'static str> {
+        if self.archive.has_s3() {
+            None
+        } else {
+            Some(StorageKind::Filesystem.as_str())
+        }
+    }
+
     /// Deletes every segment of the stream that ended at or before `cutoff_us`, oldest first.
     async fn delete_older(
         &self,
@@ -307,7 +283,7 @@ impl Retention {
         let filter = CandidateFilter {
             end_before_us: cutoff_us,
             include_missing: true,
-            storage: self.storages.reachable(),
+            storage: self.reachable(),
         };
         loop {
             let batch = q::oldest_candidates(&self.db, stream, filter, BATCH).await?;
@@ -327,7 +303,7 @@ impl Retention {
         let filter = CandidateFilter {
             end_before_us: i64::MAX,
             include_missing: false,
-            storage: self.storages.reachable(),
+            storage: self.reachable(),
         };
         loop {
             let held = q::stream_bytes(&self.db, stream).await?
@@ -449,7 +425,10 @@ impl Retention {
         }
         let results: Vec<(Deletable, Outcome)> = futures::stream::iter(marked)
             .map(|row| async move {
-                let outcome = match self.storages.for_kind(&row.storage) {
+                let storage = self
+                    .archive
+                    .storage_for(&row.storage, row.bucket.as_deref());
+                let outcome = match storage {
                     Some(storage) => match storage.delete(&row.storage_key).await {
                         Ok(()) => Outcome::Deleted,
                         Err(e) => {
@@ -461,6 +440,7 @@ impl Retention {
                         tracing::warn!(
                             segment = row.id,
                             storage = row.storage,
+                            bucket = ?row.bucket,
                             "segment storage is not configured; left for a later start"
                         );
                         Outcome::NoStorage

@@ -7,7 +7,7 @@
 //! 2. claims the oldest ready row (`state = 'complete'`, `upload_state = 'local'`) as `uploading`;
 //! 3. uploads the file to `<bucket>/<prefix>/<stream-uuid>/<file name>` (the stream's bucket and
 //!    prefix, else `[s3]`'s);
-//! 4. in one statement points the row at the object (`storage = 's3'`, `storage_key`,
+//! 4. in one statement points the row at the object (`storage = 's3'`, `bucket`, `storage_key`,
 //!    `upload_state = 'remote'`), and only once that is committed removes the local file.
 //!
 //! A failure puts the row back to `local` and pauses claiming with exponential backoff and jitter;
@@ -506,13 +506,16 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
         Err(StorageError::NotFound { .. }) => return mark_missing(inner, row).await,
         Err(e) => return Err(e.into()),
     };
-    if !segments::complete_upload(&inner.db, row.id, &key).await? {
+    if !segments::complete_upload(&inner.db, row.id, store.bucket(), &key).await? {
         // Retention (or an operator) changed the row meanwhile and owns the local file now. The
         // object we just wrote is then referenced by nothing, unless another uploader (a second
         // instance on the same index) has taken the row over and writes or wrote the same key.
         let now = segments::get(&inner.db, row.id).await?;
         let taken_over = now.is_some_and(|r| {
-            r.upload_state == "uploading" || (r.upload_state == "remote" && r.storage_key == key)
+            r.upload_state == "uploading"
+                || (r.upload_state == "remote"
+                    && r.storage_key == key
+                    && r.bucket.as_deref() == Some(store.bucket()))
         });
         if !taken_over {
             tracing::info!(object = %key, "segment changed during upload; removing the object");

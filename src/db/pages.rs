@@ -6,7 +6,7 @@
 //! one JSON array (`json_group_array ... ORDER BY`), parsed here in one go, and the page costs what
 //! its index range scan costs. Postgres sends rows efficiently and builds JSON slowly, so it sends
 //! rows. Same rows and order as [`super::segments::page`]; the covering index
-//! `segments_stream_page` (migration 0003) serves the scan on both engines.
+//! `segments_stream_page` (migrations 0003, 0004) serves the scan on both engines.
 
 use serde::Deserialize;
 use uuid::Uuid;
@@ -25,10 +25,22 @@ pub struct SegmentItem {
     pub state: String,
     pub storage: String,
     pub upload_state: String,
+    /// The bucket of an `s3` row (`None`: filesystem, or the `[s3]` bucket; see `SegmentRow`).
+    pub bucket: Option<String>,
 }
 
 /// The JSON array each row is aggregated into, in column order.
-type SegmentTuple = (i64, i64, i64, i64, i64, String, String, String);
+type SegmentTuple = (
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+);
 
 impl From<SegmentTuple> for SegmentItem {
     fn from(t: SegmentTuple) -> Self {
@@ -41,6 +53,7 @@ impl From<SegmentTuple> for SegmentItem {
             state: t.5,
             storage: t.6,
             upload_state: t.7,
+            bucket: t.8,
         }
     }
 }
@@ -55,7 +68,7 @@ impl From<SegmentTuple> for SegmentItem {
 /// `start_us >= $5` from it and may seek from there instead of from `$2`: from the stream's first
 /// segment on a first page.)
 const PAGE_ROWS: &str = "SELECT id, start_us, end_us, media_duration_us, bytes, state, storage, \
-    upload_state FROM segments WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 \
+    upload_state, bucket FROM segments WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 \
     AND end_us > $4 AND state IN ('recording', 'complete') \
     AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7";
 
@@ -75,7 +88,7 @@ pub async fn segments(
         Db::Sqlite(p) => {
             let sql = format!(
                 "SELECT json_group_array(json_array(id, start_us, end_us, media_duration_us, \
-                 bytes, state, storage, upload_state) ORDER BY start_us, id) \
+                 bytes, state, storage, upload_state, bucket) ORDER BY start_us, id) \
                  FROM ({PAGE_ROWS}) AS page"
             );
             let json: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))

@@ -28,6 +28,8 @@ pub struct Deletable {
     /// `filesystem` or `s3`: which storage holds `storage_key`.
     pub storage: String,
     pub storage_key: String,
+    /// The bucket of an `s3` row (`None`: filesystem, or the `[s3]` bucket).
+    pub bucket: Option<String>,
     /// The state when read: `complete` or `missing` for candidates, `deleting` for pending rows.
     pub state: String,
 }
@@ -55,7 +57,7 @@ pub async fn oldest_candidates(
     limit: u32,
 ) -> Result<Vec<Deletable>> {
     const SQL: &str = concat!(
-        "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, state
+        "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, bucket, state
         FROM segments
         WHERE stream_id = $1 AND start_us < $2 AND end_us <= $2
           AND (state = 'complete' OR (state = 'missing' AND $3))
@@ -198,8 +200,8 @@ pub async fn delete_rows(db: &Db, ids: &[i64]) -> Result<u64> {
 /// A scan of `segments` (there is no index on `state`): run at start-up and after a pass with
 /// failures, not every pass.
 pub async fn pending(db: &Db) -> Result<Vec<Deletable>> {
-    const SQL: &str = "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, state \
-        FROM segments WHERE state = 'deleting' ORDER BY id";
+    const SQL: &str = "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, bucket, \
+        state FROM segments WHERE state = 'deleting' ORDER BY id";
     let rows = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
     Ok(rows)
 }

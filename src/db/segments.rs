@@ -144,10 +144,13 @@ pub struct SegmentRow {
     pub init_segment_id: Option<i64>,
     pub state: String,
     pub upload_state: String,
+    /// The bucket of an `s3` row; `None` for filesystem rows and for S3 rows uploaded before
+    /// migration 0004, which are in the `[s3]` bucket.
+    pub bucket: Option<String>,
 }
 
 const SEGMENT_COLUMNS: &str = "id, stream_id, start_us, end_us, media_duration_us, storage, \
-    storage_key, bytes, init_segment_id, state, upload_state";
+    storage_key, bytes, init_segment_id, state, upload_state, bucket";
 
 /// Inserts a segment row for a file being recorded (state `recording`) with its init segment.
 pub async fn insert_recording(
@@ -387,18 +390,22 @@ pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<Seg
     Ok(rows)
 }
 
-/// Records a finished upload in one statement: the row now points at the object. Returns false
-/// (and changes nothing) when the row is no longer a closed segment being uploaded, e.g. retention
-/// took it meanwhile; the caller then owns the orphan object. Only after this returns true may the
-/// local file be removed.
-pub async fn complete_upload(db: &Db, id: i64, object_key: &str) -> Result<bool> {
+/// Records a finished upload in one statement: the row now points at the object `object_key` in
+/// `bucket`. Returns false (and changes nothing) when the row is no longer a closed segment being
+/// uploaded, e.g. retention took it meanwhile; the caller then owns the orphan object. Only after
+/// this returns true may the local file be removed.
+///
+/// The bucket is stored even when it is the `[s3]` one, so the row stays readable if `[s3] bucket`
+/// is changed later.
+pub async fn complete_upload(db: &Db, id: i64, bucket: &str, object_key: &str) -> Result<bool> {
     const SQL: &str = "UPDATE segments \
-        SET storage = 's3', storage_key = $2, upload_state = 'remote' \
+        SET storage = 's3', bucket = $3, storage_key = $2, upload_state = 'remote' \
         WHERE id = $1 AND upload_state IN ('local', 'uploading') AND upload_state = 'uploading' \
           AND state = 'complete'";
     let n = with_pool!(db, p => sqlx::query(SQL)
         .bind(id)
         .bind(object_key)
+        .bind(bucket)
         .execute(p)
         .await?
         .rows_affected());

@@ -366,10 +366,14 @@ async fn serve_only_streams_do_not_record() {
     let _ = s.stop().await;
 }
 
+/// A stream with its own bucket (the Go `minio_bucket`, not `[s3] bucket`): its segments are
+/// uploaded there, and playback, export and retention all find them there.
 #[tokio::test(flavor = "multi_thread")]
-async fn s3_recording_is_uploaded_then_plays_and_exports_from_s3() {
+async fn s3_recording_in_the_streams_bucket_is_uploaded_played_exported_and_deleted() {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
+    use video_server::archive::retention::Retention;
+    use video_server::config::RetentionConfig;
 
     let s3 = crate::support::s3::S3Server::start().await;
     let c = s3.config("archive", "video");
@@ -383,7 +387,10 @@ async fn s3_recording_is_uploaded_then_plays_and_exports_from_s3() {
         c.secret_key,
         c.bucket,
         c.prefix,
-        demo_recording().replace("recording = true }", "recording = true, type = \"minio\" }")
+        demo_recording().replace(
+            "recording = true }",
+            "recording = true, type = \"minio\", minio_bucket = \"cams-own\" }"
+        )
     );
     let s = InProcess::start(&conf).await;
     let id: Uuid = DEMO.parse().expect("uuid");
@@ -401,15 +408,26 @@ async fn s3_recording_is_uploaded_then_plays_and_exports_from_s3() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(remote.len() >= 3, "uploaded: {}", remote.len());
+    let object_of = |r: &SegmentRow| s3.data_dir().join("cams-own").join(&r.storage_key);
     for r in &remote {
         assert_eq!(r.storage, "s3");
+        assert_eq!(
+            r.bucket.as_deref(),
+            Some("cams-own"),
+            "the row names the bucket"
+        );
         assert!(
             r.storage_key.starts_with(&format!("video/{DEMO}/")),
             "{}",
             r.storage_key
         );
-        let object = s3.data_dir().join("archive").join(&r.storage_key);
-        assert!(object.is_file(), "object {} stored", object.display());
+        assert!(
+            object_of(r).is_file(),
+            "object {} stored",
+            object_of(r).display()
+        );
+        let in_default = s3.data_dir().join("archive").join(&r.storage_key);
+        assert!(!in_default.exists(), "nothing in the [s3] bucket");
     }
     assert!(
         files_under(&tmp.path().join("mp4")).iter().all(|f| !remote
@@ -463,5 +481,61 @@ async fn s3_recording_is_uploaded_then_plays_and_exports_from_s3() {
         (probed - duration_s as f64).abs() < 0.1,
         "export {probed} s of {duration_s} s"
     );
+    // The listing names the bucket of S3 segments only.
+    let page: serde_json::Value = reqwest::get(format!(
+        "{}/api/v1/streams/{DEMO}/segments?limit=1000",
+        s.api
+    ))
+    .await
+    .expect("segments")
+    .json()
+    .await
+    .expect("json");
+    let items = page["items"].as_array().expect("items");
+    assert!(items.len() >= remote.len());
+    for item in items {
+        match item["storage"].as_str() {
+            Some("s3") => assert_eq!(item["bucket"], json!("cams-own"), "{item}"),
+            _ => assert!(item.get("bucket").is_none(), "{item}"),
+        }
+    }
+    // Retention deletes from the stream's bucket. Run as if two hours had passed, with a one-hour
+    // limit: the server's own pass (real time) deletes nothing meanwhile.
+    let mut spec = video_server::db::streams::get(&s.state.db, id)
+        .await
+        .expect("get")
+        .expect("stream row")
+        .spec;
+    spec.retention.max_age_s = Some(3600);
+    video_server::db::streams::update(&s.state.db, &spec)
+        .await
+        .expect("update");
+    let retention = Retention::new(
+        s.state.db.clone(),
+        s.state.archive.clone(),
+        RetentionConfig::default(),
+        tmp.path().join("mp4"),
+    );
+    let report = retention
+        .run_once_at(video_server::db::now_us() + 7_200_000_000)
+        .await
+        .expect("retention pass");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.by_age >= remote.len() as u64, "{report:?}");
+    for r in &remote {
+        assert!(
+            segments::get(&s.state.db, r.id)
+                .await
+                .expect("get")
+                .is_none(),
+            "row {} deleted",
+            r.id
+        );
+        assert!(
+            !object_of(r).exists(),
+            "object {} deleted",
+            object_of(r).display()
+        );
+    }
     let _ = s.stop().await;
 }

@@ -1,8 +1,8 @@
 //! Repository functions of the S3 upload outbox (`segments.upload_state`), on both engines.
 
 use uuid::Uuid;
-use video_server::db::Db;
 use video_server::db::segments::{self, NewSegment, SegmentState, UploadStateCounts};
+use video_server::db::{Db, pages, retention};
 use video_server::stream::StorageKind;
 
 use crate::both_engines;
@@ -82,23 +82,24 @@ both_engines!(
 
         // Success points the row at the object, once.
         assert!(
-            segments::complete_upload(db, b, "p/k.mp4")
+            segments::complete_upload(db, b, "cams-a", "p/k.mp4")
                 .await
                 .expect("complete")
         );
         assert!(
-            !segments::complete_upload(db, b, "other")
+            !segments::complete_upload(db, b, "cams-a", "other")
                 .await
                 .expect("again")
         );
         let row = segments::get(db, b).await.expect("get").expect("row");
         assert_eq!(row.storage, "s3");
         assert_eq!(row.storage_key, "p/k.mp4");
+        assert_eq!(row.bucket.as_deref(), Some("cams-a"));
         assert_eq!(row.upload_state, "remote");
         assert_eq!(row.state, "complete");
         // A row that is not being uploaded cannot be completed.
         assert!(
-            !segments::complete_upload(db, recording, "x")
+            !segments::complete_upload(db, recording, "cams-a", "x")
                 .await
                 .expect("complete")
         );
@@ -184,3 +185,127 @@ async fn sqlite_outbox_queries_use_the_partial_index() {
     );
     t.cleanup().await;
 }
+
+/// Segment pages list the bucket and stay index-only: migration 0004 rebuilt the covering index
+/// with the column (the same query text as `db::pages`).
+#[tokio::test]
+async fn sqlite_segment_pages_stay_covered_with_the_bucket() {
+    let t = crate::support::sqlite().await;
+    let Db::Sqlite(pool) = &t.db else {
+        unreachable!("sqlite")
+    };
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT id, start_us, end_us, media_duration_us, bytes, state, \
+         storage, upload_state, bucket FROM segments WHERE stream_id = $1 AND start_us >= $2 \
+         AND start_us < $3 AND end_us > $4 AND state IN ('recording', 'complete') \
+         AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(0i64)
+    .bind(i64::MAX)
+    .bind(0i64)
+    .bind(i64::MIN)
+    .bind(i64::MIN)
+    .bind(100i64)
+    .fetch_all(pool)
+    .await
+    .expect("plan");
+    let text: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+    assert!(
+        text.iter()
+            .any(|d| d.contains("COVERING INDEX segments_stream_page")),
+        "{text:?}"
+    );
+    t.cleanup().await;
+}
+
+both_engines!(
+    async fn bucket_round_trips_through_upload_pages_and_retention(t: &TestDb) {
+        let db = &t.db;
+        let s = Uuid::new_v4();
+        let own = segment(db, s, 2000, "local", true).await;
+        let default = segment(db, s, 2002, "local", true).await;
+        let local = segment(db, s, 2004, "none", true).await;
+        assert_eq!(
+            ids(&segments::claim_uploads(db, 0, 10).await.expect("claim")),
+            vec![own, default]
+        );
+        assert!(
+            segments::complete_upload(db, own, "cams-own", "v/a.mp4")
+                .await
+                .expect("own")
+        );
+        assert!(
+            segments::complete_upload(db, default, "archive", "v/b.mp4")
+                .await
+                .expect("default")
+        );
+
+        // Every reader of segment rows sees the bucket: single rows, pages, retention candidates.
+        let bucket_of = |rows: &[segments::SegmentRow], id| {
+            rows.iter()
+                .find(|r| r.id == id)
+                .expect("listed")
+                .bucket
+                .clone()
+        };
+        let rows = segments::page(db, s, 0, i64::MAX / 2, None, 10)
+            .await
+            .expect("page");
+        assert_eq!(
+            bucket_of(&rows, own).as_deref(),
+            Some("cams-own"),
+            "on {}",
+            t.engine_name()
+        );
+        assert_eq!(bucket_of(&rows, default).as_deref(), Some("archive"));
+        assert_eq!(bucket_of(&rows, local), None);
+        let got = segments::get(db, own).await.expect("get").expect("row");
+        assert_eq!(
+            (got.storage.as_str(), got.bucket.as_deref()),
+            ("s3", Some("cams-own"))
+        );
+
+        // The API's page (one JSON row per page on SQLite, rows on Postgres).
+        let items = pages::segments(db, s, 0, i64::MAX / 2, None, 10)
+            .await
+            .expect("items");
+        let listed: Vec<(i64, &str, Option<&str>)> = items
+            .iter()
+            .map(|i| (i.id, i.storage.as_str(), i.bucket.as_deref()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (own, "s3", Some("cams-own")),
+                (default, "s3", Some("archive")),
+                (local, "filesystem", None),
+            ],
+            "on {}",
+            t.engine_name()
+        );
+        // The keyset continuation keeps it too.
+        let second = pages::segments(db, s, 0, i64::MAX / 2, Some((items[0].start_us, own)), 1)
+            .await
+            .expect("second page");
+        assert_eq!(second[0].bucket.as_deref(), Some("archive"));
+
+        let filter = retention::CandidateFilter {
+            end_before_us: i64::MAX,
+            include_missing: false,
+            storage: None,
+        };
+        let candidates = retention::oldest_candidates(db, s, filter, 10)
+            .await
+            .expect("candidates");
+        let buckets: Vec<Option<&str>> = candidates.iter().map(|c| c.bucket.as_deref()).collect();
+        assert_eq!(buckets, vec![Some("cams-own"), Some("archive"), None]);
+        let marked = retention::mark_deleting(db, &candidates[..1])
+            .await
+            .expect("mark");
+        assert_eq!(marked[0].bucket.as_deref(), Some("cams-own"));
+        let pending = retention::pending(db).await.expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].bucket.as_deref(), Some("cams-own"));
+    }
+);

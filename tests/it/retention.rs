@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use video_server::archive::retention::{DiskSpace, DiskUsage, Report, Retention, Storages};
+use video_server::archive::Archive;
+use video_server::archive::retention::{DiskSpace, DiskUsage, Report, Retention};
 use video_server::archive::storage::fs::FsStorage;
 use video_server::archive::storage::{Storage, StorageError};
 use video_server::config::RetentionConfig;
@@ -109,7 +110,8 @@ async fn assert_runs_consistent(db: &Db, stream: Uuid) {
 }
 
 fn retention(db: &Db, dir: &Path, config: RetentionConfig) -> Retention {
-    Retention::new(db.clone(), Storages::local(), config, dir)
+    let archive = Archive::with_storages(Arc::new(FsStorage), None, 1);
+    Retention::new(db.clone(), Arc::new(archive), config, dir)
 }
 
 both_engines! {
@@ -331,8 +333,8 @@ both_engines! {
         let stream = add_stream(db, RetentionSpec { max_age_s: Some(60), max_bytes: None }).await;
         let (id, path) = add_segment(db, dir.path(), stream, NOW_US - 600 * SECOND, 10 * SECOND, 100).await;
         let storage = Arc::new(FlakyStorage { fail: true.into() });
-        let storages = Storages { filesystem: storage.clone(), s3: None };
-        let r = Retention::new(db.clone(), storages, RetentionConfig::default(), dir.path());
+        let archive = Arc::new(Archive::with_storages(storage.clone(), None, 1));
+        let r = Retention::new(db.clone(), archive, RetentionConfig::default(), dir.path());
 
         let report = r.run_once_at(NOW_US).await.expect("pass");
         assert_eq!(report, Report { failed: 1, ..Report::default() });

@@ -351,6 +351,11 @@ both_engines!(
             let r = row(db, *id).await;
             assert_eq!(r.storage, "s3", "on {}", t.engine_name());
             assert_eq!(&r.storage_key, key);
+            assert_eq!(
+                r.bucket.as_deref(),
+                Some(*bucket),
+                "the row names its bucket"
+            );
             assert_eq!(r.state, "complete");
             assert!(
                 !path.exists(),
