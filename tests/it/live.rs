@@ -11,6 +11,7 @@ use video_server::media::fmp4;
 use crate::support::InProcess;
 use crate::support::media::{
     RtspServer, eventually, ffmpeg_decode_errors, ffprobe, first_box, watch_live, write_mp4,
+    ws_with_tiny_rcvbuf,
 };
 
 const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
@@ -479,16 +480,8 @@ async fn a_slow_viewer_does_not_delay_others_and_is_resynced_at_keyframes() {
     .await;
 
     // The slow viewer: a tiny receive buffer, and it reads nothing for 8 s.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let tcp = socket
-        .connect(s.video.parse().expect("addr"))
-        .await
-        .expect("connect");
     let url = format!("ws://{}/ws/live?stream_id={id}", s.video);
-    let (mut slow, _) = tokio_tungstenite::client_async(&url, tcp)
-        .await
-        .expect("upgrade");
+    let mut slow = ws_with_tiny_rcvbuf(&s.video, &url).await;
 
     // Meanwhile a normal viewer watches for 8 s and gets (nearly) every frame in real time.
     let fast = watch_live(&s.video, &id, Duration::from_secs(8)).await;

@@ -13,7 +13,7 @@ use video_server::hub::Hub;
 use video_server::media::mp4file::Mp4File;
 
 use crate::support::InProcess;
-use crate::support::media::{ffmpeg_decode_errors, ffprobe, first_box};
+use crate::support::media::{ffmpeg_decode_errors, ffprobe, first_box, ws_with_tiny_rcvbuf};
 
 /// Records `loops` × the demo clip (24 s each) for `stream_id` as if it had been received from
 /// `wall0_us` on, without real-time pacing. Returns the recorded length in µs.
@@ -271,20 +271,12 @@ async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
     let id = Uuid::new_v4();
     let wall0 = 1_760_000_000_000_000i64;
     synthesize(&s.state.db, tmp.path(), id, wall0, 3).await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let tcp = socket
-        .connect(s.video.parse().expect("addr"))
-        .await
-        .expect("connect");
     let url = format!(
         "ws://{}/ws/archive?stream_id={id}&start={}&duration=60",
         s.video,
         wall0 / 1_000_000
     );
-    let (mut ws, _) = tokio_tungstenite::client_async(&url, tcp)
-        .await
-        .expect("upgrade");
+    let mut ws = ws_with_tiny_rcvbuf(&s.video, &url).await;
     // Let the server queue everything it can before the first read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut fragments, mut texts) = (0, Vec::new());

@@ -78,6 +78,24 @@ pub fn first_box(data: &[u8]) -> &str {
         .unwrap_or("")
 }
 
+/// A WebSocket client on `host:port` with a 4 KiB receive buffer: what the server sends piles up
+/// on its side as soon as the client stops reading (a slow viewer on a bad link).
+pub async fn ws_with_tiny_rcvbuf(
+    addr: &str,
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket
+        .connect(addr.parse().expect("addr"))
+        .await
+        .expect("connect");
+    tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgrade")
+        .0
+}
+
 /// Connects a live viewer and collects messages for `dur` (after the init segment).
 pub async fn watch_live(video: &str, stream_id: &str, dur: Duration) -> Received {
     let url = format!("ws://{video}/ws/live?stream_id={stream_id}");
