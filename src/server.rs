@@ -66,6 +66,20 @@ async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, 
         })
 }
 
+/// `listener` with `TCP_NODELAY` on every accepted connection. Live video is many small writes (a
+/// fragment per frame, `pong`); with Nagle's algorithm a write's last partial packet waits for
+/// the acknowledgement of the previous one, which the client's delayed ACK holds back up to 40 ms.
+fn without_nagle(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    })
+}
+
 /// Starts everything and returns once both listeners accept connections. Cancelling `shutdown`
 /// stops the listeners (in-flight requests finish), then the streams.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServerError> {
@@ -127,7 +141,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let video_app = live::app(state.clone());
     let token = shutdown.clone();
     listeners.push(tokio::spawn(async move {
-        let result = axum::serve(video_listener, video_app)
+        let result = axum::serve(without_nagle(video_listener), video_app)
             .with_graceful_shutdown(token.cancelled_owned())
             .await;
         if let Err(e) = result {
@@ -140,7 +154,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let api_app = api::app(state.clone());
         let token = shutdown.clone();
         listeners.push(tokio::spawn(async move {
-            let result = axum::serve(listener, api_app)
+            let result = axum::serve(without_nagle(listener), api_app)
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await;
             if let Err(e) = result {
