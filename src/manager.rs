@@ -65,6 +65,12 @@ pub struct StreamRuntime {
 }
 
 impl StreamRuntime {
+    /// Resolves once this runtime is stopped: the stream was deleted, disabled or restarted with
+    /// new settings (a new runtime replaces it), or the server is shutting down.
+    pub async fn stopped(&self) {
+        self.cancel.cancelled().await;
+    }
+
     pub fn status(&self) -> StreamStatus {
         let mut st = lock_status(&self.status).clone();
         st.viewers = self.demand.viewers();

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::ws::close_with;
@@ -22,6 +22,8 @@ use crate::media::{Frame, MediaError, StreamParams, TrackKind};
 /// 5 s of 25 fps video, 2 s with audio). A live viewer further behind than that is better served by
 /// skipping to the next keyframe than by watching ever older video.
 pub const VIEWER_QUEUE: usize = 128;
+/// Close code when the stream a viewer watches is stopped ("going away", RFC 6455).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// A viewer whose socket accepts nothing for this long is dropped (the original's deadline).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// No keyframe for this long: the connection is closed (the original's 10 s).
@@ -162,10 +164,15 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>) {
     let mut params = rt.hub.params();
     let got_codecs = tokio::select! {
         r = tokio::time::timeout(super::ws::CODEC_WAIT, params.wait_for(Option::is_some)) => {
-            matches!(r, Ok(Ok(_)))
+            Some(matches!(r, Ok(Ok(_))))
         }
         // The viewer may leave while waiting.
         _ = wait_closed(&mut socket) => return,
+        _ = rt.stopped() => None,
+    };
+    let Some(got_codecs) = got_codecs else {
+        close_stopped(&mut socket).await;
+        return;
     };
     if !got_codecs {
         close_with(&mut socket, "Timeout waiting for codec information").await;
@@ -191,7 +198,7 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>) {
             },
             d = sub.recv() => {
                 let Some(d) = d else {
-                    // The stream was stopped.
+                    close_stopped(&mut socket).await;
                     return;
                 };
                 if d.frame.track == TrackKind::Video && d.frame.keyframe {
@@ -212,12 +219,26 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>) {
                     }
                 }
             }
+            _ = rt.stopped() => {
+                close_stopped(&mut socket).await;
+                return;
+            }
             _ = tokio::time::sleep_until(keyframe_deadline) => {
                 // As in the original: no keyframe for 10 s closes the connection without a frame.
                 return;
             }
         }
     }
+}
+
+/// Tells a viewer its stream stopped (deleted, disabled, restarted, server shutdown), so a client
+/// can reconnect or say so instead of waiting for video that will not come.
+async fn close_stopped(socket: &mut WebSocket) {
+    let frame = CloseFrame {
+        code: CLOSE_GOING_AWAY,
+        reason: "Stream stopped".into(),
+    };
+    super::ws::close(socket, Some(frame)).await;
 }
 
 async fn send(socket: &mut WebSocket, m: Message) -> bool {

@@ -408,7 +408,16 @@ async fn api_drives_the_runtime() {
         (st.codecs.len() == 2).then_some(())
     })
     .await;
-    // Delete: the stream stops (bounded) and is gone.
+    // Delete: the stream stops (bounded) and is gone; a viewer gets a close frame saying so.
+    let url = format!("ws://{}/ws/live?stream_id={id}", s.video);
+    let (mut viewer, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("viewer");
+    let first = tokio::time::timeout(Duration::from_secs(10), viewer.next()).await;
+    assert!(
+        matches!(first, Ok(Some(Ok(Message::Binary(_))))),
+        "{first:?}"
+    );
     let r = c
         .delete(format!("{}/api/v1/streams/{id}", s.api))
         .send()
@@ -416,6 +425,16 @@ async fn api_drives_the_runtime() {
         .expect("delete");
     assert_eq!(r.status(), 204);
     assert!(s.state.manager.status(uuid).is_none());
+    let close = async {
+        while let Some(Ok(m)) = viewer.next().await {
+            if let Message::Close(f) = m {
+                return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    };
+    let close = tokio::time::timeout(Duration::from_secs(10), close).await;
+    assert_eq!(close, Ok(Some((1001, "Stream stopped".to_owned()))));
     s.stop().await;
 }
 
