@@ -75,13 +75,48 @@ async fn load(state: &AppState, row: SegmentRow) -> Option<Loaded> {
 fn parse_segment(
     data: &Bytes,
 ) -> Result<(StreamParams, Vec<Vec<Frame>>), crate::media::MediaError> {
-    let layout = fmp4::split_fragments(data)?;
+    let layout = match fmp4::split_fragments(data) {
+        Ok(layout) => layout,
+        // Not one of our fragmented segments: maybe a progressive MP4 from a Go archive indexed by
+        // `import-archive` (moov at the end). Otherwise the fragmented parser's error says more.
+        Err(e) => return parse_progressive(data).map_err(|_| e),
+    };
     let params = fmp4::parse_init(&data[layout.init.clone()])?;
     let params_arc = Arc::new(params.clone());
     let mut fragments = Vec::with_capacity(layout.fragments.len());
     for r in layout.fragments {
         let bytes = data.slice(r);
         fragments.push(fmp4::parse_fragment_bytes(&params_arc, &bytes)?);
+    }
+    Ok((params, fragments))
+}
+
+/// The frames of a progressive MP4, in fragments of about a second of the main track.
+fn parse_progressive(
+    data: &Bytes,
+) -> Result<(StreamParams, Vec<Vec<Frame>>), crate::media::MediaError> {
+    let file = crate::media::mp4file::Mp4File::from_bytes(data.clone())?;
+    let params = file.params().clone();
+    let main = if params.video.is_some() {
+        TrackKind::Video
+    } else {
+        TrackKind::Audio
+    };
+    let mut fragments: Vec<Vec<Frame>> = Vec::new();
+    let mut second = None;
+    for f in file.frames() {
+        if f.track == main {
+            let s = ticks_to_us(f.dts, params.timescale(main)).div_euclid(1_000_000);
+            if second != Some(s) {
+                second = Some(s);
+                fragments.push(Vec::new());
+            }
+        }
+        match fragments.last_mut() {
+            Some(frag) => frag.push(f),
+            // Frames of the other track before the first main one: a fragment of their own.
+            None => fragments.push(vec![f]),
+        }
     }
     Ok((params, fragments))
 }

@@ -10,8 +10,9 @@ use video_server::archive::import::{ImportEvent, import_archive};
 use video_server::db::{Db, runs, segments};
 
 use crate::both_engines;
+use crate::support::InProcess;
 use crate::support::binary::{base_config, binary};
-use crate::support::media::ffprobe;
+use crate::support::media::{ffmpeg_decode_errors, ffprobe, first_box};
 
 /// Start of the first file, in Unix seconds.
 const T0: i64 = 1_600_000_000;
@@ -260,4 +261,78 @@ async fn binary_import_archive_subcommand() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An imported Go archive plays back over `/ws/archive` like recorded segments: the Go client
+/// pointed at our server sees the recordings it had before the migration.
+#[tokio::test(flavor = "multi_thread")]
+async fn imported_go_archive_plays_back() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let archive = go_archive(dir.path());
+    let s = InProcess::start("[archive]\nserving = true\n").await;
+    import_archive(&s.state.db, dir.path(), |_| {})
+        .await
+        .expect("import");
+    let url = format!(
+        "ws://{}/ws/archive?stream_id={}&start={T0}&duration=60",
+        s.video, archive.stream
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    // Per codec setup: the codec list, the init segment and its fragments.
+    let mut parts: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    let mut texts = Vec::new();
+    loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(30), ws.next())
+            .await
+            .expect("not stalled");
+        match m {
+            Some(Ok(Message::Binary(b))) if b.first() == Some(&9) => {
+                parts.push((String::from_utf8_lossy(&b[1..]).into_owned(), Vec::new(), 0));
+            }
+            Some(Ok(Message::Binary(b))) => {
+                let part = parts.last_mut().expect("codecs first");
+                if first_box(&b) == "ftyp" {
+                    part.1 = b.to_vec();
+                } else {
+                    assert_eq!(first_box(&b), "moof");
+                    part.2 += 1;
+                    part.1.extend_from_slice(&b);
+                }
+            }
+            Some(Ok(Message::Text(t))) if t.as_str() == "pause" => {
+                ws.send(Message::Text("more".into())).await.expect("more");
+            }
+            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
+    // Video only, then video + AAC, then video only: each change sends codecs and init again.
+    let codecs: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(codecs.len(), 3, "{codecs:?}");
+    assert!(
+        !codecs[0].contains("mp4a") && codecs[1].contains("mp4a.40.2"),
+        "{codecs:?}"
+    );
+    // Every part decodes and holds its file's length (2 s, 3 s, 2 s) in about-a-second fragments.
+    for (i, (part, want_s)) in parts.iter().zip([2.0, 3.0, 2.0]).enumerate() {
+        assert!((2..=4).contains(&part.2), "part {i}: {} fragments", part.2);
+        let path = dir.path().join(format!("part{i}.mp4"));
+        std::fs::write(&path, &part.1).expect("write");
+        let p = path.to_str().expect("utf-8");
+        assert_eq!(ffmpeg_decode_errors(p), "", "part {i}");
+        // Media time runs on across files: a part starts where the previous one ended.
+        let format = &ffprobe(p)["format"];
+        let num = |k: &str| -> f64 { format[k].as_str().expect(k).parse().expect("number") };
+        let secs = num("duration") - num("start_time");
+        assert!((secs - want_s).abs() < 0.2, "part {i}: {secs} s");
+    }
+    let _ = s.stop().await;
 }
