@@ -20,16 +20,12 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::db::segments::MAX_SEGMENT_US;
 use crate::db::segments::{NewSegment, SegmentState};
 use crate::db::{self, Db, DbError};
 use crate::media::fmp4::init_segment;
 use crate::media::mp4file::Mp4File;
 use crate::stream::StorageKind;
-
-/// Longest file we index. Time queries look for segments starting up to twice the segment cap
-/// before the window (`db::segments::ranges`), so a longer segment could be missed by a query that
-/// starts inside it.
-pub const MAX_SEGMENT_US: i64 = crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2;
 
 /// Errors that stop an import: the directory cannot be read, or the index fails. Bad files are
 /// not errors (see [`Unplayable`]).

@@ -11,6 +11,7 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::segments::{page_filter, scan_start};
 use super::{Db, DbError, DbUuid, Result};
 
 /// One segment as the API lists it (no storage key: that is a server-side detail).
@@ -67,10 +68,11 @@ impl From<SegmentTuple> for SegmentItem {
 /// for a range bound. (Written as `start_us > $5 OR (start_us = $5 AND id > $6)`, SQLite derives
 /// `start_us >= $5` from it and may seek from there instead of from `$2`: from the stream's first
 /// segment on a first page.)
-const PAGE_ROWS: &str = "SELECT id, start_us, end_us, media_duration_us, bytes, state, storage, \
-    upload_state, bucket FROM segments WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 \
-    AND end_us > $4 AND state IN ('recording', 'complete') \
-    AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7";
+const PAGE_ROWS: &str = concat!(
+    "SELECT id, start_us, end_us, media_duration_us, bytes, state, storage, upload_state, bucket \
+     FROM segments ",
+    page_filter!()
+);
 
 /// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start (then
 /// id), after the keyset position `after = (start_us, id)` of the previous page's last row.
@@ -82,7 +84,7 @@ pub async fn segments(
     after: Option<(i64, i64)>,
     limit: u32,
 ) -> Result<Vec<SegmentItem>> {
-    let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
+    let lower = scan_start(from_us);
     let (after_start, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
     match db {
         Db::Sqlite(p) => {

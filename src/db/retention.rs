@@ -105,10 +105,9 @@ pub async fn protected_bytes(db: &Db, stream_id: Uuid) -> Result<i64> {
             WHERE p.stream_id = $1 AND s2.state = 'complete'
               AND p.start_us <= s2.end_us
               AND (p.start_us < s2.end_us OR s2.start_us = s2.end_us))";
-    let span_us = crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2;
     let total: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
         .bind(DbUuid(stream_id))
-        .bind(span_us)
+        .bind(super::segments::MAX_SEGMENT_US)
         .fetch_one(p)
         .await?);
     Ok(total)

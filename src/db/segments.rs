@@ -5,6 +5,30 @@ use uuid::Uuid;
 use super::{Db, DbUuid, Result, now_us, with_pool};
 use crate::stream::StorageKind;
 
+/// Longest segment the index holds: twice the recorder's cap, which also bounds imported files.
+/// Time queries scan segments starting up to this long before their window ([`scan_start`]), so
+/// a longer segment could be missed by a query that starts inside it.
+pub const MAX_SEGMENT_US: i64 = crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2;
+
+/// Lowest start a segment overlapping a window that begins at `from_us` can have: the lower
+/// bound of the `(stream_id, start_us)` index scan.
+pub(crate) fn scan_start(from_us: i64) -> i64 {
+    from_us.saturating_sub(MAX_SEGMENT_US)
+}
+
+/// Filter and order of a keyset page of a stream's playable segments overlapping `[$4, $3)`
+/// after the position `($5, $6)`, at most `$7`; `$2` is the scan start, never below `$5`
+/// (see `db::pages` for why the keyset test is spelled this way). A string literal for
+/// `concat!`.
+macro_rules! page_filter {
+    () => {
+        "WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 AND end_us > $4 \
+         AND state IN ('recording', 'complete') \
+         AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7"
+    };
+}
+pub(crate) use page_filter;
+
 /// Lifecycle of a segment row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentState {
@@ -99,7 +123,7 @@ pub async fn ranges(
         ) AS numbered
         GROUP BY run
         ORDER BY 1";
-    let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
+    let lower = scan_start(from_us);
     let rows: Vec<(i64, i64)> = with_pool!(db, p => sqlx::query_as(SQL)
         .bind(DbUuid(stream_id))
         .bind(lower)
@@ -118,7 +142,7 @@ pub async fn ranges(
 pub async fn any_in_range(db: &Db, stream_id: Uuid, from_us: i64, to_us: i64) -> Result<bool> {
     const SQL: &str = "SELECT EXISTS (SELECT 1 FROM segments WHERE stream_id = $1 \
         AND start_us >= $2 AND start_us < $3 AND end_us > $4 AND state IN ('recording', 'complete'))";
-    let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
+    let lower = scan_start(from_us);
     let found: bool = with_pool!(db, p => sqlx::query_scalar(SQL)
         .bind(DbUuid(stream_id))
         .bind(lower)
@@ -277,13 +301,9 @@ pub async fn page(
     after: Option<(i64, i64)>,
     limit: u32,
 ) -> Result<Vec<SegmentRow>> {
-    let lower = from_us.saturating_sub(crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2);
+    let lower = scan_start(from_us);
     let (after_start, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
-    let sql = format!(
-        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE stream_id = $1 AND start_us >= $2 \
-         AND start_us < $3 AND end_us > $4 AND state IN ('recording', 'complete') \
-         AND (start_us > $5 OR id > $6) ORDER BY start_us, id LIMIT $7"
-    );
+    let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments {}", page_filter!());
     let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(DbUuid(stream_id))
         .bind(lower.max(after_start))
