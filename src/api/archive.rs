@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
 use crate::db::pages::{self, SegmentItem};
 use crate::db::protected::{self, ProtectedRange};
 use crate::db::runs;
@@ -156,17 +156,6 @@ fn decode_cursor(raw: &str) -> Option<(i64, i64)> {
     Some((start, id))
 }
 
-fn parse_stream_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("'{raw}' is not a valid UUID: {e}"),
-        )
-        .with_field("id")
-    })
-}
-
 /// 404 unless the index knows the stream (a row, archive segments or protected ranges).
 async fn check_known(state: &AppState, id: Uuid) -> Result<(), ApiError> {
     if protected::stream_known(&state.db, id).await? {
@@ -290,7 +279,7 @@ pub async fn stream_ranges(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<RangesQuery>,
 ) -> Result<Json<RangesResponse>, ApiError> {
-    let id = parse_stream_id(&raw)?;
+    let id = parse_id(&raw)?;
     let (start_us, end_us) = query_window(q.start.as_deref(), q.end.as_deref())?;
     let gap_ms = q.gap_ms.unwrap_or(DEFAULT_GAP_MS);
     if !(MIN_GAP_MS..=MAX_GAP_MS).contains(&gap_ms) {
@@ -412,7 +401,7 @@ pub async fn list_segments(
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<SegmentsQuery>,
 ) -> Result<Json<SegmentPage>, ApiError> {
-    let id = parse_stream_id(&raw)?;
+    let id = parse_id(&raw)?;
     let (start_us, end_us) = query_window(q.start.as_deref(), q.end.as_deref())?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -539,7 +528,7 @@ pub async fn list_protected(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<ProtectedRangeList>, ApiError> {
-    let id = parse_stream_id(&raw)?;
+    let id = parse_id(&raw)?;
     check_known(&state, id).await?;
     let rows = protected::list(&state.db, id).await?;
     Ok(Json(ProtectedRangeList {
@@ -564,7 +553,7 @@ pub async fn create_protected(
     Path(raw): Path<String>,
     ApiJson(input): ApiJson<ProtectedRangeInput>,
 ) -> Result<Response, ApiError> {
-    let id = parse_stream_id(&raw)?;
+    let id = parse_id(&raw)?;
     let start_us = input.start.to_us("start")?;
     let end_us = input.end.to_us("end")?;
     check_window(start_us, end_us)?;
@@ -609,7 +598,7 @@ pub async fn delete_protected(
     State(state): State<AppState>,
     Path((raw, raw_range)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_stream_id(&raw)?;
+    let id = parse_id(&raw)?;
     let range_id: i64 = raw_range.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -657,17 +646,22 @@ mod tests {
         for bad in [
             "",
             " ",
+            "x",
             "yesterday",
             "12:00",
             "1.",
             ".5",
             "1.2.3",
+            "1e9",
+            "1 2",
+            "2023-11-14",
             "2025-13-01T00:00:00Z",
         ] {
             assert_eq!(parse_time(bad), Err(TimeError::Unparsable), "{bad:?}");
         }
         for out in [
             "-1",
+            "-5",
             "1969-12-31T23:59:59Z",
             "99999999999999999999",
             "253402300800",

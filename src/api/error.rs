@@ -43,6 +43,18 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
+/// A stream id from the URL path; 400 `invalid_id` (field `id`) when it is not a UUID.
+pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("'{raw}' is not a valid UUID: {e}"),
+        )
+        .with_field("id")
+    })
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {

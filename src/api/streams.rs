@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
 use crate::config::{MAX_MS_PER_FILE, MIN_MS_PER_FILE};
 use crate::db::streams::{self, Origin, StreamRecord};
 use crate::stream::{
@@ -318,17 +318,6 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
             max_age_s: r.max_age_s,
             max_bytes: r.max_bytes,
         },
-    })
-}
-
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("'{raw}' is not a valid UUID: {e}"),
-        )
-        .with_field("id")
     })
 }
 
