@@ -4,6 +4,7 @@
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=mse     node e2e/run.mjs
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=hls     node e2e/run.mjs
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=archive START=<unix s> [DURATION=<s>] [META=1] [EXPECT_PAUSE=1] node e2e/run.mjs
+//   QUERY=<signed query> (any mode): play through a signed URL (auth on; README "Security")
 //
 // Settings come from the environment; `KEY=value` or `--key=value` arguments override them
 // (e.g. `node run.mjs --mode=hls --stream-id=...`). See README.md for the full list.
@@ -94,6 +95,8 @@ function readConfig() {
     duration: cfg.DURATION || '',
     meta: cfg.META || '',
     wsPath: cfg.WS_PATH || 'live',
+    // A signed URL's query (POST /api/v1/streams/{id}/sign), appended to the media URL.
+    query: (cfg.QUERY || '').replace(/^[?&]+/, ''),
     expectPause: cfg.EXPECT_PAUSE === '1' || cfg.EXPECT_PAUSE === 'true',
     expectReset: cfg.EXPECT_RESET === '1' || cfg.EXPECT_RESET === 'true',
     timeoutS: num('TIMEOUT_S', 20),
@@ -257,10 +260,13 @@ function pageUrl(base, cfg) {
   const q = new URLSearchParams();
   if (cfg.mode === 'hls') {
     q.set('stream_id', cfg.streamId);
+    // Same origin through the proxy; the playlist lists its URIs with the signature.
+    if (cfg.query) q.set('src', `/hls/${encodeURIComponent(cfg.streamId)}.m3u8?${cfg.query}`);
     return `${base}/pages/hls.html?${q}`;
   }
   q.set('ws', cfg.videoAddr);
   q.set('stream_id', cfg.streamId);
+  if (cfg.query) q.set('q', cfg.query);
   if (cfg.mode === 'mse') {
     if (cfg.wsPath !== 'live') q.set('path', cfg.wsPath);
     return `${base}/pages/mse.html?${q}`;

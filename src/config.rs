@@ -88,6 +88,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Ours: archive retention (global free-disk floor and pass interval).
     pub retention: RetentionConfig,
+    /// Ours: access control (tokens, signed URLs, audit).
+    pub auth: AuthConfig,
     /// Where the file was read from (not a key). Relative paths in the file stay relative to the
     /// working directory, as in the original.
     #[serde(skip)]
@@ -379,6 +381,46 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Environment variable holding an admin token to accept (bootstrap), as an alternative to
+/// `[auth] admin_token_file`.
+pub const ADMIN_TOKEN_ENV: &str = "VIDEO_SERVER_ADMIN_TOKEN";
+
+/// Default longest lifetime of a signed URL (24 h).
+pub const DEFAULT_MAX_SIGNED_TTL_S: u64 = 86_400;
+
+/// Default age after which audit rows are deleted (90 days).
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
+
+/// `[auth]` (ours): access control. Off by default so Go configs keep working unchanged; when off,
+/// every route is open (and a warning is logged at start if a listener is not on loopback).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Require a bearer token or a signed URL on every route except the public ones.
+    pub enabled: bool,
+    /// A file holding an admin token to accept (the first line; at least 32 characters). The
+    /// `VIDEO_SERVER_ADMIN_TOKEN` environment variable does the same.
+    pub admin_token_file: String,
+    /// Longest `ttl_s` a signed URL may be given (default 86400).
+    pub max_signed_ttl_s: u64,
+    /// Delete audit rows older than this many days (default 90; 0 keeps them forever).
+    pub audit_retention_days: u64,
+    /// `/metrics` without a token (default false: it needs an admin token when auth is on).
+    pub metrics_public: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            admin_token_file: String::new(),
+            max_signed_ttl_s: DEFAULT_MAX_SIGNED_TTL_S,
+            audit_retention_days: DEFAULT_AUDIT_RETENTION_DAYS,
+            metrics_public: false,
+        }
+    }
+}
+
 /// Default pause between two retention passes.
 pub const DEFAULT_RETENTION_INTERVAL_S: u64 = 60;
 
@@ -592,6 +634,13 @@ impl Config {
                 path: path.clone(),
                 key: "retention.min_free_percent".into(),
                 message: format!("{p} is out of range 0..100"),
+            });
+        }
+        if self.auth.max_signed_ttl_s == 0 {
+            return Err(ConfigError::Key {
+                path: path.clone(),
+                key: "auth.max_signed_ttl_s".into(),
+                message: "must be at least 1".into(),
             });
         }
         // Validate every stream now, so a bad entry stops start-up with a message naming it.

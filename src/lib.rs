@@ -11,17 +11,19 @@
 //! | [`source`] | RTSP (retina) and looping-file sources, the per-stream supervisor |
 //! | [`hub`] | per-stream fan-out to viewers, HLS and recorder, with keyframe resync |
 //! | [`manager`] | starts, stops and reports on running streams |
-//! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI |
+//! | [`auth`] | access control: tokens, scopes, signed URLs, the audit log's writer |
+//! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI, the route policy table |
 //! | [`live`] | the video listener: MSE WebSocket, archive WebSocket, HLS files |
 //! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import, export |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
 //!
 //! Dependencies point one way: `config`/`media` → `db`/`hub` → `source` → `manager` →
-//! `live`/`api` → `server`.
+//! `auth` → `live`/`api` → `server`.
 
 pub mod api;
 pub mod archive;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod hub;

@@ -36,6 +36,57 @@ enum Command {
         /// The directory the Go server recorded into (its subdirectories are searched too).
         dir: PathBuf,
     },
+    /// Manage access tokens (in the database named by the config file).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage the key that signs player URLs.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it on stdout. It is shown only this once.
+    Create {
+        /// An admin token: may do everything (tokens, audit, every stream).
+        #[arg(long, conflicts_with_all = ["streams", "actions"])]
+        admin: bool,
+        /// Stream UUIDs, comma-separated, or `*` for every stream.
+        #[arg(long, value_delimiter = ',', required_unless_present = "admin")]
+        streams: Vec<String>,
+        /// Actions, comma-separated: live, archive, export, manage.
+        #[arg(long, value_delimiter = ',', required_unless_present = "admin")]
+        actions: Vec<String>,
+        /// Lifetime, e.g. 3600, 90s, 15m, 12h, 30d, 2w (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// A label: who holds it, what for.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Delete a token. Running servers stop accepting it within 5 seconds.
+    Revoke {
+        /// The token's id (the part after `vs_`, 16 hex digits).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Make a new signing key. URLs signed with the previous key keep working for `--grace`
+    /// (use `--grace 0` after a leak: they stop at once). Running servers use the new key within
+    /// 5 seconds.
+    Rotate {
+        /// How long the previous key still verifies, e.g. 0, 10m, 1h, 1d.
+        #[arg(long, default_value = "1h")]
+        grace: String,
+    },
 }
 
 /// Rewrites the Go original's single-dash flags (`-conf x`, `-conf=x`) into clap's `--conf`.
@@ -96,6 +147,8 @@ fn main() -> ExitCode {
             Some(Command::ImportArchive { dir }) => {
                 return Ok(import_archive(&config, &dir).await);
             }
+            Some(Command::Token { command }) => return Ok(token_command(&config, command).await),
+            Some(Command::Key { command }) => return Ok(key_command(&config, command).await),
             _ => serve(config).await,
         }
         .map(|()| ExitCode::SUCCESS)
@@ -157,6 +210,167 @@ async fn import_archive(config: &Config, dir: &std::path::Path) -> ExitCode {
         Err(e @ (ImportError::Dir { .. } | ImportError::NotADirectory(_))) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `token create|list|revoke`: exit 2 for invalid arguments, 1 when the database fails.
+async fn token_command(config: &Config, command: TokenCommand) -> ExitCode {
+    use video_server::api::access::{TokenDto, TokenInput, token_spec};
+    use video_server::auth::scope::Action;
+
+    // Validate before touching the database.
+    let spec = match &command {
+        TokenCommand::Create {
+            admin,
+            streams,
+            actions,
+            ttl,
+            name,
+        } => {
+            let mut parsed = Vec::new();
+            for a in actions.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+                match Action::parse(a) {
+                    Some(a) => parsed.push(a),
+                    None => {
+                        eprintln!(
+                            "error: unknown action '{a}' (use live, archive, export, manage)"
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let expires_in_s = match ttl.as_deref().map(video_server::auth::token::parse_ttl) {
+                None => None,
+                Some(Ok(d)) => Some(d.as_secs()),
+                Some(Err(e)) => {
+                    eprintln!("error: --ttl {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let input = TokenInput {
+                name: name.clone(),
+                admin: *admin,
+                streams: streams.clone(),
+                actions: parsed,
+                expires_in_s,
+            };
+            match token_spec(input) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    eprintln!("error: {}", e.message);
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let db = match video_server::server::open_db(config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = async {
+        match command {
+            TokenCommand::Create { .. } => {
+                let Some(spec) = spec else { return Ok(()) };
+                let (row, text) = video_server::auth::create_token(&db, &spec, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!(
+                    "token {} created{}; it is shown only once:",
+                    row.id,
+                    if row.admin { " (admin)" } else { "" }
+                );
+                // The token is this command's result: alone on stdout, for scripts.
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{text}");
+                }
+            }
+            TokenCommand::List => {
+                let rows = video_server::db::tokens::list(&db)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                #[allow(clippy::print_stdout)]
+                for r in &rows {
+                    let t = TokenDto::from(r);
+                    let scope = if t.admin {
+                        "admin".to_owned()
+                    } else {
+                        let actions: Vec<&str> = t.actions.iter().map(|a| a.as_str()).collect();
+                        format!("{} on {}", actions.join(","), t.streams.join(","))
+                    };
+                    let expiry = match (&t.expires_at, t.expired) {
+                        (None, _) => "no expiry".to_owned(),
+                        (Some(e), true) => format!("expired {e}"),
+                        (Some(e), false) => format!("expires {e}"),
+                    };
+                    println!("{}\t{}\t{scope}\t{expiry}", t.id, t.name);
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                if !video_server::db::tokens::delete(&db, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no token with id {id}"));
+                }
+                eprintln!("token {id} deleted; servers stop accepting it within 5 seconds");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    db.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `key rotate`.
+async fn key_command(config: &Config, command: KeyCommand) -> ExitCode {
+    let KeyCommand::Rotate { grace } = command;
+    let grace = match grace.trim() {
+        "0" | "0s" => std::time::Duration::ZERO,
+        other => match video_server::auth::token::parse_ttl(other) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: --grace {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let db = match video_server::server::open_db(config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = async {
+        video_server::auth::ensure_signing_key(&db).await?;
+        video_server::auth::rotate_signing_key(&db, grace).await
+    }
+    .await;
+    db.close().await;
+    match result {
+        Ok(id) => {
+            eprintln!(
+                "signing key {id} is now current; URLs signed before keep working for {}s",
+                grace.as_secs()
+            );
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");

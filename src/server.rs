@@ -20,6 +20,8 @@ pub enum ServerError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -69,15 +71,17 @@ async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, 
 /// `listener` with `TCP_NODELAY` on every accepted connection. Live video is many small writes (a
 /// fragment per frame, `pong`); with Nagle's algorithm a write's last partial packet waits for
 /// the acknowledgement of the previous one, which the client's delayed ACK holds back up to 40 ms.
+/// (A named type rather than `impl Listener`, so axum can give handlers the peer address.)
 fn without_nagle(
     listener: TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
     use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
+    fn no_delay(tcp: &mut tokio::net::TcpStream) {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
-    })
+    }
+    listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream))
 }
 
 /// Starts everything and returns once both listeners accept connections. Cancelling `shutdown`
@@ -119,12 +123,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tracing::warn!(error = %e, "archive reconciliation failed");
         }
     });
+    let auth = crate::auth::Auth::new(&config.auth, db.clone()).await?;
+    // Stopped after the listeners have drained, so the last requests' entries are written.
+    let audit_stop = CancellationToken::new();
+    let audit_writer = auth.spawn_audit_writer(audit_stop.clone());
     let state = AppState {
         config: config.clone(),
         db: db.clone(),
         manager: manager.clone(),
         archive: Arc::new(crate::archive::Archive::new(&config)),
         uploads: Default::default(),
+        auth,
     };
 
     let tracker = TaskTracker::new();
@@ -136,14 +145,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None
     };
     let api_addr = api_listener.as_ref().map(local_addr).transpose()?;
+    if !config.auth.enabled {
+        for addr in exposed_without_auth(&[Some(video_addr), api_addr]) {
+            tracing::warn!(
+                %addr,
+                "AUTH IS OFF on a listener that is not loopback-only: anyone who can reach {addr} \
+                 can watch, export, change and delete cameras. Set [auth] enabled = true \
+                 (README \"Security\")"
+            );
+        }
+    }
 
     let mut listeners = Vec::new();
     let video_app = live::app(state.clone());
     let token = shutdown.clone();
     listeners.push(tokio::spawn(async move {
-        let result = axum::serve(without_nagle(video_listener), video_app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let result = axum::serve(
+            without_nagle(video_listener),
+            video_app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "video listener failed");
         }
@@ -154,9 +176,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let api_app = api::app(state.clone());
         let token = shutdown.clone();
         listeners.push(tokio::spawn(async move {
-            let result = axum::serve(without_nagle(listener), api_app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
+            let result = axum::serve(
+                without_nagle(listener),
+                api_app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "api listener failed");
             }
@@ -211,6 +236,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         {
             tracing::error!(error = %e, "uploader task panicked");
         }
+        audit_stop.cancel();
+        if let Some(w) = audit_writer
+            && let Err(e) = w.await
+        {
+            tracing::error!(error = %e, "audit writer panicked");
+        }
         d.close().await;
     });
     tracker.close();
@@ -221,6 +252,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         state,
         tracker,
     })
+}
+
+/// The listener addresses reachable from other machines (not loopback).
+pub fn exposed_without_auth(addrs: &[Option<SocketAddr>]) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .flatten()
+        .filter(|a| !a.ip().is_loopback())
+        .copied()
+        .collect()
 }
 
 fn local_addr(l: &TcpListener) -> Result<SocketAddr, ServerError> {

@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{GoError, GoLowerError, GoUpperError};
+use crate::auth::Caller;
+use crate::auth::scope::Action;
 use crate::db::{runs, streams};
 use crate::stream::{OutputType, RtspTransport, Source, StreamSpec, parse_output_type};
 
@@ -36,14 +38,18 @@ pub struct ListResponse {
     pub data: Vec<ListEntry>,
 }
 
-/// Lists the active streams.
+/// Lists the active streams (those in the caller's scope when auth is on).
 #[utoipa::path(get, path = "/list", tag = "go-compatible",
     responses((status = 200, description = "Active stream ids", body = ListResponse)))]
-pub async fn list(State(state): State<AppState>) -> Json<ListResponse> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<ListResponse> {
     let data = state
         .manager
         .snapshot()
         .into_iter()
+        .filter(|(spec, _)| caller.sees(spec.id))
         .map(|(spec, _)| ListEntry { stream_id: spec.id })
         .collect();
     Json(ListResponse { data })
@@ -115,16 +121,22 @@ pub struct StatusDocument {
 
 const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-/// Builds the status document from the manager's live view.
-pub fn status_document(state: &AppState) -> StatusDocument {
+/// Builds the status document from the manager's live view: the streams in the caller's scope,
+/// with their source URL only where the caller may `manage` the stream (`""` elsewhere).
+pub fn status_document(state: &AppState, caller: &Caller) -> StatusDocument {
     let c = &state.config;
     let streams = state
         .manager
         .snapshot()
         .into_iter()
+        .filter(|(spec, _)| caller.sees(spec.id))
         .map(|(spec, st)| {
             let entry = GoStreamStatus {
-                url: spec.source.display_url(),
+                url: if caller.can(Action::Manage, spec.id) {
+                    spec.source.display_url()
+                } else {
+                    String::new()
+                },
                 status: st.status,
                 on_demand: c.on_demand_for(&spec),
                 online: st.online,
@@ -172,11 +184,14 @@ pub fn status_document(state: &AppState) -> StatusDocument {
     }
 }
 
-/// The whole application status.
+/// The whole application status (the streams in the caller's scope when auth is on).
 #[utoipa::path(get, path = "/status", tag = "go-compatible",
     responses((status = 200, description = "Status document", body = StatusDocument)))]
-pub async fn status(State(state): State<AppState>) -> Json<StatusDocument> {
-    Json(status_document(&state))
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<StatusDocument> {
+    Json(status_document(&state, &caller))
 }
 
 /// Body of `POST /enable_camera` and `POST /disable_camera`.
@@ -199,8 +214,9 @@ pub struct CameraRequest {
 const BAD_JSON: &str = "Bad JSON binding";
 
 /// Parses the body the way the original's binder did: anything unparsable, and a guid that is not a
-/// UUID, is "Bad JSON binding". Unlike the original, a missing guid is refused too.
-fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest), GoError> {
+/// UUID, is "Bad JSON binding". Unlike the original, a missing guid is refused too. The access
+/// policy reads the guid with this same function.
+pub(crate) fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest), GoError> {
     let bad = |detail: Option<&str>| {
         GoError::upper(
             StatusCode::BAD_REQUEST,
@@ -227,9 +243,11 @@ fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest), GoError> {
     responses(
         (status = 200, description = "Status document", body = StatusDocument),
         (status = 400, description = "Bad body or output type", body = GoUpperError),
+        (status = 403, description = "The guid is unknown (creating a stream) and the credential lacks `manage` on every stream", body = GoUpperError),
     ))]
 pub async fn enable_camera(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<StatusDocument>, GoError> {
     let (id, req) = parse_camera_request(&body)?;
@@ -272,6 +290,13 @@ pub async fn enable_camera(
             state.manager.start(&spec).await;
         }
         None => {
+            // Creating a stream, unlike changing one, needs `manage` on every stream.
+            if !caller.grant.allows_everywhere(Action::Manage) {
+                return Err(GoError::upper(
+                    StatusCode::FORBIDDEN,
+                    "creating a stream needs 'manage' on every stream ('*')",
+                ));
+            }
             check_rtsp_url(url)?;
             let spec = StreamSpec {
                 id,
@@ -294,7 +319,7 @@ pub async fn enable_camera(
             state.manager.start(&spec).await;
         }
     }
-    Ok(Json(status_document(&state)))
+    Ok(Json(status_document(&state, &caller)))
 }
 
 fn check_rtsp_url(url: &str) -> Result<(), GoError> {
@@ -322,6 +347,7 @@ fn check_rtsp_url(url: &str) -> Result<(), GoError> {
     ))]
 pub async fn disable_camera(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<StatusDocument>, GoError> {
     let (id, _) = parse_camera_request(&body)?;
@@ -332,7 +358,7 @@ pub async fn disable_camera(
             tracing::error!(error = %e, "disable_camera failed");
             GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         })?;
-    Ok(Json(status_document(&state)))
+    Ok(Json(status_document(&state, &caller)))
 }
 
 /// One recorded range.

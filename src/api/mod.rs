@@ -5,11 +5,13 @@
 //! [`AppState`]; every route is declared with `utoipa` so the OpenAPI document cannot drift from the
 //! router (`openapi/openapi.json` is committed and checked by a test).
 
+pub mod access;
 pub mod archive;
 pub mod error;
 pub mod export;
 pub mod go;
 pub mod openapi;
+pub mod policy;
 pub mod streams;
 pub mod uploads;
 
@@ -45,10 +47,12 @@ pub struct AppState {
     pub archive: Arc<crate::archive::Archive>,
     /// Counters of the S3 uploader (all zero and `running = false` when there is none).
     pub uploads: Arc<crate::archive::uploader::UploadStats>,
+    /// Access control: credentials, signing keys, the audit log.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
-/// The API router and the OpenAPI document it implements.
-pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+/// The API routes and the OpenAPI document their annotations describe.
+fn routes_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(go::list))
         .routes(routes!(go::status))
@@ -69,8 +73,19 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(archive::delete_protected))
         .routes(routes!(export::export_mp4))
         .routes(routes!(uploads::upload_status))
+        .routes(routes!(access::sign_stream))
+        .routes(routes!(access::list_tokens, access::create_token))
+        .routes(routes!(access::delete_token))
+        .routes(routes!(access::list_audit))
         .routes(routes!(healthz))
         .split_for_parts()
+}
+
+/// The API router and its OpenAPI document, with the access policy documented on every operation.
+pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = routes_and_openapi();
+    policy::document(&mut doc, policy::API);
+    (router, doc)
 }
 
 /// The OpenAPI document as pretty JSON (what `video-server openapi` prints and the repo commits).
@@ -83,12 +98,19 @@ pub fn openapi_json() -> String {
     text
 }
 
-/// The complete API application for a state: routes, Swagger UI, body limit, CORS, tracing.
+/// The complete API application for a state: routes, Swagger UI, access policy, body limit, CORS,
+/// tracing.
 pub fn app(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors);
     let (router, doc) = router_and_openapi();
     let router = router
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
+        // A route layer, so it runs once a route matched (the policy is looked up by its
+        // template) and covers every route above, Swagger UI included.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            policy::enforce_api,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state);
@@ -157,6 +179,8 @@ pub struct Health {
     pub status: &'static str,
     /// `ok`, or the reason the index is unreachable.
     pub database: String,
+    /// `on` when `[auth] enabled` (clients need a token or a signed URL), else `off`.
+    pub auth: &'static str,
 }
 
 /// Liveness and database reachability.
@@ -166,12 +190,14 @@ pub struct Health {
         (status = 503, description = "The database is unreachable", body = Health),
     ))]
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let auth = if state.auth.enabled() { "on" } else { "off" };
     match state.db.ping().await {
         Ok(()) => (
             axum::http::StatusCode::OK,
             axum::Json(Health {
                 status: "ok",
                 database: "ok".into(),
+                auth,
             }),
         ),
         Err(e) => (
@@ -179,6 +205,7 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             axum::Json(Health {
                 status: "degraded",
                 database: e.to_string(),
+                auth,
             }),
         ),
     }

@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         (name = "go-compatible", description = "Routes and JSON of the Go original"),
         (name = "streams", description = "Stream (camera) management"),
         (name = "archive", description = "Recorded ranges, segment listing and protected ranges"),
+        (name = "access", description = "Tokens, signed player URLs and the audit log (README \"Security\")"),
         (name = "ops", description = "Health and operations"),
     )
 )]

@@ -3,10 +3,10 @@
 //! Every change is written to the database first, then applied to the running stream through the
 //! [`StreamManager`](crate::manager::StreamManager), so it survives a restart.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
+use crate::auth::Caller;
+use crate::auth::scope::{Action, Streams};
 use crate::config::{MAX_MS_PER_FILE, MIN_MS_PER_FILE};
 use crate::db::streams::{self, Origin, StreamRecord};
 use crate::stream::{
@@ -105,7 +107,8 @@ pub struct StreamInput {
 pub struct StreamDto {
     pub id: Uuid,
     pub name: String,
-    pub source: SourceDto,
+    /// `null` unless the caller may `manage` the stream (with auth off: always shown).
+    pub source: Option<SourceDto>,
     pub outputs: Vec<OutputType>,
     pub on_demand: Option<bool>,
     pub enabled: bool,
@@ -165,7 +168,7 @@ impl From<&StreamRecord> for StreamDto {
         StreamDto {
             id: r.spec.id,
             name: i.name,
-            source: i.source,
+            source: Some(i.source),
             outputs: i.outputs,
             on_demand: i.on_demand,
             enabled: i.enabled,
@@ -175,6 +178,18 @@ impl From<&StreamRecord> for StreamDto {
             created_at: rfc3339_us(r.created_at_us),
             updated_at: rfc3339_us(r.updated_at_us),
         }
+    }
+}
+
+impl StreamDto {
+    /// The stream as `caller` may see it: the source (URL, credentials, file path) only with
+    /// `manage` on the stream.
+    pub fn for_caller(r: &StreamRecord, caller: &Caller) -> Self {
+        let mut dto = StreamDto::from(r);
+        if !caller.can(Action::Manage, r.spec.id) {
+            dto.source = None;
+        }
+        dto
     }
 }
 
@@ -354,7 +369,7 @@ pub struct StreamPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists streams, ordered by id, a page at a time.
+/// Lists streams, ordered by id, a page at a time (those in the caller's scope when auth is on).
 #[utoipa::path(get, path = "/api/v1/streams", tag = "streams",
     params(ListQuery),
     responses(
@@ -363,6 +378,7 @@ pub struct StreamPage {
     ))]
 pub async fn list_streams(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<StreamPage>, ApiError> {
     let limit = q.limit.unwrap_or(100);
@@ -378,7 +394,25 @@ pub async fn list_streams(
         })
         .transpose()?;
     // Fetch one extra row to know whether another page exists.
-    let mut rows = streams::list_page(&state.db, after, limit + 1).await?;
+    let g = &caller.grant;
+    let mut rows = if g.admin || (g.streams == Streams::All && !g.actions.is_empty()) {
+        streams::list_page(&state.db, after, limit + 1).await?
+    } else if let (Streams::Only(ids), false) = (&g.streams, g.actions.is_empty()) {
+        // A scoped token names at most a thousand streams: read them by id, in id order (the
+        // order of the full listing, so cursors mean the same).
+        let mut rows = Vec::new();
+        for id in ids.iter().filter(|id| after.is_none_or(|a| **id > a)) {
+            if rows.len() > limit as usize {
+                break;
+            }
+            if let Some(r) = streams::get(&state.db, *id).await? {
+                rows.push(r);
+            }
+        }
+        rows
+    } else {
+        Vec::new()
+    };
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|r| r.spec.id.to_string())
@@ -386,7 +420,10 @@ pub async fn list_streams(
         None
     };
     Ok(Json(StreamPage {
-        items: rows.iter().map(StreamDto::from).collect(),
+        items: rows
+            .iter()
+            .map(|r| StreamDto::for_caller(r, &caller))
+            .collect(),
         next_cursor,
     }))
 }
@@ -429,10 +466,14 @@ pub async fn create_stream(
     ))]
 pub async fn get_stream(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<StreamDto>, ApiError> {
     let id = parse_id(&raw)?;
-    Ok(Json(StreamDto::from(&load(&state, id).await?)))
+    Ok(Json(StreamDto::for_caller(
+        &load(&state, id).await?,
+        &caller,
+    )))
 }
 
 async fn store_update(

@@ -6,6 +6,7 @@
 //! engines (UUID is `TEXT` in SQLite and `UUID` in Postgres) a small wrapper type ([`DbUuid`]) encodes
 //! the right thing for each.
 
+pub mod audit;
 pub mod import;
 pub mod pages;
 pub mod protected;
@@ -13,7 +14,9 @@ pub mod reports;
 pub mod retention;
 pub mod runs;
 pub mod segments;
+pub mod signing_keys;
 pub mod streams;
+pub mod tokens;
 
 use std::path::Path;
 use std::str::FromStr;

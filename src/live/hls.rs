@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use crate::api::AppState;
 use crate::api::error::GoError;
+use crate::auth::Caller;
 
 /// A validated HLS file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +60,63 @@ pub fn content_type(file: &str) -> &'static str {
     }
 }
 
+/// Appends a signed URL's query to every URI of a playlist (segment lines and `URI="..."`
+/// attributes such as `EXT-X-MAP`), so a player that fetched the playlist through a signed URL
+/// can fetch what it lists: players resolve those URIs against the playlist's URL but drop its
+/// query.
+pub fn sign_playlist(text: &str, query: &str) -> String {
+    let with_query = |uri: &str| {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        format!("{uri}{sep}{query}")
+    };
+    let mut out = String::with_capacity(text.len() + 64 * query.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let end = &line[body.len()..];
+        if body.is_empty() {
+            out.push_str(line);
+            continue;
+        }
+        if !body.starts_with('#') {
+            out.push_str(&with_query(body));
+            out.push_str(end);
+            continue;
+        }
+        // Tags: rewrite every URI="..." attribute, keep the rest.
+        let mut rest = body;
+        while let Some(at) = rest.find("URI=\"") {
+            let (head, tail) = rest.split_at(at + 5);
+            out.push_str(head);
+            match tail.find('"') {
+                Some(close) => {
+                    out.push_str(&with_query(&tail[..close]));
+                    rest = &tail[close..];
+                }
+                None => {
+                    rest = tail;
+                    break;
+                }
+            }
+        }
+        out.push_str(rest);
+        out.push_str(end);
+    }
+    out
+}
+
 /// Serves one HLS file.
-pub async fn serve(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+#[utoipa::path(get, path = "/hls/{file}", tag = "video",
+    params(("file" = String, Path, description = "`<uuid>.m3u8` or a file it lists")),
+    responses(
+        (status = 200, description = "Playlist or segment"),
+        (status = 400, description = "Bad file name", body = crate::api::error::GoUpperError),
+        (status = 404, description = "Unknown stream or file", body = crate::api::error::GoUpperError),
+    ))]
+pub async fn serve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(file): Path<String>,
+) -> Response {
     let name = match parse_name(&file) {
         Ok(n) => n,
         Err(msg) => return GoError::upper(StatusCode::BAD_REQUEST, msg).into_response(),
@@ -89,6 +146,12 @@ pub async fn serve(State(state): State<AppState>, Path(file): Path<String>) -> R
     }
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
+            let bytes = match caller.signed_query() {
+                Some(q) if name.is_playlist => {
+                    sign_playlist(&String::from_utf8_lossy(&bytes), q).into_bytes()
+                }
+                _ => bytes,
+            };
             let mut resp = bytes.into_response();
             let h = resp.headers_mut();
             h.insert(
@@ -124,5 +187,22 @@ mod tests {
         assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070.m3u8/x").is_err());
         assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070.exe").is_err());
         assert!(parse_name("13bf3e5c-d537-4f10-98e8-9d0afca8b070").is_err());
+    }
+
+    #[test]
+    fn signed_playlists_carry_the_signature_on_every_uri() {
+        let text = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-MAP:URI=\"a_init.mp4\"\n\
+            #EXTINF:2.000,\na_1.m4s\r\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"b.mp4?x=1\",BYTERANGE=\"9@0\"\n\
+            #EXTINF:2.000,\nb_1.m4s";
+        let signed = sign_playlist(text, "exp=1&sig=s");
+        assert_eq!(
+            signed,
+            "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-MAP:URI=\"a_init.mp4?exp=1&sig=s\"\n\
+             #EXTINF:2.000,\na_1.m4s?exp=1&sig=s\r\n#EXT-X-DISCONTINUITY\n\
+             #EXT-X-MAP:URI=\"b.mp4?x=1&exp=1&sig=s\",BYTERANGE=\"9@0\"\n\
+             #EXTINF:2.000,\nb_1.m4s?exp=1&sig=s"
+        );
+        // A tag with an unterminated attribute is kept as it is.
+        assert_eq!(sign_playlist("#X:URI=\"a\n", "q"), "#X:URI=\"a\n");
     }
 }

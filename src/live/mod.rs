@@ -7,20 +7,33 @@ pub mod mse;
 pub mod ws;
 
 use axum::Router;
-use axum::routing::get;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::api::AppState;
+use crate::api::{AppState, policy};
 
-/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`.
-pub fn app(state: AppState) -> Router {
-    let cors = crate::api::cors_layer(&state.config.cors);
+/// The video routes and a description of them. The description is not published (the committed
+/// OpenAPI document is the API listener's); it lists the routes for the access-policy test.
+pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
     // the original did.
-    let router = Router::new()
-        .route("/ws/archive", get(ws::archive))
-        .route("/ws/{any}", get(ws::live))
-        .route("/hls/{file}", get(hls::serve))
+    OpenApiRouter::new()
+        .routes(routes!(ws::archive))
+        .routes(routes!(ws::live))
+        .routes(routes!(hls::serve))
+        .split_for_parts()
+}
+
+/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`, under the access policy.
+pub fn app(state: AppState) -> Router {
+    let cors = crate::api::cors_layer(&state.config.cors);
+    let (router, _) = router_and_openapi();
+    let router = router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            policy::enforce_video,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state);
     match cors {

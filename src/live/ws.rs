@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::auth::Caller;
+use crate::auth::scope::Action;
 use crate::stream::OutputType;
 
 /// Close code the original uses for every error ("internal error").
@@ -58,13 +61,48 @@ pub async fn close(socket: &mut WebSocket, frame: Option<CloseFrame>) {
 }
 
 /// `GET /ws/{anything}?stream_id=<uuid>`: live MSE.
+#[utoipa::path(get, path = "/ws/{any}", tag = "video",
+    params(("any" = String, Path, description = "Anything (`live` by convention)"),
+        ("stream_id" = String, Query, description = "Stream UUID")),
+    responses((status = 101, description = "WebSocket: `0x09`+codecs, init segment, fragments")))]
 pub async fn live(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let stream_id = query_param(query.as_deref(), "stream_id").unwrap_or_default();
-    ws.on_upgrade(move |socket| live_session(socket, state, stream_id))
+    let id = Uuid::parse_str(&stream_id).ok();
+    ws.on_upgrade(move |socket| {
+        until_revoked(
+            state.clone(),
+            caller,
+            Action::Live,
+            id,
+            live_session(socket, state, stream_id),
+        )
+    })
+}
+
+/// Runs a WebSocket session until it ends, or until the caller's credentials stop covering it
+/// (`auth::Auth::revoked`): then the session is dropped, which closes the connection.
+async fn until_revoked(
+    state: AppState,
+    caller: Caller,
+    action: Action,
+    id: Option<Uuid>,
+    session: impl Future<Output = ()>,
+) {
+    let Some(id) = id else {
+        // No stream: the session refuses the request itself at once.
+        return session.await;
+    };
+    tokio::select! {
+        () = session => {}
+        () = state.auth.revoked(&caller, action, id) => {
+            tracing::info!(stream = %id, client = caller.client_key(), %action, "session closed: credentials revoked");
+        }
+    }
 }
 
 async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
@@ -85,12 +123,27 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
 }
 
 /// `GET /ws/archive?stream_id=<uuid>&start=<unix s>&duration=<s>`: archive playback.
+#[utoipa::path(get, path = "/ws/archive", tag = "video",
+    params(("stream_id" = String, Query, description = "Stream UUID"),
+        ("start" = i64, Query, description = "Unix seconds"),
+        ("duration" = Option<i64>, Query, description = "Seconds")),
+    responses((status = 101, description = "WebSocket: archive playback")))]
 pub async fn archive(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    ws.on_upgrade(move |socket| archive_session(socket, state, query))
+    let id = query_param(query.as_deref(), "stream_id").and_then(|s| Uuid::parse_str(&s).ok());
+    ws.on_upgrade(move |socket| {
+        until_revoked(
+            state.clone(),
+            caller,
+            Action::Archive,
+            id,
+            archive_session(socket, state, query),
+        )
+    })
 }
 
 /// Archive request parameters after validation.

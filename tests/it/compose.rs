@@ -77,6 +77,29 @@ fn compose_file_agrees_with_its_config() {
         );
     }
 
+    // Access control on, with the bootstrap admin token from .env (never committed); the
+    // example file's placeholder is refused by the server.
+    assert!(config.auth.enabled, "compose enables auth");
+    let token = env(server, "VIDEO_SERVER_ADMIN_TOKEN");
+    assert!(
+        token.starts_with("${VIDEO_SERVER_ADMIN_TOKEN:?"),
+        "the token comes from .env and is required: {token}"
+    );
+    let example = std::fs::read_to_string(root().join(".env.example")).expect(".env.example");
+    let placeholder = example
+        .lines()
+        .find_map(|l| l.strip_prefix("VIDEO_SERVER_ADMIN_TOKEN="))
+        .expect("the variable in .env.example");
+    assert!(
+        placeholder.len() < video_server::auth::token::MIN_BOOTSTRAP_LEN,
+        "the placeholder must be unusable"
+    );
+    let ignored = std::fs::read_to_string(root().join(".gitignore")).expect(".gitignore");
+    assert!(
+        ignored.lines().any(|l| l.trim() == ".env"),
+        ".env is not committed"
+    );
+
     // Database: the env override equals the file, and matches the postgres service.
     let db_url = env(server, "VIDEO_SERVER_DATABASE_URL");
     assert_eq!(db_url, config.database.url);

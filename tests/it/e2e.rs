@@ -113,3 +113,76 @@ async fn chromium_plays_the_archive_through_a_pause_more_cycle() {
     );
     let _ = s.stop().await;
 }
+
+/// With auth on, hls.js (and the MSE client) play the demo stream through signed URLs: the
+/// playlist carries the signature on its segment and map URIs; without one, nothing is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_plays_signed_urls_with_auth_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    shipped_setup(dir.path());
+    let token_file = dir.path().join("admin.token");
+    let admin = "e2e-admin-token-0123456789abcdef0123456789";
+    std::fs::write(&token_file, admin).expect("token file");
+    let conf = std::fs::read_to_string(dir.path().join("conf.toml")).expect("conf");
+    let conf = conf.replace(
+        "[auth]\nenabled = false\n",
+        &format!(
+            "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
+            token_file.display()
+        ),
+    );
+    assert!(
+        conf.contains("enabled = true\nadmin_token_file"),
+        "the shipped conf.toml has an [auth] section"
+    );
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let c = reqwest::Client::new();
+    let viewer: serde_json::Value = c
+        .post(format!("{}/api/v1/tokens", server.api))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": "wall", "streams": [DEMO], "actions": ["live"]}))
+        .send()
+        .await
+        .expect("create token")
+        .json()
+        .await
+        .expect("json");
+    let viewer = viewer["token"].as_str().expect("token").to_owned();
+    let signed: serde_json::Value = c
+        .post(format!("{}/api/v1/streams/{DEMO}/sign", server.api))
+        .bearer_auth(&viewer)
+        .json(&serde_json::json!({"actions": ["live"], "ttl_s": 600}))
+        .send()
+        .await
+        .expect("sign")
+        .json()
+        .await
+        .expect("json");
+    let query = signed["query"].as_str().expect("query").to_owned();
+    let unsigned = c
+        .get(format!("http://{}/hls/{DEMO}.m3u8", server.video))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(unsigned.status(), 401);
+    let video = server.video.clone();
+    let (hls, mse) = tokio::task::spawn_blocking(move || {
+        (
+            run_browser(&video, "hls", &[("QUERY", &query)]),
+            run_browser(&video, "mse", &[("QUERY", &query)]),
+        )
+    })
+    .await
+    .expect("browser runs");
+    for v in [&hls, &mse] {
+        assert!(v["frames"].as_u64().is_some_and(|f| f > 0), "{v}");
+        assert!(v["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{v}");
+    }
+    // Every playlist and segment request of hls.js went through the signature.
+    let statuses = hls["proxy"]["statuses"]
+        .as_object()
+        .expect("proxy statuses");
+    assert!(statuses.keys().all(|k| k == "200"), "{hls}");
+    assert!(server.terminate());
+}

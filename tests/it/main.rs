@@ -5,6 +5,7 @@
 mod support;
 
 mod archive;
+mod auth;
 mod binary_cli;
 mod compose;
 mod config_go;

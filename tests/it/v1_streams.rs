@@ -413,6 +413,9 @@ both_engines!(
         let s = state(&t.db, config(BASE)).await;
         let r = get(&s, "/healthz").await;
         assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(r.json(), json!({"status": "ok", "database": "ok"}));
+        assert_eq!(
+            r.json(),
+            json!({"status": "ok", "database": "ok", "auth": "off"})
+        );
     }
 );

@@ -139,12 +139,18 @@ pub async fn state(db: &Db, config: Config) -> AppState {
             manager.start(&rec.spec).await;
         }
     }
+    let auth = video_server::auth::Auth::new(&config.auth, db.clone())
+        .await
+        .expect("auth set-up");
+    // Entries are written until the test's runtime ends.
+    auth.spawn_audit_writer(tokio_util::sync::CancellationToken::new());
     AppState {
         archive: Arc::new(video_server::archive::Archive::new(&config)),
         config,
         db: db.clone(),
         manager,
         uploads: Default::default(),
+        auth,
     }
 }
 
@@ -175,9 +181,24 @@ pub async fn call(
     content_type: Option<&str>,
     body: impl Into<Body>,
 ) -> Reply {
+    call_as(state, None, method, uri, content_type, body).await
+}
+
+/// Sends one request to the API app, with `Authorization: Bearer <token>` when a token is given.
+pub async fn call_as(
+    state: &AppState,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
+    }
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
     }
     let req = req.body(body.into()).expect("request");
     let resp = video_server::api::app(state.clone())
