@@ -5,14 +5,15 @@
 //! Short versions run with the suite; `FAULT_*` environment variables make the long versions
 //! (see docs/reliability.md for the commands).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uuid::Uuid;
 use video_server::db::Db;
-use video_server::db::segments::{self, SegmentRow};
+use video_server::db::segments::SegmentRow;
 
+use crate::archive::{all_segments, files_under};
 use crate::support::InProcess;
 use crate::support::media::{RtspServer, eventually};
 
@@ -22,39 +23,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Every segment row of a stream in any state, oldest first.
-async fn rows_of(db: &Db, id: Uuid) -> Vec<SegmentRow> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = segments::page(db, id, 0, i64::MAX / 2, after, 1000)
-            .await
-            .expect("page");
-        let Some(last) = page.last() else { break };
-        after = Some((last.start_us, last.id));
-        out.extend(page);
-    }
-    out
-}
-
-/// Every `.mp4` file under `dir`.
-fn mp4_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "mp4") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// No two segments of one stream overlap in time (one recorder at a time).
@@ -218,7 +186,7 @@ async fn concurrent_changes(db_url: Option<String>) {
     let db = s.state.db.clone();
     // Two complete segments recorded after the storm.
     for _ in 0..300 {
-        let rows = rows_of(&db, id).await;
+        let rows = all_segments(&db, id).await;
         if rows
             .iter()
             .filter(|r| r.start_us >= since && r.state == "complete")
@@ -248,7 +216,7 @@ async fn concurrent_changes(db_url: Option<String>) {
     let db_url = s.db_url.clone();
     let _dir = s.stop().await;
     let db = Db::connect(&db_url).await.expect("db");
-    let rows = rows_of(&db, id).await;
+    let rows = all_segments(&db, id).await;
     assert!(
         rows.iter()
             .filter(|r| r.start_us >= since && r.state == "complete")
@@ -260,7 +228,7 @@ async fn concurrent_changes(db_url: Option<String>) {
     // Index equals files.
     let mut keys: Vec<PathBuf> = rows.iter().map(|r| PathBuf::from(&r.storage_key)).collect();
     keys.sort();
-    assert_eq!(keys, mp4_files(&archive), "index and files agree");
+    assert_eq!(keys, files_under(&archive), "index and files agree");
     db.close().await;
 }
 
