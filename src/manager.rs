@@ -20,6 +20,7 @@ use crate::archive::recorder::{Recorder, RecorderConfig};
 use crate::config::Config;
 use crate::db::Db;
 use crate::hub::Hub;
+use crate::roots::{FileRoots, StorageRoots};
 use crate::source::supervisor::{Demand, HealthProbe, Supervisor};
 use crate::source::{StatusCell, lock_status};
 use crate::stream::{OutputType, StreamSpec};
@@ -89,21 +90,37 @@ pub struct StreamManager {
     /// Parent of every stream's token: cancelled on shutdown.
     root: CancellationToken,
     probe_limiter: Arc<Semaphore>,
+    /// Where file sources may read from.
+    files: Arc<FileRoots>,
+    /// Where recorders may write.
+    storage_roots: StorageRoots,
 }
 
 impl StreamManager {
     pub fn new(config: Arc<Config>, db: Db) -> Arc<Self> {
         Arc::new(Self {
-            config,
             db,
             streams: RwLock::new(HashMap::new()),
             root: CancellationToken::new(),
             probe_limiter: Arc::new(Semaphore::new(MAX_PARALLEL_PROBES)),
+            files: Arc::new(FileRoots::from_config(&config)),
+            storage_roots: StorageRoots::from_config(&config),
+            config,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Where file sources may read from (`[sources] file_roots`).
+    pub fn files(&self) -> &Arc<FileRoots> {
+        &self.files
+    }
+
+    /// Where recorders may write (`Config::storage_roots`).
+    pub fn storage_roots(&self) -> &StorageRoots {
+        &self.storage_roots
     }
 
     /// Starts a stream, replacing a running one with the same id. Disabled specs only stop.
@@ -114,7 +131,15 @@ impl StreamManager {
         }
         let c = &self.config;
         let on_demand = c.on_demand_for(spec);
-        let records = spec.archive.recording && c.archive.recording;
+        let mut records = spec.archive.recording && c.archive.recording;
+        if records && !self.storage_roots.contains(&self.archive_dir(spec)) {
+            // Only reachable with a row written before the roots were enforced (the API refuses
+            // such directories): run the stream, but write nothing outside the roots.
+            tracing::error!(stream = %spec.id, directory = %self.archive_dir(spec).display(),
+                roots = %self.storage_roots.describe(),
+                "archive directory lies outside the storage roots: not recording");
+            records = false;
+        }
         let demand = Demand::new(
             !on_demand || records,
             Duration::from_millis(u64::try_from(c.on_demand.idle_ms).unwrap_or(30_000)),
@@ -139,6 +164,7 @@ impl StreamManager {
             status: status.clone(),
             demand: demand.clone(),
             probe,
+            files: self.files.clone(),
         };
         tasks.spawn(supervisor.run(cancel.clone()).instrument(span.clone()));
         if spec.has_output(OutputType::Hls) {
