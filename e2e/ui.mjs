@@ -16,6 +16,8 @@
 //             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
 //             returns to live; a 10 s selection (28..18 s back) is exported and saved (EXPORT_PATH) for ffprobe;
 //             screenshot `camera.png`
+//   fallback  a camera with only the HLS output (FILE_PATH, an MP4 on the server) plays in its
+//             tile through hls.js
 //   system    the system page lists the demo camera's storage; screenshot `system.png`
 //   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
 //             MEASURE_S seconds (the 16-tile measurement)
@@ -43,6 +45,7 @@ const cfg = {
   streamId: process.env.STREAM_ID || '',
   rtspUrl: process.env.RTSP_URL || '',
   shots: process.env.SHOTS_DIR || '',
+  filePath: process.env.FILE_PATH || '',
   exportPath: process.env.EXPORT_PATH || path.join(os.tmpdir(), `ui-export-${process.pid}.mp4`),
   tilesExpected: Number(process.env.TILES_EXPECTED || 16),
   measureS: Number(process.env.MEASURE_S || 10),
@@ -323,6 +326,31 @@ async function scenarioTiles(page) {
   };
 }
 
+async function scenarioFallback(page) {
+  // A camera with only the HLS output: the player skips MSE and plays it through hls.js.
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  await page.waitForFunction(() => window.__vs && window.__vs.server.info);
+  const id = await page.evaluate(async (file) => {
+    const { api } = await import('./ui/js/api.js');
+    const s = await api('POST', '/api/v1/streams', {
+      name: 'HLS only', source: { kind: 'file', path: file, loop: true }, outputs: ['hls'], archive: { recording: false },
+    });
+    return s.id;
+  }, cfg.filePath);
+  try {
+    await page.waitForSelector(tileSel(id), { timeout: 15_000 });
+    const s = await waitPlaying(page, `${tileSel(id)} video`, 25, 60_000);
+    const transport = await page.getAttribute(tileSel(id), 'data-transport');
+    if (transport !== 'hls.js') throw new Error(`the HLS-only camera plays over ${transport}`);
+    return { ok: true, transport, frames: s.frames, videoSize: `${s.w}x${s.h}` };
+  } finally {
+    await page.evaluate(async (sid) => {
+      const { api } = await import('./ui/js/api.js');
+      await api('DELETE', `/api/v1/streams/${sid}`);
+    }, id);
+  }
+}
+
 async function scenarioSystem(page) {
   await page.goto(cfg.url + '#/system', { waitUntil: 'load' });
   const total = await until('the archive total', 15_000, async () => {
@@ -336,7 +364,7 @@ async function scenarioSystem(page) {
   return { ok: true, archiveTotal: total };
 }
 
-const SCENARIOS = { system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+const SCENARIOS = { fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 

@@ -138,6 +138,12 @@ export function cameraView(root, id) {
     const v = newVideo();
     v.playbackRate = Number(speedSel.value);
     const p = new ArchivePlayer(v, id, { onState: (s) => {
+      // Played up to the present: carry on live, as a DVR does.
+      const w = p.wallclockMs();
+      if (s.state === 'ended' && state.player === p && w !== null && now() - w < 60_000 && state.stream.enabled) {
+        goLive();
+        return;
+      }
       showOverlay(s);
       renderBadges();
     } });
