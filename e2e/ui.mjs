@@ -10,7 +10,8 @@
 //             screenshot `grid.png` (and `grid-phone.png` at phone width)
 //   cameras   an invalid RTSP URL shows the API's message next to the URL field; a camera added
 //             through the form (RTSP_URL) plays in its tile; restarted by an API change → the
-//             tile shows the close reason and plays again; disabled → its tile says so;
+//             tile shows the close reason and plays again; edited through the form; disabled →
+//             its tile says so;
 //             deleted → its tile is gone; screenshot `cameras.png`, `camera-form.png`
 //   archive   the camera view of STREAM_ID: the timeline shows a recorded range; a click 20 s back
 //             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
@@ -177,6 +178,16 @@ async function scenarioCameras(page) {
     return h.slice(i).some((x) => x.state === 'playing');
   }, id));
   await waitPlaying(page, `${tileSel(id)} video`, 25, 30_000);
+
+  // 2c. Edited through the form (PUT): the form shows what is stored, the list the new name.
+  await page.goto(`${cfg.url}#/cameras/${id}/edit`, { waitUntil: 'load' });
+  await until('the form filled in', 10_000, async () => (await page.inputValue('#f-name')) === 'Test cam');
+  out.editUrl = await page.inputValue('#f-source-url');
+  if (out.editUrl !== cfg.rtspUrl) throw new Error(`the form shows URL '${out.editUrl}'`);
+  await page.fill('#f-name', 'Test cam (edited)');
+  await page.click('button[type="submit"]');
+  await page.waitForURL(/#\/cameras$/, { timeout: 10_000 });
+  await page.waitForSelector(`tr[data-stream-id="${id}"] >> text=Test cam (edited)`, { timeout: 10_000 });
 
   // 3. Disabled on the cameras page → the tile says so.
   await page.goto(cfg.url + '#/cameras', { waitUntil: 'load' });
