@@ -17,10 +17,22 @@ pub struct RtspServer {
 impl RtspServer {
     /// Starts the server on `port` (0 = any free port) and waits for its READY line.
     pub fn start(port: u16) -> RtspServer {
+        Self::start_with(port, &[])
+    }
+
+    /// As [`RtspServer::start`], also serving `file` at `/file` (an MP4, or an MPEG-TS file whose
+    /// in-band parameter sets may change mid-file).
+    pub fn start_with_file(port: u16, file: &Path) -> RtspServer {
+        let file = file.to_str().expect("UTF-8 path");
+        Self::start_with(port, &["--file", file])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RtspServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args(["--port", &port.to_string(), "--exit-on-stdin-eof"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
