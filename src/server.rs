@@ -101,7 +101,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let all_streams = streams::list_all(&db).await?;
     for rec in &all_streams {
         if rec.spec.enabled {
-            manager.start(&rec.spec).await;
+            manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
     // Index stray segment files and mark vanished ones, in the background.

@@ -29,6 +29,23 @@ impl StreamSpec {
     pub fn has_output(&self, o: OutputType) -> bool {
         self.outputs.contains(&o)
     }
+
+    /// Whether `other` runs exactly like `self`: same source, outputs, on-demand and enabled
+    /// flags, and recorder settings. Only the other fields differ (name, retention, S3 bucket and
+    /// prefix, which the uploader reads from the row at upload time, the Go log level), so a
+    /// running stream takes the new spec without restarting its source, viewers and recorder.
+    pub fn same_media_path(&self, other: &StreamSpec) -> bool {
+        let (a, b) = (&self.archive, &other.archive);
+        self.id == other.id
+            && self.source == other.source
+            && self.outputs == other.outputs
+            && self.on_demand == other.on_demand
+            && self.enabled == other.enabled
+            && a.recording == b.recording
+            && a.ms_per_file == b.ms_per_file
+            && a.storage == b.storage
+            && a.directory == b.directory
+    }
 }
 
 /// Where a stream's media comes from.

@@ -413,6 +413,7 @@ pub async fn enable_camera(
         tracing::error!(error = %e, "enable_camera failed");
         GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     };
+    let owner = state.manager.lock(id).await;
     let existing = streams::get(&state.db, id)
         .await
         .map_err(|e| internal(&e))?;
@@ -434,10 +435,12 @@ pub async fn enable_camera(
                 spec.outputs = outputs;
                 spec.on_demand = req.on_demand;
             }
-            streams::update(&state.db, &spec)
+            if let Some(rec) = streams::update(&state.db, &spec)
                 .await
-                .map_err(|e| internal(&e))?;
-            state.manager.start(&spec).await;
+                .map_err(|e| internal(&e))?
+            {
+                owner.apply(&rec.spec).await;
+            }
         }
         None => {
             check_rtsp_url(url)?;
@@ -456,10 +459,12 @@ pub async fn enable_camera(
                 retention: Default::default(),
             };
             match streams::insert(&state.db, &spec, streams::Origin::Api).await {
-                Ok(_) | Err(crate::db::DbError::Conflict(_)) => {}
+                Ok(rec) => owner.apply(&rec.spec).await,
+                // Created meanwhile by a path that does not take the lock (another process on
+                // the same index): that row wins; it runs from there.
+                Err(crate::db::DbError::Conflict(_)) => {}
                 Err(e) => return Err(internal(&e)),
             }
-            state.manager.start(&spec).await;
         }
     }
     Ok(Json(status_document(&state)))
@@ -493,13 +498,14 @@ pub async fn disable_camera(
     body: Bytes,
 ) -> Result<Json<StatusDocument>, GoError> {
     let (id, _) = parse_camera_request(&body)?;
-    state.manager.stop(id).await;
+    let owner = state.manager.lock(id).await;
     streams::set_enabled(&state.db, id, false)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "disable_camera failed");
             GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         })?;
+    owner.stop().await;
     Ok(Json(status_document(&state)))
 }
 

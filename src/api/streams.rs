@@ -16,6 +16,7 @@ use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
 use crate::config::{MAX_MS_PER_FILE, MIN_MS_PER_FILE};
 use crate::db::streams::{self, Origin, StreamRecord};
+use crate::manager::StreamLock;
 use crate::stream::{
     ArchiveSpec, OutputType, RetentionSpec, RtspTransport, Source, StorageKind, StreamSpec,
 };
@@ -327,15 +328,6 @@ async fn load(state: &AppState, id: Uuid) -> Result<StreamRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))
 }
 
-/// Applies a stored spec to the runtime: run it when enabled, stop it otherwise.
-async fn apply(state: &AppState, spec: &StreamSpec) {
-    if spec.enabled {
-        state.manager.restart(spec).await;
-    } else {
-        state.manager.stop(spec.id).await;
-    }
-}
-
 /// Query of `GET /api/v1/streams`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -408,10 +400,9 @@ pub async fn create_stream(
 ) -> Result<Response, ApiError> {
     let id = input.id.unwrap_or_else(Uuid::new_v4);
     let spec = validate(&state, id, input)?;
+    let owner = state.manager.lock(id).await;
     let rec = streams::insert(&state.db, &spec, Origin::Api).await?;
-    if spec.enabled {
-        state.manager.start(&spec).await;
-    }
+    owner.apply(&rec.spec).await;
     let mut headers = HeaderMap::new();
     if let Ok(v) = format!("/api/v1/streams/{id}").parse() {
         headers.insert(header::LOCATION, v);
@@ -435,11 +426,13 @@ pub async fn get_stream(
     Ok(Json(StreamDto::from(&load(&state, id).await?)))
 }
 
+/// Stores a validated update and applies it. The caller holds the stream's lock.
 async fn store_update(
     state: &AppState,
-    id: Uuid,
+    owner: &StreamLock<'_>,
     input: StreamInput,
 ) -> Result<Json<StreamDto>, ApiError> {
+    let id = owner.id();
     if input.id.is_some_and(|body_id| body_id != id) {
         return Err(ApiError::invalid(
             "id",
@@ -450,7 +443,7 @@ async fn store_update(
     let rec = streams::update(&state.db, &spec)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))?;
-    apply(state, &rec.spec).await;
+    owner.apply(&rec.spec).await;
     Ok(Json(StreamDto::from(&rec)))
 }
 
@@ -471,7 +464,8 @@ pub async fn replace_stream(
     ApiJson(input): ApiJson<StreamInput>,
 ) -> Result<Json<StreamDto>, ApiError> {
     let id = parse_id(&raw)?;
-    store_update(&state, id, input).await
+    let owner = state.manager.lock(id).await;
+    store_update(&state, &owner, input).await
 }
 
 /// Changes some settings (JSON merge patch, RFC 7386) and restarts the stream with them.
@@ -514,6 +508,8 @@ pub async fn patch_stream(
             "a merge patch must be a JSON object",
         ));
     }
+    // Read, merge and write under the stream's lock, so concurrent patches cannot lose updates.
+    let owner = state.manager.lock(id).await;
     let current = load(&state, id).await?;
     let mut doc = serde_json::to_value(StreamInput::from_spec(&current.spec))
         .map_err(|e| ApiError::internal(&e))?;
@@ -522,7 +518,7 @@ pub async fn patch_stream(
         let field = e.path().to_string();
         ApiError::invalid(field, e.into_inner().to_string())
     })?;
-    store_update(&state, id, input).await
+    store_update(&state, &owner, input).await
 }
 
 /// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
@@ -559,13 +555,12 @@ pub async fn delete_stream(
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
-    load(&state, id).await?;
-    state.manager.stop(id).await;
-    if streams::delete(&state.db, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("stream {id} not found")))
+    let owner = state.manager.lock(id).await;
+    if !streams::delete(&state.db, id).await? {
+        return Err(ApiError::not_found(format!("stream {id} not found")));
     }
+    owner.stop().await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Live status of one stream.

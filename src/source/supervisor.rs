@@ -113,13 +113,16 @@ pub struct Supervisor {
     pub probe: Option<HealthProbe>,
 }
 
-fn backoff_delay(failures: u32) -> Duration {
+/// The wait before reconnect attempt `failures + 1`: exponential from [`BACKOFF_MIN`], capped at
+/// [`BACKOFF_MAX`], with "equal jitter" (half fixed, half random) so many cameras failing together
+/// spread out. Always within `BACKOFF_MIN..=BACKOFF_MAX`, the documented 1 s to 30 s: the lower
+/// half of the first steps is clamped up, so a flapping camera is never hammered faster.
+pub fn backoff_delay(failures: u32) -> Duration {
     let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.min(6));
     let base = exp.min(BACKOFF_MAX);
-    // "Equal jitter": half fixed, half random, so many cameras failing together spread out.
     let half = base / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter)
+    (half + Duration::from_millis(jitter)).clamp(BACKOFF_MIN, BACKOFF_MAX)
 }
 
 impl Supervisor {
@@ -287,9 +290,24 @@ mod tests {
             let base = BACKOFF_MIN
                 .saturating_mul(1u32 << failures.min(6))
                 .min(BACKOFF_MAX);
-            assert!(d >= base / 2 && d <= base, "{failures}: {d:?}");
+            assert!(
+                d >= (base / 2).max(BACKOFF_MIN) && d <= base,
+                "{failures}: {d:?}"
+            );
+            assert!(
+                (BACKOFF_MIN..=BACKOFF_MAX).contains(&d),
+                "{failures}: {d:?}"
+            );
         }
-        assert!(backoff_delay(10) <= BACKOFF_MAX);
+        assert_eq!(
+            backoff_delay(0),
+            BACKOFF_MIN,
+            "the first retry waits the minimum"
+        );
+        assert!(
+            backoff_delay(10) >= BACKOFF_MAX / 2,
+            "capped steps keep half the cap"
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ fn demo_recording() -> String {
     )
 }
 
-async fn all_segments(db: &Db, id: Uuid) -> Vec<SegmentRow> {
+/// Every playable segment row of a stream, oldest first.
+pub(crate) async fn all_segments(db: &Db, id: Uuid) -> Vec<SegmentRow> {
     let mut out = Vec::new();
     let mut after = None;
     loop {
@@ -44,7 +45,7 @@ async fn all_segments(db: &Db, id: Uuid) -> Vec<SegmentRow> {
 }
 
 /// Every `.mp4` file under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

@@ -14,6 +14,7 @@ mod db_streams;
 mod db_uploads;
 mod e2e;
 mod export;
+mod faults;
 mod go_routes;
 mod import_archive;
 mod live;

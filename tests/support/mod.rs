@@ -136,7 +136,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         .expect("list streams")
     {
         if rec.spec.enabled {
-            manager.start(&rec.spec).await;
+            manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
     AppState {
