@@ -16,6 +16,7 @@
 //! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import, export |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
+//! | [`web`] | the built-in web UI (`web/ui/`, embedded), served at `/` on both listeners |
 //!
 //! Dependencies point one way: `config`/`media` → `db`/`hub` → `source` → `manager` →
 //! `live`/`api` → `server`.
@@ -32,3 +33,4 @@ pub mod media;
 pub mod server;
 pub mod source;
 pub mod stream;
+pub mod web;

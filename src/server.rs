@@ -119,14 +119,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tracing::warn!(error = %e, "archive reconciliation failed");
         }
     });
-    let state = AppState {
-        config: config.clone(),
-        db: db.clone(),
-        manager: manager.clone(),
-        archive: Arc::new(crate::archive::Archive::new(&config)),
-        uploads: Default::default(),
-    };
-
     let tracker = TaskTracker::new();
     let video_listener = bind("video", &config.video.host, config.video.port()).await?;
     let video_addr = local_addr(&video_listener)?;
@@ -136,6 +128,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None
     };
     let api_addr = api_listener.as_ref().map(local_addr).transpose()?;
+    let state = AppState {
+        config: config.clone(),
+        db: db.clone(),
+        manager: manager.clone(),
+        archive: Arc::new(crate::archive::Archive::new(&config)),
+        uploads: Default::default(),
+        listeners: api::ListenerPorts {
+            video: video_addr.port(),
+            api: api_addr.map(|a| a.port()),
+        },
+    };
 
     let mut listeners = Vec::new();
     let video_app = live::app(state.clone());

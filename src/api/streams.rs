@@ -574,6 +574,8 @@ pub struct StreamStatusDto {
     pub online: bool,
     pub streaming: bool,
     pub viewers: u32,
+    /// The stream is being recorded (its and the server's recording settings are on).
+    pub recording: bool,
     /// RFC 3339, or `null` if never checked.
     pub last_health_check: Option<String>,
     pub last_health_error: String,
@@ -601,6 +603,8 @@ pub async fn stream_status(
     load(&state, id).await?;
     let st = state.manager.status(id);
     let active = st.is_some();
+    let recording = state.config.archive.recording
+        && state.manager.spec(id).is_some_and(|s| s.archive.recording);
     let st = st.unwrap_or_default();
     Ok(Json(StreamStatusDto {
         id,
@@ -609,6 +613,7 @@ pub async fn stream_status(
         online: st.online,
         streaming: st.streaming,
         viewers: st.viewers,
+        recording,
         last_health_check: st
             .last_health_check
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),

@@ -25,3 +25,4 @@ mod s3;
 mod v1_archive;
 mod v1_streams;
 mod video_listener;
+mod webui;

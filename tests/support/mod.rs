@@ -145,6 +145,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         db: db.clone(),
         manager,
         uploads: Default::default(),
+        listeners: Default::default(),
     }
 }
 
