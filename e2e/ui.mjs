@@ -9,12 +9,14 @@
 //   grid      the grid plays STREAM_ID: > 50 decoded frames, currentTime advancing, no page errors;
 //             screenshot `grid.png` (and `grid-phone.png` at phone width)
 //   cameras   an invalid RTSP URL shows the API's message next to the URL field; a camera added
-//             through the form (RTSP_URL) plays in its tile; disabled → its tile says so;
+//             through the form (RTSP_URL) plays in its tile; restarted by an API change → the
+//             tile shows the close reason and plays again; disabled → its tile says so;
 //             deleted → its tile is gone; screenshot `cameras.png`, `camera-form.png`
 //   archive   the camera view of STREAM_ID: the timeline shows a recorded range; a click 20 s back
 //             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
 //             returns to live; a 10 s selection (28..18 s back) is exported and saved (EXPORT_PATH) for ffprobe;
 //             screenshot `camera.png`
+//   system    the system page lists the demo camera's storage; screenshot `system.png`
 //   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
 //             MEASURE_S seconds (the 16-tile measurement)
 //
@@ -151,6 +153,27 @@ async function scenarioCameras(page) {
   const s = await waitPlaying(page, `${tileSel(id)} video`, 25, 40_000);
   out.frames = s.frames;
   out.videoSize = `${s.w}x${s.h}`;
+
+  // 2b. The stream restarts (new settings through the API): the tile shows the server's close
+  // reason, reconnects by itself and plays again.
+  const patched = await page.evaluate(async (sid) => {
+    const { api } = await import('./ui/js/api.js');
+    await api('PATCH', `/api/v1/streams/${sid}`, { on_demand: false }, { contentType: 'application/merge-patch+json' });
+    return true;
+  }, id);
+  if (!patched) throw new Error('PATCH failed');
+  out.restartReason = await until('the close reason on the tile', 20_000, () => page.evaluate((sid) => {
+    const t = window.__tiles.get(sid);
+    const w = t && (t.history || []).find((x) => x.state === 'waiting');
+    return w ? w.message : null;
+  }, id));
+  if (out.restartReason !== 'Stream stopped') throw new Error(`the tile said '${out.restartReason}' on restart`);
+  await until('the tile playing again', 30_000, () => page.evaluate((sid) => {
+    const h = window.__tiles.get(sid).history;
+    const i = h.findIndex((x) => x.state === 'waiting');
+    return h.slice(i).some((x) => x.state === 'playing');
+  }, id));
+  await waitPlaying(page, `${tileSel(id)} video`, 25, 30_000);
 
   // 3. Disabled on the cameras page → the tile says so.
   await page.goto(cfg.url + '#/cameras', { waitUntil: 'load' });
@@ -300,7 +323,20 @@ async function scenarioTiles(page) {
   };
 }
 
-const SCENARIOS = { grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+async function scenarioSystem(page) {
+  await page.goto(cfg.url + '#/system', { waitUntil: 'load' });
+  const total = await until('the archive total', 15_000, async () => {
+    const el = await page.$('[data-testid="archive-total"]');
+    const t = el ? (await el.textContent()).trim() : '';
+    return t && t !== '0 B' ? t : null;
+  });
+  const demoRow = await page.$(`a[href="#/camera/${cfg.streamId}"]`);
+  if (!demoRow) throw new Error('the demo camera is not listed on the system page');
+  await shot(page, 'system.png');
+  return { ok: true, archiveTotal: total };
+}
+
+const SCENARIOS = { system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 

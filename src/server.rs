@@ -94,7 +94,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let started_us = db::now_us();
     // Close what a crash left open before any recorder opens new segments.
-    crate::archive::repair::repair_recording(&db)
+    let storage_roots = crate::roots::StorageRoots::from_config(&config);
+    crate::archive::repair::repair_recording(&db, &storage_roots)
         .await
         .map_err(|crate::archive::repair::RepairError::Db(e)| ServerError::Db(e))?;
     let manager = StreamManager::new(config.clone(), db.clone());
@@ -104,13 +105,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
-    // Index stray segment files and mark vanished ones, in the background.
+    // Index stray segment files and mark vanished ones, in the background: in the storage roots
+    // and the streams' directories inside them, nowhere else.
     let mut roots: Vec<std::path::PathBuf> = all_streams
         .iter()
         .map(|r| manager.archive_dir(&r.spec))
+        .filter(|dir| storage_roots.contains(dir))
+        .chain(storage_roots.list().iter().cloned())
         .collect();
-    let global: std::path::PathBuf = config.archive.directory().into();
-    roots.push(std::path::absolute(&global).unwrap_or(global));
     roots.sort();
     roots.dedup();
     let reconcile_db = db.clone();

@@ -22,6 +22,7 @@ mod openapi;
 mod playback;
 mod retention;
 mod s3;
+mod security;
 mod v1_archive;
 mod v1_streams;
 mod video_listener;

@@ -30,6 +30,11 @@ impl RtspServer {
         Self::start_with(port, &["--file", file])
     }
 
+    /// As [`RtspServer::start`], with every mount requiring `user:pass` (`--auth`).
+    pub fn start_with_auth(user_pass: &str) -> RtspServer {
+        Self::start_with(0, &["--auth", user_pass])
+    }
+
     fn start_with(port: u16, extra: &[&str]) -> RtspServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")

@@ -254,6 +254,11 @@ impl InProcess {
         if !extra.contains("directory") {
             config.hls.directory = dir.path().join("hls").display().to_string();
         }
+        if !extra.contains("file_roots") {
+            // The bundled clips, and clips a test makes in its temp dir.
+            config.sources.file_roots =
+                Some(vec!["assets".to_owned(), dir.path().display().to_string()]);
+        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let running = video_server::server::start(config, shutdown.clone())
             .await
