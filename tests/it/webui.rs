@@ -5,7 +5,6 @@
 //! committed ones in `docs/screenshots/` (shown in the README).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::e2e::{DEMO, shipped_setup};
 use crate::support::binary::ServerProcess;
@@ -26,33 +25,13 @@ fn screenshots_dir() -> PathBuf {
 /// Runs e2e/ui.mjs with `scenarios` against the UI at `url`; returns its JSON verdict, failing the
 /// test (with the runner's log) unless every scenario passed.
 fn run_ui(url: &str, scenarios: &str, env: &[(&str, &str)]) -> serde_json::Value {
-    let e2e = root().join("e2e");
-    assert!(
-        e2e.join("node_modules/playwright-core").exists(),
-        "e2e/node_modules missing: run `npm ci` in e2e/ (scripts/test does)"
-    );
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&e2e)
-        .arg("ui.mjs")
-        .env("UI_URL", url)
-        .env("SCENARIOS", scenarios)
-        .env("STREAM_ID", DEMO);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run node e2e/ui.mjs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let verdict: serde_json::Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON verdict; stdout:\n{stdout}\nstderr:\n{stderr}"));
-    assert!(
-        out.status.success() && verdict["ok"] == serde_json::json!(true),
-        "web UI scenarios failed: {verdict}\nstderr:\n{stderr}"
-    );
-    verdict
+    let mut all = vec![
+        ("UI_URL", url),
+        ("SCENARIOS", scenarios),
+        ("STREAM_ID", DEMO),
+    ];
+    all.extend_from_slice(env);
+    crate::support::browser::run_e2e("ui.mjs", &all, "web UI scenarios")
 }
 
 #[test]
@@ -179,14 +158,12 @@ fn sixteen_demo_tiles_all_play() {
 mod routes {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
     use serde_json::json;
-    use tower::ServiceExt;
     use uuid::Uuid;
     use video_server::api::{AppState, ListenerPorts};
 
     use crate::both_engines;
-    use crate::support::{TestDb, config, get, send_json, state};
+    use crate::support::{Reply, TestDb, config, get, send, send_json, state};
 
     const PORTS: ListenerPorts = ListenerPorts {
         video: 18090,
@@ -197,24 +174,6 @@ mod routes {
         let mut s = state(&t.db, config("[archive]\nserving = true\n")).await;
         s.listeners = PORTS;
         s
-    }
-
-    /// One request to the video or the API app; status, headers and body.
-    async fn send(
-        app: axum::Router,
-        req: Request<Body>,
-    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let resp = app.oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec();
-        (status, headers, body)
     }
 
     fn apps(s: &AppState) -> [(&'static str, axum::Router); 2] {
@@ -232,7 +191,11 @@ mod routes {
                     .header("host", "nvr.lan:18090")
                     .body(Body::empty())
                     .expect("req");
-                let (status, h, body) = send(app.clone(), req).await;
+                let Reply {
+                    status,
+                    headers: h,
+                    body,
+                } = send(app.clone(), req).await;
                 assert_eq!(status, StatusCode::OK, "{name}");
                 assert_eq!(h["content-type"], "text/html; charset=utf-8", "{name}");
                 let csp = h["content-security-policy"].to_str().expect("csp");
@@ -246,7 +209,11 @@ mod routes {
                 let req = Request::get("/ui/js/player.js")
                     .body(Body::empty())
                     .expect("req");
-                let (status, h, body) = send(app.clone(), req).await;
+                let Reply {
+                    status,
+                    headers: h,
+                    body,
+                } = send(app.clone(), req).await;
                 assert_eq!(status, StatusCode::OK, "{name}");
                 assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
                 assert!(String::from_utf8_lossy(&body).contains("export class LivePlayer"));
@@ -255,7 +222,7 @@ mod routes {
                     .header("if-none-match", etag)
                     .body(Body::empty())
                     .expect("req");
-                let (status, _, body) = send(app.clone(), req).await;
+                let Reply { status, body, .. } = send(app.clone(), req).await;
                 assert_eq!(status, StatusCode::NOT_MODIFIED, "{name}");
                 assert!(body.is_empty());
 
@@ -263,7 +230,7 @@ mod routes {
                 let req = Request::get("/ui/vendor/hls.light.min.mjs")
                     .body(Body::empty())
                     .expect("req");
-                let (status, _, body) = send(app.clone(), req).await;
+                let Reply { status, body, .. } = send(app.clone(), req).await;
                 assert_eq!(status, StatusCode::OK, "{name}");
                 assert!(
                     body.len() > 100_000,
@@ -273,14 +240,14 @@ mod routes {
 
                 for missing in ["/ui/nope.js", "/ui/../Cargo.toml", "/ui/%2e%2e/Cargo.toml"] {
                     let req = Request::get(missing).body(Body::empty()).expect("req");
-                    let (status, _, _) = send(app.clone(), req).await;
+                    let Reply { status, .. } = send(app.clone(), req).await;
                     assert_eq!(status, StatusCode::NOT_FOUND, "{name} {missing}");
                 }
 
                 let req = Request::get("/api/v1/server")
                     .body(Body::empty())
                     .expect("req");
-                let (status, _, body) = send(app, req).await;
+                let Reply { status, body, .. } = send(app, req).await;
                 assert_eq!(status, StatusCode::OK, "{name}");
                 let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
                 assert_eq!(v["name"], "video-server");
@@ -321,7 +288,7 @@ mod routes {
                         )
                         .body(Body::empty())
                         .expect("req");
-                    let (_, h, _) = send(app.clone(), req).await;
+                    let Reply { headers: h, .. } = send(app.clone(), req).await;
                     let got = h
                         .get("access-control-allow-origin")
                         .map(|v| v.to_str().expect("ascii"));

@@ -100,8 +100,14 @@ class Tile {
       const msg = s.state === 'connecting' ? 'Connecting…'
         : s.state === 'waiting' ? `${s.message} — retrying in ${Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000))} s`
           : s.state === 'error' ? s.message : '';
+      // Why the camera itself is not delivering, from the API (e.g. connection_refused).
+      const st = this.status;
+      const why = msg && st && !st.online && st.last_health_error ? `Camera offline: ${st.last_health_error}` : '';
       this.overlay.hidden = !msg;
-      if (msg) replace(this.overlay, h('span', { class: s.state === 'connecting' ? 'overlay-title' : 'overlay-title overlay-warn' }, msg));
+      if (msg) {
+        replace(this.overlay, h('span', { class: s.state === 'connecting' ? 'overlay-title' : 'overlay-title overlay-warn' }, msg),
+          why ? h('span', { class: 'overlay-detail' }, why) : null);
+      }
     }
     this.el.dataset.transport = s.transport || '';
     replace(this.badges, statusBadges(this.stream.enabled ? this.status : null, this.stream.enabled ? s.transport : null));
