@@ -105,7 +105,7 @@ both_engines!(
             &s,
             "POST",
             "/enable_camera",
-            &json!({"guid": id, "url": "rtsp://127.0.0.1:8554/test", "output_types": ["mse", "HLS"], "on_demand": true}),
+            &json!({"guid": id, "url": "rtsp://127.0.0.1:1/test", "output_types": ["mse", "HLS"], "on_demand": true}),
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
@@ -123,7 +123,7 @@ both_engines!(
             &s,
             "POST",
             "/enable_camera",
-            &json!({"guid": id, "url": "rtsp://10.9.9.9/other", "output_types": ["mse"]}),
+            &json!({"guid": id, "url": "rtsp://127.0.0.1:1/other", "output_types": ["mse"]}),
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
@@ -201,8 +201,12 @@ both_engines!(
         assert!(!rec.spec.enabled, "disabled state is persisted");
         assert_eq!(get(&s, "/list").await.json(), json!({"data": []}));
         // Restart: the stream stays disabled.
-        let s2 = state(&t.db, config(&demo_config())).await;
-        assert_eq!(get(&s2, "/list").await.json(), json!({"data": []}));
+        let s = crate::support::restart(s, config(&demo_config())).await;
+        assert_eq!(get(&s, "/list").await.json(), json!({"data": []}));
+        assert!(
+            s.manager.status(DEMO.parse().expect("uuid")).is_none(),
+            "not started again"
+        );
         // Unknown guid: the Go 200 with the status document.
         let r = send_json(
             &s,
