@@ -19,6 +19,7 @@
 //             screenshot `camera.png`
 //   fallback  a camera with only the HLS output (FILE_PATH, an MP4 on the server) plays in its
 //             tile through hls.js
+//   a11y      axe-core (WCAG 2.1 A/AA) on every page: no serious or critical violation
 //   system    the system page lists the demo camera's storage; screenshot `system.png`
 //   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
 //             MEASURE_S seconds (the 16-tile measurement)
@@ -404,6 +405,28 @@ async function scenarioFallback(page) {
   }
 }
 
+/** axe-core's WCAG 2 A/AA checks on every page of the UI: no serious or critical violation. */
+async function scenarioA11y(page) {
+  const axe = fs.readFileSync(path.join(path.dirname(new URL(import.meta.url).pathname), 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+  const pages = ['#/', `#/camera/${cfg.streamId}`, '#/cameras', '#/cameras/new', '#/system'];
+  const found = {};
+  for (const hash of pages) {
+    await page.goto(cfg.url + hash, { waitUntil: 'load' });
+    await page.waitForTimeout(2500);
+    // Evaluated through the devtools protocol: the page's CSP (scripts from the server only)
+    // stays as it is.
+    await page.evaluate(axe);
+    const v = await page.evaluate(async () => {
+      const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+      return r.violations.map((x) => ({ id: x.id, impact: x.impact, nodes: x.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+    });
+    const bad = v.filter((x) => x.impact === 'serious' || x.impact === 'critical');
+    if (v.length) found[hash] = v;
+    if (bad.length) throw new Error(`accessibility violations on ${hash}: ${JSON.stringify(bad)}`);
+  }
+  return { ok: true, pages: pages.length, minorViolations: found };
+}
+
 async function scenarioSystem(page) {
   await page.goto(cfg.url + '#/system', { waitUntil: 'load' });
   const total = await until('the archive total', 15_000, async () => {
@@ -417,7 +440,7 @@ async function scenarioSystem(page) {
   return { ok: true, archiveTotal: total };
 }
 
-const SCENARIOS = { fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+const SCENARIOS = { a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 
