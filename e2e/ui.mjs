@@ -17,6 +17,8 @@
 //             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
 //             returns to live; a 10 s selection (28..18 s back) is exported and saved (EXPORT_PATH) for ffprobe;
 //             screenshot `camera.png`
+//   switch    a camera switching resolution mid-stream (SWITCH_RTSP_URL) keeps playing in its
+//             tile across the new init segment, at both sizes
 //   fallback  a camera with only the HLS output (FILE_PATH, an MP4 on the server) plays in its
 //             tile through hls.js
 //   a11y      axe-core (WCAG 2.1 A/AA) on every page: no serious or critical violation
@@ -48,6 +50,7 @@ const cfg = {
   rtspUrl: process.env.RTSP_URL || '',
   shots: process.env.SHOTS_DIR || '',
   filePath: process.env.FILE_PATH || '',
+  switchRtspUrl: process.env.SWITCH_RTSP_URL || '',
   exportPath: process.env.EXPORT_PATH || path.join(os.tmpdir(), `ui-export-${process.pid}.mp4`),
   tilesExpected: Number(process.env.TILES_EXPECTED || 16),
   measureS: Number(process.env.MEASURE_S || 10),
@@ -394,6 +397,47 @@ async function scenarioTiles(page) {
   };
 }
 
+/** A camera that switches resolution mid-stream (same codec string, a new init segment): the
+ * tile keeps playing through the switch, at the new size. */
+async function scenarioSwitch(page) {
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  await page.waitForFunction(() => window.__vs && window.__vs.server.info);
+  const id = await page.evaluate(async (url) => {
+    const { api } = await import('./ui/js/api.js');
+    const s = await api('POST', '/api/v1/streams', {
+      name: 'Switching', source: { kind: 'rtsp', url }, outputs: ['mse'], archive: { recording: false },
+    });
+    return s.id;
+  }, cfg.switchRtspUrl);
+  try {
+    await page.waitForSelector(tileSel(id), { timeout: 15_000 });
+    const sizes = new Set();
+    const sample = () => page.evaluate((sel) => {
+      const v = document.querySelector(sel);
+      return { w: v.videoWidth, h: v.videoHeight, frames: v.getVideoPlaybackQuality().totalVideoFrames, ct: v.currentTime };
+    }, `${tileSel(id)} video`);
+    const before = await until('the first size', 30_000, async () => {
+      const x = await sample();
+      if (x.frames > 0 && x.w) sizes.add(`${x.w}x${x.h}`);
+      return x.frames > 0 && x.w ? x : null;
+    });
+    // Both sizes seen, and frames still advancing at the last one.
+    const after = await until('the other size, playing', 40_000, async () => {
+      const x = await sample();
+      if (x.w) sizes.add(`${x.w}x${x.h}`);
+      return sizes.size >= 2 && `${x.w}x${x.h}` !== `${before.w}x${before.h}` ? x : null;
+    });
+    const s = await waitPlaying(page, `${tileSel(id)} video`, after.frames + 10, 20_000);
+    const resets = await page.evaluate((sid) => window.__tiles.get(sid).history.filter((x) => x.state === 'waiting').length, id);
+    return { ok: true, sizes: [...sizes], framesAfter: s.frames - after.frames, reconnects: resets };
+  } finally {
+    await page.evaluate(async (sid) => {
+      const { api } = await import('./ui/js/api.js');
+      await api('DELETE', `/api/v1/streams/${sid}`);
+    }, id);
+  }
+}
+
 async function scenarioFallback(page) {
   // A camera with only the HLS output: the player skips MSE and plays it through hls.js.
   await page.goto(cfg.url + '#/', { waitUntil: 'load' });
@@ -454,7 +498,7 @@ async function scenarioSystem(page) {
   return { ok: true, archiveTotal: total };
 }
 
-const SCENARIOS = { a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+const SCENARIOS = { switch: scenarioSwitch, a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 
