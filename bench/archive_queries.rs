@@ -620,6 +620,7 @@ async fn main() -> anyhow::Result<()> {
                 db: db.clone(),
                 manager: StreamManager::new(config.clone(), db.clone()),
                 auth: video_server::auth::Auth::new(&config.auth, db.clone()).await?,
+                listeners: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;

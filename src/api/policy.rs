@@ -5,8 +5,8 @@
 //! as route layers (so the matched route template is known), find the route's [`RoutePolicy`],
 //! authenticate the caller, check the policy, put the [`Caller`] into the request's extensions
 //! for the handler, and queue an audit entry. A route without a policy is refused with 500 (and
-//! a test enumerates both routers' routes against [`API`] and [`VIDEO`]), so a new route cannot
-//! be reachable by accident.
+//! a test reads both routers' real route tables and compares them with [`API`] and [`VIDEO`]),
+//! so a new route cannot be reachable by accident.
 //!
 //! The stream id is read with the very parsers the handlers use (`parse_camera_request`,
 //! `query_param`, `hls::parse_name`, percent-decoded path parameters): what is authorised is what
@@ -191,13 +191,17 @@ pub const API: &[RoutePolicy] = &[
     p("DELETE", "/api/v1/streams/{id}/protected-ranges/{range_id}", Access::Stream(Manage), ID, V1, Every),
     media("GET", "/api/v1/streams/{id}/export.mp4", Export, ID, V1, Fetches),
     p("GET", "/api/v1/archive/uploads", Admin, NONE, V1, Refusals),
+    p("GET", "/api/v1/storage", Admin, NONE, V1, Refusals),
     // Access control.
     p("GET", "/api/v1/tokens", Admin, NONE, V1, Refusals),
     p("POST", "/api/v1/tokens", Admin, NONE, V1, Every),
     p("DELETE", "/api/v1/tokens/{token_id}", Admin, NONE, V1, Every),
     p("GET", "/api/v1/audit", Admin, NONE, V1, Refusals),
-    // Operations and the API description.
+    // Operations, the API description and the web UI (static files; it asks for a token).
     p("GET", "/healthz", Public, NONE, V1, Refusals),
+    p("GET", "/api/v1/server", Public, NONE, V1, Refusals),
+    p("GET", "/", Public, NONE, V1, Refusals),
+    p("GET", "/ui/{*path}", Public, NONE, V1, Refusals),
     p("GET", "/openapi.json", Public, NONE, V1, Refusals),
     p("GET", "/swagger-ui", Public, NONE, V1, Refusals),
     p("GET", "/swagger-ui/", Public, NONE, V1, Refusals),
@@ -210,6 +214,10 @@ pub const VIDEO: &[RoutePolicy] = &[
     media("GET", "/ws/archive", Archive, Query("stream_id"), GoUpper, Every),
     media("GET", "/ws/{any}", Live, Query("stream_id"), GoUpper, Every),
     media("GET", "/hls/{file}", Live, HlsFile, GoUpper, Fetches),
+    // The web UI and where it finds the API listener.
+    p("GET", "/api/v1/server", Public, NONE, V1, Refusals),
+    p("GET", "/", Public, NONE, V1, Refusals),
+    p("GET", "/ui/{*path}", Public, NONE, V1, Refusals),
 ];
 
 /// Refusals of one client on one route are recorded at most this often.

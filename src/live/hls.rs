@@ -105,13 +105,6 @@ pub fn sign_playlist(text: &str, query: &str) -> String {
 }
 
 /// Serves one HLS file.
-#[utoipa::path(get, path = "/hls/{file}", tag = "video",
-    params(("file" = String, Path, description = "`<uuid>.m3u8` or a file it lists")),
-    responses(
-        (status = 200, description = "Playlist or segment"),
-        (status = 400, description = "Bad file name", body = crate::api::error::GoUpperError),
-        (status = 404, description = "Unknown stream or file", body = crate::api::error::GoUpperError),
-    ))]
 pub async fn serve(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -124,7 +117,7 @@ pub async fn serve(
     let Some(rt) = state
         .manager
         .runtime(name.stream_id)
-        .filter(|rt| rt.spec.has_output(crate::stream::OutputType::Hls))
+        .filter(|rt| rt.has_output(crate::stream::OutputType::Hls))
     else {
         return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
     };

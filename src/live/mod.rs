@@ -7,37 +7,29 @@ pub mod mse;
 pub mod ws;
 
 use axum::Router;
+use axum::routing::get;
 use tower_http::trace::TraceLayer;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::api::{AppState, policy};
 
-/// The video routes and a description of them. The description is not published (the committed
-/// OpenAPI document is the API listener's); it lists the routes for the access-policy test.
-pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`, and the web UI (`/`,
+/// `/ui/...`) with the one API route it needs first, `/api/v1/server` (where the API listener is),
+/// all under the access policy (`api::policy::VIDEO`).
+pub fn app(state: AppState) -> Router {
+    let cors = crate::api::cors_layer(&state.config.cors, state.listeners);
     // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
     // the original did.
-    OpenApiRouter::new()
-        .routes(routes!(ws::archive))
-        .routes(routes!(ws::live))
-        .routes(routes!(hls::serve))
-        .split_for_parts()
-}
-
-/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`, under the access policy.
-pub fn app(state: AppState) -> Router {
-    let cors = crate::api::cors_layer(&state.config.cors);
-    let (router, _) = router_and_openapi();
-    let router = router
+    Router::new()
+        .route("/ws/archive", get(ws::archive))
+        .route("/ws/{any}", get(ws::live))
+        .route("/hls/{file}", get(hls::serve))
+        .route("/api/v1/server", get(crate::api::system::server_info))
+        .merge(crate::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             policy::enforce_video,
         ))
         .layer(TraceLayer::new_for_http())
-        .with_state(state);
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+        .with_state(state)
+        .layer(cors)
 }

@@ -61,10 +61,6 @@ pub async fn close(socket: &mut WebSocket, frame: Option<CloseFrame>) {
 }
 
 /// `GET /ws/{anything}?stream_id=<uuid>`: live MSE.
-#[utoipa::path(get, path = "/ws/{any}", tag = "video",
-    params(("any" = String, Path, description = "Anything (`live` by convention)"),
-        ("stream_id" = String, Query, description = "Stream UUID")),
-    responses((status = 101, description = "WebSocket: `0x09`+codecs, init segment, fragments")))]
 pub async fn live(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
@@ -113,7 +109,7 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
     let Some(rt) = state
         .manager
         .runtime(id)
-        .filter(|rt| rt.spec.has_output(OutputType::Mse))
+        .filter(|rt| rt.has_output(OutputType::Mse))
     else {
         // The original closes at once, without a close frame, for an unknown stream or one without
         // the mse output. Dropping the socket does exactly that.
@@ -123,11 +119,6 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
 }
 
 /// `GET /ws/archive?stream_id=<uuid>&start=<unix s>&duration=<s>`: archive playback.
-#[utoipa::path(get, path = "/ws/archive", tag = "video",
-    params(("stream_id" = String, Query, description = "Stream UUID"),
-        ("start" = i64, Query, description = "Unix seconds"),
-        ("duration" = Option<i64>, Query, description = "Seconds")),
-    responses((status = 101, description = "WebSocket: archive playback")))]
 pub async fn archive(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
