@@ -113,6 +113,11 @@ impl Secured {
         }
     }
 
+    /// `GET` with a bearer token.
+    async fn get(&self, url: &str, token: &str) -> Answer {
+        self.send("GET", url, Some(token), None).await
+    }
+
     /// A token with this scope, created through the API by the admin (cached per scope).
     async fn token(&mut self, streams: &[String], actions: &[&str]) -> String {
         let key = (
@@ -394,7 +399,7 @@ async fn ids_are_authorised_exactly_as_the_handlers_read_them() {
         s.video(&format!("/ws/live?stream_id={a}&stream_id={b}")),
         s.video(&format!("/hls/{encoded}.m3u8")),
     ] {
-        let ans = s.send("GET", &url, Some(&t), None).await;
+        let ans = s.get(&url, &t).await;
         assert_eq!(ans.status, 403, "{url}");
     }
     // Methods a route does not serve stay 405 (the policy only runs on matched routes).
@@ -439,31 +444,17 @@ async fn scoped_reads_show_only_the_scope_and_sources_need_manage() {
     both.sort();
 
     let live_a = s.token(std::slice::from_ref(&sa), &["live"]).await;
-    let j = s
-        .send("GET", &s.api("/api/v1/streams"), Some(&live_a), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/api/v1/streams"), &live_a).await.json();
     assert_eq!(ids(&j), vec![sa.clone()]);
     assert!(j["items"][0]["source"].is_null(), "{j}");
     let j = s
-        .send(
-            "GET",
-            &s.api(&format!("/api/v1/streams/{a}")),
-            Some(&live_a),
-            None,
-        )
+        .get(&s.api(&format!("/api/v1/streams/{a}")), &live_a)
         .await
         .json();
     assert!(j["source"].is_null() && j["id"] == sa, "{j}");
-    let j = s
-        .send("GET", &s.api("/list"), Some(&live_a), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/list"), &live_a).await.json();
     assert_eq!(j, json!({"data": [{"stream_id": sa}]}));
-    let j = s
-        .send("GET", &s.api("/status"), Some(&live_a), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/status"), &live_a).await.json();
     let streams = j["streams"].as_object().expect("streams");
     assert_eq!(streams.keys().collect::<Vec<_>>(), vec![&sa]);
     assert_eq!(streams[&sa]["url"], "", "{j}");
@@ -472,16 +463,13 @@ async fn scoped_reads_show_only_the_scope_and_sources_need_manage() {
         format!("/api/v1/streams/{b}"),
         format!("/api/v1/streams/{b}/status"),
     ] {
-        let ans = s.send("GET", &s.api(&path), Some(&live_a), None).await;
+        let ans = s.get(&s.api(&path), &live_a).await;
         assert_eq!(ans.status, 403, "{path}");
     }
 
     // `manage` shows the source, of that stream only.
     let manage_a = s.token(std::slice::from_ref(&sa), &["manage"]).await;
-    let j = s
-        .send("GET", &s.api("/api/v1/streams"), Some(&manage_a), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/api/v1/streams"), &manage_a).await.json();
     assert_eq!(ids(&j), vec![sa.clone()]);
     assert!(
         j["items"][0]["source"]["url"]
@@ -489,10 +477,7 @@ async fn scoped_reads_show_only_the_scope_and_sources_need_manage() {
             .is_some_and(|u| u.contains("127.0.0.1:9/a")),
         "{j}"
     );
-    let j = s
-        .send("GET", &s.api("/status"), Some(&manage_a), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/status"), &manage_a).await.json();
     assert!(
         j["streams"][&sa]["url"]
             .as_str()
@@ -501,10 +486,7 @@ async fn scoped_reads_show_only_the_scope_and_sources_need_manage() {
 
     // Every stream, no sources; a scoped listing pages like the full one.
     let live_all = s.token(&["*".into()], &["live"]).await;
-    let j = s
-        .send("GET", &s.api("/api/v1/streams"), Some(&live_all), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/api/v1/streams"), &live_all).await.json();
     assert_eq!(ids(&j), both);
     assert!(
         j["items"]
@@ -514,27 +496,19 @@ async fn scoped_reads_show_only_the_scope_and_sources_need_manage() {
             .all(|i| i["source"].is_null())
     );
     let two = s.token(&[sa.clone(), sb.clone()], &["archive"]).await;
-    let p1 = s
-        .send("GET", &s.api("/api/v1/streams?limit=1"), Some(&two), None)
-        .await
-        .json();
+    let p1 = s.get(&s.api("/api/v1/streams?limit=1"), &two).await.json();
     assert_eq!(ids(&p1), vec![both[0].clone()]);
     let cursor = p1["next_cursor"].as_str().expect("cursor");
     let p2 = s
-        .send(
-            "GET",
+        .get(
             &s.api(&format!("/api/v1/streams?limit=1&cursor={cursor}")),
-            Some(&two),
-            None,
+            &two,
         )
         .await
         .json();
     assert_eq!(ids(&p2), vec![both[1].clone()]);
     assert!(p2["next_cursor"].is_null(), "{p2}");
-    let j = s
-        .send("GET", &s.api("/api/v1/streams"), Some(ADMIN), None)
-        .await
-        .json();
+    let j = s.get(&s.api("/api/v1/streams"), ADMIN).await.json();
     assert_eq!(ids(&j), both);
     assert!(
         j["items"]
