@@ -2,7 +2,8 @@
 //!
 //! * A segment starts at a keyframe and is cut at the first keyframe after `ms_per_file`, at a
 //!   codec change, and after a discontinuity (source restart or a lag skip); it is never longer
-//!   than [`MAX_SEGMENT`] (without a keyframe by then it is closed and the next one waits for one).
+//!   than `ms_per_file` + [`MAX_OVERSHOOT`] (without a keyframe by then it is closed and the next
+//!   one waits for one).
 //! * The file is `ftyp`+`moov` first, then one `moof`+`mdat` about every second, each written and
 //!   flushed to disk (`fdatasync`) before the index row is advanced: a crash loses at most the
 //!   fragment in progress, and start-up repair (`archive::repair`) fixes the rest.
@@ -34,8 +35,10 @@ pub const QUEUE_FRAMES: usize = 4096;
 /// Target length of one fragment: the most a crash can lose.
 pub const FRAGMENT: Duration = Duration::from_secs(1);
 
-/// Hard cap on a segment's length, so "which segment holds time T" stays a bounded index range.
-pub const MAX_SEGMENT: Duration = Duration::from_secs(300);
+/// How far past `ms_per_file` a segment may run while no keyframe comes to cut it at. With
+/// `config::MAX_MS_PER_FILE` this bounds every segment well inside
+/// `db::segments::MAX_SEGMENT_US`, so "which segment holds time T" stays a bounded index range.
+pub const MAX_OVERSHOOT: Duration = Duration::from_secs(300);
 
 /// How often the row's end time is advanced while recording.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -184,8 +187,10 @@ impl Recorder {
             } else {
                 0
             };
-            let too_long = seg_us >= MAX_SEGMENT.as_micros() as i64;
-            if (sync && seg_us >= (self.cfg.ms_per_file as i64) * 1000) || too_long {
+            let target_us =
+                i64::try_from(self.cfg.ms_per_file.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+            let too_long = seg_us >= target_us.saturating_add(MAX_OVERSHOOT.as_micros() as i64);
+            if (sync && seg_us >= target_us) || too_long {
                 self.close().await?;
             }
         }

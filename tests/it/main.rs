@@ -15,6 +15,7 @@ mod db_uploads;
 mod e2e;
 mod export;
 mod faults;
+mod file_source;
 mod go_routes;
 mod import_archive;
 mod live;
