@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod media;
+pub mod pg_private;
 pub mod s3;
 
 use std::str::FromStr;
