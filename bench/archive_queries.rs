@@ -619,6 +619,7 @@ async fn main() -> anyhow::Result<()> {
                 config: config.clone(),
                 db: db.clone(),
                 manager: StreamManager::new(config.clone(), db.clone()),
+                listeners: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;

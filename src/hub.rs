@@ -199,7 +199,11 @@ impl Hub {
                 }
                 slot.waiting_for_sync = false;
             }
-            let over = slot.queued_bytes.load(Ordering::Relaxed).saturating_add(len) > slot.max_bytes;
+            let over = slot
+                .queued_bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(len)
+                > slot.max_bytes;
             let sent = if over {
                 Err(mpsc::error::TrySendError::Full(()))
             } else {
@@ -239,7 +243,8 @@ impl Hub {
         });
         drop(inner);
         self.published_frames.fetch_add(1, Ordering::Relaxed);
-        self.published_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.published_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         if skipped > 0 {
             self.skipped_frames.fetch_add(skipped, Ordering::Relaxed);
         }

@@ -1,18 +1,33 @@
 //! The stream manager: the one place that starts, stops and reports on running streams.
 //!
-//! The API and the start-up code call [`StreamManager::start`], [`StreamManager::stop`] and
-//! [`StreamManager::restart`]; the video listener finds a running stream's hub and demand tracker
-//! here (never in SQL) on its hot path. Each running stream is a [`StreamRuntime`]: a hub, a source
-//! supervisor, and the output tasks (HLS segmenter), all under one cancellation token.
+//! **One owner per stream.** Every change of a stream is "write the row, then apply it", and both
+//! steps run under that stream's lock ([`StreamManager::lock`] → [`StreamLock`]): the API (POST,
+//! PUT, PATCH, DELETE, `enable_camera`, `disable_camera`), start-up and shutdown. Only a
+//! [`StreamLock`] can start or stop a runtime, so two requests for one stream are applied one after
+//! the other, in the order their rows were written, and the runtime matches the last row.
+//!
+//! **Exactly one runtime per stream.** A runtime being replaced is cancelled and awaited before
+//! its successor starts: its RTSP session is closed, its recorder has closed its segment and its
+//! HLS writer has stopped. A task that does not stop within [`STOP_TIMEOUT`] is logged as an error
+//! and aborted, and still awaited: nothing keeps running unaccounted.
+//!
+//! A change that does not touch the media path (name, retention, S3 bucket or prefix; see
+//! [`StreamSpec::same_media_path`]) only replaces the running spec: viewers, the source session and
+//! the recorder carry on.
+//!
+//! The video listener finds a running stream's hub and demand tracker here (never in SQL) on its
+//! hot path. Each running stream is a [`StreamRuntime`]: a hub, a source supervisor, and the output
+//! tasks (HLS segmenter, recorder), all under one cancellation token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -21,12 +36,14 @@ use crate::archive::retention::RetentionTrigger;
 use crate::config::Config;
 use crate::db::Db;
 use crate::hub::Hub;
+use crate::roots::{FileRoots, StorageRoots};
 use crate::source::supervisor::{Demand, HealthProbe, Supervisor};
 use crate::source::{StatusCell, lock_status};
 use crate::stream::{OutputType, StreamSpec};
 
-/// How long `stop` waits for a stream's tasks to finish. Every task selects on cancellation, so
-/// this is only hit by a bug; the stream is forgotten either way.
+/// How long stopping a stream waits for its tasks before aborting them. Every task selects on
+/// cancellation, so this is only hit by a bug (a task stuck in a blocking call or a loop without
+/// an await); it is logged as an error and counted ([`RuntimeCounters::stop_timeouts`]).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Probes running at once across all streams (go-original.md §6.6: at most 8).
@@ -57,9 +74,53 @@ pub struct StreamStatus {
     pub lag_skips: u64,
 }
 
+/// Runtime starts and stops since the process started, for operators and `/metrics`.
+#[derive(Debug, Default)]
+pub struct RuntimeCounters {
+    /// Runtimes started (a stream's source, outputs and recorder launched).
+    pub started: AtomicU64,
+    /// Runtimes stopped and awaited (replaced, disabled, deleted, or shut down).
+    pub stopped: AtomicU64,
+    /// Changes applied to a running stream without restarting it (name, retention, ...).
+    pub spec_updates: AtomicU64,
+    /// Stops whose tasks did not finish within [`STOP_TIMEOUT`] and were aborted.
+    pub stop_timeouts: AtomicU64,
+    /// Runtime tasks that ended with a panic (found when the runtime was awaited).
+    pub task_panics: AtomicU64,
+}
+
+/// A copy of [`RuntimeCounters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeCounts {
+    pub started: u64,
+    pub stopped: u64,
+    pub spec_updates: u64,
+    pub stop_timeouts: u64,
+    pub task_panics: u64,
+}
+
+impl RuntimeCounters {
+    pub fn snapshot(&self) -> RuntimeCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RuntimeCounts {
+            started: get(&self.started),
+            stopped: get(&self.stopped),
+            spec_updates: get(&self.spec_updates),
+            stop_timeouts: get(&self.stop_timeouts),
+            task_panics: get(&self.task_panics),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 /// One running stream.
 pub struct StreamRuntime {
-    pub spec: StreamSpec,
+    /// The stream's current settings. Replaced in place by changes that do not touch the media
+    /// path; a media-path change makes a new runtime instead.
+    spec: RwLock<StreamSpec>,
     pub hub: Arc<Hub>,
     pub status: StatusCell,
     pub demand: Arc<Demand>,
@@ -69,8 +130,8 @@ pub struct StreamRuntime {
     hls: Option<Arc<crate::live::hls_writer::HlsStats>>,
     /// Cancels the supervisor and every output task of this stream.
     cancel: CancellationToken,
-    /// The supervisor and output tasks, to wait for on stop.
-    tasks: TaskTracker,
+    /// The supervisor and output tasks, awaited (and aborted if stuck) on stop.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl StreamRuntime {
@@ -91,6 +152,19 @@ impl StreamRuntime {
         self.hls.clone()
     }
 
+    /// The stream's current settings.
+    pub fn spec(&self) -> StreamSpec {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the stream serves this live output (fixed for a runtime's life).
+    pub fn has_output(&self, o: OutputType) -> bool {
+        self.spec
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .has_output(o)
+    }
+
     pub fn status(&self) -> StreamStatus {
         let mut st = lock_status(&self.status).clone();
         st.viewers = self.demand.viewers();
@@ -108,21 +182,95 @@ pub struct StreamManager {
     retention: RetentionTrigger,
     /// Active (enabled) streams by id. A std lock: never held across an await.
     streams: RwLock<HashMap<Uuid, Arc<StreamRuntime>>>,
-    /// Parent of every stream's token: cancelled on shutdown.
+    /// Per-stream owner locks ([`StreamManager::lock`]). An entry lives while someone holds or
+    /// waits for it, so the map does not grow with every id a client ever sent.
+    owners: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Parent of every stream's token: cancelled on shutdown, after which nothing starts.
     root: CancellationToken,
     probe_limiter: Arc<Semaphore>,
+    counters: RuntimeCounters,
+    /// Where file sources may read from.
+    files: Arc<FileRoots>,
+    /// Where recorders may write.
+    storage_roots: StorageRoots,
+}
+
+/// Exclusive ownership of one stream: hold it across "write the row, then apply it". Obtained
+/// from [`StreamManager::lock`]; released on drop.
+pub struct StreamLock<'a> {
+    manager: &'a StreamManager,
+    id: Uuid,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl StreamLock<'_> {
+    /// The stream this lock owns.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Makes the runtime match a stored spec: runs it when enabled (restarting only if the media
+    /// path changed), stops it otherwise.
+    pub async fn apply(&self, spec: &StreamSpec) {
+        if spec.id != self.id {
+            tracing::error!(lock = %self.id, spec = %spec.id, "spec applied under another stream's lock: ignored");
+            return;
+        }
+        let m = self.manager;
+        if !spec.enabled {
+            m.stop_runtime(self.id).await;
+            return;
+        }
+        if let Some(rt) = m.runtime(self.id) {
+            let mut current = rt.spec.write().unwrap_or_else(|p| p.into_inner());
+            if current.same_media_path(spec) {
+                if *current != *spec {
+                    *current = spec.clone();
+                    bump(&m.counters.spec_updates);
+                    tracing::info!(stream = %self.id, "stream settings updated without a restart");
+                }
+                return;
+            }
+        }
+        m.stop_runtime(self.id).await;
+        m.start_runtime(spec);
+    }
+
+    /// Stops the stream's runtime, if any, and waits until its tasks have finished.
+    pub async fn stop(&self) {
+        self.manager.stop_runtime(self.id).await;
+    }
+}
+
+impl Drop for StreamLock<'_> {
+    fn drop(&mut self) {
+        // Release first, then forget the entry if nobody else holds or waits for it (every
+        // holder or waiter owns a clone of the `Arc`, taken under the map lock).
+        drop(self.guard.take());
+        let mut owners = self.manager.owners();
+        if owners
+            .get(&self.id)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            owners.remove(&self.id);
+        }
+    }
 }
 
 impl StreamManager {
     /// A manager whose recorders index through their own pool on `db`'s database.
     pub fn new(config: Arc<Config>, db: Db) -> Arc<Self> {
         Arc::new(Self {
+            files: Arc::new(FileRoots::from_config(&config)),
+            storage_roots: StorageRoots::from_config(&config),
             config,
             recorder_db: db.sibling(RECORDER_CONNECTIONS),
             retention: RetentionTrigger::default(),
             streams: RwLock::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
             root: CancellationToken::new(),
             probe_limiter: Arc::new(Semaphore::new(MAX_PARALLEL_PROBES)),
+            counters: RuntimeCounters::default(),
         })
     }
 
@@ -135,15 +283,51 @@ impl StreamManager {
         self.retention.clone()
     }
 
-    /// Starts a stream, replacing a running one with the same id. Disabled specs only stop.
-    pub async fn start(&self, spec: &StreamSpec) {
-        self.stop(spec.id).await;
-        if !spec.enabled {
+    /// Where file sources may read from (`[sources] file_roots`).
+    pub fn files(&self) -> &Arc<FileRoots> {
+        &self.files
+    }
+
+    /// Where recorders may write (`Config::storage_roots`).
+    pub fn storage_roots(&self) -> &StorageRoots {
+        &self.storage_roots
+    }
+
+    /// Runtime starts and stops so far.
+    pub fn counters(&self) -> &RuntimeCounters {
+        &self.counters
+    }
+
+    /// Waits for exclusive ownership of a stream. Requests for one stream queue here in arrival
+    /// order (tokio's mutex is fair); other streams are not affected.
+    pub async fn lock(&self, id: Uuid) -> StreamLock<'_> {
+        let mutex = self.owners().entry(id).or_default().clone();
+        let guard = mutex.lock_owned().await;
+        StreamLock {
+            manager: self,
+            id,
+            guard: Some(guard),
+        }
+    }
+
+    /// Starts the runtime of an enabled spec. The caller holds the stream's lock and has stopped
+    /// any previous runtime.
+    fn start_runtime(&self, spec: &StreamSpec) {
+        if self.root.is_cancelled() {
+            tracing::debug!(stream = %spec.id, "shutting down: stream not started");
             return;
         }
         let c = &self.config;
         let on_demand = c.on_demand_for(spec);
-        let records = spec.archive.recording && c.archive.recording;
+        let mut records = spec.archive.recording && c.archive.recording;
+        if records && !self.storage_roots.contains(&self.archive_dir(spec)) {
+            // Only reachable with a row written before the roots were enforced (the API refuses
+            // such directories): run the stream, but write nothing outside the roots.
+            tracing::error!(stream = %spec.id, directory = %self.archive_dir(spec).display(),
+                roots = %self.storage_roots.describe(),
+                "archive directory lies outside the storage roots: not recording");
+            records = false;
+        }
         let demand = Demand::new(
             !on_demand || records,
             Duration::from_millis(u64::try_from(c.on_demand.idle_ms).unwrap_or(30_000)),
@@ -160,7 +344,7 @@ impl StreamManager {
         let hub = Hub::new();
         let status: StatusCell = Default::default();
         let cancel = self.root.child_token();
-        let tasks = TaskTracker::new();
+        let mut tasks = Vec::new();
         let span = tracing::info_span!("stream", id = %spec.id);
         let supervisor = Supervisor {
             spec: spec.clone(),
@@ -168,8 +352,11 @@ impl StreamManager {
             status: status.clone(),
             demand: demand.clone(),
             probe,
+            files: self.files.clone(),
         };
-        tasks.spawn(supervisor.run(cancel.clone()).instrument(span.clone()));
+        tasks.push(tokio::spawn(
+            supervisor.run(cancel.clone()).instrument(span.clone()),
+        ));
         let mut hls_stats = None;
         if spec.has_output(OutputType::Hls) {
             let writer = crate::live::hls_writer::HlsWriter::new(
@@ -178,7 +365,9 @@ impl StreamManager {
                 hub.subscribe(crate::live::hls_writer::QUEUE_FRAMES),
             );
             hls_stats = Some(writer.stats());
-            tasks.spawn(writer.run(cancel.clone()).instrument(span.clone()));
+            tasks.push(tokio::spawn(
+                writer.run(cancel.clone()).instrument(span.clone()),
+            ));
         }
         let mut recorder_stats = None;
         if records {
@@ -198,20 +387,27 @@ impl StreamManager {
             .with_max_drift(c.archive.max_drift())
             .with_retention(self.retention.clone());
             recorder_stats = Some(recorder.stats());
-            tasks.spawn(recorder.run(cancel.clone()).instrument(span.clone()));
+            tasks.push(tokio::spawn(
+                recorder.run(cancel.clone()).instrument(span.clone()),
+            ));
         }
-        tasks.close();
         let rt = Arc::new(StreamRuntime {
-            spec: spec.clone(),
+            spec: RwLock::new(spec.clone()),
             hub,
             status,
             demand,
             recorder: recorder_stats,
             hls: hls_stats,
             cancel,
-            tasks,
+            tasks: Mutex::new(tasks),
         });
-        self.write().insert(spec.id, rt);
+        if let Some(old) = self.write().insert(spec.id, rt) {
+            // Unreachable while every caller holds the stream's lock and stops first; should it
+            // ever happen, the old runtime must not keep running unowned.
+            tracing::error!(stream = %spec.id, "a runtime was replaced without being stopped: cancelling it");
+            old.cancel.cancel();
+        }
+        bump(&self.counters.started);
         tracing::info!(stream = %spec.id, source = %spec.source.display_url(), on_demand, records, "stream started");
     }
 
@@ -227,24 +423,47 @@ impl StreamManager {
         std::path::absolute(&dir).unwrap_or(dir)
     }
 
-    /// Stops a stream and waits (bounded) until its tasks have finished. Unknown ids are a no-op.
-    pub async fn stop(&self, id: Uuid) {
+    /// Removes a stream's runtime and waits until its tasks have finished. The caller holds the
+    /// stream's lock. Unknown ids are a no-op.
+    async fn stop_runtime(&self, id: Uuid) {
         let Some(rt) = self.write().remove(&id) else {
             return;
         };
         rt.cancel.cancel();
-        if tokio::time::timeout(STOP_TIMEOUT, rt.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::error!(stream = %id, "stream tasks did not stop in time");
+        let handles = std::mem::take(&mut *rt.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+        let mut all = futures::future::join_all(handles);
+        let results = match tokio::time::timeout(STOP_TIMEOUT, &mut all).await {
+            Ok(results) => results,
+            Err(_) => {
+                bump(&self.counters.stop_timeouts);
+                tracing::error!(stream = %id, timeout_s = STOP_TIMEOUT.as_secs(),
+                    "stream tasks did not stop after cancellation: aborting them");
+                for a in &aborts {
+                    a.abort();
+                }
+                loop {
+                    match tokio::time::timeout(STOP_TIMEOUT, &mut all).await {
+                        Ok(results) => break results,
+                        // Abort takes effect at the task's next await; a task blocking a thread
+                        // never reaches one. Keep waiting (and saying so) rather than start a
+                        // second runtime next to it.
+                        Err(_) => tracing::error!(stream = %id,
+                            "aborted stream tasks are still running (blocked?): still waiting"),
+                    }
+                }
+            }
+        };
+        for r in results {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                bump(&self.counters.task_panics);
+                tracing::error!(stream = %id, error = %e, "a stream task panicked");
+            }
         }
+        bump(&self.counters.stopped);
         tracing::info!(stream = %id, "stream stopped");
-    }
-
-    /// Applies new settings: stop, then start with the new spec.
-    pub async fn restart(&self, spec: &StreamSpec) {
-        self.start(spec).await;
     }
 
     /// A running stream.
@@ -252,9 +471,14 @@ impl StreamManager {
         self.read().get(&id).cloned()
     }
 
+    /// Number of running streams.
+    pub fn running(&self) -> usize {
+        self.read().len()
+    }
+
     /// The spec of an active stream.
     pub fn spec(&self, id: Uuid) -> Option<StreamSpec> {
-        self.read().get(&id).map(|rt| rt.spec.clone())
+        self.read().get(&id).map(|rt| rt.spec())
     }
 
     /// The live status of an active stream.
@@ -267,18 +491,19 @@ impl StreamManager {
         let mut all: Vec<_> = self
             .read()
             .values()
-            .map(|rt| (rt.spec.clone(), rt.status()))
+            .map(|rt| (rt.spec(), rt.status()))
             .collect();
         all.sort_by_key(|(s, _)| s.id);
         all
     }
 
-    /// Stops everything (graceful shutdown).
+    /// Stops everything (graceful shutdown). Nothing starts afterwards; each stream is stopped
+    /// under its lock, after a change being applied to it has finished.
     pub async fn shutdown(&self) {
         self.root.cancel();
         let ids: Vec<Uuid> = self.read().keys().copied().collect();
         for id in ids {
-            self.stop(id).await;
+            self.lock(id).await.stop().await;
         }
         // Recorders have stopped and drained their index writes.
         self.recorder_db.close().await;
@@ -292,5 +517,9 @@ impl StreamManager {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Arc<StreamRuntime>>> {
         self.streams.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

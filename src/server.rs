@@ -98,23 +98,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let started_us = db::now_us();
     // Close what a crash left open before any recorder opens new segments.
-    crate::archive::repair::repair_recording(&db)
+    let storage_roots = crate::roots::StorageRoots::from_config(&config);
+    crate::archive::repair::repair_recording(&db, &storage_roots)
         .await
         .map_err(|crate::archive::repair::RepairError::Db(e)| ServerError::Db(e))?;
     let manager = StreamManager::new(config.clone(), db.clone());
     let all_streams = streams::list_all(&db).await?;
     for rec in &all_streams {
         if rec.spec.enabled {
-            manager.start(&rec.spec).await;
+            manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
-    // Index stray segment files and mark vanished ones, in the background.
+    // Index stray segment files and mark vanished ones, in the background: in the storage roots
+    // and the streams' directories inside them, nowhere else.
     let mut roots: Vec<std::path::PathBuf> = all_streams
         .iter()
         .map(|r| manager.archive_dir(&r.spec))
+        .filter(|dir| storage_roots.contains(dir))
+        .chain(storage_roots.list().iter().cloned())
         .collect();
-    let global: std::path::PathBuf = config.archive.directory().into();
-    roots.push(std::path::absolute(&global).unwrap_or(global));
     roots.sort();
     roots.dedup();
     let reconcile_db = db.clone();
@@ -123,14 +125,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tracing::warn!(error = %e, "archive reconciliation failed");
         }
     });
-    let state = AppState {
-        config: config.clone(),
-        db: db.clone(),
-        manager: manager.clone(),
-        archive: Arc::new(crate::archive::Archive::new(&config)),
-        uploads: Default::default(),
-    };
-
     let tracker = TaskTracker::new();
     let video_listener = bind("video", &config.video.host, config.video.port()).await?;
     let video_addr = local_addr(&video_listener)?;
@@ -140,6 +134,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None
     };
     let api_addr = api_listener.as_ref().map(local_addr).transpose()?;
+    let state = AppState {
+        config: config.clone(),
+        db: db.clone(),
+        manager: manager.clone(),
+        archive: Arc::new(crate::archive::Archive::new(&config)),
+        uploads: Default::default(),
+        listeners: api::ListenerPorts {
+            video: video_addr.port(),
+            api: api_addr.map(|a| a.port()),
+        },
+    };
 
     let mut listeners = Vec::new();
     let video_app = live::app(state.clone());

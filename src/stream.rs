@@ -29,10 +29,27 @@ impl StreamSpec {
     pub fn has_output(&self, o: OutputType) -> bool {
         self.outputs.contains(&o)
     }
+
+    /// Whether `other` runs exactly like `self`: same source, outputs, on-demand and enabled
+    /// flags, and recorder settings. Only the other fields differ (name, retention, S3 bucket and
+    /// prefix, which the uploader reads from the row at upload time, the Go log level), so a
+    /// running stream takes the new spec without restarting its source, viewers and recorder.
+    pub fn same_media_path(&self, other: &StreamSpec) -> bool {
+        let (a, b) = (&self.archive, &other.archive);
+        self.id == other.id
+            && self.source == other.source
+            && self.outputs == other.outputs
+            && self.on_demand == other.on_demand
+            && self.enabled == other.enabled
+            && a.recording == b.recording
+            && a.ms_per_file == b.ms_per_file
+            && a.storage == b.storage
+            && a.directory == b.directory
+    }
 }
 
-/// Where a stream's media comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a stream's media comes from. `Debug` masks the URL's secrets (see [`crate::redact`]).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Source {
     Rtsp {
         /// `rtsp://` or `rtsps://`, credentials may be embedded.
@@ -54,23 +71,29 @@ impl Source {
         }
     }
 
-    /// The URL for display: RTSP URLs with the password removed, file paths as they are.
+    /// The URL for display: RTSP URLs with their secrets masked, file paths as they are.
     pub fn display_url(&self) -> String {
         match self {
-            Source::Rtsp { url, .. } => redact_url(url),
+            Source::Rtsp { url, .. } => crate::redact::mask_url(url),
             Source::File { path, .. } => path.clone(),
         }
     }
 }
 
-/// Returns `url` with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Rtsp { url, transport } => f
+                .debug_struct("Rtsp")
+                .field("url", &crate::redact::mask_url(url))
+                .field("transport", transport)
+                .finish(),
+            Source::File { path, looping } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("looping", looping)
+                .finish(),
         }
-        _ => url.to_owned(),
     }
 }
 

@@ -245,6 +245,7 @@ pub async fn enable_camera(
         tracing::error!(error = %e, "enable_camera failed");
         GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     };
+    let owner = state.manager.lock(id).await;
     let existing = streams::get(&state.db, id)
         .await
         .map_err(|e| internal(&e))?;
@@ -259,17 +260,27 @@ pub async fn enable_camera(
             spec.enabled = true;
             if !url.is_empty() {
                 check_rtsp_url(url)?;
+                // The URL `/status` showed (masked) keeps the stored password.
+                let stored = match &spec.source {
+                    Source::Rtsp { url, .. } => Some(url.as_str()),
+                    Source::File { .. } => None,
+                };
+                let url = crate::redact::restore_masked(url, stored).map_err(|e| {
+                    GoError::upper(StatusCode::BAD_REQUEST, format!("{BAD_JSON}: 'url': {e}"))
+                })?;
                 spec.source = Source::Rtsp {
-                    url: url.to_owned(),
+                    url,
                     transport: RtspTransport::Tcp,
                 };
                 spec.outputs = outputs;
                 spec.on_demand = req.on_demand;
             }
-            streams::update(&state.db, &spec)
+            if let Some(rec) = streams::update(&state.db, &spec)
                 .await
-                .map_err(|e| internal(&e))?;
-            state.manager.start(&spec).await;
+                .map_err(|e| internal(&e))?
+            {
+                owner.apply(&rec.spec).await;
+            }
         }
         None => {
             check_rtsp_url(url)?;
@@ -288,10 +299,12 @@ pub async fn enable_camera(
                 retention: Default::default(),
             };
             match streams::insert(&state.db, &spec, streams::Origin::Api).await {
-                Ok(_) | Err(crate::db::DbError::Conflict(_)) => {}
+                Ok(rec) => owner.apply(&rec.spec).await,
+                // Created meanwhile by a path that does not take the lock (another process on
+                // the same index): that row wins; it runs from there.
+                Err(crate::db::DbError::Conflict(_)) => {}
                 Err(e) => return Err(internal(&e)),
             }
-            state.manager.start(&spec).await;
         }
     }
     Ok(Json(status_document(&state)))
@@ -325,13 +338,14 @@ pub async fn disable_camera(
     body: Bytes,
 ) -> Result<Json<StatusDocument>, GoError> {
     let (id, _) = parse_camera_request(&body)?;
-    state.manager.stop(id).await;
+    let owner = state.manager.lock(id).await;
     streams::set_enabled(&state.db, id, false)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "disable_camera failed");
             GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
         })?;
+    owner.stop().await;
     Ok(Json(status_document(&state)))
 }
 

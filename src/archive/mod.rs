@@ -114,6 +114,7 @@ mod tests {
             bucket: "archive".into(),
             prefix: String::new(),
             path_style: Some(true),
+            buckets: Vec::new(),
         };
         let s3 = s3.then(|| S3Storage::new(&cfg, &Default::default()).expect("valid settings"));
         Archive::with_storages(Arc::new(storage::fs::FsStorage), s3, 1)

@@ -88,10 +88,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.ok()
 }
 
-/// Closes every segment left `recording` by a previous run. Call before recorders start.
-pub async fn repair_recording(db: &Db) -> Result<RepairReport, RepairError> {
+/// Closes every segment left `recording` by a previous run. Call before recorders start. Files
+/// outside the storage `roots` are never touched (their rows are left for an operator).
+pub async fn repair_recording(
+    db: &Db,
+    roots: &crate::roots::StorageRoots,
+) -> Result<RepairReport, RepairError> {
     let mut report = RepairReport::default();
     for row in segments::with_state(db, SegmentState::Recording).await? {
+        if !roots.contains(Path::new(&row.storage_key)) {
+            tracing::error!(segment = row.id, path = %row.storage_key,
+                "segment left recording lies outside the storage roots: not repaired");
+            continue;
+        }
         repair_row(db, &row, &mut report).await?;
     }
     if report != RepairReport::default() {

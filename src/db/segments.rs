@@ -576,7 +576,8 @@ pub struct UploadStateCounts {
 /// Counts segments by `upload_state`: one row kept current by triggers on `segments` (migration
 /// 0007), so this costs the same whatever the size of the archive.
 pub async fn upload_state_counts(db: &Db) -> Result<UploadStateCounts> {
-    const SQL: &str = "SELECT n_none, n_local, n_uploading, n_remote FROM upload_counts WHERE id = 1";
+    const SQL: &str =
+        "SELECT n_none, n_local, n_uploading, n_remote FROM upload_counts WHERE id = 1";
     let row: Option<(i64, i64, i64, i64)> =
         with_pool!(db, p => sqlx::query_as(SQL).fetch_optional(p).await?);
     let (none, local, uploading, remote) =

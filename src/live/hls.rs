@@ -67,7 +67,7 @@ pub async fn serve(State(state): State<AppState>, Path(file): Path<String>) -> R
     let Some(rt) = state
         .manager
         .runtime(name.stream_id)
-        .filter(|rt| rt.spec.has_output(crate::stream::OutputType::Hls))
+        .filter(|rt| rt.has_output(crate::stream::OutputType::Hls))
     else {
         return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
     };

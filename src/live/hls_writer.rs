@@ -416,7 +416,12 @@ mod tests {
             .collect();
         let mut w = writer(dir.path());
         let mut most_pending = 0;
-        for (n, f) in video.iter().cycle().take(5 * SOFT_SEGMENT_FRAMES).enumerate() {
+        for (n, f) in video
+            .iter()
+            .cycle()
+            .take(5 * SOFT_SEGMENT_FRAMES)
+            .enumerate()
+        {
             let mut f = f.clone();
             f.dts = n as i64;
             f.duration = 1;
@@ -424,7 +429,11 @@ mod tests {
             most_pending = most_pending.max(w.frames.len());
         }
         let stats = w.stats();
-        assert!(stats.segments_written() >= 4, "{}", stats.segments_written());
+        assert!(
+            stats.segments_written() >= 4,
+            "{}",
+            stats.segments_written()
+        );
         assert_eq!(stats.dropped_segments(), 0);
         assert!(
             most_pending <= SOFT_SEGMENT_FRAMES + 100,

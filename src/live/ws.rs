@@ -75,7 +75,7 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
     let Some(rt) = state
         .manager
         .runtime(id)
-        .filter(|rt| rt.spec.has_output(OutputType::Mse))
+        .filter(|rt| rt.has_output(OutputType::Mse))
     else {
         // The original closes at once, without a close frame, for an unknown stream or one without
         // the mse output. Dropping the socket does exactly that.

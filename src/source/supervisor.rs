@@ -111,15 +111,20 @@ pub struct Supervisor {
     pub status: StatusCell,
     pub demand: Arc<Demand>,
     pub probe: Option<HealthProbe>,
+    /// Where a file source may read from.
+    pub files: Arc<crate::roots::FileRoots>,
 }
 
-fn backoff_delay(failures: u32) -> Duration {
+/// The wait before reconnect attempt `failures + 1`: exponential from [`BACKOFF_MIN`], capped at
+/// [`BACKOFF_MAX`], with "equal jitter" (half fixed, half random) so many cameras failing together
+/// spread out. Always within `BACKOFF_MIN..=BACKOFF_MAX`, the documented 1 s to 30 s: the lower
+/// half of the first steps is clamped up, so a flapping camera is never hammered faster.
+pub fn backoff_delay(failures: u32) -> Duration {
     let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.min(6));
     let base = exp.min(BACKOFF_MAX);
-    // "Equal jitter": half fixed, half random, so many cameras failing together spread out.
     let half = base / 2;
     let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter)
+    (half + Duration::from_millis(jitter)).clamp(BACKOFF_MIN, BACKOFF_MAX)
 }
 
 impl Supervisor {
@@ -173,7 +178,9 @@ impl Supervisor {
                     {
                         let mut st = lock_status(&self.status);
                         st.online = false;
-                        st.last_health_error = e.to_string();
+                        // The category only: the text may quote what answered at the camera's
+                        // address (the log has it).
+                        st.last_health_error = e.category().as_str().to_owned();
                         st.last_health_check = Some(chrono::Utc::now());
                     }
                     tokio::select! {
@@ -198,7 +205,14 @@ impl Supervisor {
                 super::rtsp::run(url, *transport, sink, cancel).await
             }
             Source::File { path, looping } => {
-                super::file::run(std::path::Path::new(path), *looping, sink, cancel).await
+                super::file::run(
+                    &self.files,
+                    std::path::Path::new(path),
+                    *looping,
+                    sink,
+                    cancel,
+                )
+                .await
             }
         }
     }
@@ -249,13 +263,11 @@ impl Supervisor {
                 };
                 super::rtsp::probe(url, p.timeout).await
             }
-            Source::File { path, .. } => {
-                if std::path::Path::new(path).is_file() {
-                    Ok(())
-                } else {
-                    Err(SourceError::Connect(format!("{path}: no such file")))
-                }
-            }
+            Source::File { path, .. } => self
+                .files
+                .open(std::path::Path::new(path))
+                .map(drop)
+                .map_err(SourceError::from),
         };
         // The source may have started meanwhile; then its own flags win.
         if self.demand.wanted() {
@@ -269,8 +281,9 @@ impl Supervisor {
                 st.last_health_error.clear();
             }
             Err(e) => {
+                tracing::info!(error = %e, "health probe failed");
                 st.online = false;
-                st.last_health_error = e.to_string();
+                st.last_health_error = e.category().as_str().to_owned();
             }
         }
     }
@@ -287,9 +300,24 @@ mod tests {
             let base = BACKOFF_MIN
                 .saturating_mul(1u32 << failures.min(6))
                 .min(BACKOFF_MAX);
-            assert!(d >= base / 2 && d <= base, "{failures}: {d:?}");
+            assert!(
+                d >= (base / 2).max(BACKOFF_MIN) && d <= base,
+                "{failures}: {d:?}"
+            );
+            assert!(
+                (BACKOFF_MIN..=BACKOFF_MAX).contains(&d),
+                "{failures}: {d:?}"
+            );
         }
-        assert!(backoff_delay(10) <= BACKOFF_MAX);
+        assert_eq!(
+            backoff_delay(0),
+            BACKOFF_MIN,
+            "the first retry waits the minimum"
+        );
+        assert!(
+            backoff_delay(10) >= BACKOFF_MAX / 2,
+            "capped steps keep half the cap"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(crate) fn demo_recording() -> String {
     )
 }
 
+/// Every playable segment row of a stream, oldest first.
 pub(crate) async fn all_segments(db: &Db, id: Uuid) -> Vec<SegmentRow> {
     let mut out = Vec::new();
     let mut after = None;

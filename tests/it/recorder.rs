@@ -16,7 +16,6 @@ use video_server::stream::StorageKind;
 
 use crate::archive::all_segments;
 use crate::both_engines;
-use crate::support::TestDb;
 
 /// Runs a recorder over `frames` (published as fast as it takes them) and returns its counters
 /// once it has closed everything.

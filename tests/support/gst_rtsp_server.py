@@ -27,11 +27,23 @@ joins later starts mid-GOP (at most 1 s before the next keyframe). Parameter set
 --auth USER:PASS makes every mount require those credentials (401 otherwise), for testing URLs
 like rtsp://user:pass@127.0.0.1:PORT/av.
 
---port 0 picks a free port. Once the server listens, exactly one line is printed on stdout:
+--port 0 picks a free port. Once the server listens, this line is printed on stdout:
 
     READY rtsp://127.0.0.1:<port>
 
-Everything else (mount list, warnings) goes to stderr. SIGTERM or SIGINT (and, with
+After it, every change in the number of connected clients (RTSP connections, whatever the mount)
+prints one line on stdout, so a test can check how many sessions a client holds open:
+
+    CLIENTS <n>
+
+Everything else (mount list, warnings) goes to stderr.
+
+With --exit-on-stdin-eof, stdin also takes commands, one per line (for fault tests):
+
+    kick    disconnect every client now (a camera that drops its connections)
+    down    disconnect every client and refuse new ones until `up` (a camera that is off)
+    up      accept clients again
+ SIGTERM or SIGINT (and, with
 --exit-on-stdin-eof, the end of stdin — e.g. the test process died) disconnects the clients and
 exits with status 0.
 """
@@ -186,6 +198,38 @@ def main(argv) -> int:
 
     loop = GLib.MainLoop()
 
+    state = {"clients": 0, "down": False}
+
+    def report() -> None:
+        print(f"CLIENTS {state['clients']}", flush=True)
+
+    def on_closed(_client) -> None:
+        state["clients"] -= 1
+        report()
+
+    def on_client(_server, client) -> None:
+        state["clients"] += 1
+        client.connect("closed", on_closed)
+        report()
+        if state["down"]:
+            client.close()
+
+    server.connect("client-connected", on_client)
+
+    def kick_all() -> None:
+        server.client_filter(lambda _server, _client: GstRtspServer.RTSPFilterResult.REMOVE)
+
+    def command(line: str) -> None:
+        if line == "kick":
+            kick_all()
+        elif line == "down":
+            state["down"] = True
+            kick_all()
+        elif line == "up":
+            state["down"] = False
+        elif line:
+            log(f"unknown command {line!r}")
+
     def shutdown(reason: str) -> bool:
         if loop.is_running():
             log(f"{reason}: shutting down")
@@ -195,6 +239,7 @@ def main(argv) -> int:
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, shutdown, "SIGTERM")
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, shutdown, "SIGINT")
     if args.exit_on_stdin_eof:
+        pending = bytearray()
 
         def on_stdin(channel, condition):
             if condition & (GLib.IOCondition.HUP | GLib.IOCondition.ERR):
@@ -202,6 +247,11 @@ def main(argv) -> int:
             data = os.read(channel.unix_get_fd(), 4096)
             if not data:
                 return shutdown("stdin closed")
+            pending.extend(data)
+            while b"\n" in pending:
+                line, _, rest = bytes(pending).partition(b"\n")
+                pending[:] = rest
+                command(line.decode("utf-8", "replace").strip())
             return GLib.SOURCE_CONTINUE
 
         channel = GLib.IOChannel.unix_new(sys.stdin.fileno())

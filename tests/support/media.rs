@@ -12,15 +12,28 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct RtspServer {
     child: Child,
     pub port: u16,
+    /// Every change of the number of connected clients, as the server reported it, with the time
+    /// the line arrived.
+    clients: std::sync::Arc<std::sync::Mutex<Vec<(Instant, usize)>>>,
 }
 
 impl RtspServer {
     /// Starts the server on `port` (0 = any free port) and waits for its READY line.
     pub fn start(port: u16) -> RtspServer {
+        Self::start_with(port, &[])
+    }
+
+    /// As [`RtspServer::start`], with every mount requiring `user:pass` (`--auth`).
+    pub fn start_with_auth(user_pass: &str) -> RtspServer {
+        Self::start_with(0, &["--auth", user_pass])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RtspServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args(["--port", &port.to_string(), "--exit-on-stdin-eof"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -28,9 +41,17 @@ impl RtspServer {
             .expect("start the GStreamer RTSP server (is python3-gi installed?)");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let clients = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = clients.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+                if let Some(n) = line.strip_prefix("CLIENTS ") {
+                    if let Ok(n) = n.trim().parse() {
+                        sink.lock().expect("clients lock").push((Instant::now(), n));
+                    }
+                } else {
+                    let _ = tx.send(line);
+                }
             }
         });
         let line = rx
@@ -41,11 +62,33 @@ impl RtspServer {
             .next()
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("unexpected READY line: {line}"));
-        RtspServer { child, port }
+        RtspServer {
+            child,
+            port,
+            clients,
+        }
     }
 
     pub fn url(&self, mount: &str) -> String {
         format!("rtsp://127.0.0.1:{}/{mount}", self.port)
+    }
+
+    /// Connected clients (RTSP connections) as last reported by the server.
+    pub fn clients(&self) -> usize {
+        self.client_history().last().map_or(0, |&(_, n)| n)
+    }
+
+    /// Every reported change of the client count so far, oldest first.
+    pub fn client_history(&self) -> Vec<(Instant, usize)> {
+        self.clients.lock().expect("clients lock").clone()
+    }
+
+    /// Sends a command (`kick`, `down`, `up`; see the script's docstring).
+    pub fn command(&mut self, cmd: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin piped");
+        writeln!(stdin, "{cmd}").expect("command sent");
+        stdin.flush().expect("command flushed");
     }
 
     pub fn kill(mut self) {

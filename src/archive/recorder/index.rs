@@ -384,15 +384,11 @@ async fn run_job(db: &Db, job: &Job) -> Result<Option<i64>, DbError> {
             };
             segments::insert_recorded(db, &r).await.map(Some)
         }
-        Job::Progress { row, progress, .. } => segments::update_progress(
-            db,
-            *row,
-            progress.end_us,
-            progress.media_us,
-            progress.bytes,
-        )
-        .await
-        .map(|()| None),
+        Job::Progress { row, progress, .. } => {
+            segments::update_progress(db, *row, progress.end_us, progress.media_us, progress.bytes)
+                .await
+                .map(|()| None)
+        }
         Job::Finalize { row, progress, .. } => {
             segments::finalize(db, *row, progress.end_us, progress.media_us, progress.bytes)
                 .await

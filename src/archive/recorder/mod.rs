@@ -262,8 +262,9 @@ impl Recorder {
     /// Re-anchors the wall clock when the camera drifts by more than this (`[archive]
     /// max_drift_ms`); `None` never re-anchors.
     pub fn with_max_drift(mut self, max_drift: Option<Duration>) -> Recorder {
-        self.max_drift_us = max_drift
-            .map_or(i64::MAX, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        self.max_drift_us = max_drift.map_or(i64::MAX, |d| {
+            i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+        });
         self
     }
 
@@ -434,10 +435,9 @@ impl Recorder {
             self.end_segment(o).await;
         }
         self.back_off(disk_full);
-        let retry_ms = self
-            .backoff
-            .until
-            .map_or(0, |t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        let retry_ms = self.backoff.until.map_or(0, |t| {
+            t.saturating_duration_since(Instant::now()).as_millis() as u64
+        });
         if disk_full {
             tracing::error!(error = %e, retry_ms, "disk full: segment closed, recording paused");
             if let Some(r) = &self.retention {
