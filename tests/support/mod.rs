@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod browser;
 pub mod media;
 pub mod pg_private;
 pub mod s3;
@@ -182,10 +183,12 @@ pub async fn call(
         req = req.header("content-type", ct);
     }
     let req = req.body(body.into()).expect("request");
-    let resp = video_server::api::app(state.clone())
-        .oneshot(req)
-        .await
-        .expect("infallible");
+    send(video_server::api::app(state.clone()), req).await
+}
+
+/// Sends one request to any router (the API app, the video app) and reads the answer in full.
+pub async fn send(app: axum::Router, req: Request<Body>) -> Reply {
+    let resp = app.oneshot(req).await.expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp
