@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use super::{Db, DbUuid, Result, now_us, with_pool};
+use super::{Db, DbUuid, Result, with_pool};
 use crate::stream::StorageKind;
 
 /// Longest segment the index holds: twice the recorder's cap, which also bounds imported files.
@@ -66,24 +66,68 @@ pub struct NewSegment {
     pub state: SegmentState,
 }
 
-/// Inserts a segment row and returns its id.
-pub async fn insert(db: &Db, s: &NewSegment) -> Result<i64> {
-    const SQL: &str = "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, \
-        storage, storage_key, bytes, state, created_at_us) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
-    let now = now_us();
-    let id: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
-        .bind(DbUuid(s.stream_id))
+/// Inserts a segment row on `$conn` (a pool, a connection or a transaction) and evaluates to its
+/// id: the one `INSERT INTO segments` every caller uses, so the column list is written once.
+/// `$s` is a `&NewSegment`; `$state` overrides `$s.state` (a `&str`).
+macro_rules! insert_row {
+    ($conn:expr, $s:expr, $state:expr, $init_id:expr, $upload_state:expr, $correction:expr) => {{
+        let s: &$crate::db::segments::NewSegment = $s;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, storage, \
+             storage_key, bytes, state, created_at_us, init_segment_id, upload_state, \
+             clock_correction_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind($crate::db::DbUuid(s.stream_id))
         .bind(s.start_us)
         .bind(s.end_us)
         .bind(s.media_duration_us)
         .bind(s.storage.as_str())
         .bind(s.storage_key.as_str())
         .bind(s.bytes)
-        .bind(s.state.as_str())
-        .bind(now)
-        .fetch_one(p)
-        .await?);
+        .bind($state)
+        .bind($crate::db::now_us())
+        .bind($init_id)
+        .bind($upload_state)
+        .bind($correction)
+        .fetch_one($conn)
+        .await?;
+        id
+    }};
+}
+pub(crate) use insert_row;
+
+/// Stores an init segment on `$conn` once (identical bytes share a row) and evaluates to its id.
+macro_rules! upsert_init {
+    ($conn:expr, $codecs:expr, $data:expr) => {{
+        use sha2::{Digest, Sha256};
+        let data: &[u8] = $data;
+        let digest: String = Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        sqlx::query(
+            "INSERT INTO init_segments (sha256, codecs, data, created_at_us) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(digest.as_str())
+        .bind($codecs)
+        .bind(data)
+        .bind($crate::db::now_us())
+        .execute($conn)
+        .await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM init_segments WHERE sha256 = $1")
+            .bind(digest.as_str())
+            .fetch_one($conn)
+            .await?;
+        id
+    }};
+}
+
+/// Inserts a segment row and returns its id.
+pub async fn insert(db: &Db, s: &NewSegment) -> Result<i64> {
+    let id =
+        with_pool!(db, p => insert_row!(p, s, s.state.as_str(), None::<i64>, "none", None::<i64>));
     Ok(id)
 }
 
@@ -183,24 +227,9 @@ pub async fn insert_recording(
     init_segment_id: Option<i64>,
     upload_state: &str,
 ) -> Result<i64> {
-    const SQL: &str = "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, \
-        storage, storage_key, bytes, state, created_at_us, init_segment_id, upload_state) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
-    let now = now_us();
-    let id: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
-        .bind(DbUuid(s.stream_id))
-        .bind(s.start_us)
-        .bind(s.end_us)
-        .bind(s.media_duration_us)
-        .bind(s.storage.as_str())
-        .bind(s.storage_key.as_str())
-        .bind(s.bytes)
-        .bind(s.state.as_str())
-        .bind(now)
-        .bind(init_segment_id)
-        .bind(upload_state)
-        .fetch_one(p)
-        .await?);
+    let id = with_pool!(db, p => insert_row!(
+        p, s, s.state.as_str(), init_segment_id, upload_state, None::<i64>
+    ));
     Ok(id)
 }
 
@@ -224,23 +253,10 @@ pub struct RecordedSegment {
 /// transaction, so an interrupted call leaves nothing behind, and a call repeated after a commit
 /// whose answer was lost (the connection died) returns the row the first call made.
 pub async fn insert_recorded(db: &Db, r: &RecordedSegment) -> Result<i64> {
-    use sha2::{Digest, Sha256};
-    const INIT: &str = "INSERT INTO init_segments (sha256, codecs, data, created_at_us) \
-        VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING";
-    const INIT_ID: &str = "SELECT id FROM init_segments WHERE sha256 = $1";
-    const ROW: &str = "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, \
-        storage, storage_key, bytes, state, created_at_us, init_segment_id, upload_state, \
-        clock_correction_us) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
     // A retry after a commit whose answer was lost finds the row it already made.
     const SAME: &str = "SELECT id FROM segments \
         WHERE stream_id = $1 AND start_us = $2 AND storage_key = $3";
-    let digest: String = Sha256::digest(&r.init)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let s = &r.segment;
-    let now = now_us();
     let id: i64 = with_pool!(db, p => {
         let mut tx = p.begin().await?;
         let existing: Option<i64> = sqlx::query_scalar(SAME)
@@ -252,32 +268,10 @@ pub async fn insert_recorded(db: &Db, r: &RecordedSegment) -> Result<i64> {
         if let Some(id) = existing {
             return Ok(id);
         }
-        sqlx::query(INIT)
-            .bind(digest.as_str())
-            .bind(r.codecs.as_str())
-            .bind(&r.init[..])
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let init_id: i64 = sqlx::query_scalar(INIT_ID)
-            .bind(digest.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        let id: i64 = sqlx::query_scalar(ROW)
-            .bind(DbUuid(s.stream_id))
-            .bind(s.start_us)
-            .bind(s.end_us)
-            .bind(s.media_duration_us)
-            .bind(s.storage.as_str())
-            .bind(s.storage_key.as_str())
-            .bind(s.bytes)
-            .bind(s.state.as_str())
-            .bind(now)
-            .bind(init_id)
-            .bind(r.upload_state)
-            .bind(r.clock_correction_us)
-            .fetch_one(&mut *tx)
-            .await?;
+        let init_id = upsert_init!(&mut *tx, r.codecs.as_str(), &r.init[..]);
+        let id = insert_row!(
+            &mut *tx, s, s.state.as_str(), Some(init_id), r.upload_state, r.clock_correction_us
+        );
         if s.state == SegmentState::Complete {
             super::runs::add_segment!(&mut *tx, DbUuid(s.stream_id), s.start_us, s.end_us, s.bytes);
         }
@@ -423,25 +417,7 @@ pub async fn page(
 
 /// Stores a codec setup (init segment) once and returns its id; identical bytes share a row.
 pub async fn upsert_init(db: &Db, codecs: &str, data: &[u8]) -> Result<i64> {
-    use sha2::{Digest, Sha256};
-    let digest: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    const INSERT: &str = "INSERT INTO init_segments (sha256, codecs, data, created_at_us) \
-        VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING";
-    const SELECT: &str = "SELECT id FROM init_segments WHERE sha256 = $1";
-    let now = now_us();
-    let id: i64 = with_pool!(db, p => {
-        sqlx::query(INSERT)
-            .bind(digest.as_str())
-            .bind(codecs)
-            .bind(data)
-            .bind(now)
-            .execute(p)
-            .await?;
-        sqlx::query_scalar(SELECT).bind(digest.as_str()).fetch_one(p).await?
-    });
+    let id = with_pool!(db, p => upsert_init!(p, codecs, data));
     Ok(id)
 }
 

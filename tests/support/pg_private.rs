@@ -176,24 +176,22 @@ impl PrivatePostgres {
     /// Stops the server: `fast` (clients disconnected, clean shutdown) or `immediate` (like a
     /// crash).
     pub fn stop(&mut self, mode: &str) {
-        let out = run(
-            &self.bin,
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data().display().to_string(),
-                "-m",
-                mode,
-                "-w",
-                "stop",
-            ],
-        );
+        let out = self.pg_ctl_stop(mode);
         assert!(
             out.status.success(),
             "pg_ctl stop failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         self.running = false;
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> std::process::Output {
+        let data = self.data().display().to_string();
+        run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", &data, "-m", mode, "-w", "stop"],
+        )
     }
 
     fn create_database(&self, name: &str) {
@@ -226,18 +224,7 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         if self.running {
-            let _ = run(
-                &self.bin,
-                "pg_ctl",
-                &[
-                    "-D",
-                    &self.data().display().to_string(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-            );
+            let _ = self.pg_ctl_stop("immediate");
         }
     }
 }
