@@ -16,7 +16,7 @@ fn run_browser(video: &str, mode: &str, extra: &[(&str, &str)]) -> serde_json::V
     run_browser_for(video, DEMO, mode, extra)
 }
 
-fn run_browser_for(
+pub(crate) fn run_browser_for(
     video: &str,
     stream_id: &str,
     mode: &str,

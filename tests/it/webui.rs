@@ -44,7 +44,7 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     let export = dir.path().join("export.mp4");
     let v = run_ui(
         &format!("http://{}/", server.video),
-        "grid,cameras,archive,system",
+        "grid,cameras,archive,system,a11y",
         &[
             ("RTSP_URL", &rtsp.url("test")),
             ("SHOTS_DIR", &shots.display().to_string()),
