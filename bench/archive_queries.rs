@@ -619,6 +619,9 @@ async fn main() -> anyhow::Result<()> {
                 config: config.clone(),
                 db: db.clone(),
                 manager: StreamManager::new(config.clone(), db.clone()),
+                roots: video_server::archive::roots::StorageRoots::open(db.clone(), config.clone())
+                    .await?,
+                reconcile: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;

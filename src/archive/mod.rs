@@ -7,6 +7,7 @@ pub mod playback;
 pub mod recorder;
 pub mod repair;
 pub mod retention;
+pub mod roots;
 pub mod storage;
 pub mod uploader;
 

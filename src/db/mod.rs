@@ -11,6 +11,7 @@ pub mod pages;
 pub mod protected;
 pub mod reports;
 pub mod retention;
+pub mod roots;
 pub mod runs;
 pub mod segments;
 pub mod streams;
