@@ -619,9 +619,13 @@ async fn main() -> anyhow::Result<()> {
                 config: config.clone(),
                 db: db.clone(),
                 manager: StreamManager::new(config.clone(), db.clone()),
-                roots: video_server::archive::roots::StorageRoots::open(db.clone(), config.clone())
-                    .await?,
+                roots: video_server::archive::markers::MarkedRoots::open(
+                    db.clone(),
+                    config.clone(),
+                )
+                .await?,
                 reconcile: Default::default(),
+                listeners: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;

@@ -88,6 +88,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Ours: archive retention (global free-disk floor and pass interval).
     pub retention: RetentionConfig,
+    /// Ours: where file sources may be read from.
+    pub sources: SourcesConfig,
     /// Where the file was read from (not a key). Relative paths in the file stay relative to the
     /// working directory, as in the original.
     #[serde(skip)]
@@ -175,6 +177,9 @@ pub struct ArchiveConfig {
     /// Ours: how often each storage root's marker is checked, and an unavailable root retried,
     /// in seconds (0 = default 30).
     pub root_check_s: u64,
+    /// Ours: further directories a stream's `archive.directory` may lie under (besides
+    /// `directory`). See [`Config::storage_roots`].
+    pub roots: Vec<String>,
 }
 
 impl ArchiveConfig {
@@ -364,6 +369,8 @@ pub struct S3Config {
     pub prefix: String,
     /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO. Default true.
     pub path_style: Option<bool>,
+    /// Further buckets a stream's `archive.bucket` may name (besides `bucket`).
+    pub buckets: Vec<String>,
 }
 
 impl fmt::Debug for S3Config {
@@ -376,6 +383,7 @@ impl fmt::Debug for S3Config {
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("path_style", &self.path_style)
+            .field("buckets", &self.buckets)
             .finish()
     }
 }
@@ -388,6 +396,29 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter such as `info` or `video_server=debug`; `RUST_LOG` wins when set.
     pub level: String,
+}
+
+/// Default for `[sources] max_file_bytes`: a file source is held in memory while it plays.
+pub const DEFAULT_MAX_SOURCE_FILE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// `[sources]` (ours): which files may become file-source cameras.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SourcesConfig {
+    /// Directories whose regular files may be file sources. Absent: the `assets` directory beside
+    /// the config file. Relative entries are relative to the working directory, like every other
+    /// path in the file. See [`Config::file_roots`].
+    pub file_roots: Option<Vec<String>>,
+    /// Largest file a file source reads (default 512 MiB).
+    pub max_file_bytes: Option<u64>,
+}
+
+impl SourcesConfig {
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
+            .filter(|b| *b > 0)
+            .unwrap_or(DEFAULT_MAX_SOURCE_FILE_BYTES)
+    }
 }
 
 /// Default pause between two retention passes.
@@ -744,7 +775,85 @@ impl Config {
             bucket: m.default_bucket.clone(),
             prefix: m.default_path.trim_matches('/').to_owned(),
             path_style: Some(true),
+            buckets: Vec::new(),
         })
+    }
+
+    /// Directories whose files may be file sources (`[sources] file_roots`, by default the
+    /// `assets` directory beside the config file), absolute but not canonicalised (they may not
+    /// exist yet). The exact files named by `[[local_files]]` are allowed too
+    /// ([`Config::config_files`]).
+    pub fn file_roots(&self) -> Vec<PathBuf> {
+        match &self.sources.file_roots {
+            Some(roots) => roots
+                .iter()
+                .filter(|r| !r.trim().is_empty())
+                .map(|r| absolute(Path::new(r)))
+                .collect(),
+            None => {
+                let dir = self
+                    .source_path
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new(""));
+                vec![absolute(&dir.join("assets"))]
+            }
+        }
+    }
+
+    /// The files named by `[[local_files]]` entries, absolute. The operator wrote them, so they
+    /// may be file sources wherever they are (Go configs keep working); the API may only name
+    /// these exact files outside [`Config::file_roots`].
+    pub fn config_files(&self) -> Vec<PathBuf> {
+        self.local_files
+            .iter()
+            .filter(|e| !e.file.trim().is_empty())
+            .map(|e| absolute(Path::new(&e.file)))
+            .collect()
+    }
+
+    /// Directories archive segments may be written to, absolute: `[archive] directory`, every
+    /// `[archive] roots` entry, and every `archive.directory` of a stream in the config file (the
+    /// operator wrote those). A stream's directory must lie under one of them; start-up repair and
+    /// reconcile touch nothing else, and the free-space floor watches each one in use.
+    pub fn storage_roots(&self) -> Vec<PathBuf> {
+        let from_streams = self
+            .rtsp_streams
+            .iter()
+            .filter_map(|e| e.archive.as_ref())
+            .chain(self.local_files.iter().filter_map(|e| e.archive.as_ref()))
+            .map(|a| a.directory.as_str());
+        let mut roots: Vec<PathBuf> = std::iter::once(self.archive.directory())
+            .chain(self.archive.roots.iter().map(String::as_str))
+            .chain(from_streams)
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| absolute(Path::new(d)))
+            .collect();
+        roots.dedup();
+        let mut seen = HashSet::new();
+        roots.retain(|r| seen.insert(r.clone()));
+        roots
+    }
+
+    /// S3 buckets a stream may name: `[s3] bucket` (the default), `[s3] buckets`, and the
+    /// `minio_bucket` of every stream in the config file. Empty without an object store.
+    pub fn allowed_buckets(&self) -> Vec<String> {
+        let Some(s3) = self.effective_s3() else {
+            return Vec::new();
+        };
+        let from_streams = self
+            .rtsp_streams
+            .iter()
+            .filter_map(|e| e.archive.as_ref())
+            .chain(self.local_files.iter().filter_map(|e| e.archive.as_ref()))
+            .map(|a| a.minio_bucket.clone());
+        let mut seen = HashSet::new();
+        std::iter::once(s3.bucket.clone())
+            .chain(s3.buckets.iter().cloned())
+            .chain(from_streams)
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty() && seen.insert(b.clone()))
+            .collect()
     }
 
     /// Effective segment length for a stream.
@@ -759,6 +868,11 @@ impl Config {
     pub fn on_demand_for(&self, spec: &StreamSpec) -> bool {
         spec.on_demand.unwrap_or(self.on_demand.enabled)
     }
+}
+
+/// `path` made absolute against the working directory (lexically; nothing is resolved).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn parse_guid(guid: &str) -> Result<Uuid, String> {

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`config`] | `conf.toml` / `conf.json` with the Go original's keys, plus ours |
 //! | [`stream`] | the stream (camera) model shared by config, database and API |
+//! | [`roots`] | where file sources may be read and archive segments written |
+//! | [`redact`] | secrets in source URLs: masked for display, kept when sent back masked |
 //! | [`db`] | SQLite / Postgres pool, migrations, the one repository API (only place with SQL) |
 //! | [`media`] | codec parameters, frames, fMP4 writing, MP4 reading (no I/O policy, no HTTP/SQL) |
 //! | [`source`] | RTSP (retina) and looping-file sources, the per-stream supervisor |
@@ -16,6 +18,7 @@
 //! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import, export |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
+//! | [`web`] | the built-in web UI (`web/ui/`, embedded), served at `/` on both listeners |
 //!
 //! Dependencies point one way: `config`/`media` → `db`/`hub` → `source` → `manager` →
 //! `live`/`api` → `server`.
@@ -29,6 +32,9 @@ pub mod live;
 pub mod logging;
 pub mod manager;
 pub mod media;
+pub mod redact;
+pub mod roots;
 pub mod server;
 pub mod source;
 pub mod stream;
+pub mod web;

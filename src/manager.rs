@@ -35,6 +35,7 @@ use crate::archive::recorder::{Recorder, RecorderConfig};
 use crate::config::Config;
 use crate::db::Db;
 use crate::hub::Hub;
+use crate::roots::{FileRoots, StorageRoots};
 use crate::source::supervisor::{Demand, HealthProbe, Supervisor};
 use crate::source::{StatusCell, lock_status};
 use crate::stream::{OutputType, StreamSpec};
@@ -166,6 +167,10 @@ pub struct StreamManager {
     root: CancellationToken,
     probe_limiter: Arc<Semaphore>,
     counters: RuntimeCounters,
+    /// Where file sources may read from.
+    files: Arc<FileRoots>,
+    /// Where recorders may write.
+    storage_roots: StorageRoots,
 }
 
 /// Exclusive ownership of one stream: hold it across "write the row, then apply it". Obtained
@@ -233,6 +238,8 @@ impl Drop for StreamLock<'_> {
 impl StreamManager {
     pub fn new(config: Arc<Config>, db: Db) -> Arc<Self> {
         Arc::new(Self {
+            files: Arc::new(FileRoots::from_config(&config)),
+            storage_roots: StorageRoots::from_config(&config),
             config,
             db,
             streams: RwLock::new(HashMap::new()),
@@ -245,6 +252,16 @@ impl StreamManager {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Where file sources may read from (`[sources] file_roots`).
+    pub fn files(&self) -> &Arc<FileRoots> {
+        &self.files
+    }
+
+    /// Where recorders may write (`Config::storage_roots`).
+    pub fn storage_roots(&self) -> &StorageRoots {
+        &self.storage_roots
     }
 
     /// Runtime starts and stops so far.
@@ -273,7 +290,15 @@ impl StreamManager {
         }
         let c = &self.config;
         let on_demand = c.on_demand_for(spec);
-        let records = spec.archive.recording && c.archive.recording;
+        let mut records = spec.archive.recording && c.archive.recording;
+        if records && !self.storage_roots.contains(&self.archive_dir(spec)) {
+            // Only reachable with a row written before the roots were enforced (the API refuses
+            // such directories): run the stream, but write nothing outside the roots.
+            tracing::error!(stream = %spec.id, directory = %self.archive_dir(spec).display(),
+                roots = %self.storage_roots.describe(),
+                "archive directory lies outside the storage roots: not recording");
+            records = false;
+        }
         let demand = Demand::new(
             !on_demand || records,
             Duration::from_millis(u64::try_from(c.on_demand.idle_ms).unwrap_or(30_000)),
@@ -298,6 +323,7 @@ impl StreamManager {
             status: status.clone(),
             demand: demand.clone(),
             probe,
+            files: self.files.clone(),
         };
         tasks.push(tokio::spawn(
             supervisor.run(cancel.clone()).instrument(span.clone()),

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::archive::markers::MarkedRoots;
 use crate::archive::repair::Reconciler;
-use crate::archive::roots::StorageRoots;
 use crate::config::Config;
 use crate::db::{self, Db, streams};
 use crate::live;
@@ -99,7 +99,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let max_id = db::segments::max_id(&db).await?;
     // Which archive directories are the ones the index knows (markers), before anything trusts
     // a missing file.
-    let roots = StorageRoots::open(db.clone(), config.clone()).await?;
+    let roots = MarkedRoots::open(db.clone(), config.clone()).await?;
     // Close what a crash left open before any recorder opens new segments.
     crate::archive::repair::repair_recording(&db, &roots, max_id)
         .await
@@ -115,16 +115,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let reconciler = Reconciler::new(db.clone(), roots.clone(), started_us, max_id);
     let reconcile = reconciler.counters.clone();
     let reconcile_task = tokio::spawn(reconciler.run(shutdown.child_token()));
-    let state = AppState {
-        config: config.clone(),
-        db: db.clone(),
-        manager: manager.clone(),
-        archive: Arc::new(crate::archive::Archive::new(&config)),
-        uploads: Default::default(),
-        roots: roots.clone(),
-        reconcile,
-    };
-
     let tracker = TaskTracker::new();
     let video_listener = bind("video", &config.video.host, config.video.port()).await?;
     let video_addr = local_addr(&video_listener)?;
@@ -134,6 +124,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None
     };
     let api_addr = api_listener.as_ref().map(local_addr).transpose()?;
+    let state = AppState {
+        config: config.clone(),
+        db: db.clone(),
+        manager: manager.clone(),
+        archive: Arc::new(crate::archive::Archive::new(&config)),
+        uploads: Default::default(),
+        roots: roots.clone(),
+        reconcile,
+        listeners: api::ListenerPorts {
+            video: video_addr.port(),
+            api: api_addr.map(|a| a.port()),
+        },
+    };
 
     let mut listeners = Vec::new();
     let video_app = live::app(state.clone());

@@ -48,8 +48,8 @@ impl StreamSpec {
     }
 }
 
-/// Where a stream's media comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a stream's media comes from. `Debug` masks the URL's secrets (see [`crate::redact`]).
+#[derive(Clone, PartialEq, Eq)]
 pub enum Source {
     Rtsp {
         /// `rtsp://` or `rtsps://`, credentials may be embedded.
@@ -71,23 +71,29 @@ impl Source {
         }
     }
 
-    /// The URL for display: RTSP URLs with the password removed, file paths as they are.
+    /// The URL for display: RTSP URLs with their secrets masked, file paths as they are.
     pub fn display_url(&self) -> String {
         match self {
-            Source::Rtsp { url, .. } => redact_url(url),
+            Source::Rtsp { url, .. } => crate::redact::mask_url(url),
             Source::File { path, .. } => path.clone(),
         }
     }
 }
 
-/// Returns `url` with any password replaced, for logs.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Rtsp { url, transport } => f
+                .debug_struct("Rtsp")
+                .field("url", &crate::redact::mask_url(url))
+                .field("transport", transport)
+                .finish(),
+            Source::File { path, looping } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("looping", looping)
+                .finish(),
         }
-        _ => url.to_owned(),
     }
 }
 

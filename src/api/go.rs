@@ -260,8 +260,16 @@ pub async fn enable_camera(
             spec.enabled = true;
             if !url.is_empty() {
                 check_rtsp_url(url)?;
+                // The URL `/status` showed (masked) keeps the stored password.
+                let stored = match &spec.source {
+                    Source::Rtsp { url, .. } => Some(url.as_str()),
+                    Source::File { .. } => None,
+                };
+                let url = crate::redact::restore_masked(url, stored).map_err(|e| {
+                    GoError::upper(StatusCode::BAD_REQUEST, format!("{BAD_JSON}: 'url': {e}"))
+                })?;
                 spec.source = Source::Rtsp {
-                    url: url.to_owned(),
+                    url,
                     transport: RtspTransport::Tcp,
                 };
                 spec.outputs = outputs;

@@ -10,7 +10,9 @@ pub mod error;
 pub mod export;
 pub mod go;
 pub mod openapi;
+pub mod origin;
 pub mod streams;
+pub mod system;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::{Config, CorsConfig};
 use crate::db::Db;
 use crate::manager::StreamManager;
+pub use origin::ListenerPorts;
 
 /// Largest request body the API accepts. Stream definitions are a few hundred bytes; this bounds
 /// the memory an anonymous client can make us buffer.
@@ -46,9 +49,11 @@ pub struct AppState {
     /// Counters of the S3 uploader (all zero and `running = false` when there is none).
     pub uploads: Arc<crate::archive::uploader::UploadStats>,
     /// The archive directories and whether each is available (marker present), for `/readyz`.
-    pub roots: Arc<crate::archive::roots::StorageRoots>,
+    pub roots: Arc<crate::archive::markers::MarkedRoots>,
     /// Totals of start-up repair and reconciliation.
     pub reconcile: Arc<crate::archive::repair::ReconcileCounters>,
+    /// The bound listener ports (0 / `None` in router tests that bind nothing).
+    pub listeners: ListenerPorts,
 }
 
 /// The API router and the OpenAPI document it implements.
@@ -73,6 +78,8 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(archive::delete_protected))
         .routes(routes!(export::export_mp4))
         .routes(routes!(uploads::upload_status))
+        .routes(routes!(system::server_info))
+        .routes(routes!(system::storage))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts()
@@ -90,69 +97,87 @@ pub fn openapi_json() -> String {
 
 /// The complete API application for a state: routes, Swagger UI, body limit, CORS, tracing.
 pub fn app(state: AppState) -> Router {
-    let cors = cors_layer(&state.config.cors);
+    let cors = cors_layer(&state.config.cors, state.listeners);
     let (router, doc) = router_and_openapi();
-    let router = router
+    router
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
+        .merge(crate::web::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(state);
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+        .with_state(state)
+        .layer(cors)
 }
 
-/// CORS from `[cors]`, shared by both listeners. `None` when disabled (the default).
-pub fn cors_layer(c: &CorsConfig) -> Option<CorsLayer> {
-    if !c.enabled {
-        return None;
-    }
-    let origin = if c.allow_origins.iter().any(|o| o == "*") {
+/// Request headers the web UI sends to the other listener (JSON bodies, bearer tokens, ranges).
+const UI_HEADERS: [&str; 5] = [
+    "content-type",
+    "authorization",
+    "range",
+    "if-range",
+    "origin",
+];
+
+/// CORS for both listeners. The server's own listener origins ([`origin::is_same_server`]) are
+/// always allowed, so the web UI loaded from either listener reaches the other without any
+/// configuration; `[cors]` (off by default) adds foreign origins, methods and headers.
+pub fn cors_layer(c: &CorsConfig, ports: ListenerPorts) -> CorsLayer {
+    let configured_any = c.enabled && c.allow_origins.iter().any(|o| o == "*");
+    let origin = if configured_any {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
+        let listed: Vec<HeaderValue> = if c.enabled {
             c.allow_origins
                 .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        AllowOrigin::predicate(move |origin, parts| {
+            listed.contains(origin) || origin::request_is_same_server(origin, parts, ports)
+        })
     };
-    let methods: Vec<Method> = if c.allow_methods.is_empty() {
-        ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-            .iter()
-            .filter_map(|m| m.parse().ok())
-            .collect()
-    } else {
-        c.allow_methods
-            .iter()
-            .filter_map(|m| m.to_ascii_uppercase().parse().ok())
-            .collect()
-    };
-    let headers: Vec<HeaderName> = if c.allow_headers.is_empty() {
-        ["origin", "content-length", "content-type"]
-            .iter()
-            .filter_map(|h| h.parse().ok())
-            .collect()
-    } else {
-        c.allow_headers
-            .iter()
-            .filter_map(|h| h.parse().ok())
-            .collect()
-    };
-    let expose: Vec<HeaderName> = c
-        .expose_headers
+    let mut methods: Vec<Method> = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+        .iter()
+        .filter_map(|m| m.parse().ok())
+        .collect();
+    let mut headers: Vec<HeaderName> = UI_HEADERS
+        .iter()
+        .chain(&["content-length"])
+        .filter_map(|h| h.parse().ok())
+        .collect();
+    let mut expose: Vec<HeaderName> = ["content-disposition", "location"]
         .iter()
         .filter_map(|h| h.parse().ok())
         .collect();
-    Some(
-        CorsLayer::new()
-            .allow_origin(origin)
-            .allow_methods(methods)
-            .allow_headers(headers)
-            .expose_headers(expose)
-            .allow_credentials(c.allow_credentials)
-            .max_age(Duration::from_secs(12 * 3600)),
-    )
+    if c.enabled {
+        for m in &c.allow_methods {
+            if let Ok(m) = m.to_ascii_uppercase().parse::<Method>()
+                && !methods.contains(&m)
+            {
+                methods.push(m);
+            }
+        }
+        for (list, into) in [
+            (&c.allow_headers, &mut headers),
+            (&c.expose_headers, &mut expose),
+        ] {
+            for h in list {
+                if let Ok(h) = h.parse::<HeaderName>()
+                    && !into.contains(&h)
+                {
+                    into.push(h);
+                }
+            }
+        }
+    }
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods(methods)
+        .allow_headers(headers)
+        .expose_headers(expose)
+        .allow_credentials(c.enabled && c.allow_credentials && !configured_any)
+        .max_age(Duration::from_secs(12 * 3600))
 }
 
 /// Health check answer.
@@ -160,7 +185,7 @@ pub fn cors_layer(c: &CorsConfig) -> Option<CorsLayer> {
 pub struct Health {
     /// `ok` or `degraded`.
     pub status: &'static str,
-    /// `ok`, or the reason the index is unreachable.
+    /// `ok` or `unavailable` (the reason is logged, never sent).
     pub database: String,
 }
 
@@ -179,13 +204,17 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
                 database: "ok".into(),
             }),
         ),
-        Err(e) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(Health {
-                status: "degraded",
-                database: e.to_string(),
-            }),
-        ),
+        Err(e) => {
+            // The error text may name hosts, paths or users: it goes to the log only.
+            tracing::warn!(error = %e, "health check: the database does not answer");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(Health {
+                    status: "degraded",
+                    database: "unavailable".into(),
+                }),
+            )
+        }
     }
 }
 

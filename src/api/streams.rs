@@ -161,12 +161,20 @@ impl StreamInput {
 }
 
 impl From<&StreamRecord> for StreamDto {
+    /// Secrets in the source URL are masked: they are write-only (see [`crate::redact`]).
     fn from(r: &StreamRecord) -> Self {
         let i = StreamInput::from_spec(&r.spec);
+        let source = match i.source {
+            SourceDto::Rtsp { url, transport } => SourceDto::Rtsp {
+                url: crate::redact::mask_url(&url),
+                transport,
+            },
+            file => file,
+        };
         StreamDto {
             id: r.spec.id,
             name: i.name,
-            source: i.source,
+            source,
             outputs: i.outputs,
             on_demand: i.on_demand,
             enabled: i.enabled,
@@ -210,8 +218,14 @@ fn check_optional(field: &str, value: &Option<String>, max: usize) -> Result<(),
     }
 }
 
-/// Validates an input and turns it into a spec with the given id.
-pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<StreamSpec, ApiError> {
+/// Validates an input and turns it into a spec with the given id. `stored` is the stream as the
+/// database holds it (PUT, PATCH): a source URL sent back with masked secrets keeps its secrets.
+pub fn validate(
+    state: &AppState,
+    id: Uuid,
+    input: StreamInput,
+    stored: Option<&StreamSpec>,
+) -> Result<StreamSpec, ApiError> {
     if id.is_nil() {
         return Err(ApiError::invalid("id", "id must not be the nil UUID"));
     }
@@ -238,6 +252,18 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
             if parsed.host_str().is_none_or(str::is_empty) {
                 return Err(ApiError::invalid("source.url", "source.url has no host"));
             }
+            if parsed.fragment().is_some() {
+                return Err(ApiError::invalid(
+                    "source.url",
+                    "source.url must not contain a fragment: percent-encode '#' in a password as %23",
+                ));
+            }
+            let stored_url = match stored.map(|s| &s.source) {
+                Some(Source::Rtsp { url, .. }) => Some(url.as_str()),
+                _ => None,
+            };
+            let url = crate::redact::restore_masked(&url, stored_url)
+                .map_err(|e| ApiError::invalid("source.url", format!("source.url: {e}")))?;
             Source::Rtsp { url, transport }
         }
         SourceDto::File { path, looping } => {
@@ -245,12 +271,7 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
             if path.trim().is_empty() {
                 return Err(ApiError::invalid("source.path", "source.path is empty"));
             }
-            if !std::path::Path::new(&path).is_file() {
-                return Err(ApiError::invalid(
-                    "source.path",
-                    format!("source.path '{path}' is not a readable file on the server"),
-                ));
-            }
+            check_file_source(state, &path)?;
             Source::File { path, looping }
         }
     };
@@ -270,7 +291,36 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
         ));
     }
     check_optional("archive.directory", &a.directory, MAX_PATH_BYTES)?;
+    if let Some(dir) = &a.directory {
+        let roots = state.manager.storage_roots();
+        if !roots.contains(std::path::Path::new(dir)) {
+            return Err(ApiError::invalid(
+                "archive.directory",
+                format!(
+                    "archive.directory must lie under [archive] directory or one of [archive] \
+                     roots: {}",
+                    roots.describe()
+                ),
+            ));
+        }
+    }
     check_optional("archive.bucket", &a.bucket, 63)?;
+    if let Some(bucket) = &a.bucket {
+        let allowed = state.config.allowed_buckets();
+        if !allowed.iter().any(|b| b == bucket) {
+            return Err(ApiError::invalid(
+                "archive.bucket",
+                if allowed.is_empty() {
+                    "archive.bucket is set but the server has no [s3] settings".to_owned()
+                } else {
+                    format!(
+                        "archive.bucket must be the [s3] bucket or one of [s3] buckets: {}",
+                        allowed.join(", ")
+                    )
+                },
+            ));
+        }
+    }
     check_optional("archive.prefix", &a.prefix, 512)?;
     if a.prefix
         .as_deref()
@@ -320,6 +370,30 @@ pub fn validate(state: &AppState, id: Uuid, input: StreamInput) -> Result<Stream
             max_bytes: r.max_bytes,
         },
     })
+}
+
+/// A file source must be a regular file under `[sources] file_roots` (or named by the config
+/// file). The answer names the roots but says nothing about paths outside them.
+fn check_file_source(state: &AppState, path: &str) -> Result<(), ApiError> {
+    use crate::roots::FileAccessError;
+    let files = state.manager.files();
+    match files.open(std::path::Path::new(path)) {
+        Ok(_) => Ok(()),
+        Err(FileAccessError::NotAllowed { .. } | FileAccessError::NotRegular { .. }) => {
+            Err(ApiError::invalid(
+                "source.path",
+                format!(
+                    "source.path must be a regular file under one of the allowed roots \
+                     ([sources] file_roots): {}",
+                    files.describe()
+                ),
+            ))
+        }
+        Err(FileAccessError::Unreadable { .. }) => Err(ApiError::invalid(
+            "source.path",
+            format!("source.path '{path}' is not a readable file on the server"),
+        )),
+    }
 }
 
 async fn load(state: &AppState, id: Uuid) -> Result<StreamRecord, ApiError> {
@@ -399,7 +473,7 @@ pub async fn create_stream(
     ApiJson(input): ApiJson<StreamInput>,
 ) -> Result<Response, ApiError> {
     let id = input.id.unwrap_or_else(Uuid::new_v4);
-    let spec = validate(&state, id, input)?;
+    let spec = validate(&state, id, input, None)?;
     let owner = state.manager.lock(id).await;
     let rec = streams::insert(&state.db, &spec, Origin::Api).await?;
     owner.apply(&rec.spec).await;
@@ -439,7 +513,8 @@ async fn store_update(
             "id in the body differs from the id in the path",
         ));
     }
-    let spec = validate(state, id, input)?;
+    let stored = streams::get(&state.db, id).await?;
+    let spec = validate(state, id, input, stored.as_ref().map(|r| &r.spec))?;
     let rec = streams::update(&state.db, &spec)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))?;
@@ -574,6 +649,8 @@ pub struct StreamStatusDto {
     pub online: bool,
     pub streaming: bool,
     pub viewers: u32,
+    /// The stream is being recorded (its and the server's recording settings are on).
+    pub recording: bool,
     /// RFC 3339, or `null` if never checked.
     pub last_health_check: Option<String>,
     pub last_health_error: String,
@@ -601,6 +678,8 @@ pub async fn stream_status(
     load(&state, id).await?;
     let st = state.manager.status(id);
     let active = st.is_some();
+    let recording = state.config.archive.recording
+        && state.manager.spec(id).is_some_and(|s| s.archive.recording);
     let st = st.unwrap_or_default();
     Ok(Json(StreamStatusDto {
         id,
@@ -609,6 +688,7 @@ pub async fn stream_status(
         online: st.online,
         streaming: st.streaming,
         viewers: st.viewers,
+        recording,
         last_health_check: st
             .last_health_check
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),

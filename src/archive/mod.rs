@@ -3,11 +3,11 @@
 
 pub mod export;
 pub mod import;
+pub mod markers;
 pub mod playback;
 pub mod recorder;
 pub mod repair;
 pub mod retention;
-pub mod roots;
 pub mod storage;
 pub mod uploader;
 
@@ -115,6 +115,7 @@ mod tests {
             bucket: "archive".into(),
             prefix: String::new(),
             path_style: Some(true),
+            buckets: Vec::new(),
         };
         let s3 = s3.then(|| S3Storage::new(&cfg, &Default::default()).expect("valid settings"));
         Archive::with_storages(Arc::new(storage::fs::FsStorage), s3, 1)

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
-use super::roots::{Root, StorageRoots};
+use super::markers::{MarkedRoots, Root};
 use crate::db::segments::{self, MissingBy, NewSegment, Restored, SegmentRow, SegmentState};
 use crate::db::{Db, DbError};
 use crate::media::fmp4::{self, is_fragmented_init, split_fragments};
@@ -245,7 +245,7 @@ async fn exists(path: &Path) -> Option<bool> {
 /// root comes back ([`Reconciler`]).
 pub async fn repair_recording(
     db: &Db,
-    roots: &StorageRoots,
+    roots: &MarkedRoots,
     max_id: i64,
 ) -> Result<RepairReport, RepairError> {
     let mut report = RepairReport::default();
@@ -262,7 +262,7 @@ pub async fn repair_recording(
 
 async fn repair_row(
     db: &Db,
-    roots: &StorageRoots,
+    roots: &MarkedRoots,
     row: &SegmentRow,
     report: &mut RepairReport,
 ) -> Result<(), RepairError> {
@@ -364,7 +364,7 @@ fn segment_files(root: &Path) -> Vec<PathBuf> {
 /// round of root checks.
 pub struct Reconciler {
     db: Db,
-    roots: Arc<StorageRoots>,
+    roots: Arc<MarkedRoots>,
     /// Files named from this time on belong to recorders of this run (their rows may be a moment
     /// or, during an index outage, a while behind): never indexed as orphans.
     started_us: i64,
@@ -374,7 +374,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(db: Db, roots: Arc<StorageRoots>, started_us: i64, max_id: i64) -> Reconciler {
+    pub fn new(db: Db, roots: Arc<MarkedRoots>, started_us: i64, max_id: i64) -> Reconciler {
         Reconciler {
             db,
             roots,

@@ -153,7 +153,7 @@ struct Inner {
     /// Storage roots: a local file that is absent only counts as gone when its root is available
     /// (otherwise the upload is retried later). `None`: every absence counts (tests of the
     /// uploader alone).
-    roots: Option<Arc<super::roots::StorageRoots>>,
+    roots: Option<Arc<super::markers::MarkedRoots>>,
 }
 
 /// The background uploader. Build it, optionally share its [`UploadStats`] and [`waker`], then
@@ -210,7 +210,7 @@ impl Uploader {
     }
 
     /// Checks the storage root of a local file found absent before marking its row missing.
-    pub fn with_roots(mut self, roots: Arc<super::roots::StorageRoots>) -> Uploader {
+    pub fn with_roots(mut self, roots: Arc<super::markers::MarkedRoots>) -> Uploader {
         match Arc::get_mut(&mut self.inner) {
             Some(inner) => inner.roots = Some(roots),
             None => tracing::error!("uploader already shared: storage roots not attached"),
@@ -427,7 +427,7 @@ pub fn spawn_uploader(
     db: Db,
     cfg: &S3Config,
     stats: Arc<UploadStats>,
-    roots: Arc<super::roots::StorageRoots>,
+    roots: Arc<super::markers::MarkedRoots>,
     cancel: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<Notify>), S3ConfigError> {
     let uploader = Uploader::from_config(db, cfg, stats)?.with_roots(roots);

@@ -132,17 +132,17 @@ impl Db {
                 })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(|source| DbError::Connect {
-                url: crate::stream::redact_url(url),
+                url: crate::redact::mask_url(url),
                 source,
             })?;
             Self::connect_postgres(opts)
                 .await
                 .map_err(|source| DbError::Connect {
-                    url: crate::stream::redact_url(url),
+                    url: crate::redact::mask_url(url),
                     source,
                 })
         } else {
-            Err(DbError::UnsupportedUrl(crate::stream::redact_url(url)))
+            Err(DbError::UnsupportedUrl(crate::redact::mask_url(url)))
         }
     }
 

@@ -1,5 +1,5 @@
 //! The `storage_roots` table: archive directories and the id written into their marker file
-//! (`archive::roots` reads and writes the markers).
+//! (`archive::markers` reads and writes the markers).
 
 use uuid::Uuid;
 

@@ -151,6 +151,38 @@ macro_rules! rederive_touched {
 }
 pub(crate) use rederive_touched;
 
+/// A stream's closed recordings in total, summed over its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTotals {
+    pub stream_id: Uuid,
+    pub start_us: i64,
+    pub end_us: i64,
+    pub segment_count: i64,
+    pub bytes: i64,
+}
+
+/// Totals of every stream that has closed segments (also streams whose row is deleted), ordered
+/// by stream id. Reads the `runs` table: a few rows per stream however large the archive.
+pub async fn totals(db: &Db) -> Result<Vec<StreamTotals>> {
+    const SQL: &str = "SELECT stream_id, MIN(start_us), MAX(end_us), \
+        CAST(SUM(segment_count) AS BIGINT), CAST(SUM(bytes) AS BIGINT) FROM runs \
+        GROUP BY stream_id ORDER BY stream_id";
+    let rows: Vec<(DbUuid, i64, i64, i64, i64)> =
+        with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, start_us, end_us, segment_count, bytes)| StreamTotals {
+                stream_id: id.into(),
+                start_us,
+                end_us,
+                segment_count,
+                bytes,
+            },
+        )
+        .collect())
+}
+
 /// Gaps and islands over a stream's (`$1`) complete segments starting in `[$2, $3]`: one row
 /// `(start, end, segment count, bytes)` per run of segments separated by at most `$4`, in order.
 pub(crate) const DERIVE_SQL: &str = "

@@ -12,19 +12,19 @@ use tower_http::trace::TraceLayer;
 
 use crate::api::AppState;
 
-/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`.
+/// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`, and the web UI (`/`,
+/// `/ui/...`) with the one API route it needs first, `/api/v1/server` (where the API listener is).
 pub fn app(state: AppState) -> Router {
-    let cors = crate::api::cors_layer(&state.config.cors);
+    let cors = crate::api::cors_layer(&state.config.cors, state.listeners);
     // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
     // the original did.
-    let router = Router::new()
+    Router::new()
         .route("/ws/archive", get(ws::archive))
         .route("/ws/{any}", get(ws::live))
         .route("/hls/{file}", get(hls::serve))
+        .route("/api/v1/server", get(crate::api::system::server_info))
+        .merge(crate::web::router())
         .layer(TraceLayer::new_for_http())
-        .with_state(state);
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+        .with_state(state)
+        .layer(cors)
 }

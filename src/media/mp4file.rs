@@ -37,6 +37,13 @@ const MAX_SAMPLES: usize = 8_000_000;
 
 const MICROS_PER_SECOND: i128 = 1_000_000;
 
+fn with_path(path: &Path, e: std::io::Error) -> MediaError {
+    MediaError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", path.display()),
+    ))
+}
+
 /// A whole MP4 file read into frames. See the module documentation for timestamp rules.
 #[derive(Debug, Clone)]
 pub struct Mp4File {
@@ -52,20 +59,27 @@ pub struct Mp4File {
 impl Mp4File {
     /// Reads and indexes the file at `path`. Files over [`MAX_FILE_BYTES`] are rejected.
     pub fn open(path: &Path) -> Result<Mp4File, MediaError> {
-        let with_path = |e: std::io::Error| {
-            MediaError::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            ))
-        };
-        let len = std::fs::metadata(path).map_err(with_path)?.len();
-        if len > MAX_FILE_BYTES {
+        let file = std::fs::File::open(path).map_err(|e| with_path(path, e))?;
+        Self::read(file, path, MAX_FILE_BYTES)
+    }
+
+    /// Reads and indexes an open file, reading at most `max_bytes` (capped at
+    /// [`MAX_FILE_BYTES`]). The size the file reports is not trusted: files in `/proc` report 0
+    /// and can yield far more, so the reading itself stops one byte past the cap. `path` is only
+    /// used in messages.
+    pub fn read(file: std::fs::File, path: &Path, max_bytes: u64) -> Result<Mp4File, MediaError> {
+        use std::io::Read;
+        let max_bytes = max_bytes.min(MAX_FILE_BYTES);
+        let mut data = Vec::new();
+        file.take(max_bytes + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| with_path(path, e))?;
+        if data.len() as u64 > max_bytes {
             return Err(MediaError::Unsupported(format!(
-                "{}: {len} bytes is over the {MAX_FILE_BYTES}-byte limit",
+                "{}: over the {max_bytes}-byte limit",
                 path.display()
             )));
         }
-        let data = std::fs::read(path).map_err(with_path)?;
         Self::from_bytes(Bytes::from(data)).map_err(|e| match e {
             MediaError::InvalidParams(m) => {
                 MediaError::InvalidParams(format!("{}: {m}", path.display()))
@@ -756,6 +770,16 @@ mod tests {
         assert!(file.params().video.is_none() && file.params().audio.is_some());
         assert_eq!(file.skipped_tracks().len(), 1);
         assert!(file.skipped_tracks()[0].contains("mp4v"));
+    }
+
+    #[test]
+    fn reading_stops_at_the_cap_whatever_the_reported_size() {
+        // Like /proc/self/pagemap, /dev/zero reports 0 bytes and never ends.
+        let zero = Path::new("/dev/zero");
+        let file = std::fs::File::open(zero).expect("/dev/zero");
+        assert_eq!(file.metadata().expect("meta").len(), 0);
+        let err = Mp4File::read(file, zero, 1 << 20).expect_err("over the cap");
+        assert!(err.to_string().contains("1048576-byte limit"), "{err}");
     }
 
     #[test]

@@ -8,22 +8,37 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{SessionEnd, SessionSink, SourceError};
+use super::{HealthCategory, SessionEnd, SessionSink, SourceError};
 use crate::media::mp4file::Mp4File;
+use crate::roots::FileRoots;
+
+/// Opens `path` through the file roots and reads it whole (at most the roots' byte cap).
+pub async fn load(files: &Arc<FileRoots>, path: &Path) -> Result<Mp4File, SourceError> {
+    let (files, owned) = (files.clone(), path.to_owned());
+    // Opening, reading and indexing the file is blocking work.
+    tokio::task::spawn_blocking(move || -> Result<Mp4File, SourceError> {
+        let file = files.open(&owned)?;
+        Ok(Mp4File::read(file, &owned, files.max_file_bytes())?)
+    })
+    .await
+    .map_err(|e| {
+        SourceError::failed(
+            HealthCategory::InvalidMedia,
+            format!("file reader task failed: {e}"),
+        )
+    })?
+}
 
 /// Plays `path` into the sink until the end (or forever with `looping`), or until cancelled.
 /// Cancellation takes effect at once, even in the middle of a pacing sleep.
 pub async fn run(
+    files: &Arc<FileRoots>,
     path: &Path,
     looping: bool,
     sink: &mut SessionSink,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd, SourceError> {
-    let owned = path.to_owned();
-    // Reading and indexing the file is blocking work.
-    let file = tokio::task::spawn_blocking(move || Mp4File::open(&owned))
-        .await
-        .map_err(|e| SourceError::Connect(format!("file reader task failed: {e}")))??;
+    let file = load(files, path).await?;
     let params = Arc::new(file.params().clone());
     if params.video.is_none() && params.audio.is_none() {
         return Err(SourceError::NoTracks(format!(

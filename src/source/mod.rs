@@ -20,23 +20,149 @@ use crate::media::{Frame, MediaError, TrackKind};
 /// original's 15 s "stream has no video").
 pub const KEYFRAME_WATCHDOG: Duration = Duration::from_secs(15);
 
-/// Why a source session ended.
+/// What kind of failure a source had: what `last_health_error` shows. Clients see only this
+/// category, never the failure's text: a camera URL can point anywhere (an internal HTTP or SSH
+/// port, say), and echoing what answered there would make the server a port scanner and banner
+/// grabber. The text goes to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCategory {
+    /// Nothing listens on the camera's port (TCP RST).
+    ConnectionRefused,
+    /// No answer in time (connect, DESCRIBE/SETUP/PLAY, or no data while playing).
+    Timeout,
+    /// The camera's host name does not resolve.
+    Dns,
+    /// No route to the camera's network or host.
+    Unreachable,
+    /// Connecting failed for another reason.
+    ConnectFailed,
+    /// The camera refused the credentials (RTSP 401/403).
+    AuthFailed,
+    /// The camera does not know the path (RTSP 404).
+    NotFound,
+    /// Something answered, but not in RTSP.
+    NotRtsp,
+    /// The camera answered with another RTSP error, or the session broke.
+    RtspError,
+    /// No H.264/H.265 video or AAC audio track.
+    NoSupportedTrack,
+    /// No video keyframe for [`KEYFRAME_WATCHDOG`].
+    NoKeyframe,
+    /// The camera ended the stream.
+    Ended,
+    /// The file source's file does not exist or cannot be read.
+    FileNotFound,
+    /// The file source's file lies outside `[sources] file_roots`.
+    FileNotAllowed,
+    /// The media could not be parsed.
+    InvalidMedia,
+}
+
+impl HealthCategory {
+    pub fn as_str(self) -> &'static str {
+        use HealthCategory::*;
+        match self {
+            ConnectionRefused => "connection_refused",
+            Timeout => "timeout",
+            Dns => "dns",
+            Unreachable => "unreachable",
+            ConnectFailed => "connect_failed",
+            AuthFailed => "auth_failed",
+            NotFound => "not_found",
+            NotRtsp => "not_rtsp",
+            RtspError => "rtsp_error",
+            NoSupportedTrack => "no_supported_track",
+            NoKeyframe => "no_keyframe",
+            Ended => "ended",
+            FileNotFound => "file_not_found",
+            FileNotAllowed => "file_not_allowed",
+            InvalidMedia => "invalid_media",
+        }
+    }
+
+    /// Every category, for documentation and tests.
+    pub const ALL: [HealthCategory; 15] = {
+        use HealthCategory::*;
+        [
+            ConnectionRefused,
+            Timeout,
+            Dns,
+            Unreachable,
+            ConnectFailed,
+            AuthFailed,
+            NotFound,
+            NotRtsp,
+            RtspError,
+            NoSupportedTrack,
+            NoKeyframe,
+            Ended,
+            FileNotFound,
+            FileNotAllowed,
+            InvalidMedia,
+        ]
+    };
+}
+
+impl std::fmt::Display for HealthCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a source session ended. `Display` is for the log (secrets already scrubbed); clients get
+/// [`SourceError::category`].
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    /// A failure classified when it happened, with its (log-only) detail.
+    #[error("{category}: {detail}")]
+    Failed {
+        category: HealthCategory,
+        detail: String,
+    },
     #[error("timed out: {0}")]
     Timeout(&'static str),
     #[error("stream has no video (no keyframe for {}s)", KEYFRAME_WATCHDOG.as_secs())]
     NoKeyframe,
     #[error("source has no usable track: {0}")]
     NoTracks(String),
-    #[error("RTSP error: {0}")]
-    Rtsp(String),
     #[error(transparent)]
     Media(#[from] MediaError),
     #[error("source ended")]
     Ended,
+}
+
+impl SourceError {
+    pub fn failed(category: HealthCategory, detail: impl Into<String>) -> Self {
+        SourceError::Failed {
+            category,
+            detail: detail.into(),
+        }
+    }
+
+    /// The category clients see in `last_health_error`.
+    pub fn category(&self) -> HealthCategory {
+        match self {
+            SourceError::Failed { category, .. } => *category,
+            SourceError::Timeout(_) => HealthCategory::Timeout,
+            SourceError::NoKeyframe => HealthCategory::NoKeyframe,
+            SourceError::NoTracks(_) => HealthCategory::NoSupportedTrack,
+            SourceError::Media(MediaError::Io(_)) => HealthCategory::FileNotFound,
+            SourceError::Media(MediaError::Unsupported(_)) => HealthCategory::NoSupportedTrack,
+            SourceError::Media(_) => HealthCategory::InvalidMedia,
+            SourceError::Ended => HealthCategory::Ended,
+        }
+    }
+}
+
+impl From<crate::roots::FileAccessError> for SourceError {
+    fn from(e: crate::roots::FileAccessError) -> Self {
+        use crate::roots::FileAccessError::*;
+        let category = match &e {
+            NotAllowed { .. } | NotRegular { .. } => HealthCategory::FileNotAllowed,
+            Unreadable { .. } => HealthCategory::FileNotFound,
+        };
+        SourceError::failed(category, e.to_string())
+    }
 }
 
 /// How a session finished without error.

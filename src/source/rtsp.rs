@@ -14,9 +14,12 @@ use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{DurationFiller, SessionEnd, SessionSink, SourceError, is_keyframe, lock_status};
+use super::{
+    DurationFiller, HealthCategory, SessionEnd, SessionSink, SourceError, is_keyframe, lock_status,
+};
 use crate::media::{self, AudioParams, Frame, StreamParams, TrackKind, VideoParams};
-use crate::stream::{RtspTransport, redact_url};
+use crate::redact::{mask_url, scrub};
+use crate::stream::RtspTransport;
 
 /// Budget for DESCRIBE, SETUP and PLAY together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,13 +30,17 @@ const USER_AGENT: &str = concat!("video-server/", env!("CARGO_PKG_VERSION"));
 
 /// Splits credentials out of the URL (retina takes them separately).
 pub fn split_credentials(url: &str) -> Result<(Url, Option<Credentials>), SourceError> {
-    let mut u = Url::parse(url)
-        .map_err(|e| SourceError::Connect(format!("invalid URL {}: {e}", redact_url(url))))?;
+    let mut u = Url::parse(url).map_err(|e| {
+        SourceError::failed(
+            HealthCategory::ConnectFailed,
+            format!("invalid URL {}: {e}", mask_url(url)),
+        )
+    })?;
     if !matches!(u.scheme(), "rtsp" | "rtsps") {
-        return Err(SourceError::Connect(format!(
-            "not an rtsp:// URL: {}",
-            redact_url(url)
-        )));
+        return Err(SourceError::failed(
+            HealthCategory::ConnectFailed,
+            format!("not an rtsp:// URL: {}", mask_url(url)),
+        ));
     }
     let creds = if !u.username().is_empty() || u.password().is_some() {
         let decode = |s: &str| {
@@ -75,21 +82,68 @@ fn audio_params(p: &retina::codec::AudioParameters) -> Result<AudioParams, Sourc
     ))?)
 }
 
+/// The category of a retina error. Retina's errors are opaque apart from the RTSP status code,
+/// so the rest is told from its messages (stable within the pinned retina version; the unit test
+/// below lists the forms, and tests/it/security.rs checks a refused port and an HTTP server).
+fn category_of(e: &retina::Error) -> HealthCategory {
+    match e.status_code() {
+        Some(401 | 403 | 407) => HealthCategory::AuthFailed,
+        Some(404) => HealthCategory::NotFound,
+        Some(_) => HealthCategory::RtspError,
+        None => category_of_text(&e.to_string()),
+    }
+}
+
+fn category_of_text(text: &str) -> HealthCategory {
+    let text = text.to_ascii_lowercase();
+    if let Some(io) = text.strip_prefix("unable to connect to rtsp server:") {
+        let has = |needles: &[&str]| needles.iter().any(|n| io.contains(n));
+        if has(&["connection refused"]) {
+            HealthCategory::ConnectionRefused
+        } else if has(&["timed out"]) {
+            HealthCategory::Timeout
+        } else if has(&[
+            "lookup address",
+            "name or service not known",
+            "no address associated",
+            "name resolution",
+            "nodename nor servname",
+        ]) {
+            HealthCategory::Dns
+        } else if has(&["unreachable", "no route to host"]) {
+            HealthCategory::Unreachable
+        } else {
+            HealthCategory::ConnectFailed
+        }
+    } else if text.starts_with("rtsp framing error") {
+        HealthCategory::NotRtsp
+    } else if text.starts_with("timeout") {
+        HealthCategory::Timeout
+    } else {
+        HealthCategory::RtspError
+    }
+}
+
+/// A retina error as a source error: classified, with the URL's secrets scrubbed from the text.
+fn rtsp_error(e: &retina::Error, url: &str) -> SourceError {
+    SourceError::failed(category_of(e), scrub(&e.to_string(), url))
+}
+
 /// Runs one RTSP session until it fails, the stream ends, or `cancel` fires.
 pub async fn run(
-    url: &str,
+    raw_url: &str,
     transport: RtspTransport,
     sink: &mut SessionSink,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd, SourceError> {
-    let (url, creds) = split_credentials(url)?;
+    let (url, creds) = split_credentials(raw_url)?;
     let opts = SessionOptions::default()
         .creds(creds)
         .user_agent(USER_AGENT.to_owned());
     let connect = async {
         let mut session = Session::describe(url.clone(), opts)
             .await
-            .map_err(|e| SourceError::Connect(e.to_string()))?;
+            .map_err(|e| rtsp_error(&e, raw_url))?;
         let mut video_i = None;
         let mut audio_i = None;
         let mut skipped = Vec::new();
@@ -122,15 +176,13 @@ pub async fn run(
                         .frame_format(FrameFormat::MP4),
                 )
                 .await
-                .map_err(|e| SourceError::Rtsp(e.to_string()))?;
+                .map_err(|e| rtsp_error(&e, raw_url))?;
         }
         let playing = session
             .play(PlayOptions::default())
             .await
-            .map_err(|e| SourceError::Rtsp(e.to_string()))?;
-        let demuxed = playing
-            .demuxed()
-            .map_err(|e| SourceError::Rtsp(e.to_string()))?;
+            .map_err(|e| rtsp_error(&e, raw_url))?;
+        let demuxed = playing.demuxed().map_err(|e| rtsp_error(&e, raw_url))?;
         Ok::<_, SourceError>((demuxed, video_i, audio_i, skipped))
     };
     let (mut demuxed, video_i, audio_i, skipped) = tokio::select! {
@@ -181,7 +233,7 @@ pub async fn run(
                 match r {
                     Err(_) => return Err(SourceError::Timeout("no data from the camera")),
                     Ok(None) => return Err(SourceError::Ended),
-                    Ok(Some(Err(e))) => return Err(SourceError::Rtsp(e.to_string())),
+                    Ok(Some(Err(e))) => return Err(rtsp_error(&e, raw_url)),
                     Ok(Some(Ok(item))) => item,
                 }
             }
@@ -263,15 +315,15 @@ fn rescale(ticks: i64, from: i64, to: i64) -> i64 {
 
 /// Health probe for an idle on-demand camera: DESCRIBE only, within `timeout`. Ok means the camera
 /// answered with a usable video track.
-pub async fn probe(url: &str, timeout: Duration) -> Result<(), SourceError> {
-    let (url, creds) = split_credentials(url)?;
+pub async fn probe(raw_url: &str, timeout: Duration) -> Result<(), SourceError> {
+    let (url, creds) = split_credentials(raw_url)?;
     let opts = SessionOptions::default()
         .creds(creds)
         .user_agent(USER_AGENT.to_owned());
     let session = tokio::time::timeout(timeout, Session::describe(url, opts))
         .await
         .map_err(|_| SourceError::Timeout("health probe"))?
-        .map_err(|e| SourceError::Connect(e.to_string()))?;
+        .map_err(|e| rtsp_error(&e, raw_url))?;
     if session.streams().iter().any(|s| s.media() == "video") {
         Ok(())
     } else {
@@ -294,6 +346,46 @@ mod tests {
         assert!(none.is_none());
         assert!(split_credentials("http://cam/s").is_err());
         assert!(split_credentials("::").is_err());
+    }
+
+    #[test]
+    fn retina_messages_map_to_categories() {
+        use HealthCategory::*;
+        for (text, want) in [
+            (
+                "Unable to connect to RTSP server: Connection refused (os error 111)",
+                ConnectionRefused,
+            ),
+            (
+                "Unable to connect to RTSP server: failed to lookup address information: Name or \
+                 service not known",
+                Dns,
+            ),
+            (
+                "Unable to connect to RTSP server: Network is unreachable (os error 101)",
+                Unreachable,
+            ),
+            (
+                "Unable to connect to RTSP server: Connection timed out (os error 110)",
+                Timeout,
+            ),
+            (
+                "Unable to connect to RTSP server: Permission denied",
+                ConnectFailed,
+            ),
+            (
+                "RTSP framing error: Invalid RTSP message; next 128 of 200 buffered bytes are:\n\
+                 HTTP/1.0 501 Unsupported method",
+                NotRtsp,
+            ),
+            ("Timeout", Timeout),
+            (
+                "Error reading from RTSP peer: Connection reset by peer",
+                RtspError,
+            ),
+        ] {
+            assert_eq!(category_of_text(text), want, "{text}");
+        }
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct Supervisor {
     pub status: StatusCell,
     pub demand: Arc<Demand>,
     pub probe: Option<HealthProbe>,
+    /// Where a file source may read from.
+    pub files: Arc<crate::roots::FileRoots>,
 }
 
 /// The wait before reconnect attempt `failures + 1`: exponential from [`BACKOFF_MIN`], capped at
@@ -176,7 +178,9 @@ impl Supervisor {
                     {
                         let mut st = lock_status(&self.status);
                         st.online = false;
-                        st.last_health_error = e.to_string();
+                        // The category only: the text may quote what answered at the camera's
+                        // address (the log has it).
+                        st.last_health_error = e.category().as_str().to_owned();
                         st.last_health_check = Some(chrono::Utc::now());
                     }
                     tokio::select! {
@@ -201,7 +205,14 @@ impl Supervisor {
                 super::rtsp::run(url, *transport, sink, cancel).await
             }
             Source::File { path, looping } => {
-                super::file::run(std::path::Path::new(path), *looping, sink, cancel).await
+                super::file::run(
+                    &self.files,
+                    std::path::Path::new(path),
+                    *looping,
+                    sink,
+                    cancel,
+                )
+                .await
             }
         }
     }
@@ -252,13 +263,11 @@ impl Supervisor {
                 };
                 super::rtsp::probe(url, p.timeout).await
             }
-            Source::File { path, .. } => {
-                if std::path::Path::new(path).is_file() {
-                    Ok(())
-                } else {
-                    Err(SourceError::Connect(format!("{path}: no such file")))
-                }
-            }
+            Source::File { path, .. } => self
+                .files
+                .open(std::path::Path::new(path))
+                .map(drop)
+                .map_err(SourceError::from),
         };
         // The source may have started meanwhile; then its own flags win.
         if self.demand.wanted() {
@@ -272,8 +281,9 @@ impl Supervisor {
                 st.last_health_error.clear();
             }
             Err(e) => {
+                tracing::info!(error = %e, "health probe failed");
                 st.online = false;
-                st.last_health_error = e.to_string();
+                st.last_health_error = e.category().as_str().to_owned();
             }
         }
     }

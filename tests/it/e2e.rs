@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::support::binary::ServerProcess;
 
-const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+pub(crate) const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +56,7 @@ fn run_browser_for(
 }
 
 /// Copies the shipped config and demo clip into `dir`, with ports set to 0 (free ports).
-fn shipped_setup(dir: &Path) {
+pub(crate) fn shipped_setup(dir: &Path) {
     let conf = std::fs::read_to_string(root().join("conf.toml")).expect("conf.toml");
     let conf = conf
         .replace("port = 8091", "port = 0")

@@ -637,8 +637,14 @@ async fn record_clip(db: &Db, dir: &Path, id: Uuid, clip: &Path, wall0: i64) {
 async fn bframes_and_h265_export_frame_accurately() {
     let t = crate::support::sqlite().await;
     let dir = tempfile::tempdir().expect("tmp");
-    let state =
-        crate::support::state(&t.db, crate::support::config("[archive]\nserving = true\n")).await;
+    let state = crate::support::state(
+        &t.db,
+        crate::support::config(&format!(
+            "[archive]\nserving = true\n[sources]\nfile_roots = [\"{}\"]\n",
+            dir.path().display()
+        )),
+    )
+    .await;
     let wall0 = 1_800_000_000_000_000i64;
     for (name, codec) in [
         ("bframes", &["-c:v", "libx264", "-bf", "3", "-g", "25"][..]),

@@ -21,6 +21,8 @@ mod openapi;
 mod playback;
 mod retention;
 mod s3;
+mod security;
 mod v1_archive;
 mod v1_streams;
 mod video_listener;
+mod webui;

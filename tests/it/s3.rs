@@ -542,6 +542,7 @@ async fn unreachable_and_silent_endpoints_fail_in_bounded_time() {
             bucket: "xyz".into(),
             prefix: String::new(),
             path_style: None,
+            buckets: Vec::new(),
         };
         let s3 = S3Storage::new(&cfg, &timeouts).expect("client");
         let bounded = |what: &str, start: Instant| {
@@ -585,6 +586,7 @@ async fn uploader_stuck_on_a_silent_endpoint_stops_promptly_and_keeps_the_file()
         bucket: "xyz".into(),
         prefix: String::new(),
         path_style: None,
+        buckets: Vec::new(),
     };
     // Long call timeouts, so the upload is still hanging when we cancel.
     let timeouts = S3Timeouts {

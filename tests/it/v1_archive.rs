@@ -34,7 +34,13 @@ async fn app(t: &TestDb) -> AppState {
 }
 
 /// Records a closed segment the way the recorder does (row opened, then finalized with its runs).
-async fn record(t: &TestDb, stream: Uuid, start_us: i64, end_us: i64, bytes: i64) -> i64 {
+pub(crate) async fn record(
+    t: &TestDb,
+    stream: Uuid,
+    start_us: i64,
+    end_us: i64,
+    bytes: i64,
+) -> i64 {
     let id = open(t, stream, start_us, start_us).await;
     segments::finalize(&t.db, id, end_us, end_us - start_us, bytes)
         .await

@@ -20,10 +20,20 @@ pub struct RtspServer {
 impl RtspServer {
     /// Starts the server on `port` (0 = any free port) and waits for its READY line.
     pub fn start(port: u16) -> RtspServer {
+        Self::start_with(port, &[])
+    }
+
+    /// As [`RtspServer::start`], with every mount requiring `user:pass` (`--auth`).
+    pub fn start_with_auth(user_pass: &str) -> RtspServer {
+        Self::start_with(0, &["--auth", user_pass])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RtspServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args(["--port", &port.to_string(), "--exit-on-stdin-eof"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

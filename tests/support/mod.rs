@@ -139,7 +139,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
             manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
-    let roots = video_server::archive::roots::StorageRoots::open(db.clone(), config.clone())
+    let roots = video_server::archive::markers::MarkedRoots::open(db.clone(), config.clone())
         .await
         .expect("storage roots");
     AppState {
@@ -150,6 +150,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         db: db.clone(),
         manager,
         uploads: Default::default(),
+        listeners: Default::default(),
     }
 }
 
@@ -257,6 +258,11 @@ impl InProcess {
         let mut config = Config::from_toml_str("inprocess.toml", &toml).expect("config");
         if !extra.contains("directory") {
             config.hls.directory = dir.path().join("hls").display().to_string();
+        }
+        if !extra.contains("file_roots") {
+            // The bundled clips, and clips a test makes in its temp dir.
+            config.sources.file_roots =
+                Some(vec!["assets".to_owned(), dir.path().display().to_string()]);
         }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let running = video_server::server::start(config, shutdown.clone())

@@ -75,6 +75,7 @@ impl S3Server {
             bucket: bucket.into(),
             prefix: prefix.into(),
             path_style: Some(true),
+            buckets: Vec::new(),
         }
     }
 

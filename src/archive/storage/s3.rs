@@ -136,7 +136,7 @@ impl S3Storage {
         let endpoint = cfg.endpoint.trim();
         let scheme_ok = endpoint.starts_with("http://") || endpoint.starts_with("https://");
         if !endpoint.is_empty() && !scheme_ok {
-            return Err(S3ConfigError::Endpoint(crate::stream::redact_url(endpoint)));
+            return Err(S3ConfigError::Endpoint(crate::redact::mask_url(endpoint)));
         }
         if cfg.bucket.trim().is_empty() {
             return Err(S3ConfigError::Bucket);
@@ -576,6 +576,7 @@ mod tests {
             bucket: "archive".into(),
             prefix: String::new(),
             path_style: None,
+            buckets: Vec::new(),
         }
     }
 

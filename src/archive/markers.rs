@@ -14,9 +14,10 @@
 //! under it is present (an archive from before markers existed). A directory whose indexed files
 //! are all absent is not adopted: it looks like a disk that is not mounted.
 //!
-//! The roots are the directories in use: `[archive] directory`, every stream's own directory, and
-//! every root recorded before (a stream may have moved to another directory; its old rows still
-//! point into the old one).
+//! The roots are the allowed storage roots (`Config::storage_roots`: `[archive] directory`,
+//! `[archive] roots`, config-file stream directories), every stream's own directory inside them,
+//! and every root recorded before inside them (a stream may have moved to another directory; its
+//! old rows still point into the old one). Nothing outside the allowed roots is ever touched.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,8 +136,8 @@ pub struct RootCounters {
 #[derive(Debug)]
 pub struct Root {
     pub path: PathBuf,
-    /// How `/readyz` names it: `default` (`[archive] directory`), `stream <id>`, or `root <id>`
-    /// for a directory only the index still knows. Never the path.
+    /// How `/readyz` names it: `default` (`[archive] directory`), `archive.roots[<i>]`,
+    /// `stream <id>`, or `root <id>` for a directory only the index still knows. Never the path.
     name: Mutex<String>,
     /// Streams whose own directory this is.
     streams: Mutex<Vec<Uuid>>,
@@ -224,16 +225,16 @@ pub struct RootReport {
 
 /// The registry of storage roots, shared by start-up repair, reconciliation, the uploader and
 /// `/readyz`.
-pub struct StorageRoots {
+pub struct MarkedRoots {
     db: Db,
     config: Arc<Config>,
     roots: Mutex<Vec<Arc<Root>>>,
 }
 
-impl StorageRoots {
+impl MarkedRoots {
     /// The roots in use, each checked once (markers written for new roots).
-    pub async fn open(db: Db, config: Arc<Config>) -> Result<Arc<StorageRoots>, DbError> {
-        let roots = Arc::new(StorageRoots {
+    pub async fn open(db: Db, config: Arc<Config>) -> Result<Arc<MarkedRoots>, DbError> {
+        let roots = Arc::new(MarkedRoots {
             db,
             config,
             roots: Mutex::default(),
@@ -245,7 +246,7 @@ impl StorageRoots {
         Ok(roots)
     }
 
-    /// Every known root, deepest path first (so [`StorageRoots::root_of`] finds the innermost).
+    /// Every known root, deepest path first (so [`MarkedRoots::root_of`] finds the innermost).
     pub fn all(&self) -> Vec<Arc<Root>> {
         lock(&self.roots).clone()
     }
@@ -263,19 +264,47 @@ impl StorageRoots {
         self.root_of(file).is_some_and(|r| r.state().is_available())
     }
 
-    /// Re-reads which directories are in use (config, streams, recorded roots) and adds new ones.
+    /// Re-reads which directories are in use and adds new ones: the allowed storage roots
+    /// ([`Config::storage_roots`]), every stream's own directory, and every root recorded
+    /// earlier; only directories inside the allowed roots, since reconciliation touches nothing
+    /// else.
     pub async fn refresh(&self) -> Result<(), DbError> {
+        let allowed = crate::roots::StorageRoots::from_config(&self.config);
         // path -> (name, streams)
         let mut wanted: BTreeMap<PathBuf, (Option<String>, Vec<Uuid>)> = BTreeMap::new();
         let global = absolute(self.config.archive.directory());
-        wanted.entry(global).or_default().0 = Some("default".into());
+        let extra: Vec<PathBuf> = self
+            .config
+            .archive
+            .roots
+            .iter()
+            .map(|r| absolute(r))
+            .collect();
+        for dir in allowed.list() {
+            let name = if *dir == global {
+                Some("default".to_owned())
+            } else {
+                extra
+                    .iter()
+                    .position(|r| r == dir)
+                    .map(|i| format!("archive.roots[{i}]"))
+            };
+            wanted.entry(dir.clone()).or_default().0 = name;
+        }
         for rec in db::streams::list_all(&self.db).await? {
             if let Some(dir) = rec.spec.archive.directory.as_deref() {
-                wanted.entry(absolute(dir)).or_default().1.push(rec.spec.id);
+                let dir = absolute(dir);
+                if allowed.contains(&dir) {
+                    wanted.entry(dir).or_default().1.push(rec.spec.id);
+                }
             }
         }
         for row in db::roots::all(&self.db).await? {
-            let e = wanted.entry(PathBuf::from(&row.path)).or_default();
+            let dir = PathBuf::from(&row.path);
+            if !allowed.contains(&dir) {
+                continue;
+            }
+            let e = wanted.entry(dir).or_default();
             if e.0.is_none() && e.1.is_empty() {
                 e.0 = Some(format!("root {}", row.id));
             }
@@ -443,7 +472,7 @@ impl StorageRoots {
             .collect()
     }
 
-    /// Puts a root back in the queue of [`StorageRoots::take_unreconciled`] (its reconciliation
+    /// Puts a root back in the queue of [`MarkedRoots::take_unreconciled`] (its reconciliation
     /// was interrupted).
     pub fn reconcile_again(&self, root: &Root) {
         root.reconciled.store(false, Ordering::Release);

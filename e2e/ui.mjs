@@ -1,0 +1,360 @@
+#!/usr/bin/env node
+// Browser end-to-end tests of the built-in web UI, as an operator would use it, in headless
+// Debian Chromium (playwright-core). The server is started by the caller (tests/it/webui.rs).
+//
+//   UI_URL=http://127.0.0.1:8090/ SCENARIOS=grid,cameras,archive STREAM_ID=<demo uuid> \
+//     RTSP_URL=rtsp://127.0.0.1:8554/test SHOTS_DIR=/tmp/shots node e2e/ui.mjs
+//
+// Scenarios (run in the order given, in one browser):
+//   grid      the grid plays STREAM_ID: > 50 decoded frames, currentTime advancing, no page errors;
+//             screenshot `grid.png` (and `grid-phone.png` at phone width)
+//   cameras   an invalid RTSP URL shows the API's message next to the URL field; a camera added
+//             through the form (RTSP_URL) plays in its tile; disabled → its tile says so;
+//             deleted → its tile is gone; screenshot `cameras.png`, `camera-form.png`
+//   archive   the camera view of STREAM_ID: the timeline shows a recorded range; a click 20 s back
+//             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
+//             returns to live; a 10 s selection (28..18 s back) is exported and saved (EXPORT_PATH) for ffprobe;
+//             screenshot `camera.png`
+//   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
+//             MEASURE_S seconds (the 16-tile measurement)
+//
+// Prints ONE JSON line: {"ok":bool, "scenarios":{name:{ok, ...numbers}}, "errors":[...]}; exit 0
+// when every scenario passed. Progress goes to stderr.
+
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
+];
+
+const T0 = Date.now();
+const log = (...a) => console.error(`[ui +${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const cfg = {
+  url: (process.env.UI_URL || '').replace(/\/?$/, '/'),
+  scenarios: (process.env.SCENARIOS || 'grid').split(',').map((s) => s.trim()).filter(Boolean),
+  streamId: process.env.STREAM_ID || '',
+  rtspUrl: process.env.RTSP_URL || '',
+  shots: process.env.SHOTS_DIR || '',
+  exportPath: process.env.EXPORT_PATH || path.join(os.tmpdir(), `ui-export-${process.pid}.mp4`),
+  tilesExpected: Number(process.env.TILES_EXPECTED || 16),
+  measureS: Number(process.env.MEASURE_S || 10),
+  chromium: process.env.CHROMIUM || '/usr/bin/chromium',
+  hardTimeoutS: Number(process.env.HARD_TIMEOUT_S || 600),
+};
+
+const result = { ok: false, url: cfg.url, scenarios: {}, errors: [] };
+let printed = false;
+function finish(code) {
+  if (!printed) {
+    printed = true;
+    result.elapsedMs = Date.now() - T0;
+    process.stdout.write(JSON.stringify(result) + '\n');
+  }
+  setTimeout(() => process.exit(code), 50).unref();
+  process.exitCode = code;
+}
+
+/** Polls `fn` (async, returns a truthy value when done) every 250 ms until `timeoutMs`. */
+async function until(what, timeoutMs, fn) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    last = await fn();
+    if (last) return last;
+    await sleep(250);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+async function shot(page, name) {
+  if (!cfg.shots) return;
+  await fsp.mkdir(cfg.shots, { recursive: true });
+  await page.screenshot({ path: path.join(cfg.shots, name) });
+  log(`screenshot ${name}`);
+}
+
+/** Frames and currentTime of the <video> in the element matching `sel`. */
+function videoSample(page, sel) {
+  return page.evaluate((s) => {
+    const v = document.querySelector(s);
+    if (!v) return null;
+    const q = v.getVideoPlaybackQuality();
+    return { frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, ct: v.currentTime, w: v.videoWidth, h: v.videoHeight, at: Date.now() };
+  }, sel);
+}
+
+/** Waits until the video under `sel` decoded > minFrames and its currentTime advanced ≥ 1 s. */
+async function waitPlaying(page, sel, minFrames, timeoutMs) {
+  let first = null;
+  return until(`video ${sel} playing`, timeoutMs, async () => {
+    const s = await videoSample(page, sel);
+    if (!s || s.frames === 0) return null;
+    if (!first) first = s;
+    if (s.frames > minFrames && s.ct - first.ct >= 1 && s.at - first.at >= 1000) return { ...s, advanced: s.ct - first.ct };
+    return null;
+  });
+}
+
+const tileSel = (id) => `.tile[data-stream-id="${id}"]`;
+
+// ---------------------------------------------------------------------------------------------
+
+async function scenarioGrid(page) {
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  const s = await waitPlaying(page, `${tileSel(cfg.streamId)} video`, 50, 40_000);
+  const transport = await page.getAttribute(tileSel(cfg.streamId), 'data-transport');
+  const badges = await page.textContent(`${tileSel(cfg.streamId)} .tile-badges`);
+  await sleep(1500); // badges from the first status poll
+  await shot(page, 'grid.png');
+  const vp = page.viewportSize();
+  await page.setViewportSize({ width: 390, height: 844 });
+  await sleep(800);
+  await shot(page, 'grid-phone.png');
+  await page.setViewportSize(vp);
+  return { ok: true, frames: s.frames, advanced: +s.advanced.toFixed(2), videoSize: `${s.w}x${s.h}`, transport, badges };
+}
+
+async function scenarioCameras(page) {
+  const out = { ok: false };
+  await page.goto(cfg.url + '#/cameras/new', { waitUntil: 'load' });
+  await page.fill('#f-name', 'Test cam');
+  // 1. An invalid URL: the API's message appears next to the URL field.
+  await page.fill('#f-source-url', 'http://not-rtsp.example/stream');
+  await page.click('button[type="submit"]');
+  const err = await until('the URL field error', 10_000, async () => {
+    const el = await page.$('[data-error-for="source.url"]:not([hidden])');
+    return el ? el.textContent() : null;
+  });
+  out.urlError = err.trim();
+  const invalid = await page.getAttribute('#f-source-url', 'aria-invalid');
+  if (!/rtsp/i.test(out.urlError) || invalid !== 'true') throw new Error(`unexpected URL error '${out.urlError}' (aria-invalid=${invalid})`);
+  await shot(page, 'camera-form.png');
+
+  // 2. A valid RTSP camera: added, and its tile plays.
+  await page.fill('#f-source-url', cfg.rtspUrl);
+  await page.uncheck('#f-archive-recording');
+  await page.click('button[type="submit"]');
+  await page.waitForURL(/#\/$/, { timeout: 10_000 });
+  const id = await until('the new tile', 15_000, () => page.evaluate(() => {
+    for (const t of document.querySelectorAll('.tile')) {
+      if (t.querySelector('.tile-name').textContent === 'Test cam') return t.dataset.streamId;
+    }
+    return null;
+  }));
+  out.streamId = id;
+  const s = await waitPlaying(page, `${tileSel(id)} video`, 25, 40_000);
+  out.frames = s.frames;
+  out.videoSize = `${s.w}x${s.h}`;
+
+  // 3. Disabled on the cameras page → the tile says so.
+  await page.goto(cfg.url + '#/cameras', { waitUntil: 'load' });
+  const toggle = `tr[data-stream-id="${id}"] input[data-testid="enabled"]`;
+  await page.waitForSelector(toggle);
+  await shot(page, 'cameras.png');
+  await page.uncheck(toggle);
+  await until('the PATCH to apply', 10_000, async () => !(await page.isDisabled(toggle)));
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  out.disabledText = await until('the disabled tile', 15_000, () => page.evaluate((sel) => {
+    const t = document.querySelector(sel);
+    return t && t.dataset.state === 'disabled' ? t.querySelector('.tile-overlay').textContent : null;
+  }, tileSel(id)));
+  if (!/disabled/i.test(out.disabledText)) throw new Error(`disabled tile says '${out.disabledText}'`);
+
+  // 4. Deleted → the tile disappears.
+  await page.goto(cfg.url + '#/cameras', { waitUntil: 'load' });
+  await page.click(`tr[data-stream-id="${id}"] button[data-testid="delete"]`);
+  await page.click('dialog[open] button[data-confirm]');
+  await page.waitForSelector(`tr[data-stream-id="${id}"]`, { state: 'detached', timeout: 10_000 });
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  await page.waitForSelector(tileSel(cfg.streamId), { timeout: 10_000 });
+  await sleep(500);
+  if (await page.$(tileSel(id))) throw new Error('the deleted camera still has a tile');
+  out.ok = true;
+  return out;
+}
+
+async function scenarioArchive(page) {
+  const out = { ok: false };
+  await page.goto(`${cfg.url}#/camera/${cfg.streamId}`, { waitUntil: 'load' });
+  await waitPlaying(page, '.stage video', 25, 40_000);
+  out.liveTransport = await page.evaluate(() => document.querySelector('.badge-path')?.dataset.transport || null);
+  // Zoom to 10 minutes so a pixel is well under a second.
+  await page.selectOption('.timeline select', String(10 * 60 * 1000));
+  // The recorded range must reach at least 32 s back (the server records from its start).
+  const canvas = '.timeline-canvas';
+  out.recordedS = await until('32 s of recording', 90_000, () => page.evaluate(() => {
+    const cam = window.__vs && window.__vs.camera;
+    if (!cam) return null;
+    const now = Date.now() + window.__vs.server.skewMs;
+    const longest = cam.timeline.ranges.reduce((m, r) => Math.max(m, Math.min(r.endMs, now) - r.startMs), 0);
+    return longest >= 32_000 ? longest / 1000 : null;
+  }));
+
+  // Click 20 s back.
+  await page.locator(canvas).scrollIntoViewIfNeeded();
+  const box = await page.locator(canvas).boundingBox();
+  const view = await page.evaluate(() => {
+    const c = document.querySelector('.timeline-canvas');
+    return { start: Number(c.dataset.startMs), end: Number(c.dataset.endMs), skew: window.__vs.server.skewMs };
+  });
+  const target = Date.now() + view.skew - 20_000;
+  const x = ((target - view.start) / (view.end - view.start)) * box.width;
+  await page.mouse.click(box.x + x, box.y + box.height / 2);
+  const clicked = Number(await page.getAttribute(canvas, 'data-clicked-ms'));
+  out.clickedAgoS = +((Date.now() + view.skew - clicked) / 1000).toFixed(2);
+  if (Math.abs(out.clickedAgoS - 20) > 3) throw new Error(`the click landed ${out.clickedAgoS} s back, not 20`);
+  // The first archive picture: its wall-clock label must be the clicked instant (±2 s).
+  const label = () => page.evaluate(() => {
+    const st = document.querySelector('.stage');
+    const v = st.querySelector('video');
+    const l = document.querySelector('[data-testid="wallclock"]');
+    if (st.dataset.mode !== 'archive' || !l.dataset.wallclockMs || !v) return null;
+    if (v.getVideoPlaybackQuality().totalVideoFrames === 0 || v.readyState < 2) return null;
+    return { wall: Number(l.dataset.wallclockMs), ct: v.currentTime, text: l.textContent };
+  });
+  const lab = await until('archive playing with a wall-clock label', 30_000, label);
+  out.label = lab.text;
+  out.labelErrorS = +((lab.wall - clicked) / 1000).toFixed(2);
+  if (Math.abs(out.labelErrorS) > 2) throw new Error(`label ${lab.text} is ${out.labelErrorS} s off the clicked instant`);
+  // It plays on, and the label follows the picture.
+  await waitPlaying(page, '.stage video', 10, 30_000);
+  const lab2 = await label();
+  if (!lab2) throw new Error('archive playback stopped');
+  out.archivePlayedS = +(lab2.ct - lab.ct).toFixed(2);
+  out.labelDriftS = +((lab2.wall - lab.wall) / 1000 - (lab2.ct - lab.ct)).toFixed(2);
+  if (out.archivePlayedS < 1 || Math.abs(out.labelDriftS) > 0.6) {
+    throw new Error(`archive label moved ${(lab2.wall - lab.wall) / 1000} s while the video played ${out.archivePlayedS} s`);
+  }
+  await shot(page, 'camera.png');
+
+  // Live returns to live.
+  await page.click('.btn-live');
+  await until('live mode', 5000, async () => (await page.getAttribute('.stage', 'data-mode')) === 'live');
+  await waitPlaying(page, '.stage video', 10, 30_000);
+  out.backToLive = true;
+
+  // Select 10 s (from 28 s to 18 s back: recorded, see above) by dragging, then export.
+  const view2 = await page.evaluate(() => {
+    const c = document.querySelector('.timeline-canvas');
+    return { start: Number(c.dataset.startMs), end: Number(c.dataset.endMs) };
+  });
+  const nowMs = Date.now() + view.skew;
+  const xa = ((nowMs - 28_000 - view2.start) / (view2.end - view2.start)) * box.width;
+  const xb = ((nowMs - 18_000 - view2.start) / (view2.end - view2.start)) * box.width;
+  await page.mouse.move(box.x + xa, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + (xa + xb) / 2, box.y + box.height / 2, { steps: 4 });
+  await page.mouse.move(box.x + xb, box.y + box.height / 2, { steps: 4 });
+  await page.mouse.up();
+  const sel = await page.evaluate(() => {
+    const i = document.querySelector('.sel-info');
+    return { start: Number(i.dataset.startMs), end: Number(i.dataset.endMs), text: i.textContent };
+  });
+  out.selectionS = +((sel.end - sel.start) / 1000).toFixed(2);
+  if (Math.abs(out.selectionS - 10) > 1.5) throw new Error(`dragged selection is ${out.selectionS} s`);
+  const [download] = await Promise.all([
+    page.waitForEvent('download', { timeout: 60_000 }),
+    page.click('[data-testid="export"]'),
+  ]);
+  await download.saveAs(cfg.exportPath);
+  const failure = await download.failure();
+  if (failure) throw new Error(`download failed: ${failure}`);
+  out.exportPath = cfg.exportPath;
+  out.exportBytes = fs.statSync(cfg.exportPath).size;
+  out.ok = true;
+  return out;
+}
+
+async function scenarioTiles(page) {
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  await page.selectOption('#grid-layout', '4');
+  await until(`${cfg.tilesExpected} tiles`, 20_000, async () => (await page.$$('.tile')).length >= cfg.tilesExpected);
+  // Every tile playing first.
+  const ids = await page.$$eval('.tile', (ts) => ts.map((t) => t.dataset.streamId));
+  for (const id of ids) await waitPlaying(page, `${tileSel(id)} video`, 25, 60_000);
+  await sleep(2000);
+  const sample = () => page.evaluate(() => [...document.querySelectorAll('.tile')].map((t) => {
+    const v = t.querySelector('video');
+    const q = v.getVideoPlaybackQuality();
+    return { id: t.dataset.streamId, frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, ct: v.currentTime, at: performance.now() };
+  }));
+  const a = await sample();
+  await sleep(cfg.measureS * 1000);
+  const b = await sample();
+  const per = b.map((e, i) => {
+    const s = (e.at - a[i].at) / 1000;
+    return { fps: +((e.frames - a[i].frames) / s).toFixed(1), dropped: e.dropped - a[i].dropped, advanced: +(e.ct - a[i].ct).toFixed(2) };
+  });
+  const fps = per.map((p) => p.fps).sort((x, y) => x - y);
+  await shot(page, 'grid-16.png');
+  return {
+    ok: true, tiles: per.length, measureS: cfg.measureS,
+    minFps: fps[0], medianFps: fps[Math.floor(fps.length / 2)], maxFps: fps[fps.length - 1],
+    droppedTotal: per.reduce((s, p) => s + p.dropped, 0), perTile: per,
+  };
+}
+
+const SCENARIOS = { grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  if (!cfg.url.startsWith('http')) throw new Error('UI_URL is required (e.g. http://127.0.0.1:8090/)');
+  for (const s of cfg.scenarios) if (!SCENARIOS[s]) throw new Error(`unknown scenario '${s}'`);
+  const { chromium } = await import('playwright-core');
+  const profile = await fsp.mkdtemp(path.join(os.tmpdir(), 'video-ui-profile-'));
+  const hard = setTimeout(() => {
+    result.errors.push(`hard timeout after ${cfg.hardTimeoutS} s`);
+    finish(1);
+  }, cfg.hardTimeoutS * 1000);
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: cfg.chromium, headless: true, args: CHROMIUM_ARGS,
+      viewport: { width: 1280, height: 720 }, acceptDownloads: true, timeout: 30_000,
+    });
+    const page = context.pages()[0] || (await context.newPage());
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    page.on('console', (m) => {
+      if (m.type() === 'error') log(`console: ${m.text()}`);
+    });
+    page.setDefaultTimeout(15_000);
+    let allOk = true;
+    for (const name of cfg.scenarios) {
+      log(`scenario ${name}`);
+      const before = pageErrors.length;
+      try {
+        result.scenarios[name] = await SCENARIOS[name](page);
+      } catch (e) {
+        allOk = false;
+        result.scenarios[name] = { ok: false, reason: e.message.split('\n')[0] };
+        log(`FAILED ${name}: ${e.message}`);
+        await shot(page, `failed-${name}.png`).catch(() => {});
+      }
+      const errs = pageErrors.slice(before);
+      if (errs.length) {
+        allOk = false;
+        result.scenarios[name].ok = false;
+        result.scenarios[name].pageErrors = errs;
+      }
+    }
+    result.ok = allOk;
+  } finally {
+    clearTimeout(hard);
+    if (context) await context.close().catch(() => {});
+    await fsp.rm(profile, { recursive: true, force: true }).catch(() => {});
+  }
+  finish(result.ok ? 0 : 1);
+}
+
+main().catch((e) => {
+  result.errors.push(e.message);
+  finish(1);
+});

@@ -1,0 +1,349 @@
+//! The built-in web UI, used the way an operator would in headless Chromium (e2e/ui.mjs): the
+//! real binary with the shipped conf.toml, the GStreamer RTSP test server as the camera to add.
+//!
+//! Screenshots go to `target/tmp/ui-screenshots/`; with `UPDATE_SCREENSHOTS=1` they replace the
+//! committed ones in `docs/screenshots/` (shown in the README).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::e2e::{DEMO, shipped_setup};
+use crate::support::binary::ServerProcess;
+use crate::support::media::{RtspServer, ffprobe};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn screenshots_dir() -> PathBuf {
+    if std::env::var("UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        root().join("docs/screenshots")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots")
+    }
+}
+
+/// Runs e2e/ui.mjs with `scenarios` against the UI at `url`; returns its JSON verdict, failing the
+/// test (with the runner's log) unless every scenario passed.
+fn run_ui(url: &str, scenarios: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    let e2e = root().join("e2e");
+    assert!(
+        e2e.join("node_modules/playwright-core").exists(),
+        "e2e/node_modules missing: run `npm ci` in e2e/ (scripts/test does)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&e2e)
+        .arg("ui.mjs")
+        .env("UI_URL", url)
+        .env("SCENARIOS", scenarios)
+        .env("STREAM_ID", DEMO);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run node e2e/ui.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let verdict: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON verdict; stdout:\n{stdout}\nstderr:\n{stderr}"));
+    assert!(
+        out.status.success() && verdict["ok"] == serde_json::json!(true),
+        "web UI scenarios failed: {verdict}\nstderr:\n{stderr}"
+    );
+    verdict
+}
+
+#[test]
+fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
+    let dir = tempfile::tempdir().expect("tmp");
+    shipped_setup(dir.path());
+    let rtsp = RtspServer::start(0);
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let shots = screenshots_dir();
+    let export = dir.path().join("export.mp4");
+    let v = run_ui(
+        &format!("http://{}/", server.video),
+        "grid,cameras,archive",
+        &[
+            ("RTSP_URL", &rtsp.url("test")),
+            ("SHOTS_DIR", &shots.display().to_string()),
+            ("EXPORT_PATH", &export.display().to_string()),
+        ],
+    );
+    let s = &v["scenarios"];
+    // The grid played the demo over MSE (the first transport) at its real size.
+    assert!(s["grid"]["frames"].as_u64().is_some_and(|f| f > 50), "{v}");
+    assert!(
+        s["grid"]["advanced"].as_f64().is_some_and(|a| a >= 1.0),
+        "{v}"
+    );
+    assert_eq!(s["grid"]["transport"], "mse", "{v}");
+    assert_eq!(s["grid"]["videoSize"], "640x360", "{v}");
+    // The form showed the API's own message next to the URL field.
+    assert_eq!(
+        s["cameras"]["urlError"], "source.url must start with rtsp:// or rtsps://",
+        "{v}"
+    );
+    assert_eq!(s["cameras"]["videoSize"], "640x360", "{v}");
+    // The archive label matched the clicked instant and moved with the picture.
+    assert!(
+        s["archive"]["labelErrorS"]
+            .as_f64()
+            .is_some_and(|e| e.abs() <= 2.0),
+        "{v}"
+    );
+    // The exported selection is a valid MP4 as long as the selection (±1 s).
+    let selection_s = s["archive"]["selectionS"].as_f64().expect("selectionS");
+    let probe = ffprobe(&export.display().to_string());
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("ffprobe found no duration: {probe}"));
+    assert!(
+        (duration - selection_s).abs() <= 1.0,
+        "export lasts {duration} s for a {selection_s} s selection"
+    );
+    let video = probe["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["codec_type"] == "video"))
+        .unwrap_or_else(|| panic!("no video stream in the export: {probe}"));
+    assert_eq!(video["codec_name"], "h264", "{probe}");
+
+    // Loaded from the API listener, the same page reaches the video listener (CORS for our own
+    // origins, WebSockets to the other port) and plays.
+    let from_api = run_ui(&format!("{}/", server.api), "grid", &[]);
+    assert_eq!(
+        from_api["scenarios"]["grid"]["transport"], "mse",
+        "{from_api}"
+    );
+    assert!(server.terminate());
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the UI relies on, checked on the routers: the page and its files on both listeners,
+// `/api/v1/server`, `/api/v1/storage`, CORS for the server's own origins.
+
+mod routes {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::json;
+    use tower::ServiceExt;
+    use uuid::Uuid;
+    use video_server::api::{AppState, ListenerPorts};
+
+    use crate::both_engines;
+    use crate::support::{TestDb, config, get, send_json, state};
+
+    const PORTS: ListenerPorts = ListenerPorts {
+        video: 18090,
+        api: Some(18091),
+    };
+
+    async fn ui_state(t: &TestDb) -> AppState {
+        let mut s = state(&t.db, config("[archive]\nserving = true\n")).await;
+        s.listeners = PORTS;
+        s
+    }
+
+    /// One request to the video or the API app; status, headers and body.
+    async fn send(
+        app: axum::Router,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let resp = app.oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        (status, headers, body)
+    }
+
+    fn apps(s: &AppState) -> [(&'static str, axum::Router); 2] {
+        [
+            ("video", video_server::live::app(s.clone())),
+            ("api", video_server::api::app(s.clone())),
+        ]
+    }
+
+    both_engines!(
+        async fn both_listeners_serve_the_page_its_files_and_server_info(t: &TestDb) {
+            let s = ui_state(t).await;
+            for (name, app) in apps(&s) {
+                let req = Request::get("/")
+                    .header("host", "nvr.lan:18090")
+                    .body(Body::empty())
+                    .expect("req");
+                let (status, h, body) = send(app.clone(), req).await;
+                assert_eq!(status, StatusCode::OK, "{name}");
+                assert_eq!(h["content-type"], "text/html; charset=utf-8", "{name}");
+                let csp = h["content-security-policy"].to_str().expect("csp");
+                assert!(csp.contains("script-src 'self'"), "{name}: {csp}");
+                assert!(csp.contains("ws://nvr.lan:18090"), "{name}: {csp}");
+                assert!(csp.contains("http://nvr.lan:18091"), "{name}: {csp}");
+                let html = String::from_utf8(body).expect("utf-8");
+                assert!(html.contains("ui/js/app.js"), "{name}");
+
+                // A module, with an ETag that revalidates to 304.
+                let req = Request::get("/ui/js/player.js")
+                    .body(Body::empty())
+                    .expect("req");
+                let (status, h, body) = send(app.clone(), req).await;
+                assert_eq!(status, StatusCode::OK, "{name}");
+                assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
+                assert!(String::from_utf8_lossy(&body).contains("export class LivePlayer"));
+                let etag = h["etag"].clone();
+                let req = Request::get("/ui/js/player.js")
+                    .header("if-none-match", etag)
+                    .body(Body::empty())
+                    .expect("req");
+                let (status, _, body) = send(app.clone(), req).await;
+                assert_eq!(status, StatusCode::NOT_MODIFIED, "{name}");
+                assert!(body.is_empty());
+
+                // hls.js is vendored, no CDN.
+                let req = Request::get("/ui/vendor/hls.light.min.mjs")
+                    .body(Body::empty())
+                    .expect("req");
+                let (status, _, body) = send(app.clone(), req).await;
+                assert_eq!(status, StatusCode::OK, "{name}");
+                assert!(
+                    body.len() > 100_000,
+                    "{name}: hls.js is {} bytes",
+                    body.len()
+                );
+
+                for missing in ["/ui/nope.js", "/ui/../Cargo.toml", "/ui/%2e%2e/Cargo.toml"] {
+                    let req = Request::get(missing).body(Body::empty()).expect("req");
+                    let (status, _, _) = send(app.clone(), req).await;
+                    assert_eq!(status, StatusCode::NOT_FOUND, "{name} {missing}");
+                }
+
+                let req = Request::get("/api/v1/server")
+                    .body(Body::empty())
+                    .expect("req");
+                let (status, _, body) = send(app, req).await;
+                assert_eq!(status, StatusCode::OK, "{name}");
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                assert_eq!(v["name"], "video-server");
+                assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+                assert_eq!(
+                    v["listeners"],
+                    json!({"video_port": 18090, "api_port": 18091})
+                );
+                assert_eq!(v["auth"], "off");
+                assert_eq!(v["features"]["archive_serving"], true);
+                let server_ms =
+                    chrono::DateTime::parse_from_rfc3339(v["time"].as_str().expect("time"))
+                        .expect("RFC 3339")
+                        .timestamp_millis();
+                assert!((server_ms - chrono::Utc::now().timestamp_millis()).abs() < 5_000);
+            }
+        }
+    );
+
+    both_engines!(
+        async fn cors_allows_our_own_listener_origins_and_nothing_else_by_default(t: &TestDb) {
+            let s = ui_state(t).await;
+            for (name, app) in apps(&s) {
+                for (origin, host, allowed) in [
+                    ("http://nvr.lan:18090", "nvr.lan:18091", true),
+                    ("http://nvr.lan:18091", "nvr.lan:18090", true),
+                    ("http://evil.example:18090", "nvr.lan:18091", false),
+                    ("http://nvr.lan:9999", "nvr.lan:18091", false),
+                ] {
+                    // A preflight for what the UI sends: PUT with JSON and a bearer token.
+                    let req = Request::options("/api/v1/server")
+                        .header("host", host)
+                        .header("origin", origin)
+                        .header("access-control-request-method", "PUT")
+                        .header(
+                            "access-control-request-headers",
+                            "content-type,authorization",
+                        )
+                        .body(Body::empty())
+                        .expect("req");
+                    let (_, h, _) = send(app.clone(), req).await;
+                    let got = h
+                        .get("access-control-allow-origin")
+                        .map(|v| v.to_str().expect("ascii"));
+                    assert_eq!(got, allowed.then_some(origin), "{name}: {origin} on {host}");
+                    if allowed {
+                        let headers = h["access-control-allow-headers"].to_str().expect("ascii");
+                        assert!(headers.contains("authorization"), "{name}: {headers}");
+                        assert!(
+                            h["access-control-allow-methods"]
+                                .to_str()
+                                .expect("ascii")
+                                .contains("PUT")
+                        );
+                    }
+                }
+            }
+        }
+    );
+
+    both_engines!(
+        async fn storage_sums_each_streams_recordings_from_the_runs(t: &TestDb) {
+            let s = ui_state(t).await;
+            let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4");
+            let created = send_json(
+                &s,
+                "POST",
+                "/api/v1/streams",
+                &json!({"name": "Yard", "enabled": false,
+                        "source": {"kind": "file", "path": demo.display().to_string()},
+                        "retention": {"max_age_s": 86400}}),
+            )
+            .await;
+            assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+            let yard: Uuid = created.json()["id"]
+                .as_str()
+                .expect("id")
+                .parse()
+                .expect("uuid");
+            let gone = Uuid::new_v4();
+            let base = 1_766_224_800_000_000i64;
+            crate::v1_archive::record(t, yard, base, base + 30_000_000, 1000).await;
+            crate::v1_archive::record(t, yard, base + 30_000_000, base + 60_000_000, 500).await;
+            // A second run after a gap.
+            crate::v1_archive::record(t, yard, base + 600_000_000, base + 630_000_000, 250).await;
+            crate::v1_archive::record(t, gone, base, base + 10_000_000, 42).await;
+
+            let r = get(&s, "/api/v1/storage").await;
+            assert_eq!(r.status, StatusCode::OK);
+            let v = r.json();
+            assert_eq!(v["total_bytes"], 1792, "{v}");
+            assert_eq!(v["retention"]["interval_s"], 60, "{v}");
+            let streams = v["streams"].as_array().expect("streams");
+            assert_eq!(streams.len(), 2, "{v}");
+            let y = streams
+                .iter()
+                .find(|x| x["stream_id"] == yard.to_string())
+                .expect("yard");
+            assert_eq!(y["name"], "Yard");
+            assert_eq!(y["bytes"], 1750);
+            assert_eq!(y["segment_count"], 3);
+            assert_eq!(y["first"], "2025-12-20T10:00:00.000Z");
+            assert_eq!(y["last"], "2025-12-20T10:10:30.000Z");
+            assert_eq!(y["max_age_s"], 86400);
+            let g = streams
+                .iter()
+                .find(|x| x["stream_id"] == gone.to_string())
+                .expect("gone");
+            assert_eq!(
+                g["name"],
+                serde_json::Value::Null,
+                "a deleted stream has no name"
+            );
+            assert_eq!(g["bytes"], 42);
+        }
+    );
+}
