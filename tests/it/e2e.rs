@@ -2,7 +2,6 @@
 //! demo camera through MSE over WebSocket and through hls.js (e2e/run.mjs).
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::binary::ServerProcess;
 
@@ -17,42 +16,20 @@ fn run_browser(video: &str, mode: &str, extra: &[(&str, &str)]) -> serde_json::V
     run_browser_for(video, DEMO, mode, extra)
 }
 
-fn run_browser_for(
+pub(crate) fn run_browser_for(
     video: &str,
     stream_id: &str,
     mode: &str,
     extra: &[(&str, &str)],
 ) -> serde_json::Value {
-    let e2e = root().join("e2e");
-    assert!(
-        e2e.join("node_modules/playwright-core").exists(),
-        "e2e/node_modules missing: run `npm ci` in e2e/ (scripts/test does)"
-    );
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&e2e)
-        .arg("run.mjs")
-        .env("VIDEO_ADDR", video)
-        .env("STREAM_ID", stream_id)
-        .env("MODE", mode)
-        .env("TIMEOUT_S", "40");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let verdict: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "no JSON verdict ({e}); stdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        out.status.success() && verdict["ok"] == serde_json::json!(true),
-        "{mode} playback failed: {verdict}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    verdict
+    let mut env = vec![
+        ("VIDEO_ADDR", video),
+        ("STREAM_ID", stream_id),
+        ("MODE", mode),
+        ("TIMEOUT_S", "40"),
+    ];
+    env.extend_from_slice(extra);
+    crate::support::browser::run_e2e("run.mjs", &env, &format!("{mode} playback"))
 }
 
 /// Copies the shipped config and demo clip into `dir`, with ports set to 0 (free ports).
