@@ -178,6 +178,9 @@ pub struct ArchiveConfig {
     /// camera's timeline drifts from the server clock by more than this (default 1000; 0 turns
     /// re-anchoring off).
     pub max_drift_ms: Option<u64>,
+    /// Ours: how often each storage root's marker is checked, and an unavailable root retried,
+    /// in seconds (0 = default 30).
+    pub root_check_s: u64,
     /// Ours: further directories a stream's `archive.directory` may lie under (besides
     /// `directory`). See [`Config::storage_roots`].
     pub roots: Vec<String>,
@@ -222,6 +225,14 @@ impl ArchiveConfig {
             Some(0) => None,
             Some(ms) => Some(std::time::Duration::from_millis(ms)),
         }
+    }
+
+    pub fn root_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.root_check_s == 0 {
+            30
+        } else {
+            self.root_check_s
+        })
     }
 
     pub fn max_playback_sessions(&self) -> usize {
