@@ -6,6 +6,8 @@
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=hls     node e2e/run.mjs
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=archive START=<unix s> [DURATION=<s>] [META=1] [EXPECT_PAUSE=1] [EXPECT_EOS=1] node e2e/run.mjs
 //   JOBS='[{"MODE":"mse"},{"MODE":"hls"}]' VIDEO_ADDR=... STREAM_ID=... node e2e/run.mjs
+//   MODE=go-live / MODE=go-archive: the same through a page that behaves exactly like the Go
+//   original's example clients (pages/go-client.html); EXPECT_SIZES=N waits for N picture sizes.
 //
 // Settings come from the environment; `KEY=value` or `--key=value` arguments override them
 // (e.g. `node run.mjs --mode=hls --stream-id=...`). JOBS runs several pages at once in one browser,
@@ -97,6 +99,7 @@ function jobConfig(cfg) {
     expectPause: flag(cfg.EXPECT_PAUSE),
     expectReset: flag(cfg.EXPECT_RESET),
     expectEos: flag(cfg.EXPECT_EOS),
+    expectSizes: num('EXPECT_SIZES', 0),
     expectSize: cfg.EXPECT_SIZE || '',
     expectFps: num('EXPECT_FPS', 0),
     picture: (cfg.PICTURE || 'moving').toLowerCase(),
@@ -106,12 +109,14 @@ function jobConfig(cfg) {
     minAdvanceS: num('MIN_ADVANCE_S', 1.0),
     screenshot: cfg.SCREENSHOT || '',
   };
-  if (!['mse', 'hls', 'archive'].includes(c.mode)) throw new Error(`MODE must be mse|hls|archive, got '${c.mode}'`);
+  if (!['mse', 'hls', 'archive', 'go-live', 'go-archive'].includes(c.mode)) {
+    throw new Error(`MODE must be mse|hls|archive|go-live|go-archive, got '${c.mode}'`);
+  }
   if (!['none', 'moving', 'demo'].includes(c.picture)) throw new Error(`PICTURE must be none|moving|demo, got '${c.picture}'`);
   if (!c.videoAddr) throw new Error('VIDEO_ADDR is required (e.g. 127.0.0.1:8090)');
   if (!c.streamId) throw new Error('STREAM_ID is required');
-  if (c.mode === 'archive' && !c.start) throw new Error('START (unix seconds) is required for MODE=archive');
-  if (c.expectEos && c.mode !== 'archive') throw new Error('EXPECT_EOS applies to MODE=archive');
+  if (c.mode.endsWith('archive') && !c.start) throw new Error(`START (unix seconds) is required for MODE=${c.mode}`);
+  if (c.expectEos && !c.mode.endsWith('archive')) throw new Error('EXPECT_EOS applies to the archive modes');
   if (c.picture === 'demo' && !c.reference) c.reference = DEMO_CLIP;
   if (!c.name) c.name = c.mode;
   return c;
@@ -262,6 +267,14 @@ function pageUrl(base, cfg) {
   }
   q.set('ws', cfg.videoAddr);
   q.set('stream_id', cfg.streamId);
+  if (cfg.mode === 'go-live' || cfg.mode === 'go-archive') {
+    q.set('mode', cfg.mode === 'go-live' ? 'live' : 'archive');
+    if (cfg.mode === 'go-archive') {
+      q.set('start', cfg.start);
+      if (cfg.duration) q.set('duration', cfg.duration);
+    }
+    return `${base}/pages/go-client.html?${q}`;
+  }
   if (cfg.mode === 'mse') {
     if (cfg.wsPath !== 'live') q.set('path', cfg.wsPath);
     return `${base}/pages/mse.html?${q}`;
@@ -314,6 +327,7 @@ const STATS_KEPT = [
   'typeSupported', 'close', 'fatal', 'pauses', 'mores', 'eos', 'endOfStream', 'metaCount',
   'unknownTexts', 'engine', 'hlsVersion', 'levels', 'bufferCodecs', 'fragsLoaded', 'live',
   'manifestRetries', 'mediaRecoveries', 'quotaExceeded', 'removed', 'seeks', 'playCalls',
+  'sizes', 'sizeChanges', 'ignoredCodecMessages',
 ];
 
 /** Plays one job's page in its own browser context; resolves to the job's result. */
@@ -398,6 +412,8 @@ async function runJob(browser, job, liveJobs) {
       for (const p of samples) {
         if (s.wall - p.wall < 1000) break;
         if (p.seekEvents !== s.seekEvents || (p.stats.resets || 0) !== (s.stats.resets || 0)) continue;
+        // Nor a change of picture size: then the advance is playback after the last switch.
+        if ((p.stats.sizeChanges || 0) !== (s.stats.sizeChanges || 0)) continue;
         const adv = s.ct - p.ct;
         if (adv > best.adv) best = { adv, framesAdv: s.frames - p.frames };
       }
@@ -408,15 +424,16 @@ async function runJob(browser, job, liveJobs) {
 
       const st = s.stats;
       const playing = s.frames > 0 && result.advanced >= job.minAdvanceS;
-      const pauseOk = job.mode !== 'archive' || !job.expectPause || (st.pauses >= 1 && st.mores >= 1);
+      const pauseOk = !job.mode.endsWith('archive') || !job.expectPause || (st.pauses >= 1 && st.mores >= 1);
       // The advance window never spans a reset, so with a reset seen this is playback after it.
       const resetOk = !job.expectReset || (st.resets || 0) >= 1;
       // The archive ran to its end: `eos`, endOfStream() once everything was appended, and the
       // element played to the end of what it was given.
       const eosOk = !job.expectEos || (st.eos && st.endOfStream && s.ended);
+      const sizesOk = (st.sizes || []).length >= job.expectSizes;
       const pictureOk = job.picture === 'none' || (picture && picture.ok);
       const errors = [...errorStrings(st.errors), ...runnerErrors];
-      if (playing && pauseOk && resetOk && eosOk && pictureOk && errors.length === 0) {
+      if (playing && pauseOk && resetOk && sizesOk && eosOk && pictureOk && errors.length === 0) {
         result.ok = true;
         break;
       }
@@ -437,6 +454,8 @@ async function runJob(browser, job, liveJobs) {
           reason = s.frames === 0
             ? `no decoded video frames within ${job.timeoutS} s`
             : `currentTime did not advance by ${job.minAdvanceS} s within ${job.timeoutS} s (best ${result.advanced.toFixed(3)} s)`;
+        } else if (!sizesOk) {
+          reason = `saw picture sizes ${JSON.stringify(st.sizes || [])}, expected ${job.expectSizes} within ${job.timeoutS} s`;
         } else if (!pauseOk) {
           reason = `no pause/more cycle within ${job.timeoutS} s (pauses=${st.pauses}, mores=${st.mores})`;
         } else if (!resetOk) {

@@ -18,6 +18,24 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs e2e/run.mjs for one page in `mode` (any picture that moves: `PICTURE=moving`); returns
+/// its verdict, failing the test unless it passed.
+pub(crate) fn run_browser_for(
+    video: &str,
+    stream_id: &str,
+    mode: &str,
+    extra: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut env = vec![
+        ("VIDEO_ADDR", video),
+        ("STREAM_ID", stream_id),
+        ("MODE", mode),
+        ("TIMEOUT_S", "40"),
+    ];
+    env.extend_from_slice(extra);
+    run_e2e("run.mjs", &env, &format!("{mode} playback"))
+}
+
 /// What every run requires of the demo clip's picture.
 const DEMO_PICTURE: &[(&str, &str)] = &[
     ("PICTURE", "demo"),

@@ -43,7 +43,7 @@ export class Timeline {
 
     this.canvas = h('canvas', {
       class: 'timeline-canvas', tabindex: '0', role: 'slider', 'aria-label': 'Archive timeline',
-      'aria-valuemin': '0', 'aria-valuemax': '100', 'data-testid': 'timeline',
+      'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': '100', 'data-testid': 'timeline',
     });
     this.spanSelect = h('select', { 'aria-label': 'Timeline span', onchange: (e) => this.setSpan(Number(e.target.value)) },
       SPANS.map(([label, ms]) => h('option', { value: String(ms), selected: ms === span }, label)));
@@ -61,7 +61,8 @@ export class Timeline {
           h('span', { class: 'lg lg-prot' }), 'protected ',
           h('span', { class: 'lg lg-sel' }), 'selected')),
       this.canvas,
-      h('p', { class: 'hint' }, 'Click to play from that moment · drag to select a range · scroll to zoom'));
+      h('p', { class: 'hint', title: 'Elsewhere on the page: Space pause, L live, M sound, F full screen' },
+        'Click: play from there · drag: select · wheel: zoom · keys: ←/→ move, Enter play, +/− zoom'));
 
     this.bind();
     this.resize = new ResizeObserver(() => this.draw());
@@ -147,7 +148,8 @@ export class Timeline {
 
   /** Once a second: keep now in view while following, redraw the play head. */
   advance() {
-    if (this.follow) {
+    // Never move the view under the user's pointer (a click must land where it points).
+    if (this.follow && this.hoverX === null && !this.dragging) {
       const latest = this.now() + this.span * FUTURE;
       // Move in steps (a fifth of the margin) so a click lands where the pointer was.
       if (latest - this.end > this.span * FUTURE * 0.2) {
@@ -165,6 +167,7 @@ export class Timeline {
       if (e.button !== 0) return;
       c.setPointerCapture(e.pointerId);
       down = { x: e.offsetX, dragging: false };
+      this.dragging = true;
     });
     c.addEventListener('pointermove', (e) => {
       this.hoverX = e.offsetX;
@@ -184,6 +187,7 @@ export class Timeline {
       if (!down) return;
       const d = down;
       down = null;
+      this.dragging = false;
       if (d.dragging) {
         const a = this.timeAt(d.x);
         const b = this.timeAt(e.offsetX);
@@ -248,6 +252,10 @@ export class Timeline {
     }
     c.dataset.startMs = String(Math.round(this.start));
     c.dataset.endMs = String(Math.round(this.end));
+    // For assistive technology: where the cursor (or the play head, or now) is in the view.
+    const at = this.cursor ?? this.playhead() ?? this.now();
+    c.setAttribute('aria-valuenow', String(Math.round(Math.min(100, Math.max(0, ((at - this.start) / this.span) * 100)))));
+    c.setAttribute('aria-valuetext', fmtDateTime(at));
     const g = c.getContext('2d');
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     const css = getComputedStyle(c);
