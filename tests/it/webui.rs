@@ -38,7 +38,9 @@ fn run_ui(url: &str, scenarios: &str, env: &[(&str, &str)]) -> serde_json::Value
 fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
-    let rtsp = RtspServer::start(0);
+    // A camera that switches from 640x360 to 320x180 mid-stream (same codec string).
+    let clip = crate::codec_switch::switching_clip(dir.path());
+    let rtsp = RtspServer::start_with_file(0, &clip);
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let shots = screenshots_dir();
     let export = dir.path().join("export.mp4");
@@ -74,6 +76,7 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
             .is_some_and(|e| e.abs() <= 2.0),
         "{v}"
     );
+    assert_eq!(s["archive"]["snapshot"], "640x360", "{v}");
     // The exported selection is a valid MP4 as long as the selection (±1 s).
     let selection_s = s["archive"]["selectionS"].as_f64().expect("selectionS");
     let probe = ffprobe(&export.display().to_string());
