@@ -619,6 +619,12 @@ async fn main() -> anyhow::Result<()> {
                 config: config.clone(),
                 db: db.clone(),
                 manager: StreamManager::new(config.clone(), db.clone()),
+                roots: video_server::archive::markers::MarkedRoots::open(
+                    db.clone(),
+                    config.clone(),
+                )
+                .await?,
+                reconcile: Default::default(),
                 auth: video_server::auth::Auth::new(&config.auth, db.clone()).await?,
                 listeners: Default::default(),
             });

@@ -8,10 +8,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::archive::markers::MarkedRoots;
+use crate::archive::repair::Reconciler;
 use crate::config::Config;
 use crate::db::{self, Db, streams};
 use crate::live;
 use crate::manager::StreamManager;
+
+/// Connections reserved for the upkeep tasks (retention, S3 uploader): a pool of their own, so
+/// API load cannot hold them back (nor they the API).
+const UPKEEP_CONNECTIONS: u32 = 3;
 
 /// Start-up failures. Each names what could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -53,19 +59,38 @@ pub async fn open_db(config: &Config) -> Result<Db, ServerError> {
     Ok(db)
 }
 
-fn bind_host(host: &str) -> &str {
-    if host.is_empty() { "0.0.0.0" } else { host }
-}
-
+/// Binds a listener. An empty `host` means every interface, IPv6 and IPv4, as the Go original's
+/// `:port` did: one dual-stack `[::]` socket (IPv4 clients arrive as v4-mapped addresses), or
+/// `0.0.0.0` where the machine has no IPv6.
 async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, ServerError> {
-    let host = bind_host(host);
+    let failed = |addr: String| move |source| ServerError::Bind { what, addr, source };
+    if host.is_empty() {
+        match dual_stack(port) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => tracing::info!(error = %e, what, "no IPv6 listener: listening on IPv4 only"),
+        }
+        return TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(failed(format!("0.0.0.0:{port}")));
+    }
     TcpListener::bind((host, port))
         .await
-        .map_err(|source| ServerError::Bind {
-            what,
-            addr: format!("{host}:{port}"),
-            source,
-        })
+        .map_err(failed(format!("{host}:{port}")))
+}
+
+/// A listening `[::]:port` socket that also accepts IPv4 (`IPV6_V6ONLY` off).
+fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    // What tokio's own bind does on Unix: a restarted server can take its port back at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// `listener` with `TCP_NODELAY` on every accepted connection. Live video is many small writes (a
@@ -97,36 +122,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         );
     }
     let started_us = db::now_us();
+    // Rows up to here were made by earlier runs; a `recording` one among them is a crash's.
+    let max_id = db::segments::max_id(&db).await?;
+    // Which archive directories are the ones the index knows (markers), before anything trusts
+    // a missing file.
+    let roots = MarkedRoots::open(db.clone(), config.clone()).await?;
     // Close what a crash left open before any recorder opens new segments.
-    let storage_roots = crate::roots::StorageRoots::from_config(&config);
-    crate::archive::repair::repair_recording(&db, &storage_roots)
+    crate::archive::repair::repair_recording(&db, &roots, max_id)
         .await
         .map_err(|crate::archive::repair::RepairError::Db(e)| ServerError::Db(e))?;
     let manager = StreamManager::new(config.clone(), db.clone());
-    let all_streams = streams::list_all(&db).await?;
-    for rec in &all_streams {
+    for rec in streams::list_all(&db).await? {
         if rec.spec.enabled {
             manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
-    // Index stray segment files and mark vanished ones, in the background: in the storage roots
-    // and the streams' directories inside them, nowhere else.
-    let mut roots: Vec<std::path::PathBuf> = all_streams
-        .iter()
-        .map(|r| manager.archive_dir(&r.spec))
-        .filter(|dir| storage_roots.contains(dir))
-        .chain(storage_roots.list().iter().cloned())
-        .collect();
-    roots.sort();
-    roots.dedup();
-    let reconcile_db = db.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::archive::repair::reconcile(&reconcile_db, &roots, started_us).await {
-            tracing::warn!(error = %e, "archive reconciliation failed");
-        }
-    });
+    // Index stray segment files, mark vanished ones, restore returned ones, and retry roots that
+    // are unavailable: in the background, until shutdown (awaited before the pool closes).
+    let reconciler = Reconciler::new(db.clone(), roots.clone(), started_us, max_id);
+    let reconcile = reconciler.counters.clone();
+    let reconcile_task = tokio::spawn(reconciler.run(shutdown.child_token()));
     let auth = crate::auth::Auth::new(&config.auth, db.clone()).await?;
-
     let tracker = TaskTracker::new();
     let video_listener = bind("video", &config.video.host, config.video.port()).await?;
     let video_addr = local_addr(&video_listener)?;
@@ -152,6 +168,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         manager: manager.clone(),
         archive: Arc::new(crate::archive::Archive::new(&config)),
         uploads: Default::default(),
+        roots: roots.clone(),
+        reconcile,
         listeners: api::ListenerPorts {
             video: video_addr.port(),
             api: api_addr.map(|a| a.port()),
@@ -199,21 +217,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("api listener disabled ([api] enabled = false)");
     }
 
-    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`.
+    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`
+    // and whenever a recorder finds its disk full.
+    let upkeep_db = db.sibling(UPKEEP_CONNECTIONS);
     let retention = crate::archive::retention::Retention::new(
-        db.clone(),
+        upkeep_db.clone(),
         state.archive.clone(),
         config.retention.clone(),
         config.archive.directory(),
-    );
+    )
+    .with_trigger(manager.retention_trigger());
     tracker.spawn(retention.run(shutdown.child_token()));
 
     // The S3 upload outbox, when an object store is configured.
     let uploader = match config.effective_s3() {
         Some(s3) => match crate::archive::uploader::spawn_uploader(
-            db.clone(),
+            upkeep_db.clone(),
             &s3,
             state.uploads.clone(),
+            roots.clone(),
             shutdown.child_token(),
         ) {
             Ok((handle, _waker)) => Some(handle),
@@ -227,7 +249,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     // Once shutdown is requested and the listeners have drained, stop the streams and close the pool.
     let token = shutdown.clone();
-    let (m, d) = (manager.clone(), db.clone());
+    let (m, d, u) = (manager.clone(), db.clone(), upkeep_db);
     tracker.spawn(async move {
         token.cancelled().await;
         for l in listeners {
@@ -236,6 +258,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         }
         m.shutdown().await;
+        // Start-up work (repair, reconciliation, indexing) finishes its step or stops here, before
+        // the pool closes under it.
+        if let Err(e) = reconcile_task.await {
+            tracing::error!(error = %e, "reconciliation task panicked");
+        }
         // Recorders have closed their segments; let in-flight uploads finish or release their rows.
         if let Some(u) = uploader
             && let Err(e) = u.await
@@ -248,6 +275,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         {
             tracing::error!(error = %e, "audit writer panicked");
         }
+        u.close().await;
         d.close().await;
     });
     tracker.close();

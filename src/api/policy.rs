@@ -194,6 +194,8 @@ pub const API: &[RoutePolicy] = &[
     p("GET", "/api/v1/audit", Admin, NONE, V1, Refusals),
     // Operations, the API description and the web UI (static files; it asks for a token).
     p("GET", "/healthz", Public, NONE, V1, Refusals),
+    // Orchestrators probe it without credentials; stream ids only for admins (see `readyz`).
+    p("GET", "/readyz", Public, NONE, V1, Refusals),
     p("GET", "/api/v1/server", Public, NONE, V1, Refusals),
     p("GET", "/", Public, NONE, V1, Refusals),
     p("GET", "/ui/{*path}", Public, NONE, V1, Refusals),

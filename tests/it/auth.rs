@@ -518,6 +518,18 @@ async fn scoped_reads_show_only_the_scope_and_sources_need_manage() {
             .all(|i| i["source"]["url"].is_string())
     );
 
+    // Readiness is public, but names streams only to admins.
+    let anon = s.send("GET", &s.api("/readyz"), None, None).await.json();
+    let admin = s.get(&s.api("/readyz"), ADMIN).await.json();
+    let roots = |j: &Value| j["storage"].as_array().expect("storage").clone();
+    assert_eq!(roots(&anon).len(), roots(&admin).len(), "{anon} {admin}");
+    assert!(!roots(&anon).is_empty(), "{anon}");
+    for r in roots(&anon) {
+        assert_eq!(r["streams"], json!([]), "{anon}");
+        assert!(!r["name"].as_str().expect("name").contains(' '), "{anon}");
+    }
+    assert!(!anon.to_string().contains(&sa) && !anon.to_string().contains(&sb));
+
     // Creating a stream needs `manage` on every stream, through either API.
     let c = Uuid::new_v4();
     let manage_c = s.token(&[c.to_string()], &["manage"]).await;

@@ -18,7 +18,27 @@ use crate::support::media::{ffmpeg_decode_errors, ffprobe, first_box, ws_with_ti
 /// Records `loops` × the demo clip (24 s each) for `stream_id` as if it had been received from
 /// `wall0_us` on, without real-time pacing. Returns the recorded length in µs.
 pub async fn synthesize(db: &Db, dir: &Path, stream_id: Uuid, wall0_us: i64, loops: i64) -> i64 {
-    let clip = Mp4File::open(Path::new("assets/demo.mp4")).expect("demo");
+    synthesize_from(
+        Path::new("assets/demo.mp4"),
+        db,
+        dir,
+        stream_id,
+        wall0_us,
+        loops,
+    )
+    .await
+}
+
+/// As [`synthesize`], from any clip.
+pub async fn synthesize_from(
+    clip: &Path,
+    db: &Db,
+    dir: &Path,
+    stream_id: Uuid,
+    wall0_us: i64,
+    loops: i64,
+) -> i64 {
+    let clip = Mp4File::open(clip).expect("clip");
     let params = Arc::new(clip.params().clone());
     let hub = Hub::new();
     let recorder = Recorder::new(
@@ -51,16 +71,16 @@ pub async fn synthesize(db: &Db, dir: &Path, stream_id: Uuid, wall0_us: i64, loo
     loops * loop_us
 }
 
-struct Played {
-    codecs: Vec<String>,
-    init: Vec<u8>,
-    fragments: Vec<Vec<u8>>,
-    texts: Vec<String>,
-    close: Option<(u16, String)>,
+pub(crate) struct Played {
+    pub codecs: Vec<String>,
+    pub init: Vec<u8>,
+    pub fragments: Vec<Vec<u8>>,
+    pub texts: Vec<String>,
+    pub close: Option<(u16, String)>,
 }
 
 /// Plays like the original's browser client: `more` on every `pause`.
-async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> Played {
+pub(crate) async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> Played {
     let url = format!("ws://{video}/ws/archive?{query}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
@@ -110,7 +130,7 @@ async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> 
     p
 }
 
-fn media_seconds(dir: &Path, name: &str, p: &Played) -> f64 {
+pub(crate) fn media_seconds(dir: &Path, name: &str, p: &Played) -> f64 {
     let path = dir.join(name);
     let mut all = p.init.clone();
     for f in &p.fragments {

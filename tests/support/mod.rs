@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod browser;
 pub mod media;
+pub mod pg_private;
 pub mod routes;
 pub mod s3;
 
@@ -292,8 +293,13 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         .expect("auth set-up");
     // Entries are written until the test's runtime ends.
     auth.spawn_audit_writer(tokio_util::sync::CancellationToken::new());
+    let roots = video_server::archive::markers::MarkedRoots::open(db.clone(), config.clone())
+        .await
+        .expect("storage roots");
     AppState {
         archive: Arc::new(video_server::archive::Archive::new(&config)),
+        roots,
+        reconcile: Default::default(),
         config,
         db: db.clone(),
         manager,

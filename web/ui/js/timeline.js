@@ -61,8 +61,8 @@ export class Timeline {
           h('span', { class: 'lg lg-prot' }), 'protected ',
           h('span', { class: 'lg lg-sel' }), 'selected')),
       this.canvas,
-      h('p', { class: 'hint' }, 'Click to play from that moment · drag to select a range · scroll to zoom · ' +
-        'keys: ←/→ move, Enter play, +/− zoom; elsewhere Space pause, L live, M sound, F full screen'));
+      h('p', { class: 'hint', title: 'Elsewhere on the page: Space pause, L live, M sound, S snapshot, F full screen' },
+        'Click: play from there · drag: select · wheel: zoom · keys: ←/→ move, Enter play, +/− zoom'));
 
     this.bind();
     this.resize = new ResizeObserver(() => this.draw());
@@ -316,7 +316,8 @@ export class Timeline {
       g.moveTo(x, 0);
       g.lineTo(x, hgt - axisH + 4);
       g.stroke();
-      g.fillText(tickLabel(t, step), x + 3, hgt - axisH + 3);
+      const label = tickLabel(t, step);
+      if (x + 3 + g.measureText(label).width <= w) g.fillText(label, x + 3, hgt - axisH + 3);
     }
 
     // Now (red) and the play head (white).
