@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use uuid::Uuid;
 use video_server::db::Db;
-use video_server::db::segments::SegmentRow;
+use video_server::db::segments::{self, SegmentRow};
 
 use crate::archive::{all_segments, files_under};
 use crate::support::InProcess;
@@ -467,3 +467,283 @@ async fn archive_directory_empty_at_one_start_hides_nothing_postgres() {
     let schema = crate::support::PgSchema::create().await;
     archive_outage(Some(schema.url())).await;
 }
+
+// ----- missing rows: conditional, runs in step, restorable --------------------------------------
+
+/// The stream's runs equal what a rebuild derives from its segments.
+async fn assert_runs_derived(db: &Db, stream: Uuid) {
+    use video_server::db::runs;
+    let kept = runs::all(db, stream).await.expect("runs");
+    runs::rebuild(db, stream).await.expect("rebuild");
+    assert_eq!(
+        kept,
+        runs::all(db, stream).await.expect("runs"),
+        "runs follow the segments"
+    );
+}
+
+crate::both_engines!(
+    async fn missing_rows_are_conditional_keep_runs_and_come_back(t: &TestDb) {
+        use video_server::db::segments::{MissingBy, NewSegment, Restored, SegmentState};
+        use video_server::stream::StorageKind;
+        let db = &t.db;
+        let cam = Uuid::new_v4();
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let start = 1_000_000_000 + i * 2_000_000;
+            let s = NewSegment {
+                stream_id: cam,
+                start_us: start,
+                end_us: start + 2_000_000,
+                media_duration_us: 2_000_000,
+                storage: StorageKind::Filesystem,
+                storage_key: format!("/archive/{cam}/{i}.mp4"),
+                bytes: 1000,
+                state: SegmentState::Complete,
+            };
+            ids.push(
+                video_server::db::import::insert_complete(db, &s, None)
+                    .await
+                    .expect("row"),
+            );
+        }
+        let row = |id| async move { segments::get(db, id).await.expect("get").expect("row") };
+        assert_eq!(
+            video_server::db::runs::all(db, cam)
+                .await
+                .expect("runs")
+                .len(),
+            1
+        );
+
+        // A stale view of the row (another key: the uploader moved it meanwhile) changes nothing.
+        let mut stale = row(ids[1]).await;
+        stale.storage_key = "/elsewhere.mp4".into();
+        assert!(
+            segments::mark_missing(db, &[stale], MissingBy::Reconcile)
+                .await
+                .expect("mark")
+                .is_empty()
+        );
+        // The file is gone: marked, and the run splits in two.
+        let marked = segments::mark_missing(db, &[row(ids[1]).await], MissingBy::Reconcile)
+            .await
+            .expect("mark");
+        assert_eq!(marked, vec![ids[1]]);
+        assert_eq!(row(ids[1]).await.state, "missing");
+        assert_eq!(
+            video_server::db::runs::all(db, cam)
+                .await
+                .expect("runs")
+                .len(),
+            2
+        );
+        assert_runs_derived(db, cam).await;
+        // Marking twice is a no-op.
+        assert!(
+            segments::mark_missing(db, &[row(ids[1]).await], MissingBy::Reconcile)
+                .await
+                .expect("mark")
+                .is_empty()
+        );
+
+        // The file is back: restored, one run again.
+        let r = row(ids[1]).await;
+        let back = Restored {
+            end_us: r.end_us,
+            media_duration_us: r.media_duration_us,
+            bytes: r.bytes,
+        };
+        assert_eq!(
+            segments::restore_missing(db, &[(r.clone(), back)])
+                .await
+                .expect("restore"),
+            vec![ids[1]]
+        );
+        assert_eq!(row(ids[1]).await.state, "complete");
+        assert_eq!(
+            video_server::db::runs::all(db, cam)
+                .await
+                .expect("runs")
+                .len(),
+            1
+        );
+        assert_runs_derived(db, cam).await;
+        assert!(
+            segments::restore_missing(db, &[(r, back)])
+                .await
+                .expect("again")
+                .is_empty()
+        );
+
+        // The uploader race: the row went to S3 (its local file deleted right after); a reconcile
+        // that read the row before must not mark it.
+        let before = row(ids[2]).await;
+        video_server::with_pool!(db, p => sqlx::query("UPDATE segments SET upload_state = 'local' WHERE id = $1")
+            .bind(ids[2]).execute(p).await.expect("queue").rows_affected());
+        let claimed = segments::claim_uploads(db, 0, 10).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        // While uploading, reconcile leaves it alone.
+        assert!(
+            segments::mark_missing(db, &claimed, MissingBy::Reconcile)
+                .await
+                .expect("mark")
+                .is_empty()
+        );
+        assert!(
+            segments::complete_upload(db, ids[2], "bkt", "k/2.mp4")
+                .await
+                .expect("uploaded")
+        );
+        assert!(
+            segments::mark_missing(db, &[before], MissingBy::Reconcile)
+                .await
+                .expect("mark")
+                .is_empty()
+        );
+        let after = row(ids[2]).await;
+        assert_eq!(
+            (after.state.as_str(), after.storage.as_str()),
+            ("complete", "s3")
+        );
+        assert_runs_derived(db, cam).await;
+    }
+);
+
+// ----- repair: keep the good prefix, delete only on positive evidence ---------------------------
+
+crate::both_engines!(
+    async fn repair_keeps_the_good_prefix_and_never_deletes_on_doubt(t: &TestDb) {
+        use video_server::db::segments::{NewSegment, SegmentState};
+        let db = &t.db;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("mp4");
+        let wall0 = 1_760_000_000_000_000i64;
+        let streams: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let mut rows = Vec::new();
+        for id in &streams {
+            crate::playback::synthesize(db, &dir, *id, wall0, 1).await;
+            let r = all_segments(db, *id).await;
+            assert_eq!(r.len(), 1);
+            rows.push(r[0].clone());
+        }
+        // A crash left them all `recording` (and out of the runs).
+        for (r, id) in rows.iter().zip(&streams) {
+            video_server::with_pool!(db, p => sqlx::query("UPDATE segments SET state = 'recording' WHERE id = $1")
+                .bind(r.id).execute(p).await.expect("recording").rows_affected());
+            video_server::db::runs::rebuild(db, *id)
+                .await
+                .expect("runs");
+        }
+        let path = |i: usize| PathBuf::from(&rows[i].storage_key);
+        let original = std::fs::read(path(0)).expect("read");
+        let layout = video_server::media::fmp4::split_fragments(&original).expect("layout");
+        assert!(
+            layout.fragments.len() > 10,
+            "{} fragments",
+            layout.fragments.len()
+        );
+        // 0: a corrupt fragment in the middle (its moof's content overwritten, sizes intact).
+        let bad = layout.fragments[6].clone();
+        let mut data = original.clone();
+        let moof_len =
+            u32::from_be_bytes(data[bad.start..bad.start + 4].try_into().expect("4")) as usize;
+        data[bad.start + 8..bad.start + moof_len].fill(0xff);
+        std::fs::write(path(0), &data).expect("corrupt");
+        // 1: a file that cannot be read (EIO from the kernel).
+        std::fs::remove_file(path(1)).expect("rm");
+        std::os::unix::fs::symlink("/proc/self/mem", path(1)).expect("symlink");
+        // 2: a directory where the file should be (EISDIR).
+        std::fs::remove_file(path(2)).expect("rm");
+        std::fs::create_dir(path(2)).expect("dir");
+        // 3: nothing but the init segment: positive evidence, removed.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path(3))
+            .expect("open")
+            .set_len(layout.init.end as u64)
+            .expect("truncate");
+        // 4: an imported Go file (progressive MP4) half-indexed by an interrupted import.
+        let go_file = dir.join(format!("{}_1760000000.mp4", Uuid::new_v4()));
+        std::fs::copy("assets/demo.mp4", &go_file).expect("copy");
+        let go_len = std::fs::metadata(&go_file).expect("meta").len();
+        let go_row = segments::insert_recording(
+            db,
+            &NewSegment {
+                stream_id: Uuid::new_v4(),
+                start_us: wall0,
+                end_us: wall0,
+                media_duration_us: 0,
+                storage: video_server::stream::StorageKind::Filesystem,
+                storage_key: go_file.display().to_string(),
+                bytes: 0,
+                state: SegmentState::Recording,
+            },
+            None,
+            "none",
+        )
+        .await
+        .expect("half row");
+
+        let config =
+            crate::support::config(&format!("[archive]\ndirectory = \"{}\"\n", dir.display()));
+        let roots = video_server::archive::markers::MarkedRoots::open(
+            db.clone(),
+            std::sync::Arc::new(config),
+        )
+        .await
+        .expect("roots");
+        let max_id = segments::max_id(db).await.expect("max");
+        let report = video_server::archive::repair::repair_recording(db, &roots, max_id)
+            .await
+            .expect("repair");
+        assert_eq!(
+            (
+                report.repaired,
+                report.removed_empty,
+                report.io_errors,
+                report.unplayable,
+                report.missing
+            ),
+            (1, 1, 2, 1, 0),
+            "{report:?}"
+        );
+        let row = |id| async move { segments::get(db, id).await.expect("get") };
+        // 0: the good prefix kept, the rest saved beside it.
+        let r0 = row(rows[0].id).await.expect("row 0");
+        assert_eq!(r0.state, "complete");
+        assert_eq!(r0.bytes as usize, bad.start);
+        assert_eq!(
+            std::fs::metadata(path(0)).expect("meta").len() as usize,
+            bad.start
+        );
+        let cut =
+            std::fs::read(format!("{}.cut-{}", rows[0].storage_key, bad.start)).expect("cut kept");
+        assert_eq!(
+            cut,
+            data[bad.start..],
+            "the bytes after the corrupt fragment are kept"
+        );
+        assert!(
+            (5_000_000..=7_500_000).contains(&r0.media_duration_us),
+            "{r0:?}"
+        );
+        let errors = crate::support::media::ffmpeg_decode_errors(&rows[0].storage_key);
+        assert!(errors.trim().is_empty(), "{errors}");
+        // 1, 2: unreadable: left exactly as they were.
+        for i in [1, 2] {
+            assert_eq!(row(rows[i].id).await.expect("row").state, "recording");
+            assert!(
+                std::fs::symlink_metadata(path(i)).is_ok(),
+                "{i} not deleted"
+            );
+        }
+        // 3: removed with its row.
+        assert!(row(rows[3].id).await.is_none());
+        assert!(!path(3).exists());
+        // 4: the Go file is untouched.
+        assert_eq!(row(go_row).await.expect("row").state, "recording");
+        assert_eq!(std::fs::metadata(&go_file).expect("meta").len(), go_len);
+        assert_runs_derived(db, streams[0]).await;
+    }
+);
