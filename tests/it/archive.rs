@@ -74,7 +74,7 @@ fn probe_duration(path: &Path) -> f64 {
 }
 
 /// Rows and files agree, every file decodes, and ffprobe's durations match the rows.
-fn check_rows_match_files(rows: &[SegmentRow], dir: &Path) {
+pub(crate) fn check_rows_match_files(rows: &[SegmentRow], dir: &Path) {
     let files = files_under(dir);
     let mut keys: Vec<PathBuf> = rows.iter().map(|r| PathBuf::from(&r.storage_key)).collect();
     keys.sort();
@@ -170,7 +170,7 @@ async fn rtsp_source_records_video_and_audio() {
 }
 
 /// Copies the demo clip next to a config for the real binary.
-fn binary_setup(dir: &Path, ms_per_file: u64) {
+pub(crate) fn binary_setup(dir: &Path, ms_per_file: u64) {
     std::fs::create_dir_all(dir.join("assets")).expect("assets");
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4"),
