@@ -9,7 +9,7 @@
 // (e.g. `node run.mjs --mode=hls --stream-id=...`). See README.md for the full list.
 //
 // What it does: serves e2e/pages (and the local hls.js copy) from a built-in HTTP server on
-// 127.0.0.1:0, which also reverse-proxies /hls/* to VIDEO_ADDR so hls.js fetches same-origin (no
+// 127.0.0.1 (port PAGE_PORT, default any; or the listening socket PAGE_FD), which also reverse-proxies /hls/* to VIDEO_ADDR so hls.js fetches same-origin (no
 // CORS needed); starts Debian's Chromium through playwright-core; opens the page for MODE; polls
 // the <video> element until it has decoded frames and currentTime has advanced by MIN_ADVANCE_S
 // between two samples at least 1 s apart (with no seek between them); prints ONE line of JSON to
@@ -181,7 +181,13 @@ function startServer(cfg, proxyLog) {
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
+    // The pages' origin must be in the server's [cors] allow_origins, or their WebSockets fail
+    // its cross-site check: PAGE_FD is a listening socket handed over by the test (whose port it
+    // put there); PAGE_PORT a fixed port for runs by hand.
+    const at = process.env.PAGE_FD
+      ? { fd: Number(process.env.PAGE_FD) }
+      : { port: Number(process.env.PAGE_PORT || 0), host: '127.0.0.1' };
+    server.listen(at, () => resolve(server));
   });
 }
 
