@@ -4,6 +4,8 @@
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=mse     node e2e/run.mjs
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=hls     node e2e/run.mjs
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=archive START=<unix s> [DURATION=<s>] [META=1] [EXPECT_PAUSE=1] node e2e/run.mjs
+//   MODE=go-live / MODE=go-archive: the same through a page that behaves exactly like the Go
+//   original's example clients (pages/go-client.html); EXPECT_SIZES=N waits for N picture sizes.
 //
 // Settings come from the environment; `KEY=value` or `--key=value` arguments override them
 // (e.g. `node run.mjs --mode=hls --stream-id=...`). See README.md for the full list.
@@ -96,6 +98,7 @@ function readConfig() {
     wsPath: cfg.WS_PATH || 'live',
     expectPause: cfg.EXPECT_PAUSE === '1' || cfg.EXPECT_PAUSE === 'true',
     expectReset: cfg.EXPECT_RESET === '1' || cfg.EXPECT_RESET === 'true',
+    expectSizes: num('EXPECT_SIZES', 0),
     timeoutS: num('TIMEOUT_S', 20),
     hardTimeoutS: num('HARD_TIMEOUT_S', 0),
     minAdvanceS: num('MIN_ADVANCE_S', 1.0),
@@ -104,10 +107,12 @@ function readConfig() {
     headful: cfg.HEADFUL === '1',
   };
   if (c.help) return c;
-  if (!['mse', 'hls', 'archive'].includes(c.mode)) throw new Error(`MODE must be mse|hls|archive, got '${c.mode}'`);
+  if (!['mse', 'hls', 'archive', 'go-live', 'go-archive'].includes(c.mode)) {
+    throw new Error(`MODE must be mse|hls|archive|go-live|go-archive, got '${c.mode}'`);
+  }
   if (!c.videoAddr) throw new Error('VIDEO_ADDR is required (e.g. 127.0.0.1:8090)');
   if (!c.streamId) throw new Error('STREAM_ID is required');
-  if (c.mode === 'archive' && !c.start) throw new Error('START (unix seconds) is required for MODE=archive');
+  if (c.mode.endsWith('archive') && !c.start) throw new Error(`START (unix seconds) is required for MODE=${c.mode}`);
   return c;
 }
 
@@ -267,6 +272,14 @@ function pageUrl(base, cfg) {
   }
   q.set('ws', cfg.videoAddr);
   q.set('stream_id', cfg.streamId);
+  if (cfg.mode === 'go-live' || cfg.mode === 'go-archive') {
+    q.set('mode', cfg.mode === 'go-live' ? 'live' : 'archive');
+    if (cfg.mode === 'go-archive') {
+      q.set('start', cfg.start);
+      if (cfg.duration) q.set('duration', cfg.duration);
+    }
+    return `${base}/pages/go-client.html?${q}`;
+  }
   if (cfg.mode === 'mse') {
     if (cfg.wsPath !== 'live') q.set('path', cfg.wsPath);
     return `${base}/pages/mse.html?${q}`;
@@ -433,6 +446,8 @@ async function main() {
       for (const p of samples) {
         if (s.wall - p.wall < 1000) break;
         if (p.seekEvents !== s.seekEvents || (p.stats.resets || 0) !== (s.stats.resets || 0)) continue;
+        // Nor a change of picture size: then the advance is playback after the last switch.
+        if ((p.stats.sizeChanges || 0) !== (s.stats.sizeChanges || 0)) continue;
         const adv = s.ct - p.ct;
         if (adv > best.adv) best = { adv, framesAdv: s.frames - p.frames };
       }
@@ -441,10 +456,11 @@ async function main() {
 
       const playing = s.frames > 0 && best.adv >= cfg.minAdvanceS;
       const st = s.stats;
-      const pauseOk = cfg.mode !== 'archive' || !cfg.expectPause || (st.pauses >= 1 && st.mores >= 1);
+      const pauseOk = !cfg.mode.endsWith('archive') || !cfg.expectPause || (st.pauses >= 1 && st.mores >= 1);
       // The advance window never spans a reset, so with a reset seen this is playback after it.
       const resetOk = !cfg.expectReset || (st.resets || 0) >= 1;
-      if (playing && pauseOk && resetOk) {
+      const sizesOk = (st.sizes || []).length >= cfg.expectSizes;
+      if (playing && pauseOk && resetOk && sizesOk) {
         result.ok = true;
         break;
       }
@@ -461,6 +477,8 @@ async function main() {
           reason = s.frames === 0
             ? `no decoded video frames within ${cfg.timeoutS} s`
             : `currentTime did not advance by ${cfg.minAdvanceS} s within ${cfg.timeoutS} s (best ${best.adv.toFixed(3)} s)`;
+        } else if (!sizesOk) {
+          reason = `saw picture sizes ${JSON.stringify(st.sizes || [])}, expected ${cfg.expectSizes} within ${cfg.timeoutS} s`;
         } else if (!pauseOk) {
           reason = `no pause/more cycle within ${cfg.timeoutS} s (pauses=${st.pauses}, mores=${st.mores})`;
         } else {
@@ -491,6 +509,7 @@ async function main() {
         'typeSupported', 'close', 'fatal', 'pauses', 'mores', 'eos', 'endOfStream', 'metaCount',
         'unknownTexts', 'engine', 'hlsVersion', 'levels', 'bufferCodecs', 'fragsLoaded', 'live',
         'manifestRetries', 'mediaRecoveries', 'quotaExceeded', 'removed', 'seeks', 'playCalls',
+        'sizes', 'sizeChanges', 'ignoredCodecMessages',
       ];
       result.stats = {};
       for (const k of keep) if (st[k] !== undefined && st[k] !== null) result.stats[k] = st[k];

@@ -9,12 +9,18 @@
 //   grid      the grid plays STREAM_ID: > 50 decoded frames, currentTime advancing, no page errors;
 //             screenshot `grid.png` (and `grid-phone.png` at phone width)
 //   cameras   an invalid RTSP URL shows the API's message next to the URL field; a camera added
-//             through the form (RTSP_URL) plays in its tile; disabled → its tile says so;
+//             through the form (RTSP_URL) plays in its tile; restarted by an API change → the
+//             tile shows the close reason and plays again; edited through the form; disabled →
+//             its tile says so;
 //             deleted → its tile is gone; screenshot `cameras.png`, `camera-form.png`
 //   archive   the camera view of STREAM_ID: the timeline shows a recorded range; a click 20 s back
 //             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
 //             returns to live; a 10 s selection (28..18 s back) is exported and saved (EXPORT_PATH) for ffprobe;
 //             screenshot `camera.png`
+//   fallback  a camera with only the HLS output (FILE_PATH, an MP4 on the server) plays in its
+//             tile through hls.js
+//   a11y      axe-core (WCAG 2.1 A/AA) on every page: no serious or critical violation
+//   system    the system page lists the demo camera's storage; screenshot `system.png`
 //   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
 //             MEASURE_S seconds (the 16-tile measurement)
 //
@@ -41,6 +47,7 @@ const cfg = {
   streamId: process.env.STREAM_ID || '',
   rtspUrl: process.env.RTSP_URL || '',
   shots: process.env.SHOTS_DIR || '',
+  filePath: process.env.FILE_PATH || '',
   exportPath: process.env.EXPORT_PATH || path.join(os.tmpdir(), `ui-export-${process.pid}.mp4`),
   tilesExpected: Number(process.env.TILES_EXPECTED || 16),
   measureS: Number(process.env.MEASURE_S || 10),
@@ -151,6 +158,37 @@ async function scenarioCameras(page) {
   const s = await waitPlaying(page, `${tileSel(id)} video`, 25, 40_000);
   out.frames = s.frames;
   out.videoSize = `${s.w}x${s.h}`;
+
+  // 2b. The stream restarts (new settings through the API): the tile shows the server's close
+  // reason, reconnects by itself and plays again.
+  const patched = await page.evaluate(async (sid) => {
+    const { api } = await import('./ui/js/api.js');
+    await api('PATCH', `/api/v1/streams/${sid}`, { on_demand: false }, { contentType: 'application/merge-patch+json' });
+    return true;
+  }, id);
+  if (!patched) throw new Error('PATCH failed');
+  out.restartReason = await until('the close reason on the tile', 20_000, () => page.evaluate((sid) => {
+    const t = window.__tiles.get(sid);
+    const w = t && (t.history || []).find((x) => x.state === 'waiting');
+    return w ? w.message : null;
+  }, id));
+  if (out.restartReason !== 'Stream stopped') throw new Error(`the tile said '${out.restartReason}' on restart`);
+  await until('the tile playing again', 30_000, () => page.evaluate((sid) => {
+    const h = window.__tiles.get(sid).history;
+    const i = h.findIndex((x) => x.state === 'waiting');
+    return h.slice(i).some((x) => x.state === 'playing');
+  }, id));
+  await waitPlaying(page, `${tileSel(id)} video`, 25, 30_000);
+
+  // 2c. Edited through the form (PUT): the form shows what is stored, the list the new name.
+  await page.goto(`${cfg.url}#/cameras/${id}/edit`, { waitUntil: 'load' });
+  await until('the form filled in', 10_000, async () => (await page.inputValue('#f-name')) === 'Test cam');
+  out.editUrl = await page.inputValue('#f-source-url');
+  if (out.editUrl !== cfg.rtspUrl) throw new Error(`the form shows URL '${out.editUrl}'`);
+  await page.fill('#f-name', 'Test cam (edited)');
+  await page.click('button[type="submit"]');
+  await page.waitForURL(/#\/cameras$/, { timeout: 10_000 });
+  await page.waitForSelector(`tr[data-stream-id="${id}"] >> text=Test cam (edited)`, { timeout: 10_000 });
 
   // 3. Disabled on the cameras page → the tile says so.
   await page.goto(cfg.url + '#/cameras', { waitUntil: 'load' });
@@ -267,6 +305,48 @@ async function scenarioArchive(page) {
   if (failure) throw new Error(`download failed: ${failure}`);
   out.exportPath = cfg.exportPath;
   out.exportBytes = fs.statSync(cfg.exportPath).size;
+
+  // Protect the selection as evidence: listed, drawn on the timeline, stored; then removed.
+  await page.fill('#prot-reason', 'e2e incident');
+  await page.click('[data-testid="protect"]');
+  const item = await page.waitForSelector('.prot-list li[data-range-id]', { timeout: 10_000 });
+  out.protectedText = (await item.textContent()).trim();
+  if (!out.protectedText.includes('e2e incident')) throw new Error(`protected range listed as '${out.protectedText}'`);
+  const stored = await page.evaluate(async (sid) => {
+    const { api } = await import('./ui/js/api.js');
+    return (await api('GET', `/api/v1/streams/${sid}/protected-ranges`)).items;
+  }, cfg.streamId);
+  if (stored.length !== 1 || stored[0].reason !== 'e2e incident') throw new Error(`stored: ${JSON.stringify(stored)}`);
+  out.protectedS = +((Date.parse(stored[0].end) - Date.parse(stored[0].start)) / 1000).toFixed(2);
+  if (Math.abs(out.protectedS - out.selectionS) > 0.01) throw new Error(`protected ${out.protectedS} s of a ${out.selectionS} s selection`);
+  const drawn = await page.evaluate(() => window.__vs.camera.timeline.protected.length);
+  if (drawn !== 1) throw new Error(`${drawn} protected ranges on the timeline`);
+  await page.click('.prot-list li[data-range-id] .btn-danger');
+  await page.click('dialog[open] button[data-confirm]');
+  await page.waitForSelector('.prot-list li[data-range-id]', { state: 'detached', timeout: 10_000 });
+
+  // Zoom: the span goes from 10 minutes to 30 days and back, with the keyboard too.
+  await page.selectOption('.timeline select', String(30 * 86400_000));
+  const wide = await page.evaluate(() => {
+    const c = document.querySelector('.timeline-canvas');
+    return Number(c.dataset.endMs) - Number(c.dataset.startMs);
+  });
+  if (wide !== 30 * 86400_000) throw new Error(`30 d view spans ${wide} ms`);
+  await page.focus('.timeline-canvas');
+  for (let i = 0; i < 20; i++) await page.keyboard.press('+');
+  const narrow = await page.evaluate(() => {
+    const c = document.querySelector('.timeline-canvas');
+    return Number(c.dataset.endMs) - Number(c.dataset.startMs);
+  });
+  if (narrow !== 10 * 60_000) throw new Error(`zoomed-in view spans ${narrow} ms, not 10 min`);
+  // Keyboard playback: Home goes to now, ← moves the cursor back (a hundredth of the view: 6 s),
+  // Enter plays from there.
+  await page.keyboard.press('Home');
+  for (let i = 0; i < 3; i++) await page.keyboard.press('ArrowLeft');
+  await page.keyboard.press('Enter');
+  await until('archive mode from the keyboard', 10_000, async () => (await page.getAttribute('.stage', 'data-mode')) === 'archive');
+  await waitPlaying(page, '.stage video', 10, 30_000);
+  out.zoomAndKeyboard = true;
   out.ok = true;
   return out;
 }
@@ -300,7 +380,67 @@ async function scenarioTiles(page) {
   };
 }
 
-const SCENARIOS = { grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+async function scenarioFallback(page) {
+  // A camera with only the HLS output: the player skips MSE and plays it through hls.js.
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  await page.waitForFunction(() => window.__vs && window.__vs.server.info);
+  const id = await page.evaluate(async (file) => {
+    const { api } = await import('./ui/js/api.js');
+    const s = await api('POST', '/api/v1/streams', {
+      name: 'HLS only', source: { kind: 'file', path: file, loop: true }, outputs: ['hls'], archive: { recording: false },
+    });
+    return s.id;
+  }, cfg.filePath);
+  try {
+    await page.waitForSelector(tileSel(id), { timeout: 15_000 });
+    const s = await waitPlaying(page, `${tileSel(id)} video`, 25, 60_000);
+    const transport = await page.getAttribute(tileSel(id), 'data-transport');
+    if (transport !== 'hls.js') throw new Error(`the HLS-only camera plays over ${transport}`);
+    return { ok: true, transport, frames: s.frames, videoSize: `${s.w}x${s.h}` };
+  } finally {
+    await page.evaluate(async (sid) => {
+      const { api } = await import('./ui/js/api.js');
+      await api('DELETE', `/api/v1/streams/${sid}`);
+    }, id);
+  }
+}
+
+/** axe-core's WCAG 2 A/AA checks on every page of the UI: no serious or critical violation. */
+async function scenarioA11y(page) {
+  const axe = fs.readFileSync(path.join(path.dirname(new URL(import.meta.url).pathname), 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+  const pages = ['#/', `#/camera/${cfg.streamId}`, '#/cameras', '#/cameras/new', '#/system'];
+  const found = {};
+  for (const hash of pages) {
+    await page.goto(cfg.url + hash, { waitUntil: 'load' });
+    await page.waitForTimeout(2500);
+    // Evaluated through the devtools protocol: the page's CSP (scripts from the server only)
+    // stays as it is.
+    await page.evaluate(axe);
+    const v = await page.evaluate(async () => {
+      const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+      return r.violations.map((x) => ({ id: x.id, impact: x.impact, nodes: x.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+    });
+    const bad = v.filter((x) => x.impact === 'serious' || x.impact === 'critical');
+    if (v.length) found[hash] = v;
+    if (bad.length) throw new Error(`accessibility violations on ${hash}: ${JSON.stringify(bad)}`);
+  }
+  return { ok: true, pages: pages.length, minorViolations: found };
+}
+
+async function scenarioSystem(page) {
+  await page.goto(cfg.url + '#/system', { waitUntil: 'load' });
+  const total = await until('the archive total', 15_000, async () => {
+    const el = await page.$('[data-testid="archive-total"]');
+    const t = el ? (await el.textContent()).trim() : '';
+    return t && t !== '0 B' ? t : null;
+  });
+  const demoRow = await page.$(`a[href="#/camera/${cfg.streamId}"]`);
+  if (!demoRow) throw new Error('the demo camera is not listed on the system page');
+  await shot(page, 'system.png');
+  return { ok: true, archiveTotal: total };
+}
+
+const SCENARIOS = { a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 

@@ -67,6 +67,8 @@ pub struct StreamStatus {
     pub skipped_tracks: Vec<String>,
     /// Times a lagging consumer (viewer, HLS writer, recorder) was skipped ahead to a keyframe.
     pub lag_skips: u64,
+    /// The codec parameters being delivered (`None` while the source has none).
+    pub params: Option<Arc<crate::media::StreamParams>>,
 }
 
 /// Runtime starts and stops since the process started, for operators and `/metrics`.
@@ -149,6 +151,7 @@ impl StreamRuntime {
         let mut st = lock_status(&self.status).clone();
         st.viewers = self.demand.viewers();
         st.lag_skips = self.hub.skips();
+        st.params = self.hub.params().borrow().clone();
         st
     }
 }

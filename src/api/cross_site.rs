@@ -190,7 +190,12 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi) {
                     .build(),
             )
         };
-        let writes = [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+        let writes = [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
         for op in writes.into_iter().flatten() {
             match op.responses.responses.get_mut("403") {
                 Some(RefOr::T(existing)) => {

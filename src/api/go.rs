@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{GoError, GoLowerError, GoUpperError};
 use crate::db::{runs, streams};
+use crate::media::{StreamParams, VideoCodec, codec};
 use crate::stream::{OutputType, RtspTransport, Source, StreamSpec, parse_output_type};
 
 /// Gap tolerance for the Go ranges route: holes shorter than this are bridged. Recorded segments
@@ -76,12 +77,180 @@ pub struct GoStreamStatus {
     pub skipped_tracks: Vec<String>,
 }
 
-/// A codec of a running stream. (The original marshalled its media library's structs; clients read
-/// `status` and the flags, so we send the codec string instead.)
+/// A codec of a running stream: our RFC 6381 string, plus the fields the original's media library
+/// (vdk) put there, computed from the stream's real parameter sets: H.264 `Record`, `RecordInfo`,
+/// `SPSInfo`; AAC `ConfigBytes`, `Config`. Other codecs (H.265) have the string only. Byte fields
+/// are base64, as Go's JSON encodes `[]byte`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GoCodec {
     /// RFC 6381 codec string, e.g. `avc1.42C01E` or `mp4a.40.2`.
     pub codec: String,
+    /// H.264: the `AVCDecoderConfigurationRecord` (avcC body), base64.
+    #[serde(rename = "Record", skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// H.264: the record's fields.
+    #[serde(rename = "RecordInfo", skip_serializing_if = "Option::is_none")]
+    pub record_info: Option<GoAvcRecordInfo>,
+    /// H.264: the first SPS, parsed.
+    #[serde(rename = "SPSInfo", skip_serializing_if = "Option::is_none")]
+    pub sps_info: Option<GoSpsInfo>,
+    /// AAC: the `AudioSpecificConfig`, base64.
+    #[serde(rename = "ConfigBytes", skip_serializing_if = "Option::is_none")]
+    pub config_bytes: Option<String>,
+    /// AAC: the config's fields.
+    #[serde(rename = "Config", skip_serializing_if = "Option::is_none")]
+    pub config: Option<GoAacConfig>,
+}
+
+/// vdk's `AVCDecoderConfRecord`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct GoAvcRecordInfo {
+    #[serde(rename = "AVCProfileIndication")]
+    pub avc_profile_indication: u8,
+    pub profile_compatibility: u8,
+    #[serde(rename = "AVCLevelIndication")]
+    pub avc_level_indication: u8,
+    pub length_size_minus_one: u8,
+    /// SPS NAL units, base64 each.
+    #[serde(rename = "SPS")]
+    pub sps: Vec<String>,
+    /// PPS NAL units, base64 each.
+    #[serde(rename = "PPS")]
+    pub pps: Vec<String>,
+}
+
+/// vdk's `SPSInfo`: what the first SPS says.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct GoSpsInfo {
+    pub id: u8,
+    pub profile_idc: u8,
+    pub level_idc: u8,
+    /// The constraint flags byte shifted right by 2 (`constraint_set0..5_flag` in the low six
+    /// bits), as vdk reported it.
+    pub constraint_set_flag: u8,
+    /// Picture width in macroblocks.
+    pub mb_width: u32,
+    /// Picture height in map units (macroblock rows, or field macroblock rows for field coding).
+    pub mb_height: u32,
+    pub crop_left: u32,
+    pub crop_right: u32,
+    pub crop_top: u32,
+    pub crop_bottom: u32,
+    /// Picture size after cropping.
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second from the VUI timing info (`time_scale / (2 × num_units_in_tick)`,
+    /// rounded down); 0 when the SPS has none.
+    #[serde(rename = "FPS")]
+    pub fps: u32,
+}
+
+/// vdk's `MPEG4AudioConfig`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct GoAacConfig {
+    /// The signalled sampling frequency (for HE-AAC the core rate).
+    pub sample_rate: u32,
+    /// Bit mask of speaker positions (vdk's `ChannelLayout`: 1 front centre, 2 front left,
+    /// 4 front right, 8 back centre, 16 back left, 32 back right, 64 side left, 128 side right,
+    /// 256 LFE); 0 for channel configurations other than 1..=7.
+    pub channel_layout: u16,
+    /// MPEG-4 audio object type (2 = AAC-LC).
+    pub object_type: u8,
+    pub sample_rate_index: u8,
+    pub channel_config: u8,
+}
+
+/// vdk's speaker masks of the MPEG-4 channel configurations 1..=7.
+const GO_CHANNEL_LAYOUTS: [u16; 8] = [
+    0,
+    0x001,                                                         // front centre
+    0x002 | 0x004,                                                 // front left, right
+    0x001 | 0x002 | 0x004,                                         // + front centre
+    0x001 | 0x002 | 0x004 | 0x008,                                 // + back centre
+    0x001 | 0x002 | 0x004 | 0x010 | 0x020,                         // + back left, right
+    0x001 | 0x002 | 0x004 | 0x010 | 0x020 | 0x100,                 // + LFE
+    0x001 | 0x002 | 0x004 | 0x040 | 0x080 | 0x010 | 0x020 | 0x100, // 7.1
+];
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl GoCodec {
+    /// The entries for a stream's parameters, video first. Fields that cannot be read from the
+    /// parameter sets are left out (the string is always there).
+    pub fn from_params(p: &StreamParams) -> Vec<GoCodec> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(v) = &p.video {
+            let mut c = GoCodec::string_only(&v.codec_string);
+            if v.codec == VideoCodec::H264 {
+                c.record = Some(base64(&v.config_record));
+                if let Ok(r) = codec::avc_record_fields(&v.config_record) {
+                    c.sps_info = r
+                        .sps
+                        .first()
+                        .and_then(|sps| codec::h264_sps_fields(sps).ok())
+                        .map(|s| GoSpsInfo {
+                            id: s.id,
+                            profile_idc: s.profile_idc,
+                            level_idc: s.level_idc,
+                            constraint_set_flag: s.constraint_flags >> 2,
+                            mb_width: s.width_in_mbs,
+                            mb_height: s.height_in_map_units,
+                            crop_left: s.crop[0],
+                            crop_right: s.crop[1],
+                            crop_top: s.crop[2],
+                            crop_bottom: s.crop[3],
+                            width: s.width,
+                            height: s.height,
+                            fps: s
+                                .frame_rate
+                                .map_or(0, |f| f.floor().min(f64::from(u32::MAX)) as u32),
+                        });
+                    c.record_info = Some(GoAvcRecordInfo {
+                        avc_profile_indication: r.profile_indication,
+                        profile_compatibility: r.profile_compatibility,
+                        avc_level_indication: r.level_indication,
+                        length_size_minus_one: r.length_size_minus_one,
+                        sps: r.sps.iter().map(|n| base64(n)).collect(),
+                        pps: r.pps.iter().map(|n| base64(n)).collect(),
+                    });
+                }
+            }
+            out.push(c);
+        }
+        if let Some(a) = &p.audio {
+            let mut c = GoCodec::string_only(&a.codec_string);
+            c.config_bytes = Some(base64(&a.asc));
+            c.config = codec::aac_config_fields(&a.asc).ok().map(|f| GoAacConfig {
+                sample_rate: f.sample_rate,
+                channel_layout: GO_CHANNEL_LAYOUTS
+                    .get(usize::from(f.channel_config))
+                    .copied()
+                    .unwrap_or(0),
+                object_type: f.object_type,
+                sample_rate_index: f.sample_rate_index,
+                channel_config: f.channel_config,
+            });
+            out.push(c);
+        }
+        out
+    }
+
+    fn string_only(codec: &str) -> GoCodec {
+        GoCodec {
+            codec: codec.to_owned(),
+            record: None,
+            record_info: None,
+            sps_info: None,
+            config_bytes: None,
+            config: None,
+        }
+    }
 }
 
 /// `"hls"` section of the status document.
@@ -136,12 +305,11 @@ pub fn status_document(state: &AppState) -> StatusDocument {
                     .unwrap_or_else(|| GO_ZERO_TIME.into()),
                 last_health_error: st.last_health_error,
                 supported_output_types: spec.outputs.iter().map(|o| o.go_code()).collect(),
-                codecs: (!st.codecs.is_empty()).then(|| {
-                    st.codecs
-                        .into_iter()
-                        .map(|codec| GoCodec { codec })
-                        .collect()
-                }),
+                codecs: match &st.params {
+                    Some(p) => Some(GoCodec::from_params(p)),
+                    None => (!st.codecs.is_empty())
+                        .then(|| st.codecs.iter().map(|c| GoCodec::string_only(c)).collect()),
+                },
                 skipped_tracks: st.skipped_tracks,
             };
             (spec.id.to_string(), entry)

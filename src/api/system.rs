@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
+use super::archive::rfc3339_ms;
 use super::error::{ApiError, ErrorBody};
 use crate::archive::retention::{DiskSpace, Statvfs};
 use crate::db::{runs, streams};
@@ -125,12 +126,6 @@ pub struct StorageDto {
     pub streams: Vec<StreamStorageDto>,
 }
 
-fn rfc3339(us: i64) -> String {
-    chrono::DateTime::<Utc>::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
 /// Archive bytes per stream (from the `runs` table: a few rows per stream), free space of the
 /// archive disk and the retention settings. Segments being recorded are not counted yet.
 #[utoipa::path(get, path = "/api/v1/storage", tag = "archive",
@@ -176,8 +171,8 @@ pub async fn storage(State(state): State<AppState>) -> Result<Json<StorageDto>, 
                     name: spec.map(|s| s.name.clone()),
                     bytes: t.bytes,
                     segment_count: t.segment_count,
-                    first: rfc3339(t.start_us),
-                    last: rfc3339(t.end_us),
+                    first: rfc3339_ms(t.start_us, false),
+                    last: rfc3339_ms(t.end_us, true),
                     max_age_s: spec.and_then(|s| s.retention.max_age_s),
                     max_bytes: spec.and_then(|s| s.retention.max_bytes),
                 }

@@ -6,7 +6,8 @@
 //!
 //! Fixed faults of the original: every frame up to the end of the range is sent; one task owns the
 //! socket (no concurrent writes); playback starts at the keyframe at or before `start`, not at the
-//! start of the segment; codec changes between segments send a new `0x09` and init; a paused
+//! start of the segment; a change of codec parameters between segments sends a new init segment
+//! (and a new `0x09` only when the codec list changes, see [`switch_messages`]); a paused
 //! session idles out; sessions are limited. Segments are found with keyset pages through the index
 //! (one bounded query per page), read through the segment's storage with the next one prefetched;
 //! a corrupt segment is skipped with a log line.
@@ -28,9 +29,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::AppState;
 use crate::db::segments::{self, SegmentRow};
-use crate::live::mse::{WRITE_TIMEOUT, codec_message};
+use crate::live::mse::{WRITE_TIMEOUT, switch_messages};
 use crate::live::ws::{ArchiveRequest, close_with};
-use crate::media::fmp4::{self, FragmentWriter, init_segment};
+use crate::media::fmp4::{self, FragmentWriter};
 use crate::media::{Frame, StreamParams, TrackKind};
 
 /// Segments fetched per index query.
@@ -378,9 +379,11 @@ async fn stream_segments(
         }
         let new_codecs = current.as_ref().is_none_or(|c| !c.same_codecs(&p));
         if new_codecs {
-            session.send_media(codec_message(&p)).await?;
-            let init = init_segment(&p).map_err(|_| Stop::Reason("Failed to send init"))?;
-            session.send_media(init).await?;
+            let messages = switch_messages(current.as_deref(), &p)
+                .map_err(|_| Stop::Reason("Failed to send init"))?;
+            for m in messages {
+                session.send_media(m).await?;
+            }
             current = Some(p.clone());
         }
         // Where this segment's media time 0 lands on the session's timeline.

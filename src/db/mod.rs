@@ -8,6 +8,7 @@
 
 pub mod import;
 pub mod pages;
+pub mod plans;
 pub mod protected;
 pub mod reports;
 pub mod retention;

@@ -68,11 +68,20 @@ impl From<SegmentTuple> for SegmentItem {
 /// for a range bound. (Written as `start_us > $5 OR (start_us = $5 AND id > $6)`, SQLite derives
 /// `start_us >= $5` from it and may seek from there instead of from `$2`: from the stream's first
 /// segment on a first page.)
-const PAGE_ROWS: &str = concat!(
+pub(crate) const PAGE_ROWS: &str = concat!(
     "SELECT id, start_us, end_us, media_duration_us, bytes, state, storage, upload_state, bucket \
      FROM segments ",
     page_filter!()
 );
+
+/// The SQLite page statement: [`PAGE_ROWS`] aggregated into one JSON array.
+pub(crate) fn sqlite_page_sql() -> String {
+    format!(
+        "SELECT json_group_array(json_array(id, start_us, end_us, media_duration_us, \
+         bytes, state, storage, upload_state, bucket) ORDER BY start_us, id) \
+         FROM ({PAGE_ROWS}) AS page"
+    )
+}
 
 /// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start (then
 /// id), after the keyset position `after = (start_us, id)` of the previous page's last row.
@@ -88,12 +97,7 @@ pub async fn segments(
     let (after_start, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
     match db {
         Db::Sqlite(p) => {
-            let sql = format!(
-                "SELECT json_group_array(json_array(id, start_us, end_us, media_duration_us, \
-                 bytes, state, storage, upload_state, bucket) ORDER BY start_us, id) \
-                 FROM ({PAGE_ROWS}) AS page"
-            );
-            let json: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            let json: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sqlite_page_sql()))
                 .bind(DbUuid(stream_id))
                 .bind(lower.max(after_start))
                 .bind(to_us)

@@ -385,13 +385,9 @@ pub async fn reset_uploading(db: &Db) -> Result<u64> {
     Ok(n)
 }
 
-/// Claims up to `limit` segments ready to upload (closed, `upload_state = 'local'`) with an id
-/// above `after_id`, lowest id first, marking them `uploading` in the same statement. Rows claimed
-/// by a concurrent caller are not returned twice: the outer condition is re-checked on the row
-/// being updated. The cursor lets the uploader go round the queue, so one segment that keeps
-/// failing does not hold back the ones after it.
-pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
-    let sql = format!(
+/// The statement of [`claim_uploads`] (`$1` limit, `$2` after id); `db::plans` explains it.
+pub(crate) fn claim_uploads_sql() -> String {
+    format!(
         "UPDATE segments SET upload_state = 'uploading' WHERE id IN ( \
              SELECT id FROM segments \
              WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
@@ -399,8 +395,16 @@ pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<Seg
              ORDER BY id LIMIT $1) \
          AND upload_state = 'local' AND state = 'complete' \
          RETURNING {SEGMENT_COLUMNS}"
-    );
-    let mut rows: Vec<SegmentRow> = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    )
+}
+
+/// Claims up to `limit` segments ready to upload (closed, `upload_state = 'local'`) with an id
+/// above `after_id`, lowest id first, marking them `uploading` in the same statement. Rows claimed
+/// by a concurrent caller are not returned twice: the outer condition is re-checked on the row
+/// being updated. The cursor lets the uploader go round the queue, so one segment that keeps
+/// failing does not hold back the ones after it.
+pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
+    let mut rows: Vec<SegmentRow> = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(claim_uploads_sql()))
         .bind(i64::from(limit))
         .bind(after_id)
         .fetch_all(p)
@@ -449,12 +453,15 @@ pub async fn mark_upload_missing(db: &Db, id: i64) -> Result<bool> {
     Ok(n == 1)
 }
 
+/// The statement of [`count_ready_uploads`]; `db::plans` explains it.
+pub(crate) const COUNT_READY_UPLOADS_SQL: &str = "SELECT COUNT(*) FROM segments \
+    WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
+      AND state = 'complete'";
+
 /// Number of segments ready to upload and not yet claimed (the uploader's backlog).
 pub async fn count_ready_uploads(db: &Db) -> Result<i64> {
-    const SQL: &str = "SELECT COUNT(*) FROM segments \
-        WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
-          AND state = 'complete'";
-    let n: i64 = with_pool!(db, p => sqlx::query_scalar(SQL).fetch_one(p).await?);
+    let n: i64 =
+        with_pool!(db, p => sqlx::query_scalar(COUNT_READY_UPLOADS_SQL).fetch_one(p).await?);
     Ok(n)
 }
 

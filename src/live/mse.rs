@@ -2,9 +2,10 @@
 //! binary `0x09`+codecs, binary init segment, then binary `moof`+`mdat` fragments starting at a
 //! keyframe; text `ping` is answered with text `pong`.
 //!
-//! Improvements over the original: audio is kept; a codec change sends a new `0x09` message and
-//! init segment; one fragment per video frame for low latency; each viewer's timeline starts at 0
-//! and stays continuous when the viewer lagged and was skipped ahead to a keyframe.
+//! Improvements over the original: audio is kept; a change of codec parameters reaches viewers
+//! ([`switch_messages`]: a new init segment, preceded by a new `0x09` message only when the codec
+//! list itself changed); one fragment per video frame for low latency; each viewer's timeline
+//! starts at 0 and stays continuous when the viewer lagged and was skipped ahead to a keyframe.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,26 @@ pub fn codec_message(params: &StreamParams) -> Bytes {
     b.freeze()
 }
 
+/// The messages that move a session from the codec setup `current` (none at the start) to `next`.
+///
+/// The Go example clients create their one `SourceBuffer` from the first `0x09` message, ignore
+/// any later one, and append every other binary message to that buffer (go-original.md §3.4). So
+/// a `0x09` message is sent again only when the codec list changes (a buffer made for the old
+/// list could not take the new media anyway); a new setup with the same codec list (another
+/// resolution, new SPS/PPS) is announced by its init segment alone, which MSE accepts on the same
+/// `SourceBuffer`.
+pub fn switch_messages(
+    current: Option<&StreamParams>,
+    next: &StreamParams,
+) -> Result<Vec<Bytes>, MediaError> {
+    let mut out = Vec::with_capacity(2);
+    if current.is_none_or(|c| c.codec_list() != next.codec_list()) {
+        out.push(codec_message(next));
+    }
+    out.push(init_segment(next)?);
+    Ok(out)
+}
+
 impl Default for MseMuxer {
     fn default() -> Self {
         Self::new()
@@ -108,8 +129,7 @@ impl MseMuxer {
             }
             self.pending_audio.clear();
             if new_codecs {
-                out.push(codec_message(&f.params));
-                out.push(init_segment(&f.params)?);
+                out.extend(switch_messages(self.params.as_deref(), &f.params)?);
                 self.params = Some(f.params.clone());
             }
             // Map this keyframe to where the viewer's timeline ended: time keeps running.
@@ -259,5 +279,80 @@ async fn wait_closed(socket: &mut WebSocket) {
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
             Some(Ok(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::hub::Delivery;
+    use crate::media::codec::tests::{DEMO_AVCC, LC_48K_MONO};
+    use crate::media::codec::{aac_params, h264_params};
+
+    fn video_only(version: u64) -> Arc<StreamParams> {
+        Arc::new(StreamParams {
+            version,
+            video: Some(h264_params(Bytes::from_static(DEMO_AVCC)).unwrap()),
+            audio: None,
+        })
+    }
+
+    fn keyframe(params: &Arc<StreamParams>, dts: i64) -> Delivery {
+        Delivery {
+            frame: Frame {
+                track: TrackKind::Video,
+                dts,
+                duration: 3600,
+                cts_offset: 0,
+                keyframe: true,
+                wallclock_us: 0,
+                data: Bytes::from_static(&[0, 0, 0, 2, 0x65, 0x88]),
+                params: params.clone(),
+            },
+            discontinuity: false,
+        }
+    }
+
+    fn kinds(messages: &[Bytes]) -> Vec<&'static str> {
+        messages
+            .iter()
+            .map(|m| match m.get(4..8) {
+                _ if m.first() == Some(&0x09) => "codecs",
+                Some(b"ftyp") => "init",
+                Some(b"moof") => "fragment",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn codec_message_only_when_the_codec_list_changes() {
+        let first = video_only(1);
+        // Same codec string, another picture size (a camera switching resolution).
+        let mut resized = (*video_only(2)).clone();
+        if let Some(v) = resized.video.as_mut() {
+            v.width = 320;
+            v.height = 180;
+        }
+        let resized = Arc::new(resized);
+        // Audio appears: the codec list changes.
+        let with_audio = Arc::new(StreamParams {
+            version: 3,
+            audio: Some(aac_params(Bytes::from_static(LC_48K_MONO)).unwrap()),
+            ..(*resized).clone()
+        });
+        let mut mux = MseMuxer::new();
+        let m = mux.push(keyframe(&first, 0)).unwrap();
+        assert_eq!(kinds(&m), ["codecs", "init", "fragment"]);
+        assert_eq!(&m[0][1..], b"avc1.4D401E");
+        // A new version with identical codecs changes nothing on the wire.
+        let m = mux.push(keyframe(&video_only(7), 3600)).unwrap();
+        assert_eq!(kinds(&m), ["fragment"]);
+        let m = mux.push(keyframe(&resized, 7200)).unwrap();
+        assert_eq!(kinds(&m), ["init", "fragment"]);
+        let m = mux.push(keyframe(&with_audio, 10_800)).unwrap();
+        assert_eq!(kinds(&m), ["codecs", "init", "fragment"]);
+        assert_eq!(&m[0][1..], b"avc1.4D401E,mp4a.40.2");
     }
 }

@@ -232,19 +232,9 @@ fn read_object_type(bits: &mut BitReader<'_>) -> Result<u8, MediaError> {
 }
 
 fn read_sample_rate(bits: &mut BitReader<'_>) -> Result<u32, MediaError> {
-    /// ISO/IEC 14496-3 Table 1.18, sampling frequency indexes 0..=12.
-    const RATES: [u32; 13] = [
-        96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025,
-        8_000, 7_350,
-    ];
-    let index = bits.read(4)?;
-    let rate = match index {
+    let rate = match bits.read(4)? {
         15 => bits.read(24)?,
-        i => RATES.get(i as usize).copied().ok_or_else(|| {
-            MediaError::InvalidParams(format!(
-                "AudioSpecificConfig: reserved sampling frequency index {i}"
-            ))
-        })?,
+        i => sample_rate_of_index(i as u8)?,
     };
     if rate == 0 {
         return Err(MediaError::InvalidParams(
@@ -252,6 +242,19 @@ fn read_sample_rate(bits: &mut BitReader<'_>) -> Result<u32, MediaError> {
         ));
     }
     Ok(rate)
+}
+
+/// The sampling frequency of an index (ISO/IEC 14496-3 Table 1.18, indexes 0..=12).
+fn sample_rate_of_index(index: u8) -> Result<u32, MediaError> {
+    const RATES: [u32; 13] = [
+        96_000, 88_200, 64_000, 48_000, 44_100, 32_000, 24_000, 22_050, 16_000, 12_000, 11_025,
+        8_000, 7_350,
+    ];
+    RATES.get(usize::from(index)).copied().ok_or_else(|| {
+        MediaError::InvalidParams(format!(
+            "AudioSpecificConfig: reserved sampling frequency index {index}"
+        ))
+    })
 }
 
 /// Channel count of an MPEG-4 channel configuration (ISO/IEC 14496-3 Table 1.19, with the
@@ -272,6 +275,120 @@ fn channel_count(config: u8) -> Result<u16, MediaError> {
                 "AudioSpecificConfig: reserved channel configuration {other}"
             )));
         }
+    })
+}
+
+/// The fields of an `AVCDecoderConfigurationRecord`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvcRecordFields {
+    pub profile_indication: u8,
+    pub profile_compatibility: u8,
+    pub level_indication: u8,
+    pub length_size_minus_one: u8,
+    /// SPS NAL units (with their header byte), in record order.
+    pub sps: Vec<Bytes>,
+    /// PPS NAL units, in record order.
+    pub pps: Vec<Bytes>,
+}
+
+/// Splits an `AVCDecoderConfigurationRecord` into its fields.
+pub fn avc_record_fields(config_record: &[u8]) -> Result<AvcRecordFields, MediaError> {
+    let avcc: AvccBox = decode_record(AvccBox::TYPE, config_record, "avcC")?;
+    let to_bytes = |list: &[Vec<u8>]| list.iter().map(|n| Bytes::copy_from_slice(n)).collect();
+    Ok(AvcRecordFields {
+        profile_indication: avcc.avc_profile_indication,
+        profile_compatibility: avcc.profile_compatibility,
+        level_indication: avcc.avc_level_indication,
+        length_size_minus_one: avcc.length_size_minus_one.get(),
+        sps: to_bytes(&avcc.sps_list),
+        pps: to_bytes(&avcc.pps_list),
+    })
+}
+
+/// What an H.264 sequence parameter set says about the picture, read with `h264-reader` (the
+/// parser retina uses, so both agree on every SPS a camera sends).
+#[derive(Debug, Clone, PartialEq)]
+pub struct H264SpsFields {
+    pub id: u8,
+    pub profile_idc: u8,
+    /// The byte of `constraint_set0..5_flag` and the two reserved bits, as in the SPS.
+    pub constraint_flags: u8,
+    pub level_idc: u8,
+    /// `pic_width_in_mbs_minus1 + 1`.
+    pub width_in_mbs: u32,
+    /// `pic_height_in_map_units_minus1 + 1` (map units are field macroblock rows for field
+    /// coding).
+    pub height_in_map_units: u32,
+    /// `frame_crop_{left,right,top,bottom}_offset`, in crop units (0 without cropping).
+    pub crop: [u32; 4],
+    /// Picture size after cropping.
+    pub width: u32,
+    pub height: u32,
+    /// `time_scale / (2 * num_units_in_tick)` from the VUI timing info, when present.
+    pub frame_rate: Option<f64>,
+}
+
+/// Parses one SPS NAL unit (header byte included, emulation prevention bytes in place).
+pub fn h264_sps_fields(sps_nal: &[u8]) -> Result<H264SpsFields, MediaError> {
+    use h264_reader::nal::sps::SeqParameterSet;
+    use h264_reader::rbsp::{BitReader, decode_nal};
+
+    if sps_nal.len() > MAX_RECORD_BYTES || sps_nal.first().is_none_or(|h| h & 0x1f != 7) {
+        return Err(MediaError::InvalidParams(
+            "H.264 SPS: not an SPS NAL unit".into(),
+        ));
+    }
+    let rbsp =
+        decode_nal(sps_nal).map_err(|e| MediaError::InvalidParams(format!("H.264 SPS: {e}")))?;
+    let sps = SeqParameterSet::from_bits(BitReader::new(&rbsp[..]))
+        .map_err(|e| MediaError::InvalidParams(format!("H.264 SPS: {e:?}")))?;
+    let (width, height) = sps
+        .pixel_dimensions()
+        .map_err(|e| MediaError::InvalidParams(format!("H.264 SPS: {e:?}")))?;
+    let crop = sps.frame_cropping.as_ref().map_or([0; 4], |c| {
+        [c.left_offset, c.right_offset, c.top_offset, c.bottom_offset]
+    });
+    Ok(H264SpsFields {
+        id: sps.seq_parameter_set_id.id(),
+        profile_idc: sps.profile_idc.into(),
+        constraint_flags: sps.constraint_flags.into(),
+        level_idc: sps.level_idc,
+        width_in_mbs: sps.pic_width_in_mbs(),
+        height_in_map_units: sps.pic_height_in_map_units(),
+        crop,
+        width,
+        height,
+        frame_rate: sps.fps().filter(|f| f.is_finite() && *f > 0.0),
+    })
+}
+
+/// The leading fields of an MPEG-4 `AudioSpecificConfig`, as signalled (for HE-AAC: the SBR
+/// object type and the core sampling frequency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AacConfigFields {
+    pub object_type: u8,
+    /// `samplingFrequencyIndex`; 15 means an explicit rate.
+    pub sample_rate_index: u8,
+    pub sample_rate: u32,
+    pub channel_config: u8,
+}
+
+/// Reads the object type, sampling frequency and channel configuration of an
+/// `AudioSpecificConfig`.
+pub fn aac_config_fields(asc: &[u8]) -> Result<AacConfigFields, MediaError> {
+    let mut bits = BitReader::new(asc);
+    let object_type = read_object_type(&mut bits)?;
+    let sample_rate_index = bits.read(4)? as u8;
+    let sample_rate = match sample_rate_index {
+        15 => bits.read(24)?,
+        i => sample_rate_of_index(i)?,
+    };
+    let channel_config = bits.read(4)? as u8;
+    Ok(AacConfigFields {
+        object_type,
+        sample_rate_index,
+        sample_rate,
+        channel_config,
     })
 }
 
@@ -427,6 +544,58 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn h264_record_and_sps_fields() {
+        let r = avc_record_fields(DEMO_AVCC).unwrap();
+        assert_eq!(
+            (
+                r.profile_indication,
+                r.profile_compatibility,
+                r.level_indication
+            ),
+            (0x4d, 0x40, 0x1e)
+        );
+        assert_eq!(r.length_size_minus_one, 3);
+        assert_eq!((r.sps.len(), r.pps.len()), (1, 1));
+        assert_eq!(&r.sps[0][..], &DEMO_AVCC[8..8 + 0x19]);
+        let f = h264_sps_fields(&r.sps[0]).unwrap();
+        assert_eq!((f.id, f.profile_idc, f.level_idc), (0, 77, 30));
+        assert_eq!(f.constraint_flags, 0x40);
+        // 640x360: 40 x 23 macroblocks, 8 rows cropped at the bottom (4 units of 2 lines).
+        assert_eq!((f.width_in_mbs, f.height_in_map_units), (40, 23));
+        assert_eq!(f.crop, [0, 0, 0, 4]);
+        assert_eq!((f.width, f.height), (640, 360));
+        assert_eq!(f.frame_rate, Some(25.0));
+        assert!(h264_sps_fields(&r.pps[0]).is_err(), "a PPS is not an SPS");
+        assert!(h264_sps_fields(&r.sps[0][..6]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn aac_config_fields_as_signalled() {
+        let f = aac_config_fields(LC_48K_MONO).unwrap();
+        assert_eq!(
+            f,
+            AacConfigFields {
+                object_type: 2,
+                sample_rate_index: 3,
+                sample_rate: 48_000,
+                channel_config: 1
+            }
+        );
+        // HE-AAC: the SBR object type and the core rate (24 kHz), as signalled first.
+        let he = pack_bits(&[(5, 5), (6, 4), (2, 4), (3, 4), (2, 5), (0, 3)]);
+        let f = aac_config_fields(&he).unwrap();
+        assert_eq!(
+            (f.object_type, f.sample_rate, f.channel_config),
+            (5, 24_000, 2)
+        );
+        let explicit = pack_bits(&[(2, 5), (15, 4), (22_050, 24), (2, 4)]);
+        let f = aac_config_fields(&explicit).unwrap();
+        assert_eq!((f.sample_rate_index, f.sample_rate), (15, 22_050));
+        assert!(aac_config_fields(&[0x11]).is_err());
+        assert!(aac_config_fields(&pack_bits(&[(2, 5), (13, 4), (1, 4)])).is_err());
+    }
+
+    #[test]
     fn h264_rejects_other_nal_length_sizes() {
         let mut record = DEMO_AVCC.to_vec();
         record[4] = 0xfd; // lengthSizeMinusOne = 1
@@ -547,6 +716,15 @@ pub(crate) mod tests {
             let _ = aac_params(b.clone());
             let half = b.len() / 2;
             let _ = h264_params_from_sps_pps(&b[..half], &b[half..]);
+            let _ = avc_record_fields(&b);
+            let _ = h264_sps_fields(&b);
+            let _ = aac_config_fields(&b);
+            // As an SPS NAL unit whatever the first byte says.
+            let mut nal = b.to_vec();
+            if let Some(h) = nal.first_mut() {
+                *h = 0x67;
+            }
+            let _ = h264_sps_fields(&nal);
         }
         assert!(h264_params(Bytes::new()).is_err());
         assert!(h265_params(Bytes::from_static(&DEMO_AVCC[..10])).is_err());

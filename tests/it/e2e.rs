@@ -2,47 +2,14 @@
 //! demo camera through MSE over WebSocket and through hls.js (e2e/run.mjs).
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::binary::ServerProcess;
+use crate::support::browser::PageSocket;
 
 pub(crate) const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The listening socket e2e/run.mjs serves its pages from (`PAGE_FD`). It is bound before the
-/// server starts, so the pages' origin can be listed in `[cors] allow_origins`: the server
-/// refuses WebSockets from other origins, and the pages are another origin than the server.
-pub(crate) struct PageSocket(std::net::TcpListener);
-
-impl PageSocket {
-    pub(crate) fn bind() -> PageSocket {
-        PageSocket(std::net::TcpListener::bind("127.0.0.1:0").expect("bind the page socket"))
-    }
-
-    /// The `[cors]` table that lets the pages through.
-    pub(crate) fn cors_toml(&self) -> String {
-        let port = self.0.local_addr().expect("addr").port();
-        format!("[cors]\nenabled = true\nallow_origins = [\"http://127.0.0.1:{port}\"]\n")
-    }
-
-    /// Hands the socket to `cmd` as `PAGE_FD` (inherited by the child only).
-    fn pass_to(&self, cmd: &mut Command) {
-        use std::os::fd::{AsRawFd, BorrowedFd};
-        use std::os::unix::process::CommandExt;
-        let fd = self.0.as_raw_fd();
-        cmd.env("PAGE_FD", fd.to_string());
-        // SAFETY: runs in the forked child before exec and only clears FD_CLOEXEC on a descriptor
-        // this process owns (one fcntl system call, async-signal-safe).
-        unsafe {
-            cmd.pre_exec(move || {
-                rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(fd), rustix::io::FdFlags::empty())
-                    .map_err(std::io::Error::from)
-            });
-        }
-    }
 }
 
 /// Runs e2e/run.mjs in one mode; returns its JSON verdict.
@@ -55,44 +22,26 @@ fn run_browser(
     run_browser_for(video, pages, DEMO, mode, extra)
 }
 
-fn run_browser_for(
+pub(crate) fn run_browser_for(
     video: &str,
     pages: &PageSocket,
     stream_id: &str,
     mode: &str,
     extra: &[(&str, &str)],
 ) -> serde_json::Value {
-    let e2e = root().join("e2e");
-    assert!(
-        e2e.join("node_modules/playwright-core").exists(),
-        "e2e/node_modules missing: run `npm ci` in e2e/ (scripts/test does)"
-    );
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&e2e)
-        .arg("run.mjs")
-        .env("VIDEO_ADDR", video)
-        .env("STREAM_ID", stream_id)
-        .env("MODE", mode)
-        .env("TIMEOUT_S", "40");
-    pages.pass_to(&mut cmd);
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let verdict: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "no JSON verdict ({e}); stdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        out.status.success() && verdict["ok"] == serde_json::json!(true),
-        "{mode} playback failed: {verdict}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    verdict
+    let mut env = vec![
+        ("VIDEO_ADDR", video),
+        ("STREAM_ID", stream_id),
+        ("MODE", mode),
+        ("TIMEOUT_S", "40"),
+    ];
+    env.extend_from_slice(extra);
+    crate::support::browser::run_e2e_with_pages(
+        "run.mjs",
+        &env,
+        &format!("{mode} playback"),
+        Some(pages),
+    )
 }
 
 /// Copies the shipped config and demo clip into `dir`, with ports set to 0 (free ports).
@@ -106,19 +55,24 @@ pub(crate) fn shipped_setup(dir: &Path) {
     std::fs::copy(root().join("assets/demo.mp4"), dir.join("assets/demo.mp4")).expect("demo");
 }
 
-#[test]
-fn chromium_plays_the_demo_stream_via_mse_and_hls() {
-    let dir = tempfile::tempdir().expect("tmp");
-    shipped_setup(dir.path());
-    let pages = PageSocket::bind();
-    let conf_path = dir.path().join("conf.toml");
-    let conf = std::fs::read_to_string(&conf_path).expect("conf");
+/// Replaces the shipped config's `[cors]` table in `dir` with one allowing the test pages.
+fn allow_pages(dir: &Path, pages: &PageSocket) {
+    let path = dir.join("conf.toml");
+    let conf = std::fs::read_to_string(&path).expect("conf");
     assert!(
         conf.contains("[cors]\nenabled = false\n"),
         "the shipped [cors] table"
     );
     let conf = conf.replace("[cors]\nenabled = false\n", &pages.cors_toml());
-    std::fs::write(&conf_path, conf).expect("conf");
+    std::fs::write(&path, conf).expect("conf");
+}
+
+#[test]
+fn chromium_plays_the_demo_stream_via_mse_and_hls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    shipped_setup(dir.path());
+    let pages = PageSocket::bind();
+    allow_pages(dir.path(), &pages);
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let mse = run_browser(&server.video, &pages, "mse", &[]);
     assert!(mse["frames"].as_u64().is_some_and(|f| f > 0), "{mse}");

@@ -232,15 +232,11 @@ async fn concurrent_changes(db_url: Option<String>) {
     db.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn one_runtime_per_stream_under_concurrent_changes_sqlite() {
-    concurrent_changes(None).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn one_runtime_per_stream_under_concurrent_changes_postgres() {
-    concurrent_changes(Some(crate::support::pg_schema_url().await)).await;
-}
+crate::on_both_engines!(
+    async fn one_runtime_per_stream_under_concurrent_changes(index: &Index) {
+        concurrent_changes(Some(index.url.clone())).await;
+    }
+);
 
 crate::both_engines!(
     async fn settings_off_the_media_path_do_not_restart_the_stream(t: &TestDb) {

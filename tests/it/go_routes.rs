@@ -105,7 +105,7 @@ both_engines!(
             &s,
             "POST",
             "/enable_camera",
-            &json!({"guid": id, "url": "rtsp://127.0.0.1:8554/test", "output_types": ["mse", "HLS"], "on_demand": true}),
+            &json!({"guid": id, "url": "rtsp://127.0.0.1:1/test", "output_types": ["mse", "HLS"], "on_demand": true}),
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
@@ -123,7 +123,7 @@ both_engines!(
             &s,
             "POST",
             "/enable_camera",
-            &json!({"guid": id, "url": "rtsp://10.9.9.9/other", "output_types": ["mse"]}),
+            &json!({"guid": id, "url": "rtsp://127.0.0.1:1/other", "output_types": ["mse"]}),
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
@@ -201,8 +201,12 @@ both_engines!(
         assert!(!rec.spec.enabled, "disabled state is persisted");
         assert_eq!(get(&s, "/list").await.json(), json!({"data": []}));
         // Restart: the stream stays disabled.
-        let s2 = state(&t.db, config(&demo_config())).await;
-        assert_eq!(get(&s2, "/list").await.json(), json!({"data": []}));
+        let s = crate::support::restart(s, config(&demo_config())).await;
+        assert_eq!(get(&s, "/list").await.json(), json!({"data": []}));
+        assert!(
+            s.manager.status(DEMO.parse().expect("uuid")).is_none(),
+            "not started again"
+        );
         // Unknown guid: the Go 200 with the status document.
         let r = send_json(
             &s,
@@ -287,3 +291,83 @@ both_engines!(
         );
     }
 );
+
+/// `/status` codecs carry the vdk fields Go clients may read, computed from the stream's real
+/// parameter sets; checked against ffprobe's reading of the same file.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_codecs_have_the_go_fields_of_the_real_parameter_sets() {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("base64 text"))
+            .expect("base64")
+    };
+    let s = crate::support::InProcess::start(&format!(
+        "[[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n"
+    ))
+    .await;
+    let mut codecs = serde_json::Value::Null;
+    for _ in 0..100 {
+        let v: serde_json::Value = reqwest::get(format!("{}/status", s.api))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        codecs = v["streams"][DEMO]["codecs"].clone();
+        if codecs.is_array() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let probe = crate::support::media::ffprobe("assets/demo.mp4");
+    let (pv, pa) = (&probe["streams"][0], &probe["streams"][1]);
+    let (video, audio) = (&codecs[0], &codecs[1]);
+
+    assert_eq!(video["codec"], "avc1.4D401E", "{codecs}");
+    let sps = &video["SPSInfo"];
+    assert_eq!(sps["Width"], pv["width"], "{codecs}");
+    assert_eq!(sps["Height"], pv["height"], "{codecs}");
+    assert_eq!(sps["ProfileIdc"], 77, "Main profile: {codecs}");
+    assert_eq!(sps["LevelIdc"], pv["level"], "{codecs}");
+    assert_eq!(pv["r_frame_rate"], "25/1");
+    assert_eq!(sps["FPS"], 25, "from the VUI timing info: {codecs}");
+    let width = pv["width"].as_u64().expect("width");
+    let height = pv["height"].as_u64().expect("height");
+    assert_eq!(sps["MbWidth"], width.div_ceil(16), "{codecs}");
+    let cropped = sps["MbHeight"].as_u64().expect("MbHeight") * 16
+        - 2 * (sps["CropTop"].as_u64().expect("top") + sps["CropBottom"].as_u64().expect("bottom"));
+    assert_eq!(cropped, height, "{codecs}");
+    assert_eq!(sps["Id"], 0);
+    let info = &video["RecordInfo"];
+    let record = b64(&video["Record"]);
+    assert_eq!(record[0], 1, "configurationVersion");
+    assert_eq!(info["AVCProfileIndication"], record[1]);
+    assert_eq!(info["ProfileCompatibility"], record[2]);
+    assert_eq!(info["AVCLevelIndication"], record[3]);
+    assert_eq!(info["LengthSizeMinusOne"], 3);
+    let sps_nal = b64(&info["SPS"][0]);
+    assert_eq!(sps_nal[0] & 0x1f, 7, "an SPS NAL unit");
+    assert_eq!(
+        &sps_nal[1..4],
+        &record[1..4],
+        "profile, flags and level of the SPS"
+    );
+    assert_eq!(sps["ConstraintSetFlag"], record[2] >> 2);
+    assert_eq!(b64(&info["PPS"][0])[0] & 0x1f, 8, "a PPS NAL unit");
+
+    assert_eq!(audio["codec"], "mp4a.40.2", "{codecs}");
+    let config = &audio["Config"];
+    assert_eq!(
+        config["SampleRate"].to_string(),
+        pa["sample_rate"].as_str().expect("rate"),
+        "{codecs}"
+    );
+    assert_eq!(config["ChannelConfig"], pa["channels"], "{codecs}");
+    assert_eq!(config["ChannelLayout"], 1, "mono is front centre: {codecs}");
+    assert_eq!(config["ObjectType"], 2, "AAC-LC: {codecs}");
+    assert_eq!(config["SampleRateIndex"], 3, "48 kHz: {codecs}");
+    let asc = b64(&audio["ConfigBytes"]);
+    assert_eq!(asc[0] >> 3, 2, "the AudioSpecificConfig's object type");
+    let _ = s.stop().await;
+}

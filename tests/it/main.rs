@@ -6,6 +6,7 @@ mod support;
 
 mod archive;
 mod binary_cli;
+mod codec_switch;
 mod compose;
 mod config_go;
 mod db_reports;

@@ -236,25 +236,28 @@ async fn secrets_never_leave_the_server_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_leave_the_server_postgres() {
-    let url = crate::support::pg_schema_url().await;
-    secrets_never_leave_the_server(&url).await;
+    let schema = crate::support::PgSchema::create().await;
+    secrets_never_leave_the_server(&schema.url()).await;
 }
 
-/// The database URL for an in-process server of `engine` (`None`: SQLite in its temp dir).
-async fn engine_db(engine: &str) -> Option<String> {
-    match engine {
-        "postgres" => Some(crate::support::pg_schema_url().await),
-        _ => None,
-    }
+/// The index of an in-process server of `engine`; keep it alive as long as the server (a Postgres
+/// schema is dropped with it).
+async fn engine_db(engine: &str) -> crate::support::Index {
+    crate::support::Index::new(match engine {
+        "postgres" => video_server::db::Engine::Postgres,
+        _ => video_server::db::Engine::Sqlite,
+    })
+    .await
 }
 
 /// Secrets in query parameters are masked too, and a URL that does not parse (it can only come
 /// from a config file) is shown as `<redacted>`, never raw.
 async fn masking_fails_closed(engine: &str) {
+    let index = engine_db(engine).await;
     let s = InProcess::start_with_db(
         "[[rtsp_streams]]\nguid = \"566bfe72-2a8a-4d4c-9b84-2e1b9b4b1a3c\"\n\
          url = \"rtsp://admin:p/Hunter2x@127.0.0.1:1/s\"\noutput_types = [\"mse\"]\n",
-        engine_db(engine).await,
+        Some(index.url.clone()),
     )
     .await;
     let c = http();
@@ -346,7 +349,8 @@ async fn health_errors_are_categories(engine: &str) {
         .expect("bind");
     let closed_port = closed.local_addr().expect("addr").port();
     let http_port = banner_server().await;
-    let s = InProcess::start_with_db("", engine_db(engine).await).await;
+    let index = engine_db(engine).await;
+    let s = InProcess::start_with_db("", Some(index.url.clone())).await;
     let c = http();
     let mut t = Transcript::default();
     let mut ids = Vec::new();
@@ -425,13 +429,14 @@ async fn file_sources_stay_in_their_roots(engine: &str) {
     let named = outside.path().join("named.mp4");
     std::fs::copy("assets/demo.mp4", &named).expect("copy");
     std::fs::copy("assets/demo.mp4", outside.path().join("other.mp4")).expect("copy");
+    let index = engine_db(engine).await;
     let s = InProcess::start_with_db(
         &format!(
             "[[local_files]]\nguid = \"13bf3e5c-d537-4f10-98e8-9d0afca8b070\"\nfile = \"{}\"\n\
              output_types = [\"mse\"]\nloop = true\n",
             named.display()
         ),
-        engine_db(engine).await,
+        Some(index.url.clone()),
     )
     .await;
     let root = s.dir.path();
@@ -498,6 +503,7 @@ async fn storage_stays_in_its_roots(engine: &str) {
         std::fs::create_dir_all(base.join(d)).expect("mkdir");
     }
     std::os::unix::fs::symlink(base.join("elsewhere"), base.join("mp4/out")).expect("link");
+    let index = engine_db(engine).await;
     let s = InProcess::start_with_db(
         &format!(
             "[hls]\ndirectory = \"{b}/hls\"\n[archive]\ndirectory = \"{b}/mp4\"\n\
@@ -506,7 +512,7 @@ async fn storage_stays_in_its_roots(engine: &str) {
              secret_key = \"s\"\nbucket = \"archive\"\nbuckets = [\"cams-a\"]\n",
             b = base.display()
         ),
-        engine_db(engine).await,
+        Some(index.url.clone()),
     )
     .await;
     let rtsp = |archive: Value| {
@@ -626,7 +632,8 @@ async fn ws_with_origin(url: &str, origin: &str) -> Result<Vec<u8>, u16> {
 /// shape and change nothing; the server's own listeners, a configured origin and clients without
 /// `Origin` (curl) pass.
 async fn cross_site_requests_are_refused(engine: &str) {
-    let s = InProcess::start_with_db(&demo_with_trusted_origin(), engine_db(engine).await).await;
+    let index = engine_db(engine).await;
+    let s = InProcess::start_with_db(&demo_with_trusted_origin(), Some(index.url.clone())).await;
     let c = http();
     let api_port = s.api.rsplit(':').next().expect("port").to_owned();
     let video_port = s.video.rsplit(':').next().expect("port").to_owned();
@@ -709,7 +716,8 @@ async fn cross_site_requests_are_refused_postgres() {
 /// DNS rebinding: listeners bound to 127.0.0.1 answer 421 to any `Host` that is not a loopback
 /// name or address, on every route of both listeners.
 async fn rebinding_hosts_are_misdirected(engine: &str) {
-    let s = InProcess::start_with_db(&demo_with_trusted_origin(), engine_db(engine).await).await;
+    let index = engine_db(engine).await;
+    let s = InProcess::start_with_db(&demo_with_trusted_origin(), Some(index.url.clone())).await;
     let c = http();
     let video = format!("http://{}", s.video);
     for (base, path) in [

@@ -24,7 +24,7 @@ both_engines!(
             &s,
             "POST",
             "/api/v1/streams",
-            &camera("rtsp://10.0.0.9/main"),
+            &camera("rtsp://127.0.0.1:1/main"),
         )
         .await;
         assert_eq!(
@@ -41,7 +41,7 @@ both_engines!(
         );
         assert_eq!(
             created["source"],
-            json!({"kind": "rtsp", "url": "rtsp://10.0.0.9/main", "transport": "tcp"})
+            json!({"kind": "rtsp", "url": "rtsp://127.0.0.1:1/main", "transport": "tcp"})
         );
         assert_eq!(created["enabled"], json!(true));
         assert_eq!(created["origin"], json!("api"));
@@ -228,7 +228,7 @@ both_engines!(
             &s,
             "POST",
             "/api/v1/streams",
-            &camera("rtsp://10.0.0.9/main"),
+            &camera("rtsp://127.0.0.1:1/main"),
         )
         .await;
         let id = r.json()["id"].as_str().expect("id").to_owned();
@@ -239,7 +239,7 @@ both_engines!(
             &s,
             "PUT",
             &uri,
-            &json!({"source": {"kind": "rtsp", "url": "rtsp://10.0.0.9/sub", "transport": "udp"}}),
+            &json!({"source": {"kind": "rtsp", "url": "rtsp://127.0.0.1:1/sub", "transport": "udp"}}),
         )
         .await;
         assert_eq!(r.status, StatusCode::OK);
@@ -272,7 +272,7 @@ both_engines!(
         assert_eq!(v["archive"]["ms_per_file"], json!(60000));
         assert_eq!(
             v["source"]["url"],
-            json!("rtsp://10.0.0.9/sub"),
+            json!("rtsp://127.0.0.1:1/sub"),
             "untouched fields stay"
         );
         let r = call(
@@ -346,7 +346,7 @@ both_engines!(
                 &s,
                 "POST",
                 "/api/v1/streams",
-                &camera(&format!("rtsp://10.0.0.{i}/x")),
+                &camera(&format!("rtsp://127.0.0.1:1/x{i}")),
             )
             .await;
             assert_eq!(r.status, StatusCode::CREATED);
@@ -392,13 +392,11 @@ both_engines!(
             &s,
             "POST",
             "/api/v1/streams",
-            &camera("rtsp://10.0.0.9/main"),
+            &camera("rtsp://127.0.0.1:1/main"),
         )
         .await;
         let id = r.json()["id"].as_str().expect("id").to_owned();
-        drop(s);
-        // A new state over the same database is what a restart sees.
-        let s = state(&t.db, config(BASE)).await;
+        let s = crate::support::restart(s, config(BASE)).await;
         let v = get(&s, "/list").await.json();
         assert_eq!(v["data"][0]["stream_id"], json!(id));
         assert_eq!(

@@ -18,7 +18,9 @@ Mounts (all video 640x360 @ 25 fps, one keyframe every 25 frames = 1 s):
               NAL type 21, and that first IDR is usually produced before the client's PLAY, so a
               client typically sees CRA keyframes only)
     /file     only with --file: the MP4's H.264 video (and its AAC audio if it has one), played in
-              real time from the start for every client (not shared), ends with the file
+              real time from the start for every client (not shared), ends with the file; an
+              MPEG-TS file (name ending in .ts) is served video only with its in-band parameter
+              sets, so parameter changes inside the file (a resolution switch) reach the client
 
 The live mounts are shared: every client of a mount sees the same encoder output, so a client that
 joins later starts mid-GOP (at most 1 s before the next keyframe). Parameter sets are in the SDP
@@ -124,6 +126,14 @@ def file_has_aac(path: str) -> bool:
 
 def file_mount(path: str) -> str:
     location = path.replace("\\", "\\\\").replace('"', '\\"')
+    if path.lower().endswith(".ts"):
+        # An MPEG-TS file carries its parameter sets in-band, so it can change them mid-file (e.g.
+        # two encodings of different sizes concatenated): the client sees a camera switching
+        # resolution. config-interval=-1 repeats SPS/PPS before every keyframe.
+        return (
+            f'( filesrc location="{location}" ! tsdemux ! h264parse '
+            "! rtph264pay config-interval=-1 pt=96 name=pay0 )"
+        )
     launch = (
         f'( filesrc location="{location}" ! qtdemux name=demux '
         "demux.video_0 ! queue ! h264parse ! rtph264pay pt=96 name=pay0"

@@ -23,6 +23,13 @@ impl RtspServer {
         Self::start_with(port, &[])
     }
 
+    /// As [`RtspServer::start`], also serving `file` at `/file` (an MP4, or an MPEG-TS file whose
+    /// in-band parameter sets may change mid-file).
+    pub fn start_with_file(port: u16, file: &Path) -> RtspServer {
+        let file = file.to_str().expect("UTF-8 path");
+        Self::start_with(port, &["--file", file])
+    }
+
     /// As [`RtspServer::start`], with every mount requiring `user:pass` (`--auth`).
     pub fn start_with_auth(user_pass: &str) -> RtspServer {
         Self::start_with(0, &["--auth", user_pass])

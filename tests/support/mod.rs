@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod browser;
 pub mod media;
+pub mod routes;
 pub mod s3;
 
 use std::str::FromStr;
@@ -25,11 +27,114 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A migrated, empty database of one engine, isolated from every other test.
+/// A Postgres schema of one test's own, dropped with everything in it when the guard is dropped:
+/// at the end of the test, and also when the test panics (the drop runs while unwinding).
+///
+/// Every connection made through [`PgSchema::url`] or [`PgSchema::connect_options`] uses the
+/// schema (`search_path`) and carries the schema's name as its `application_name`, so the drop
+/// can end connections a failed test left open (a server still running, a pool never closed)
+/// instead of waiting on their locks. The name starts with `t_<unix seconds>_`, which lets
+/// `scripts/test` sweep schemas left behind by a killed test process.
+pub struct PgSchema {
+    pub name: String,
+}
+
+impl PgSchema {
+    /// Creates a fresh schema on the test server.
+    pub async fn create() -> PgSchema {
+        let name = format!(
+            "t_{}_{}",
+            chrono::Utc::now().timestamp(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let admin = Db::connect(&pg_url()).await.unwrap_or_else(|e| {
+            panic!(
+                "Postgres at {} must be reachable (scripts/test starts one): {e}",
+                pg_url()
+            )
+        });
+        if let Db::Postgres(p) = &admin {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+                .execute(p)
+                .await
+                .expect("create schema");
+        }
+        admin.close().await;
+        PgSchema { name }
+    }
+
+    /// A `postgres://` URL whose connections use this schema (for servers started by URL).
+    pub fn url(&self) -> String {
+        let base = pg_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!(
+            "{base}{sep}options=-c%20search_path%3D{0}&application_name={0}",
+            self.name
+        )
+    }
+
+    /// Connection options for this schema (for pools made by the test itself).
+    pub fn connect_options(&self) -> PgConnectOptions {
+        PgConnectOptions::from_str(&pg_url())
+            .expect("pg url")
+            .options([("search_path", self.name.as_str())])
+            .application_name(&self.name)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // The test's runtime may be unwinding or single-threaded: drop on a thread of our own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(drop_schema(&name))
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: Postgres schema {} not dropped: {e}", self.name),
+            Err(_) => eprintln!("warning: Postgres schema {} not dropped", self.name),
+        }
+    }
+}
+
+async fn drop_schema(name: &str) -> Result<(), String> {
+    let opts = PgConnectOptions::from_str(&pg_url()).map_err(|e| e.to_string())?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+    }
+    .await;
+    pool.close().await;
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A migrated, empty database of one engine, isolated from every other test. Its Postgres schema
+/// is dropped when it is dropped, whatever the outcome of the test.
 pub struct TestDb {
     pub db: Db,
-    /// Postgres schema to drop at the end, or the SQLite temp dir to keep alive.
-    schema: Option<String>,
+    /// Dropped after `db` (field order): the pool closes or dies first, then the schema goes.
+    _schema: Option<PgSchema>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -41,19 +146,9 @@ impl TestDb {
         }
     }
 
-    /// Drops the Postgres schema (SQLite files go with the temp dir).
+    /// Closes the pool, then drops the Postgres schema (SQLite files go with the temp dir).
     pub async fn cleanup(self) {
-        let TestDb { db, schema, _dir } = self;
-        db.close().await;
-        if let Some(schema) = schema
-            && let Ok(admin) = Db::connect(&pg_url()).await
-        {
-            if let Db::Postgres(p) = &admin {
-                let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(p).await;
-            }
-            admin.close().await;
-        }
+        self.db.close().await;
     }
 }
 
@@ -65,33 +160,21 @@ pub async fn sqlite() -> TestDb {
     db.migrate().await.expect("sqlite migrates");
     TestDb {
         db,
-        schema: None,
+        _schema: None,
         _dir: Some(dir),
     }
 }
 
 /// A fresh Postgres schema (named uniquely) on the test server, with `search_path` pointing at it.
 pub async fn postgres() -> TestDb {
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = Db::connect(&pg_url())
+    let schema = PgSchema::create().await;
+    let db = Db::connect_postgres(schema.connect_options())
         .await
-        .unwrap_or_else(|e| panic!("Postgres at {} must be reachable: {e}", pg_url()));
-    if let Db::Postgres(p) = &admin {
-        let sql = format!("CREATE SCHEMA \"{schema}\"");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(p)
-            .await
-            .expect("create schema");
-    }
-    admin.close().await;
-    let opts = PgConnectOptions::from_str(&pg_url())
-        .expect("pg url")
-        .options([("search_path", schema.as_str())]);
-    let db = Db::connect_postgres(opts).await.expect("postgres connects");
+        .expect("postgres connects");
     db.migrate().await.expect("postgres migrates");
     TestDb {
         db,
-        schema: Some(schema),
+        _schema: Some(schema),
         _dir: None,
     }
 }
@@ -122,6 +205,71 @@ macro_rules! both_engines {
     };
 }
 
+/// The index of a whole server under test (in process or the real binary), by URL: a SQLite file
+/// in a temp dir, or a Postgres schema of its own (dropped with the value, also on panic).
+pub struct Index {
+    pub engine: video_server::db::Engine,
+    pub url: String,
+    _schema: Option<PgSchema>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Index {
+    pub async fn new(engine: video_server::db::Engine) -> Index {
+        match engine {
+            video_server::db::Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("index.db").display());
+                Index {
+                    engine,
+                    url,
+                    _schema: None,
+                    _dir: Some(dir),
+                }
+            }
+            video_server::db::Engine::Postgres => {
+                let schema = PgSchema::create().await;
+                Index {
+                    engine,
+                    url: schema.url(),
+                    _schema: Some(schema),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// A new pool on this index (the caller closes it).
+    pub async fn connect(&self) -> Db {
+        Db::connect(&self.url).await.expect("index connects")
+    }
+}
+
+/// Runs a whole-server test body (multi-threaded runtime) once with a SQLite index and once with
+/// a Postgres one: `on_both_engines!(async fn name(index: &Index) { ... })`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($(#[$m:meta])* async fn $name:ident($idx:ident: &Index) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($idx: &$crate::support::Index) $body
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                let index = $crate::support::Index::new(video_server::db::Engine::Sqlite).await;
+                run(&index).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                let index = $crate::support::Index::new(video_server::db::Engine::Postgres).await;
+                run(&index).await;
+            }
+        }
+    };
+}
+
 /// Parses a TOML config for tests.
 pub fn config(toml: &str) -> Config {
     Config::from_toml_str("test.toml", toml).expect("test config is valid")
@@ -147,6 +295,16 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         uploads: Default::default(),
         listeners: Default::default(),
     }
+}
+
+/// What a restart of the server sees: the old state's streams are stopped (and waited for) first,
+/// then a new state is built over the same database. Two managers running the same streams at
+/// once would be no restart at all.
+pub async fn restart(old: AppState, config: Config) -> AppState {
+    old.manager.shutdown().await;
+    let db = old.db.clone();
+    drop(old);
+    state(&db, config).await
 }
 
 /// A response read in full.
@@ -181,10 +339,12 @@ pub async fn call(
         req = req.header("content-type", ct);
     }
     let req = req.body(body.into()).expect("request");
-    let resp = video_server::api::app(state.clone())
-        .oneshot(req)
-        .await
-        .expect("infallible");
+    send(video_server::api::app(state.clone()), req).await
+}
+
+/// Sends one request to any router (the API app, the video app) and reads the answer in full.
+pub async fn send(app: axum::Router, req: Request<Body>) -> Reply {
+    let resp = app.oneshot(req).await.expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp
@@ -284,20 +444,4 @@ impl InProcess {
         }
         self.dir
     }
-}
-
-/// A fresh Postgres schema on the test server and a URL whose connections use it.
-pub async fn pg_schema_url() -> String {
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = Db::connect(&pg_url()).await.expect("postgres reachable");
-    if let Db::Postgres(p) = &admin {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
-            .execute(p)
-            .await
-            .expect("schema");
-    }
-    admin.close().await;
-    let base = pg_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }

@@ -65,7 +65,8 @@ export async function discover() {
   server.info = info;
   const { video_port: video, api_port: api } = info.listeners;
   const here = Number(location.port || (location.protocol === 'https:' ? 443 : 80));
-  const at = (port) => `${location.protocol}//${location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname}:${port}`;
+  // `hostname` keeps an IPv6 address's brackets ("[::1]").
+  const at = (port) => `${location.protocol}//${location.hostname}:${port}`;
   if (here === video) {
     server.videoBase = location.origin;
     server.apiBase = api ? at(api) : null;

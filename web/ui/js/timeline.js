@@ -43,7 +43,7 @@ export class Timeline {
 
     this.canvas = h('canvas', {
       class: 'timeline-canvas', tabindex: '0', role: 'slider', 'aria-label': 'Archive timeline',
-      'aria-valuemin': '0', 'aria-valuemax': '100', 'data-testid': 'timeline',
+      'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': '100', 'data-testid': 'timeline',
     });
     this.spanSelect = h('select', { 'aria-label': 'Timeline span', onchange: (e) => this.setSpan(Number(e.target.value)) },
       SPANS.map(([label, ms]) => h('option', { value: String(ms), selected: ms === span }, label)));
@@ -248,6 +248,10 @@ export class Timeline {
     }
     c.dataset.startMs = String(Math.round(this.start));
     c.dataset.endMs = String(Math.round(this.end));
+    // For assistive technology: where the cursor (or the play head, or now) is in the view.
+    const at = this.cursor ?? this.playhead() ?? this.now();
+    c.setAttribute('aria-valuenow', String(Math.round(Math.min(100, Math.max(0, ((at - this.start) / this.span) * 100)))));
+    c.setAttribute('aria-valuetext', fmtDateTime(at));
     const g = c.getContext('2d');
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     const css = getComputedStyle(c);

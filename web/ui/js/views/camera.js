@@ -13,7 +13,7 @@ const MAX_EXPORT_MS = 24 * 3600 * 1000;
 const SPEEDS = [0.5, 1, 2, 4, 8];
 
 export function cameraView(root, id) {
-  const state = { stream: null, status: null, mode: 'live', player: null, playerState: {}, selection: null, editing: null };
+  const state = { stream: null, status: null, mode: 'live', player: null, playerState: {}, selection: null, editing: null, muted: true };
   const stage = h('div', { class: 'stage' });
   const overlay = h('div', { class: 'tile-overlay', role: 'status', hidden: true });
   const timeLabel = h('div', { class: 'time-label', 'data-testid': 'wallclock' });
@@ -30,6 +30,12 @@ export function cameraView(root, id) {
     const t = fromLocalInput(gotoInput.value);
     if (Number.isFinite(t)) playArchive(t);
   } }, gotoInput, h('button', { type: 'submit', class: 'btn' }, 'Go'));
+  const soundBtn = h('button', { type: 'button', class: 'btn', 'aria-pressed': 'false', title: 'Sound (if the camera has audio)', onclick: () => {
+    state.muted = !state.muted;
+    if (state.video) state.video.muted = state.muted;
+    soundBtn.setAttribute('aria-pressed', String(!state.muted));
+    soundBtn.textContent = state.muted ? 'Sound off' : 'Sound on';
+  } }, 'Sound off');
   const fullBtn = h('button', { type: 'button', class: 'btn', 'aria-label': 'Full screen', onclick: () => {
     if (document.fullscreenElement) document.exitFullscreen();
     else stage.requestFullscreen().catch(() => {});
@@ -72,7 +78,7 @@ export function cameraView(root, id) {
     h('div', { class: 'camera-layout' },
       h('div', { class: 'camera-main' },
         stage,
-        h('div', { class: 'controls', role: 'toolbar', 'aria-label': 'Playback' }, playBtn, liveBtn, speedSel, gotoForm, fullBtn),
+        h('div', { class: 'controls', role: 'toolbar', 'aria-label': 'Playback' }, playBtn, liveBtn, speedSel, soundBtn, gotoForm, fullBtn),
         timeline.el),
       h('aside', { class: 'camera-side' }, selPanel, protPanel)));
   stage.append(overlay, timeLabel);
@@ -80,7 +86,7 @@ export function cameraView(root, id) {
   function newVideo() {
     if (state.video) state.video.remove();
     const v = h('video', { muted: true, playsinline: true, autoplay: true, 'aria-label': 'Camera video' });
-    v.muted = true;
+    v.muted = state.muted;
     stage.prepend(v);
     state.video = v;
     return v;
@@ -138,6 +144,12 @@ export function cameraView(root, id) {
     const v = newVideo();
     v.playbackRate = Number(speedSel.value);
     const p = new ArchivePlayer(v, id, { onState: (s) => {
+      // Played up to the present: carry on live, as a DVR does.
+      const w = p.wallclockMs();
+      if (s.state === 'ended' && state.player === p && w !== null && now() - w < 60_000 && state.stream.enabled) {
+        goLive();
+        return;
+      }
       showOverlay(s);
       renderBadges();
     } });

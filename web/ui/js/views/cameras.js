@@ -28,7 +28,7 @@ function listView(root) {
     h('div', { class: 'table-wrap' },
       h('table', { class: 'table' },
         h('thead', {}, h('tr', {},
-          ['Name', 'Source', 'Outputs', 'Recording', 'Retention', 'Enabled', ''].map((c) => h('th', { scope: 'col' }, c)))),
+          ['Name', 'Status', 'Source', 'Outputs', 'Recording', 'Retention', 'Enabled', ''].map((c) => h('th', { scope: 'col' }, c)))),
         body)));
 
   const load = async () => {
@@ -42,13 +42,27 @@ function listView(root) {
     }
     streams.sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
     if (streams.length === 0) {
-      replace(body, h('tr', {}, h('td', { colspan: '7', class: 'hint' }, 'No cameras yet. ', h('a', { href: '#/cameras/new' }, 'Add one'), '.')));
+      replace(body, h('tr', {}, h('td', { colspan: '8', class: 'hint' }, 'No cameras yet. ', h('a', { href: '#/cameras/new' }, 'Add one'), '.')));
       return;
     }
     replace(body, streams.map((s) => row(s, load)));
+    await Promise.all(streams.filter((s) => s.enabled).map(async (s) => {
+      const cell = body.querySelector(`tr[data-stream-id="${CSS.escape(s.id)}"] .status-cell`);
+      try {
+        const st = await api('GET', `/api/v1/streams/${s.id}/status`);
+        if (cell) replace(cell, statusBadge(st));
+      } catch {
+        /* left as it is */
+      }
+    }));
   };
   load();
   return { destroy() {} };
+}
+
+function statusBadge(st) {
+  if (st.online) return h('span', { class: 'badge badge-ok' }, '● online');
+  return h('span', { class: 'badge badge-bad', title: st.last_health_error || 'No video from the source' }, '● offline');
 }
 
 function sourceText(s) {
@@ -77,6 +91,7 @@ function row(s, reload) {
   if (s.retention.max_bytes) ret.push(fmtBytes(s.retention.max_bytes));
   return h('tr', { 'data-stream-id': s.id },
     h('td', {}, h('a', { href: `#/camera/${encodeURIComponent(s.id)}` }, name), h('div', { class: 'hint mono' }, s.id)),
+    h('td', { class: 'status-cell' }, s.enabled ? h('span', { class: 'hint' }, '…') : h('span', { class: 'badge' }, 'disabled')),
     h('td', { class: 'mono wrap' }, h('span', { class: 'badge' }, s.source.kind.toUpperCase()), ' ', sourceText(s)),
     h('td', {}, s.outputs.join(', ') || '—'),
     h('td', {}, s.archive.recording ? `on${s.archive.storage === 's3' ? ' (S3)' : ''}` : 'off'),
@@ -109,8 +124,8 @@ function field(apiField, label, input, hint) {
   input.setAttribute('aria-describedby', `${id}-err${hint ? ` ${id}-hint` : ''}`);
   return h('div', { class: input.type === 'checkbox' ? 'field field-check' : 'field', 'data-field': apiField },
     input.type === 'checkbox' ? [input, h('label', { for: id }, label)] : [h('label', { for: id }, label), input],
-    hint ? h('p', { class: 'hint', id: `${id}-hint` }, hint) : null,
-    err);
+    err,
+    hint ? h('p', { class: 'hint', id: `${id}-hint` }, hint) : null);
 }
 
 function formView(root, id) {
@@ -155,14 +170,16 @@ function formView(root, id) {
       field('name', 'Name', f.name),
       h('div', { class: 'field', 'data-field': 'source', role: 'radiogroup', 'aria-label': 'Source' },
         h('span', { class: 'label' }, 'Source'),
-        h('label', { class: 'radio' }, f.kindRtsp, ' RTSP camera'),
-        h('label', { class: 'radio' }, f.kindFile, ' Video file'),
+        h('div', { class: 'choices' },
+          h('label', { class: 'radio' }, f.kindRtsp, ' RTSP camera'),
+          h('label', { class: 'radio' }, f.kindFile, ' Video file on the server')),
         h('p', { class: 'field-error', 'data-error-for': 'source', hidden: true })),
       rtspFields, fileFields),
     h('fieldset', {}, h('legend', {}, 'Live'),
       h('div', { class: 'field', 'data-field': 'outputs' }, h('span', { class: 'label' }, 'Outputs'),
-        h('label', { class: 'radio' }, f.mse, ' MSE (WebSocket, low latency)'),
-        h('label', { class: 'radio' }, f.hls, ' HLS'),
+        h('div', { class: 'choices' },
+          h('label', { class: 'radio' }, f.mse, ' MSE (WebSocket, low latency)'),
+          h('label', { class: 'radio' }, f.hls, ' HLS')),
         h('p', { class: 'field-error', 'data-error-for': 'outputs', hidden: true })),
       field('on_demand', 'Pull from the camera', f.onDemand, 'Only while watched saves bandwidth; recording keeps it pulling.'),
       field('enabled', 'Enabled', f.enabled)),

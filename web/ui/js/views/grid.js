@@ -28,8 +28,8 @@ export function statusBadges(status, transport) {
     if (status.recording) out.push(h('span', { class: 'badge badge-rec', title: 'Recording to the archive' }, 'REC'));
     const video = (status.codecs || []).map(codecName).filter((c) => c !== 'AAC');
     const audio = (status.codecs || []).some((c) => c.startsWith('mp4a'));
-    if (video.length) out.push(h('span', { class: 'badge', title: (status.codecs || []).join(', ') }, video[0] + (audio ? ' + AAC' : '')));
-    out.push(h('span', { class: 'badge', title: 'Live viewers (MSE)' }, `${status.viewers} ${status.viewers === 1 ? 'viewer' : 'viewers'}`));
+    if (video.length) out.push(h('span', { class: 'badge badge-codec', title: (status.codecs || []).join(', ') }, video[0] + (audio ? ' + AAC' : '')));
+    out.push(h('span', { class: 'badge badge-viewers', title: 'Live viewers (MSE)' }, `${status.viewers} ${status.viewers === 1 ? 'viewer' : 'viewers'}`));
   }
   if (transport) out.push(h('span', { class: 'badge badge-path', title: 'How this tile plays', 'data-transport': transport }, TRANSPORT_LABEL[transport] || transport));
   return out;
@@ -47,7 +47,8 @@ class Tile {
     this.el = h('article', { class: 'tile', 'data-stream-id': stream.id },
       h('div', { class: 'tile-video' }, this.video),
       this.overlay,
-      h('div', { class: 'tile-top' }, this.name, this.badges),
+      h('div', { class: 'tile-top' }, this.name),
+      h('div', { class: 'tile-bottom' }, this.badges),
       this.link);
     this.status = null;
     this.playerState = { state: 'stopped' };
@@ -84,7 +85,11 @@ class Tile {
   }
 
   onState(s) {
+    // Our own viewer shows up in the count once we play: ask at once rather than at the next poll.
+    if (s.state === 'playing' && this.playerState.state !== 'playing' && this.refreshStatus) this.refreshStatus();
     this.playerState = s;
+    // What happened to this tile, for the curious and the browser tests.
+    this.history = [...(this.history || []).slice(-49), { state: s.state, message: s.message, transport: s.transport }];
     this.render();
   }
 
@@ -95,8 +100,14 @@ class Tile {
       const msg = s.state === 'connecting' ? 'Connecting…'
         : s.state === 'waiting' ? `${s.message} — retrying in ${Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000))} s`
           : s.state === 'error' ? s.message : '';
+      // Why the camera itself is not delivering, from the API (e.g. connection_refused).
+      const st = this.status;
+      const why = msg && st && !st.online && st.last_health_error ? `Camera offline: ${st.last_health_error}` : '';
       this.overlay.hidden = !msg;
-      if (msg) replace(this.overlay, h('span', { class: s.state === 'connecting' ? 'overlay-title' : 'overlay-title overlay-warn' }, msg));
+      if (msg) {
+        replace(this.overlay, h('span', { class: s.state === 'connecting' ? 'overlay-title' : 'overlay-title overlay-warn' }, msg),
+          why ? h('span', { class: 'overlay-detail' }, why) : null);
+      }
     }
     this.el.dataset.transport = s.transport || '';
     replace(this.badges, statusBadges(this.stream.enabled ? this.status : null, this.stream.enabled ? s.transport : null));
@@ -148,7 +159,7 @@ export function gridView(root) {
     const cols = grid.dataset.layout === 'auto' ? auto : Number(grid.dataset.layout);
     const rows = Math.max(1, Math.ceil(Math.min(n, grid.dataset.layout === 'auto' ? n : cols * cols) / cols));
     grid.style.setProperty('--cols', String(cols));
-    grid.style.maxWidth = `calc((100vh - 130px) * 16 / 9 * ${cols} / ${rows} + ${(cols - 1) * 8}px)`;
+    grid.style.maxWidth = `calc((100vh - 140px - ${(rows - 1) * 8}px) * 16 / 9 * ${cols} / ${rows} + ${(cols - 1) * 8}px)`;
   }
   window.addEventListener('resize', fit);
   replace(root,
@@ -183,6 +194,8 @@ export function gridView(root) {
       if (t) t.update(s);
       else {
         t = new Tile(s);
+        t.refreshStatus = () => setTimeout(() => api('GET', `/api/v1/streams/${t.stream.id}/status`)
+          .then((st) => t.setStatus(st)).catch(() => {}), 300);
         tiles.set(s.id, t);
       }
       grid.append(t.el); // keeps the sorted order
