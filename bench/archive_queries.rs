@@ -619,6 +619,12 @@ async fn main() -> anyhow::Result<()> {
                 config: config.clone(),
                 db: db.clone(),
                 manager: StreamManager::new(config.clone(), db.clone()),
+                roots: video_server::archive::markers::MarkedRoots::open(
+                    db.clone(),
+                    config.clone(),
+                )
+                .await?,
+                reconcile: Default::default(),
                 listeners: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {

@@ -174,6 +174,9 @@ pub struct ArchiveConfig {
     pub playback_idle_s: u64,
     /// Ours: most archive playback sessions at once (0 = default 64).
     pub playback_max_sessions: usize,
+    /// Ours: how often each storage root's marker is checked, and an unavailable root retried,
+    /// in seconds (0 = default 30).
+    pub root_check_s: u64,
     /// Ours: further directories a stream's `archive.directory` may lie under (besides
     /// `directory`). See [`Config::storage_roots`].
     pub roots: Vec<String>,
@@ -208,6 +211,14 @@ impl ArchiveConfig {
             600
         } else {
             self.playback_idle_s
+        })
+    }
+
+    pub fn root_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.root_check_s == 0 {
+            30
+        } else {
+            self.root_check_s
         })
     }
 

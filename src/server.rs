@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::archive::markers::MarkedRoots;
+use crate::archive::repair::Reconciler;
 use crate::config::Config;
 use crate::db::{self, Db, streams};
 use crate::live;
@@ -93,34 +95,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         );
     }
     let started_us = db::now_us();
+    // Rows up to here were made by earlier runs; a `recording` one among them is a crash's.
+    let max_id = db::segments::max_id(&db).await?;
+    // Which archive directories are the ones the index knows (markers), before anything trusts
+    // a missing file.
+    let roots = MarkedRoots::open(db.clone(), config.clone()).await?;
     // Close what a crash left open before any recorder opens new segments.
-    let storage_roots = crate::roots::StorageRoots::from_config(&config);
-    crate::archive::repair::repair_recording(&db, &storage_roots)
+    crate::archive::repair::repair_recording(&db, &roots, max_id)
         .await
         .map_err(|crate::archive::repair::RepairError::Db(e)| ServerError::Db(e))?;
     let manager = StreamManager::new(config.clone(), db.clone());
-    let all_streams = streams::list_all(&db).await?;
-    for rec in &all_streams {
+    for rec in streams::list_all(&db).await? {
         if rec.spec.enabled {
             manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
-    // Index stray segment files and mark vanished ones, in the background: in the storage roots
-    // and the streams' directories inside them, nowhere else.
-    let mut roots: Vec<std::path::PathBuf> = all_streams
-        .iter()
-        .map(|r| manager.archive_dir(&r.spec))
-        .filter(|dir| storage_roots.contains(dir))
-        .chain(storage_roots.list().iter().cloned())
-        .collect();
-    roots.sort();
-    roots.dedup();
-    let reconcile_db = db.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::archive::repair::reconcile(&reconcile_db, &roots, started_us).await {
-            tracing::warn!(error = %e, "archive reconciliation failed");
-        }
-    });
+    // Index stray segment files, mark vanished ones, restore returned ones, and retry roots that
+    // are unavailable: in the background, until shutdown (awaited before the pool closes).
+    let reconciler = Reconciler::new(db.clone(), roots.clone(), started_us, max_id);
+    let reconcile = reconciler.counters.clone();
+    let reconcile_task = tokio::spawn(reconciler.run(shutdown.child_token()));
     let tracker = TaskTracker::new();
     let video_listener = bind("video", &config.video.host, config.video.port()).await?;
     let video_addr = local_addr(&video_listener)?;
@@ -136,6 +130,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         manager: manager.clone(),
         archive: Arc::new(crate::archive::Archive::new(&config)),
         uploads: Default::default(),
+        roots: roots.clone(),
+        reconcile,
         listeners: api::ListenerPorts {
             video: video_addr.port(),
             api: api_addr.map(|a| a.port()),
@@ -188,6 +184,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             db.clone(),
             &s3,
             state.uploads.clone(),
+            roots.clone(),
             shutdown.child_token(),
         ) {
             Ok((handle, _waker)) => Some(handle),
@@ -210,6 +207,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         }
         m.shutdown().await;
+        // Start-up work (repair, reconciliation, indexing) finishes its step or stops here, before
+        // the pool closes under it.
+        if let Err(e) = reconcile_task.await {
+            tracing::error!(error = %e, "reconciliation task panicked");
+        }
         // Recorders have closed their segments; let in-flight uploads finish or release their rows.
         if let Some(u) = uploader
             && let Err(e) = u.await

@@ -49,6 +49,10 @@ pub struct AppState {
     pub archive: Arc<crate::archive::Archive>,
     /// Counters of the S3 uploader (all zero and `running = false` when there is none).
     pub uploads: Arc<crate::archive::uploader::UploadStats>,
+    /// The archive directories and whether each is available (marker present), for `/readyz`.
+    pub roots: Arc<crate::archive::markers::MarkedRoots>,
+    /// Totals of start-up repair and reconciliation.
+    pub reconcile: Arc<crate::archive::repair::ReconcileCounters>,
     /// The bound listener ports (0 / `None` in router tests that bind nothing).
     pub listeners: ListenerPorts,
 }
@@ -78,6 +82,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::server_info))
         .routes(routes!(system::storage))
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .split_for_parts();
     cross_site::document(&mut doc);
     (router, doc)
@@ -215,4 +220,77 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             )
         }
     }
+}
+
+/// How long `/readyz` waits for the database.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One storage root in the readiness answer. Named, never by path.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RootReadiness {
+    /// `default` (`[archive] directory`), `stream <id>` (a stream's own directory), or
+    /// `root <id>` (a directory only earlier segments use).
+    pub name: String,
+    /// Streams whose own directory this is.
+    pub streams: Vec<uuid::Uuid>,
+    /// `ok`, `marker_missing` (not mounted?), `marker_mismatch` (another disk), `not_adopted`
+    /// (no marker, and none of the files indexed there is present), `unreadable`, `unknown`.
+    pub state: &'static str,
+}
+
+/// Readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// `ok` or `unavailable` (details in the server log).
+    pub database: &'static str,
+    /// Every storage root in use.
+    pub storage: Vec<RootReadiness>,
+}
+
+/// Readiness: the database answers and every storage root has its marker. A load balancer or an
+/// orchestrator should send traffic only to a ready server; `/healthz` stays the liveness check.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "The database or a storage root is unavailable; the body names which", body = Readiness),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            "unavailable"
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database did not answer in time");
+            "unavailable"
+        }
+    };
+    let storage: Vec<RootReadiness> = state
+        .roots
+        .readiness()
+        .await
+        .into_iter()
+        .map(|r| RootReadiness {
+            name: r.name,
+            streams: r.streams,
+            state: r.state.as_str(),
+        })
+        .collect();
+    let ready = database == "ok" && storage.iter().all(|r| r.state == "ok");
+    let code = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(Readiness {
+            status: if ready { "ready" } else { "not_ready" },
+            database,
+            storage,
+        }),
+    )
 }

@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod import;
+pub mod markers;
 pub mod playback;
 pub mod recorder;
 pub mod repair;

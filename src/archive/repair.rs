@@ -1,37 +1,122 @@
-//! Start-up repair of the archive after a crash or `kill -9`.
+//! Start-up repair and reconciliation of the archive with the files on disk.
 //!
-//! * Rows still `recording`: the file is scanned, a torn last fragment is cut off, the real end
-//!   and size are stored and the row is marked complete (its run extended). A file with no complete
-//!   fragment holds no media: it is removed with its row. A missing file marks the row `missing`.
-//! * Segment files without a row (the process died between creating the file and inserting the
-//!   row) are indexed.
-//! * Complete rows whose file is gone are marked `missing`.
+//! Nothing here hides or deletes footage on a doubt:
+//!
+//! * **Only verified roots.** A file is only taken as gone when its storage root is available
+//!   (marker present, `archive::roots`); rows under an unavailable root are left exactly as they
+//!   are and dealt with once the root is back.
+//! * **Rows left `recording`** by a crash (repaired before recorders start, or when their root comes
+//!   back): the file is scanned; a torn tail is cut off, and so is everything from the first
+//!   fragment that does not parse (the bytes cut after a corrupt fragment are kept beside the file
+//!   as `<file>.cut-<offset>`); the real end and size are stored and the row closes (its run
+//!   extended). A file is deleted with its row only on positive evidence that it holds no media:
+//!   one of our fragmented files with no complete fragment at all. A read error, a file that is not
+//!   ours, or a first fragment that does not parse leaves file and row alone (logged, retried at the
+//!   next start).
+//! * **Files without a row** (the process died between creating a file and inserting its row, or
+//!   files copied in) are indexed, each in one transaction (row and run together). They are never
+//!   modified or deleted.
+//! * **Complete rows whose file is gone** are marked `missing`, conditionally (the row must still
+//!   be a filesystem row with that key and not be uploading, so the uploader moving it to S3 and
+//!   deleting the local copy meanwhile is no race) and with `runs` in step.
+//! * **Missing rows whose file is back** are restored (`complete`, runs extended), checked at every
+//!   root check.
+//!
+//! [`Reconciler::run`] is a tracked task: server shutdown cancels it and waits for it before the
+//! pool closes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::db::segments::{self, NewSegment, SegmentRow, SegmentState};
+use tokio_util::sync::CancellationToken;
+
+use super::markers::{MarkedRoots, Root};
+use crate::db::segments::{self, MissingBy, NewSegment, Restored, SegmentRow, SegmentState};
 use crate::db::{Db, DbError};
-use crate::media::fmp4::{self, split_fragments};
+use crate::media::fmp4::{self, is_fragmented_init, split_fragments};
 use crate::media::mp4file::Mp4File;
 use crate::media::{MediaError, StreamParams, TrackKind};
 use crate::stream::StorageKind;
 
-/// What a repair pass did.
+/// Rows checked per batch (one transaction marks a batch's missing rows).
+const BATCH: u32 = 500;
+
+/// What a repair or reconciliation pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RepairReport {
     /// Rows left `recording` that were closed (torn tails cut).
     pub repaired: u64,
     /// Rows (and files) removed because the file held no complete fragment.
     pub removed_empty: u64,
-    /// Rows whose file is gone.
+    /// Rows whose file is gone, marked `missing`.
     pub missing: u64,
+    /// `missing` rows whose file came back, restored.
+    pub restored: u64,
     /// Files without a row that were indexed.
     pub orphans_indexed: u64,
-    /// Files without a row that could not be read (left in place, logged).
-    pub orphans_unplayable: u64,
+    /// Files (with or without a row) that hold no playable media we can index: left in place.
+    pub unplayable: u64,
+    /// Files that could not be read or checked (I/O errors): left in place, retried later.
+    pub io_errors: u64,
+    /// Rows left for later because their storage root is unavailable (or unknown).
+    pub deferred: u64,
 }
 
-/// Errors that stop a repair pass (per-file problems are logged and counted instead).
+impl RepairReport {
+    fn is_empty(&self) -> bool {
+        *self == RepairReport::default()
+    }
+}
+
+/// Running totals of every pass since start, for operators and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReconcileCounters {
+    pub repaired: AtomicU64,
+    pub removed_empty: AtomicU64,
+    pub missing: AtomicU64,
+    pub restored: AtomicU64,
+    pub orphans_indexed: AtomicU64,
+    pub unplayable: AtomicU64,
+    pub io_errors: AtomicU64,
+    pub deferred: AtomicU64,
+    /// Passes over a root that finished.
+    pub passes: AtomicU64,
+}
+
+impl ReconcileCounters {
+    fn add(&self, r: &RepairReport) {
+        for (c, n) in [
+            (&self.repaired, r.repaired),
+            (&self.removed_empty, r.removed_empty),
+            (&self.missing, r.missing),
+            (&self.restored, r.restored),
+            (&self.orphans_indexed, r.orphans_indexed),
+            (&self.unplayable, r.unplayable),
+            (&self.io_errors, r.io_errors),
+            (&self.deferred, r.deferred),
+        ] {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The totals as one report.
+    pub fn snapshot(&self) -> RepairReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RepairReport {
+            repaired: get(&self.repaired),
+            removed_empty: get(&self.removed_empty),
+            missing: get(&self.missing),
+            restored: get(&self.restored),
+            orphans_indexed: get(&self.orphans_indexed),
+            unplayable: get(&self.unplayable),
+            io_errors: get(&self.io_errors),
+            deferred: get(&self.deferred),
+        }
+    }
+}
+
+/// Errors that stop a pass (per-file problems are logged and counted instead).
 #[derive(Debug, thiserror::Error)]
 pub enum RepairError {
     #[error(transparent)]
@@ -46,16 +131,47 @@ struct Scanned {
     params: StreamParams,
 }
 
-/// Reads a segment file we wrote, cuts a torn tail off (on disk), and measures its media.
-/// `Ok(None)`: no complete fragment.
-fn scan_and_truncate(path: &Path) -> Result<Option<Scanned>, MediaError> {
-    let data = std::fs::read(path)?;
-    let layout = split_fragments(&data)?;
-    if layout.fragments.is_empty() {
-        return Ok(None);
+/// What a segment file holds.
+enum Scan {
+    Media(Scanned),
+    /// Positive evidence of no media: one of our fragmented files without a single complete
+    /// fragment (or an empty file).
+    Empty,
+}
+
+/// Why a file could not be scanned. Neither is evidence against the file.
+enum ScanError {
+    /// Reading (or cutting) it failed.
+    Io(std::io::Error),
+    /// Not one of our fragmented files, or its first fragment does not parse.
+    NotOurs(MediaError),
+}
+
+impl From<std::io::Error> for ScanError {
+    fn from(e: std::io::Error) -> Self {
+        ScanError::Io(e)
     }
-    let init = data[layout.init.clone()].to_vec();
-    let params = fmp4::parse_init(&init)?;
+}
+
+/// Reads one of our segment files and measures its playable prefix: every complete fragment up to
+/// the first one that does not parse. With `cut`, the file is truncated there (the bytes after a
+/// corrupt fragment are first saved beside it, since they may hold recoverable media).
+fn scan_segment(path: &Path, cut: bool) -> Result<Scan, ScanError> {
+    let data = std::fs::read(path)?;
+    if data.is_empty() {
+        return Ok(Scan::Empty);
+    }
+    let layout = split_fragments(&data).map_err(ScanError::NotOurs)?;
+    let init = &data[layout.init.clone()];
+    if !is_fragmented_init(init) {
+        return Err(ScanError::NotOurs(MediaError::InvalidMp4(
+            "not a fragmented MP4".into(),
+        )));
+    }
+    let params = fmp4::parse_init(init).map_err(ScanError::NotOurs)?;
+    if layout.fragments.is_empty() {
+        return Ok(Scan::Empty);
+    }
     let main = if params.video.is_some() {
         TrackKind::Video
     } else {
@@ -63,47 +179,82 @@ fn scan_and_truncate(path: &Path) -> Result<Option<Scanned>, MediaError> {
     };
     let ts = params.timescale(main);
     let mut ticks: i64 = 0;
+    let mut valid_end = layout.valid_end;
+    let mut corrupt_at = None;
     for r in &layout.fragments {
-        for f in fmp4::parse_fragment(&params, &data[r.clone()])? {
-            if f.track == main {
-                ticks += i64::from(f.duration);
+        match fmp4::parse_fragment(&params, &data[r.clone()]) {
+            Ok(frames) => {
+                ticks += frames
+                    .iter()
+                    .filter(|f| f.track == main)
+                    .map(|f| i64::from(f.duration))
+                    .sum::<i64>();
+            }
+            Err(e) if r.start == layout.fragments[0].start => return Err(ScanError::NotOurs(e)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), offset = r.start, error = %e,
+                    "corrupt fragment: the segment keeps the fragments before it");
+                valid_end = r.start;
+                corrupt_at = Some(r.start);
+                break;
             }
         }
     }
-    let valid_end = layout.valid_end as u64;
-    if valid_end < data.len() as u64 {
+    if cut && valid_end < data.len() {
+        if let Some(offset) = corrupt_at {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".cut-{offset}"));
+            let side = PathBuf::from(name);
+            std::fs::write(&side, &data[offset..])?;
+            std::fs::File::open(&side)?.sync_all()?;
+        }
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
-        f.set_len(valid_end)?;
+        f.set_len(valid_end as u64)?;
         f.sync_all()?;
     }
-    Ok(Some(Scanned {
-        valid_end,
+    Ok(Scan::Media(Scanned {
+        valid_end: valid_end as u64,
         media_us: (i128::from(ticks) * 1_000_000 / i128::from(ts.max(1))) as i64,
-        init,
+        init: init.to_vec(),
         params,
     }))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ScanError> + Send + 'static,
+) -> Result<T, ScanError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ScanError::Io(std::io::Error::other(e))))
 }
 
-/// Closes every segment left `recording` by a previous run. Call before recorders start. Files
-/// outside the storage `roots` are never touched (their rows are left for an operator).
+/// Whether a file exists: `None` when that cannot be told (an I/O error other than "not found").
+async fn exists(path: &Path) -> Option<bool> {
+    match tokio::fs::metadata(path).await {
+        Ok(_) => Some(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot check a segment file");
+            None
+        }
+    }
+}
+
+/// Closes every segment an earlier run left `recording` (rows up to `max_id`) whose root is
+/// available. Call before recorders start; rows under unavailable roots are repaired when their
+/// root comes back ([`Reconciler`]).
 pub async fn repair_recording(
     db: &Db,
-    roots: &crate::roots::StorageRoots,
+    roots: &MarkedRoots,
+    max_id: i64,
 ) -> Result<RepairReport, RepairError> {
     let mut report = RepairReport::default();
     for row in segments::with_state(db, SegmentState::Recording).await? {
-        if !roots.contains(Path::new(&row.storage_key)) {
-            tracing::error!(segment = row.id, path = %row.storage_key,
-                "segment left recording lies outside the storage roots: not repaired");
-            continue;
+        if row.id <= max_id {
+            repair_row(db, roots, &row, &mut report).await?;
         }
-        repair_row(db, &row, &mut report).await?;
     }
-    if report != RepairReport::default() {
+    if !report.is_empty() {
         tracing::info!(?report, "archive repaired");
     }
     Ok(report)
@@ -111,18 +262,31 @@ pub async fn repair_recording(
 
 async fn repair_row(
     db: &Db,
+    roots: &MarkedRoots,
     row: &SegmentRow,
     report: &mut RepairReport,
 ) -> Result<(), RepairError> {
     let path = PathBuf::from(&row.storage_key);
-    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        segments::mark_missing(db, row.id).await?;
-        report.missing += 1;
+    if !roots.is_available_for(&path) {
+        report.deferred += 1;
         return Ok(());
     }
+    match exists(&path).await {
+        None => {
+            report.io_errors += 1;
+            return Ok(());
+        }
+        Some(false) => {
+            let marked =
+                segments::mark_missing(db, std::slice::from_ref(row), MissingBy::Reconcile).await?;
+            report.missing += marked.len() as u64;
+            return Ok(());
+        }
+        Some(true) => {}
+    }
     let p = path.clone();
-    match blocking(move || scan_and_truncate(&p)).await {
-        Some(Ok(Some(s))) => {
+    match blocking(move || scan_segment(&p, true)).await {
+        Ok(Scan::Media(s)) => {
             segments::finalize(
                 db,
                 row.id,
@@ -133,11 +297,25 @@ async fn repair_row(
             .await?;
             report.repaired += 1;
         }
-        Some(Ok(None)) | Some(Err(_)) | None => {
+        Ok(Scan::Empty) => {
             tracing::warn!(path = %path.display(), "segment has no complete fragment: removed");
-            let _ = tokio::fs::remove_file(&path).await;
+            if let Err(e) = tokio::fs::remove_file(&path).await {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the empty segment file; row kept");
+                report.io_errors += 1;
+                return Ok(());
+            }
             segments::delete(db, row.id).await?;
             report.removed_empty += 1;
+        }
+        Err(ScanError::Io(e)) => {
+            tracing::error!(path = %path.display(), error = %e,
+                "cannot read a segment left recording: file and row left as they are, retried at the next start");
+            report.io_errors += 1;
+        }
+        Err(ScanError::NotOurs(e)) => {
+            tracing::error!(path = %path.display(), error = %e,
+                "a segment left recording has no playable fragment: file and row left as they are");
+            report.unplayable += 1;
         }
     }
     Ok(())
@@ -181,58 +359,247 @@ fn segment_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Indexes segment files under `roots` that have no row, and marks rows whose file is gone.
-/// Runs in the background after start-up; it reads every file name once. Files named after
-/// `started_us` belong to recorders of this run (their rows may be a moment behind) and are skipped.
-pub async fn reconcile(
-    db: &Db,
-    roots: &[PathBuf],
+/// Reconciles storage roots with the index, in the background, for as long as the server runs:
+/// each root once it is (again) available, and `missing` rows whose file came back at every
+/// round of root checks.
+pub struct Reconciler {
+    db: Db,
+    roots: Arc<MarkedRoots>,
+    /// Files named from this time on belong to recorders of this run (their rows may be a moment
+    /// or, during an index outage, a while behind): never indexed as orphans.
     started_us: i64,
-) -> Result<RepairReport, RepairError> {
-    let mut report = RepairReport::default();
-    for root in roots {
-        let r = root.clone();
-        let files = blocking(move || segment_files(&r))
+    /// Rows up to this id were made by earlier runs (a `recording` one is a crash's leftover).
+    max_id: i64,
+    pub counters: Arc<ReconcileCounters>,
+}
+
+impl Reconciler {
+    pub fn new(db: Db, roots: Arc<MarkedRoots>, started_us: i64, max_id: i64) -> Reconciler {
+        Reconciler {
+            db,
+            roots,
+            started_us,
+            max_id,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Runs until cancelled: reconciles available roots at once, then checks the roots every
+    /// `[archive] root_check_s`.
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            for root in self.roots.take_unreconciled() {
+                match self.reconcile_root(&root, &cancel).await {
+                    Ok(true) => {
+                        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => self.roots.reconcile_again(&root),
+                    Err(e) => {
+                        tracing::warn!(root = %root.path.display(), error = %e, "archive reconciliation failed; retried later");
+                        self.roots.reconcile_again(&root);
+                    }
+                }
+                if cancel.is_cancelled() {
+                    return;
+                }
+            }
+            if let Err(e) = self.restore_returned(&cancel).await {
+                tracing::warn!(error = %e, "cannot check missing segments");
+            }
+            if !self.roots.pause(&cancel).await {
+                return;
+            }
+            self.roots.check_all().await;
+        }
+    }
+
+    fn record(&self, what: &str, root: &Root, report: &RepairReport) {
+        self.counters.add(report);
+        if !report.is_empty() {
+            tracing::info!(root = %root.path.display(), ?report, "{what}");
+        }
+    }
+
+    /// One root: leftovers of crashed recorders, files without rows, rows without files. Returns
+    /// false when interrupted (cancelled, or the root became unavailable on the way).
+    pub async fn reconcile_root(
+        &self,
+        root: &Arc<Root>,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepairError> {
+        let mut report = RepairReport::default();
+        let mine = |key: &str| {
+            self.roots
+                .root_of(Path::new(key))
+                .is_some_and(|r| Arc::ptr_eq(&r, root))
+        };
+        for row in segments::with_state(&self.db, SegmentState::Recording).await? {
+            if row.id <= self.max_id && mine(&row.storage_key) {
+                repair_row(&self.db, &self.roots, &row, &mut report).await?;
+            }
+        }
+        let r = root.path.clone();
+        let files = tokio::task::spawn_blocking(move || segment_files(&r))
             .await
             .unwrap_or_default();
         for path in files {
+            if cancel.is_cancelled() {
+                self.record("archive reconciliation interrupted", root, &report);
+                return Ok(false);
+            }
             let key = path.to_string_lossy().into_owned();
             let named_us = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(parse_segment_name)
                 .map_or(i64::MAX, |(_, secs)| secs * 1_000_000);
-            if named_us >= started_us - 1_000_000 {
+            if named_us >= self.started_us - 1_000_000 || !mine(&key) {
                 continue;
             }
-            if segments::key_exists(db, &key).await? {
+            if segments::key_exists(&self.db, &key).await? {
                 continue;
             }
-            index_orphan(db, &path, &mut report).await?;
+            index_orphan(&self.db, &path, &mut report).await?;
         }
-    }
-    // Complete filesystem rows whose file is gone, in keyset batches.
-    let mut after = 0;
-    loop {
-        let rows = segments::local_files_after(db, after, 1000).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id;
-        for row in rows {
-            if !tokio::fs::try_exists(&row.storage_key)
-                .await
-                .unwrap_or(true)
-            {
-                segments::mark_missing(db, row.id).await?;
-                report.missing += 1;
+        // Complete rows whose file is gone, in key order, a batch at a time. The root is checked
+        // again before each batch is marked: a disk unmounted meanwhile must not turn into
+        // thousands of missing rows.
+        let mut after: Option<String> = None;
+        loop {
+            let rows = segments::under_dir(
+                &self.db,
+                &root.key(),
+                &[SegmentState::Complete],
+                after.as_deref(),
+                BATCH,
+            )
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.storage_key.clone());
+            let mut gone = Vec::new();
+            for row in rows {
+                if !mine(&row.storage_key) {
+                    continue;
+                }
+                match exists(Path::new(&row.storage_key)).await {
+                    Some(false) => gone.push(row),
+                    Some(true) => {}
+                    None => report.io_errors += 1,
+                }
+            }
+            if cancel.is_cancelled() {
+                self.record("archive reconciliation interrupted", root, &report);
+                return Ok(false);
+            }
+            if !gone.is_empty() {
+                if !self.roots.check(root).await.is_available() {
+                    self.record("archive reconciliation interrupted", root, &report);
+                    return Ok(false);
+                }
+                let marked = segments::mark_missing(&self.db, &gone, MissingBy::Reconcile).await?;
+                for row in gone.iter().filter(|r| marked.contains(&r.id)) {
+                    tracing::warn!(segment = row.id, stream = %row.stream_id, path = %row.storage_key,
+                        "segment file is gone: row marked missing");
+                }
+                report.missing += marked.len() as u64;
             }
         }
+        self.record("archive reconciled with the files on disk", root, &report);
+        Ok(true)
     }
-    if report != RepairReport::default() {
-        tracing::info!(?report, "archive reconciled with the files on disk");
+
+    /// Restores `missing` rows whose file is back, in available roots.
+    pub async fn restore_returned(&self, cancel: &CancellationToken) -> Result<(), RepairError> {
+        let mut report = RepairReport::default();
+        let mut after = 0;
+        loop {
+            let rows = segments::missing_after(&self.db, after, BATCH).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            let mut back = Vec::new();
+            for row in rows {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                let path = PathBuf::from(&row.storage_key);
+                if row.storage != StorageKind::Filesystem.as_str()
+                    || !self.roots.is_available_for(&path)
+                {
+                    continue;
+                }
+                if let Some(found) = measure_returned(&row, &path, &mut report).await {
+                    back.push((row, found));
+                }
+            }
+            if !back.is_empty() {
+                let restored = segments::restore_missing(&self.db, &back).await?;
+                for (row, _) in back.iter().filter(|(r, _)| restored.contains(&r.id)) {
+                    tracing::info!(segment = row.id, stream = %row.stream_id, path = %row.storage_key,
+                        "segment file is back: row restored");
+                }
+                report.restored += restored.len() as u64;
+            }
+        }
+        self.counters.add(&report);
+        Ok(())
     }
-    Ok(report)
 }
 
+/// What a missing row's reappeared file holds, if it is complete: the row's own numbers when the
+/// size matches; a longer file (a row that was still recording) is measured. A shorter one may
+/// still be being copied back: left for a later round.
+async fn measure_returned(
+    row: &SegmentRow,
+    path: &Path,
+    report: &mut RepairReport,
+) -> Option<Restored> {
+    let size = tokio::fs::metadata(path).await.ok()?.len() as i64;
+    let as_row = Restored {
+        end_us: row.end_us,
+        media_duration_us: row.media_duration_us,
+        bytes: row.bytes,
+    };
+    if size == row.bytes {
+        return Some(as_row);
+    }
+    if size < row.bytes {
+        return None;
+    }
+    let p = path.to_owned();
+    match blocking(move || scan_segment(&p, false)).await {
+        Ok(Scan::Media(s)) if s.media_us > 0 => Some(Restored {
+            end_us: row.start_us + s.media_us,
+            media_duration_us: s.media_us,
+            bytes: s.valid_end as i64,
+        }),
+        // A whole (progressive) file of another shape: trust its own duration.
+        Err(ScanError::NotOurs(_)) => {
+            let p = path.to_owned();
+            let file =
+                tokio::task::spawn_blocking(move || Mp4File::open(&p).map(|f| f.duration_us()))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)?;
+            Some(Restored {
+                end_us: row.start_us + file,
+                media_duration_us: file,
+                bytes: size,
+            })
+        }
+        Err(ScanError::Io(_)) => {
+            report.io_errors += 1;
+            None
+        }
+        _ => {
+            report.unplayable += 1;
+            None
+        }
+    }
+}
+
+/// Indexes a segment file that has no row, in one transaction. Our fragmented files are indexed
+/// up to their last good fragment (the file is not modified: it may still be being copied in);
+/// anything else is read as a whole MP4 (e.g. a Go archive file).
 async fn index_orphan(db: &Db, path: &Path, report: &mut RepairReport) -> Result<(), RepairError> {
     let Some((stream_id, secs)) = path
         .file_name()
@@ -242,46 +609,54 @@ async fn index_orphan(db: &Db, path: &Path, report: &mut RepairReport) -> Result
         return Ok(());
     };
     let p = path.to_owned();
-    // Our own fMP4 files: cut a torn tail first. Anything else (e.g. a Go archive file) is read as
-    // a whole MP4.
-    let scanned = blocking(move || -> Result<(Vec<u8>, String, i64, u64), MediaError> {
-        if let Ok(Some(s)) = scan_and_truncate(&p) {
-            return Ok((s.init, s.params.codec_list(), s.media_us, s.valid_end));
+    let scanned = blocking(move || -> Result<(Vec<u8>, String, i64, u64), ScanError> {
+        match scan_segment(&p, false) {
+            Ok(Scan::Media(s)) => Ok((s.init, s.params.codec_list(), s.media_us, s.valid_end)),
+            Ok(Scan::Empty) => Err(ScanError::NotOurs(MediaError::InvalidMp4(
+                "no complete fragment".into(),
+            ))),
+            Err(ScanError::Io(e)) => Err(ScanError::Io(e)),
+            Err(ScanError::NotOurs(_)) => {
+                let file = Mp4File::open(&p).map_err(ScanError::NotOurs)?;
+                let init = fmp4::init_segment(file.params())
+                    .map_err(ScanError::NotOurs)?
+                    .to_vec();
+                let size = std::fs::metadata(&p)?.len();
+                Ok((init, file.params().codec_list(), file.duration_us(), size))
+            }
         }
-        let file = Mp4File::open(&p)?;
-        let init = fmp4::init_segment(file.params())?.to_vec();
-        let size = std::fs::metadata(&p)?.len();
-        Ok((init, file.params().codec_list(), file.duration_us(), size))
     })
     .await;
-    let Some(Ok((init, codecs, media_us, bytes))) = scanned else {
-        tracing::warn!(path = %path.display(), "unindexed segment file is not playable: left in place");
-        report.orphans_unplayable += 1;
-        return Ok(());
+    let (init, codecs, media_us, bytes) = match scanned {
+        Ok(found) if found.2 > 0 => found,
+        Err(ScanError::Io(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read an unindexed segment file: left in place");
+            report.io_errors += 1;
+            return Ok(());
+        }
+        _ => {
+            tracing::warn!(path = %path.display(), "unindexed segment file is not playable: left in place");
+            report.unplayable += 1;
+            return Ok(());
+        }
     };
-    if media_us <= 0 {
-        report.orphans_unplayable += 1;
-        return Ok(());
-    }
     let init_id = segments::upsert_init(db, &codecs, &init).await?;
     let start_us = secs * 1_000_000;
-    let id = segments::insert_recording(
+    crate::db::import::insert_complete(
         db,
         &NewSegment {
             stream_id,
             start_us,
-            end_us: start_us,
-            media_duration_us: 0,
+            end_us: start_us + media_us,
+            media_duration_us: media_us,
             storage: StorageKind::Filesystem,
             storage_key: path.to_string_lossy().into_owned(),
             bytes: bytes as i64,
-            state: SegmentState::Recording,
+            state: SegmentState::Complete,
         },
         Some(init_id),
-        "none",
     )
     .await?;
-    segments::finalize(db, id, start_us + media_us, media_us, bytes as i64).await?;
     report.orphans_indexed += 1;
     Ok(())
 }

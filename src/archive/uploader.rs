@@ -150,6 +150,10 @@ struct Inner {
     /// Buckets already checked or created by this process, so `ensure_bucket` runs once per bucket.
     /// An async lock held during the check: concurrent uploads to a new bucket create it once.
     ensured: tokio::sync::Mutex<HashSet<String>>,
+    /// Storage roots: a local file that is absent only counts as gone when its root is available
+    /// (otherwise the upload is retried later). `None`: every absence counts (tests of the
+    /// uploader alone).
+    roots: Option<Arc<super::markers::MarkedRoots>>,
 }
 
 /// The background uploader. Build it, optionally share its [`UploadStats`] and [`waker`], then
@@ -179,6 +183,7 @@ impl Uploader {
                 default_prefix: default_prefix.to_owned(),
                 stats,
                 ensured: tokio::sync::Mutex::new(HashSet::new()),
+                roots: None,
             }),
             settings: UploaderSettings {
                 concurrency: settings.concurrency.max(1),
@@ -202,6 +207,15 @@ impl Uploader {
             UploaderSettings::default(),
             stats,
         ))
+    }
+
+    /// Checks the storage root of a local file found absent before marking its row missing.
+    pub fn with_roots(mut self, roots: Arc<super::markers::MarkedRoots>) -> Uploader {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.roots = Some(roots),
+            None => tracing::error!("uploader already shared: storage roots not attached"),
+        }
+        self
     }
 
     /// The counters this uploader updates.
@@ -413,9 +427,10 @@ pub fn spawn_uploader(
     db: Db,
     cfg: &S3Config,
     stats: Arc<UploadStats>,
+    roots: Arc<super::markers::MarkedRoots>,
     cancel: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<Notify>), S3ConfigError> {
-    let uploader = Uploader::from_config(db, cfg, stats)?;
+    let uploader = Uploader::from_config(db, cfg, stats)?.with_roots(roots);
     let waker = uploader.waker();
     Ok((tokio::spawn(uploader.run(cancel)), waker))
 }
@@ -542,8 +557,23 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
 }
 
 async fn mark_missing(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadError> {
+    if let Some(roots) = &inner.roots
+        && !roots.is_available_for(Path::new(&row.storage_key))
+    {
+        // An unmounted disk is not a deleted file: retry once the root is back.
+        return Err(StorageError::Io {
+            key: row.storage_key.clone(),
+            source: std::io::Error::other("its storage root is unavailable"),
+        }
+        .into());
+    }
     tracing::warn!(file = %row.storage_key, "local file of a segment waiting for upload is gone; marking it missing");
-    segments::mark_upload_missing(&inner.db, row.id).await?;
+    segments::mark_missing(
+        &inner.db,
+        std::slice::from_ref(row),
+        segments::MissingBy::Uploader,
+    )
+    .await?;
     inner.stats.missing.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Missing)
 }

@@ -12,6 +12,7 @@ pub mod plans;
 pub mod protected;
 pub mod reports;
 pub mod retention;
+pub mod roots;
 pub mod runs;
 pub mod segments;
 pub mod streams;

@@ -136,8 +136,6 @@ pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Dele
         WHERE id = $1 AND state = $2 AND upload_state <> 'uploading' AND ",
         unprotected_segment_sql!()
     );
-    const RUN_OF: &str = "SELECT id, start_us, end_us FROM runs \
-        WHERE stream_id = $1 AND start_us <= $2 AND end_us >= $3";
     let mut marked = Vec::with_capacity(candidates.len());
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
@@ -154,27 +152,11 @@ pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Dele
                 continue;
             }
             if c.state == "complete" {
-                let run: Option<(i64, i64, i64)> = sqlx::query_as(RUN_OF)
-                    .bind(DbUuid(c.stream_id))
-                    .bind(c.start_us)
-                    .bind(c.end_us)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some((id, start, end)) = run
-                    && !touched.iter().any(|t| t.1 == id)
-                {
-                    touched.push((c.stream_id, id, start, end));
-                }
+                super::runs::note_touched!(&mut *tx, &mut touched, c.stream_id, c.start_us, c.end_us);
             }
             marked.push(c.clone());
         }
-        for (stream, run_id, start, end) in touched {
-            sqlx::query("DELETE FROM runs WHERE id = $1")
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
-            super::runs::insert_derived!(&mut *tx, DbUuid(stream), start, end);
-        }
+        super::runs::rederive_touched!(&mut *tx, touched);
         tx.commit().await?;
     });
     Ok(marked)

@@ -107,6 +107,50 @@ pub async fn all(db: &Db, stream_id: Uuid) -> Result<Vec<Run>> {
     list(db, stream_id, i64::MIN, i64::MAX).await
 }
 
+/// The run (`id, start_us, end_us`) of stream `$1` holding a segment `[$2, $3)`: the one run
+/// that starts at or before the segment and ends at or after it (a stream's runs are disjoint).
+pub(crate) const RUN_OF_SQL: &str = "SELECT id, start_us, end_us FROM runs \
+    WHERE stream_id = $1 AND start_us <= $2 AND end_us >= $3";
+
+/// Inside an open transaction, notes the run holding a `complete` segment that is leaving the set
+/// of complete segments, in `touched` (each run once): `(stream, run id, run start, run end)`.
+/// The caller re-derives them with [`rederive_touched!`] after changing every row. A macro so the
+/// same code runs on a SQLite or a Postgres transaction.
+macro_rules! note_touched {
+    ($conn:expr, $touched:expr, $stream:expr, $start_us:expr, $end_us:expr) => {{
+        let (stream, start_us, end_us): (uuid::Uuid, i64, i64) = ($stream, $start_us, $end_us);
+        let run: Option<(i64, i64, i64)> = sqlx::query_as(super::runs::RUN_OF_SQL)
+            .bind(super::DbUuid(stream))
+            .bind(start_us)
+            .bind(end_us)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        let touched: &mut Vec<(uuid::Uuid, i64, i64, i64)> = $touched;
+        if let Some((id, start, end)) = run
+            && !touched.iter().any(|t| t.1 == id)
+        {
+            touched.push((stream, id, start, end));
+        }
+    }};
+}
+pub(crate) use note_touched;
+
+/// Inside an open transaction, replaces each run noted by [`note_touched!`] with what its span
+/// derives to now.
+macro_rules! rederive_touched {
+    ($conn:expr, $touched:expr) => {{
+        let touched: Vec<(uuid::Uuid, i64, i64, i64)> = $touched;
+        for (stream, run_id, start, end) in touched {
+            sqlx::query("DELETE FROM runs WHERE id = $1")
+                .bind(run_id)
+                .execute(&mut *$conn)
+                .await?;
+            super::runs::insert_derived!(&mut *$conn, super::DbUuid(stream), start, end);
+        }
+    }};
+}
+pub(crate) use rederive_touched;
+
 /// A stream's closed recordings in total, summed over its runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamTotals {

@@ -262,11 +262,162 @@ pub async fn with_state(db: &Db, state: SegmentState) -> Result<Vec<SegmentRow>>
     Ok(rows)
 }
 
-/// Marks a segment whose file is gone.
-pub async fn mark_missing(db: &Db, id: i64) -> Result<()> {
-    const SQL: &str = "UPDATE segments SET state = 'missing' WHERE id = $1";
-    with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await.map(|_| ()))?;
-    Ok(())
+/// Who decided that a file is gone: the conditions under which the row may change differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingBy {
+    /// Start-up repair and reconciliation, after the file's storage root was verified. A row
+    /// being uploaded is left alone: the uploader owns its file until it changes the row.
+    Reconcile,
+    /// The uploader, whose claimed row's local file is gone: the row also leaves the outbox
+    /// (`upload_state = 'none'`).
+    Uploader,
+}
+
+/// Marks segments whose file is gone `missing`, keeping `runs` in step, in one transaction.
+///
+/// Each row changes only if it still is what the caller saw: the same state, a filesystem row
+/// with the same key (so a row the uploader moved to S3 meanwhile, or one retention marked
+/// `deleting`, is left alone), and not being uploaded ([`MissingBy::Reconcile`]) or still in the
+/// outbox ([`MissingBy::Uploader`]). The runs that held the `complete` rows marked are re-derived
+/// once each. Returns the ids marked.
+pub async fn mark_missing(db: &Db, rows: &[SegmentRow], by: MissingBy) -> Result<Vec<i64>> {
+    const SQL: &str = "UPDATE segments SET state = 'missing', \
+        upload_state = CASE WHEN $4 THEN 'none' ELSE upload_state END \
+        WHERE id = $1 AND state = $2 AND storage = 'filesystem' AND storage_key = $3 \
+          AND (($4 AND upload_state IN ('local', 'uploading')) \
+               OR (NOT $4 AND upload_state <> 'uploading'))";
+    let uploader = by == MissingBy::Uploader;
+    let mut marked = Vec::new();
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        // (stream, run id, run start, run end) of every run that loses a segment.
+        let mut touched: Vec<(Uuid, i64, i64, i64)> = Vec::new();
+        for r in rows {
+            let n = sqlx::query(SQL)
+                .bind(r.id)
+                .bind(r.state.as_str())
+                .bind(r.storage_key.as_str())
+                .bind(uploader)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                continue;
+            }
+            marked.push(r.id);
+            if r.state == SegmentState::Complete.as_str() {
+                super::runs::note_touched!(&mut *tx, &mut touched, r.stream_id, r.start_us, r.end_us);
+            }
+        }
+        super::runs::rederive_touched!(&mut *tx, touched);
+        tx.commit().await?;
+    });
+    Ok(marked)
+}
+
+/// What a `missing` row's file turned out to hold when it came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub end_us: i64,
+    pub media_duration_us: i64,
+    pub bytes: i64,
+}
+
+/// Brings `missing` rows whose file is back to `complete` with the measured end and size, and adds
+/// them to their runs, in one transaction. A row changes only if it is still `missing` with the
+/// same filesystem key. A row that left the upload outbox when its file vanished goes back into it
+/// if its stream (still) uploads to S3. Returns the ids restored.
+pub async fn restore_missing(db: &Db, rows: &[(SegmentRow, Restored)]) -> Result<Vec<i64>> {
+    const SQL: &str = "UPDATE segments SET state = 'complete', end_us = $3, \
+        media_duration_us = $4, bytes = $5, \
+        upload_state = CASE WHEN upload_state = 'none' AND EXISTS (SELECT 1 FROM streams \
+            WHERE streams.id = segments.stream_id AND streams.archive_storage = 's3') \
+            THEN 'local' ELSE upload_state END \
+        WHERE id = $1 AND state = 'missing' AND storage = 'filesystem' AND storage_key = $2 \
+        RETURNING stream_id, start_us";
+    let mut restored = Vec::new();
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        for (row, m) in rows {
+            let changed: Option<(DbUuid, i64)> = sqlx::query_as(SQL)
+                .bind(row.id)
+                .bind(row.storage_key.as_str())
+                .bind(m.end_us)
+                .bind(m.media_duration_us)
+                .bind(m.bytes)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some((stream, start_us)) = changed {
+                super::runs::add_segment!(&mut *tx, stream, start_us, m.end_us, m.bytes);
+                restored.push(row.id);
+            }
+        }
+        tx.commit().await?;
+    });
+    Ok(restored)
+}
+
+/// `missing` rows after `after_id` (keyset, through the partial index `segments_missing`).
+pub async fn missing_after(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE state = 'missing' AND id > $1 \
+         ORDER BY id LIMIT $2"
+    );
+    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
+/// The key range of the files under a directory: keys `> lo` and `< hi` (`dir/` and `dir0`; '0'
+/// follows '/' in byte order, and keys compare bytewise, see migration 0006).
+pub fn key_range(dir: &str) -> (String, String) {
+    let mut lo = dir.to_owned();
+    if !lo.ends_with('/') {
+        lo.push('/');
+    }
+    let mut hi = lo.clone();
+    hi.pop();
+    hi.push('0');
+    (lo, hi)
+}
+
+/// Filesystem rows in `states` whose key lies under a directory ([`key_range`]), after the key
+/// `after` (keyset by key, through `segments_storage_key`), at most `limit`, in key order.
+pub async fn under_dir(
+    db: &Db,
+    dir: &str,
+    states: &[SegmentState],
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<SegmentRow>> {
+    let (lo, hi) = key_range(dir);
+    let list: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE storage_key > $1 AND storage_key < $2 \
+         AND storage = 'filesystem' AND state IN ($4, $5, $6, $7) ORDER BY storage_key LIMIT $3"
+    );
+    let pick = |i: usize| list.get(i).or(list.first()).copied().unwrap_or("");
+    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(after.unwrap_or(&lo))
+        .bind(hi.as_str())
+        .bind(i64::from(limit))
+        .bind(pick(0))
+        .bind(pick(1))
+        .bind(pick(2))
+        .bind(pick(3))
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
+/// The highest segment id so far (0 for none): rows up to it were made by earlier runs.
+pub async fn max_id(db: &Db) -> Result<i64> {
+    const SQL: &str = "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM segments";
+    let id: i64 = with_pool!(db, p => sqlx::query_scalar(SQL).fetch_one(p).await?);
+    Ok(id)
 }
 
 /// One segment by id.
@@ -355,20 +506,6 @@ pub async fn delete(db: &Db, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Filesystem segment rows after `after_id` (keyset), for start-up reconciliation in batches.
-pub async fn local_files_after(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
-    let sql = format!(
-        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE id > $1 AND storage = 'filesystem' \
-         AND state = 'complete' ORDER BY id LIMIT $2"
-    );
-    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(p)
-        .await?);
-    Ok(rows)
-}
-
 // ----- S3 upload outbox (`upload_state`: local -> uploading -> remote) -----------------------------
 //
 // Every query below repeats the predicate of the partial index `segments_upload_pending`
@@ -440,15 +577,6 @@ pub async fn complete_upload(db: &Db, id: i64, bucket: &str, object_key: &str) -
 pub async fn release_upload(db: &Db, id: i64) -> Result<bool> {
     const SQL: &str = "UPDATE segments SET upload_state = 'local' \
         WHERE id = $1 AND upload_state IN ('local', 'uploading') AND upload_state = 'uploading'";
-    let n = with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await?.rows_affected());
-    Ok(n == 1)
-}
-
-/// The local file of a segment waiting for upload is gone: the row becomes `missing` and leaves the
-/// outbox (`upload_state = 'none'`, nothing left to upload). Returns whether the row was changed.
-pub async fn mark_upload_missing(db: &Db, id: i64) -> Result<bool> {
-    const SQL: &str = "UPDATE segments SET state = 'missing', upload_state = 'none' \
-        WHERE id = $1 AND upload_state IN ('local', 'uploading')";
     let n = with_pool!(db, p => sqlx::query(SQL).bind(id).execute(p).await?.rows_affected());
     Ok(n == 1)
 }

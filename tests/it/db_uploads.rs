@@ -110,7 +110,13 @@ both_engines!(
         assert_eq!(segments::count_ready_uploads(db).await.expect("count"), 2);
 
         // A vanished file leaves the outbox.
-        assert!(segments::mark_upload_missing(db, c).await.expect("missing"));
+        let row_c = segments::get(db, c).await.expect("get").expect("row");
+        assert_eq!(
+            segments::mark_missing(db, &[row_c], segments::MissingBy::Uploader)
+                .await
+                .expect("missing"),
+            vec![c]
+        );
         let row = segments::get(db, c).await.expect("get").expect("row");
         assert_eq!(row.state, "missing");
         assert_eq!(row.upload_state, "none");
@@ -118,10 +124,12 @@ both_engines!(
             ids(&segments::claim_uploads(db, 0, 10).await.expect("claim")),
             vec![a]
         );
+        let row_b = segments::get(db, b).await.expect("get").expect("row");
         assert!(
-            !segments::mark_upload_missing(db, b)
+            segments::mark_missing(db, &[row_b], segments::MissingBy::Uploader)
                 .await
                 .expect("remote row")
+                .is_empty()
         );
 
         assert_eq!(

@@ -286,3 +286,184 @@ crate::both_engines!(
         assert_eq!(s.manager.running(), 0);
     }
 );
+
+// ----- an archive directory missing at one start -----------------------------------------------
+
+const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+
+fn demo_config(archive: &std::path::Path, recording: bool) -> String {
+    format!(
+        "[archive]\nrecording = {recording}\nserving = true\nms_per_file = 2000\nroot_check_s = 1\n\
+         directory = \"{}\"\n\
+         [[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\n\
+         loop = true\narchive = {{ recording = true }}\n",
+        archive.display()
+    )
+}
+
+async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(url).await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+/// Segments and ranges the API lists for the demo stream: (ids, total ms of ranges).
+async fn listed(api: &str) -> (Vec<i64>, i64) {
+    let (status, v) = get_json(&format!(
+        "{api}/api/v1/streams/{DEMO}/segments?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z&limit=1000"
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let mut ids: Vec<i64> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|s| s["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    let (status, v) = get_json(&format!(
+        "{api}/api/v1/streams/{DEMO}/ranges?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"
+    ))
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let t = |s: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(s.as_str().expect("time"))
+            .expect("RFC 3339")
+            .timestamp_millis()
+    };
+    let ms = v["ranges"]
+        .as_array()
+        .expect("ranges")
+        .iter()
+        .map(|r| t(&r["end"]) - t(&r["start"]))
+        .sum();
+    (ids, ms)
+}
+
+async fn archive_outage(db_url: Option<String>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("mp4");
+    let id: Uuid = DEMO.parse().expect("uuid");
+    // Record a few segments.
+    let s = InProcess::start_with_db(&demo_config(&archive, true), db_url).await;
+    let db_url = s.db_url.clone();
+    for _ in 0..400 {
+        let n = all_segments(&s.state.db, id)
+            .await
+            .iter()
+            .filter(|r| r.state == "complete")
+            .count();
+        if n >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The SQLite index lives in the first server's temp dir: keep it.
+    let _index = s.stop().await;
+    let db = Db::connect(&db_url).await.expect("db");
+    let recorded = all_segments(&db, id).await;
+    db.close().await;
+    assert!(recorded.len() >= 4, "{recorded:?}");
+    assert!(recorded.iter().all(|r| r.state == "complete"));
+    assert!(
+        archive.join(".video-server-root").is_file(),
+        "marker written"
+    );
+
+    // The disk is "not mounted": an empty directory where the archive was.
+    let away = tmp.path().join("mp4.away");
+    std::fs::rename(&archive, &away).expect("move the archive away");
+    std::fs::create_dir(&archive).expect("empty mount point");
+    let s = InProcess::start_with_db(&demo_config(&archive, false), Some(db_url.clone())).await;
+    let (status, ready) = get_json(&format!("{}/readyz", s.api)).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["status"], "not_ready");
+    assert_eq!(ready["database"], "ok");
+    assert_eq!(
+        ready["storage"],
+        json!([{"name": "default", "streams": [], "state": "marker_missing"}]),
+        "{ready}"
+    );
+    assert!(
+        !ready
+            .to_string()
+            .contains(&tmp.path().display().to_string()),
+        "no server path in /readyz: {ready}"
+    );
+    // Nothing is hidden while the disk is away.
+    let (ids, ms) = listed(&s.api).await;
+    let mut want: Vec<i64> = recorded.iter().map(|r| r.id).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "every segment still listed");
+    let recorded_ms: i64 = recorded.iter().map(|r| r.media_duration_us / 1000).sum();
+    assert!(
+        (ms - recorded_ms).abs() < 50,
+        "{ms} ms of ranges, {recorded_ms} ms recorded"
+    );
+
+    // The disk comes back while the server runs: the root is checked again and reconciled.
+    std::fs::remove_dir(&archive).expect("unmount");
+    std::fs::rename(&away, &archive).expect("mount");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, v) = get_json(&format!("{}/readyz", s.api)).await;
+        if status == 200 {
+            assert_eq!(v["storage"][0]["state"], "ok");
+            break;
+        }
+        assert!(Instant::now() < deadline, "root not available again: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ids, _) = listed(&s.api).await;
+    assert_eq!(ids, want, "every segment listed after the return");
+    // And playable: the whole recording through /ws/archive.
+    let first = recorded.iter().map(|r| r.start_us).min().expect("rows");
+    let last = recorded.iter().map(|r| r.end_us).max().expect("rows");
+    let p = crate::playback::play(
+        &s.video,
+        &format!(
+            "stream_id={DEMO}&start={}&duration={}",
+            first / 1_000_000,
+            (last - first) / 1_000_000 + 2
+        ),
+        true,
+        false,
+    )
+    .await;
+    assert_eq!(
+        p.texts.last().map(String::as_str),
+        Some("eos"),
+        "{:?}",
+        p.close
+    );
+    let secs = crate::playback::media_seconds(tmp.path(), "played.mp4", &p);
+    assert!(
+        (secs - recorded_ms as f64 / 1000.0).abs() < 1.5,
+        "played {secs} s of {recorded_ms} ms"
+    );
+    let _ = s.stop().await;
+
+    // The index still equals the files, every row complete.
+    let db = Db::connect(&db_url).await.expect("db");
+    let rows = all_segments(&db, id).await;
+    let missing = video_server::db::segments::missing_after(&db, 0, 1000)
+        .await
+        .expect("missing");
+    db.close().await;
+    assert!(missing.is_empty(), "rows marked missing: {missing:?}");
+    assert_eq!(rows.len(), recorded.len());
+    let mut keys: Vec<PathBuf> = rows.iter().map(|r| PathBuf::from(&r.storage_key)).collect();
+    keys.sort();
+    assert_eq!(keys, files_under(&archive));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_directory_empty_at_one_start_hides_nothing_sqlite() {
+    archive_outage(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_directory_empty_at_one_start_hides_nothing_postgres() {
+    let schema = crate::support::PgSchema::create().await;
+    archive_outage(Some(schema.url())).await;
+}

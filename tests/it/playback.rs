@@ -51,16 +51,16 @@ pub async fn synthesize(db: &Db, dir: &Path, stream_id: Uuid, wall0_us: i64, loo
     loops * loop_us
 }
 
-struct Played {
-    codecs: Vec<String>,
-    init: Vec<u8>,
-    fragments: Vec<Vec<u8>>,
-    texts: Vec<String>,
-    close: Option<(u16, String)>,
+pub(crate) struct Played {
+    pub codecs: Vec<String>,
+    pub init: Vec<u8>,
+    pub fragments: Vec<Vec<u8>>,
+    pub texts: Vec<String>,
+    pub close: Option<(u16, String)>,
 }
 
 /// Plays like the original's browser client: `more` on every `pause`.
-async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> Played {
+pub(crate) async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> Played {
     let url = format!("ws://{video}/ws/archive?{query}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
@@ -110,7 +110,7 @@ async fn play(video: &str, query: &str, answer_more: bool, early_more: bool) -> 
     p
 }
 
-fn media_seconds(dir: &Path, name: &str, p: &Played) -> f64 {
+pub(crate) fn media_seconds(dir: &Path, name: &str, p: &Played) -> f64 {
     let path = dir.join(name);
     let mut all = p.init.clone();
     for f in &p.fragments {

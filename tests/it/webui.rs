@@ -38,7 +38,9 @@ fn run_ui(url: &str, scenarios: &str, env: &[(&str, &str)]) -> serde_json::Value
 fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
-    let rtsp = RtspServer::start(0);
+    // A camera that switches from 640x360 to 320x180 mid-stream (same codec string).
+    let clip = crate::codec_switch::switching_clip(dir.path());
+    let rtsp = RtspServer::start_with_file(0, &clip);
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let shots = screenshots_dir();
     let export = dir.path().join("export.mp4");

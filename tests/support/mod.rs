@@ -287,8 +287,13 @@ pub async fn state(db: &Db, config: Config) -> AppState {
             manager.lock(rec.spec.id).await.apply(&rec.spec).await;
         }
     }
+    let roots = video_server::archive::markers::MarkedRoots::open(db.clone(), config.clone())
+        .await
+        .expect("storage roots");
     AppState {
         archive: Arc::new(video_server::archive::Archive::new(&config)),
+        roots,
+        reconcile: Default::default(),
         config,
         db: db.clone(),
         manager,

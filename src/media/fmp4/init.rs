@@ -307,6 +307,13 @@ pub fn parse_init(init: &[u8]) -> Result<StreamParams, MediaError> {
     Ok(params)
 }
 
+/// Whether `data` starts with the init of a fragmented MP4 (a `moov` with `mvex`): a file we
+/// record into, as opposed to a progressive MP4 (a Go archive file, an import) whose media sits in
+/// one `mdat` that [`super::split_fragments`] does not count as fragments.
+pub fn is_fragmented_init(data: &[u8]) -> bool {
+    find_moov(data).is_ok_and(|moov| moov.mvex_box.is_some())
+}
+
 fn check_timescale(actual: u32, expected: u32) -> Result<(), MediaError> {
     if actual == expected {
         Ok(())

@@ -30,7 +30,7 @@ pub use boxes::{BoxHeader, FragmentedLayout, TopLevelBoxes, split_fragments, top
 pub(in crate::media) use fragment::{FragmentTrack, RawSample, read_moof};
 pub use fragment::{FragmentWriter, SampleRef, parse_fragment, parse_fragment_bytes, parse_moof};
 pub(in crate::media) use init::{TrackParams, build_trak, find_moov, track_params_from_entry};
-pub use init::{init_segment, parse_init};
+pub use init::{init_segment, is_fragmented_init, parse_init};
 
 use super::{StreamParams, TrackKind};
 

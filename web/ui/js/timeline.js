@@ -61,7 +61,8 @@ export class Timeline {
           h('span', { class: 'lg lg-prot' }), 'protected ',
           h('span', { class: 'lg lg-sel' }), 'selected')),
       this.canvas,
-      h('p', { class: 'hint' }, 'Click to play from that moment · drag to select a range · scroll to zoom'));
+      h('p', { class: 'hint', title: 'Elsewhere on the page: Space pause, L live, M sound, F full screen' },
+        'Click: play from there · drag: select · wheel: zoom · keys: ←/→ move, Enter play, +/− zoom'));
 
     this.bind();
     this.resize = new ResizeObserver(() => this.draw());
@@ -147,7 +148,8 @@ export class Timeline {
 
   /** Once a second: keep now in view while following, redraw the play head. */
   advance() {
-    if (this.follow) {
+    // Never move the view under the user's pointer (a click must land where it points).
+    if (this.follow && this.hoverX === null && !this.dragging) {
       const latest = this.now() + this.span * FUTURE;
       // Move in steps (a fifth of the margin) so a click lands where the pointer was.
       if (latest - this.end > this.span * FUTURE * 0.2) {
@@ -165,6 +167,7 @@ export class Timeline {
       if (e.button !== 0) return;
       c.setPointerCapture(e.pointerId);
       down = { x: e.offsetX, dragging: false };
+      this.dragging = true;
     });
     c.addEventListener('pointermove', (e) => {
       this.hoverX = e.offsetX;
@@ -184,6 +187,7 @@ export class Timeline {
       if (!down) return;
       const d = down;
       down = null;
+      this.dragging = false;
       if (d.dragging) {
         const a = this.timeAt(d.x);
         const b = this.timeAt(e.offsetX);

@@ -176,6 +176,17 @@ export function cameraView(root, id) {
     }
   }
 
+  // Keyboard shortcuts (not while typing or on the timeline, which has its own keys).
+  const onKey = (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest('input, select, textarea, canvas, button, a, dialog')) return;
+    const act = { ' ': togglePause, k: togglePause, l: goLive, m: () => soundBtn.click(), f: () => fullBtn.click() }[e.key.toLowerCase()];
+    if (act) {
+      e.preventDefault();
+      act();
+    }
+  };
+  document.addEventListener('keydown', onKey);
+
   const labelTimer = setInterval(() => {
     if (state.mode === 'live') {
       timeLabel.textContent = `LIVE · ${fmtDateTime(now())}`;
@@ -349,6 +360,7 @@ export function cameraView(root, id) {
   return {
     destroy() {
       stopPoll();
+      document.removeEventListener('keydown', onKey);
       clearInterval(labelTimer);
       timeline.destroy();
       stopPlayer();

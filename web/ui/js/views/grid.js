@@ -159,7 +159,9 @@ export function gridView(root) {
     const cols = grid.dataset.layout === 'auto' ? auto : Number(grid.dataset.layout);
     const rows = Math.max(1, Math.ceil(Math.min(n, grid.dataset.layout === 'auto' ? n : cols * cols) / cols));
     grid.style.setProperty('--cols', String(cols));
-    grid.style.maxWidth = `calc((100vh - 140px - ${(rows - 1) * 8}px) * 16 / 9 * ${cols} / ${rows} + ${(cols - 1) * 8}px)`;
+    // Up to 4 rows fit the window; more cameras than that scroll instead of shrinking further.
+    grid.style.maxWidth = rows > 4 ? 'none'
+      : `calc((100vh - 140px - ${(rows - 1) * 8}px) * 16 / 9 * ${cols} / ${rows} + ${(cols - 1) * 8}px)`;
   }
   window.addEventListener('resize', fit);
   replace(root,
