@@ -1,48 +1,40 @@
 #!/usr/bin/env node
-// Browser end-to-end check: does video from the server really play in headless Chromium?
+// Browser end-to-end check: does video from the server really play in headless Chromium, and is
+// it the right picture?
 //
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=mse     node e2e/run.mjs
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=hls     node e2e/run.mjs
-//   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=archive START=<unix s> [DURATION=<s>] [META=1] [EXPECT_PAUSE=1] node e2e/run.mjs
+//   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> MODE=archive START=<unix s> [DURATION=<s>] [META=1] [EXPECT_PAUSE=1] [EXPECT_EOS=1] node e2e/run.mjs
+//   JOBS='[{"MODE":"mse"},{"MODE":"hls"}]' VIDEO_ADDR=... STREAM_ID=... node e2e/run.mjs
 //   MODE=go-live / MODE=go-archive: the same through a page that behaves exactly like the Go
 //   original's example clients (pages/go-client.html); EXPECT_SIZES=N waits for N picture sizes.
 //
 // Settings come from the environment; `KEY=value` or `--key=value` arguments override them
-// (e.g. `node run.mjs --mode=hls --stream-id=...`). See README.md for the full list.
+// (e.g. `node run.mjs --mode=hls --stream-id=...`). JOBS runs several pages at once in one browser,
+// each with the common settings overridden by its object. See README.md for the full list.
 //
 // What it does: serves e2e/pages (and the local hls.js copy) from a built-in HTTP server on
-// 127.0.0.1 (port PAGE_PORT, default any; or the listening socket PAGE_FD), which also reverse-proxies /hls/* to VIDEO_ADDR so hls.js fetches same-origin (no
-// CORS needed); starts Debian's Chromium through playwright-core; opens the page for MODE; polls
-// the <video> element until it has decoded frames and currentTime has advanced by MIN_ADVANCE_S
-// between two samples at least 1 s apart (with no seek between them); prints ONE line of JSON to
-// stdout and exits 0 (ok) or 1 (anything else). Progress and diagnostics go to stderr.
+// 127.0.0.1 (a free port, PAGE_PORT, or a socket from PAGE_FDS, one per job), which also
+// reverse-proxies /hls/* to VIDEO_ADDR so hls.js fetches same-origin (no CORS needed); uses the shared Chromium at BROWSER_WS or starts Debian's Chromium through
+// playwright-core; opens the page for MODE; samples the <video> (picture.mjs) until it has decoded
+// frames, currentTime advanced by MIN_ADVANCE_S between two samples at least 1 s apart (with no
+// seek between them) and the picture checks pass; prints ONE line of JSON to stdout and exits 0
+// (ok) or 1 (anything else). Progress and diagnostics go to stderr.
 // A hard timer guarantees exit even if the browser hangs.
 
 import http from 'node:http';
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
+import { openBrowser } from './browser.mjs';
+import { PROBE_OPTIONS, analysePicture, installPictureProbe, loadReference, takeSamples } from './picture.mjs';
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PAGES_DIR = path.join(HERE, 'pages');
+const DEMO_CLIP = path.join(HERE, '..', 'assets', 'demo.mp4');
 const require = createRequire(import.meta.url);
-
-// Flags this machine needs (toolchain.md §5, rust-svc.md "Known to work"): root -> no sandbox; no
-// GPU; the closed network refuses QUIC and Google's background connections; muted autoplay
-// without a user gesture. --headless comes from playwright (headless: true).
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--autoplay-policy=no-user-gesture-required',
-];
 
 const T0 = Date.now();
 const elapsed = () => Date.now() - T0;
@@ -52,7 +44,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // ---------------------------------------------------------------------------------------------
 // configuration
 
-function readConfig() {
+/** Raw settings: the environment, overridden by `KEY=value` / `--key=value` arguments. */
+function rawSettings() {
   const cfg = { ...process.env };
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i++) {
@@ -81,6 +74,13 @@ function readConfig() {
     }
     cfg[key.toUpperCase().replace(/-/g, '_')] = val;
   }
+  return cfg;
+}
+
+const flag = (v) => v === '1' || v === 'true';
+
+/** One job's settings from raw `KEY: value` pairs. */
+function jobConfig(cfg) {
   const num = (k, d) => {
     if (cfg[k] === undefined || cfg[k] === '') return d;
     const n = Number(cfg[k]);
@@ -88,7 +88,7 @@ function readConfig() {
     return n;
   };
   const c = {
-    help: cfg.HELP === '1',
+    name: cfg.NAME || '',
     videoAddr: (cfg.VIDEO_ADDR || '').replace(/^[a-z]+:\/\//i, '').replace(/\/+$/, ''),
     streamId: cfg.STREAM_ID || '',
     mode: (cfg.MODE || 'mse').toLowerCase(),
@@ -96,24 +96,63 @@ function readConfig() {
     duration: cfg.DURATION || '',
     meta: cfg.META || '',
     wsPath: cfg.WS_PATH || 'live',
-    expectPause: cfg.EXPECT_PAUSE === '1' || cfg.EXPECT_PAUSE === 'true',
-    expectReset: cfg.EXPECT_RESET === '1' || cfg.EXPECT_RESET === 'true',
+    expectPause: flag(cfg.EXPECT_PAUSE),
+    expectReset: flag(cfg.EXPECT_RESET),
+    expectEos: flag(cfg.EXPECT_EOS),
     expectSizes: num('EXPECT_SIZES', 0),
+    expectSize: cfg.EXPECT_SIZE || '',
+    expectFps: num('EXPECT_FPS', 0),
+    picture: (cfg.PICTURE || 'moving').toLowerCase(),
+    reference: cfg.REFERENCE || '',
+    minSamples: num('MIN_SAMPLES', 8),
     timeoutS: num('TIMEOUT_S', 20),
-    hardTimeoutS: num('HARD_TIMEOUT_S', 0),
     minAdvanceS: num('MIN_ADVANCE_S', 1.0),
     screenshot: cfg.SCREENSHOT || '',
-    chromium: cfg.CHROMIUM || '/usr/bin/chromium',
-    headful: cfg.HEADFUL === '1',
+    pagePort: num('PAGE_PORT', 0),
+    pageFd: null,
   };
-  if (c.help) return c;
   if (!['mse', 'hls', 'archive', 'go-live', 'go-archive'].includes(c.mode)) {
     throw new Error(`MODE must be mse|hls|archive|go-live|go-archive, got '${c.mode}'`);
   }
+  if (!['none', 'moving', 'demo'].includes(c.picture)) throw new Error(`PICTURE must be none|moving|demo, got '${c.picture}'`);
   if (!c.videoAddr) throw new Error('VIDEO_ADDR is required (e.g. 127.0.0.1:8090)');
   if (!c.streamId) throw new Error('STREAM_ID is required');
   if (c.mode.endsWith('archive') && !c.start) throw new Error(`START (unix seconds) is required for MODE=${c.mode}`);
+  if (c.expectEos && !c.mode.endsWith('archive')) throw new Error('EXPECT_EOS applies to the archive modes');
+  if (c.picture === 'demo' && !c.reference) c.reference = DEMO_CLIP;
+  if (!c.name) c.name = c.mode;
   return c;
+}
+
+/** The run: common settings, and one job per JOBS entry (or one job). */
+function readConfig() {
+  const raw = rawSettings();
+  const run = {
+    help: raw.HELP === '1',
+    multi: !!raw.JOBS,
+    chromium: raw.CHROMIUM || '/usr/bin/chromium',
+    headful: raw.HEADFUL === '1',
+    hardTimeoutS: Number(raw.HARD_TIMEOUT_S || 0),
+    jobs: [],
+  };
+  if (run.help) return run;
+  let overrides = [{}];
+  if (raw.JOBS) {
+    overrides = JSON.parse(raw.JOBS);
+    if (!Array.isArray(overrides) || overrides.length === 0) throw new Error('JOBS must be a non-empty JSON array of objects');
+  }
+  run.jobs = overrides.map((o) => {
+    const merged = { ...raw };
+    for (const [k, v] of Object.entries(o)) merged[k.toUpperCase()] = String(v);
+    return jobConfig(merged);
+  });
+  // PAGE_FDS: listening sockets handed over by the test, one per job, whose origins it listed in
+  // the server's [cors] allow_origins (the server refuses WebSockets from other origins).
+  const fds = (raw.PAGE_FDS || '').split(',').filter((f) => f.trim() !== '').map(Number);
+  if (fds.length > 0 && fds.length < run.jobs.length) throw new Error(`PAGE_FDS has ${fds.length} sockets for ${run.jobs.length} jobs`);
+  if (fds.length > 0) run.jobs.forEach((j, i) => { j.pageFd = fds[i]; });
+  if (!(run.hardTimeoutS > 0)) run.hardTimeoutS = Math.max(...run.jobs.map((j) => j.timeoutS)) + 40;
+  return run;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,12 +225,7 @@ function startServer(cfg, proxyLog) {
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    // The pages' origin must be in the server's [cors] allow_origins, or their WebSockets fail
-    // its cross-site check: PAGE_FD is a listening socket handed over by the test (whose port it
-    // put there); PAGE_PORT a fixed port for runs by hand.
-    const at = process.env.PAGE_FD
-      ? { fd: Number(process.env.PAGE_FD) }
-      : { port: Number(process.env.PAGE_PORT || 0), host: '127.0.0.1' };
+    const at = cfg.pageFd !== null ? { fd: cfg.pageFd } : { port: cfg.pagePort, host: '127.0.0.1' };
     server.listen(at, () => resolve(server));
   });
 }
@@ -228,37 +262,6 @@ function proxy(req, res, videoAddr, proxyLog) {
 function splitHostPort(addr) {
   const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(addr);
   return m ? [m[1], Number(m[2])] : [addr, 80];
-}
-
-// ---------------------------------------------------------------------------------------------
-// browser processes we started (for the hard timeout only)
-
-function childPids() {
-  // Direct children of this node process: playwright spawns chromium itself (in-process driver).
-  const out = [];
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      const after = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(after[1]) === process.pid) out.push(Number(d));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
-
-function killChildren(pids) {
-  for (const pid of pids) {
-    for (const target of [-pid, pid]) {
-      try {
-        process.kill(target, 'SIGKILL');
-      } catch {
-        /* not a group leader / already gone */
-      }
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,6 +302,7 @@ function sampleInPage() {
     frames: q ? q.totalVideoFrames : 0,
     dropped: q ? q.droppedVideoFrames : 0,
     ct: v ? v.currentTime : 0,
+    duration: v && Number.isFinite(v.duration) ? v.duration : null,
     paused: v ? v.paused : true,
     ended: v ? v.ended : false,
     readyState: v ? v.readyState : 0,
@@ -325,24 +329,24 @@ function errorStrings(list) {
   return (list || []).map((e) => (typeof e === 'string' ? e : e.detail ? `${e.what}: ${e.detail}` : e.what));
 }
 
-async function main() {
-  let cfg;
-  try {
-    cfg = readConfig();
-  } catch (e) {
-    finish({ ok: false, mode: process.env.MODE || null, reason: `usage: ${e.message}`, errors: [e.message] }, 1);
-    return;
-  }
-  if (cfg.help) {
-    process.stderr.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 16).join('\n') + '\n');
-    process.exit(0);
-  }
+const STATS_KEPT = [
+  'messages', 'binaryMessages', 'textMessages', 'bytes', 'appended', 'queued', 'resets',
+  'codecMessages', 'codecChanges', 'previousCodecs', 'ignoredBeforeCodecs', 'mime',
+  'typeSupported', 'close', 'fatal', 'pauses', 'mores', 'eos', 'endOfStream', 'metaCount',
+  'unknownTexts', 'engine', 'hlsVersion', 'levels', 'bufferCodecs', 'fragsLoaded', 'live',
+  'manifestRetries', 'mediaRecoveries', 'quotaExceeded', 'removed', 'seeks', 'playCalls',
+  'sizes', 'sizeChanges', 'ignoredCodecMessages',
+];
 
+/** Plays one job's page in its own browser context; resolves to the job's result. */
+async function runJob(browser, job, liveJobs) {
+  const jlog = (...a) => log(`[${job.name}]`, ...a);
   const result = {
     ok: false,
-    mode: cfg.mode,
-    streamId: cfg.streamId,
-    videoAddr: cfg.videoAddr,
+    name: job.name,
+    mode: job.mode,
+    streamId: job.streamId,
+    videoAddr: job.videoAddr,
     frames: 0,
     droppedFrames: 0,
     currentTime: 0,
@@ -350,71 +354,28 @@ async function main() {
     codecs: null,
     errors: [],
   };
+  liveJobs.add(result);
   const runnerErrors = [];
   const consoleTail = [];
   const proxyLog = { requests: 0, errors: 0, statuses: {}, recent: [] };
   let server = null;
   let context = null;
-  let profileDir = null;
-  let browserPids = [];
-
-  // Hard overall timeout: launch (<= 30 s) + TIMEOUT_S + teardown. Always print and exit.
-  const hardMs = (cfg.hardTimeoutS > 0 ? cfg.hardTimeoutS : cfg.timeoutS + 40) * 1000;
-  const hard = setTimeout(() => {
-    log(`hard timeout (${hardMs} ms): killing the browser and exiting`);
-    killChildren(browserPids.length ? browserPids : childPids());
-    if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
-    result.ok = false;
-    result.reason = result.reason || `hard timeout after ${hardMs} ms`;
-    result.errors = [...result.errors, `hard timeout after ${hardMs} ms`];
-    finish(result, 1);
-  }, hardMs);
-
-  const onSignal = (sig) => {
-    log(`got ${sig}: cleaning up`);
-    killChildren(browserPids.length ? browserPids : childPids());
-    if (profileDir) fs.rmSync(profileDir, { recursive: true, force: true });
-    result.ok = false;
-    result.reason = `interrupted by ${sig}`;
-    finish(result, 1);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-
   try {
-    let chromium;
-    try {
-      ({ chromium } = await import('playwright-core'));
-    } catch (e) {
-      throw new Error(`cannot load playwright-core (run 'npm ci' in e2e/): ${e.message}`);
-    }
-    if (!fs.existsSync(cfg.chromium)) throw new Error(`no Chromium at ${cfg.chromium} (apt-get install chromium)`);
-
-    server = await startServer(cfg, proxyLog);
+    const reference = job.picture === 'demo' && job.reference ? loadReference(job.reference) : null;
+    server = await startServer(job, proxyLog);
     const base = `http://127.0.0.1:${server.address().port}`;
-    const url = pageUrl(base, cfg);
+    const url = pageUrl(base, job);
     result.page = url;
-    log(`pages at ${base}, opening ${url}`);
+    jlog(`pages at ${base}, opening ${url}`);
 
-    // A fresh, throw-away profile for every run.
-    profileDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'video-e2e-profile-'));
-    const before = new Set(childPids());
-    context = await chromium.launchPersistentContext(profileDir, {
-      executablePath: cfg.chromium,
-      headless: !cfg.headful,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 660, height: 480 },
-      timeout: 30_000,
-    });
-    browserPids = childPids().filter((p) => !before.has(p));
-    log(`chromium started (pids ${browserPids.join(',') || '?'}) in ${elapsed()} ms`);
-
-    const page = context.pages()[0] || (await context.newPage());
+    context = await browser.newContext({ viewport: { width: 660, height: 480 } });
+    const page = await context.newPage();
     // Count seeks: an advance of currentTime across a seek is not playback.
     await page.addInitScript(() => {
       window.__e2eSeeks = 0;
       window.addEventListener('seeking', () => { window.__e2eSeeks++; }, true);
     });
+    if (job.picture !== 'none') await page.addInitScript(installPictureProbe, PROBE_OPTIONS);
     page.on('console', (m) => {
       const line = `${m.type()}: ${m.text()}`.slice(0, 300);
       if (consoleTail.length >= 15) consoleTail.shift();
@@ -425,8 +386,10 @@ async function main() {
 
     await page.goto(url, { waitUntil: 'load', timeout: 15_000 });
 
-    const deadline = Date.now() + cfg.timeoutS * 1000;
+    const deadline = Date.now() + job.timeoutS * 1000;
     const samples = [];
+    const pictures = [];
+    let picture = null;
     let last = null;
     let firstFrameAt = null;
     let reason = null;
@@ -438,7 +401,18 @@ async function main() {
       if (samples.length > 400) samples.shift();
       if (s.frames > 0 && firstFrameAt === null) {
         firstFrameAt = elapsed();
-        log(`first decoded frame (currentTime ${s.ct.toFixed(2)})`);
+        jlog(`first decoded frame (currentTime ${s.ct.toFixed(2)})`);
+      }
+      if (job.picture !== 'none') {
+        pictures.push(...(await withTimeout(takeSamples(page), 5000, 'picture samples')));
+        if (pictures.length > 600) pictures.splice(0, pictures.length - 600);
+        picture = analysePicture(pictures, {
+          picture: job.picture,
+          reference,
+          expectSize: job.expectSize,
+          fps: job.expectFps,
+          minSamples: job.minSamples,
+        });
       }
 
       // Best advance over a window of >= 1 s with the same seek count and the same MSE reset.
@@ -451,16 +425,23 @@ async function main() {
         const adv = s.ct - p.ct;
         if (adv > best.adv) best = { adv, framesAdv: s.frames - p.frames };
       }
-      result.advanced = +best.adv.toFixed(3);
-      result.framesAdvanced = best.framesAdv;
+      if (best.adv > result.advanced) {
+        result.advanced = +best.adv.toFixed(3);
+        result.framesAdvanced = best.framesAdv;
+      }
 
-      const playing = s.frames > 0 && best.adv >= cfg.minAdvanceS;
       const st = s.stats;
-      const pauseOk = !cfg.mode.endsWith('archive') || !cfg.expectPause || (st.pauses >= 1 && st.mores >= 1);
+      const playing = s.frames > 0 && result.advanced >= job.minAdvanceS;
+      const pauseOk = !job.mode.endsWith('archive') || !job.expectPause || (st.pauses >= 1 && st.mores >= 1);
       // The advance window never spans a reset, so with a reset seen this is playback after it.
-      const resetOk = !cfg.expectReset || (st.resets || 0) >= 1;
-      const sizesOk = (st.sizes || []).length >= cfg.expectSizes;
-      if (playing && pauseOk && resetOk && sizesOk) {
+      const resetOk = !job.expectReset || (st.resets || 0) >= 1;
+      // The archive ran to its end: `eos`, endOfStream() once everything was appended, and the
+      // element played to the end of what it was given.
+      const eosOk = !job.expectEos || (st.eos && st.endOfStream && s.ended);
+      const sizesOk = (st.sizes || []).length >= job.expectSizes;
+      const pictureOk = job.picture === 'none' || (picture && picture.ok);
+      const errors = [...errorStrings(st.errors), ...runnerErrors];
+      if (playing && pauseOk && resetOk && sizesOk && eosOk && pictureOk && errors.length === 0) {
         result.ok = true;
         break;
       }
@@ -472,17 +453,27 @@ async function main() {
         reason = 'page crashed';
         break;
       }
+      if (picture && picture.final) {
+        reason = `wrong picture: ${picture.failures[0]}`;
+        break;
+      }
       if (Date.now() >= deadline) {
         if (!playing) {
           reason = s.frames === 0
-            ? `no decoded video frames within ${cfg.timeoutS} s`
-            : `currentTime did not advance by ${cfg.minAdvanceS} s within ${cfg.timeoutS} s (best ${best.adv.toFixed(3)} s)`;
+            ? `no decoded video frames within ${job.timeoutS} s`
+            : `currentTime did not advance by ${job.minAdvanceS} s within ${job.timeoutS} s (best ${result.advanced.toFixed(3)} s)`;
         } else if (!sizesOk) {
-          reason = `saw picture sizes ${JSON.stringify(st.sizes || [])}, expected ${cfg.expectSizes} within ${cfg.timeoutS} s`;
+          reason = `saw picture sizes ${JSON.stringify(st.sizes || [])}, expected ${job.expectSizes} within ${job.timeoutS} s`;
         } else if (!pauseOk) {
-          reason = `no pause/more cycle within ${cfg.timeoutS} s (pauses=${st.pauses}, mores=${st.mores})`;
+          reason = `no pause/more cycle within ${job.timeoutS} s (pauses=${st.pauses}, mores=${st.mores})`;
+        } else if (!resetOk) {
+          reason = `no codec-message reset within ${job.timeoutS} s`;
+        } else if (!eosOk) {
+          reason = `no end of stream within ${job.timeoutS} s (eos=${st.eos}, endOfStream=${st.endOfStream}, ended=${s.ended})`;
+        } else if (!pictureOk) {
+          reason = `wrong picture: ${picture ? picture.failures.join('; ') : 'no samples'}`;
         } else {
-          reason = `no codec-message reset within ${cfg.timeoutS} s`;
+          reason = `page errors: ${errors.slice(0, 3).join('; ')}`;
         }
         break;
       }
@@ -495,6 +486,8 @@ async function main() {
         frames: last.frames,
         droppedFrames: last.dropped,
         currentTime: +last.ct.toFixed(3),
+        duration: last.duration === null ? null : +last.duration.toFixed(3),
+        ended: last.ended,
         codecs: st.codecs || st.bufferCodecs || null,
         videoSize: `${last.width}x${last.height}`,
         readyState: last.readyState,
@@ -503,35 +496,28 @@ async function main() {
         seekEvents: last.seekEvents,
         buffered: last.buffered,
       });
-      const keep = [
-        'messages', 'binaryMessages', 'textMessages', 'bytes', 'appended', 'queued', 'resets',
-        'codecMessages', 'codecChanges', 'previousCodecs', 'ignoredBeforeCodecs', 'mime',
-        'typeSupported', 'close', 'fatal', 'pauses', 'mores', 'eos', 'endOfStream', 'metaCount',
-        'unknownTexts', 'engine', 'hlsVersion', 'levels', 'bufferCodecs', 'fragsLoaded', 'live',
-        'manifestRetries', 'mediaRecoveries', 'quotaExceeded', 'removed', 'seeks', 'playCalls',
-        'sizes', 'sizeChanges', 'ignoredCodecMessages',
-      ];
       result.stats = {};
-      for (const k of keep) if (st[k] !== undefined && st[k] !== null) result.stats[k] = st[k];
+      for (const k of STATS_KEPT) if (st[k] !== undefined && st[k] !== null) result.stats[k] = st[k];
       if (st.meta && st.meta.length) result.meta = st.meta.slice(0, 3);
       result.errors = [...errorStrings(st.errors), ...runnerErrors];
       if (st.warnings && st.warnings.length) result.warnings = errorStrings(st.warnings);
     } else {
       result.errors = [...runnerErrors];
     }
-    if (cfg.mode === 'hls') {
+    if (picture) result.picture = { ok: picture.ok, ...picture.stats, failures: picture.failures };
+    if (job.mode === 'hls') {
       result.proxy = { requests: proxyLog.requests, errors: proxyLog.errors, statuses: proxyLog.statuses };
     }
     if (!result.ok) {
       result.reason = reason;
       result.console = consoleTail;
-      if (cfg.mode === 'hls') result.proxy.recent = proxyLog.recent.slice(-8);
+      if (job.mode === 'hls') result.proxy.recent = proxyLog.recent.slice(-8);
     }
 
-    if (cfg.screenshot) {
+    if (job.screenshot) {
       try {
-        await withTimeout(page.screenshot({ path: cfg.screenshot }), 10_000, 'screenshot');
-        result.screenshot = cfg.screenshot;
+        await withTimeout(page.screenshot({ path: job.screenshot }), 10_000, 'screenshot');
+        result.screenshot = job.screenshot;
       } catch (e) {
         result.errors.push(`screenshot failed: ${e.message}`);
       }
@@ -542,23 +528,56 @@ async function main() {
     result.errors = [...result.errors, ...runnerErrors, e.message.split('\n').slice(0, 3).join(' | ')];
     result.console = consoleTail;
   } finally {
-    if (context) {
-      try {
-        await withTimeout(context.close(), 10_000, 'browser close');
-      } catch (e) {
-        log(`browser close failed (${e.message}): killing it`);
-        killChildren(browserPids);
-      }
-    }
+    if (context) await withTimeout(context.close(), 10_000, 'context close').catch(() => {});
     if (server) {
       server.closeAllConnections();
       server.close();
     }
-    if (profileDir) await fsp.rm(profileDir, { recursive: true, force: true }).catch(() => {});
+    liveJobs.delete(result);
+  }
+  jlog(result.ok ? 'ok' : `FAILED: ${result.reason}`);
+  return result;
+}
+
+async function main() {
+  let run;
+  try {
+    run = readConfig();
+  } catch (e) {
+    finish({ ok: false, mode: process.env.MODE || null, reason: `usage: ${e.message}`, errors: [e.message] }, 1);
+    return;
+  }
+  if (run.help) {
+    process.stderr.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 22).join('\n') + '\n');
+    process.exit(0);
+  }
+
+  const liveJobs = new Set();
+  let opened = null;
+  const summary = (results) => (run.multi ? { ok: results.every((r) => r.ok), jobs: results } : results[0]);
+  const abort = (why) => {
+    log(`${why}: exiting`);
+    // A browser of our own dies with this process (playwright's launch); a shared one stays.
+    const results = run.jobs.map((j) => ({ ok: false, name: j.name, mode: j.mode, reason: why, errors: [why] }));
+    finish(summary(results), 1);
+  };
+  const hard = setTimeout(() => abort(`hard timeout after ${run.hardTimeoutS} s`), run.hardTimeoutS * 1000);
+  process.once('SIGINT', () => abort('interrupted by SIGINT'));
+  process.once('SIGTERM', () => abort('interrupted by SIGTERM'));
+
+  let results;
+  try {
+    opened = await openBrowser({ executablePath: run.chromium, headful: run.headful });
+    log(`${opened.shared ? 'connected to the shared' : 'started a'} browser in ${elapsed()} ms`);
+    results = await Promise.all(run.jobs.map((job) => runJob(opened.browser, job, liveJobs)));
+  } catch (e) {
+    results = run.jobs.map((j) => ({ ok: false, name: j.name, mode: j.mode, reason: `runner failed: ${e.message.split('\n')[0]}`, errors: [String(e.stack || e)] }));
+  } finally {
+    if (opened) await withTimeout(opened.browser.close(), 10_000, 'browser close').catch((e) => log(`browser close: ${e.message}`));
   }
   clearTimeout(hard);
-  log(result.ok ? 'ok' : `FAILED: ${result.reason}`);
-  finish(result, result.ok ? 0 : 1);
+  const out = summary(results);
+  finish(out, out.ok ? 0 : 1);
 }
 
 main().catch((e) => {

@@ -287,6 +287,16 @@ async function scenarioArchive(page) {
   }
   await shot(page, 'camera.png');
 
+  // A snapshot of the archive picture: a PNG at the video's size.
+  const [snap] = await Promise.all([
+    page.waitForEvent('download', { timeout: 15_000 }),
+    page.click('button:has-text("Snapshot")'),
+  ]);
+  const png = fs.readFileSync(await snap.path());
+  if (png.subarray(1, 4).toString() !== 'PNG') throw new Error('the snapshot is not a PNG');
+  out.snapshot = `${png.readUInt32BE(16)}x${png.readUInt32BE(20)}`;
+  out.snapshotName = snap.suggestedFilename();
+
   // Live returns to live.
   await page.click('.btn-live');
   await until('live mode', 5000, async () => (await page.getAttribute('.stage', 'data-mode')) === 'live');

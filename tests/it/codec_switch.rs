@@ -260,7 +260,7 @@ async fn go_example_clients_play_through_a_resolution_switch_in_chromium() {
         stream_entry(live, &url, false, true),
         stream_entry(recorded, &url, true, false)
     );
-    let pages = std::sync::Arc::new(crate::support::browser::PageSocket::bind());
+    let pages = std::sync::Arc::new(crate::support::browser::PageSockets::bind(1));
     let s = start_server(tmp.path(), &format!("{streams}{}", pages.cors_toml())).await;
     let video = s.video.clone();
     let p = pages.clone();

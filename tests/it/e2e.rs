@@ -1,10 +1,16 @@
-//! Browser end-to-end: the real binary with the shipped conf.toml, and headless Chromium playing the
-//! demo camera through MSE over WebSocket and through hls.js (e2e/run.mjs).
+//! Browser end-to-end: headless Chromium plays the demo camera (the real binary with the shipped
+//! conf.toml) through MSE over WebSocket and through hls.js, and the recorded archive through the
+//! archive WebSocket, and sees the right picture: the demo clip's colour bars where they belong
+//! and its frames in order at the frame rate (e2e/run.mjs, e2e/picture.mjs).
+//!
+//! `E2E_DEMO_CLIP=<file>` serves another clip in place of assets/demo.mp4 while the pictures are
+//! still judged against the real one: with a frozen or black copy every test here must fail
+//! (e2e/check-bad-clips.sh does that check).
 
 use std::path::Path;
 
 use crate::support::binary::ServerProcess;
-use crate::support::browser::PageSocket;
+use crate::support::browser::{PageSockets, demo_clip, run_e2e_with_pages};
 
 pub(crate) const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
@@ -12,19 +18,11 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs e2e/run.mjs in one mode; returns its JSON verdict.
-fn run_browser(
-    video: &str,
-    pages: &PageSocket,
-    mode: &str,
-    extra: &[(&str, &str)],
-) -> serde_json::Value {
-    run_browser_for(video, pages, DEMO, mode, extra)
-}
-
+/// Runs e2e/run.mjs for one page in `mode` (any picture that moves: `PICTURE=moving`); returns
+/// its verdict, failing the test unless it passed.
 pub(crate) fn run_browser_for(
     video: &str,
-    pages: &PageSocket,
+    pages: &PageSockets,
     stream_id: &str,
     mode: &str,
     extra: &[(&str, &str)],
@@ -36,15 +34,50 @@ pub(crate) fn run_browser_for(
         ("TIMEOUT_S", "40"),
     ];
     env.extend_from_slice(extra);
-    crate::support::browser::run_e2e_with_pages(
-        "run.mjs",
-        &env,
-        &format!("{mode} playback"),
-        Some(pages),
-    )
+    run_e2e_with_pages("run.mjs", &env, &format!("{mode} playback"), pages)
 }
 
-/// Copies the shipped config and demo clip into `dir`, with ports set to 0 (free ports).
+/// What every run requires of the demo clip's picture.
+const DEMO_PICTURE: &[(&str, &str)] = &[
+    ("PICTURE", "demo"),
+    ("EXPECT_SIZE", "640x360"),
+    ("EXPECT_FPS", "25"),
+];
+
+/// Runs e2e/run.mjs with `jobs` (JSON objects of settings) at once in the shared browser, the
+/// demo picture required of each; returns each job's verdict.
+fn play_jobs(
+    video: &str,
+    pages: &PageSockets,
+    stream_id: &str,
+    jobs: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let jobs = jobs.to_string();
+    let mut env = vec![
+        ("VIDEO_ADDR", video),
+        ("STREAM_ID", stream_id),
+        ("TIMEOUT_S", "40"),
+        ("JOBS", jobs.as_str()),
+    ];
+    env.extend_from_slice(DEMO_PICTURE);
+    let verdict = run_e2e_with_pages("run.mjs", &env, "playback in Chromium", pages);
+    let jobs = verdict["jobs"]
+        .as_array()
+        .expect("one verdict per job")
+        .clone();
+    for j in &jobs {
+        assert!(j["frames"].as_u64().is_some_and(|f| f > 0), "{j}");
+        assert!(j["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{j}");
+        assert_eq!(j["videoSize"], "640x360", "{j}");
+        assert!(j["errors"].as_array().is_some_and(Vec::is_empty), "{j}");
+        let p = &j["picture"];
+        assert_eq!(p["ok"], true, "{j}");
+        assert!(p["framesInOrder"].as_u64().is_some_and(|n| n >= 7), "{j}");
+    }
+    jobs
+}
+
+/// Copies the shipped config and the demo clip into `dir`, with ports set to 0 (free ports).
 pub(crate) fn shipped_setup(dir: &Path) {
     let conf = std::fs::read_to_string(root().join("conf.toml")).expect("conf.toml");
     let conf = conf
@@ -52,11 +85,11 @@ pub(crate) fn shipped_setup(dir: &Path) {
         .replace("port = 8090", "port = 0");
     std::fs::write(dir.join("conf.toml"), conf).expect("write conf");
     std::fs::create_dir_all(dir.join("assets")).expect("assets dir");
-    std::fs::copy(root().join("assets/demo.mp4"), dir.join("assets/demo.mp4")).expect("demo");
+    std::fs::copy(demo_clip(), dir.join("assets/demo.mp4")).expect("demo");
 }
 
 /// Replaces the shipped config's `[cors]` table in `dir` with one allowing the test pages.
-fn allow_pages(dir: &Path, pages: &PageSocket) {
+fn allow_pages(dir: &Path, pages: &PageSockets) {
     let path = dir.join("conf.toml");
     let conf = std::fs::read_to_string(&path).expect("conf");
     assert!(
@@ -71,51 +104,61 @@ fn allow_pages(dir: &Path, pages: &PageSocket) {
 fn chromium_plays_the_demo_stream_via_mse_and_hls() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
-    let pages = PageSocket::bind();
+    let pages = PageSockets::bind(2);
     allow_pages(dir.path(), &pages);
     let server = ServerProcess::start(dir.path(), &[], &[]);
-    let mse = run_browser(&server.video, &pages, "mse", &[]);
-    assert!(mse["frames"].as_u64().is_some_and(|f| f > 0), "{mse}");
-    assert!(mse["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{mse}");
-    let hls = run_browser(&server.video, &pages, "hls", &[]);
-    assert!(hls["frames"].as_u64().is_some_and(|f| f > 0), "{hls}");
-    assert!(hls["advanced"].as_f64().is_some_and(|a| a >= 1.0), "{hls}");
+    let jobs = play_jobs(
+        &server.video,
+        &pages,
+        DEMO,
+        serde_json::json!([{"NAME": "mse", "MODE": "mse"}, {"NAME": "hls", "MODE": "hls"}]),
+    );
+    assert_eq!(jobs[0]["codecs"], "avc1.4D401E,mp4a.40.2", "{}", jobs[0]);
     assert!(server.terminate());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn chromium_plays_the_archive_through_a_pause_more_cycle() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let pages = PageSocket::bind();
-    let s = crate::support::InProcess::start(&format!(
-        "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 20\n{}",
-        tmp.path().display(),
-        pages.cors_toml()
-    ))
-    .await;
-    let id = uuid::Uuid::new_v4();
-    let wall0 = 1_760_000_000_000_000i64;
-    crate::playback::synthesize(&s.state.db, tmp.path(), id, wall0, 3).await;
-    let video = s.video.clone();
-    let start = (wall0 / 1_000_000).to_string();
-    let verdict = tokio::task::spawn_blocking(move || {
-        run_browser_for(
-            &video,
-            &pages,
-            &id.to_string(),
-            "archive",
-            &[("START", &start), ("DURATION", "70"), ("EXPECT_PAUSE", "1")],
+crate::on_both_engines!(
+    /// Archive playback in the browser from the index of either engine: pause/more cycles, `eos`,
+    /// `endOfStream()`, and the element plays the requested range to its end.
+    async fn chromium_plays_the_archive_to_its_end(index: &Index) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let pages = PageSockets::bind(1);
+        let s = crate::support::InProcess::start_with_db(
+            &format!(
+                "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 3\n{}",
+                tmp.path().display(),
+                pages.cors_toml()
+            ),
+            Some(index.url.clone()),
         )
-    })
-    .await
-    .expect("browser run");
-    assert!(
-        verdict["frames"].as_u64().is_some_and(|f| f > 0),
-        "{verdict}"
-    );
-    assert!(
-        verdict["advanced"].as_f64().is_some_and(|a| a >= 1.0),
-        "{verdict}"
-    );
-    let _ = s.stop().await;
-}
+        .await;
+        let id = uuid::Uuid::new_v4();
+        let wall0 = 1_760_000_000_000_000i64;
+        crate::playback::synthesize_from(&demo_clip(), &s.state.db, tmp.path(), id, wall0, 1).await;
+        let video = s.video.clone();
+        let start = (wall0 / 1_000_000).to_string();
+        let jobs = serde_json::json!([{
+            "MODE": "archive", "START": start, "DURATION": "10",
+            "EXPECT_PAUSE": "1", "EXPECT_EOS": "1",
+        }]);
+        let jobs =
+            tokio::task::spawn_blocking(move || play_jobs(&video, &pages, &id.to_string(), jobs))
+                .await
+                .expect("browser run");
+        let j = &jobs[0];
+        assert_eq!(j["stats"]["eos"], true, "{j}");
+        assert_eq!(j["stats"]["endOfStream"], true, "{j}");
+        assert_eq!(j["ended"], true, "{j}");
+        // Every frame of the 10 s was given to the browser, and it played them all.
+        let duration = j["duration"].as_f64().expect("duration");
+        assert!((duration - 10.0).abs() < 0.1, "{j}");
+        assert!(
+            j["currentTime"]
+                .as_f64()
+                .is_some_and(|t| (t - duration).abs() < 0.1),
+            "{j}"
+        );
+        assert!(j["stats"]["pauses"].as_u64().is_some_and(|n| n >= 3), "{j}");
+        s.stop().await;
+    }
+);

@@ -18,7 +18,27 @@ use crate::support::media::{ffmpeg_decode_errors, ffprobe, first_box, ws_with_ti
 /// Records `loops` × the demo clip (24 s each) for `stream_id` as if it had been received from
 /// `wall0_us` on, without real-time pacing. Returns the recorded length in µs.
 pub async fn synthesize(db: &Db, dir: &Path, stream_id: Uuid, wall0_us: i64, loops: i64) -> i64 {
-    let clip = Mp4File::open(Path::new("assets/demo.mp4")).expect("demo");
+    synthesize_from(
+        Path::new("assets/demo.mp4"),
+        db,
+        dir,
+        stream_id,
+        wall0_us,
+        loops,
+    )
+    .await
+}
+
+/// As [`synthesize`], from any clip.
+pub async fn synthesize_from(
+    clip: &Path,
+    db: &Db,
+    dir: &Path,
+    stream_id: Uuid,
+    wall0_us: i64,
+    loops: i64,
+) -> i64 {
+    let clip = Mp4File::open(clip).expect("clip");
     let params = Arc::new(clip.params().clone());
     let hub = Hub::new();
     let recorder = Recorder::new(

@@ -76,6 +76,7 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
             .is_some_and(|e| e.abs() <= 2.0),
         "{v}"
     );
+    assert_eq!(s["archive"]["snapshot"], "640x360", "{v}");
     // The exported selection is a valid MP4 as long as the selection (±1 s).
     let selection_s = s["archive"]["selectionS"].as_f64().expect("selectionS");
     let probe = ffprobe(&export.display().to_string());

@@ -218,8 +218,15 @@ export class MseSink {
 }
 
 // ---------------------------------------------------------------------------------------------
-// live transports: each opens, reports `playing`, `closed(reason)` (reconnect) or
-// `unsupported(reason)` (next transport), and closes.
+// Live transports. A transport is a class `new T(video, stream, ev)` with:
+//   async open()  connect and start playing into `video` (the LivePlayer sees `playing` on the
+//                 <video> itself);
+//   close()       stop and release everything (idempotent; no events after it);
+//   stats()       an object for the curious (devtools, tests);
+// and reports through `ev`: `ev.closed(reason)` when the connection ended (the player reconnects
+// with backoff and shows `reason`), `ev.unsupported(reason)` when this browser cannot play the
+// stream this way (the player moves on to the next transport at once). To add one (WebRTC/WHEP):
+// write the class, add it to TRANSPORTS and put its name first in `liveTransports()`.
 
 class MseTransport {
   constructor(video, stream, ev) {

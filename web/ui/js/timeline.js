@@ -61,7 +61,7 @@ export class Timeline {
           h('span', { class: 'lg lg-prot' }), 'protected ',
           h('span', { class: 'lg lg-sel' }), 'selected')),
       this.canvas,
-      h('p', { class: 'hint', title: 'Elsewhere on the page: Space pause, L live, M sound, F full screen' },
+      h('p', { class: 'hint', title: 'Elsewhere on the page: Space pause, L live, M sound, S snapshot, F full screen' },
         'Click: play from there · drag: select · wheel: zoom · keys: ←/→ move, Enter play, +/− zoom'));
 
     this.bind();

@@ -36,6 +36,7 @@ export function cameraView(root, id) {
     soundBtn.setAttribute('aria-pressed', String(!state.muted));
     soundBtn.textContent = state.muted ? 'Sound off' : 'Sound on';
   } }, 'Sound off');
+  const snapBtn = h('button', { type: 'button', class: 'btn', title: 'Save the picture on screen as PNG', onclick: () => snapshot() }, 'Snapshot');
   const fullBtn = h('button', { type: 'button', class: 'btn', 'aria-label': 'Full screen', onclick: () => {
     if (document.fullscreenElement) document.exitFullscreen();
     else stage.requestFullscreen().catch(() => {});
@@ -78,7 +79,7 @@ export function cameraView(root, id) {
     h('div', { class: 'camera-layout' },
       h('div', { class: 'camera-main' },
         stage,
-        h('div', { class: 'controls', role: 'toolbar', 'aria-label': 'Playback' }, playBtn, liveBtn, speedSel, soundBtn, gotoForm, fullBtn),
+        h('div', { class: 'controls', role: 'toolbar', 'aria-label': 'Playback' }, playBtn, liveBtn, speedSel, soundBtn, snapBtn, gotoForm, fullBtn),
         timeline.el),
       h('aside', { class: 'camera-side' }, selPanel, protPanel)));
   stage.append(overlay, timeLabel);
@@ -176,10 +177,34 @@ export function cameraView(root, id) {
     }
   }
 
+  /** The picture on screen as a PNG download, named after the camera and its wall-clock time. */
+  function snapshot() {
+    const v = state.video;
+    if (!v || !v.videoWidth) {
+      toast('No picture yet', 'error');
+      return;
+    }
+    const c = document.createElement('canvas');
+    c.width = v.videoWidth;
+    c.height = v.videoHeight;
+    c.getContext('2d').drawImage(v, 0, 0);
+    const wall = state.mode === 'archive' && state.player ? state.player.wallclockMs() : now();
+    const name = `${(state.stream && state.stream.name) || id}_${new Date(wall ?? now()).toISOString().replace(/[:.]/g, '-')}.png`;
+    c.toBlob((blob) => {
+      if (!blob) return;
+      const url = URL.createObjectURL(blob);
+      const a = h('a', { href: url, download: name.replace(/[^\w.-]+/g, '_'), hidden: true });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    }, 'image/png');
+  }
+
   // Keyboard shortcuts (not while typing or on the timeline, which has its own keys).
   const onKey = (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest('input, select, textarea, canvas, button, a, dialog')) return;
-    const act = { ' ': togglePause, k: togglePause, l: goLive, m: () => soundBtn.click(), f: () => fullBtn.click() }[e.key.toLowerCase()];
+    const act = { ' ': togglePause, k: togglePause, l: goLive, m: () => soundBtn.click(), f: () => fullBtn.click(), s: snapshot }[e.key.toLowerCase()];
     if (act) {
       e.preventDefault();
       act();
