@@ -174,6 +174,10 @@ pub struct ArchiveConfig {
     pub playback_idle_s: u64,
     /// Ours: most archive playback sessions at once (0 = default 64).
     pub playback_max_sessions: usize,
+    /// Ours: the recorder re-anchors a session's wall clock at the next segment boundary when the
+    /// camera's timeline drifts from the server clock by more than this (default 1000; 0 turns
+    /// re-anchoring off).
+    pub max_drift_ms: Option<u64>,
     /// Ours: how often each storage root's marker is checked, and an unavailable root retried,
     /// in seconds (0 = default 30).
     pub root_check_s: u64,
@@ -212,6 +216,15 @@ impl ArchiveConfig {
         } else {
             self.playback_idle_s
         })
+    }
+
+    /// Drift that makes the recorder re-anchor its wall clock (`None`: never).
+    pub fn max_drift(&self) -> Option<std::time::Duration> {
+        match self.max_drift_ms {
+            None => Some(crate::archive::recorder::DEFAULT_MAX_DRIFT),
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        }
     }
 
     pub fn root_check_interval(&self) -> std::time::Duration {

@@ -15,6 +15,10 @@ use crate::db::{self, Db, streams};
 use crate::live;
 use crate::manager::StreamManager;
 
+/// Connections reserved for the upkeep tasks (retention, S3 uploader): a pool of their own, so
+/// API load cannot hold them back (nor they the API).
+const UPKEEP_CONNECTIONS: u32 = 3;
+
 /// Start-up failures. Each names what could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -169,19 +173,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("api listener disabled ([api] enabled = false)");
     }
 
-    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`.
+    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`
+    // and whenever a recorder finds its disk full.
+    let upkeep_db = db.sibling(UPKEEP_CONNECTIONS);
     let retention = crate::archive::retention::Retention::new(
-        db.clone(),
+        upkeep_db.clone(),
         state.archive.clone(),
         config.retention.clone(),
         config.archive.directory(),
-    );
+    )
+    .with_trigger(manager.retention_trigger());
     tracker.spawn(retention.run(shutdown.child_token()));
 
     // The S3 upload outbox, when an object store is configured.
     let uploader = match config.effective_s3() {
         Some(s3) => match crate::archive::uploader::spawn_uploader(
-            db.clone(),
+            upkeep_db.clone(),
             &s3,
             state.uploads.clone(),
             roots.clone(),
@@ -198,7 +205,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     // Once shutdown is requested and the listeners have drained, stop the streams and close the pool.
     let token = shutdown.clone();
-    let (m, d) = (manager.clone(), db.clone());
+    let (m, d, u) = (manager.clone(), db.clone(), upkeep_db);
     tracker.spawn(async move {
         token.cancelled().await;
         for l in listeners {
@@ -218,6 +225,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         {
             tracing::error!(error = %e, "uploader task panicked");
         }
+        u.close().await;
         d.close().await;
     });
     tracker.close();
