@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod archive;
+pub mod cross_site;
 pub mod error;
 pub mod export;
 pub mod go;
@@ -60,9 +61,10 @@ pub struct AppState {
     pub listeners: ListenerPorts,
 }
 
-/// The API routes and the OpenAPI document their annotations describe.
-fn routes_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::base())
+/// The API router and the OpenAPI document it implements: the routes' own annotations, then the
+/// access policy (security, 401/403) and the cross-site answers (403, 421) of every operation.
+pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(go::list))
         .routes(routes!(go::status))
         .routes(routes!(go::enable_camera))
@@ -90,13 +92,9 @@ fn routes_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::storage))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .split_for_parts()
-}
-
-/// The API router and its OpenAPI document, with the access policy documented on every operation.
-pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = routes_and_openapi();
+        .split_for_parts();
     policy::document(&mut doc, policy::API);
+    cross_site::document(&mut doc);
     (router, doc)
 }
 
@@ -115,7 +113,7 @@ pub fn openapi_json() -> String {
 pub fn app(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors, state.listeners);
     let (router, doc) = router_and_openapi();
-    router
+    let router = router
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
         .merge(crate::web::router())
         // A route layer, so it runs once a route matched (the policy is looked up by its
@@ -126,8 +124,9 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
-        .layer(cors)
+        .with_state(state.clone())
+        .layer(cors);
+    cross_site::protect(router, &state, cross_site::Listener::Api)
 }
 
 /// Request headers the web UI sends to the other listener (JSON bodies, bearer tokens, ranges).

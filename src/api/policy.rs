@@ -540,7 +540,7 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi, table: &'static [RoutePolicy
     use utoipa::openapi::security::{
         ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -618,10 +618,16 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi, table: &'static [RoutePolicy
                     Some("The credential's scope does not cover this stream and action")
                 }
             };
-            if let Some(text) = forbidden {
-                responses
-                    .entry("403".into())
-                    .or_insert_with(|| answer(text).into());
+            match (forbidden, responses.get_mut("403")) {
+                (None, _) => {}
+                // A route's own 403 (e.g. signing beyond the caller's scope) gets ours added.
+                (Some(text), Some(RefOr::T(existing))) => {
+                    existing.description = format!("{}; or: {text}", existing.description);
+                }
+                (Some(_), Some(RefOr::Ref(_))) => {}
+                (Some(text), None) => {
+                    responses.insert("403".into(), answer(text).into());
+                }
             }
         }
     }

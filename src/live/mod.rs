@@ -19,7 +19,7 @@ pub fn app(state: AppState) -> Router {
     let cors = crate::api::cors_layer(&state.config.cors, state.listeners);
     // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
     // the original did.
-    Router::new()
+    let router = Router::new()
         .route("/ws/archive", get(ws::archive))
         .route("/ws/{any}", get(ws::live))
         .route("/hls/{file}", get(hls::serve))
@@ -30,6 +30,7 @@ pub fn app(state: AppState) -> Router {
             policy::enforce_video,
         ))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
-        .layer(cors)
+        .with_state(state.clone())
+        .layer(cors);
+    crate::api::cross_site::protect(router, &state, crate::api::cross_site::Listener::Video)
 }
