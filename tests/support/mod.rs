@@ -8,6 +8,7 @@ pub mod media;
 pub mod pg_private;
 pub mod routes;
 pub mod s3;
+pub mod tmpfs;
 
 use std::str::FromStr;
 use std::sync::Arc;
