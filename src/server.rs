@@ -57,19 +57,38 @@ pub async fn open_db(config: &Config) -> Result<Db, ServerError> {
     Ok(db)
 }
 
-fn bind_host(host: &str) -> &str {
-    if host.is_empty() { "0.0.0.0" } else { host }
-}
-
+/// Binds a listener. An empty `host` means every interface, IPv6 and IPv4, as the Go original's
+/// `:port` did: one dual-stack `[::]` socket (IPv4 clients arrive as v4-mapped addresses), or
+/// `0.0.0.0` where the machine has no IPv6.
 async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, ServerError> {
-    let host = bind_host(host);
+    let failed = |addr: String| move |source| ServerError::Bind { what, addr, source };
+    if host.is_empty() {
+        match dual_stack(port) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => tracing::info!(error = %e, what, "no IPv6 listener: listening on IPv4 only"),
+        }
+        return TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(failed(format!("0.0.0.0:{port}")));
+    }
     TcpListener::bind((host, port))
         .await
-        .map_err(|source| ServerError::Bind {
-            what,
-            addr: format!("{host}:{port}"),
-            source,
-        })
+        .map_err(failed(format!("{host}:{port}")))
+}
+
+/// A listening `[::]:port` socket that also accepts IPv4 (`IPV6_V6ONLY` off).
+fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    // What tokio's own bind does on Unix: a restarted server can take its port back at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// `listener` with `TCP_NODELAY` on every accepted connection. Live video is many small writes (a

@@ -5,9 +5,10 @@ use uuid::Uuid;
 use super::{Db, DbUuid, Result, with_pool};
 use crate::stream::StorageKind;
 
-/// Longest segment the index holds: twice the recorder's cap, which also bounds imported files.
-/// Time queries scan segments starting up to this long before their window ([`scan_start`]), so
-/// a longer segment could be missed by a query that starts inside it.
+/// Longest segment the index holds: twice the longest `ms_per_file` (two hours), above what the
+/// recorder can write (`ms_per_file` + `archive::recorder::MAX_OVERSHOOT`); it also bounds
+/// imported files. Time queries scan segments starting up to this long before their window
+/// ([`scan_start`]), so a longer segment could be missed by a query that starts inside it.
 pub const MAX_SEGMENT_US: i64 = crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2;
 
 /// Lowest start a segment overlapping a window that begins at `from_us` can have: the lower

@@ -16,6 +16,7 @@ mod e2e;
 mod export;
 mod faults;
 mod faults_io;
+mod file_source;
 mod go_routes;
 mod import_archive;
 mod live;

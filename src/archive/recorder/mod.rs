@@ -2,7 +2,8 @@
 //!
 //! * A segment starts at a keyframe and is cut at the first keyframe after `ms_per_file`, at a
 //!   codec change, and after a discontinuity (source restart or a lag skip); it is never longer
-//!   than [`MAX_SEGMENT`] (without a keyframe by then it is closed and the next one waits for one).
+//!   than `ms_per_file` + [`MAX_OVERSHOOT`] (without a keyframe by then it is closed and the next
+//!   one waits for one).
 //! * The file is `ftyp`+`moov` first, then one `moof`+`mdat` about every second, each written and
 //!   flushed to disk (`fdatasync`) before the index is told: a crash loses at most the fragment in
 //!   progress, and start-up repair (`archive::repair`) fixes the rest. The directory is fsynced
@@ -64,8 +65,11 @@ pub const FRAGMENT_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// ... or this many frames (a second is 25 to 100 frames per track).
 pub const FRAGMENT_MAX_FRAMES: usize = 1000;
 
-/// Hard cap on a segment's length, so "which segment holds time T" stays a bounded index range.
-pub const MAX_SEGMENT: Duration = Duration::from_secs(300);
+/// How far past `ms_per_file` a segment may run while no keyframe comes to cut it at (in media
+/// time, and in wall-clock time since it was opened, for sources whose durations do not advance).
+/// With `config::MAX_MS_PER_FILE` this bounds every segment well inside
+/// `db::segments::MAX_SEGMENT_US`, so "which segment holds time T" stays a bounded index range.
+pub const MAX_OVERSHOOT: Duration = Duration::from_secs(300);
 
 /// A segment is cut at the next keyframe once its file holds this much, whatever its media
 /// duration says (tiny durations must not make one file grow forever), and at once at twice this.
@@ -326,12 +330,14 @@ impl Recorder {
             } else {
                 0
             };
-            let too_long = seg_us >= MAX_SEGMENT.as_micros() as i64
+            let target = Duration::from_millis(self.cfg.ms_per_file);
+            let cap = target + MAX_OVERSHOOT;
+            let too_long = seg_us >= cap.as_micros() as i64
                 || o.bytes >= 2 * MAX_SEGMENT_BYTES
-                || o.opened.elapsed() >= 2 * MAX_SEGMENT;
-            let due = seg_us >= (self.cfg.ms_per_file as i64) * 1000
+                || o.opened.elapsed() >= 2 * cap;
+            let due = seg_us >= target.as_micros() as i64
                 || o.bytes >= MAX_SEGMENT_BYTES
-                || o.opened.elapsed() >= MAX_SEGMENT;
+                || o.opened.elapsed() >= cap;
             if (sync && due) || too_long {
                 self.close().await?;
             }
