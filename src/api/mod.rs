@@ -58,7 +58,7 @@ pub struct AppState {
 
 /// The API router and the OpenAPI document it implements.
 pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::base())
+    let parts = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(go::list))
         .routes(routes!(go::status))
         .routes(routes!(go::enable_camera))
@@ -82,7 +82,10 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::storage))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .split_for_parts()
+        .split_for_parts();
+    let (router, mut doc) = parts;
+    openapi::state_shared_rules(&mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI document as pretty JSON (what `video-server openapi` prints and the repo commits).
