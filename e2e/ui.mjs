@@ -26,6 +26,11 @@
 //   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
 //             MEASURE_S seconds (the 16-tile measurement)
 //
+// The demo pictures (grid tile, archive) are judged with the shared picture checks of
+// e2e/picture.mjs against the real assets/demo.mp4 (REFERENCE), so a frozen or black demo clip
+// (E2E_DEMO_CLIP, e2e/README.md) fails these scenarios too; PICTURE=0 turns the probe off.
+// Runs in the shared browser of the test process (BROWSER_WS) when there is one.
+//
 // Prints ONE JSON line: {"ok":bool, "scenarios":{name:{ok, ...numbers}}, "errors":[...]}; exit 0
 // when every scenario passed. Progress goes to stderr.
 
@@ -33,11 +38,12 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
-];
+import { openBrowser } from './browser.mjs';
+import { PROBE_OPTIONS, analysePicture, installPictureProbe, loadReference, takeSamples } from './picture.mjs';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 const T0 = Date.now();
 const log = (...a) => console.error(`[ui +${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
@@ -53,8 +59,14 @@ const cfg = {
   switchRtspUrl: process.env.SWITCH_RTSP_URL || '',
   exportPath: process.env.EXPORT_PATH || path.join(os.tmpdir(), `ui-export-${process.pid}.mp4`),
   tilesExpected: Number(process.env.TILES_EXPECTED || 16),
+  // The picture probe samples every <video> a few times a second: on for the demo checks, off
+  // where it would skew a measurement (PICTURE=0, the 16-tile run).
+  picture: process.env.PICTURE !== '0',
   measureS: Number(process.env.MEASURE_S || 10),
   chromium: process.env.CHROMIUM || '/usr/bin/chromium',
+  // The clip the pictures are judged against (always the real demo, also when the server plays a
+  // frozen or black copy: e2e/README.md).
+  reference: process.env.REFERENCE || path.join(HERE, '..', 'assets', 'demo.mp4'),
   hardTimeoutS: Number(process.env.HARD_TIMEOUT_S || 600),
 };
 
@@ -113,11 +125,36 @@ async function waitPlaying(page, sel, minFrames, timeoutMs) {
 
 const tileSel = (id) => `.tile[data-stream-id="${id}"]`;
 
+/**
+ * Judges what the <video> matching `sel` shows with the tests' picture checks (e2e/picture.mjs):
+ * the demo clip's colour bars where they belong, the frames the media time says (against the
+ * reference clip), a changing picture, about 25 decoded frames per second. Samples taken before
+ * the call are dropped; it samples until the verdict is in (at most `timeoutMs`).
+ */
+async function checkDemoPicture(page, sel, timeoutMs = 20_000) {
+  const index = await page.evaluate((q) => [...document.querySelectorAll('video')].indexOf(document.querySelector(q)), sel);
+  if (index < 0) throw new Error(`no video at ${sel}`);
+  await takeSamples(page);
+  const reference = loadReference(cfg.reference);
+  const samples = [];
+  let verdict = null;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    await sleep(500);
+    samples.push(...(await takeSamples(page)).filter((x) => x.video === index));
+    verdict = analysePicture(samples, { picture: 'demo', reference, expectSize: '640x360', fps: 25, minSamples: 8 });
+    if (verdict.ok || verdict.final) break;
+  }
+  if (!verdict || !verdict.ok) throw new Error(`wrong picture at ${sel}: ${verdict ? verdict.failures.join('; ') : 'no samples'}`);
+  return verdict.stats;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async function scenarioGrid(page) {
   await page.goto(cfg.url + '#/', { waitUntil: 'load' });
   const s = await waitPlaying(page, `${tileSel(cfg.streamId)} video`, 50, 40_000);
+  const picture = cfg.picture ? await checkDemoPicture(page, `${tileSel(cfg.streamId)} video`) : null;
   const transport = await page.getAttribute(tileSel(cfg.streamId), 'data-transport');
   const badges = await page.textContent(`${tileSel(cfg.streamId)} .tile-badges`);
   await sleep(1500); // badges from the first status poll
@@ -127,7 +164,7 @@ async function scenarioGrid(page) {
   await sleep(800);
   await shot(page, 'grid-phone.png');
   await page.setViewportSize(vp);
-  return { ok: true, frames: s.frames, advanced: +s.advanced.toFixed(2), videoSize: `${s.w}x${s.h}`, transport, badges };
+  return { ok: true, frames: s.frames, advanced: +s.advanced.toFixed(2), videoSize: `${s.w}x${s.h}`, transport, badges, picture };
 }
 
 async function scenarioCameras(page) {
@@ -280,6 +317,7 @@ async function scenarioArchive(page) {
   if (!lab2) throw new Error('archive playback stopped');
   out.archivePlayedS = +(lab2.ct - lab.ct).toFixed(2);
   out.labelDriftS = +((lab2.wall - lab.wall) / 1000 - (lab2.ct - lab.ct)).toFixed(2);
+  if (cfg.picture) out.picture = await checkDemoPicture(page, '.stage video');
   out.labelLagS = +((lab2.wall - lab2.shown) / 1000).toFixed(2);
   if (Math.abs(out.labelLagS) > 0.6) throw new Error(`the label is ${out.labelLagS} s behind the picture`);
   if (out.archivePlayedS < 1 || Math.abs(out.labelDriftS) > 0.6) {
@@ -292,7 +330,10 @@ async function scenarioArchive(page) {
     page.waitForEvent('download', { timeout: 15_000 }),
     page.click('button:has-text("Snapshot")'),
   ]);
-  const png = fs.readFileSync(await snap.path());
+  const snapPath = path.join(os.tmpdir(), `ui-snapshot-${process.pid}.png`);
+  await snap.saveAs(snapPath);
+  const png = fs.readFileSync(snapPath);
+  fs.rmSync(snapPath, { force: true });
   if (png.subarray(1, 4).toString() !== 'PNG') throw new Error('the snapshot is not a PNG');
   out.snapshot = `${png.readUInt32BE(16)}x${png.readUInt32BE(20)}`;
   out.snapshotName = snap.suggestedFilename();
@@ -515,18 +556,17 @@ const SCENARIOS = { switch: scenarioSwitch, a11y: scenarioA11y, fallback: scenar
 async function main() {
   if (!cfg.url.startsWith('http')) throw new Error('UI_URL is required (e.g. http://127.0.0.1:8090/)');
   for (const s of cfg.scenarios) if (!SCENARIOS[s]) throw new Error(`unknown scenario '${s}'`);
-  const { chromium } = await import('playwright-core');
-  const profile = await fsp.mkdtemp(path.join(os.tmpdir(), 'video-ui-profile-'));
   const hard = setTimeout(() => {
     result.errors.push(`hard timeout after ${cfg.hardTimeoutS} s`);
     finish(1);
   }, cfg.hardTimeoutS * 1000);
+  // The shared browser of the test process (BROWSER_WS) or one of our own; a fresh context (an
+  // isolated profile) either way.
+  const { browser } = await openBrowser({ executablePath: cfg.chromium });
   let context;
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: cfg.chromium, headless: true, args: CHROMIUM_ARGS,
-      viewport: { width: 1280, height: 720 }, acceptDownloads: true, timeout: 30_000,
-    });
+    context = await browser.newContext({ viewport: { width: 1280, height: 720 }, acceptDownloads: true });
+    if (cfg.picture) await context.addInitScript(installPictureProbe, PROBE_OPTIONS);
     const page = context.pages()[0] || (await context.newPage());
     const pageErrors = [];
     page.on('pageerror', (e) => pageErrors.push(e.message));
@@ -557,7 +597,7 @@ async function main() {
   } finally {
     clearTimeout(hard);
     if (context) await context.close().catch(() => {});
-    await fsp.rm(profile, { recursive: true, force: true }).catch(() => {});
+    await browser.close().catch(() => {});
   }
   finish(result.ok ? 0 : 1);
 }

@@ -28,9 +28,14 @@ pub const DATABASE_URL_ENV: &str = "VIDEO_SERVER_DATABASE_URL";
 /// Default database: a SQLite file next to the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/video-server.db";
 
-/// Longest archive segment we accept. Segments are the unit of time queries, so a cap keeps every
-/// "which segment holds time T" lookup a bounded index range (DESIGN.md §4).
-pub const MAX_MS_PER_FILE: u64 = 300_000;
+/// Longest archive segment we accept (one hour: Go configs with 10-minute or hourly files must
+/// start). Segments are the unit of time queries, so a cap keeps every "which segment holds time
+/// T" lookup a bounded index range (DESIGN.md §4, `db::segments::MAX_SEGMENT_US`).
+pub const MAX_MS_PER_FILE: u64 = 3_600_000;
+
+/// Segment lengths above this are accepted with a warning: retention deletes and S3 uploads whole
+/// segments, and every time query scans further back, so 5 minutes or less is what we recommend.
+pub const LONG_MS_PER_FILE: u64 = 300_000;
 
 /// Shortest archive segment we accept: below a second, per-file overhead dominates.
 pub const MIN_MS_PER_FILE: u64 = 1_000;
@@ -94,6 +99,10 @@ pub struct Config {
     /// working directory, as in the original.
     #[serde(skip)]
     pub source_path: Option<PathBuf>,
+    /// What loading found worth a warning (unknown keys, keys matched case-insensitively, long
+    /// segments), logged by the binary once logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[api]`: the REST API listener.
@@ -174,6 +183,10 @@ pub struct ArchiveConfig {
     pub playback_idle_s: u64,
     /// Ours: most archive playback sessions at once (0 = default 64).
     pub playback_max_sessions: usize,
+    /// Ours: the recorder re-anchors a session's wall clock at the next segment boundary when the
+    /// camera's timeline drifts from the server clock by more than this (default 1000; 0 turns
+    /// re-anchoring off).
+    pub max_drift_ms: Option<u64>,
     /// Ours: how often each storage root's marker is checked, and an unavailable root retried,
     /// in seconds (0 = default 30).
     pub root_check_s: u64,
@@ -212,6 +225,15 @@ impl ArchiveConfig {
         } else {
             self.playback_idle_s
         })
+    }
+
+    /// Drift that makes the recorder re-anchor its wall clock (`None`: never).
+    pub fn max_drift(&self) -> Option<std::time::Duration> {
+        match self.max_drift_ms {
+            None => Some(crate::archive::recorder::DEFAULT_MAX_DRIFT),
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        }
     }
 
     pub fn root_check_interval(&self) -> std::time::Duration {
@@ -493,51 +515,63 @@ impl Config {
     }
 
     fn parse_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+        let syntax = |message: String| ConfigError::Syntax {
             path: path.into(),
-            message: e.to_string(),
-        })?;
-        Self::deserialize_reporting(path, de)
+            message,
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        // One tree for both formats, so keys are matched the same way in both.
+        let value = serde_json::to_value(table).map_err(|e| syntax(e.to_string()))?;
+        Self::deserialize_reporting(path, value)
     }
 
     fn parse_json(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let config = Self::deserialize_reporting(path, &mut de)?;
-        de.end().map_err(|e| ConfigError::Syntax {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        Ok(config)
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
+        Self::deserialize_reporting(path, value)
     }
 
-    /// Deserializes while tracking the key path of any error and warning about ignored keys.
-    fn deserialize_reporting<'de, D>(path: &Path, de: D) -> Result<Config, ConfigError>
-    where
-        D: serde::Deserializer<'de>,
-    {
+    /// Deserializes a parsed file while tracking the key path of any error; keys are matched
+    /// case-insensitively first, and every key matched that way or ignored is a warning.
+    fn deserialize_reporting(
+        path: &Path,
+        mut value: serde_json::Value,
+    ) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        fold_key_case(&mut value, "", &mut warnings);
         let mut unknown = Vec::new();
         let mut track = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-        let ignored = serde_ignored::Deserializer::new(de, &mut track);
+        let ignored = serde_ignored::Deserializer::new(value, &mut track);
         let result: Result<Config, _> = serde_path_to_error::deserialize(ignored);
-        for key in unknown {
-            tracing::warn!(file = %path.display(), key, "unknown config key ignored");
-        }
-        result.map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.into_inner().to_string();
-            if key == "." || key.is_empty() {
-                ConfigError::Syntax {
-                    path: path.into(),
-                    message,
+        warnings.extend(
+            unknown
+                .into_iter()
+                .map(|key| format!("unknown config key `{key}` ignored")),
+        );
+        result
+            .map(|mut config| {
+                config.warnings = warnings;
+                config
+            })
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.into_inner().to_string();
+                if key == "." || key.is_empty() {
+                    ConfigError::Syntax {
+                        path: path.into(),
+                        message,
+                    }
+                } else {
+                    ConfigError::Key {
+                        path: path.into(),
+                        key,
+                        message,
+                    }
                 }
-            } else {
-                ConfigError::Key {
-                    path: path.into(),
-                    key,
-                    message,
-                }
-            }
-        })
+            })
     }
 
     /// Parses TOML text as if it were a file called `name` (used by tests and the built-in default).
@@ -588,6 +622,12 @@ impl Config {
         }
         if self.on_demand.health_timeout_ms <= 0 {
             self.on_demand.health_timeout_ms = 3_000;
+        }
+        if self.archive.ms_per_file > LONG_MS_PER_FILE {
+            self.warnings.push(long_segments_warning(
+                "archive.ms_per_file",
+                self.archive.ms_per_file,
+            ));
         }
         if self.archive.ms_per_file != 0
             && !(MIN_MS_PER_FILE..=MAX_MS_PER_FILE).contains(&self.archive.ms_per_file)
@@ -642,6 +682,15 @@ impl Config {
         for s in &streams {
             if !seen.insert(s.id) {
                 return Err(invalid(format!("stream {} is configured twice", s.id)));
+            }
+            if let Some(ms) = s
+                .archive
+                .ms_per_file
+                .filter(|ms| u64::from(*ms) > LONG_MS_PER_FILE)
+            {
+                let key = format!("stream {} archive.ms_per_file", s.id);
+                self.warnings
+                    .push(long_segments_warning(&key, u64::from(ms)));
             }
         }
         Ok(())
@@ -875,6 +924,55 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
+fn long_segments_warning(key: &str, ms: u64) -> String {
+    format!(
+        "`{key}` = {ms}: segments longer than {LONG_MS_PER_FILE} ms are accepted, but retention \
+         and S3 uploads work in whole segments and time queries scan further back; \
+         {LONG_MS_PER_FILE} or less is recommended"
+    )
+}
+
+/// Matches keys case-insensitively, as the Go original's decoders did (BurntSushi/toml and
+/// encoding/json fall back to a case-insensitive match): every object key that is not all lower
+/// case is replaced by its lower-case form (all of ours are), with a warning naming it. A key
+/// whose lower-case form is also present is left as it is (and then reported as unknown). Only
+/// identifier-like keys are folded: the file has no maps keyed by user data.
+fn fold_key_case(value: &mut serde_json::Value, path: &str, warnings: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let folded: Vec<String> = map
+                .keys()
+                .filter(|k| {
+                    k.bytes().any(|b| b.is_ascii_uppercase())
+                        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && !map.contains_key(&k.to_ascii_lowercase())
+                })
+                .cloned()
+                .collect();
+            for key in folded {
+                if let Some(v) = map.remove(&key) {
+                    let lower = key.to_ascii_lowercase();
+                    warnings.push(format!(
+                        "config key `{path}{key}` matched as `{path}{lower}` (keys are \
+                         case-insensitive, as in the Go original; write them in lower case)"
+                    ));
+                    map.insert(lower, v);
+                }
+            }
+            for (k, v) in map.iter_mut() {
+                fold_key_case(v, &format!("{path}{k}."), warnings);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                let prefix = path.strip_suffix('.').unwrap_or(path);
+                fold_key_case(v, &format!("{prefix}[{i}]."), warnings);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn parse_guid(guid: &str) -> Result<Uuid, String> {
     if guid.trim().is_empty() {
         return Err("`guid` is missing".into());
@@ -985,6 +1083,88 @@ mod tests {
         assert_eq!(s3.prefix, "var/x");
         assert!(!format!("{:?}", c.archive.minio_settings).contains("hunter2"));
         assert!(!format!("{s3:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_with_a_warning() {
+        let c = toml(
+            "[API]\nPort = 9000\n[video]\nHOST = \"127.0.0.1\"\n\
+             [[RTSP_Streams]]\nGUID = \"566bfe72-2a8a-4d4c-9b84-2e1b9b4b1a3c\"\nUrl = \"rtsp://h/x\"\n\
+             Output_Types = [\"MSE\"]\nArchive = { Recording = true }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.api.port(), 9000);
+        assert_eq!(c.video.host, "127.0.0.1");
+        let s = &c.streams().expect("streams")[0];
+        assert_eq!(s.outputs, vec![OutputType::Mse]);
+        assert!(s.archive.recording);
+        for key in [
+            "`API`",
+            "`api.Port`",
+            "`video.HOST`",
+            "`rtsp_streams[0].archive.Recording`",
+        ] {
+            assert!(
+                c.warnings.iter().any(|w| w.contains(key)),
+                "{key}: {:?}",
+                c.warnings
+            );
+        }
+        // The same through JSON.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("conf.json");
+        std::fs::write(
+            &path,
+            r#"{"Api": {"Enabled": false}, "HLS": {"MS_per_segment": 4000}}"#,
+        )
+        .expect("write");
+        let c = Config::load(&path).expect("valid");
+        assert!(!c.api.is_enabled());
+        assert_eq!(c.hls.ms_per_segment, 4000);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("`hls.MS_per_segment`")),
+            "{:?}",
+            c.warnings
+        );
+        // An exact key wins over a differently cased duplicate, which is reported unknown.
+        let c = toml("[api]\nport = 1\nPort = 2\n").expect("valid");
+        assert_eq!(c.api.port(), 1);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("unknown config key `api.Port`")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            toml("[api]\nport = 1\n")
+                .expect("valid")
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn hour_long_segments_are_accepted_with_a_warning() {
+        let c = toml(
+            "[archive]\nms_per_file = 3600000\n[[local_files]]\nguid = \"13bf3e5c-d537-4f10-98e8-9d0afca8b070\"\n\
+             file = \"a.mp4\"\narchive = { ms_per_file = 600000 }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.archive.ms_per_file(), 3_600_000);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("archive.ms_per_file"));
+        assert!(c.warnings[1].contains("13bf3e5c-d537-4f10-98e8-9d0afca8b070"));
+        assert!(
+            toml("[archive]\nms_per_file = 300000\n")
+                .expect("valid")
+                .warnings
+                .is_empty()
+        );
+        let err = toml("[archive]\nms_per_file = 3600001\n").expect_err("too long");
+        assert!(err.to_string().contains("archive.ms_per_file"), "{err}");
     }
 
     #[test]

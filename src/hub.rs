@@ -11,7 +11,7 @@
 //! * Timestamps are continuous across source sessions: when a source reconnects, its new
 //!   session-relative timestamps are shifted to continue after the previous session's last frame.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{mpsc, watch};
@@ -22,6 +22,14 @@ use crate::media::{Frame, StreamParams, TrackKind};
 /// would otherwise grow it without bound; past this the cache is dropped and new consumers wait for
 /// the next keyframe.
 const GOP_CACHE_MAX_FRAMES: usize = 1500;
+
+/// Most bytes kept in the GOP cache, whatever the frame count: a 4K camera's GOP of a few seconds
+/// fits; a source with tiny frame durations (thousands of frames per "second") or giant frames
+/// cannot make it grow without bound. Past this the cache is dropped, as for the frame limit.
+pub const GOP_CACHE_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes a consumer's queue may hold when [`Hub::subscribe`] is given no byte limit.
+pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What a consumer receives.
 #[derive(Debug, Clone)]
@@ -35,6 +43,12 @@ pub struct Delivery {
 struct Slot {
     id: u64,
     tx: mpsc::Sender<Delivery>,
+    /// Payload bytes in the queue (added here, taken off by [`Subscription::recv`]).
+    queued_bytes: Arc<AtomicUsize>,
+    /// The most `queued_bytes` may reach; a frame that would pass it is a lag like a full queue.
+    max_bytes: usize,
+    /// Frames are being dropped because this consumer lagged (counted in dropped bytes).
+    lagging: bool,
     /// Waiting for the next sync point before sending anything.
     waiting_for_sync: bool,
     /// The next delivered frame must carry `discontinuity`.
@@ -47,6 +61,8 @@ struct Inner {
     next_id: u64,
     /// Frames since the last video keyframe (or recent audio frames for audio-only streams).
     gop: Vec<Frame>,
+    /// Payload bytes in `gop`.
+    gop_bytes: usize,
     /// Shift applied to the current source session's timestamps, in µs.
     session_offset_us: i64,
     /// End of the last published frame (after shifting), in µs, per track.
@@ -62,6 +78,13 @@ pub struct Hub {
     skipped_frames: AtomicU64,
     /// Frames published.
     published_frames: AtomicU64,
+    /// Payload bytes published.
+    published_bytes: AtomicU64,
+    /// Payload bytes consumers did not get because they lagged (their queue was full, in frames
+    /// or bytes), summed over consumers.
+    dropped_bytes: AtomicU64,
+    /// Times the GOP cache was dropped for passing its frame or byte limit.
+    gop_overflows: AtomicU64,
 }
 
 fn track_index(t: TrackKind) -> usize {
@@ -87,6 +110,9 @@ impl Hub {
             params,
             skipped_frames: AtomicU64::new(0),
             published_frames: AtomicU64::new(0),
+            published_bytes: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+            gop_overflows: AtomicU64::new(0),
         })
     }
 
@@ -119,7 +145,7 @@ impl Hub {
         let mut inner = self.lock();
         let end = inner.last_end_us[0].max(inner.last_end_us[1]);
         inner.session_offset_us = end;
-        inner.gop.clear();
+        inner.clear_gop();
         for slot in &mut inner.slots {
             slot.waiting_for_sync = true;
             slot.mark_next = true;
@@ -128,7 +154,7 @@ impl Hub {
 
     /// The source ended: clears the codec parameters and the cache.
     pub fn end_session(&self) {
-        self.lock().gop.clear();
+        self.lock().clear_gop();
         self.params.send_replace(None);
     }
 
@@ -148,66 +174,119 @@ impl Hub {
             TrackKind::Video => frame.keyframe,
             TrackKind::Audio => !has_video,
         };
+        let len = frame.data.len();
         if sync && (frame.track == TrackKind::Video || inner.gop.len() >= 50) {
-            inner.gop.clear();
+            inner.clear_gop();
         }
-        if inner.gop.len() < GOP_CACHE_MAX_FRAMES && (sync || !inner.gop.is_empty()) {
+        let fits = inner.gop.len() < GOP_CACHE_MAX_FRAMES
+            && inner.gop_bytes.saturating_add(len) <= GOP_CACHE_MAX_BYTES;
+        if fits && (sync || !inner.gop.is_empty()) {
             inner.gop.push(frame.clone());
-        } else if inner.gop.len() >= GOP_CACHE_MAX_FRAMES {
-            inner.gop.clear();
+            inner.gop_bytes += len;
+        } else if !fits && !inner.gop.is_empty() {
+            inner.clear_gop();
+            self.gop_overflows.fetch_add(1, Ordering::Relaxed);
         }
         let mut skipped = 0u64;
+        let mut dropped = 0u64;
         inner.slots.retain_mut(|slot| {
             if slot.waiting_for_sync {
                 if !sync {
+                    if slot.lagging {
+                        dropped += len as u64;
+                    }
                     return !slot.tx.is_closed();
                 }
                 slot.waiting_for_sync = false;
             }
-            let delivery = Delivery {
-                frame: frame.clone(),
-                discontinuity: slot.mark_next,
+            let over = slot
+                .queued_bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(len)
+                > slot.max_bytes;
+            let sent = if over {
+                Err(mpsc::error::TrySendError::Full(()))
+            } else {
+                let delivery = Delivery {
+                    frame: frame.clone(),
+                    discontinuity: slot.mark_next,
+                };
+                // Counted before sending, so the receiver never takes off more than was added.
+                slot.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                slot.tx.try_send(delivery).map_err(|e| {
+                    slot.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    match e {
+                        mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                        mpsc::error::TrySendError::Closed(_) => {
+                            mpsc::error::TrySendError::Closed(())
+                        }
+                    }
+                })
             };
-            match slot.tx.try_send(delivery) {
+            match sent {
                 Ok(()) => {
                     slot.mark_next = false;
+                    slot.lagging = false;
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(())) => {
                     // Lagging: drop the rest of this GOP for this consumer.
                     slot.waiting_for_sync = true;
                     slot.mark_next = true;
+                    slot.lagging = true;
                     skipped += 1;
+                    dropped += len as u64;
                     true
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(())) => false,
             }
         });
         drop(inner);
         self.published_frames.fetch_add(1, Ordering::Relaxed);
+        self.published_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         if skipped > 0 {
             self.skipped_frames.fetch_add(skipped, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            self.dropped_bytes.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
     /// Adds a consumer with room for `capacity` frames beyond the cached GOP it is primed with, so
-    /// it can start immediately from the latest keyframe. Dropping the returned [`Subscription`]
-    /// removes the consumer.
+    /// it can start immediately from the latest keyframe, and at most [`DEFAULT_QUEUE_BYTES`].
+    /// Dropping the returned [`Subscription`] removes the consumer.
     pub fn subscribe(self: &Arc<Self>, capacity: usize) -> Subscription {
+        self.subscribe_bounded(capacity, DEFAULT_QUEUE_BYTES)
+    }
+
+    /// [`Hub::subscribe`] with a byte limit on the queue: a frame that would take the queued
+    /// payload past `max_bytes` makes the consumer lag like a full queue (skip to the next
+    /// keyframe, counted), so large frames cannot fill memory before the frame limit is reached.
+    pub fn subscribe_bounded(self: &Arc<Self>, capacity: usize, max_bytes: usize) -> Subscription {
         let mut inner = self.lock();
         let (tx, rx) = mpsc::channel(capacity.max(2) + inner.gop.len());
         let id = inner.next_id;
         inner.next_id += 1;
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut waiting_for_sync = true;
         let mut mark_next = false;
         if !inner.gop.is_empty() {
             waiting_for_sync = false;
             for frame in &inner.gop {
+                let len = frame.data.len();
+                if queued_bytes.load(Ordering::Relaxed) + len > max_bytes {
+                    waiting_for_sync = true;
+                    mark_next = true;
+                    break;
+                }
                 let d = Delivery {
                     frame: frame.clone(),
                     discontinuity: false,
                 };
+                queued_bytes.fetch_add(len, Ordering::Relaxed);
                 if tx.try_send(d).is_err() {
+                    queued_bytes.fetch_sub(len, Ordering::Relaxed);
                     waiting_for_sync = true;
                     mark_next = true;
                     break;
@@ -217,6 +296,9 @@ impl Hub {
         inner.slots.push(Slot {
             id,
             tx,
+            queued_bytes: queued_bytes.clone(),
+            max_bytes,
+            lagging: false,
             waiting_for_sync,
             mark_next,
         });
@@ -224,6 +306,7 @@ impl Hub {
             id,
             hub: Arc::downgrade(self),
             rx,
+            queued_bytes,
         }
     }
 
@@ -244,6 +327,34 @@ impl Hub {
     pub fn published(&self) -> u64 {
         self.published_frames.load(Ordering::Relaxed)
     }
+
+    /// Payload bytes published (bytes in, for metrics).
+    pub fn published_bytes(&self) -> u64 {
+        self.published_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes consumers missed because they lagged (queue full in frames or bytes).
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Times the GOP cache passed its frame or byte limit and was dropped.
+    pub fn gop_overflows(&self) -> u64 {
+        self.gop_overflows.load(Ordering::Relaxed)
+    }
+
+    /// Frames and payload bytes in the GOP cache now.
+    pub fn gop_cache(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.gop.len(), inner.gop_bytes)
+    }
+}
+
+impl Inner {
+    fn clear_gop(&mut self) {
+        self.gop.clear();
+        self.gop_bytes = 0;
+    }
 }
 
 /// A consumer's end of the hub.
@@ -251,12 +362,22 @@ pub struct Subscription {
     id: u64,
     hub: Weak<Hub>,
     rx: mpsc::Receiver<Delivery>,
+    /// Payload bytes in `rx` (shared with the hub's slot).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Subscription {
     /// The next frame; `None` once the hub is gone.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        let d = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(d.frame.data.len(), Ordering::Relaxed);
+        Some(d)
+    }
+
+    /// Payload bytes waiting in this consumer's queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Frames waiting in this consumer's queue.
@@ -377,5 +498,59 @@ mod tests {
         assert_eq!(hub.consumers(), 1);
         drop(sub);
         assert_eq!(hub.consumers(), 0);
+    }
+    fn sized(p: &Arc<StreamParams>, n: i64, key: bool, len: usize) -> Frame {
+        Frame {
+            dts: n,
+            duration: 1,
+            data: Bytes::from(vec![0u8; len]),
+            ..frame(p, n, key)
+        }
+    }
+
+    /// Tiny durations and large frames: the GOP cache stays under its byte limit (dropped and
+    /// counted when a GOP outgrows it), whatever the frame count.
+    #[tokio::test]
+    async fn the_gop_cache_is_bounded_in_bytes() {
+        let hub = Hub::new();
+        let p = params();
+        let len = 1024 * 1024;
+        for n in 0..(GOP_CACHE_MAX_BYTES / len) as i64 + 20 {
+            hub.publish(sized(&p, n, n == 0, len));
+            assert!(hub.gop_cache().1 <= GOP_CACHE_MAX_BYTES);
+        }
+        assert_eq!(hub.gop_overflows(), 1);
+        assert_eq!(hub.gop_cache(), (0, 0), "dropped until the next keyframe");
+        hub.publish(sized(&p, 1000, true, len));
+        assert_eq!(hub.gop_cache(), (1, len));
+    }
+
+    /// A consumer's queue is bounded in bytes too: past the limit it lags like a full queue (skip
+    /// to the next keyframe), and the bytes it missed are counted.
+    #[tokio::test]
+    async fn consumer_queues_are_bounded_in_bytes_and_drops_are_counted() {
+        let hub = Hub::new();
+        let p = params();
+        let len = 1000;
+        let mut sub = hub.subscribe_bounded(1_000_000, 10 * len);
+        for n in 0..50 {
+            hub.publish(sized(&p, n, n % 25 == 0, len));
+            assert!(sub.queued_bytes() <= 10 * len);
+        }
+        // Ten frames of the first GOP fitted; the other 15 and the whole second GOP (not taken
+        // from the queue yet) were dropped.
+        assert_eq!(sub.queued(), 10);
+        assert_eq!(hub.dropped_bytes(), 40 * len as u64);
+        let mut got = 0;
+        while sub.queued() > 0 {
+            sub.recv().await.expect("frame");
+            got += 1;
+        }
+        assert_eq!((got, sub.queued_bytes()), (10, 0));
+        // Room again: the next keyframe comes through, marked as a discontinuity.
+        hub.publish(sized(&p, 50, true, len));
+        let d = sub.recv().await.expect("resumed");
+        assert!(d.discontinuity && d.frame.keyframe);
+        assert_eq!(hub.published_bytes(), 51 * len as u64);
     }
 }

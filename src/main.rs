@@ -38,23 +38,49 @@ enum Command {
     },
 }
 
-/// Rewrites the Go original's single-dash flags (`-conf x`, `-conf=x`) into clap's `--conf`.
-fn go_compatible_args() -> Vec<String> {
-    std::env::args()
-        .map(|a| {
-            if a == "-conf" {
-                "--conf".to_owned()
-            } else if let Some(v) = a.strip_prefix("-conf=") {
-                format!("--conf={v}")
-            } else {
-                a
-            }
-        })
-        .collect()
+/// Flags of the Go original that are accepted and ignored (with a warning): its Go profilers have
+/// no counterpart here.
+const IGNORED_GO_FLAGS: [&str; 2] = ["cpuprofile", "memprofile"];
+
+/// Rewrites the Go original's command line for clap: `-conf PATH` / `-conf=PATH` become `--conf`,
+/// and `-cpuprofile FILE` / `-memprofile FILE` (any of Go's spellings: one or two dashes, value
+/// after `=` or as the next argument) are dropped with a warning, returned to be logged once
+/// logging is set up. Without this clap would read `-cpuprofile x` as `-c puprofile`.
+fn go_compatible_args(args: impl IntoIterator<Item = String>) -> (Vec<String>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    let mut args = args.into_iter();
+    out.extend(args.next());
+    while let Some(a) = args.next() {
+        let flag = a.strip_prefix("--").or_else(|| a.strip_prefix('-'));
+        let (name, inline) = match flag {
+            Some(f) => match f.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (f, None),
+            },
+            None => ("", None),
+        };
+        if name == "conf" && !a.starts_with("--") {
+            out.push(match inline {
+                Some(v) => format!("--conf={v}"),
+                None => "--conf".to_owned(),
+            });
+        } else if IGNORED_GO_FLAGS.contains(&name) {
+            let value = inline.or_else(|| args.next()).unwrap_or_default();
+            warnings.push(format!(
+                "-{name} {value}: ignored (a flag of the Go original; this server has no \
+                 built-in profiler, use `perf` or `heaptrack` on the process instead)"
+            ));
+        } else {
+            out.push(a);
+        }
+    }
+    (out, warnings)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(go_compatible_args());
+    let (args, arg_warnings) = go_compatible_args(std::env::args());
+    let cli = Cli::parse_from(args);
     if let Some(Command::Openapi) = cli.command {
         // Printing the document is this subcommand's whole job.
         #[allow(clippy::print_stdout)]
@@ -77,6 +103,12 @@ fn main() -> ExitCode {
         format,
         logging::filter(&config.log.level, &config.api.verbose),
     );
+    for w in &arg_warnings {
+        tracing::warn!("{w}");
+    }
+    for w in &config.warnings {
+        tracing::warn!(file = %cli.conf.display(), "{w}");
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -203,5 +235,44 @@ async fn wait_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> (Vec<String>, Vec<String>) {
+        go_compatible_args(list.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn go_flags_are_rewritten_or_ignored() {
+        let (a, w) = args(&["vs", "-conf", "x.toml", "-cpuprofile", "cpu.out"]);
+        assert_eq!(a, ["vs", "--conf", "x.toml"]);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("-cpuprofile cpu.out: ignored"), "{w:?}");
+        let (a, w) = args(&[
+            "vs",
+            "--memprofile=m",
+            "-conf=y.json",
+            "--cpuprofile",
+            "c",
+            "migrate",
+        ]);
+        assert_eq!(a, ["vs", "--conf=y.json", "migrate"]);
+        assert_eq!(w.len(), 2);
+        let (a, w) = args(&["vs", "--conf", "z.toml", "-c", "w.toml"]);
+        assert_eq!(a, ["vs", "--conf", "z.toml", "-c", "w.toml"]);
+        assert!(w.is_empty());
+        // A trailing flag without its value is still dropped.
+        let (a, w) = args(&["vs", "-memprofile"]);
+        assert_eq!(a, ["vs"]);
+        assert_eq!(w.len(), 1);
+        // And clap then accepts what is left.
+        let (a, _) = args(&["vs", "-cpuprofile", "cpu.out", "-conf", "x.toml", "openapi"]);
+        let cli = Cli::try_parse_from(a).expect("clap accepts it");
+        assert_eq!(cli.conf, PathBuf::from("x.toml"));
+        assert!(matches!(cli.command, Some(Command::Openapi)));
     }
 }

@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::archive::recorder::{Recorder, RecorderConfig};
+use crate::archive::recorder::{Recorder, RecorderConfig, RecorderStats};
+use crate::archive::retention::RetentionTrigger;
 use crate::config::Config;
 use crate::db::Db;
 use crate::hub::Hub;
@@ -47,6 +48,10 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Probes running at once across all streams (go-original.md §6.6: at most 8).
 const MAX_PARALLEL_PROBES: usize = 8;
+
+/// Connections reserved for the recorders' index writes (a pool of their own, so API load cannot
+/// starve them). Each write is a short transaction; a few connections serve hundreds of cameras.
+const RECORDER_CONNECTIONS: u32 = 4;
 
 /// Live flags of one stream, as `/status` reports them (go-original.md §2.3).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,6 +126,10 @@ pub struct StreamRuntime {
     pub hub: Arc<Hub>,
     pub status: StatusCell,
     pub demand: Arc<Demand>,
+    /// The recorder's counters, when the stream records.
+    recorder: Option<Arc<RecorderStats>>,
+    /// The HLS writer's counters, when the stream has an HLS output.
+    hls: Option<Arc<crate::live::hls_writer::HlsStats>>,
     /// Cancels the supervisor and every output task of this stream.
     cancel: CancellationToken,
     /// The supervisor and output tasks, awaited (and aborted if stuck) on stop.
@@ -132,6 +141,17 @@ impl StreamRuntime {
     /// new settings (a new runtime replaces it), or the server is shutting down.
     pub async fn stopped(&self) {
         self.cancel.cancelled().await;
+    }
+
+    /// The recorder's counters (segments written, index backlog, dropped bytes, clock
+    /// corrections...), when the stream records.
+    pub fn recorder_stats(&self) -> Option<Arc<RecorderStats>> {
+        self.recorder.clone()
+    }
+
+    /// The HLS writer's counters (segments written, dropped bytes), when the stream has HLS.
+    pub fn hls_stats(&self) -> Option<Arc<crate::live::hls_writer::HlsStats>> {
+        self.hls.clone()
     }
 
     /// The stream's current settings.
@@ -159,8 +179,10 @@ impl StreamRuntime {
 /// Owns the set of active streams. Cheap to share behind an `Arc`.
 pub struct StreamManager {
     config: Arc<Config>,
-    /// The index, for recorders.
-    db: Db,
+    /// The index, for recorders: a pool of their own ([`RECORDER_CONNECTIONS`]).
+    recorder_db: Db,
+    /// Recorders ask retention for room through this when their disk is full.
+    retention: RetentionTrigger,
     /// Active (enabled) streams by id. A std lock: never held across an await.
     streams: RwLock<HashMap<Uuid, Arc<StreamRuntime>>>,
     /// Per-stream owner locks ([`StreamManager::lock`]). An entry lives while someone holds or
@@ -239,12 +261,14 @@ impl Drop for StreamLock<'_> {
 }
 
 impl StreamManager {
+    /// A manager whose recorders index through their own pool on `db`'s database.
     pub fn new(config: Arc<Config>, db: Db) -> Arc<Self> {
         Arc::new(Self {
             files: Arc::new(FileRoots::from_config(&config)),
             storage_roots: StorageRoots::from_config(&config),
             config,
-            db,
+            recorder_db: db.sibling(RECORDER_CONNECTIONS),
+            retention: RetentionTrigger::default(),
             streams: RwLock::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             root: CancellationToken::new(),
@@ -255,6 +279,11 @@ impl StreamManager {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What recorders wake when their disk is full; hand it to the retention task.
+    pub fn retention_trigger(&self) -> RetentionTrigger {
+        self.retention.clone()
     }
 
     /// Where file sources may read from (`[sources] file_roots`).
@@ -331,16 +360,19 @@ impl StreamManager {
         tasks.push(tokio::spawn(
             supervisor.run(cancel.clone()).instrument(span.clone()),
         ));
+        let mut hls_stats = None;
         if spec.has_output(OutputType::Hls) {
             let writer = crate::live::hls_writer::HlsWriter::new(
                 spec.id,
                 &c.hls,
                 hub.subscribe(crate::live::hls_writer::QUEUE_FRAMES),
             );
+            hls_stats = Some(writer.stats());
             tasks.push(tokio::spawn(
                 writer.run(cancel.clone()).instrument(span.clone()),
             ));
         }
+        let mut recorder_stats = None;
         if records {
             let recorder = Recorder::new(
                 RecorderConfig {
@@ -349,9 +381,15 @@ impl StreamManager {
                     ms_per_file: c.ms_per_file_for(spec),
                     storage: spec.archive.storage,
                 },
-                self.db.clone(),
-                hub.subscribe(crate::archive::recorder::QUEUE_FRAMES),
-            );
+                self.recorder_db.clone(),
+                hub.subscribe_bounded(
+                    crate::archive::recorder::QUEUE_FRAMES,
+                    crate::archive::recorder::QUEUE_BYTES,
+                ),
+            )
+            .with_max_drift(c.archive.max_drift())
+            .with_retention(self.retention.clone());
+            recorder_stats = Some(recorder.stats());
             tasks.push(tokio::spawn(
                 recorder.run(cancel.clone()).instrument(span.clone()),
             ));
@@ -361,6 +399,8 @@ impl StreamManager {
             hub,
             status,
             demand,
+            recorder: recorder_stats,
+            hls: hls_stats,
             cancel,
             tasks: Mutex::new(tasks),
         });
@@ -468,6 +508,8 @@ impl StreamManager {
         for id in ids {
             self.lock(id).await.stop().await;
         }
+        // Recorders have stopped and drained their index writes.
+        self.recorder_db.close().await;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Arc<StreamRuntime>>> {

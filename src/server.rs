@@ -15,6 +15,10 @@ use crate::db::{self, Db, streams};
 use crate::live;
 use crate::manager::StreamManager;
 
+/// Connections reserved for the upkeep tasks (retention, S3 uploader): a pool of their own, so
+/// API load cannot hold them back (nor they the API).
+const UPKEEP_CONNECTIONS: u32 = 3;
+
 /// Start-up failures. Each names what could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -53,19 +57,38 @@ pub async fn open_db(config: &Config) -> Result<Db, ServerError> {
     Ok(db)
 }
 
-fn bind_host(host: &str) -> &str {
-    if host.is_empty() { "0.0.0.0" } else { host }
-}
-
+/// Binds a listener. An empty `host` means every interface, IPv6 and IPv4, as the Go original's
+/// `:port` did: one dual-stack `[::]` socket (IPv4 clients arrive as v4-mapped addresses), or
+/// `0.0.0.0` where the machine has no IPv6.
 async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, ServerError> {
-    let host = bind_host(host);
+    let failed = |addr: String| move |source| ServerError::Bind { what, addr, source };
+    if host.is_empty() {
+        match dual_stack(port) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => tracing::info!(error = %e, what, "no IPv6 listener: listening on IPv4 only"),
+        }
+        return TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(failed(format!("0.0.0.0:{port}")));
+    }
     TcpListener::bind((host, port))
         .await
-        .map_err(|source| ServerError::Bind {
-            what,
-            addr: format!("{host}:{port}"),
-            source,
-        })
+        .map_err(failed(format!("{host}:{port}")))
+}
+
+/// A listening `[::]:port` socket that also accepts IPv4 (`IPV6_V6ONLY` off).
+fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    // What tokio's own bind does on Unix: a restarted server can take its port back at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// `listener` with `TCP_NODELAY` on every accepted connection. Live video is many small writes (a
@@ -169,19 +192,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         tracing::info!("api listener disabled ([api] enabled = false)");
     }
 
-    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`.
+    // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`
+    // and whenever a recorder finds its disk full.
+    let upkeep_db = db.sibling(UPKEEP_CONNECTIONS);
     let retention = crate::archive::retention::Retention::new(
-        db.clone(),
+        upkeep_db.clone(),
         state.archive.clone(),
         config.retention.clone(),
         config.archive.directory(),
-    );
+    )
+    .with_trigger(manager.retention_trigger());
     tracker.spawn(retention.run(shutdown.child_token()));
 
     // The S3 upload outbox, when an object store is configured.
     let uploader = match config.effective_s3() {
         Some(s3) => match crate::archive::uploader::spawn_uploader(
-            db.clone(),
+            upkeep_db.clone(),
             &s3,
             state.uploads.clone(),
             roots.clone(),
@@ -198,7 +224,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     // Once shutdown is requested and the listeners have drained, stop the streams and close the pool.
     let token = shutdown.clone();
-    let (m, d) = (manager.clone(), db.clone());
+    let (m, d, u) = (manager.clone(), db.clone(), upkeep_db);
     tracker.spawn(async move {
         token.cancelled().await;
         for l in listeners {
@@ -218,6 +244,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         {
             tracing::error!(error = %e, "uploader task panicked");
         }
+        u.close().await;
         d.close().await;
     });
     tracker.close();

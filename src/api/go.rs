@@ -21,10 +21,6 @@ use crate::db::{runs, streams};
 use crate::media::{StreamParams, VideoCodec, codec};
 use crate::stream::{OutputType, RtspTransport, Source, StreamSpec, parse_output_type};
 
-/// Gap tolerance for the Go ranges route: holes shorter than this are bridged. Recorded segments
-/// are back to back; imported Go archives have whole-second names, so allow a little slack.
-pub const GO_RANGES_GAP_MS: i64 = 2_000;
-
 /// `{"stream_id": ...}` entry of `/list`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ListEntry {
@@ -547,7 +543,8 @@ pub fn rfc3339_secs(us: i64, up: bool) -> String {
         .unwrap_or_default()
 }
 
-/// Recorded time ranges of a stream, from the SQL index.
+/// Recorded time ranges of a stream, from the SQL index. As in the original, holes shorter than
+/// twice the stream's `ms_per_file` do not split a range; `start` and `end` are real times.
 #[utoipa::path(get, path = "/archive/{stream_id}/ranges", tag = "go-compatible",
     params(("stream_id" = String, Path, description = "Stream UUID")),
     responses(
@@ -567,22 +564,25 @@ pub async fn archive_ranges(
             "archive not available: archive serving not enabled globally",
         ));
     }
-    let now = crate::db::now_us();
-    let ranges = runs::ranges(
-        &state.db,
-        id,
-        0,
-        now + 24 * 3600 * 1_000_000,
-        GO_RANGES_GAP_MS * 1000,
-    )
-    .await
-    .map_err(|e| {
+    let failed = |e: crate::db::DbError| {
         tracing::error!(error = %e, stream = %id, "ranges query failed");
         GoError::lower(
             StatusCode::INTERNAL_SERVER_ERROR,
             "failed to list archive files",
         )
-    })?;
+    };
+    // The original merged files whose starts were within 2 x ms_per_file of the previous file's
+    // assumed end, so its timelines show one range per recording period; the same tolerance on
+    // real segment times (ends stay real). A stream deleted since has the global length.
+    let ms_per_file = match streams::get(&state.db, id).await.map_err(failed)? {
+        Some(rec) => state.config.ms_per_file_for(&rec.spec),
+        None => state.config.archive.ms_per_file(),
+    };
+    let gap_us = i64::try_from(ms_per_file).unwrap_or(i64::MAX / 4_000) * 2_000;
+    let now = crate::db::now_us();
+    let ranges = runs::ranges(&state.db, id, 0, now + 24 * 3600 * 1_000_000, gap_us)
+        .await
+        .map_err(failed)?;
     if ranges.is_empty() {
         return Err(GoError::lower(
             StatusCode::NOT_FOUND,

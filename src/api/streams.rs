@@ -49,7 +49,7 @@ pub enum SourceDto {
 pub struct ArchiveDto {
     /// Record this stream (also requires `[archive] recording = true`).
     pub recording: bool,
-    /// Target segment length in ms (1000..=300000).
+    /// Target segment length in ms (1000..=3600000; at most 300000 recommended).
     pub ms_per_file: Option<u32>,
     /// `filesystem` or `s3`.
     pub storage: StorageKind,

@@ -24,10 +24,11 @@
 //! retries it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -61,6 +62,44 @@ pub enum RetentionError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Wakes retention outside its schedule: a recorder found its disk full (an emergency pass on that
+/// directory's filesystem), or an archive is to be purged. Cheap to clone; every clone reaches the
+/// same retention task.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionTrigger(Arc<TriggerInner>);
+
+#[derive(Debug, Default)]
+struct TriggerInner {
+    wake: Notify,
+    /// Directories whose filesystem is full, in the order reported (deduplicated).
+    full: Mutex<Vec<PathBuf>>,
+}
+
+impl RetentionTrigger {
+    /// A write under `dir` failed for lack of space: free room on its filesystem now.
+    pub fn disk_full(&self, dir: &Path) {
+        let mut full = self.0.full.lock().unwrap_or_else(|p| p.into_inner());
+        if !full.iter().any(|d| d == dir) {
+            full.push(dir.to_owned());
+        }
+        drop(full);
+        self.0.wake.notify_one();
+    }
+
+    /// Runs a pass now (e.g. a purge was requested).
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    fn take_full(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.0.full.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn woken(&self) {
+        self.0.wake.notified().await
+    }
 }
 
 /// Size and free space of a filesystem.
@@ -137,6 +176,8 @@ pub struct Retention {
     /// Set when a storage delete failed, so the next pass looks for `deleting` rows again (a scan,
     /// so not done on every pass).
     retry_pending: AtomicBool,
+    /// Wakes the loop between scheduled passes (a full disk, a purge).
+    trigger: RetentionTrigger,
 }
 
 impl Retention {
@@ -153,7 +194,14 @@ impl Retention {
             archive_dir: archive_dir.into(),
             disk: Arc::new(Statvfs),
             retry_pending: AtomicBool::new(false),
+            trigger: RetentionTrigger::default(),
         }
+    }
+
+    /// Runs a pass whenever `trigger` is pulled, besides the schedule.
+    pub fn with_trigger(mut self, trigger: RetentionTrigger) -> Retention {
+        self.trigger = trigger;
+        self
     }
 
     /// Replaces the free-space reading (tests).
@@ -238,6 +286,12 @@ impl Retention {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = ticker.tick() => {}
+                    _ = self.trigger.woken() => {
+                        let full = self.trigger.take_full();
+                        if !full.is_empty() {
+                            tracing::warn!(dirs = ?full, "a recorder found its disk full: retention pass now");
+                        }
+                    }
                 }
                 let result = tokio::select! {
                     _ = cancel.cancelled() => break,

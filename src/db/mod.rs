@@ -165,6 +165,35 @@ impl Db {
         Ok(Db::Postgres(pool))
     }
 
+    /// A second pool on the same database (same options, `max_connections` of its own), for work
+    /// that must not queue behind API requests: the recorders' index writes and the upkeep tasks
+    /// (uploader, retention) each get one, so a burst of API queries cannot hold every connection
+    /// while footage waits to be indexed. Connects lazily; close it with [`Db::close`].
+    pub fn sibling(&self, max_connections: u32) -> Db {
+        match self {
+            Db::Sqlite(p) => Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+            Db::Postgres(p) => Db::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+        }
+    }
+
+    /// Connections open and connections busy in this pool (for metrics).
+    pub fn pool_usage(&self) -> (u32, u32) {
+        with_pool!(self, p => {
+            let size = p.size();
+            (size, size.saturating_sub(u32::try_from(p.num_idle()).unwrap_or(u32::MAX)))
+        })
+    }
+
     pub fn engine(&self) -> Engine {
         match self {
             Db::Sqlite(_) => Engine::Sqlite,

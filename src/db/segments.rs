@@ -2,12 +2,13 @@
 
 use uuid::Uuid;
 
-use super::{Db, DbUuid, Result, now_us, with_pool};
+use super::{Db, DbUuid, Result, with_pool};
 use crate::stream::StorageKind;
 
-/// Longest segment the index holds: twice the recorder's cap, which also bounds imported files.
-/// Time queries scan segments starting up to this long before their window ([`scan_start`]), so
-/// a longer segment could be missed by a query that starts inside it.
+/// Longest segment the index holds: twice the longest `ms_per_file` (two hours), above what the
+/// recorder can write (`ms_per_file` + `archive::recorder::MAX_OVERSHOOT`); it also bounds
+/// imported files. Time queries scan segments starting up to this long before their window
+/// ([`scan_start`]), so a longer segment could be missed by a query that starts inside it.
 pub const MAX_SEGMENT_US: i64 = crate::config::MAX_MS_PER_FILE as i64 * 1000 * 2;
 
 /// Lowest start a segment overlapping a window that begins at `from_us` can have: the lower
@@ -66,24 +67,68 @@ pub struct NewSegment {
     pub state: SegmentState,
 }
 
-/// Inserts a segment row and returns its id.
-pub async fn insert(db: &Db, s: &NewSegment) -> Result<i64> {
-    const SQL: &str = "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, \
-        storage, storage_key, bytes, state, created_at_us) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
-    let now = now_us();
-    let id: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
-        .bind(DbUuid(s.stream_id))
+/// Inserts a segment row on `$conn` (a pool, a connection or a transaction) and evaluates to its
+/// id: the one `INSERT INTO segments` every caller uses, so the column list is written once.
+/// `$s` is a `&NewSegment`; `$state` overrides `$s.state` (a `&str`).
+macro_rules! insert_row {
+    ($conn:expr, $s:expr, $state:expr, $init_id:expr, $upload_state:expr, $correction:expr) => {{
+        let s: &$crate::db::segments::NewSegment = $s;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, storage, \
+             storage_key, bytes, state, created_at_us, init_segment_id, upload_state, \
+             clock_correction_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind($crate::db::DbUuid(s.stream_id))
         .bind(s.start_us)
         .bind(s.end_us)
         .bind(s.media_duration_us)
         .bind(s.storage.as_str())
         .bind(s.storage_key.as_str())
         .bind(s.bytes)
-        .bind(s.state.as_str())
-        .bind(now)
-        .fetch_one(p)
-        .await?);
+        .bind($state)
+        .bind($crate::db::now_us())
+        .bind($init_id)
+        .bind($upload_state)
+        .bind($correction)
+        .fetch_one($conn)
+        .await?;
+        id
+    }};
+}
+pub(crate) use insert_row;
+
+/// Stores an init segment on `$conn` once (identical bytes share a row) and evaluates to its id.
+macro_rules! upsert_init {
+    ($conn:expr, $codecs:expr, $data:expr) => {{
+        use sha2::{Digest, Sha256};
+        let data: &[u8] = $data;
+        let digest: String = Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        sqlx::query(
+            "INSERT INTO init_segments (sha256, codecs, data, created_at_us) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(digest.as_str())
+        .bind($codecs)
+        .bind(data)
+        .bind($crate::db::now_us())
+        .execute($conn)
+        .await?;
+        let id: i64 = sqlx::query_scalar("SELECT id FROM init_segments WHERE sha256 = $1")
+            .bind(digest.as_str())
+            .fetch_one($conn)
+            .await?;
+        id
+    }};
+}
+
+/// Inserts a segment row and returns its id.
+pub async fn insert(db: &Db, s: &NewSegment) -> Result<i64> {
+    let id =
+        with_pool!(db, p => insert_row!(p, s, s.state.as_str(), None::<i64>, "none", None::<i64>));
     Ok(id)
 }
 
@@ -183,24 +228,57 @@ pub async fn insert_recording(
     init_segment_id: Option<i64>,
     upload_state: &str,
 ) -> Result<i64> {
-    const SQL: &str = "INSERT INTO segments (stream_id, start_us, end_us, media_duration_us, \
-        storage, storage_key, bytes, state, created_at_us, init_segment_id, upload_state) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id";
-    let now = now_us();
-    let id: i64 = with_pool!(db, p => sqlx::query_scalar(SQL)
-        .bind(DbUuid(s.stream_id))
-        .bind(s.start_us)
-        .bind(s.end_us)
-        .bind(s.media_duration_us)
-        .bind(s.storage.as_str())
-        .bind(s.storage_key.as_str())
-        .bind(s.bytes)
-        .bind(s.state.as_str())
-        .bind(now)
-        .bind(init_segment_id)
-        .bind(upload_state)
-        .fetch_one(p)
-        .await?);
+    let id = with_pool!(db, p => insert_row!(
+        p, s, s.state.as_str(), init_segment_id, upload_state, None::<i64>
+    ));
+    Ok(id)
+}
+
+/// A segment row as the recorder indexes it: the file's init segment is stored (de-duplicated)
+/// with it, in the same transaction.
+#[derive(Debug, Clone)]
+pub struct RecordedSegment {
+    pub segment: NewSegment,
+    /// RFC 6381 codec list of the init segment.
+    pub codecs: String,
+    /// The file's `ftyp`+`moov`.
+    pub init: bytes::Bytes,
+    /// `local` for a stream archived to S3 (the upload outbox), else `none`.
+    pub upload_state: &'static str,
+    /// Wall-clock correction applied at this segment's start (see migration 0007).
+    pub clock_correction_us: Option<i64>,
+}
+
+/// Indexes a recorded segment in one transaction: its init segment (shared with identical ones),
+/// its row, and, for a `complete` segment, its stream's runs. Returns the row id. Idempotent: one
+/// transaction, so an interrupted call leaves nothing behind, and a call repeated after a commit
+/// whose answer was lost (the connection died) returns the row the first call made.
+pub async fn insert_recorded(db: &Db, r: &RecordedSegment) -> Result<i64> {
+    // A retry after a commit whose answer was lost finds the row it already made.
+    const SAME: &str = "SELECT id FROM segments \
+        WHERE stream_id = $1 AND start_us = $2 AND storage_key = $3";
+    let s = &r.segment;
+    let id: i64 = with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let existing: Option<i64> = sqlx::query_scalar(SAME)
+            .bind(DbUuid(s.stream_id))
+            .bind(s.start_us)
+            .bind(s.storage_key.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let init_id = upsert_init!(&mut *tx, r.codecs.as_str(), &r.init[..]);
+        let id = insert_row!(
+            &mut *tx, s, s.state.as_str(), Some(init_id), r.upload_state, r.clock_correction_us
+        );
+        if s.state == SegmentState::Complete {
+            super::runs::add_segment!(&mut *tx, DbUuid(s.stream_id), s.start_us, s.end_us, s.bytes);
+        }
+        tx.commit().await?;
+        id
+    });
     Ok(id)
 }
 
@@ -225,7 +303,8 @@ pub async fn update_progress(
     Ok(())
 }
 
-/// Closes a segment (state `complete`) and extends its stream's runs, in one transaction.
+/// Closes a segment (state `complete`) and extends its stream's runs, in one transaction. Only a
+/// `recording` row is closed, so repeating the call (a retry after a lost answer) changes nothing.
 pub async fn finalize(
     db: &Db,
     id: i64,
@@ -234,7 +313,7 @@ pub async fn finalize(
     bytes: i64,
 ) -> Result<()> {
     const SQL: &str = "UPDATE segments SET end_us = $2, media_duration_us = $3, bytes = $4, \
-        state = 'complete' WHERE id = $1 RETURNING stream_id, start_us";
+        state = 'complete' WHERE id = $1 AND state = 'recording' RETURNING stream_id, start_us";
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
         let row: Option<(DbUuid, i64)> = sqlx::query_as(SQL)
@@ -420,6 +499,26 @@ pub async fn max_id(db: &Db) -> Result<i64> {
     Ok(id)
 }
 
+/// Wall-clock corrections the recorder applied to a stream's segments starting in
+/// `[from_us, to_us)` (camera drift, migration 0007): `(segment id, start_us, correction_us)`.
+pub async fn clock_corrections(
+    db: &Db,
+    stream_id: Uuid,
+    from_us: i64,
+    to_us: i64,
+) -> Result<Vec<(i64, i64, i64)>> {
+    const SQL: &str = "SELECT id, start_us, clock_correction_us FROM segments \
+        WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 \
+          AND clock_correction_us IS NOT NULL ORDER BY start_us";
+    let rows = with_pool!(db, p => sqlx::query_as(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(from_us)
+        .bind(to_us)
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
 /// One segment by id.
 pub async fn get(db: &Db, id: i64) -> Result<Option<SegmentRow>> {
     let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE id = $1");
@@ -470,25 +569,7 @@ pub async fn page(
 
 /// Stores a codec setup (init segment) once and returns its id; identical bytes share a row.
 pub async fn upsert_init(db: &Db, codecs: &str, data: &[u8]) -> Result<i64> {
-    use sha2::{Digest, Sha256};
-    let digest: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    const INSERT: &str = "INSERT INTO init_segments (sha256, codecs, data, created_at_us) \
-        VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING";
-    const SELECT: &str = "SELECT id FROM init_segments WHERE sha256 = $1";
-    let now = now_us();
-    let id: i64 = with_pool!(db, p => {
-        sqlx::query(INSERT)
-            .bind(digest.as_str())
-            .bind(codecs)
-            .bind(data)
-            .bind(now)
-            .execute(p)
-            .await?;
-        sqlx::query_scalar(SELECT).bind(digest.as_str()).fetch_one(p).await?
-    });
+    let id = with_pool!(db, p => upsert_init!(p, codecs, data));
     Ok(id)
 }
 
@@ -604,24 +685,19 @@ pub struct UploadStateCounts {
     pub remote: i64,
 }
 
-/// Counts segments by `upload_state`. This reads the whole table (no index covers `remote` and
-/// `none`): meant for an operator's status page, not for a hot path.
+/// Counts segments by `upload_state`: one row kept current by triggers on `segments` (migration
+/// 0007), so this costs the same whatever the size of the archive.
 pub async fn upload_state_counts(db: &Db) -> Result<UploadStateCounts> {
-    const SQL: &str = "SELECT upload_state, COUNT(*) FROM segments GROUP BY upload_state";
-    let rows: Vec<(String, i64)> = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
-    let mut c = UploadStateCounts::default();
-    for (state, n) in rows {
-        match state.as_str() {
-            "none" => c.none = n,
-            "local" => c.local = n,
-            "uploading" => c.uploading = n,
-            "remote" => c.remote = n,
-            other => {
-                return Err(super::DbError::Corrupt(format!(
-                    "unknown segments.upload_state '{other}'"
-                )));
-            }
-        }
-    }
-    Ok(c)
+    const SQL: &str =
+        "SELECT n_none, n_local, n_uploading, n_remote FROM upload_counts WHERE id = 1";
+    let row: Option<(i64, i64, i64, i64)> =
+        with_pool!(db, p => sqlx::query_as(SQL).fetch_optional(p).await?);
+    let (none, local, uploading, remote) =
+        row.ok_or_else(|| super::DbError::Corrupt("upload_counts has no row".into()))?;
+    Ok(UploadStateCounts {
+        none,
+        local,
+        uploading,
+        remote,
+    })
 }

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -27,9 +28,47 @@ use crate::media::{Frame, StreamParams, TrackKind};
 /// keyframe skip only after seconds of stall.
 pub const QUEUE_FRAMES: usize = 2048;
 
-/// A segment that never reaches a keyframe is abandoned past this many frames (bounds memory
-/// when a source sends no keyframes).
+/// A segment that never reaches a keyframe is abandoned past this many frames or bytes (bounds
+/// memory when a source sends no keyframes); its frames are counted as dropped.
 const MAX_SEGMENT_FRAMES: usize = 20_000;
+pub const MAX_SEGMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A segment is cut at a keyframe once it holds this many frames or bytes, even before
+/// `ms_per_segment`: a source with tiny frame durations never reaches the target duration, and
+/// its segments must neither grow without bound nor be dropped.
+const SOFT_SEGMENT_FRAMES: usize = 2_000;
+pub const SOFT_SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Counters of a stream's HLS writer (read by status pages and metrics).
+#[derive(Debug, Default)]
+pub struct HlsStats {
+    segments_written: AtomicU64,
+    dropped_segments: AtomicU64,
+    dropped_bytes: AtomicU64,
+    pending_bytes: AtomicU64,
+}
+
+impl HlsStats {
+    /// Segments written since the writer started.
+    pub fn segments_written(&self) -> u64 {
+        self.segments_written.load(Ordering::Relaxed)
+    }
+
+    /// Segments abandoned because no keyframe came before the frame or byte limit.
+    pub fn dropped_segments(&self) -> u64 {
+        self.dropped_segments.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes of the abandoned segments.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes of the segment being collected now.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes.load(Ordering::Relaxed)
+    }
+}
 
 /// Playlist file name of a stream.
 pub fn playlist_name(stream_id: Uuid) -> String {
@@ -61,8 +100,11 @@ pub struct HlsWriter {
     params: Option<Arc<StreamParams>>,
     init_uri: String,
     frames: Vec<Frame>,
+    /// Payload bytes in `frames`.
+    frames_bytes: usize,
     next_discontinuity: bool,
     writer: FragmentWriter,
+    stats: Arc<HlsStats>,
 }
 
 impl HlsWriter {
@@ -82,9 +124,16 @@ impl HlsWriter {
             params: None,
             init_uri: String::new(),
             frames: Vec::new(),
+            frames_bytes: 0,
             next_discontinuity: false,
             writer: FragmentWriter::new(),
+            stats: Default::default(),
         }
+    }
+
+    /// This writer's counters.
+    pub fn stats(&self) -> Arc<HlsStats> {
+        self.stats.clone()
     }
 
     fn prefix(&self) -> String {
@@ -152,15 +201,36 @@ impl HlsWriter {
         if self.frames.is_empty() && !sync {
             return Ok(());
         }
-        if sync && !self.frames.is_empty() && self.current_ms() >= self.target_ms {
+        if sync
+            && !self.frames.is_empty()
+            && (self.current_ms() >= self.target_ms
+                || self.frames.len() >= SOFT_SEGMENT_FRAMES
+                || self.frames_bytes >= SOFT_SEGMENT_BYTES)
+        {
             self.finish_segment().await?;
         }
-        if self.frames.len() >= MAX_SEGMENT_FRAMES {
-            tracing::warn!("no keyframe for too long: HLS segment dropped");
+        if self.frames.len() >= MAX_SEGMENT_FRAMES
+            || self.frames_bytes + f.data.len() > MAX_SEGMENT_BYTES
+        {
+            tracing::warn!(
+                frames = self.frames.len(),
+                bytes = self.frames_bytes,
+                "no keyframe for too long: HLS segment dropped"
+            );
+            self.stats.dropped_segments.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .dropped_bytes
+                .fetch_add((self.frames_bytes + f.data.len()) as u64, Ordering::Relaxed);
             self.frames.clear();
+            self.frames_bytes = 0;
+            self.stats.pending_bytes.store(0, Ordering::Relaxed);
             self.next_discontinuity = true;
             return Ok(());
         }
+        self.frames_bytes += f.data.len();
+        self.stats
+            .pending_bytes
+            .store(self.frames_bytes as u64, Ordering::Relaxed);
         self.frames.push(f);
         Ok(())
     }
@@ -172,6 +242,8 @@ impl HlsWriter {
 
     async fn finish_segment(&mut self) -> Result<(), crate::media::MediaError> {
         let frames = std::mem::take(&mut self.frames);
+        self.frames_bytes = 0;
+        self.stats.pending_bytes.store(0, Ordering::Relaxed);
         let Some(params) = self.params.clone() else {
             return Ok(());
         };
@@ -182,6 +254,7 @@ impl HlsWriter {
         self.seq += 1;
         let uri = format!("{}{:06}.m4s", self.prefix(), self.seq);
         write_atomic(&self.dir.join(&uri), &data).await?;
+        self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
         let first_wallclock = frames[0].wallclock_us;
         self.ring.push_back(Listed {
             uri,
@@ -306,5 +379,92 @@ async fn remove_matching(dir: &Path, pred: impl Fn(&str) -> bool) {
         {
             let _ = tokio::fs::remove_file(e.path()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::media::mp4file::Mp4File;
+
+    fn writer(dir: &Path) -> HlsWriter {
+        let cfg = HlsConfig {
+            directory: dir.display().to_string(),
+            ..Default::default()
+        };
+        HlsWriter::new(Uuid::new_v4(), &cfg, Hub::new().subscribe(10))
+    }
+
+    fn delivery(f: Frame) -> Delivery {
+        Delivery {
+            frame: f,
+            discontinuity: false,
+        }
+    }
+
+    /// A source whose frames last one tick never reaches `ms_per_segment`: segments are cut at a
+    /// keyframe by frame count instead, so nothing grows without bound and nothing is dropped.
+    #[tokio::test]
+    async fn tiny_durations_are_cut_by_size_not_dropped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clip = Mp4File::open(Path::new("assets/demo.mp4")).expect("demo");
+        let video: Vec<Frame> = clip
+            .frames()
+            .into_iter()
+            .filter(|f| f.track == TrackKind::Video)
+            .collect();
+        let mut w = writer(dir.path());
+        let mut most_pending = 0;
+        for (n, f) in video
+            .iter()
+            .cycle()
+            .take(5 * SOFT_SEGMENT_FRAMES)
+            .enumerate()
+        {
+            let mut f = f.clone();
+            f.dts = n as i64;
+            f.duration = 1;
+            w.push(delivery(f)).await.expect("push");
+            most_pending = most_pending.max(w.frames.len());
+        }
+        let stats = w.stats();
+        assert!(
+            stats.segments_written() >= 4,
+            "{}",
+            stats.segments_written()
+        );
+        assert_eq!(stats.dropped_segments(), 0);
+        assert!(
+            most_pending <= SOFT_SEGMENT_FRAMES + 100,
+            "a GOP past the soft limit at most: {most_pending}"
+        );
+    }
+
+    /// Without keyframes a segment is dropped at the byte limit, and the drop is counted.
+    #[tokio::test]
+    async fn a_segment_without_keyframes_is_dropped_at_the_byte_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clip = Mp4File::open(Path::new("assets/demo.mp4")).expect("demo");
+        let first = clip
+            .frames()
+            .into_iter()
+            .find(|f| f.track == TrackKind::Video && f.keyframe)
+            .expect("keyframe");
+        let mut w = writer(dir.path());
+        let big = bytes::Bytes::from(vec![0u8; 1024 * 1024]);
+        for n in 0..(MAX_SEGMENT_BYTES / big.len() + 10) {
+            let mut f = first.clone();
+            f.keyframe = n == 0;
+            f.dts = n as i64 * 3600;
+            f.duration = 3600;
+            f.data = big.clone();
+            w.push(delivery(f)).await.expect("push");
+            assert!(w.frames_bytes <= MAX_SEGMENT_BYTES);
+        }
+        let stats = w.stats();
+        assert_eq!(stats.dropped_segments(), 1);
+        assert!(stats.dropped_bytes() >= MAX_SEGMENT_BYTES as u64);
+        assert!(stats.pending_bytes() <= MAX_SEGMENT_BYTES as u64);
     }
 }

@@ -13,16 +13,16 @@ use crate::support::binary::ServerProcess;
 use crate::support::media::{RtspServer, eventually, ffmpeg_decode_errors, ffprobe};
 use crate::support::InProcess;
 
-const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+pub(crate) const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
-fn archive_config(dir: &Path, ms_per_file: u64) -> String {
+pub(crate) fn archive_config(dir: &Path, ms_per_file: u64) -> String {
     format!(
         "[archive]\nrecording = true\nserving = true\nms_per_file = {ms_per_file}\ndirectory = \"{}\"\n",
         dir.join("mp4").display()
     )
 }
 
-fn demo_recording() -> String {
+pub(crate) fn demo_recording() -> String {
     format!(
         "[[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n\
          archive = {{ recording = true }}\n"
@@ -74,7 +74,7 @@ fn probe_duration(path: &Path) -> f64 {
 }
 
 /// Rows and files agree, every file decodes, and ffprobe's durations match the rows.
-fn check_rows_match_files(rows: &[SegmentRow], dir: &Path) {
+pub(crate) fn check_rows_match_files(rows: &[SegmentRow], dir: &Path) {
     let files = files_under(dir);
     let mut keys: Vec<PathBuf> = rows.iter().map(|r| PathBuf::from(&r.storage_key)).collect();
     keys.sort();

@@ -193,3 +193,64 @@ async fn database_url_env_selects_postgres() {
     }
     admin.close().await;
 }
+
+/// What a Go user starts the server with keeps working: `-cpuprofile`/`-memprofile` are accepted
+/// and ignored with a warning, keys in any case are matched (with a warning naming them), hourly
+/// segments are accepted, and an empty `host` listens on IPv6 and IPv4.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_command_line_and_config_work_as_they_did() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = "[API]\nEnabled = true\nHost = \"127.0.0.1\"\nPort = 0\n\
+                [Video]\nHost = \"\"\nPort = 0\n\
+                [Archive]\nServing = true\nMs_Per_File = 3600000\n\
+                [database]\nurl = \"sqlite://data/index.db\"\n";
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let server = ServerProcess::start(
+        dir.path(),
+        &[
+            "-cpuprofile",
+            "cpu.out",
+            "-conf",
+            "conf.toml",
+            "-memprofile=mem.out",
+        ],
+        &[],
+    );
+    let logs = server.log_text();
+    for expected in [
+        "-cpuprofile cpu.out: ignored",
+        "-memprofile mem.out: ignored",
+        "config key `API` matched as `api`",
+        "config key `archive.Ms_Per_File` matched as `archive.ms_per_file`",
+        "`archive.ms_per_file` = 3600000",
+    ] {
+        assert!(logs.contains(expected), "{expected}: {logs}");
+    }
+    assert!(!dir.path().join("cpu.out").exists());
+    let status: serde_json::Value = http()
+        .get(format!("{}/status", server.api))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["video"]["host"], "");
+    // The video listener answers on both address families.
+    let port: u16 = server
+        .video
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(server.video.starts_with("[::]"), "{}", server.video);
+    for host in ["127.0.0.1", "[::1]"] {
+        let r = http()
+            .get(format!("http://{host}:{port}/hls/nope.m3u8"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(r.status(), 400, "{host}");
+    }
+    assert!(server.terminate());
+}

@@ -141,6 +141,18 @@ both_engines!(
                 remote: 1
             }
         );
+        // The counts are kept by triggers (no table scan): deletes count too.
+        segments::delete(db, c).await.expect("delete");
+        segments::delete(db, b).await.expect("delete");
+        assert_eq!(
+            segments::upload_state_counts(db).await.expect("counts"),
+            UploadStateCounts {
+                none: 1,
+                local: 1,
+                uploading: 1,
+                remote: 0
+            }
+        );
     }
 );
 

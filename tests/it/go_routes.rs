@@ -245,7 +245,7 @@ both_engines!(
 
         let id: Uuid = DEMO.parse().expect("uuid");
         let base_us = 1_766_224_800_000_000; // 2025-12-20T10:00:00Z
-        for (s0, e0) in [(0, 30), (30, 60), (120, 150)] {
+        for (s0, e0) in [(0, 30), (30, 60), (120, 150), (211, 241)] {
             segments::insert(
                 &t.db,
                 &NewSegment {
@@ -265,16 +265,33 @@ both_engines!(
         video_server::db::runs::rebuild(&t.db, id)
             .await
             .expect("runs");
-        // The id is echoed as given (upper case here).
+        // The id is echoed as given (upper case here). As in the original, holes shorter than
+        // 2 x ms_per_file (30 s by default) are one range (the 59.6 s hole); longer ones split
+        // (60.6 s); the ends stay the real ones.
         let upper = DEMO.to_uppercase();
         let r = get(&s, &format!("/archive/{upper}/ranges")).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(
             r.json(),
             json!({"stream_id": upper, "ranges": [
-                {"start": "2025-12-20T10:00:00Z", "end": "2025-12-20T10:01:01Z"},
-                {"start": "2025-12-20T10:02:00Z", "end": "2025-12-20T10:02:31Z"},
+                {"start": "2025-12-20T10:00:00Z", "end": "2025-12-20T10:02:31Z"},
+                {"start": "2025-12-20T10:03:31Z", "end": "2025-12-20T10:04:02Z"},
             ]})
+        );
+        // Our route keeps its own tolerance (gap_ms, default 2 s): every hole splits.
+        let r = get(&s, &format!("/api/v1/streams/{DEMO}/ranges")).await;
+        assert_eq!(r.json()["ranges"].as_array().map(Vec::len), Some(3));
+        // The stream's own ms_per_file counts: 10 s files bridge holes up to 20 s only.
+        let rec = streams::get(&t.db, id).await.expect("get").expect("stream");
+        let mut spec = rec.spec;
+        spec.archive.ms_per_file = Some(10_000);
+        streams::update(&t.db, &spec).await.expect("update");
+        let r = get(&s, &format!("/archive/{DEMO}/ranges")).await;
+        assert_eq!(
+            r.json()["ranges"].as_array().map(Vec::len),
+            Some(3),
+            "{}",
+            r.json()
         );
     }
 );

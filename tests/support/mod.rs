@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod browser;
 pub mod media;
+pub mod pg_private;
 pub mod routes;
 pub mod s3;
 

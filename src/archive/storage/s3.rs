@@ -31,8 +31,8 @@ use super::{Storage, StorageError};
 use crate::config::S3Config;
 
 /// Files larger than this are uploaded in parts, so one failed request costs a part, not the whole
-/// segment, and no single request runs for minutes. Segments are capped at 5 minutes
-/// (`config::MAX_MS_PER_FILE`), i.e. tens to a few hundred MB.
+/// segment, and no single request runs for minutes. Segments are usually minutes long (at most an
+/// hour, `config::MAX_MS_PER_FILE`), i.e. tens of MB to a few GB.
 pub const MULTIPART_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Part size of multipart uploads. S3 requires at least 5 MiB for every part but the last, and at

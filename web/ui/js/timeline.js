@@ -316,7 +316,8 @@ export class Timeline {
       g.moveTo(x, 0);
       g.lineTo(x, hgt - axisH + 4);
       g.stroke();
-      g.fillText(tickLabel(t, step), x + 3, hgt - axisH + 3);
+      const label = tickLabel(t, step);
+      if (x + 3 + g.measureText(label).width <= w) g.fillText(label, x + 3, hgt - axisH + 3);
     }
 
     // Now (red) and the play head (white).
