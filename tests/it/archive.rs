@@ -9,9 +9,9 @@ use uuid::Uuid;
 use video_server::db::Db;
 use video_server::db::segments::{self, SegmentRow};
 
+use crate::support::InProcess;
 use crate::support::binary::ServerProcess;
 use crate::support::media::{RtspServer, eventually, ffmpeg_decode_errors, ffprobe};
-use crate::support::InProcess;
 
 pub(crate) const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
@@ -199,8 +199,13 @@ crate::on_both_engines!(
             let killed_us = chrono::Utc::now().timestamp_micros();
             server.kill9();
 
-            // Restart: repair runs before anything records again.
+            // Restart: repair runs before anything records again, and the reconciliation of
+            // the archive with its files (in the background) indexes what the crash left.
             let server = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &env);
+            server.wait_for_log(
+                "archive reconciled with the files on disk",
+                Duration::from_secs(30),
+            );
             assert!(server.terminate(), "round {round}: graceful stop");
             let rows = all_segments(&db, id).await;
             check_rows_match_files(&rows, &dir.path().join("mp4"));
