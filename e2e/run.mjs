@@ -14,8 +14,8 @@
 // each with the common settings overridden by its object. See README.md for the full list.
 //
 // What it does: serves e2e/pages (and the local hls.js copy) from a built-in HTTP server on
-// 127.0.0.1:0, which also reverse-proxies /hls/* to VIDEO_ADDR so hls.js fetches same-origin (no
-// CORS needed); uses the shared Chromium at BROWSER_WS or starts Debian's Chromium through
+// 127.0.0.1 (a free port, PAGE_PORT, or a socket from PAGE_FDS, one per job), which also
+// reverse-proxies /hls/* to VIDEO_ADDR so hls.js fetches same-origin (no CORS needed); uses the shared Chromium at BROWSER_WS or starts Debian's Chromium through
 // playwright-core; opens the page for MODE; samples the <video> (picture.mjs) until it has decoded
 // frames, currentTime advanced by MIN_ADVANCE_S between two samples at least 1 s apart (with no
 // seek between them) and the picture checks pass; prints ONE line of JSON to stdout and exits 0
@@ -108,6 +108,8 @@ function jobConfig(cfg) {
     timeoutS: num('TIMEOUT_S', 20),
     minAdvanceS: num('MIN_ADVANCE_S', 1.0),
     screenshot: cfg.SCREENSHOT || '',
+    pagePort: num('PAGE_PORT', 0),
+    pageFd: null,
   };
   if (!['mse', 'hls', 'archive', 'go-live', 'go-archive'].includes(c.mode)) {
     throw new Error(`MODE must be mse|hls|archive|go-live|go-archive, got '${c.mode}'`);
@@ -144,6 +146,11 @@ function readConfig() {
     for (const [k, v] of Object.entries(o)) merged[k.toUpperCase()] = String(v);
     return jobConfig(merged);
   });
+  // PAGE_FDS: listening sockets handed over by the test, one per job, whose origins it listed in
+  // the server's [cors] allow_origins (the server refuses WebSockets from other origins).
+  const fds = (raw.PAGE_FDS || '').split(',').filter((f) => f.trim() !== '').map(Number);
+  if (fds.length > 0 && fds.length < run.jobs.length) throw new Error(`PAGE_FDS has ${fds.length} sockets for ${run.jobs.length} jobs`);
+  if (fds.length > 0) run.jobs.forEach((j, i) => { j.pageFd = fds[i]; });
   if (!(run.hardTimeoutS > 0)) run.hardTimeoutS = Math.max(...run.jobs.map((j) => j.timeoutS)) + 40;
   return run;
 }
@@ -218,7 +225,8 @@ function startServer(cfg, proxyLog) {
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
+    const at = cfg.pageFd !== null ? { fd: cfg.pageFd } : { port: cfg.pagePort, host: '127.0.0.1' };
+    server.listen(at, () => resolve(server));
   });
 }
 

@@ -6,6 +6,7 @@
 //! router (`openapi/openapi.json` is committed and checked by a test).
 
 pub mod archive;
+pub mod cross_site;
 pub mod error;
 pub mod export;
 pub mod go;
@@ -58,7 +59,7 @@ pub struct AppState {
 
 /// The API router and the OpenAPI document it implements.
 pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::base())
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(go::list))
         .routes(routes!(go::status))
         .routes(routes!(go::enable_camera))
@@ -82,7 +83,9 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::storage))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .split_for_parts()
+        .split_for_parts();
+    cross_site::document(&mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI document as pretty JSON (what `video-server openapi` prints and the repo commits).
@@ -99,13 +102,14 @@ pub fn openapi_json() -> String {
 pub fn app(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors, state.listeners);
     let (router, doc) = router_and_openapi();
-    router
+    let router = router
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
         .merge(crate::web::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
-        .layer(cors)
+        .with_state(state.clone())
+        .layer(cors);
+    cross_site::protect(router, &state, cross_site::Listener::Api)
 }
 
 /// Request headers the web UI sends to the other listener (JSON bodies, bearer tokens, ranges).

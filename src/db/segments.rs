@@ -362,7 +362,8 @@ pub enum MissingBy {
 pub async fn mark_missing(db: &Db, rows: &[SegmentRow], by: MissingBy) -> Result<Vec<i64>> {
     const SQL: &str = "UPDATE segments SET state = 'missing', \
         upload_state = CASE WHEN $4 THEN 'none' ELSE upload_state END \
-        WHERE id = $1 AND state = $2 AND storage = 'filesystem' AND storage_key = $3 \
+        WHERE id = $1 AND state = $2 AND state IN ('complete', 'recording') \
+          AND storage = 'filesystem' AND storage_key = $3 \
           AND (($4 AND upload_state IN ('local', 'uploading')) \
                OR (NOT $4 AND upload_state <> 'uploading'))";
     let uploader = by == MissingBy::Uploader;

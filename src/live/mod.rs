@@ -18,13 +18,14 @@ pub fn app(state: AppState) -> Router {
     let cors = crate::api::cors_layer(&state.config.cors, state.listeners);
     // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
     // the original did.
-    Router::new()
+    let router = Router::new()
         .route("/ws/archive", get(ws::archive))
         .route("/ws/{any}", get(ws::live))
         .route("/hls/{file}", get(hls::serve))
         .route("/api/v1/server", get(crate::api::system::server_info))
         .merge(crate::web::router())
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
-        .layer(cors)
+        .with_state(state.clone())
+        .layer(cors);
+    crate::api::cross_site::protect(router, &state, crate::api::cross_site::Listener::Video)
 }

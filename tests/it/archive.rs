@@ -166,7 +166,7 @@ async fn rtsp_source_records_video_and_audio() {
 }
 
 /// Copies the demo clip next to a config for the real binary.
-fn binary_setup(dir: &Path, ms_per_file: u64) {
+pub(crate) fn binary_setup(dir: &Path, ms_per_file: u64) {
     std::fs::create_dir_all(dir.join("assets")).expect("assets");
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4"),

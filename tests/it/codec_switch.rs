@@ -260,11 +260,14 @@ async fn go_example_clients_play_through_a_resolution_switch_in_chromium() {
         stream_entry(live, &url, false, true),
         stream_entry(recorded, &url, true, false)
     );
-    let s = start_server(tmp.path(), &streams).await;
+    let pages = std::sync::Arc::new(crate::support::browser::PageSockets::bind(1));
+    let s = start_server(tmp.path(), &format!("{streams}{}", pages.cors_toml())).await;
     let video = s.video.clone();
+    let p = pages.clone();
     let verdict = tokio::task::spawn_blocking(move || {
         crate::e2e::run_browser_for(
             &video,
+            &p,
             &live.to_string(),
             "go-live",
             &[("EXPECT_SIZES", "2")],
@@ -279,6 +282,7 @@ async fn go_example_clients_play_through_a_resolution_switch_in_chromium() {
     let verdict = tokio::task::spawn_blocking(move || {
         crate::e2e::run_browser_for(
             &video,
+            &pages,
             &recorded.to_string(),
             "go-archive",
             &[

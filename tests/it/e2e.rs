@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use crate::support::binary::ServerProcess;
-use crate::support::browser::{demo_clip, run_e2e};
+use crate::support::browser::{PageSockets, demo_clip, run_e2e_with_pages};
 
 pub(crate) const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
@@ -22,6 +22,7 @@ fn root() -> &'static Path {
 /// its verdict, failing the test unless it passed.
 pub(crate) fn run_browser_for(
     video: &str,
+    pages: &PageSockets,
     stream_id: &str,
     mode: &str,
     extra: &[(&str, &str)],
@@ -33,7 +34,7 @@ pub(crate) fn run_browser_for(
         ("TIMEOUT_S", "40"),
     ];
     env.extend_from_slice(extra);
-    run_e2e("run.mjs", &env, &format!("{mode} playback"))
+    run_e2e_with_pages("run.mjs", &env, &format!("{mode} playback"), pages)
 }
 
 /// What every run requires of the demo clip's picture.
@@ -45,7 +46,12 @@ const DEMO_PICTURE: &[(&str, &str)] = &[
 
 /// Runs e2e/run.mjs with `jobs` (JSON objects of settings) at once in the shared browser, the
 /// demo picture required of each; returns each job's verdict.
-fn play_jobs(video: &str, stream_id: &str, jobs: serde_json::Value) -> Vec<serde_json::Value> {
+fn play_jobs(
+    video: &str,
+    pages: &PageSockets,
+    stream_id: &str,
+    jobs: serde_json::Value,
+) -> Vec<serde_json::Value> {
     let jobs = jobs.to_string();
     let mut env = vec![
         ("VIDEO_ADDR", video),
@@ -54,7 +60,7 @@ fn play_jobs(video: &str, stream_id: &str, jobs: serde_json::Value) -> Vec<serde
         ("JOBS", jobs.as_str()),
     ];
     env.extend_from_slice(DEMO_PICTURE);
-    let verdict = run_e2e("run.mjs", &env, "playback in Chromium");
+    let verdict = run_e2e_with_pages("run.mjs", &env, "playback in Chromium", pages);
     let jobs = verdict["jobs"]
         .as_array()
         .expect("one verdict per job")
@@ -82,13 +88,28 @@ pub(crate) fn shipped_setup(dir: &Path) {
     std::fs::copy(demo_clip(), dir.join("assets/demo.mp4")).expect("demo");
 }
 
+/// Replaces the shipped config's `[cors]` table in `dir` with one allowing the test pages.
+fn allow_pages(dir: &Path, pages: &PageSockets) {
+    let path = dir.join("conf.toml");
+    let conf = std::fs::read_to_string(&path).expect("conf");
+    assert!(
+        conf.contains("[cors]\nenabled = false\n"),
+        "the shipped [cors] table"
+    );
+    let conf = conf.replace("[cors]\nenabled = false\n", &pages.cors_toml());
+    std::fs::write(&path, conf).expect("conf");
+}
+
 #[test]
 fn chromium_plays_the_demo_stream_via_mse_and_hls() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
+    let pages = PageSockets::bind(2);
+    allow_pages(dir.path(), &pages);
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let jobs = play_jobs(
         &server.video,
+        &pages,
         DEMO,
         serde_json::json!([{"NAME": "mse", "MODE": "mse"}, {"NAME": "hls", "MODE": "hls"}]),
     );
@@ -101,10 +122,12 @@ crate::on_both_engines!(
     /// `endOfStream()`, and the element plays the requested range to its end.
     async fn chromium_plays_the_archive_to_its_end(index: &Index) {
         let tmp = tempfile::tempdir().expect("tmp");
+        let pages = PageSockets::bind(1);
         let s = crate::support::InProcess::start_with_db(
             &format!(
-                "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 3\n",
-                tmp.path().display()
+                "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 3\n{}",
+                tmp.path().display(),
+                pages.cors_toml()
             ),
             Some(index.url.clone()),
         )
@@ -118,9 +141,10 @@ crate::on_both_engines!(
             "MODE": "archive", "START": start, "DURATION": "10",
             "EXPECT_PAUSE": "1", "EXPECT_EOS": "1",
         }]);
-        let jobs = tokio::task::spawn_blocking(move || play_jobs(&video, &id.to_string(), jobs))
-            .await
-            .expect("browser run");
+        let jobs =
+            tokio::task::spawn_blocking(move || play_jobs(&video, &pages, &id.to_string(), jobs))
+                .await
+                .expect("browser run");
         let j = &jobs[0];
         assert_eq!(j["stats"]["eos"], true, "{j}");
         assert_eq!(j["stats"]["endOfStream"], true, "{j}");

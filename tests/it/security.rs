@@ -583,3 +583,190 @@ async fn storage_stays_in_its_roots_sqlite() {
 async fn storage_stays_in_its_roots_postgres() {
     storage_stays_in_its_roots("postgres").await;
 }
+
+const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
+
+/// The demo clip as a live stream, plus a trusted foreign origin.
+fn demo_with_trusted_origin() -> String {
+    format!(
+        "[[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\n\
+         loop = true\n[cors]\nenabled = true\nallow_origins = [\"http://trusted.example\"]\n"
+    )
+}
+
+/// Sends `req` with the optional `Origin` and returns status and JSON body.
+async fn with_origin(req: reqwest::RequestBuilder, origin: Option<&str>) -> (u16, Value) {
+    let req = match origin {
+        Some(o) => req.header("origin", o),
+        None => req,
+    };
+    let r = req.send().await.expect("send");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Opens a WebSocket with the given `Origin`: `Ok(first binary message)` or `Err(HTTP status)`.
+async fn ws_with_origin(url: &str, origin: &str) -> Result<Vec<u8>, u16> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut()
+        .insert("origin", origin.parse().expect("origin"));
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((mut ws, _)) => loop {
+            match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b)))) => {
+                    return Ok(b.to_vec());
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("{url}: no binary message: {other:?}"),
+            }
+        },
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// A page elsewhere cannot change anything or open a WebSocket: POST/PUT/DELETE and upgrades with
+/// a foreign `Origin` (or `null`, or `Sec-Fetch-Site: cross-site`) are 403 in the route's error
+/// shape and change nothing; the server's own listeners, a configured origin and clients without
+/// `Origin` (curl) pass.
+async fn cross_site_requests_are_refused(engine: &str) {
+    let index = engine_db(engine).await;
+    let s = InProcess::start_with_db(&demo_with_trusted_origin(), Some(index.url.clone())).await;
+    let c = http();
+    let api_port = s.api.rsplit(':').next().expect("port").to_owned();
+    let video_port = s.video.rsplit(':').next().expect("port").to_owned();
+    let stream = |name: &str| {
+        json!({"name": name, "source": {"kind": "rtsp", "url": "rtsp://127.0.0.1:1/x"},
+               "enabled": false})
+    };
+    let streams = format!("{}/api/v1/streams", s.api);
+    for foreign in ["http://evil.example", "null", "http://127.0.0.1:1"] {
+        let (status, body) =
+            with_origin(c.post(&streams).json(&stream("evil")), Some(foreign)).await;
+        assert_eq!(status, 403, "{foreign}: {body}");
+        assert_eq!(body["error"]["code"], json!("cross_site_request"));
+        // A form post to a Go route (`text/plain` needs no preflight): Go's error shape.
+        let (status, body) = with_origin(
+            c.post(format!("{}/disable_camera", s.api))
+                .header("content-type", "text/plain")
+                .body(format!("{{\"guid\":\"{DEMO}\"}}")),
+            Some(foreign),
+        )
+        .await;
+        assert_eq!(status, 403, "{foreign}: {body}");
+        assert!(body["Error"].is_string(), "{body}");
+        let (status, _) = with_origin(c.delete(format!("{streams}/{DEMO}")), Some(foreign)).await;
+        assert_eq!(status, 403);
+    }
+    let (status, _) = with_origin(
+        c.post(&streams)
+            .header("sec-fetch-site", "cross-site")
+            .json(&stream("evil")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "no Origin but a cross-site fetch");
+    // Nothing changed: no stream created, the demo still enabled and listed.
+    let (_, list) = with_origin(c.get(&streams), Some("http://evil.example")).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["items"][0]["enabled"], json!(true));
+
+    for (name, origin) in [
+        ("from video", Some(format!("http://127.0.0.1:{video_port}"))),
+        ("from api", Some(format!("http://127.0.0.1:{api_port}"))),
+        ("trusted", Some("http://trusted.example".to_owned())),
+        ("curl", None),
+    ] {
+        let (status, body) =
+            with_origin(c.post(&streams).json(&stream(name)), origin.as_deref()).await;
+        assert_eq!(status, 201, "{name}: {body}");
+    }
+
+    // WebSocket upgrades on the video listener.
+    let live = format!("ws://{}/ws/live?stream_id={DEMO}", s.video);
+    assert_eq!(ws_with_origin(&live, "http://evil.example").await, Err(403));
+    let archive = format!("ws://{}/ws/archive?stream_id={DEMO}&start=0", s.video);
+    assert_eq!(
+        ws_with_origin(&archive, "http://evil.example").await,
+        Err(403)
+    );
+    let first = ws_with_origin(&live, &format!("http://127.0.0.1:{video_port}"))
+        .await
+        .expect("same-server page may watch");
+    assert_eq!(first.first(), Some(&0x09));
+    let first = ws_with_origin(&live, "http://trusted.example")
+        .await
+        .expect("a configured origin may watch");
+    assert_eq!(first.first(), Some(&0x09));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_site_requests_are_refused_sqlite() {
+    cross_site_requests_are_refused("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_site_requests_are_refused_postgres() {
+    cross_site_requests_are_refused("postgres").await;
+}
+
+/// DNS rebinding: listeners bound to 127.0.0.1 answer 421 to any `Host` that is not a loopback
+/// name or address, on every route of both listeners.
+async fn rebinding_hosts_are_misdirected(engine: &str) {
+    let index = engine_db(engine).await;
+    let s = InProcess::start_with_db(&demo_with_trusted_origin(), Some(index.url.clone())).await;
+    let c = http();
+    let video = format!("http://{}", s.video);
+    for (base, path) in [
+        (&s.api, "/api/v1/streams"),
+        (&s.api, "/status"),
+        (&s.api, "/"),
+        (&video, &*format!("/hls/{DEMO}.m3u8")),
+        (&video, "/api/v1/server"),
+    ] {
+        let port = base.rsplit(':').next().expect("port");
+        for host in [
+            format!("evil.example:{port}"),
+            "rebind.attacker.test".to_owned(),
+        ] {
+            let (status, body) =
+                with_origin(c.get(format!("{base}{path}")).header("host", &host), None).await;
+            assert_eq!(status, 421, "{path} with Host {host}: {body}");
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            let r = c
+                .get(format!("{base}{path}"))
+                .header("host", &host)
+                .send()
+                .await
+                .expect("send");
+            assert_ne!(r.status().as_u16(), 421, "{path} with Host {host}");
+        }
+    }
+    let (status, body) = with_origin(
+        c.get(format!("{}/api/v1/streams", s.api))
+            .header("host", "evil.example"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 421);
+    assert_eq!(body["error"]["code"], json!("misdirected_request"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebinding_hosts_are_misdirected_sqlite() {
+    rebinding_hosts_are_misdirected("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebinding_hosts_are_misdirected_postgres() {
+    rebinding_hosts_are_misdirected("postgres").await;
+}

@@ -127,6 +127,11 @@ impl ServerProcess {
         }
     }
 
+    /// The server's process id (e.g. to count its open files in `/proc/<pid>/fd`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().expect("log lock").join("\n")
     }

@@ -75,6 +75,27 @@ pub fn run_e2e(script: &str, env: &[(&str, &str)], what: &str) -> serde_json::Va
 /// As [`run_e2e`], without judging: `(passed, verdict, stderr)`. For tests that expect a run to
 /// fail (a control showing the checks can).
 pub fn run_e2e_verdict(script: &str, env: &[(&str, &str)]) -> (bool, serde_json::Value, String) {
+    run_e2e_verdict_with_pages(script, env, None)
+}
+
+/// As [`run_e2e`], e2e/run.mjs serving its pages from `pages`.
+pub fn run_e2e_with_pages(
+    script: &str,
+    env: &[(&str, &str)],
+    what: &str,
+    pages: &PageSockets,
+) -> serde_json::Value {
+    let (ok, verdict, stderr) = run_e2e_verdict_with_pages(script, env, Some(pages));
+    assert!(ok, "{what} failed: {verdict}\nstderr:\n{stderr}");
+    verdict
+}
+
+/// As [`run_e2e_verdict`], with the sockets for e2e/run.mjs's pages, if any.
+pub fn run_e2e_verdict_with_pages(
+    script: &str,
+    env: &[(&str, &str)],
+    pages: Option<&PageSockets>,
+) -> (bool, serde_json::Value, String) {
     let e2e = e2e_dir();
     assert!(
         e2e.join("node_modules/playwright-core").exists(),
@@ -87,6 +108,9 @@ pub fn run_e2e_verdict(script: &str, env: &[(&str, &str)]) -> (bool, serde_json:
     }
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some(pages) = pages {
+        pages.pass_to(&mut cmd);
     }
     let out = cmd.output().expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -107,4 +131,61 @@ pub fn demo_clip() -> PathBuf {
         .filter(|c| !c.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4"))
+}
+
+/// Listening sockets e2e/run.mjs serves its test pages from (`PAGE_FDS`, one per job). The pages
+/// are another origin than the server, whose cross-site check refuses WebSockets from foreign
+/// origins; binding the sockets before the server starts lets a test list their origins in
+/// `[cors] allow_origins` ([`PageSockets::cors_toml`]) with no window for another process to take
+/// a port.
+pub struct PageSockets(Vec<std::net::TcpListener>);
+
+impl PageSockets {
+    /// `n` sockets: one per job of the runs that will use them.
+    pub fn bind(n: usize) -> PageSockets {
+        PageSockets(
+            (0..n)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a page socket"))
+                .collect(),
+        )
+    }
+
+    /// The `[cors]` table that lets the pages through.
+    pub fn cors_toml(&self) -> String {
+        let origins: Vec<String> = self
+            .0
+            .iter()
+            .map(|l| {
+                let port = l.local_addr().expect("addr").port();
+                format!("\"http://127.0.0.1:{port}\"")
+            })
+            .collect();
+        format!(
+            "[cors]\nenabled = true\nallow_origins = [{}]\n",
+            origins.join(", ")
+        )
+    }
+
+    /// Hands the sockets to `cmd` as `PAGE_FDS` (inherited by that child only).
+    fn pass_to(&self, cmd: &mut Command) {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        use std::os::unix::process::CommandExt;
+        let fds: Vec<i32> = self.0.iter().map(AsRawFd::as_raw_fd).collect();
+        let list: Vec<String> = fds.iter().map(i32::to_string).collect();
+        cmd.env("PAGE_FDS", list.join(","));
+        // SAFETY: runs in the forked child before exec and only clears FD_CLOEXEC on descriptors
+        // this process owns (fcntl system calls, async-signal-safe; no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &fds {
+                    rustix::io::fcntl_setfd(
+                        BorrowedFd::borrow_raw(*fd),
+                        rustix::io::FdFlags::empty(),
+                    )
+                    .map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+    }
 }

@@ -33,8 +33,9 @@ like rtsp://user:pass@127.0.0.1:PORT/av.
 
     READY rtsp://127.0.0.1:<port>
 
-After it, every change in the number of connected clients (RTSP connections, whatever the mount)
-prints one line on stdout, so a test can check how many sessions a client holds open:
+After it, every change in the number of connected clients (established TCP connections to the
+server's port, whatever the mount, from the kernel's socket table; checked every 200 ms and at each
+connect) prints one line on stdout, so a test can check how many sessions a client holds open:
 
     CLIENTS <n>
 
@@ -143,6 +144,24 @@ def file_mount(path: str) -> str:
     return launch + " )"
 
 
+def established_connections(port: int) -> int:
+    """Established TCP connections whose local port is `port` (this server's side of each client
+    connection), from /proc/net/tcp and /proc/net/tcp6."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    local, st = fields[1], fields[3]
+                    if st == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
 def log(message: str) -> None:
     print(f"gst_rtsp_server: {message}", file=sys.stderr, flush=True)
 
@@ -208,26 +227,28 @@ def main(argv) -> int:
 
     loop = GLib.MainLoop()
 
-    state = {"clients": 0, "down": False}
+    state = {"clients": -1, "down": False}
 
-    def report() -> None:
-        print(f"CLIENTS {state['clients']}", flush=True)
-
-    def on_closed(_client) -> None:
-        state["clients"] -= 1
-        report()
+    def report() -> bool:
+        # Established TCP connections on our port, from the kernel's socket table: GStreamer's own
+        # client list keeps closed clients around for a while, so it overcounts.
+        n = established_connections(server.get_bound_port())
+        if n != state["clients"]:
+            state["clients"] = n
+            print(f"CLIENTS {n}", flush=True)
+        return GLib.SOURCE_CONTINUE
 
     def on_client(_server, client) -> None:
-        state["clients"] += 1
-        client.connect("closed", on_closed)
-        report()
         if state["down"]:
             client.close()
+        GLib.idle_add(lambda: (report(), GLib.SOURCE_REMOVE)[1])
 
+    GLib.timeout_add(200, report)
     server.connect("client-connected", on_client)
 
     def kick_all() -> None:
         server.client_filter(lambda _server, _client: GstRtspServer.RTSPFilterResult.REMOVE)
+        report()
 
     def command(line: str) -> None:
         if line == "kick":
