@@ -374,7 +374,7 @@ pub struct SignedUrl {
 /// the given actions until it expires. The caller must itself have those actions on the stream;
 /// the URL stops working when the caller's token is deleted or loses them.
 #[utoipa::path(post, path = "/api/v1/streams/{id}/sign", tag = "access",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     request_body = SignInput,
     responses(
         (status = 200, description = "The signed query", body = SignedUrl),

@@ -94,6 +94,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(readyz))
         .split_for_parts();
     policy::document(&mut doc, policy::API);
+    openapi::state_shared_rules(&mut doc);
     cross_site::document(&mut doc);
     (router, doc)
 }
