@@ -17,6 +17,9 @@
 //             plays archive whose wall-clock label matches the clicked instant (±2 s); "Live"
 //             returns to live; a 10 s selection (28..18 s back) is exported and saved (EXPORT_PATH) for ffprobe;
 //             screenshot `camera.png`
+//   auth      with access control on (TOKEN: a valid token): the token prompt, a wrong token
+//             refused, the grid playing through signed URLs, the token kept across a reload, a
+//             signed export
 //   switch    a camera switching resolution mid-stream (SWITCH_RTSP_URL) keeps playing in its
 //             tile across the new init segment, at both sizes
 //   fallback  a camera with only the HLS output (FILE_PATH, an MP4 on the server) plays in its
@@ -57,6 +60,7 @@ const cfg = {
   shots: process.env.SHOTS_DIR || '',
   filePath: process.env.FILE_PATH || '',
   switchRtspUrl: process.env.SWITCH_RTSP_URL || '',
+  token: process.env.TOKEN || '',
   exportPath: process.env.EXPORT_PATH || path.join(os.tmpdir(), `ui-export-${process.pid}.mp4`),
   tilesExpected: Number(process.env.TILES_EXPECTED || 16),
   // The picture probe samples every <video> a few times a second: on for the demo checks, off
@@ -448,6 +452,48 @@ async function scenarioTiles(page) {
   };
 }
 
+/** With access control on: the page asks for a token (a wrong one is refused and asked again),
+ * keeps it for the tab, and plays live and exports through signed URLs. */
+async function scenarioAuth(page) {
+  const out = { ok: false };
+  await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+  await page.waitForSelector('#token-dialog[open]', { timeout: 15_000 });
+  await page.fill('#token-input', 'vs_wrong_token');
+  await page.click('#token-form button[type="submit"]');
+  // The wrong token is refused by the first API call: asked again, saying so.
+  await until('the token asked again', 15_000, async () =>
+    (await page.$('#token-dialog[open]')) && /refused/i.test(await page.textContent('#token-reason')));
+  out.refusedText = (await page.textContent('#token-reason')).trim();
+  await page.fill('#token-input', cfg.token);
+  await page.click('#token-form button[type="submit"]');
+  const s = await waitPlaying(page, `${tileSel(cfg.streamId)} video`, 25, 40_000);
+  out.frames = s.frames;
+  out.transport = await page.getAttribute(tileSel(cfg.streamId), 'data-transport');
+  // A reload in the same tab keeps the token (session storage): no prompt.
+  await page.reload({ waitUntil: 'load' });
+  await waitPlaying(page, `${tileSel(cfg.streamId)} video`, 25, 40_000);
+  if (await page.$('#token-dialog[open]')) throw new Error('asked for the token again after a reload');
+  // Export through a signed URL (a plain link: no bearer header on a download).
+  const [download] = await Promise.all([
+    page.waitForEvent('download', { timeout: 60_000 }),
+    page.evaluate(async (id) => {
+      const { exportUrl, now } = await import('./ui/js/api.js');
+      const url = await exportUrl(id, now() - 8000, now() - 3000);
+      const a = document.createElement('a');
+      a.href = url;
+      a.download = '';
+      document.body.append(a);
+      a.click();
+      a.remove();
+    }, cfg.streamId),
+  ]);
+  if (await download.failure()) throw new Error(`signed export failed: ${await download.failure()}`);
+  out.signedExportUrl = download.url().replace(/sig=[^&]+/, 'sig=…');
+  if (!/[?&]sig=/.test(download.url())) throw new Error(`the export URL is not signed: ${out.signedExportUrl}`);
+  out.ok = true;
+  return out;
+}
+
 /** A camera that switches resolution mid-stream (same codec string, a new init segment): the
  * tile keeps playing through the switch, at the new size. */
 async function scenarioSwitch(page) {
@@ -549,7 +595,7 @@ async function scenarioSystem(page) {
   return { ok: true, archiveTotal: total };
 }
 
-const SCENARIOS = { switch: scenarioSwitch, a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+const SCENARIOS = { auth: scenarioAuth, switch: scenarioSwitch, a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 

@@ -52,6 +52,12 @@ pub const MAX_PAGE: u32 = 1_000;
 /// Longest `reason` of a protected range, in bytes.
 pub const MAX_REASON_BYTES: usize = 1_024;
 
+/// What a time in a query looks like (the OpenAPI `pattern` of every time parameter): Unix
+/// seconds with an optional fraction, or RFC 3339 with an offset (an unencoded `+` arrives as a
+/// space). A string of this shape that names no real instant (`2025-02-30T00:00:00Z`) is still
+/// a 400; one before 1970 or after 9999 a 422.
+pub const TIME_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+ -]([01][0-9]|2[0-3]):[0-5][0-9]))\s*$";
+
 /// Why a time could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimeError {
@@ -240,7 +246,8 @@ pub struct RangesQuery {
     pub start: Option<String>,
     /// Window end (exclusive), RFC 3339 or Unix seconds (default: now + 1 day).
     pub end: Option<String>,
-    /// Holes up to this many milliseconds are bridged (1000..=2678400000, default 2000).
+    /// Holes up to this many milliseconds are bridged (default 2000).
+    #[param(minimum = 1000, maximum = 2678400000i64)]
     pub gap_ms: Option<i64>,
 }
 
@@ -267,7 +274,7 @@ pub struct RangesResponse {
 /// Answered from the `runs` table (a few rows per recording run, whatever the window) plus the
 /// segment being recorded. Ranges are clipped to `[start, end)`.
 #[utoipa::path(get, path = "/api/v1/streams/{id}/ranges", tag = "archive",
-    params(("id" = String, Path, description = "Stream UUID"), RangesQuery),
+    params(("id" = Uuid, Path, description = "Stream UUID"), RangesQuery),
     responses(
         (status = 200, description = "Recorded ranges (possibly none)", body = RangesResponse),
         (status = 400, description = "Bad id, time or gap_ms", body = ErrorBody),
@@ -321,8 +328,10 @@ pub struct SegmentsQuery {
     /// Window end (exclusive), RFC 3339 or Unix seconds (default: now + 1 day).
     pub end: Option<String>,
     /// `next_cursor` of the previous page (same `start` and `end`).
+    #[param(pattern = "^[0-9a-fA-F]{32}$")]
     pub cursor: Option<String>,
-    /// Page size, 1..=1000 (default 100).
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -389,7 +398,7 @@ pub struct SegmentPage {
 /// Keyset pagination on `(start, id)`: every page is one bounded index range scan, however deep,
 /// and rows recorded meanwhile never shift a page.
 #[utoipa::path(get, path = "/api/v1/streams/{id}/segments", tag = "archive",
-    params(("id" = String, Path, description = "Stream UUID"), SegmentsQuery),
+    params(("id" = Uuid, Path, description = "Stream UUID"), SegmentsQuery),
     responses(
         (status = 200, description = "A page of segments", body = SegmentPage),
         (status = 400, description = "Bad id, time, cursor or limit", body = ErrorBody),
@@ -518,7 +527,7 @@ pub struct ProtectedRangeList {
 
 /// Lists a stream's protected ranges.
 #[utoipa::path(get, path = "/api/v1/streams/{id}/protected-ranges", tag = "archive",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     responses(
         (status = 200, description = "Protected ranges", body = ProtectedRangeList),
         (status = 400, description = "Bad id", body = ErrorBody),
@@ -538,7 +547,7 @@ pub async fn list_protected(
 
 /// Protects a time range of a stream's archive from retention.
 #[utoipa::path(post, path = "/api/v1/streams/{id}/protected-ranges", tag = "archive",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     request_body = ProtectedRangeInput,
     responses(
         (status = 201, description = "Created; `Location` names the new range", body = ProtectedRangeDto),
@@ -586,7 +595,7 @@ pub async fn create_protected(
 /// Removes a protected range; retention may then delete what it covered.
 #[utoipa::path(delete, path = "/api/v1/streams/{id}/protected-ranges/{range_id}", tag = "archive",
     params(
-        ("id" = String, Path, description = "Stream UUID"),
+        ("id" = Uuid, Path, description = "Stream UUID"),
         ("range_id" = i64, Path, description = "Protected range id"),
     ),
     responses(

@@ -138,7 +138,7 @@ fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
 /// the change. `moov` comes first, so playback can start before the download ends.
 #[utoipa::path(get, path = "/api/v1/streams/{id}/export.mp4", tag = "archive",
     params(
-        ("id" = String, Path, description = "Stream UUID"),
+        ("id" = Uuid, Path, description = "Stream UUID"),
         ExportQuery,
         ("Range" = Option<String>, Header, description = "One byte range: `bytes=a-b`, `bytes=a-` or `bytes=-n`"),
         ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer: 304 if unchanged"),

@@ -546,7 +546,7 @@ pub fn rfc3339_secs(us: i64, up: bool) -> String {
 /// Recorded time ranges of a stream, from the SQL index. As in the original, holes shorter than
 /// twice the stream's `ms_per_file` do not split a range; `start` and `end` are real times.
 #[utoipa::path(get, path = "/archive/{stream_id}/ranges", tag = "go-compatible",
-    params(("stream_id" = String, Path, description = "Stream UUID")),
+    params(("stream_id" = Uuid, Path, description = "Stream UUID (the original answered any text; ours 400 `invalid stream_id` for a non-UUID)")),
     responses(
         (status = 200, description = "Recorded ranges", body = GoRangesResponse),
         (status = 400, description = "`invalid stream_id`", body = GoLowerError),

@@ -84,6 +84,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();
+    openapi::state_shared_rules(&mut doc);
     cross_site::document(&mut doc);
     (router, doc)
 }

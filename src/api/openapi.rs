@@ -25,3 +25,76 @@ struct BaseDoc;
 pub fn base() -> utoipa::openapi::OpenApi {
     BaseDoc::openapi()
 }
+
+/// States in the document the rules the server enforces on every operation alike, in one place
+/// (so a route added later gets them too):
+/// * query times (`start`, `end`) have the shape the time parser reads
+///   ([`TIME_PATTERN`](super::archive::TIME_PATTERN));
+/// * an `/api/v1` operation with a body answers 413 (over
+///   [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES)) and 415 (not its JSON content type) with
+///   `ErrorBody`;
+/// * the variants of `SourceDto` refuse unknown properties, as its `deny_unknown_fields` does
+///   (utoipa states it for structs, not for the variants of a tagged enum).
+pub fn state_shared_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::AdditionalProperties;
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder, Schema};
+
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("SourceDto"))
+    {
+        for item in &mut one_of.items {
+            if let RefOr::T(Schema::Object(o)) = item {
+                o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
+
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ours = path.starts_with("/api/v1/");
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            for p in op.parameters.iter_mut().flatten() {
+                let RefOr::T(p) = p else { continue };
+                if p.parameter_in == ParameterIn::Query
+                    && matches!(p.name.as_str(), "start" | "end")
+                    && let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut()
+                {
+                    o.pattern = Some(super::archive::TIME_PATTERN.to_owned());
+                }
+            }
+            if ours && op.request_body.is_some() {
+                for (code, text) in [
+                    ("413", "The body is larger than 64 KiB"),
+                    (
+                        "415",
+                        "The body's `Content-Type` is not the operation's JSON type",
+                    ),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(text)
+                                    .content(
+                                        "application/json",
+                                        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                                    )
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
+    }
+}

@@ -27,7 +27,13 @@ use crate::stream::{
 pub enum SourceDto {
     /// An RTSP camera.
     Rtsp {
-        /// `rtsp://[user:pass@]host[:port]/path` or `rtsps://...`.
+        /// `rtsp://[user:pass@]host[:port]/path` or `rtsps://...` (scheme in any case, a host,
+        /// no control characters).
+        #[schema(
+            min_length = 1,
+            max_length = 2048,
+            pattern = r"^\s*[Rr][Tt][Ss][Pp][Ss]?://[^\s/?#]+"
+        )]
         url: String,
         /// `tcp` (interleaved, default) or `udp`.
         #[serde(default)]
@@ -35,7 +41,8 @@ pub enum SourceDto {
     },
     /// An MP4 file played as a camera.
     File {
-        /// Path of the MP4 file on the server.
+        /// Path of the MP4 file on the server (under `[sources] file_roots`; 422 otherwise).
+        #[schema(min_length = 1, max_length = 4096, pattern = r"\S")]
         path: String,
         /// Start again at the end of the file.
         #[serde(default, rename = "loop")]
@@ -49,7 +56,8 @@ pub enum SourceDto {
 pub struct ArchiveDto {
     /// Record this stream (also requires `[archive] recording = true`).
     pub recording: bool,
-    /// Target segment length in ms (1000..=3600000; at most 300000 recommended).
+    /// Target segment length in ms (at most 300000 recommended).
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub ms_per_file: Option<u32>,
     /// `filesystem` or `s3`.
     pub storage: StorageKind,
@@ -66,8 +74,10 @@ pub struct ArchiveDto {
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionDto {
     /// Delete segments older than this many seconds.
+    #[schema(minimum = 1)]
     pub max_age_s: Option<i64>,
     /// Delete the oldest segments while the stream uses more than this many bytes.
+    #[schema(minimum = 1)]
     pub max_bytes: Option<i64>,
 }
 
@@ -406,9 +416,11 @@ async fn load(state: &AppState, id: Uuid) -> Result<StreamRecord, ApiError> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Page size, 1..=1000 (default 100).
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -486,7 +498,7 @@ pub async fn create_stream(
 
 /// One stream.
 #[utoipa::path(get, path = "/api/v1/streams/{id}", tag = "streams",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     responses(
         (status = 200, description = "The stream", body = StreamDto),
         (status = 400, description = "Bad id", body = ErrorBody),
@@ -524,7 +536,7 @@ async fn store_update(
 
 /// Replaces a stream's settings and restarts it with them.
 #[utoipa::path(put, path = "/api/v1/streams/{id}", tag = "streams",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     request_body = StreamInput,
     responses(
         (status = 200, description = "Updated", body = StreamDto),
@@ -545,7 +557,7 @@ pub async fn replace_stream(
 
 /// Changes some settings (JSON merge patch, RFC 7386) and restarts the stream with them.
 #[utoipa::path(patch, path = "/api/v1/streams/{id}", tag = "streams",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     request_body(content = Object, description = "JSON merge patch of a StreamInput",
         content_type = "application/merge-patch+json"),
     responses(
@@ -619,7 +631,7 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
 
 /// Stops and deletes a stream. Its recorded archive stays until retention removes it.
 #[utoipa::path(delete, path = "/api/v1/streams/{id}", tag = "streams",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad id", body = ErrorBody),
@@ -664,7 +676,7 @@ pub struct StreamStatusDto {
 
 /// Live status of one stream.
 #[utoipa::path(get, path = "/api/v1/streams/{id}/status", tag = "streams",
-    params(("id" = String, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID")),
     responses(
         (status = 200, description = "Status", body = StreamStatusDto),
         (status = 400, description = "Bad id", body = ErrorBody),

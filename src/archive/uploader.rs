@@ -445,7 +445,8 @@ fn backoff_delay(s: &UploaderSettings, failures: u32) -> Duration {
     let base = exp.min(s.backoff_max);
     let half = base / 2;
     let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter_ms)
+    // Never below the minimum: the documented range is backoff_min..=backoff_max (1 s to 60 s).
+    (half + Duration::from_millis(jitter_ms)).clamp(s.backoff_min, s.backoff_max)
 }
 
 /// Uploads one claimed row and records the result. Returns the row id and how it ended.
@@ -596,16 +597,31 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
+        // The documented values (README "S3 / MinIO archive"): 1 s to 60 s, doubling, with jitter.
         let s = UploaderSettings::default();
-        for failures in 1..=10u32 {
-            let d = backoff_delay(&s, failures);
-            let base = s
-                .backoff_min
-                .saturating_mul(1 << (failures - 1))
-                .min(s.backoff_max);
-            assert!(d >= base / 2 && d <= base, "{failures}: {d:?} vs {base:?}");
+        assert_eq!(
+            (s.backoff_min, s.backoff_max),
+            (Duration::from_secs(1), Duration::from_secs(60))
+        );
+        let secs = |ms: u64| Duration::from_millis(ms);
+        // After the n-th consecutive failure: within [lo, hi], whatever the jitter.
+        let expected = [
+            (1, secs(1_000), secs(1_000)),
+            (2, secs(1_000), secs(2_000)),
+            (3, secs(2_000), secs(4_000)),
+            (4, secs(4_000), secs(8_000)),
+            (5, secs(8_000), secs(16_000)),
+            (6, secs(16_000), secs(32_000)),
+            (7, secs(30_000), secs(60_000)),
+            (20, secs(30_000), secs(60_000)),
+            (1_000, secs(30_000), secs(60_000)),
+        ];
+        for (failures, lo, hi) in expected {
+            for _ in 0..200 {
+                let d = backoff_delay(&s, failures);
+                assert!(lo <= d && d <= hi, "{failures} failures: {d:?}");
+            }
         }
-        assert!(backoff_delay(&s, 1_000) <= s.backoff_max);
     }
 
     #[test]

@@ -294,43 +294,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        for failures in 0..20 {
-            let d = backoff_delay(failures);
-            let base = BACKOFF_MIN
-                .saturating_mul(1u32 << failures.min(6))
-                .min(BACKOFF_MAX);
-            assert!(
-                d >= (base / 2).max(BACKOFF_MIN) && d <= base,
-                "{failures}: {d:?}"
-            );
-            assert!(
-                (BACKOFF_MIN..=BACKOFF_MAX).contains(&d),
-                "{failures}: {d:?}"
-            );
-        }
+    fn backoff_is_the_documented_one_to_thirty_seconds() {
+        // README "Live video": exponential backoff with jitter, 1 s to 30 s.
         assert_eq!(
-            backoff_delay(0),
-            BACKOFF_MIN,
-            "the first retry waits the minimum"
+            (BACKOFF_MIN, BACKOFF_MAX),
+            (Duration::from_secs(1), Duration::from_secs(30))
         );
-        assert!(
-            backoff_delay(10) >= BACKOFF_MAX / 2,
-            "capped steps keep half the cap"
-        );
+        let secs = |ms: u64| Duration::from_millis(ms);
+        // The wait before reconnect attempt `failures + 1`: within [lo, hi] whatever the jitter.
+        let expected = [
+            (0, secs(1_000), secs(1_000)),
+            (1, secs(1_000), secs(2_000)),
+            (2, secs(2_000), secs(4_000)),
+            (3, secs(4_000), secs(8_000)),
+            (4, secs(8_000), secs(16_000)),
+            (5, secs(15_000), secs(30_000)),
+            (30, secs(15_000), secs(30_000)),
+            (u32::MAX, secs(15_000), secs(30_000)),
+        ];
+        for (failures, lo, hi) in expected {
+            for _ in 0..200 {
+                let d = backoff_delay(failures);
+                assert!(lo <= d && d <= hi, "{failures} failures: {d:?}");
+            }
+        }
     }
 
     #[test]
     fn demand_follows_viewers_and_idle_time() {
-        let d = Demand::new(false, Duration::from_millis(50));
-        assert!(!d.wanted());
+        // An hour of idle time: "still wanted" below cannot depend on how fast this runs.
+        let d = Demand::new(false, Duration::from_secs(3600));
+        assert!(!d.wanted(), "nobody asked yet");
         let g = d.viewer();
         assert!(d.wanted());
         assert_eq!(d.viewers(), 1);
         drop(g);
         assert_eq!(d.viewers(), 0);
         assert!(d.wanted(), "still wanted during the idle period");
-        std::thread::sleep(Duration::from_millis(80));
+        // No idle time: unwanted as soon as the last viewer leaves.
+        let d0 = Demand::new(false, Duration::ZERO);
+        let g = d0.viewer();
+        assert!(d0.wanted());
+        drop(g);
+        assert!(!d0.wanted(), "idle time over");
+        // An HLS request starts the idle period too.
+        let d = Demand::new(false, Duration::from_secs(3600));
         assert!(!d.wanted());
         d.hls_request();
         assert!(d.wanted());

@@ -100,44 +100,40 @@ pub(crate) fn check_rows_match_files(rows: &[SegmentRow], dir: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn file_source_records_playable_segments_matching_wall_time() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let s = InProcess::start(&format!(
-        "{}{}",
-        archive_config(tmp.path(), 3000),
-        demo_recording()
-    ))
-    .await;
-    let url = s.db_url.clone();
-    let id: Uuid = DEMO.parse().expect("uuid");
-    let started = Instant::now();
-    eventually("segments are written", Duration::from_secs(20), || {
-        (files_under(&tmp.path().join("mp4")).len() >= 3).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let recorded_wall = started.elapsed().as_secs_f64();
-    let _dir = s.stop().await;
-    let db = Db::connect(&url).await.expect("db");
-    let rows = all_segments(&db, id).await;
-    assert!(rows.len() >= 3, "{} segments", rows.len());
-    check_rows_match_files(&rows, &tmp.path().join("mp4"));
-    // Back to back: one run, and the summed duration is the recorded wall time.
-    for w in rows.windows(2) {
-        assert_eq!(w[0].end_us, w[1].start_us, "segments are contiguous");
+crate::on_both_engines!(
+    async fn file_source_records_playable_segments_matching_wall_time(index: &Index) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let s = InProcess::start_with_db(
+            &format!("{}{}", archive_config(tmp.path(), 3000), demo_recording()),
+            Some(index.url.clone()),
+        )
+        .await;
+        let id: Uuid = DEMO.parse().expect("uuid");
+        let started = Instant::now();
+        wait_for_segments(&s.state.db, id, 2, "3 segments").await;
+        let recorded_wall = started.elapsed().as_secs_f64();
+        let _dir = s.stop().await;
+        let db = index.connect().await;
+        let rows = all_segments(&db, id).await;
+        assert!(rows.len() >= 3, "{} segments", rows.len());
+        check_rows_match_files(&rows, &tmp.path().join("mp4"));
+        // Back to back: one run, and the summed duration is the recorded wall time.
+        for w in rows.windows(2) {
+            assert_eq!(w[0].end_us, w[1].start_us, "segments are contiguous");
+        }
+        let total: f64 = rows.iter().map(|r| r.media_duration_us as f64 / 1e6).sum();
+        assert!(
+            (recorded_wall - total).abs() < 1.5,
+            "recorded {total} s of media in {recorded_wall} s"
+        );
+        // Segments are cut near ms_per_file (at keyframes, every 1 s in the demo clip).
+        for r in &rows[..rows.len() - 1] {
+            let d = r.media_duration_us as f64 / 1e6;
+            assert!((3.0..=4.1).contains(&d), "segment of {d} s");
+        }
+        db.close().await;
     }
-    let total: f64 = rows.iter().map(|r| r.media_duration_us as f64 / 1e6).sum();
-    assert!(
-        (recorded_wall - total).abs() < 1.5,
-        "recorded {total} s of media in {recorded_wall} s"
-    );
-    // Segments are cut near ms_per_file (at keyframes, every 1 s in the demo clip).
-    for r in &rows[..rows.len() - 1] {
-        let d = r.media_duration_us as f64 / 1e6;
-        assert!((3.0..=4.1).contains(&d), "segment of {d} s");
-    }
-}
+);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rtsp_source_records_video_and_audio() {
@@ -185,49 +181,53 @@ pub(crate) fn binary_setup(dir: &Path, ms_per_file: u64) {
     std::fs::write(dir.join("conf.toml"), conf).expect("conf");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_loses_at_most_a_fragment_and_leaves_playable_files() {
-    let dir = tempfile::tempdir().expect("tmp");
-    binary_setup(dir.path(), 4000);
-    let id: Uuid = DEMO.parse().expect("uuid");
-    let url = format!("sqlite://{}", dir.path().join("data/index.db").display());
-    for round in 0..3 {
-        let server = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &[]);
-        let before = {
-            let db = Db::connect(&url).await.expect("db");
-            let n = all_segments(&db, id).await.len();
-            db.close().await;
-            n
-        };
-        let run_start_us = chrono::Utc::now().timestamp_micros();
-        tokio::time::sleep(Duration::from_millis(6500 + round * 700)).await;
-        let killed_us = chrono::Utc::now().timestamp_micros();
-        server.kill9();
+crate::on_both_engines!(
+    async fn kill_9_loses_at_most_a_fragment_and_leaves_playable_files(index: &Index) {
+        let dir = tempfile::tempdir().expect("tmp");
+        binary_setup(dir.path(), 4000);
+        let id: Uuid = DEMO.parse().expect("uuid");
+        let env = [("VIDEO_SERVER_DATABASE_URL", index.url.as_str())];
+        let db = index.connect().await;
+        for round in 0..3 {
+            let server = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &env);
+            let before = all_segments(&db, id).await.len();
+            let run_start_us = chrono::Utc::now().timestamp_micros();
+            // Kill it while it records: once this run has closed a segment, at a different point of
+            // the next one in each round.
+            wait_for_segments(&db, id, before, "a segment of this run").await;
+            tokio::time::sleep(Duration::from_millis(300 + round * 1100)).await;
+            let killed_us = chrono::Utc::now().timestamp_micros();
+            server.kill9();
 
-        // Restart: repair runs before anything records again.
-        let server = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &[]);
-        assert!(server.terminate(), "round {round}: graceful stop");
-        let db = Db::connect(&url).await.expect("db");
-        let rows = all_segments(&db, id).await;
+            // Restart: repair runs before anything records again, and the reconciliation of
+            // the archive with its files (in the background) indexes what the crash left.
+            let server = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &env);
+            server.wait_for_log(
+                "archive reconciled with the files on disk",
+                Duration::from_secs(30),
+            );
+            assert!(server.terminate(), "round {round}: graceful stop");
+            let rows = all_segments(&db, id).await;
+            check_rows_match_files(&rows, &dir.path().join("mp4"));
+            // The killed run's segments: their media covers the run up to the kill, minus at most about
+            // one fragment (1 s) plus the frame held back for its duration.
+            let killed: Vec<&SegmentRow> = rows
+                .iter()
+                .skip(before)
+                .filter(|r| r.start_us < killed_us && r.start_us >= run_start_us - 1_000_000)
+                .collect();
+            assert!(
+                !killed.is_empty(),
+                "round {round}: the killed run recorded something"
+            );
+            let first_start = killed[0].start_us;
+            let recorded: i64 = killed.iter().map(|r| r.media_duration_us).sum();
+            let lost_s = (killed_us - first_start - recorded) as f64 / 1e6;
+            assert!(lost_s <= 1.3, "round {round}: lost {lost_s} s of media");
+        }
         db.close().await;
-        check_rows_match_files(&rows, &dir.path().join("mp4"));
-        // The killed run's segments: their media covers the run up to the kill, minus at most about
-        // one fragment (1 s) plus the frame held back for its duration.
-        let killed: Vec<&SegmentRow> = rows
-            .iter()
-            .skip(before)
-            .filter(|r| r.start_us < killed_us && r.start_us >= run_start_us - 1_000_000)
-            .collect();
-        assert!(
-            !killed.is_empty(),
-            "round {round}: the killed run recorded something"
-        );
-        let first_start = killed[0].start_us;
-        let recorded: i64 = killed.iter().map(|r| r.media_duration_us).sum();
-        let lost_s = (killed_us - first_start - recorded) as f64 / 1e6;
-        assert!(lost_s <= 1.3, "round {round}: lost {lost_s} s of media");
     }
-}
+);
 
 /// Complete segments of `id` in the index (polled: the recorder writes them as it goes).
 async fn complete_segments(db: &Db, id: Uuid) -> Vec<SegmentRow> {
@@ -382,9 +382,10 @@ async fn codec_change_and_discontinuity_start_new_segments() {
     hub.begin_session(); // a source restart: new segment
     publish(&v1, false, 3); // segment 2
     publish(&v2, true, 3); // codec change (audio gone): segment 3
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cancel.cancel();
+    // Dropping the hub ends the recorder's queue: it writes every frame, then closes.
+    drop(hub);
     task.await.expect("recorder task");
+    drop(cancel);
     let rows = all_segments(&t.db, id).await;
     assert_eq!(rows.len(), 3, "{rows:?}");
     check_rows_match_files(&rows, dir.path());
@@ -403,18 +404,42 @@ async fn codec_change_and_discontinuity_start_new_segments() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_only_streams_do_not_record() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    // The stream asks to record, but the global switch is off (the Go original recorded anyway).
-    let conf = format!("{}{}", archive_config(tmp.path(), 2000), demo_recording())
-        .replace("recording = true\nserving", "recording = false\nserving");
-    let s = InProcess::start(&conf).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(files_under(&tmp.path().join("mp4")).is_empty());
-    let r = reqwest::get(format!("{}/archive/{DEMO}/ranges", s.api))
-        .await
-        .expect("ranges");
-    assert_eq!(r.status(), 404);
-    let _ = s.stop().await;
+    // The stream asks to record, but the global switch is off (the Go original recorded anyway);
+    // the control is the same stream with the switch on. Both run until their stream has
+    // published three segments' worth of frames (2 s segments).
+    let id: Uuid = DEMO.parse().expect("uuid");
+    let mut outcomes = Vec::new();
+    for global in [false, true] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let conf = format!("{}{}", archive_config(tmp.path(), 2000), demo_recording()).replace(
+            "recording = true\nserving",
+            &format!("recording = {global}\nserving"),
+        );
+        let s = InProcess::start(&conf).await;
+        let rt = s.state.manager.runtime(id).expect("running");
+        // 6 s of the demo clip: 150 video and about 280 audio frames.
+        eventually("6 s of frames published", Duration::from_secs(30), || {
+            (rt.hub.published() >= 430).then_some(())
+        })
+        .await;
+        let r = reqwest::get(format!("{}/archive/{DEMO}/ranges", s.api))
+            .await
+            .expect("ranges");
+        let rows = complete_segments(&s.state.db, id).await;
+        s.stop().await;
+        outcomes.push((
+            global,
+            r.status().as_u16(),
+            rows.len(),
+            files_under(&tmp.path().join("mp4")).len(),
+        ));
+    }
+    assert_eq!(outcomes[0], (false, 404, 0, 0), "{outcomes:?}");
+    let (_, status, rows, files) = outcomes[1];
+    assert!(
+        status == 200 && rows >= 2 && files >= rows,
+        "the control records: {outcomes:?}"
+    );
 }
 
 /// A stream with its own bucket (the Go `minio_bucket`, not `[s3] bucket`): its segments are

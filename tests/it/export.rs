@@ -395,18 +395,11 @@ async fn record_gap_and_codec_change(t: &TestDb, dir: &Path, id: Uuid, wall0: i6
     session(&av, wall0, 4);
     session(&av, wall0 + 10_000_000, 4);
     session(&video_only, wall0 + 14_000_000, 2);
-    // Every segment but the last is closed by the next session; the last by cancellation.
-    let waited = Instant::now();
-    while complete_segments(&t.db, id).await.len() < 4 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(20),
-            "segments recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel.cancel();
+    // Every segment but the last is closed by the next session; the last when the recorder's
+    // queue ends: dropping the hub closes it, and the recorder writes what is queued first.
+    drop(hub);
     task.await.expect("recorder");
+    drop(cancel);
 }
 
 crate::both_engines! {
@@ -536,12 +529,11 @@ async fn export_throughput() {
             f.wallclock_us = wall0 + i * clip_us + f.dts * 1_000_000 / ts;
             hub.publish(f);
         }
-        // Let the recorder keep up (it fsyncs every fragment).
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cancel.cancel();
+    // The recorder's queue holds every frame; dropping the hub ends it once all are written.
+    drop(hub);
     task.await.expect("recorder");
+    drop(cancel);
     let rows = complete_segments(&s.state.db, id).await;
     // The recorder skips ahead when it cannot keep up: report what it actually wrote.
     eprintln!(
@@ -619,17 +611,10 @@ async fn record_clip(db: &Db, dir: &Path, id: Uuid, clip: &Path, wall0: i64) {
         f.wallclock_us = wall0 + f.dts * 1_000_000 / 90_000;
         hub.publish(f);
     }
-    let waited = Instant::now();
-    while complete_segments(db, id).await.is_empty() {
-        assert!(
-            waited.elapsed() < Duration::from_secs(20),
-            "segments recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel.cancel();
+    // Dropping the hub ends the recorder's queue: it writes every frame, then closes.
+    drop(hub);
     task.await.expect("recorder");
+    drop(cancel);
 }
 
 /// B-frames (negative composition offsets in the segments) and H.265 export frame-accurately.

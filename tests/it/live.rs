@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use video_server::media::fmp4;
+use video_server::media::{TrackKind, fmp4};
 
 use crate::support::InProcess;
 use crate::support::media::{
@@ -130,10 +130,13 @@ async fn rtsp_h264_aac_codec_string_and_decodes() {
     assert_eq!(e["status"], json!(true));
     assert_eq!(e["online"], json!(true));
     assert_eq!(e["streaming"], json!(true));
-    assert_eq!(
-        e["codecs"],
-        json!([{"codec": "avc1.42C01E"}, {"codec": "mp4a.40.2"}])
-    );
+    let codecs: Vec<&serde_json::Value> = e["codecs"]
+        .as_array()
+        .expect("codecs")
+        .iter()
+        .map(|c| &c["codec"])
+        .collect();
+    assert_eq!(codecs, [&json!("avc1.42C01E"), &json!("mp4a.40.2")]);
     s.stop().await;
 }
 
@@ -191,8 +194,12 @@ async fn hls_playlist_is_valid_and_names_stay_unique_across_restarts() {
     let text = r.text().await.expect("text");
     assert!(text.contains("#EXT-X-VERSION:7"), "{text}");
     assert!(text.contains("#EXT-X-MAP:URI="), "{text}");
-    // Let a few segments accumulate, then validate the playlist with ffmpeg over HTTP.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Once a few segments are listed, validate the playlist with ffmpeg over HTTP.
+    eventually_async("3 segments listed", || async {
+        let text = reqwest::get(&base).await.ok()?.text().await.ok()?;
+        (text.lines().filter(|l| l.ends_with(".m4s")).count() >= 3).then_some(())
+    })
+    .await;
     let probe = ffprobe(&base);
     assert!(probe["streams"].as_array().is_some_and(|s| !s.is_empty()));
     // A live playlist never ends, so decode a snapshot of it to the end: the playlist with every
@@ -249,32 +256,27 @@ async fn hls_playlist_is_valid_and_names_stay_unique_across_restarts() {
             .expect("text"),
     );
     assert!(!before.is_empty());
-    // Restart the stream through the API.
+    // Restart the stream through the API (off and on: a new runtime, a new HLS writer).
     let c = reqwest::Client::new();
-    let r = c
-        .patch(format!("{}/api/v1/streams/{DEMO}", s.api))
-        .header("content-type", "application/merge-patch+json")
-        .body(r#"{"name":"restarted"}"#)
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = names(
-        &reqwest::get(&base)
+    for enabled in [false, true] {
+        let r = c
+            .patch(format!("{}/api/v1/streams/{DEMO}", s.api))
+            .header("content-type", "application/merge-patch+json")
+            .body(format!(r#"{{"enabled":{enabled}}}"#))
+            .send()
             .await
-            .expect("get")
-            .text()
-            .await
-            .expect("text"),
-    );
-    assert!(!after.is_empty());
-    for n in &after {
-        assert!(
-            !before.contains(n),
-            "segment name {n} reused after a restart"
-        );
+            .expect("patch");
+        assert_eq!(r.status(), 200);
     }
+    // The new writer's playlist: none of the old names, and none reused.
+    let after = eventually_async("the restarted writer's playlist", || async {
+        let text = reqwest::get(&base).await.ok()?.text().await.ok()?;
+        let now = names(&text);
+        (!now.is_empty() && now.iter().all(|n| !before.contains(n))).then_some(now)
+    })
+    .await;
+    let prefix = |n: &str| n.rsplit_once('_').map(|(p, _)| p.to_owned());
+    assert_ne!(prefix(&after[0]), prefix(&before[0]), "a new writer token");
     // Segment responses have the right type; a traversal attempt is refused.
     let seg = c
         .get(format!("http://{}/hls/{}", s.video, after[0]))
@@ -291,48 +293,198 @@ async fn hls_playlist_is_valid_and_names_stay_unique_across_restarts() {
     s.stop().await;
 }
 
+/// A live viewer's messages after the codec message and init segment: every one a fragment, the
+/// video timeline without a jump or a step back.
+struct Timeline {
+    params: video_server::media::StreamParams,
+    /// End of the last video frame (dts + duration), in the video timescale.
+    video_end: Option<i64>,
+    fragments: usize,
+}
+
+impl Timeline {
+    /// Reads the codec message and the init segment.
+    async fn start(ws: &mut Ws) -> Timeline {
+        let codecs = next_binary(ws).await;
+        assert_eq!(
+            codecs.first(),
+            Some(&0x09),
+            "first message is 0x09 + codecs"
+        );
+        let init = next_binary(ws).await;
+        assert_eq!(
+            first_box(&init),
+            "ftyp",
+            "second message is the init segment"
+        );
+        Timeline {
+            params: fmp4::parse_init(&init).expect("init parses"),
+            video_end: None,
+            fragments: 0,
+        }
+    }
+
+    /// Reads `n` more messages: each must be a fragment continuing the video timeline exactly
+    /// (a new `0x09`, a new init segment or a timestamp jump fails).
+    async fn follow(&mut self, ws: &mut Ws, n: usize) {
+        for _ in 0..n {
+            let b = next_binary(ws).await;
+            assert_eq!(
+                first_box(&b),
+                "moof",
+                "after {} fragments: message {:02x?}... is not a fragment",
+                self.fragments,
+                &b[..b.len().min(12)]
+            );
+            let frames = fmp4::parse_fragment(&self.params, &b).expect("fragment parses");
+            for f in frames.iter().filter(|f| f.track == TrackKind::Video) {
+                if let Some(end) = self.video_end {
+                    // The muxer maps times through µs: allow its rounding, not a frame (3600).
+                    assert!(
+                        (f.dts - end).abs() <= 2,
+                        "video timeline jumps from {end} to {} after {} fragments",
+                        f.dts,
+                        self.fragments
+                    );
+                }
+                self.video_end = Some(f.dts + i64::from(f.duration));
+            }
+            self.fragments += 1;
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next binary message (text such as `pong` is skipped; a close or a 20 s silence fails).
+async fn next_binary(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => return b.to_vec(),
+            Ok(Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))) => {}
+            other => panic!("expected a binary message: {other:?}"),
+        }
+    }
+}
+
+/// `EXT-X-PROGRAM-DATE-TIME` of each segment of a playlist, with whether a discontinuity
+/// precedes it.
+fn dated_segments(playlist: &str) -> Vec<(chrono::DateTime<chrono::FixedOffset>, bool)> {
+    let mut out = Vec::new();
+    let (mut date, mut disc) = (None, false);
+    for line in playlist.lines() {
+        if let Some(d) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            date = Some(chrono::DateTime::parse_from_rfc3339(d).expect("RFC 3339 date"));
+        } else if line == "#EXT-X-DISCONTINUITY" {
+            disc = true;
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let d = date
+                .take()
+                .unwrap_or_else(|| panic!("{line} has no date:\n{playlist}"));
+            out.push((d, std::mem::take(&mut disc)));
+        }
+    }
+    out
+}
+
+/// A camera that goes away and comes back: the stream reconnects (backoff), a live viewer on the
+/// same socket keeps receiving fragments on one continuous timeline (no new codec message or init
+/// segment), and the HLS playlist marks the restart with a discontinuity, its segments dated with
+/// the wall clock across the outage.
 #[tokio::test(flavor = "multi_thread")]
 async fn rtsp_fault_reconnects_and_viewers_keep_receiving() {
-    let rtsp = RtspServer::start(0);
-    let port = rtsp.port;
+    let mut rtsp = RtspServer::start(0);
     let id = "2d2e5c10-8c3e-4177-a020-5e3f4d6c7083";
-    let s = InProcess::start(&rtsp_stream(id, &rtsp.url("test"))).await;
+    let s = InProcess::start(&format!(
+        "[hls]\nms_per_segment = 1000\nwindow_size = 10\nwindow_capacity = 12\n{}",
+        rtsp_stream(id, &rtsp.url("test"))
+    ))
+    .await;
     let uuid = id.parse().expect("uuid");
     let url = format!("ws://{}/ws/live?stream_id={id}", s.video);
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");
-    // Receive until fragments flow.
-    let mut fragments = 0;
-    while fragments < 25 {
-        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) if first_box(&b) == "moof" => fragments += 1,
-            Ok(Some(Ok(_))) => {}
-            other => panic!("before the fault: {other:?}"),
-        }
-    }
-    rtsp.kill();
+    let mut timeline = Timeline::start(&mut ws).await;
+    timeline.follow(&mut ws, 25).await;
+    let playlist = format!("http://{}/hls/{id}.m3u8", s.video);
+    let before = eventually_async("a playlist of 2 segments", || async {
+        let text = reqwest::get(&playlist).await.ok()?.text().await.ok()?;
+        (dated_segments(&text).len() >= 2).then_some(text)
+    })
+    .await;
+    assert!(!before.contains("#EXT-X-DISCONTINUITY"), "{before}");
+
+    // The camera drops every connection and refuses new ones, then comes back.
+    rtsp.command("down");
+    let down_at = chrono::Utc::now();
     eventually("status shows the outage", Duration::from_secs(30), || {
         let st = s.state.manager.status(uuid)?;
         (!st.online && !st.last_health_error.is_empty()).then_some(())
     })
     .await;
-    let _rtsp = RtspServer::start(port);
+    rtsp.command("up");
     eventually("status back online", Duration::from_secs(40), || {
         let st = s.state.manager.status(uuid)?;
         (st.online && st.status).then_some(())
     })
     .await;
-    // The same socket keeps receiving fragments after the reconnect.
-    let mut after = 0;
-    while after < 25 {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) if first_box(&b) == "moof" => after += 1,
-            Ok(Some(Ok(_))) => {}
-            other => panic!("after the reconnect: {other:?}"),
-        }
+    // The same socket: fragments only, continuing the timeline.
+    timeline.follow(&mut ws, 50).await;
+
+    // HLS: the first segment after the restart follows a discontinuity and is dated after it.
+    let after = eventually_async("a discontinuity in the playlist", || async {
+        let text = reqwest::get(&playlist).await.ok()?.text().await.ok()?;
+        let dated = dated_segments(&text);
+        let i = dated.iter().position(|(_, disc)| *disc)?;
+        (i > 0 && i + 1 < dated.len()).then_some(text)
+    })
+    .await;
+    let dated = dated_segments(&after);
+    let i = dated
+        .iter()
+        .position(|(_, disc)| *disc)
+        .expect("discontinuity");
+    let now = chrono::Utc::now();
+    assert!(
+        dated[i - 1].0 < down_at,
+        "a segment from before the outage: {after}"
+    );
+    assert!(
+        dated[i].0 >= down_at,
+        "the restart's segment is dated after the outage began: {after}"
+    );
+    for w in dated.windows(2) {
+        assert!(w[0].0 < w[1].0, "dates increase: {after}");
+    }
+    for (d, _) in &dated {
+        let age = now.signed_duration_since(*d);
+        assert!(
+            age.num_seconds() >= 0 && age.num_seconds() < 60,
+            "a wall-clock date: {d} ({after})"
+        );
     }
     s.stop().await;
+}
+
+/// Polls an async `f` every 100 ms until it returns `Some`, or panics after 30 s.
+async fn eventually_async<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

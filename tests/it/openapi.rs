@@ -74,3 +74,82 @@ async fn the_document_lists_exactly_the_served_routes() {
     state.manager.shutdown().await;
     t.cleanup().await;
 }
+
+/// The document states the rules the server enforces, so generated clients and validators agree
+/// with it (scripts/schemathesis fuzzes the running server against it).
+#[test]
+fn the_document_states_the_servers_rules() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let param = |path: &str, method: &str, name: &str| {
+        op(path, method)["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))
+    };
+    // Path ids are UUIDs on every route that has one.
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, o) in ops.as_object().expect("ops") {
+            for p in o["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "path" && (p["name"] == "id" || p["name"] == "stream_id") {
+                    assert_eq!(p["schema"]["format"], "uuid", "{method} {path}");
+                }
+            }
+            // Every operation with a body documents 413 and 415 (ours) with its error body.
+            if path.starts_with("/api/v1/") && o.get("requestBody").is_some() {
+                for code in ["413", "415"] {
+                    assert!(o["responses"].get(code).is_some(), "{method} {path} {code}");
+                }
+            }
+        }
+    }
+    for (path, name) in [
+        ("/api/v1/streams", "limit"),
+        ("/api/v1/streams/{id}/segments", "limit"),
+    ] {
+        let p = param(path, "get", name);
+        assert_eq!(
+            (&p["schema"]["minimum"], &p["schema"]["maximum"]),
+            (&serde_json::json!(1), &serde_json::json!(1000)),
+            "{path} {name}"
+        );
+    }
+    let gap = param("/api/v1/streams/{id}/ranges", "get", "gap_ms");
+    assert_eq!(gap["schema"]["minimum"], 1000);
+    for path in [
+        "/api/v1/streams/{id}/ranges",
+        "/api/v1/streams/{id}/segments",
+        "/api/v1/streams/{id}/export.mp4",
+    ] {
+        for name in ["start", "end"] {
+            let pattern = param(path, "get", name)["schema"]["pattern"].clone();
+            assert_eq!(
+                pattern.as_str(),
+                Some(video_server::api::archive::TIME_PATTERN),
+                "{path} {name}"
+            );
+        }
+    }
+    let schemas = &doc["components"]["schemas"];
+    for variant in schemas["SourceDto"]["oneOf"].as_array().expect("variants") {
+        assert_eq!(variant["additionalProperties"], false, "{variant}");
+        for (_, prop) in variant["properties"].as_object().expect("props") {
+            if prop["type"] == "string" && prop.get("enum").is_none() {
+                assert_eq!(prop["minLength"], 1, "{variant}");
+            }
+        }
+    }
+    for s in [
+        "StreamInput",
+        "ArchiveDto",
+        "RetentionDto",
+        "ProtectedRangeInput",
+    ] {
+        assert_eq!(schemas[s]["additionalProperties"], false, "{s}");
+    }
+    assert_eq!(
+        schemas["ArchiveDto"]["properties"]["ms_per_file"]["maximum"],
+        3_600_000
+    );
+}

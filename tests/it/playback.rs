@@ -130,6 +130,36 @@ pub(crate) async fn play(video: &str, query: &str, answer_more: bool, early_more
     p
 }
 
+/// Video frames recorded for `id` in `[from_us, to_us)`, counted by ffprobe in the segment files
+/// (each file's packet times are media times from its row's start).
+async fn recorded_video_frames(db: &Db, id: Uuid, from_us: i64, to_us: i64) -> usize {
+    let rows = video_server::db::segments::page(db, id, 0, i64::MAX / 2, None, 1000)
+        .await
+        .expect("page");
+    let mut n = 0;
+    for r in &rows {
+        let out = std::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v",
+                "-show_entries",
+                "packet=pts_time",
+            ])
+            .args(["-of", "csv=p=0", &r.storage_key])
+            .output()
+            .expect("ffprobe");
+        n += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
+            .map(|t| r.start_us + (t * 1e6).round() as i64)
+            .filter(|wall| (from_us..to_us).contains(wall))
+            .count();
+    }
+    n
+}
+
 pub(crate) fn media_seconds(dir: &Path, name: &str, p: &Played) -> f64 {
     let path = dir.join(name);
     let mut all = p.init.clone();
@@ -257,8 +287,7 @@ async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
     assert!(rows.len() >= 3);
     std::fs::write(&rows[1].storage_key, b"garbage, not an mp4").expect("corrupt");
     let query = format!("stream_id={id}&start={}", wall0 / 1_000_000);
-    // An early `more` is remembered and answers the first pause.
-    let p = play(&s.video, &query, true, true).await;
+    let p = play(&s.video, &query, true, false).await;
     assert_eq!(
         p.texts.last().map(String::as_str),
         Some("eos"),
@@ -271,12 +300,43 @@ async fn corrupt_segments_are_skipped_and_idle_pauses_time_out() {
         - rows[1].media_duration_us) as f64
         / 1e6;
     assert!((secs - expected).abs() <= 1.0, "{secs} vs {expected}");
-    // A client that never answers `pause` is closed after the idle time (same index, 2 s idle).
-    let db_url = s.db_url.clone();
-    let _index_dir = s.stop().await;
-    let s = InProcess::start_with_db(&server_config(tmp.path(), 20, 2), Some(db_url)).await;
+    let _ = s.stop().await;
+}
+
+/// A `more` sent before the server pauses is remembered: it answers the next `pause`. The same
+/// client without it is closed once the pause outlasts the idle time.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_more_is_remembered_and_an_unanswered_pause_times_out() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Chunks of 20 s, and a pause may last 2 s.
+    let s = InProcess::start(&server_config(tmp.path(), 20, 2)).await;
+    let id = Uuid::new_v4();
+    let wall0 = 1_760_000_000_000_000i64;
+    synthesize(&s.state.db, tmp.path(), id, wall0, 2).await;
+    // 30 s: one pause (after the first 20 s), then the rest and `eos`.
+    let query = format!("stream_id={id}&start={}&duration=30", wall0 / 1_000_000);
+    // Sends `more` first and never answers a `pause`.
+    let p = play(&s.video, &query, false, true).await;
+    let pauses = p.texts.iter().filter(|t| *t == "pause").count();
+    assert_eq!(pauses, 1, "texts {:?} close {:?}", p.texts, p.close);
+    assert_eq!(
+        p.texts.last().map(String::as_str),
+        Some("eos"),
+        "texts {:?} close {:?}",
+        p.texts,
+        p.close
+    );
+    let secs = media_seconds(tmp.path(), "early-more.mp4", &p);
+    assert!((secs - 30.0).abs() <= 0.1, "played {secs} s of 30 s");
+    // The control: no early `more`, no answer.
     let p = play(&s.video, &query, false, false).await;
-    assert!(p.texts.contains(&"pause".to_owned()));
+    assert_eq!(
+        p.texts.iter().filter(|t| *t == "pause").count(),
+        1,
+        "{:?}",
+        p.texts
+    );
+    assert!(!p.texts.contains(&"eos".to_owned()), "{:?}", p.texts);
     assert_eq!(p.close, Some((1011, "Paused for too long".to_owned())));
     let _ = s.stop().await;
 }
@@ -297,9 +357,10 @@ async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
         wall0 / 1_000_000
     );
     let mut ws = ws_with_tiny_rcvbuf(&s.video, &url).await;
-    // Let the server queue everything it can before the first read.
+    // A slow client: it reads nothing at first (the server queues what the socket takes), then
+    // little by little, and keeps talking.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut fragments, mut texts) = (0, Vec::new());
+    let (mut params, mut video_frames, mut texts) = (None, 0usize, Vec::new());
     let closed = loop {
         let m = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(m))) => m,
@@ -307,8 +368,16 @@ async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
             Err(_) => panic!("stalled"),
         };
         match m {
+            Message::Binary(b) if first_box(&b) == "ftyp" => {
+                params = Some(video_server::media::fmp4::parse_init(&b).expect("init segment"));
+            }
             Message::Binary(b) if first_box(&b) == "moof" => {
-                fragments += 1;
+                let p = params.as_ref().expect("the init segment comes first");
+                video_frames += video_server::media::fmp4::parse_fragment(p, &b)
+                    .expect("fragment parses")
+                    .iter()
+                    .filter(|f| f.track == video_server::media::TrackKind::Video)
+                    .count();
                 // Chatter the server has to read before it may close.
                 let _ = ws.send(Message::Text("ping".into())).await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -320,7 +389,13 @@ async fn a_slow_chatty_client_still_gets_every_fragment_and_eos() {
     };
     assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
     assert_eq!(closed, Some(None), "a normal close after eos");
-    assert!(fragments >= 55, "{fragments} fragments for 60 s");
+    // Every video frame of the minute that was recorded (ffprobe counts them in the files).
+    let to_us = wall0 + 60_000_000;
+    assert_eq!(
+        video_frames,
+        recorded_video_frames(&s.state.db, id, wall0, to_us).await,
+        "video frames of the minute"
+    );
     let _ = s.stop().await;
 }
 

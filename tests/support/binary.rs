@@ -107,6 +107,26 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Waits (up to `timeout`) for a log line whose `message` is `message`; returns the line.
+    pub fn wait_for_log(&self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.logs.lock().expect("log lock").iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == message).then_some(v)
+            });
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {message:?} within {timeout:?}; logs:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The server's process id (e.g. to count its open files in `/proc/<pid>/fd`).
     pub fn pid(&self) -> u32 {
         self.child.id()
