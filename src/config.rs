@@ -459,6 +459,12 @@ pub struct RetentionConfig {
     pub min_free_percent: Option<f64>,
     /// Seconds between passes (default 60; 0 means the default).
     pub interval_s: u64,
+    /// Default `max_age_s` of streams that set none, and the limit for archives of deleted
+    /// streams (seconds; unset: keep).
+    pub max_age_s: Option<i64>,
+    /// Default `max_bytes` of streams that set none, and the limit for archives of deleted
+    /// streams (unset: no cap).
+    pub max_bytes: Option<i64>,
 }
 
 impl Default for RetentionConfig {
@@ -467,6 +473,8 @@ impl Default for RetentionConfig {
             min_free_bytes: None,
             min_free_percent: None,
             interval_s: DEFAULT_RETENTION_INTERVAL_S,
+            max_age_s: None,
+            max_bytes: None,
         }
     }
 }
@@ -675,6 +683,20 @@ impl Config {
                 key: "retention.min_free_percent".into(),
                 message: format!("{p} is out of range 0..100"),
             });
+        }
+        for (key, value) in [
+            ("retention.max_age_s", self.retention.max_age_s),
+            ("retention.max_bytes", self.retention.max_bytes),
+        ] {
+            if let Some(v) = value
+                && v <= 0
+            {
+                return Err(ConfigError::Key {
+                    path: path.clone(),
+                    key: key.into(),
+                    message: format!("{v} must be positive (leave it out for no limit)"),
+                });
+            }
         }
         // Validate every stream now, so a bad entry stops start-up with a message naming it.
         let streams = self.streams()?;
@@ -1177,6 +1199,13 @@ mod tests {
         assert_eq!(c.retention.min_free_bytes_of(1000), Some(300));
         assert_eq!(c.retention.min_free_bytes_of(10_000), Some(1000));
         assert_eq!(c.retention.interval().as_secs(), 5);
+        let c = toml("[retention]\nmax_age_s = 86400\nmax_bytes = 1000\n").expect("valid");
+        assert_eq!(
+            (c.retention.max_age_s, c.retention.max_bytes),
+            (Some(86400), Some(1000))
+        );
+        let err = toml("[retention]\nmax_age_s = 0\n").expect_err("must fail");
+        assert!(err.to_string().contains("retention.max_age_s"), "{err}");
         let err = toml("[retention]\nmin_free_percent = 150\n").expect_err("must fail");
         assert!(
             err.to_string().contains("retention.min_free_percent"),

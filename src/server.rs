@@ -201,7 +201,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.retention.clone(),
         config.archive.directory(),
     )
-    .with_trigger(manager.retention_trigger());
+    .with_trigger(manager.retention_trigger())
+    .with_roots(roots.clone());
     tracker.spawn(retention.run(shutdown.child_token()));
 
     // The S3 upload outbox, when an object store is configured.

@@ -629,25 +629,54 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
-/// Stops and deletes a stream. Its recorded archive stays until retention removes it.
+/// Query of `DELETE /api/v1/streams/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Also delete the stream's recorded archive (every segment that started before now and
+    /// overlaps no protected range), in the background. Without it the archive stays until
+    /// retention ages it out (`[retention] max_age_s` / `max_bytes` apply to archives of deleted
+    /// streams).
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// Stops and deletes a stream. Its recorded archive stays until retention removes it, unless
+/// `purge=true`: then retention deletes it at once, in the background (crash-consistent, resumed
+/// after a restart), keeping segments that overlap a protected range. `purge=true` also works for
+/// an id whose stream row is already gone but whose archive remains.
 #[utoipa::path(delete, path = "/api/v1/streams/{id}", tag = "streams",
-    params(("id" = Uuid, Path, description = "Stream UUID")),
+    params(("id" = Uuid, Path, description = "Stream UUID"), DeleteQuery),
     responses(
+        (status = 202, description = "Deleted; the archive purge has started (`purge=true`)"),
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Bad id", body = ErrorBody),
-        (status = 404, description = "No such stream", body = ErrorBody),
+        (status = 400, description = "Bad id or query", body = ErrorBody),
+        (status = 404, description = "No such stream (nor, with `purge=true`, any archive of it)", body = ErrorBody),
     ))]
 pub async fn delete_stream(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
     let owner = state.manager.lock(id).await;
-    if !streams::delete(&state.db, id).await? {
+    if !q.purge {
+        if !streams::delete(&state.db, id).await? {
+            return Err(ApiError::not_found(format!("stream {id} not found")));
+        }
+        owner.stop().await;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let has_row = streams::get(&state.db, id).await?.is_some();
+    if !has_row && !crate::db::protected::stream_known(&state.db, id).await? {
         return Err(ApiError::not_found(format!("stream {id} not found")));
     }
+    crate::db::retention::delete_and_purge(&state.db, id, crate::db::now_us()).await?;
+    // The recorder closes its last segment (started before the purge request, so purged too).
     owner.stop().await;
-    Ok(StatusCode::NO_CONTENT)
+    state.manager.retention_trigger().wake();
+    tracing::info!(stream = %id, "stream deleted, archive purge requested");
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// Live status of one stream.

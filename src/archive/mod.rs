@@ -33,6 +33,8 @@ pub struct Archive {
     pub playback_slots: Arc<Semaphore>,
     /// Recent export plans (the `Range` requests of one download share one plan).
     pub export_plans: export::PlanCache,
+    /// What retention has done since start (for status pages and metrics).
+    pub retention: retention::RetentionStats,
 }
 
 impl Archive {
@@ -64,6 +66,7 @@ impl Archive {
             s3: s3.map(Arc::new),
             playback_slots: Arc::new(Semaphore::new(max_playback_sessions)),
             export_plans: export::PlanCache::default(),
+            retention: Default::default(),
         }
     }
 

@@ -1,20 +1,31 @@
 //! Archive retention: deletes the oldest segments of each stream past its `max_age_s` or over its
-//! `max_bytes`, and the oldest segments of all streams while the archive filesystem has less free
-//! space than the `[retention]` floor.
+//! `max_bytes`, purged archives, and the oldest segments of all streams while a storage root's
+//! filesystem has less free space than the `[retention]` floor.
 //!
 //! Rules, in the order a pass applies them:
-//! 1. **Age** (per stream): segments that *ended* more than `max_age_s` ago.
-//! 2. **Bytes** (per stream): oldest first while the stream's unprotected `complete` segments hold
+//! 1. **Purges** (`DELETE /api/v1/streams/{id}?purge=true`): every segment of the stream that
+//!    started before the request. The purge is forgotten once only protected segments are left.
+//! 2. **Age** (per stream): segments that *ended* more than `max_age_s` ago.
+//! 3. **Bytes** (per stream): oldest first while the stream's unprotected `complete` segments hold
 //!    more than `max_bytes`. Protected segments are kept and do not count against the cap: a long
 //!    evidence lock must not make the camera's new recordings vanish as soon as they close (the
 //!    disk as a whole is guarded by the free-space floor).
-//! 3. **Free space** (global): oldest filesystem segments of any stream, while the filesystem of
-//!    `[archive] directory` has less free space than the floor. S3 objects free no local disk and
-//!    are never deleted for this reason.
+//!    A stream without limits of its own takes `[retention] max_age_s` / `max_bytes`; so does the
+//!    archive of a deleted stream (which has no settings left), so it ages out like the rest.
+//! 4. **Free space** (per filesystem): oldest filesystem segments of any stream on that
+//!    filesystem, while it has less free space than the floor. Every storage root in use counts
+//!    (`[archive] directory`, `[archive] roots`, stream directories: `archive::markers`), once per
+//!    filesystem; a root that is unavailable (its marker missing: a disk not mounted) is skipped,
+//!    and so are its segments. S3 objects free no local disk and are never deleted for this.
+//!
+//! An **emergency pass** runs at once when a recorder finds its disk full
+//! ([`RetentionTrigger::disk_full`]): the free-space rule on that filesystem, with a target of at
+//! least [`emergency_free_bytes`] even when no floor is configured, so the recorder can resume.
 //!
 //! Never deleted: segments overlapping a protected range of their stream, the segment being
-//! recorded, and segments being uploaded (`upload_state = 'uploading'`, so the uploader never
-//! reads a file retention is removing).
+//! recorded, segments being uploaded (`upload_state = 'uploading'`, so the uploader never reads a
+//! file retention is removing), and segments a reader holds a lease on (`lease_until_us`: archive
+//! playback and export, in this process or another sharing the index).
 //!
 //! **Crash-consistent delete**: mark the row `deleting` and take it out of the runs (one
 //! transaction) → delete the bytes through the row's storage → delete the row. A crash between
@@ -23,8 +34,10 @@
 //! is not an error). A storage delete that fails leaves the row `deleting` too; the next pass
 //! retries it.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -34,6 +47,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Archive;
+use super::markers::MarkedRoots;
 use crate::config::RetentionConfig;
 use crate::db::retention::{self as q, CandidateFilter, Deletable};
 use crate::db::{self, Db, DbError};
@@ -135,6 +149,7 @@ impl DiskSpace for Statvfs {
 pub struct Report {
     /// `deleting` rows left by a crash or an earlier failure, now finished.
     pub finished: u64,
+    pub by_purge: u64,
     pub by_age: u64,
     pub by_bytes: u64,
     pub by_free_space: u64,
@@ -142,15 +157,84 @@ pub struct Report {
     pub bytes_freed: i64,
     /// Storage deletes that failed; the rows stay `deleting` and are retried.
     pub failed: u64,
-    /// The free-space floor is still not met (nothing deletable was left, or deletions did not
-    /// free enough space).
+    /// The free-space floor is still not met on some filesystem (nothing deletable was left, or
+    /// deletions did not free enough space).
     pub below_floor: bool,
 }
 
 impl Report {
     /// Segments deleted by this pass, for any reason.
     pub fn deleted(&self) -> u64 {
-        self.finished + self.by_age + self.by_bytes + self.by_free_space
+        self.finished + self.by_purge + self.by_age + self.by_bytes + self.by_free_space
+    }
+}
+
+/// Retention counters since start, for status pages and metrics (kept in [`Archive`]).
+#[derive(Debug, Default)]
+pub struct RetentionStats {
+    passes: AtomicU64,
+    emergency_passes: AtomicU64,
+    deleted_by_purge: AtomicU64,
+    deleted_by_age: AtomicU64,
+    deleted_by_bytes: AtomicU64,
+    deleted_by_free_space: AtomicU64,
+    deleted_pending: AtomicU64,
+    bytes_freed: AtomicU64,
+    failed_deletes: AtomicU64,
+    below_floor: AtomicBool,
+}
+
+/// A snapshot of [`RetentionStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionCounters {
+    /// Passes run (scheduled and woken).
+    pub passes: u64,
+    /// Passes run because a recorder found its disk full.
+    pub emergency_passes: u64,
+    pub deleted_by_purge: u64,
+    pub deleted_by_age: u64,
+    pub deleted_by_bytes: u64,
+    pub deleted_by_free_space: u64,
+    /// Interrupted deletes finished.
+    pub deleted_pending: u64,
+    pub bytes_freed: u64,
+    /// Storage deletes that failed (each retried).
+    pub failed_deletes: u64,
+    /// The last pass left a filesystem below its floor.
+    pub below_floor: bool,
+}
+
+impl RetentionStats {
+    pub fn snapshot(&self) -> RetentionCounters {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RetentionCounters {
+            passes: get(&self.passes),
+            emergency_passes: get(&self.emergency_passes),
+            deleted_by_purge: get(&self.deleted_by_purge),
+            deleted_by_age: get(&self.deleted_by_age),
+            deleted_by_bytes: get(&self.deleted_by_bytes),
+            deleted_by_free_space: get(&self.deleted_by_free_space),
+            deleted_pending: get(&self.deleted_pending),
+            bytes_freed: get(&self.bytes_freed),
+            failed_deletes: get(&self.failed_deletes),
+            below_floor: self.below_floor.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, r: &Report, emergency: bool) {
+        let add = |a: &AtomicU64, n: u64| a.fetch_add(n, Ordering::Relaxed);
+        add(&self.passes, 1);
+        if emergency {
+            add(&self.emergency_passes, 1);
+        }
+        add(&self.deleted_by_purge, r.by_purge);
+        add(&self.deleted_by_age, r.by_age);
+        add(&self.deleted_by_bytes, r.by_bytes);
+        add(&self.deleted_by_free_space, r.by_free_space);
+        add(&self.deleted_pending, r.finished);
+        add(&self.bytes_freed, u64::try_from(r.bytes_freed).unwrap_or(0));
+        add(&self.failed_deletes, r.failed);
+        self.below_floor.store(r.below_floor, Ordering::Relaxed);
     }
 }
 
@@ -158,9 +242,28 @@ impl Report {
 #[derive(Debug, Clone, Copy)]
 enum Reason {
     Pending,
+    Purge,
     Age,
     Bytes,
     FreeSpace,
+}
+
+/// Free space an emergency pass makes on a full filesystem, whatever the floor: enough for the
+/// recorders to go on for a while (256 MiB), but at most 5 % of a small filesystem, and never
+/// less than the 8 MiB a recorder wants before it resumes.
+pub fn emergency_free_bytes(total_bytes: u64) -> u64 {
+    (256 * 1024 * 1024u64)
+        .min(total_bytes / 20)
+        .max(8 * 1024 * 1024)
+}
+
+/// One filesystem holding storage roots, as the free-space rule sees it.
+#[derive(Debug, Clone)]
+struct Volume {
+    /// Device id (`st_dev`) of the filesystem.
+    dev: u64,
+    /// The roots on it (available ones only); the first is the one measured.
+    roots: Vec<PathBuf>,
 }
 
 /// The retention task. Build it once; [`Retention::run`] loops until cancelled, tests call
@@ -170,8 +273,10 @@ pub struct Retention {
     /// Where each row's bytes are (the same registry playback and export read through).
     archive: Arc<Archive>,
     config: RetentionConfig,
-    /// The free-space floor is measured on the filesystem holding this directory.
+    /// Without `roots`: the free-space floor is measured on the filesystem holding this directory.
     archive_dir: PathBuf,
+    /// The storage roots in use and whether each is available (marker present).
+    roots: Option<Arc<MarkedRoots>>,
     disk: Arc<dyn DiskSpace>,
     /// Set when a storage delete failed, so the next pass looks for `deleting` rows again (a scan,
     /// so not done on every pass).
@@ -192,6 +297,7 @@ impl Retention {
             archive,
             config,
             archive_dir: archive_dir.into(),
+            roots: None,
             disk: Arc::new(Statvfs),
             retry_pending: AtomicBool::new(false),
             trigger: RetentionTrigger::default(),
@@ -201,6 +307,13 @@ impl Retention {
     /// Runs a pass whenever `trigger` is pulled, besides the schedule.
     pub fn with_trigger(mut self, trigger: RetentionTrigger) -> Retention {
         self.trigger = trigger;
+        self
+    }
+
+    /// Applies the free-space floor to every available storage root's filesystem (instead of
+    /// only the one holding `archive_dir`).
+    pub fn with_roots(mut self, roots: Arc<MarkedRoots>) -> Retention {
+        self.roots = Some(roots);
         self
     }
 
@@ -239,8 +352,8 @@ impl Retention {
         self.run_once_at(db::now_us()).await
     }
 
-    /// One pass as if the time were `now_us`: age, then bytes per stream, then the free-space
-    /// floor.
+    /// One pass as if the time were `now_us`: purges, age and bytes per stream, then the
+    /// free-space floor. (Leases are always judged by the real clock.)
     pub async fn run_once_at(&self, now_us: i64) -> Result<Report, RetentionError> {
         let mut report = Report::default();
         if self.retry_pending.swap(false, Ordering::Relaxed) {
@@ -248,12 +361,30 @@ impl Retention {
                 .await
                 .inspect_err(|_| self.retry_pending.store(true, Ordering::Relaxed))?;
         }
+        for (id, requested_at_us) in q::purges(&self.db).await? {
+            self.purge(id, requested_at_us, &mut report)
+                .instrument(tracing::info_span!("stream", id = %id))
+                .await?;
+        }
+        // Streams with settings, then archives whose stream row is gone (global limits only).
+        let mut limits: Vec<(Uuid, RetentionSpec)> = Vec::new();
+        let mut known = HashSet::new();
         for rec in db::streams::list_all(&self.db).await? {
+            known.insert(rec.spec.id);
+            limits.push((rec.spec.id, self.effective(rec.spec.retention)));
+        }
+        if self.config.max_age_s.is_some() || self.config.max_bytes.is_some() {
+            for id in q::streams_with_segments(&self.db).await? {
+                if !known.contains(&id) {
+                    limits.push((id, self.effective(RetentionSpec::default())));
+                }
+            }
+        }
+        for (id, spec) in limits {
             let RetentionSpec {
                 max_age_s,
                 max_bytes,
-            } = rec.spec.retention;
-            let id = rec.spec.id;
+            } = spec;
             if let Some(age_s) = max_age_s {
                 let cutoff = now_us.saturating_sub(age_s.saturating_mul(1_000_000));
                 self.delete_older(id, cutoff, &mut report)
@@ -266,13 +397,41 @@ impl Retention {
                     .await?;
             }
         }
-        self.keep_free_space(&mut report).await?;
+        for volume in self.volumes(&[]).await {
+            self.keep_free_space(&volume, None, &mut report).await?;
+        }
         Ok(report)
     }
 
-    /// Finishes pending deletes, then runs a pass every `[retention] interval_s` until `cancel`.
-    /// A pass interrupted by cancellation leaves at most a batch of `deleting` rows, finished at
-    /// the next start.
+    /// A stream's limits, each falling back to the `[retention]` default.
+    fn effective(&self, own: RetentionSpec) -> RetentionSpec {
+        RetentionSpec {
+            max_age_s: own.max_age_s.or(self.config.max_age_s),
+            max_bytes: own.max_bytes.or(self.config.max_bytes),
+        }
+    }
+
+    /// An emergency pass: the free-space rule on the filesystems holding `dirs` (a recorder's
+    /// write failed there for lack of space), with at least [`emergency_free_bytes`] as target.
+    pub async fn free_space_now(&self, dirs: &[PathBuf]) -> Result<Report, RetentionError> {
+        let mut report = Report::default();
+        for volume in self.volumes(dirs).await {
+            let usage = self.usage(&volume).await?;
+            let floor = self
+                .config
+                .min_free_bytes_of(usage.total_bytes)
+                .unwrap_or(0)
+                .max(emergency_free_bytes(usage.total_bytes));
+            self.keep_free_space(&volume, Some(floor), &mut report)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// Finishes pending deletes, then runs a pass every `[retention] interval_s`, and at once
+    /// when woken (a full disk: an emergency pass first; a purge), until `cancel`. A pass
+    /// interrupted by cancellation leaves at most a batch of `deleting` rows, finished at the next
+    /// start.
     pub async fn run(self, cancel: CancellationToken) {
         async move {
             match self.finish_pending().await {
@@ -286,19 +445,36 @@ impl Retention {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = ticker.tick() => {}
-                    _ = self.trigger.woken() => {
-                        let full = self.trigger.take_full();
-                        if !full.is_empty() {
-                            tracing::warn!(dirs = ?full, "a recorder found its disk full: retention pass now");
-                        }
-                    }
+                    _ = self.trigger.woken() => {}
+                }
+                let full = self.trigger.take_full();
+                if !full.is_empty() {
+                    tracing::warn!(dirs = ?full, "a recorder found its disk full: emergency retention pass");
+                    let result = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = self.free_space_now(&full) => r,
+                    };
+                    self.log_pass(result, true);
                 }
                 let result = tokio::select! {
                     _ = cancel.cancelled() => break,
                     r = self.run_once() => r,
                 };
-                match result {
-                    Ok(r) if r.deleted() > 0 || r.failed > 0 || r.below_floor => tracing::info!(
+                self.log_pass(result, false);
+            }
+        }
+        .instrument(tracing::info_span!("retention"))
+        .await
+    }
+
+    fn log_pass(&self, result: Result<Report, RetentionError>, emergency: bool) {
+        match result {
+            Ok(r) => {
+                self.archive.retention.add(&r, emergency);
+                if r.deleted() > 0 || r.failed > 0 || r.below_floor {
+                    tracing::info!(
+                        emergency,
+                        by_purge = r.by_purge,
                         by_age = r.by_age,
                         by_bytes = r.by_bytes,
                         by_free_space = r.by_free_space,
@@ -307,14 +483,11 @@ impl Retention {
                         failed = r.failed,
                         below_floor = r.below_floor,
                         "retention pass"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                    );
                 }
             }
+            Err(e) => tracing::warn!(error = %e, emergency, "retention pass failed"),
         }
-        .instrument(tracing::info_span!("retention"))
-        .await
     }
 
     /// The storage filter for candidate queries: rows in a storage we cannot reach are never
@@ -327,6 +500,30 @@ impl Retention {
         }
     }
 
+    /// Carries out a purge: deletes the stream's segments that started before the request, then
+    /// forgets the purge once nothing but protected segments is left (leased ones are retried at
+    /// the next pass).
+    async fn purge(
+        &self,
+        stream: Uuid,
+        requested_at_us: i64,
+        report: &mut Report,
+    ) -> Result<(), RetentionError> {
+        let filter = CandidateFilter {
+            start_before_us: requested_at_us,
+            end_before_us: i64::MAX,
+            include_missing: true,
+            storage: self.reachable(),
+        };
+        self.delete_matching(stream, filter, Reason::Purge, report)
+            .await?;
+        if !q::purge_remaining(&self.db, stream, requested_at_us).await? {
+            q::purge_done(&self.db, stream, requested_at_us).await?;
+            tracing::info!(stream = %stream, "archive purged");
+        }
+        Ok(())
+    }
+
     /// Deletes every segment of the stream that ended at or before `cutoff_us`, oldest first.
     async fn delete_older(
         &self,
@@ -335,13 +532,26 @@ impl Retention {
         report: &mut Report,
     ) -> Result<(), RetentionError> {
         let filter = CandidateFilter {
+            start_before_us: cutoff_us,
             end_before_us: cutoff_us,
             include_missing: true,
             storage: self.reachable(),
         };
+        self.delete_matching(stream, filter, Reason::Age, report)
+            .await
+    }
+
+    /// Deletes every candidate of `filter`, a batch at a time, oldest first.
+    async fn delete_matching(
+        &self,
+        stream: Uuid,
+        filter: CandidateFilter<'_>,
+        reason: Reason,
+        report: &mut Report,
+    ) -> Result<(), RetentionError> {
         loop {
-            let batch = q::oldest_candidates(&self.db, stream, filter, BATCH).await?;
-            if batch.is_empty() || !self.mark_and_delete(batch, Reason::Age, report).await? {
+            let batch = q::oldest_candidates(&self.db, stream, filter, BATCH, db::now_us()).await?;
+            if batch.is_empty() || !self.mark_and_delete(batch, reason, report).await? {
                 return Ok(());
             }
         }
@@ -355,6 +565,7 @@ impl Retention {
         report: &mut Report,
     ) -> Result<(), RetentionError> {
         let filter = CandidateFilter {
+            start_before_us: i64::MAX,
             end_before_us: i64::MAX,
             include_missing: false,
             storage: self.reachable(),
@@ -366,7 +577,7 @@ impl Retention {
             if excess <= 0 {
                 return Ok(());
             }
-            let batch = q::oldest_candidates(&self.db, stream, filter, BATCH).await?;
+            let batch = q::oldest_candidates(&self.db, stream, filter, BATCH, db::now_us()).await?;
             let mut chosen = Vec::new();
             for c in batch {
                 if excess <= 0 {
@@ -381,21 +592,124 @@ impl Retention {
         }
     }
 
-    /// Deletes the oldest filesystem segments of all streams while free space is below the floor.
-    async fn keep_free_space(&self, report: &mut Report) -> Result<(), RetentionError> {
+    /// The filesystems to keep free space on: those of the available storage roots (or of
+    /// `archive_dir` without a root registry), each once. With `only` non-empty, just the ones
+    /// holding those directories.
+    async fn volumes(&self, only: &[PathBuf]) -> Vec<Volume> {
+        let roots: Vec<PathBuf> = match &self.roots {
+            Some(r) => r
+                .all()
+                .iter()
+                .filter(|r| r.state().is_available())
+                .map(|r| r.path.clone())
+                .collect(),
+            None => vec![self.archive_dir.clone()],
+        };
+        let wanted: Option<HashSet<u64>> = if only.is_empty() {
+            None
+        } else {
+            let mut devs = HashSet::new();
+            for d in only {
+                if let Some(dev) = device_of(d).await {
+                    devs.insert(dev);
+                }
+            }
+            Some(devs)
+        };
+        let mut volumes: Vec<Volume> = Vec::new();
+        for root in roots {
+            let Some(dev) = device_of(&root).await else {
+                continue;
+            };
+            if wanted.as_ref().is_some_and(|w| !w.contains(&dev)) {
+                continue;
+            }
+            match volumes.iter_mut().find(|v| v.dev == dev) {
+                Some(v) => v.roots.push(root),
+                None => volumes.push(Volume {
+                    dev,
+                    roots: vec![root],
+                }),
+            }
+        }
+        volumes
+    }
+
+    /// Whether a segment file lies on `volume`: under one of its roots, and that root is the
+    /// innermost root holding the file (a nested root may be another disk).
+    fn on_volume(&self, volume: &Volume, key: &str) -> bool {
+        let path = Path::new(key);
+        match &self.roots {
+            Some(r) => r
+                .root_of(path)
+                .is_some_and(|root| volume.roots.contains(&root.path)),
+            None => true,
+        }
+    }
+
+    async fn usage(&self, volume: &Volume) -> Result<DiskUsage, RetentionError> {
+        let Some(dir) = volume.roots.first().cloned() else {
+            return Ok(DiskUsage {
+                total_bytes: 0,
+                free_bytes: 0,
+            });
+        };
+        let disk = self.disk.clone();
+        let probe = dir.clone();
+        tokio::task::spawn_blocking(move || disk.usage(&probe))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| RetentionError::Disk { path: dir, source })
+    }
+
+    /// How many bytes are missing to meet `floor` (the configured one when `None`) on `volume`,
+    /// or `None` when it is met (or no floor is set).
+    async fn deficit(
+        &self,
+        volume: &Volume,
+        floor: Option<u64>,
+    ) -> Result<Option<u64>, RetentionError> {
+        if floor.is_none()
+            && self.config.min_free_bytes.is_none()
+            && self.config.min_free_percent.is_none()
+        {
+            return Ok(None);
+        }
+        let usage = self.usage(volume).await?;
+        let floor = floor
+            .or_else(|| self.config.min_free_bytes_of(usage.total_bytes))
+            .unwrap_or(0);
+        Ok((usage.free_bytes < floor).then(|| floor - usage.free_bytes))
+    }
+
+    /// Deletes the oldest filesystem segments on `volume` while its free space is below `floor`
+    /// (the configured floor when `None`).
+    async fn keep_free_space(
+        &self,
+        volume: &Volume,
+        floor: Option<u64>,
+        report: &mut Report,
+    ) -> Result<(), RetentionError> {
         let filter = CandidateFilter {
+            start_before_us: i64::MAX,
             end_before_us: i64::MAX,
             include_missing: false,
             storage: Some(StorageKind::Filesystem.as_str()),
         };
         for _ in 0..MAX_FLOOR_ROUNDS {
-            let Some(deficit) = self.free_space_deficit().await? else {
+            let Some(deficit) = self.deficit(volume, floor).await? else {
                 return Ok(());
             };
-            // The oldest candidates of every stream, merged by start time.
+            // The oldest candidates of every stream on this filesystem, merged by start time.
+            let now = db::now_us();
             let mut pool = Vec::new();
             for stream in q::streams_with_segments(&self.db).await? {
-                pool.extend(q::oldest_candidates(&self.db, stream, filter, BATCH).await?);
+                let batch = q::oldest_candidates(&self.db, stream, filter, BATCH, now).await?;
+                pool.extend(
+                    batch
+                        .into_iter()
+                        .filter(|c| self.on_volume(volume, &c.storage_key)),
+                );
             }
             pool.sort_by_key(|c| (c.start_us, c.id));
             let mut wanted = i64::try_from(deficit).unwrap_or(i64::MAX);
@@ -418,31 +732,12 @@ impl Retention {
                 break;
             }
         }
-        report.below_floor = self.free_space_deficit().await?.is_some();
-        if report.below_floor {
-            tracing::warn!(dir = %self.archive_dir.display(), "free space is still below the floor");
+        let below = self.deficit(volume, floor).await?.is_some();
+        if below {
+            report.below_floor = true;
+            tracing::warn!(roots = ?volume.roots, "free space is still below the floor");
         }
         Ok(())
-    }
-
-    /// How many bytes are missing to meet the floor, or `None` when it is met (or not set).
-    async fn free_space_deficit(&self) -> Result<Option<u64>, RetentionError> {
-        if self.config.min_free_bytes.is_none() && self.config.min_free_percent.is_none() {
-            return Ok(None);
-        }
-        let (disk, dir) = (self.disk.clone(), self.archive_dir.clone());
-        let usage = tokio::task::spawn_blocking(move || disk.usage(&dir))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(|source| RetentionError::Disk {
-                path: self.archive_dir.clone(),
-                source,
-            })?;
-        let floor = self
-            .config
-            .min_free_bytes_of(usage.total_bytes)
-            .unwrap_or(0);
-        Ok((usage.free_bytes < floor).then(|| floor - usage.free_bytes))
     }
 
     /// Marks `batch` deleting, then deletes what was marked. Returns whether anything was marked
@@ -453,14 +748,13 @@ impl Retention {
         reason: Reason,
         report: &mut Report,
     ) -> Result<bool, RetentionError> {
-        let marked = q::mark_deleting(&self.db, &batch).await?;
+        let marked = q::mark_deleting(&self.db, &batch, db::now_us()).await?;
         if marked.is_empty() {
             return Ok(false);
         }
         self.delete_marked(marked, reason, report).await?;
         Ok(true)
     }
-
     /// Deletes the bytes of rows already marked `deleting`, then the rows whose bytes are gone.
     async fn delete_marked(
         &self,
@@ -532,10 +826,22 @@ impl Retention {
         let n = done.len() as u64;
         match reason {
             Reason::Pending => report.finished += n,
+            Reason::Purge => report.by_purge += n,
             Reason::Age => report.by_age += n,
             Reason::Bytes => report.by_bytes += n,
             Reason::FreeSpace => report.by_free_space += n,
         }
         Ok(())
     }
+}
+
+/// Device id of the filesystem holding `dir` (or its nearest existing ancestor: a recorder's day
+/// directory may not exist yet).
+async fn device_of(dir: &Path) -> Option<u64> {
+    for d in dir.ancestors() {
+        if let Ok(m) = tokio::fs::metadata(d).await {
+            return Some(m.dev());
+        }
+    }
+    None
 }

@@ -37,6 +37,8 @@ pub struct Deletable {
 /// Which segments a candidate query may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CandidateFilter<'a> {
+    /// Only segments that start before this time (µs); `i64::MAX` for no bound.
+    pub start_before_us: i64,
     /// Only segments that end at or before this time (µs); `i64::MAX` for no age bound.
     pub end_before_us: i64,
     /// Also return `missing` rows (their file is already gone; deleting them frees no bytes).
@@ -46,7 +48,8 @@ pub struct CandidateFilter<'a> {
 }
 
 /// The oldest segments of a stream that retention may delete, oldest first: `complete` (or
-/// `missing`) rows, not being uploaded, that overlap no protected range of the stream.
+/// `missing`) rows, not being uploaded, not leased by a reader (`lease_until_us` passed, as of
+/// `now_us`), that overlap no protected range of the stream.
 ///
 /// Overlap is half-open: a segment `[start, end)` and a range `[p.start, p.end)` overlap when
 /// `p.start < end && p.end > start`; a zero-length segment is protected when it lies inside a range.
@@ -55,14 +58,16 @@ pub async fn oldest_candidates(
     stream_id: Uuid,
     filter: CandidateFilter<'_>,
     limit: u32,
+    now_us: i64,
 ) -> Result<Vec<Deletable>> {
     const SQL: &str = concat!(
         "SELECT id, stream_id, start_us, end_us, bytes, storage, storage_key, bucket, state
         FROM segments
-        WHERE stream_id = $1 AND start_us < $2 AND end_us <= $2
+        WHERE stream_id = $1 AND start_us < $2 AND start_us < $6 AND end_us <= $2
           AND (state = 'complete' OR (state = 'missing' AND $3))
           AND ($4 = '' OR storage = $4)
           AND upload_state <> 'uploading'
+          AND (lease_until_us IS NULL OR lease_until_us <= $7)
           AND ",
         unprotected_segment_sql!(),
         "
@@ -75,6 +80,8 @@ pub async fn oldest_candidates(
         .bind(filter.include_missing)
         .bind(filter.storage.unwrap_or(""))
         .bind(i64::from(limit))
+        .bind(filter.start_before_us)
+        .bind(now_us)
         .fetch_all(p)
         .await?);
     Ok(rows)
@@ -124,16 +131,26 @@ pub async fn streams_with_segments(db: &Db) -> Result<Vec<Uuid>> {
 }
 
 /// Marks `candidates` `deleting` and re-derives the runs that held them, in one transaction.
-/// A candidate whose row changed since it was read (another state, now being uploaded, or now
-/// protected) is left alone. Returns the rows marked, in the order given.
+/// A candidate whose row changed since it was read (another state, now being uploaded, now
+/// leased by a reader, or now protected) is left alone. Returns the rows marked, in the order
+/// given.
+///
+/// The lease check and the mark are one `UPDATE` of the row, and a reader takes its lease with an
+/// `UPDATE` of the same row that checks the state: whichever commits second sees the other's write
+/// (`db::leases`), so a leased segment is never marked and a marked one is never leased.
 ///
 /// After this commits the segment is invisible to ranges and playback; its bytes may still exist
 /// until [`delete_rows`] runs after the storage delete. A crash in between leaves the row
 /// `deleting`, which [`pending`] finds at the next start.
-pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Deletable>> {
+pub async fn mark_deleting(
+    db: &Db,
+    candidates: &[Deletable],
+    now_us: i64,
+) -> Result<Vec<Deletable>> {
     const MARK: &str = concat!(
         "UPDATE segments SET state = 'deleting'
-        WHERE id = $1 AND state = $2 AND upload_state <> 'uploading' AND ",
+        WHERE id = $1 AND state = $2 AND upload_state <> 'uploading'
+          AND (lease_until_us IS NULL OR lease_until_us <= $3) AND ",
         unprotected_segment_sql!()
     );
     let mut marked = Vec::with_capacity(candidates.len());
@@ -145,6 +162,7 @@ pub async fn mark_deleting(db: &Db, candidates: &[Deletable]) -> Result<Vec<Dele
             let done = sqlx::query(MARK)
                 .bind(c.id)
                 .bind(c.state.as_str())
+                .bind(now_us)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -185,4 +203,68 @@ pub async fn pending(db: &Db) -> Result<Vec<Deletable>> {
         state FROM segments WHERE state = 'deleting' ORDER BY id";
     let rows = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
     Ok(rows)
+}
+
+// ----- purges (`DELETE /api/v1/streams/{id}?purge=true`) ----------------------------------------
+
+/// Deletes a stream's row (if there is one) and records that its archive is to be purged, in one
+/// transaction, so a crash cannot leave a deleted stream whose purge was never recorded. A purge
+/// already pending for the stream is moved to `requested_at_us`. Returns whether a stream row was
+/// deleted.
+pub async fn delete_and_purge(db: &Db, stream_id: Uuid, requested_at_us: i64) -> Result<bool> {
+    const DELETE: &str = "DELETE FROM streams WHERE id = $1";
+    const PURGE: &str = "INSERT INTO stream_purges (stream_id, requested_at_us) VALUES ($1, $2) \
+        ON CONFLICT (stream_id) DO UPDATE SET requested_at_us = excluded.requested_at_us";
+    let deleted = with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let n = sqlx::query(DELETE)
+            .bind(DbUuid(stream_id))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(PURGE)
+            .bind(DbUuid(stream_id))
+            .bind(requested_at_us)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        n > 0
+    });
+    Ok(deleted)
+}
+
+/// Purges waiting to be carried out: `(stream, requested_at_us)`.
+pub async fn purges(db: &Db) -> Result<Vec<(Uuid, i64)>> {
+    const SQL: &str =
+        "SELECT stream_id, requested_at_us FROM stream_purges ORDER BY requested_at_us";
+    let rows: Vec<(DbUuid, i64)> = with_pool!(db, p => sqlx::query_as(SQL).fetch_all(p).await?);
+    Ok(rows.into_iter().map(|(id, at)| (id.0, at)).collect())
+}
+
+/// Whether a purge has anything left to delete: a segment of the stream that started before the
+/// request and overlaps no protected range (protected ones stay: the purge is then done).
+pub async fn purge_remaining(db: &Db, stream_id: Uuid, requested_at_us: i64) -> Result<bool> {
+    const SQL: &str = concat!(
+        "SELECT EXISTS (SELECT 1 FROM segments WHERE stream_id = $1 AND start_us < $2 AND ",
+        unprotected_segment_sql!(),
+        ")"
+    );
+    let found: bool = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(requested_at_us)
+        .fetch_one(p)
+        .await?);
+    Ok(found)
+}
+
+/// Forgets a purge that is done (unless it was requested again meanwhile).
+pub async fn purge_done(db: &Db, stream_id: Uuid, requested_at_us: i64) -> Result<()> {
+    const SQL: &str = "DELETE FROM stream_purges WHERE stream_id = $1 AND requested_at_us = $2";
+    with_pool!(db, p => sqlx::query(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(requested_at_us)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+    Ok(())
 }

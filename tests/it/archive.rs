@@ -442,10 +442,17 @@ async fn serve_only_streams_do_not_record() {
     );
 }
 
-/// A stream with its own bucket (the Go `minio_bucket`, not `[s3] bucket`): its segments are
-/// uploaded there, and playback, export and retention all find them there.
-#[tokio::test(flavor = "multi_thread")]
-async fn s3_recording_in_the_streams_bucket_is_uploaded_played_exported_and_deleted() {
+crate::on_both_engines!(
+    /// A stream with its own bucket (the Go `minio_bucket`, not `[s3] bucket`): its segments are
+    /// uploaded there, and playback, export and retention all find them there.
+    async fn s3_recording_in_the_streams_bucket_is_uploaded_played_exported_and_deleted(
+        index: &Index,
+    ) {
+        s3_recording_in_the_streams_bucket(index).await;
+    }
+);
+
+async fn s3_recording_in_the_streams_bucket(index: &crate::support::Index) {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     use video_server::archive::retention::Retention;
@@ -468,7 +475,7 @@ async fn s3_recording_in_the_streams_bucket_is_uploaded_played_exported_and_dele
             "recording = true, type = \"minio\", minio_bucket = \"cams-own\" }"
         )
     );
-    let s = InProcess::start(&conf).await;
+    let s = InProcess::start_with_db(&conf, Some(index.url.clone())).await;
     let id: Uuid = DEMO.parse().expect("uuid");
     // Wait until a few closed segments have been uploaded.
     let mut remote = Vec::new();

@@ -346,16 +346,18 @@ both_engines!(
         assert_eq!(second[0].bucket.as_deref(), Some("archive"));
 
         let filter = retention::CandidateFilter {
+            start_before_us: i64::MAX,
             end_before_us: i64::MAX,
             include_missing: false,
             storage: None,
         };
-        let candidates = retention::oldest_candidates(db, s, filter, 10)
-            .await
-            .expect("candidates");
+        let candidates =
+            retention::oldest_candidates(db, s, filter, 10, video_server::db::now_us())
+                .await
+                .expect("candidates");
         let buckets: Vec<Option<&str>> = candidates.iter().map(|c| c.bucket.as_deref()).collect();
         assert_eq!(buckets, vec![Some("cams-own"), Some("archive"), None]);
-        let marked = retention::mark_deleting(db, &candidates[..1])
+        let marked = retention::mark_deleting(db, &candidates[..1], video_server::db::now_us())
             .await
             .expect("mark");
         assert_eq!(marked[0].bucket.as_deref(), Some("cams-own"));

@@ -145,3 +145,226 @@ async fn recording_goes_on_through_a_postgres_outage() {
     assert_eq!(runs[0].segment_count as usize, rows.len());
     db.close().await;
 }
+
+/// Counters of the stream's recorder.
+fn recorder_of(
+    s: &InProcess,
+    id: Uuid,
+) -> std::sync::Arc<video_server::archive::recorder::RecorderStats> {
+    s.state
+        .manager
+        .runtime(id)
+        .and_then(|rt| rt.recorder_stats())
+        .expect("recorder stats")
+}
+
+/// Complete rows of the stream, when the index answers.
+async fn complete_now(db: &Db, id: Uuid) -> usize {
+    rows_now(db, id).await.map_or(0, |rows| {
+        rows.iter().filter(|r| r.state == "complete").count()
+    })
+}
+
+/// A full disk, on a real size-limited filesystem (a 16 MiB tmpfs, mostly taken by a ballast
+/// file). First the free-space floor: retention deletes the oldest segments and recording goes
+/// on without a failed write. Then the disk fills for good (everything protected, more ballast):
+/// the recorder closes its segment at the last good fragment, wakes an emergency retention pass,
+/// and pauses; once space returns it resumes. Afterwards every file is indexed and plays, and no
+/// file holds only an init segment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_freed_by_retention_or_pauses_recording_until_space_returns() {
+    use crate::support::tmpfs::Tmpfs;
+    const MIB: u64 = 1024 * 1024;
+    let disk = Tmpfs::mount(16 * MIB);
+    let mp4 = disk.path().to_owned();
+    // Leave 1.5 MiB: about 30 s of the demo clip before the 1 MiB floor is reached.
+    disk.fill("ballast", disk.free_bytes() - 3 * MIB / 2);
+    let s = InProcess::start(&format!(
+        "[archive]\nrecording = true\nserving = true\nms_per_file = 2000\ndirectory = \"{}\"\n\
+         [retention]\nmin_free_bytes = {}\ninterval_s = 1\n{}",
+        mp4.display(),
+        MIB,
+        demo_recording()
+    ))
+    .await;
+    let id: Uuid = DEMO.parse().expect("uuid");
+    let db = s.state.db.clone();
+    let recorder = recorder_of(&s, id);
+
+    // 1. The floor: retention makes room, recording never fails.
+    wait_for(
+        "retention to delete segments for the floor",
+        Duration::from_secs(90),
+        || async {
+            (s.state.archive.retention.snapshot().deleted_by_free_space >= 3).then_some(())
+        },
+    )
+    .await;
+    let floor_passes = s.state.archive.retention.snapshot();
+    assert_eq!(
+        recorder.snapshot().write_errors,
+        0,
+        "{:?}",
+        recorder.snapshot()
+    );
+    assert!(
+        disk.free_bytes() > MIB / 2,
+        "the floor holds: {} free",
+        disk.free_bytes()
+    );
+
+    // 2. Full for good: protect everything, fill the rest.
+    let c = reqwest::Client::new();
+    let now_s = video_server::db::now_us() / 1_000_000;
+    let r = c
+        .post(format!("{}/api/v1/streams/{id}/protected-ranges", s.api))
+        .json(&serde_json::json!({
+            "start": now_s - 86_400, "end": now_s + 86_400, "reason": "evidence"
+        }))
+        .send()
+        .await
+        .expect("protect");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    disk.fill("ballast", u64::MAX);
+    wait_for(
+        "the recorder to hit the full disk",
+        Duration::from_secs(20),
+        || async { (recorder.snapshot().disk_full > 0).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "an emergency retention pass",
+        Duration::from_secs(10),
+        || async {
+            (s.state.archive.retention.snapshot().emergency_passes > floor_passes.emergency_passes)
+                .then_some(())
+        },
+    )
+    .await;
+    // Paused: no new segment is completed while the disk stays full (looked at for 4 s, two
+    // segment lengths), and no stray file appears.
+    let paused_rows = complete_now(&db, id).await;
+    let paused_files = files_under(&mp4).len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(complete_now(&db, id).await, paused_rows, "recording paused");
+    assert!(
+        files_under(&mp4).len() <= paused_files,
+        "no new files while full"
+    );
+    let full = recorder.snapshot();
+    assert!(full.dropped_bytes > 0, "{full:?}");
+
+    // 3. Space returns: recording resumes within seconds.
+    std::fs::remove_file(mp4.join("ballast")).expect("remove ballast");
+    wait_for("recording to resume", Duration::from_secs(15), || async {
+        (complete_now(&db, id).await >= paused_rows + 2).then_some(())
+    })
+    .await;
+    let after = recorder.snapshot();
+    eprintln!(
+        "floor: {} segments deleted; full disk: {} failed writes ({} for space), {} bytes dropped \
+         while paused, {} emergency passes",
+        s.state.archive.retention.snapshot().deleted_by_free_space,
+        after.write_errors,
+        after.disk_full,
+        after.dropped_bytes,
+        s.state.archive.retention.snapshot().emergency_passes
+    );
+
+    let url = s.db_url.clone();
+    let _dir = s.stop().await;
+    let db = Db::connect(&url).await.expect("db");
+    let rows = all_segments(&db, id).await;
+    // Every file is indexed and complete, plays, and matches its row; nothing holds only an init
+    // segment (check_rows_match_files checks the media duration of each).
+    check_rows_match_files(&rows, &mp4);
+    assert!(rows.iter().all(|r| r.media_duration_us > 0));
+    db.close().await;
+}
+
+/// The free-space floor applies to every storage root in use, each on its own filesystem: a full
+/// root loses its own oldest segments, not those of another disk (even older ones), and a root
+/// whose marker is missing (a disk not mounted) is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_floor_applies_to_every_root_on_its_own_filesystem() {
+    use crate::support::tmpfs::Tmpfs;
+    use video_server::archive::Archive;
+    use video_server::archive::markers::MarkedRoots;
+    use video_server::archive::retention::Retention;
+    use video_server::archive::storage::fs::FsStorage;
+    use video_server::db::segments;
+    const MIB: u64 = 1024 * 1024;
+
+    let t = crate::support::sqlite().await;
+    let db = &t.db;
+    let (a, b) = (Tmpfs::mount(8 * MIB), Tmpfs::mount(8 * MIB));
+    let config = crate::support::config(&format!(
+        "[archive]\ndirectory = \"{}\"\nroots = [\"{}\"]\n[retention]\nmin_free_bytes = {}\n",
+        a.path().display(),
+        b.path().display(),
+        3 * MIB
+    ));
+    // Six 1 MiB segments on each disk; B's are the older ones.
+    let (sa, sb) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ids = Vec::new();
+    for (disk, stream, base) in [(&a, sa, 2_000_000_000i64), (&b, sb, 1_000_000_000)] {
+        for i in 0..6 {
+            let start_us = (base + i) * 1_000_000;
+            let (id, path) = crate::retention::add_segment(
+                db,
+                disk.path(),
+                stream,
+                start_us,
+                1_000_000,
+                MIB as usize,
+            )
+            .await;
+            ids.push((stream, id, path));
+        }
+    }
+    let roots = MarkedRoots::open(db.clone(), std::sync::Arc::new(config.clone()))
+        .await
+        .expect("roots");
+    let retention = |roots: &std::sync::Arc<MarkedRoots>| {
+        Retention::new(
+            db.clone(),
+            std::sync::Arc::new(Archive::with_storages(
+                std::sync::Arc::new(FsStorage),
+                None,
+                1,
+            )),
+            config.retention.clone(),
+            a.path(),
+        )
+        .with_roots(roots.clone())
+    };
+    // A (6 of 8 MiB used) is below the 3 MiB floor; B gets room to spare (4 MiB used).
+    std::fs::remove_file(&ids[11].2).expect("free B");
+    segments::delete(db, ids[11].1).await.expect("row");
+    std::fs::remove_file(&ids[10].2).expect("free B");
+    segments::delete(db, ids[10].1).await.expect("row");
+    assert!(b.free_bytes() >= 3 * MIB && a.free_bytes() < 3 * MIB);
+
+    let report = retention(&roots).run_once().await.expect("pass");
+    assert!(report.by_free_space >= 1, "{report:?}");
+    assert!(a.free_bytes() >= 3 * MIB, "A meets its floor");
+    // A lost its oldest; B (older footage, but room to spare) lost nothing.
+    for (i, (stream, id, path)) in ids.iter().enumerate().take(10) {
+        let kept = segments::get(db, *id).await.expect("get").is_some();
+        let expect = *stream == sb || i >= report.by_free_space as usize;
+        assert_eq!(kept, expect, "segment {i}");
+        assert_eq!(path.exists(), expect);
+    }
+
+    // B fills up, but its marker is gone (as when the disk is not mounted): nothing of B goes.
+    b.fill("ballast", u64::MAX);
+    std::fs::remove_file(b.path().join(video_server::archive::markers::MARKER_FILE))
+        .expect("remove marker");
+    roots.check_all().await;
+    let report = retention(&roots).run_once().await.expect("pass");
+    assert_eq!(report.by_free_space, 0, "{report:?}");
+    for (_, id, _) in ids.iter().skip(6).take(4) {
+        assert!(segments::get(db, *id).await.expect("get").is_some());
+    }
+    t.cleanup().await;
+}

@@ -210,10 +210,19 @@ async fn twelve_minutes_play_to_eos_with_pause_and_more() {
     let _ = s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn starts_at_the_keyframe_before_start_and_reports_gaps_with_meta() {
+crate::on_both_engines!(
+    async fn starts_at_the_keyframe_before_start_and_reports_gaps_with_meta(index: &Index) {
+        keyframe_start_and_gaps(index).await;
+    }
+);
+
+async fn keyframe_start_and_gaps(index: &crate::support::Index) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let s = InProcess::start(&server_config(tmp.path(), 300, 600)).await;
+    let s = InProcess::start_with_db(
+        &server_config(tmp.path(), 300, 600),
+        Some(index.url.clone()),
+    )
+    .await;
     let id = Uuid::new_v4();
     // Keyframes every second at x.5 s, so a start at a whole second falls mid-GOP.
     let wall0 = 1_760_000_000_500_000i64;

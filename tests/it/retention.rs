@@ -48,7 +48,7 @@ async fn add_stream(db: &Db, retention: RetentionSpec) -> Uuid {
 
 /// A closed segment with a file of `bytes` bytes, inserted the way the recorder does it
 /// (`recording`, then `finalize`, which maintains the runs).
-async fn add_segment(
+pub(crate) async fn add_segment(
     db: &Db,
     dir: &Path,
     stream: Uuid,
@@ -267,10 +267,10 @@ both_engines! {
             segs.push(add_segment(db, dir.path(), stream, base + i * 10 * SECOND, 10 * SECOND, 500).await);
         }
         // A pass marked segments 0 and 2, deleted the file of 0, and crashed.
-        let filter = CandidateFilter { end_before_us: i64::MAX, include_missing: false, storage: None };
-        let candidates = oldest_candidates(db, stream, filter, 10).await.expect("candidates");
+        let filter = CandidateFilter { start_before_us: i64::MAX, end_before_us: i64::MAX, include_missing: false, storage: None };
+        let candidates = oldest_candidates(db, stream, filter, 10, video_server::db::now_us()).await.expect("candidates");
         let chosen = [candidates[0].clone(), candidates[2].clone()];
-        let marked = mark_deleting(db, &chosen).await.expect("mark");
+        let marked = mark_deleting(db, &chosen, video_server::db::now_us()).await.expect("mark");
         assert_eq!(marked.len(), 2);
         std::fs::remove_file(&segs[0].1).expect("remove");
         // Marked rows are already out of the runs and the ranges.
@@ -348,5 +348,99 @@ both_engines! {
         let report = r.run_once_at(NOW_US).await.expect("pass");
         assert_eq!(report, Report { finished: 1, bytes_freed: 100, ..Report::default() });
         assert!(!path.exists() && !exists(db, id).await);
+    }
+}
+
+both_engines! {
+    /// `[retention] max_age_s` / `max_bytes` are the limits of streams that set none, and of the
+    /// archives of deleted streams (which have no settings left); a stream's own limit wins.
+    async fn global_limits_age_out_streams_without_limits_and_deleted_streams(t: &TestDb) {
+        let db = &t.db;
+        let dir = tempfile::tempdir().expect("tmp");
+        let plain = add_stream(db, RetentionSpec::default()).await;
+        let own = add_stream(db, RetentionSpec { max_age_s: Some(10_000), max_bytes: None }).await;
+        let deleted = add_stream(db, RetentionSpec::default()).await;
+        let base = NOW_US - 600 * SECOND;
+        let mut segs = Vec::new();
+        for s in [plain, own, deleted] {
+            for i in 0..4 {
+                segs.push((s, add_segment(db, dir.path(), s, base + i * 120 * SECOND, 120 * SECOND, 100).await));
+            }
+        }
+        assert!(streams::delete(db, deleted).await.expect("delete"));
+
+        // Without global limits nothing goes (the deleted stream's archive stays).
+        let none = retention(db, dir.path(), RetentionConfig::default());
+        assert_eq!(none.run_once_at(NOW_US).await.expect("pass"), Report::default());
+
+        // 300 s: the first two segments of `plain` and `deleted` ended by NOW - 300 s (the third
+        // ends at NOW - 240 s and stays); `own` keeps its 10 000 s.
+        let config = RetentionConfig { max_age_s: Some(300), ..RetentionConfig::default() };
+        let r = retention(db, dir.path(), config);
+        let report = r.run_once_at(NOW_US).await.expect("pass");
+        assert_eq!(report.by_age, 4, "{report:?}");
+        for (stream, (id, path)) in &segs {
+            let i = segs.iter().filter(|(s, _)| s == stream).position(|(_, (x, _))| x == id).expect("index");
+            let kept = *stream == own || i >= 2;
+            assert_eq!(exists(db, *id).await, kept, "{stream} segment {i}");
+            assert_eq!(path.exists(), kept);
+        }
+        for s in [plain, own, deleted] {
+            assert_runs_consistent(db, s).await;
+        }
+
+        // A global byte cap, too: 100 bytes left of each stream without its own cap.
+        let config = RetentionConfig { max_bytes: Some(100), ..RetentionConfig::default() };
+        let report = retention(db, dir.path(), config).run_once_at(NOW_US).await.expect("pass");
+        assert_eq!(report.by_bytes, 1 + 3 + 1, "{report:?}");
+    }
+}
+
+both_engines! {
+    /// `DELETE /api/v1/streams/{id}?purge=true` deletes the stream and, through retention, its
+    /// archive, keeping what a protected range covers; without `purge` the archive stays.
+    async fn purge_deletes_the_archive_but_keeps_protected_segments(t: &TestDb) {
+        use crate::support::{call, config, state};
+        let db = &t.db;
+        let dir = tempfile::tempdir().expect("tmp");
+        let purged = add_stream(db, RetentionSpec::default()).await;
+        let kept = add_stream(db, RetentionSpec::default()).await;
+        let base = NOW_US - 600 * SECOND;
+        let mut segs = Vec::new();
+        for s in [purged, kept] {
+            for i in 0..5 {
+                segs.push((s, add_segment(db, dir.path(), s, base + i * 60 * SECOND, 60 * SECOND, 100).await));
+            }
+        }
+        protect(db, purged, base + 70 * SECOND, base + 80 * SECOND).await;
+        let app = state(db, config("[archive]\nserving = true\n")).await;
+        let del = |id: Uuid, q: &str| {
+            let app = app.clone();
+            let uri = format!("/api/v1/streams/{id}{q}");
+            async move { call(&app, "DELETE", &uri, None, axum::body::Body::empty()).await }
+        };
+        assert_eq!(del(kept, "").await.status, 204);
+        assert_eq!(del(purged, "?purge=true").await.status, 202);
+        assert!(streams::get(db, purged).await.expect("get").is_none());
+        assert_eq!(del(Uuid::new_v4(), "?purge=true").await.status, 404, "unknown archive");
+        assert_eq!(del(purged, "?purge=maybe").await.status, 400);
+
+        let r = retention(db, dir.path(), RetentionConfig::default());
+        let report = r.run_once().await.expect("pass");
+        assert_eq!(report.by_purge, 4, "{report:?}");
+        for (stream, (id, path)) in &segs {
+            let protected = *stream == purged && *id == segs[1].1.0;
+            let survives = *stream == kept || protected;
+            assert_eq!(exists(db, *id).await, survives);
+            assert_eq!(path.exists(), survives);
+        }
+        assert_runs_consistent(db, purged).await;
+        // Done: only protected footage is left, so the purge is forgotten.
+        assert!(video_server::db::retention::purges(db).await.expect("purges").is_empty());
+        assert_eq!(r.run_once().await.expect("pass"), Report::default());
+
+        // Purging the archive of a stream deleted earlier works too.
+        assert_eq!(del(kept, "?purge=true").await.status, 202);
+        assert_eq!(r.run_once().await.expect("pass").by_purge, 5);
     }
 }

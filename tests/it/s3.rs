@@ -17,7 +17,8 @@ use video_server::db::streams::{self, Origin};
 use video_server::stream::{ArchiveSpec, OutputType, Source, StorageKind, StreamSpec};
 
 use crate::both_engines;
-use crate::support::s3::{S3Server, SilentServer, free_port};
+use crate::support::ports::ClosedPort;
+use crate::support::s3::{S3Server, SilentServer};
 
 /// Short timeouts: a dead endpoint fails a call in about a second.
 fn test_timeouts() -> S3Timeouts {
@@ -522,7 +523,9 @@ async fn a_segment_that_keeps_failing_does_not_block_the_others() {
 
 #[tokio::test]
 async fn unreachable_and_silent_endpoints_fail_in_bounded_time() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    // A port nothing listens on, held so that nothing can start listening on it.
+    let closed_port = ClosedPort::new();
+    let closed = format!("http://127.0.0.1:{}", closed_port.port);
     let silent = SilentServer::start().await;
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("seg.mp4");

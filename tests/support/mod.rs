@@ -6,8 +6,10 @@ pub mod binary;
 pub mod browser;
 pub mod media;
 pub mod pg_private;
+pub mod ports;
 pub mod routes;
 pub mod s3;
+pub mod tmpfs;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -183,7 +185,8 @@ pub async fn postgres() -> TestDb {
 /// Runs an async test body once on SQLite and once on Postgres.
 #[macro_export]
 macro_rules! both_engines {
-    ($(#[$m:meta])* async fn $name:ident($db:ident: &TestDb) $body:block) => {
+    ($(#[$m:meta])* async fn $name:ident($db:ident: &TestDb $(,)?) $body:block) => {
+        $(#[$m])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
@@ -250,7 +253,8 @@ impl Index {
 /// a Postgres one: `on_both_engines!(async fn name(index: &Index) { ... })`.
 #[macro_export]
 macro_rules! on_both_engines {
-    ($(#[$m:meta])* async fn $name:ident($idx:ident: &Index) $body:block) => {
+    ($(#[$m:meta])* async fn $name:ident($idx:ident: &Index $(,)?) $body:block) => {
+        $(#[$m])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;

@@ -1,15 +1,18 @@
 //! A real S3-compatible server for tests: `s3s-fs` (SigV4, objects as plain files in a temp dir).
 //! `scripts/test` installs it (`cargo install s3s-fs@0.14.1 --features binary`).
 //!
-//! Started on a free 127.0.0.1 port; [`S3Server::stop`] and [`S3Server::restart`] simulate an
-//! outage on the same port and data directory. Killed on drop.
+//! Reached through a 127.0.0.1 port the test holds; [`S3Server::stop`] and
+//! [`S3Server::restart`] simulate an outage behind the same endpoint and data directory. Killed
+//! on drop.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use video_server::config::S3Config;
+
+use super::ports::{TcpProxy, listens_on};
 
 pub const ACCESS_KEY: &str = "test-access-key";
 pub const SECRET_KEY: &str = "test-secret-key-0123456789";
@@ -40,26 +43,34 @@ pub fn binary() -> PathBuf {
     );
 }
 
-/// A running (or stopped) s3s-fs.
+/// A running (or stopped) s3s-fs behind a port the test holds ([`TcpProxy`]): the endpoint stays
+/// the same across [`S3Server::stop`] and [`S3Server::restart`], and no other process can take it
+/// meanwhile. s3s-fs itself listens on a port of its own, checked to be really its own
+/// ([`listens_on`]) and chosen again if another process took it first.
 pub struct S3Server {
+    /// The port of the endpoint (the proxy's).
     pub port: u16,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
     bin: PathBuf,
     data: tempfile::TempDir,
+    proxy: TcpProxy,
     child: Option<Child>,
+    spawns: u32,
 }
 
 impl S3Server {
     /// Starts a server with an empty data directory.
     pub async fn start() -> S3Server {
-        let port = free_port();
+        let proxy = TcpProxy::start();
         let mut server = S3Server {
-            port,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            port: proxy.port,
+            endpoint: format!("http://127.0.0.1:{}", proxy.port),
             bin: binary(),
             data: tempfile::tempdir().expect("temp dir"),
+            proxy,
             child: None,
+            spawns: 0,
         };
         server.spawn_and_wait().await;
         server
@@ -84,37 +95,39 @@ impl S3Server {
         self.data.path().join("root")
     }
 
-    /// Kills the server (an outage). The port and data stay.
+    /// Kills the server (an outage): connections to the endpoint are dropped from now on. The
+    /// endpoint and the data stay.
     pub fn stop(&mut self) {
+        self.proxy.set_backend(None);
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts the server again on the same port and data directory.
+    /// Starts the server again on the same data directory, behind the same endpoint.
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn_and_wait().await;
     }
 
-    /// Spawns and waits until the port accepts connections. Retries the spawn if the process exits
-    /// at once (the port can be briefly unavailable right after a kill).
+    /// Spawns s3s-fs on a free port and waits until it is the one listening there; another port
+    /// when the process exits (its port was taken) or someone else answers on it.
     async fn spawn_and_wait(&mut self) {
         let root = self.data_dir();
         std::fs::create_dir_all(&root).expect("data dir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut attempt = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            attempt += 1;
-            let log = std::fs::File::create(self.data.path().join(format!("s3s-fs.{attempt}.log")))
-                .expect("log file");
+            self.spawns += 1;
+            let port = free_port();
+            let log =
+                std::fs::File::create(self.data.path().join(format!("s3s-fs.{}.log", self.spawns)))
+                    .expect("log file");
             let mut child = Command::new(&self.bin)
                 .arg("--host")
                 .arg("127.0.0.1")
                 .arg("--port")
-                .arg(self.port.to_string())
+                .arg(port.to_string())
                 .arg("--access-key")
                 .arg(ACCESS_KEY)
                 .arg("--secret-key")
@@ -125,26 +138,28 @@ impl S3Server {
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-            loop {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    self.child = Some(child);
-                    return;
+            let attempt_deadline = Instant::now() + Duration::from_secs(10);
+            let listening = loop {
+                if listens_on(child.id(), port) {
+                    break true;
                 }
-                if let Ok(Some(status)) = child.try_wait() {
-                    assert!(
-                        Instant::now() < deadline,
-                        "s3s-fs keeps exiting ({status}); see {}",
-                        self.data.path().display()
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("s3s-fs did not listen on {addr} within 15 s");
+                if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > attempt_deadline {
+                    break false;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if listening {
+                self.child = Some(child);
+                self.proxy.set_backend(Some(port));
+                return;
             }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start listening; see the logs in {}",
+                self.data.path().display()
+            );
         }
     }
 }

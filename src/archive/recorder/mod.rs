@@ -226,13 +226,11 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Free bytes for unprivileged users on the filesystem holding `dir`.
 async fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use super::retention::{DiskSpace, Statvfs};
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let st = rustix::fs::statvfs(&dir)?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    tokio::task::spawn_blocking(move || Statvfs.usage(&dir).map(|u| u.free_bytes))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 impl Recorder {
@@ -498,6 +496,9 @@ impl Recorder {
         };
         let written = async {
             file.write_all(&init).await?;
+            // tokio writes in the background: `flush` reports a failed write (a full disk),
+            // which `sync_data` would swallow.
+            file.flush().await?;
             file.sync_data().await?;
             if let Some(dir) = path.parent() {
                 sync_dir(dir).await?;
@@ -572,6 +573,7 @@ impl Recorder {
         let data = self.writer.write(&o.params, &o.pending)?;
         let written = async {
             o.file.write_all(&data).await?;
+            o.file.flush().await?;
             o.file.sync_data().await
         }
         .await;
