@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -53,28 +52,8 @@ const MAX_PARALLEL_PROBES: usize = 8;
 /// starve them). Each write is a short transaction; a few connections serve hundreds of cameras.
 const RECORDER_CONNECTIONS: u32 = 4;
 
-/// Live flags of one stream, as `/status` reports them (go-original.md §2.3).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StreamStatus {
-    /// Codecs are known after a dial or file open.
-    pub status: bool,
-    /// Last known reachability of the source.
-    pub online: bool,
-    /// The upstream loop is running (dialing or receiving).
-    pub streaming: bool,
-    /// Attached MSE viewers.
-    pub viewers: u32,
-    pub last_health_check: Option<DateTime<Utc>>,
-    pub last_health_error: String,
-    /// RFC 6381 codec strings of the tracks being delivered, in track order.
-    pub codecs: Vec<String>,
-    /// Tracks left out and why (e.g. G.711 audio, which fMP4/MSE cannot carry).
-    pub skipped_tracks: Vec<String>,
-    /// Times a lagging consumer (viewer, HLS writer, recorder) was skipped ahead to a keyframe.
-    pub lag_skips: u64,
-    /// The codec parameters being delivered (`None` while the source has none).
-    pub params: Option<Arc<crate::media::StreamParams>>,
-}
+// Defined with the stream model, below both this module and `source` (which fills it in).
+pub use crate::stream::StreamStatus;
 
 /// Runtime starts and stops since the process started, for operators and `/metrics`.
 #[derive(Debug, Default)]

@@ -209,3 +209,26 @@ pub struct RetentionSpec {
     pub max_age_s: Option<i64>,
     pub max_bytes: Option<i64>,
 }
+
+/// Live flags of one stream, as `/status` reports them (go-original.md §2.3).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamStatus {
+    /// Codecs are known after a dial or file open.
+    pub status: bool,
+    /// Last known reachability of the source.
+    pub online: bool,
+    /// The upstream loop is running (dialing or receiving).
+    pub streaming: bool,
+    /// Attached MSE viewers.
+    pub viewers: u32,
+    pub last_health_check: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_health_error: String,
+    /// RFC 6381 codec strings of the tracks being delivered, in track order.
+    pub codecs: Vec<String>,
+    /// Tracks left out and why (e.g. G.711 audio, which fMP4/MSE cannot carry).
+    pub skipped_tracks: Vec<String>,
+    /// Times a lagging consumer (viewer, HLS writer, recorder) was skipped ahead to a keyframe.
+    pub lag_skips: u64,
+    /// The codec parameters being delivered (`None` while the source has none).
+    pub params: Option<std::sync::Arc<crate::media::StreamParams>>,
+}

@@ -17,6 +17,14 @@ pub mod runs;
 pub mod segments;
 pub mod streams;
 
+/// A contiguous stretch of recording, `[start_us, end_us)`: what `segments` and `runs` both
+/// answer ranges with (here, below both, so neither imports the other for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start_us: i64,
+    pub end_us: i64,
+}
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::segments::TimeRange;
+use super::TimeRange;
 use super::{Db, DbUuid, Result, with_pool};
 
 /// Closed segments separated by at most this much belong to one run. Recorded segments are back to

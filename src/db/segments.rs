@@ -3,6 +3,9 @@
 use uuid::Uuid;
 
 use super::{Db, DbUuid, Result, with_pool};
+// Re-exported: callers name it `segments::TimeRange`; it lives in `db` so that `runs` need not
+// import this module (which uses `runs`' macros).
+pub use super::TimeRange;
 use crate::stream::StorageKind;
 
 /// Longest segment the index holds: twice the longest `ms_per_file` (two hours), above what the
@@ -130,13 +133,6 @@ pub async fn insert(db: &Db, s: &NewSegment) -> Result<i64> {
     let id =
         with_pool!(db, p => insert_row!(p, s, s.state.as_str(), None::<i64>, "none", None::<i64>));
     Ok(id)
-}
-
-/// A contiguous stretch of recording, `[start_us, end_us)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeRange {
-    pub start_us: i64,
-    pub end_us: i64,
 }
 
 /// Merges the playable segments of `stream_id` that overlap `[from_us, to_us)` into ranges; a hole

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::hub::Hub;
-use crate::manager::StreamStatus;
 use crate::media::{Frame, MediaError, TrackKind};
+use crate::stream::StreamStatus;
 
 /// A stream with no video keyframe for this long is considered broken and reconnected (the Go
 /// original's 15 s "stream has no video").
