@@ -197,14 +197,16 @@ async fn concurrent_changes(db_url: Option<String>) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let changes_since: Vec<_> = rtsp
+    // The source may reconnect (the test server's shared pipeline restarts when sessions come
+    // and go), but never with a second session next to the first.
+    let changes: Vec<_> = rtsp
         .client_history()
         .into_iter()
         .filter(|(t, _)| *t > settled)
         .collect();
     assert!(
-        changes_since.is_empty(),
-        "the camera saw connections come and go after the storm: {changes_since:?}"
+        changes.iter().all(|&(_, n)| n <= 1),
+        "two RTSP sessions at once after the storm: {changes:?}"
     );
     rtsp.command("kick");
     eventually(
