@@ -96,13 +96,15 @@ impl Caller {
     }
 
     /// The key per-client limits count by: `token:<id>` for token holders, `ip:<address>` for
-    /// everyone else (signed URLs are shared with players, so they count by address).
+    /// everyone else (signed URLs are shared with players, so they count by address). An IPv6
+    /// peer counts by its /64 (one host usually owns a whole /64 and could rotate through it); an
+    /// IPv4-mapped IPv6 address is its IPv4 address.
     pub fn client_key(&self) -> String {
         match &self.credential {
             Credential::Token { id } => format!("token:{id}"),
             Credential::Bootstrap => format!("token:{BOOTSTRAP_ID}"),
             _ => match self.peer {
-                Some(ip) => format!("ip:{ip}"),
+                Some(ip) => format!("ip:{}", address_key(ip)),
                 None => "ip:unknown".to_owned(),
             },
         }
@@ -148,6 +150,21 @@ impl Caller {
             Credential::Signed { query, .. } => Some(query),
             _ => None,
         }
+    }
+}
+
+/// An address as per-client limits count it: IPv4 as is (also when IPv4-mapped), IPv6 by /64.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{prefix}/64")
+            }
+        },
     }
 }
 
@@ -644,6 +661,11 @@ mod tests {
         };
         assert_eq!(s.client_key(), "ip:192.0.2.7");
         assert_eq!(s.token_id(), Some("abc"));
+        let key = |a: &str| Caller::open(Some(a.parse().expect("ip"))).client_key();
+        assert_eq!(key("::ffff:192.0.2.7"), "ip:192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "ip:2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), key("2001:db8:1:2:aaaa::1"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 
     #[test]

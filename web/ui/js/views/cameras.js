@@ -66,6 +66,8 @@ function statusBadge(st) {
 }
 
 function sourceText(s) {
+  // With auth on, the source is shown only to tokens that may manage the camera.
+  if (!s.source) return 'hidden (needs manage)';
   return s.source.kind === 'rtsp' ? `${s.source.url} (${s.source.transport || 'tcp'})` : `${s.source.path}${s.source.loop ? ' (loop)' : ''}`;
 }
 
@@ -92,7 +94,7 @@ function row(s, reload) {
   return h('tr', { 'data-stream-id': s.id },
     h('td', {}, h('a', { href: `#/camera/${encodeURIComponent(s.id)}` }, name), h('div', { class: 'hint mono' }, s.id)),
     h('td', { class: 'status-cell' }, s.enabled ? h('span', { class: 'hint' }, '…') : h('span', { class: 'badge' }, 'disabled')),
-    h('td', { class: 'mono wrap' }, h('span', { class: 'badge' }, s.source.kind.toUpperCase()), ' ', sourceText(s)),
+    h('td', { class: 'mono wrap' }, h('span', { class: 'badge' }, s.source ? s.source.kind.toUpperCase() : '—'), ' ', sourceText(s)),
     h('td', {}, s.outputs.join(', ') || '—'),
     h('td', {}, s.archive.recording ? `on${s.archive.storage === 's3' ? ' (S3)' : ''}` : 'off'),
     h('td', {}, ret.join(' / ') || 'unlimited'),
@@ -206,7 +208,9 @@ function formView(root, id) {
     api('GET', `/api/v1/streams/${id}`).then((s) => {
       original = s;
       f.name.value = s.name;
-      if (s.source.kind === 'rtsp') {
+      if (!s.source) {
+        toast('This token may not manage this camera', 'error');
+      } else if (s.source.kind === 'rtsp') {
         f.kindRtsp.checked = true;
         f.url.value = s.source.url;
         f.transport.value = s.source.transport || 'tcp';
