@@ -175,6 +175,8 @@ pub struct StreamManager {
     files: Arc<FileRoots>,
     /// Where recorders may write.
     storage_roots: StorageRoots,
+    /// Which storage roots are available: recorders pause while theirs is not.
+    marked_roots: std::sync::OnceLock<Arc<crate::archive::markers::MarkedRoots>>,
 }
 
 /// Exclusive ownership of one stream: hold it across "write the row, then apply it". Obtained
@@ -253,7 +255,15 @@ impl StreamManager {
             root: CancellationToken::new(),
             probe_limiter: Arc::new(Semaphore::new(MAX_PARALLEL_PROBES)),
             counters: RuntimeCounters::default(),
+            marked_roots: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Recorders started from now on pause while their storage root is unavailable.
+    pub fn attach_roots(&self, roots: Arc<crate::archive::markers::MarkedRoots>) {
+        if self.marked_roots.set(roots).is_err() {
+            tracing::warn!("storage roots attached twice: the first stays");
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -368,6 +378,10 @@ impl StreamManager {
             )
             .with_max_drift(c.archive.max_drift())
             .with_retention(self.retention.clone());
+            let recorder = match self.marked_roots.get() {
+                Some(roots) => recorder.with_roots(roots.clone()),
+                None => recorder,
+            };
             recorder_stats = Some(recorder.stats());
             tasks.push(tokio::spawn(
                 recorder.run(cancel.clone()).instrument(span.clone()),

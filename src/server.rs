@@ -132,6 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .await
         .map_err(|crate::archive::repair::RepairError::Db(e)| ServerError::Db(e))?;
     let manager = StreamManager::new(config.clone(), db.clone());
+    manager.attach_roots(roots.clone());
     for rec in streams::list_all(&db).await? {
         if rec.spec.enabled {
             manager.lock(rec.spec.id).await.apply(&rec.spec).await;

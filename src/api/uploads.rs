@@ -42,6 +42,12 @@ pub struct UploaderCountersDto {
     pub in_flight: u64,
     /// Failures since the last success; above 0 the uploader is backing off.
     pub consecutive_failures: u64,
+    /// Buckets whose uploads wait after the object store failed (backoff per bucket: the other
+    /// buckets go on).
+    pub paused_buckets: u64,
+    /// Streams whose uploads wait after failures of their own (backoff per stream: the other
+    /// streams go on).
+    pub paused_streams: u64,
 }
 
 /// The S3 upload outbox and uploader counters.
@@ -77,6 +83,8 @@ pub async fn upload_status(State(state): State<AppState>) -> Result<Json<Uploads
             pending: u.pending,
             in_flight: u.in_flight,
             consecutive_failures: u.consecutive_failures,
+            paused_buckets: u.paused_buckets,
+            paused_streams: u.paused_streams,
         },
     }))
 }

@@ -264,6 +264,30 @@ impl MarkedRoots {
         self.root_of(file).is_some_and(|r| r.state().is_available())
     }
 
+    /// Whether a recorder may create a segment under `dir` now: false while the root holding it
+    /// is known to be unavailable, or its marker file has vanished since the last check (a disk
+    /// unmounted between checks: files created now would land on the mount point's filesystem,
+    /// hidden once the disk returns). A directory in no known root, or one not checked yet, is
+    /// writable (nothing to judge by). One `stat` of the marker per call.
+    pub async fn writable(&self, dir: &Path) -> bool {
+        let Some(root) = self.root_of(dir) else {
+            return true;
+        };
+        let (state, id) = *lock(&root.state);
+        match state {
+            RootState::Unknown => true,
+            // A new directory, not created yet: the check after the recorder creates it marks it.
+            RootState::Available if id.is_none() => true,
+            RootState::Available => tokio::time::timeout(
+                CHECK_TIMEOUT,
+                tokio::fs::try_exists(root.path.join(MARKER_FILE)),
+            )
+            .await
+            .is_ok_and(|found| found.unwrap_or(false)),
+            _ => false,
+        }
+    }
+
     /// Re-reads which directories are in use and adds new ones: the allowed storage roots
     /// ([`Config::storage_roots`]), every stream's own directory, and every root recorded
     /// earlier; only directories inside the allowed roots, since reconciliation touches nothing

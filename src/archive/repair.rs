@@ -15,7 +15,9 @@
 //!   next start).
 //! * **Files without a row** (the process died between creating a file and inserting its row, or
 //!   files copied in) are indexed, each in one transaction (row and run together). They are never
-//!   modified or deleted.
+//!   modified or deleted, with one exception: the local copy of a segment whose upload to S3 was
+//!   committed just before a crash (an S3 row of the same stream points at an object of the same
+//!   name and size) is removed, as the uploader would have, instead of being indexed twice.
 //! * **Complete rows whose file is gone** are marked `missing`, conditionally (the row must still
 //!   be a filesystem row with that key and not be uploading, so the uploader moving it to S3 and
 //!   deleting the local copy meanwhile is no race) and with `runs` in step.
@@ -61,6 +63,9 @@ pub struct RepairReport {
     pub io_errors: u64,
     /// Rows left for later because their storage root is unavailable (or unknown).
     pub deferred: u64,
+    /// Local copies of uploaded segments that a crash left behind (the row already pointed at
+    /// the object, of the same size), removed as the uploader would have.
+    pub uploaded_copies: u64,
 }
 
 impl RepairReport {
@@ -80,6 +85,7 @@ pub struct ReconcileCounters {
     pub unplayable: AtomicU64,
     pub io_errors: AtomicU64,
     pub deferred: AtomicU64,
+    pub uploaded_copies: AtomicU64,
     /// Passes over a root that finished.
     pub passes: AtomicU64,
 }
@@ -95,6 +101,7 @@ impl ReconcileCounters {
             (&self.unplayable, r.unplayable),
             (&self.io_errors, r.io_errors),
             (&self.deferred, r.deferred),
+            (&self.uploaded_copies, r.uploaded_copies),
         ] {
             c.fetch_add(n, Ordering::Relaxed);
         }
@@ -112,6 +119,7 @@ impl ReconcileCounters {
             unplayable: get(&self.unplayable),
             io_errors: get(&self.io_errors),
             deferred: get(&self.deferred),
+            uploaded_copies: get(&self.uploaded_copies),
         }
     }
 }
@@ -459,6 +467,9 @@ impl Reconciler {
             if segments::key_exists(&self.db, &key).await? {
                 continue;
             }
+            if remove_uploaded_copy(&self.db, &path, &mut report).await? {
+                continue;
+            }
             index_orphan(&self.db, &path, &mut report).await?;
         }
         // Complete rows whose file is gone, in key order, a batch at a time. The root is checked
@@ -600,6 +611,51 @@ async fn measure_returned(
             None
         }
     }
+}
+
+/// A file without a row may be the local copy of a segment that was uploaded just before a crash
+/// (the row points at the object; the uploader removes the local file only after that commit).
+/// Indexing it would record the segment twice, so it is removed instead, when an S3 row of the
+/// same stream points at an object of the same name and size. Returns whether it was.
+async fn remove_uploaded_copy(
+    db: &Db,
+    path: &Path,
+    report: &mut RepairReport,
+) -> Result<bool, RepairError> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(false);
+    };
+    let Some((stream_id, secs)) = parse_segment_name(name) else {
+        return Ok(false);
+    };
+    let Some(bytes) = segments::uploaded_copy(db, stream_id, secs, name).await? else {
+        return Ok(false);
+    };
+    match tokio::fs::metadata(path).await {
+        Ok(m) if i64::try_from(m.len()).is_ok_and(|len| len == bytes) => {}
+        // Another size: not that segment's copy. Left alone (and not indexed: it would overlap
+        // the uploaded one).
+        Ok(_) => {
+            tracing::warn!(path = %path.display(),
+                "unindexed file named like an uploaded segment but of another size: left in place");
+            report.unplayable += 1;
+            return Ok(true);
+        }
+        Err(_) => return Ok(false),
+    }
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {
+            tracing::info!(path = %path.display(),
+                "local copy of a segment uploaded before a crash removed");
+            report.uploaded_copies += 1;
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "cannot remove the local copy of an uploaded segment");
+            report.io_errors += 1;
+        }
+    }
+    Ok(true)
 }
 
 /// Indexes a segment file that has no row, in one transaction. Our fragmented files are indexed

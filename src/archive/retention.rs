@@ -18,6 +18,12 @@
 //!    filesystem; a root that is unavailable (its marker missing: a disk not mounted) is skipped,
 //!    and so are its segments. S3 objects free no local disk and are never deleted for this.
 //!
+//! A segment whose file lies in an **unavailable storage root** is left alone by every rule (and
+//! an interrupted delete of one waits): its file cannot be deleted while the disk is away, and a
+//! row deleted without its file would leave the file to come back unindexed. The oldest such
+//! segments stop a stream's age or bytes rule for the pass; they are dealt with once the root is
+//! back.
+//!
 //! An **emergency pass** runs at once when a recorder finds its disk full
 //! ([`RetentionTrigger::disk_full`]): the free-space rule on that filesystem, with a target of at
 //! least [`emergency_free_bytes`] even when no floor is configured, so the recorder can resume.
@@ -160,6 +166,8 @@ pub struct Report {
     /// The free-space floor is still not met on some filesystem (nothing deletable was left, or
     /// deletions did not free enough space).
     pub below_floor: bool,
+    /// Segments due for deletion left alone because their storage root is unavailable.
+    pub deferred: u64,
 }
 
 impl Report {
@@ -311,7 +319,7 @@ impl Retention {
     }
 
     /// Applies the free-space floor to every available storage root's filesystem (instead of
-    /// only the one holding `archive_dir`).
+    /// only the one holding `archive_dir`), and leaves the segments of unavailable roots alone.
     pub fn with_roots(mut self, roots: Arc<MarkedRoots>) -> Retention {
         self.roots = Some(roots);
         self
@@ -471,7 +479,7 @@ impl Retention {
         match result {
             Ok(r) => {
                 self.archive.retention.add(&r, emergency);
-                if r.deleted() > 0 || r.failed > 0 || r.below_floor {
+                if r.deleted() > 0 || r.failed > 0 || r.below_floor || r.deferred > 0 {
                     tracing::info!(
                         emergency,
                         by_purge = r.by_purge,
@@ -482,6 +490,7 @@ impl Retention {
                         bytes_freed = r.bytes_freed,
                         failed = r.failed,
                         below_floor = r.below_floor,
+                        deferred = r.deferred,
                         "retention pass"
                     );
                 }
@@ -740,14 +749,41 @@ impl Retention {
         Ok(())
     }
 
+    /// Whether a segment's file lies in a storage root that is unavailable (its marker missing:
+    /// a disk not mounted). Such rows are left alone by every rule until the root is back: the
+    /// file cannot be deleted now, and a row deleted without it would leave the file to come back
+    /// unindexed.
+    fn on_unavailable_root(&self, row: &Deletable) -> bool {
+        row.storage == StorageKind::Filesystem.as_str()
+            && self.roots.as_ref().is_some_and(|r| {
+                r.root_of(Path::new(&row.storage_key))
+                    .is_some_and(|root| !root.state().is_available())
+            })
+    }
+
     /// Marks `batch` deleting, then deletes what was marked. Returns whether anything was marked
-    /// (false ends the caller's loop: the candidates changed under us).
+    /// (false ends the caller's loop: the candidates changed under us, or the oldest ones wait
+    /// for their storage root).
     async fn mark_and_delete(
         &self,
         batch: Vec<Deletable>,
         reason: Reason,
         report: &mut Report,
     ) -> Result<bool, RetentionError> {
+        let (batch, waiting): (Vec<Deletable>, Vec<Deletable>) = batch
+            .into_iter()
+            .partition(|row| !self.on_unavailable_root(row));
+        if !waiting.is_empty() {
+            tracing::debug!(
+                count = waiting.len(),
+                ?reason,
+                "segments on an unavailable storage root left until it is back"
+            );
+            report.deferred += waiting.len() as u64;
+        }
+        if batch.is_empty() {
+            return Ok(false);
+        }
         let marked = q::mark_deleting(&self.db, &batch, db::now_us()).await?;
         if marked.is_empty() {
             return Ok(false);
@@ -770,9 +806,15 @@ impl Retention {
             /// The row's storage is not configured: only a restart with it configured helps, so
             /// the row waits for the next start-up.
             NoStorage,
+            /// Its storage root is unavailable: the file stays until the root is back (the row
+            /// stays `deleting`, retried at a later pass).
+            RootUnavailable,
         }
         let results: Vec<(Deletable, Outcome)> = futures::stream::iter(marked)
             .map(|row| async move {
+                if self.on_unavailable_root(&row) {
+                    return (row, Outcome::RootUnavailable);
+                }
                 let storage = self
                     .archive
                     .storage_for(&row.storage, row.bucket.as_deref());
@@ -808,6 +850,10 @@ impl Retention {
                     self.retry_pending.store(true, Ordering::Relaxed);
                 }
                 Outcome::NoStorage => report.failed += 1,
+                Outcome::RootUnavailable => {
+                    report.deferred += 1;
+                    self.retry_pending.store(true, Ordering::Relaxed);
+                }
             }
         }
         let ids: Vec<i64> = done.iter().map(|r| r.id).collect();

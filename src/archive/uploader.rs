@@ -10,9 +10,13 @@
 //! 4. in one statement points the row at the object (`storage = 's3'`, `bucket`, `storage_key`,
 //!    `upload_state = 'remote'`), and only once that is committed removes the local file.
 //!
-//! A failure puts the row back to `local` and pauses claiming with exponential backoff and jitter;
-//! the local file is never touched on failure, so an outage of any length loses nothing. A row
-//! whose local file has vanished is marked `missing`. At most [`UploaderSettings::concurrency`]
+//! A failure puts the row back to `local` and pauses, with exponential backoff and jitter, only
+//! what it concerns ([`Blame`]): the **bucket** when the object store failed (unreachable, an error
+//! answer, an invalid bucket name), the **stream** when its local file could not be read, and all
+//! claiming only when the index failed. Rows of paused buckets and streams are skipped (looked at
+//! with [`segments::ready_uploads`], never claimed), so one failing bucket or stream never stalls
+//! the others. The local file is never touched on failure, so an outage of any length loses
+//! nothing. A row whose local file has vanished is marked `missing`. At most [`UploaderSettings::concurrency`]
 //! uploads run at once. Cancelling stops claiming at once; uploads in flight get
 //! [`UploaderSettings::shutdown_grace`] to finish, then are abandoned and their rows released.
 
@@ -28,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use super::storage::StorageError;
 use super::storage::s3::{S3ConfigError, S3Storage, S3Timeouts, check_bucket_name, object_key};
@@ -75,6 +80,8 @@ pub struct UploadStats {
     pending: AtomicU64,
     in_flight: AtomicU64,
     consecutive_failures: AtomicU64,
+    paused_buckets: AtomicU64,
+    paused_streams: AtomicU64,
 }
 
 /// A snapshot of [`UploadStats`].
@@ -95,6 +102,11 @@ pub struct UploadCounters {
     pub in_flight: u64,
     /// Failures since the last success (0 when healthy).
     pub consecutive_failures: u64,
+    /// Buckets whose uploads are backing off after a failure of the object store.
+    pub paused_buckets: u64,
+    /// Streams whose uploads are backing off (every failed upload counts against its stream, and
+    /// a failure of the object store against the bucket as well).
+    pub paused_streams: u64,
 }
 
 impl UploadStats {
@@ -109,6 +121,8 @@ impl UploadStats {
             pending: get(&self.pending),
             in_flight: get(&self.in_flight),
             consecutive_failures: get(&self.consecutive_failures),
+            paused_buckets: get(&self.paused_buckets),
+            paused_streams: get(&self.paused_streams),
         }
     }
 }
@@ -116,6 +130,9 @@ impl UploadStats {
 /// Errors of one upload attempt. Never contains credentials.
 #[derive(Debug, thiserror::Error)]
 enum UploadError {
+    /// The object store failed (after the bucket was resolved): blamed on the bucket.
+    #[error(transparent)]
+    Remote(StorageError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -124,6 +141,32 @@ enum UploadError {
     Config(#[from] S3ConfigError),
     #[error("segment {id}: storage key '{key}' has no file name")]
     BadKey { id: i64, key: String },
+}
+
+/// What a failed upload is blamed on: what backs off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Blame {
+    /// The object store behind this bucket (unreachable, an error answer, or an invalid bucket
+    /// name): every stream uploading to it waits, and so does the stream itself (a stream whose
+    /// uploads alone fail, e.g. for a prefix it may not write, then backs off on its own while
+    /// the others' successes keep the bucket going).
+    Bucket(String),
+    /// This stream's local file (unreadable, or on an unavailable storage root) or row.
+    Stream,
+    /// The index: shared by everything, so all claiming waits.
+    Index,
+}
+
+impl UploadError {
+    fn blame(&self, bucket: Option<&str>) -> Blame {
+        match (self, bucket) {
+            (UploadError::Db(_), _) => Blame::Index,
+            (UploadError::Remote(_) | UploadError::Config(_), Some(b)) => {
+                Blame::Bucket(b.to_owned())
+            }
+            _ => Blame::Stream,
+        }
+    }
 }
 
 /// How one claimed row ended.
@@ -136,8 +179,109 @@ enum Outcome {
     /// the database failed too: the loop retries the release).
     Failed {
         released: bool,
+        blame: Blame,
     },
 }
+
+/// What an upload task reports back to the loop.
+struct Done {
+    id: i64,
+    stream: Uuid,
+    /// The bucket the row was (to be) uploaded to, once resolved.
+    bucket: Option<String>,
+    outcome: Outcome,
+}
+
+/// Consecutive failures of one bucket or stream, and until when it waits.
+#[derive(Debug, Default)]
+struct Streak {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Streak {
+    fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now < t)
+    }
+}
+
+/// Backoff per bucket and per stream: a stream's rows are skipped while the stream or its bucket
+/// waits. A success of a stream ends both its own wait and its bucket's.
+#[derive(Debug, Default)]
+struct Pauses {
+    buckets: HashMap<String, Streak>,
+    streams: HashMap<Uuid, Streak>,
+    /// The bucket each stream last uploaded to (or tried to): a stream not seen yet is tried once
+    /// to find out.
+    bucket_of: HashMap<Uuid, String>,
+}
+
+impl Pauses {
+    fn paused(&self, stream: Uuid, now: Instant) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.active(now))
+            || self
+                .bucket_of
+                .get(&stream)
+                .and_then(|b| self.buckets.get(b))
+                .is_some_and(|s| s.active(now))
+    }
+
+    fn seen(&mut self, stream: Uuid, bucket: Option<&str>) {
+        if let Some(b) = bucket
+            && self.bucket_of.get(&stream).map(String::as_str) != Some(b)
+        {
+            self.bucket_of.insert(stream, b.to_owned());
+        }
+    }
+
+    fn succeeded(&mut self, stream: Uuid, bucket: Option<&str>) {
+        self.streams.remove(&stream);
+        if let Some(b) = bucket {
+            self.buckets.remove(b);
+        }
+    }
+
+    /// Records a failure; returns the longest wait it started (for the log).
+    fn failed(&mut self, s: &UploaderSettings, stream: Uuid, blame: &Blame) -> Duration {
+        let now = Instant::now();
+        let mut bump = |streak: &mut Streak| {
+            streak.failures = streak.failures.saturating_add(1);
+            let delay = backoff_delay(s, streak.failures);
+            streak.until = Some(now + delay);
+            delay
+        };
+        let own = bump(self.streams.entry(stream).or_default());
+        match blame {
+            Blame::Bucket(b) => own.max(bump(self.buckets.entry(b.clone()).or_default())),
+            _ => own,
+        }
+    }
+
+    /// When the next wait ends (to look at the queue again then).
+    fn next_end(&self, now: Instant) -> Option<Instant> {
+        self.buckets
+            .values()
+            .chain(self.streams.values())
+            .filter_map(|s| s.until)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Publishes how many buckets and streams are waiting now.
+    fn publish(&self, stats: &UploadStats, now: Instant) {
+        let buckets = self.buckets.values().filter(|s| s.active(now)).count();
+        let streams = self.streams.values().filter(|s| s.active(now)).count();
+        stats
+            .paused_buckets
+            .store(buckets as u64, Ordering::Relaxed);
+        stats
+            .paused_streams
+            .store(streams as u64, Ordering::Relaxed);
+    }
+}
+
+/// Ready rows looked at per query when looking for one whose stream and bucket are not waiting.
+const LOOK_AHEAD: u32 = 100;
 
 /// Everything the upload tasks share.
 struct Inner {
@@ -270,16 +414,22 @@ impl Uploader {
             }
         }
 
-        let mut tasks: JoinSet<(i64, Outcome)> = JoinSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
         // Which row each task is uploading, to release it if the task is aborted or panics.
         let mut rows_of_tasks: HashMap<tokio::task::Id, i64> = HashMap::new();
         // Rows whose release failed (database trouble): retried before claiming more.
         let mut unreleased: Vec<i64> = Vec::new();
+        // Failures of the index: all claiming waits.
         let mut failures: u32 = 0;
         let mut retry_at: Option<Instant> = None;
-        // Id of the last row claimed: claiming continues after it, so a row that keeps failing is
-        // retried once per round of the queue instead of blocking the rows behind it.
+        // Failures of a bucket or a stream: only their rows wait.
+        let mut pauses = Pauses::default();
+        // Id of the last row looked at: claiming continues after it, so a row that keeps failing
+        // is retried once per round of the queue instead of blocking the rows behind it.
         let mut cursor: i64 = 0;
+        // The queue was gone through from its start since the last wait without finding a row to
+        // claim: wait instead of going round again.
+        let mut went_round = false;
 
         loop {
             if cancel.is_cancelled() {
@@ -298,22 +448,57 @@ impl Uploader {
             }
             let mut claimed_any = false;
             if !backing_off && unreleased.is_empty() && tasks.len() < settings.concurrency {
-                match segments::claim_uploads(&inner.db, cursor, 1).await {
-                    Ok(rows) if rows.is_empty() && cursor > 0 => {
-                        // End of the queue: go round again from the oldest row.
-                        cursor = 0;
-                        continue;
+                let now = Instant::now();
+                let claimed = match segments::ready_uploads(&inner.db, cursor, LOOK_AHEAD).await {
+                    Ok(ready) => {
+                        match ready
+                            .iter()
+                            .find(|(_, stream)| !pauses.paused(*stream, now))
+                        {
+                            // Claims that row (or, if another uploader took it meanwhile, the
+                            // next ready one).
+                            Some(&(id, _)) => segments::claim_uploads(&inner.db, id - 1, 1)
+                                .await
+                                .map(Some),
+                            None if ready.len() == LOOK_AHEAD as usize => {
+                                // All waiting: look further.
+                                cursor = ready.last().map_or(cursor, |r| r.0);
+                                continue;
+                            }
+                            None => Ok(None),
+                        }
                     }
-                    Ok(rows) => {
+                    Err(e) => Err(e),
+                };
+                match claimed {
+                    Ok(Some(rows)) if !rows.is_empty() => {
                         for row in rows {
+                            cursor = row.id;
+                            if pauses.paused(row.stream_id, now) {
+                                // Not the row looked at, and its stream waits: put it back.
+                                if let Err(e) = segments::release_upload(&inner.db, row.id).await {
+                                    tracing::warn!(segment = row.id, error = %e, "cannot release upload");
+                                    unreleased.push(row.id);
+                                }
+                                continue;
+                            }
                             claimed_any = true;
                             let id = row.id;
-                            cursor = id;
                             stats.in_flight.fetch_add(1, Ordering::Relaxed);
                             let handle = tasks.spawn(upload_one(inner.clone(), row));
                             rows_of_tasks.insert(handle.id(), id);
                         }
+                        if !claimed_any {
+                            continue;
+                        }
                     }
+                    // End of the queue: go round again from the oldest row, once.
+                    Ok(_) if cursor > 0 && !went_round => {
+                        cursor = 0;
+                        went_round = true;
+                        continue;
+                    }
+                    Ok(_) => cursor = 0,
                     Err(e) => {
                         failures += 1;
                         let delay = backoff_delay(&settings, failures);
@@ -325,53 +510,70 @@ impl Uploader {
             }
             if claimed_any {
                 // Fill the remaining slots before waiting.
+                went_round = false;
                 continue;
             }
+            went_round = false;
             if !backing_off && let Ok(n) = segments::count_ready_uploads(&inner.db).await {
                 stats
                     .pending
                     .store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
             }
+            let now = Instant::now();
+            pauses.publish(&stats, now);
 
-            let deadline = match retry_at {
-                Some(t) if Instant::now() < t => t,
-                _ => Instant::now() + settings.poll_interval,
+            let mut deadline = match retry_at {
+                Some(t) if now < t => t,
+                _ => now + settings.poll_interval,
             };
+            if let Some(t) = pauses.next_end(now) {
+                deadline = deadline.min(t);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let (task, result) = match done {
-                        Ok((task, (_, outcome))) => (task, Some(outcome)),
+                        Ok((task, done)) => (task, Some(done)),
                         Err(e) => (e.id(), None),
                     };
                     let row = rows_of_tasks.remove(&task);
                     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    match result {
-                        Some(Outcome::Uploaded) => {
+                    let Some(done) = result else {
+                        // The task panicked: its row is still `uploading`.
+                        tracing::error!(segment = ?row, "upload task panicked");
+                        if let Some(id) = row {
+                            unreleased.push(id);
+                        }
+                        continue;
+                    };
+                    pauses.seen(done.stream, done.bucket.as_deref());
+                    match done.outcome {
+                        Outcome::Uploaded => {
+                            pauses.succeeded(done.stream, done.bucket.as_deref());
                             failures = 0;
                             retry_at = None;
                             stats.consecutive_failures.store(0, Ordering::Relaxed);
                         }
-                        Some(Outcome::Missing | Outcome::Superseded) => {}
-                        Some(Outcome::Failed { released }) => {
-                            failures += 1;
-                            stats.consecutive_failures.store(u64::from(failures), Ordering::Relaxed);
-                            let delay = backoff_delay(&settings, failures);
+                        Outcome::Missing | Outcome::Superseded => {}
+                        Outcome::Failed { released, blame } => {
+                            let n = stats.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                            let delay = if blame == Blame::Index {
+                                failures += 1;
+                                let delay = backoff_delay(&settings, failures);
+                                retry_at = Some(Instant::now() + delay);
+                                delay
+                            } else {
+                                pauses.failed(&settings, done.stream, &blame)
+                            };
                             tracing::info!(retry_in_ms = delay.as_millis() as u64,
-                                "uploads paused after a failure");
-                            retry_at = Some(Instant::now() + delay);
-                            if !released && let Some(id) = row {
-                                unreleased.push(id);
-                            }
-                        }
-                        // The task panicked: its row is still `uploading`.
-                        None => {
-                            tracing::error!(segment = ?row, "upload task panicked");
-                            if let Some(id) = row {
-                                unreleased.push(id);
+                                stream = %done.stream, bucket = ?done.bucket, ?blame,
+                                consecutive_failures = n, "uploads paused after a failure");
+                            if !released {
+                                unreleased.push(done.id);
                             }
                         }
                     }
+                    pauses.publish(&stats, Instant::now());
                 }
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -386,10 +588,10 @@ impl Uploader {
             loop {
                 tokio::select! {
                     done = tasks.join_next_with_id() => match done {
-                        Some(Ok((task, (id, outcome)))) => {
+                        Some(Ok((task, done))) => {
                             rows_of_tasks.remove(&task);
-                            if let Outcome::Failed { released: false } = outcome {
-                                unreleased.push(id);
+                            if let Outcome::Failed { released: false, .. } = done.outcome {
+                                unreleased.push(done.id);
                             }
                         }
                         Some(Err(e)) => {
@@ -416,6 +618,8 @@ impl Uploader {
             }
         }
         stats.in_flight.store(0, Ordering::Relaxed);
+        stats.paused_buckets.store(0, Ordering::Relaxed);
+        stats.paused_streams.store(0, Ordering::Relaxed);
         stats.running.store(false, Ordering::Relaxed);
         tracing::info!("uploader stopped");
     }
@@ -449,21 +653,29 @@ fn backoff_delay(s: &UploaderSettings, failures: u32) -> Duration {
     (half + Duration::from_millis(jitter_ms)).clamp(s.backoff_min, s.backoff_max)
 }
 
-/// Uploads one claimed row and records the result. Returns the row id and how it ended.
-async fn upload_one(inner: Arc<Inner>, row: SegmentRow) -> (i64, Outcome) {
+/// Uploads one claimed row and records the result. Returns how it ended.
+async fn upload_one(inner: Arc<Inner>, row: SegmentRow) -> Done {
     let id = row.id;
     let span = tracing::info_span!("upload", segment = id, stream = %row.stream_id);
+    let mut bucket = None;
     let outcome = async {
-        match try_upload(&inner, &row).await {
+        match try_upload(&inner, &row, &mut bucket).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 inner.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, file = %row.storage_key, "upload failed; will retry");
+                let blame = e.blame(bucket.as_deref());
+                tracing::warn!(error = %e, file = %row.storage_key, ?blame, "upload failed; will retry");
                 match segments::release_upload(&inner.db, id).await {
-                    Ok(_) => Outcome::Failed { released: true },
+                    Ok(_) => Outcome::Failed {
+                        released: true,
+                        blame,
+                    },
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot put the segment back in the queue");
-                        Outcome::Failed { released: false }
+                        Outcome::Failed {
+                            released: false,
+                            blame,
+                        }
                     }
                 }
             }
@@ -471,10 +683,20 @@ async fn upload_one(inner: Arc<Inner>, row: SegmentRow) -> (i64, Outcome) {
     }
     .instrument(span)
     .await;
-    (id, outcome)
+    Done {
+        id,
+        stream: row.stream_id,
+        bucket,
+        outcome,
+    }
 }
 
-async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadError> {
+/// Uploads one row; `bucket` is set as soon as the row's bucket is known.
+async fn try_upload(
+    inner: &Inner,
+    row: &SegmentRow,
+    bucket_out: &mut Option<String>,
+) -> Result<Outcome, UploadError> {
     let local = Path::new(&row.storage_key);
     let Some(file_name) = local.file_name().and_then(|n| n.to_str()) else {
         return Err(UploadError::BadKey {
@@ -483,7 +705,16 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
         });
     };
     match tokio::fs::metadata(local).await {
-        Ok(_) => {}
+        Ok(m) if m.is_file() => {}
+        // Checked here so that it is blamed on the stream, not on the bucket the upload would
+        // fail against.
+        Ok(_) => {
+            return Err(StorageError::Io {
+                key: row.storage_key.clone(),
+                source: std::io::Error::other("not a regular file"),
+            }
+            .into());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return mark_missing(inner, row).await;
         }
@@ -513,6 +744,7 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
         Some(b) if b != inner.s3.bucket() => inner.s3.for_bucket(b),
         _ => inner.s3.clone(),
     };
+    *bucket_out = Some(store.bucket().to_owned());
     ensure_bucket(inner, &store).await?;
 
     let key = object_key(prefix, row.stream_id, file_name);
@@ -520,7 +752,9 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
         Ok(n) => n,
         // Removed between the check above and the upload.
         Err(StorageError::NotFound { .. }) => return mark_missing(inner, row).await,
-        Err(e) => return Err(e.into()),
+        // Reading the local file failed: the stream's problem, not the bucket's.
+        Err(e @ StorageError::Io { .. }) => return Err(e.into()),
+        Err(e) => return Err(UploadError::Remote(e)),
     };
     if !segments::complete_upload(&inner.db, row.id, store.bucket(), &key).await? {
         // Retention (or an operator) changed the row meanwhile and owns the local file now. The
@@ -586,7 +820,7 @@ async fn ensure_bucket(inner: &Inner, store: &S3Storage) -> Result<(), UploadErr
         return Ok(());
     }
     check_bucket_name(store.bucket())?;
-    store.ensure_bucket().await?;
+    store.ensure_bucket().await.map_err(UploadError::Remote)?;
     known.insert(store.bucket().to_owned());
     Ok(())
 }

@@ -84,6 +84,11 @@ pub async fn claim_uploads(db: &Db) -> Result<Vec<String>> {
     explain(db, &sql, |q| q.i64(2).i64(0)).await
 }
 
+/// Plan of [`segments::ready_uploads`] (the uploader's look at the queue before claiming).
+pub async fn ready_uploads(db: &Db) -> Result<Vec<String>> {
+    explain(db, segments::READY_UPLOADS_SQL, |q| q.i64(100).i64(0)).await
+}
+
 /// Plan of [`segments::count_ready_uploads`].
 pub async fn count_ready_uploads(db: &Db) -> Result<Vec<String>> {
     explain(db, segments::COUNT_READY_UPLOADS_SQL, |q| q).await

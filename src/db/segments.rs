@@ -629,6 +629,50 @@ pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<Seg
     Ok(rows)
 }
 
+/// The statement of [`ready_uploads`] (`$1` limit, `$2` after id); `db::plans` explains it.
+pub(crate) const READY_UPLOADS_SQL: &str = "SELECT id, stream_id FROM segments \
+    WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
+      AND state = 'complete' AND id > $2 \
+    ORDER BY id LIMIT $1";
+
+/// Looks (without claiming) at up to `limit` segments ready to upload with an id above
+/// `after_id`, lowest id first: `(id, stream)`. The uploader picks the first whose stream and
+/// bucket are not backing off, then claims it with [`claim_uploads`].
+pub async fn ready_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<(i64, Uuid)>> {
+    let rows: Vec<(i64, DbUuid)> = with_pool!(db, p => sqlx::query_as(READY_UPLOADS_SQL)
+        .bind(i64::from(limit))
+        .bind(after_id)
+        .fetch_all(p)
+        .await?);
+    Ok(rows.into_iter().map(|(id, s)| (id, s.0)).collect())
+}
+
+/// The size of the uploaded copy of the stream's segment file `file_name` (named after second
+/// `named_secs`), if an S3 row points at an object of that name: the local file is then a copy
+/// the uploader had not removed yet when the process died (it removes the file only after the row
+/// points at the object).
+pub async fn uploaded_copy(
+    db: &Db,
+    stream_id: Uuid,
+    named_secs: i64,
+    file_name: &str,
+) -> Result<Option<i64>> {
+    // A file is named after its start second, bumped forward while the name is taken: the row
+    // starts at most a little before it.
+    const SQL: &str = "SELECT storage_key, bytes FROM segments \
+        WHERE stream_id = $1 AND start_us >= $2 AND start_us < $3 AND storage = 's3'";
+    let rows: Vec<(String, i64)> = with_pool!(db, p => sqlx::query_as(SQL)
+        .bind(DbUuid(stream_id))
+        .bind(named_secs.saturating_sub(600).saturating_mul(1_000_000))
+        .bind(named_secs.saturating_add(1).saturating_mul(1_000_000))
+        .fetch_all(p)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .find(|(key, _)| key.rsplit('/').next() == Some(file_name))
+        .map(|(_, bytes)| bytes))
+}
+
 /// Records a finished upload in one statement: the row now points at the object `object_key` in
 /// `bucket`. Returns false (and changes nothing) when the row is no longer a closed segment being
 /// uploaded, e.g. retention took it meanwhile; the caller then owns the orphan object. Only after

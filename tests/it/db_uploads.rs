@@ -238,6 +238,11 @@ both_engines!(
             claim.iter().any(|l| l.contains("segments_upload_pending")),
             "{claim:?}"
         );
+        let ready = plans::ready_uploads(db).await.expect("plan");
+        assert!(
+            ready.iter().any(|l| l.contains("segments_upload_pending")),
+            "{ready:?}"
+        );
         let count = plans::count_ready_uploads(db).await.expect("plan");
         assert!(
             count.iter().any(|l| l.contains("segments_upload_pending")),

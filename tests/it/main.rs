@@ -17,6 +17,7 @@ mod e2e;
 mod export;
 mod faults;
 mod faults_io;
+mod faults_storage;
 mod file_source;
 mod go_routes;
 mod import_archive;

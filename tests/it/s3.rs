@@ -521,6 +521,107 @@ async fn a_segment_that_keeps_failing_does_not_block_the_others() {
     t.cleanup().await;
 }
 
+/// Backoff per bucket and per stream: a stream whose bucket S3 refuses and a stream whose local
+/// file cannot be read both keep failing, each waiting on its own (seconds), while a third stream
+/// on the working bucket uploads every new segment at once. With one backoff for everything (as
+/// before), the good stream's segments waited out the others' delays.
+#[tokio::test]
+async fn a_failing_bucket_or_stream_does_not_stall_the_others() {
+    let t = crate::support::sqlite().await;
+    let db = &t.db;
+    let server = S3Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    // A bucket name S3 refuses: every upload to it fails (blamed on the bucket).
+    let bad_bucket = Uuid::new_v4();
+    streams::insert(
+        db,
+        &s3_stream(bad_bucket, Some("Not_A_Bucket"), None),
+        Origin::Api,
+    )
+    .await
+    .expect("stream");
+    let (bad_bucket_id, bad_bucket_path) =
+        ready_segment(db, dir.path(), bad_bucket, 9_000, b"x").await;
+    // A local file that cannot be read (a directory in its place: EISDIR), on the good bucket:
+    // blamed on the stream.
+    let bad_file = Uuid::new_v4();
+    let (bad_file_id, bad_file_path) = ready_segment(db, dir.path(), bad_file, 9_001, b"y").await;
+    std::fs::remove_file(&bad_file_path).expect("rm");
+    std::fs::create_dir(&bad_file_path).expect("dir in place of the file");
+
+    let stats = Arc::new(UploadStats::default());
+    let s3 = S3Storage::new(&server.config("archive", ""), &test_timeouts()).expect("client");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("video_server=debug")
+        .with_test_writer()
+        .try_init();
+    let cancel = CancellationToken::new();
+    // Waits of 3 s and more: long enough that one shared backoff would hold up the good stream.
+    let settings = UploaderSettings {
+        backoff_min: Duration::from_secs(3),
+        backoff_max: Duration::from_secs(10),
+        ..test_settings()
+    };
+    let uploader = Uploader::new(db.clone(), s3.clone(), "", settings, stats.clone());
+    let task = tokio::spawn(uploader.run(cancel.clone()));
+    wait_for(
+        "the bad bucket and the bad stream backing off",
+        Duration::from_secs(10),
+        || {
+            let s = stats.clone();
+            async move {
+                let c = s.snapshot();
+                c.failed >= 2 && c.paused_buckets == 1 && c.paused_streams == 2
+            }
+        },
+    )
+    .await;
+
+    // The good stream: each new segment goes up well within the others' waits.
+    let good = Uuid::new_v4();
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let (id, path) =
+            ready_segment(db, dir.path(), good, 9_010 + i, &bytes(5000, i as u64)).await;
+        let started = Instant::now();
+        wait_for(
+            "a good segment uploaded while the others back off",
+            Duration::from_millis(2500),
+            || all_remote(db, &[id]),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+        assert!(!path.exists());
+    }
+    // The failing ones were retried (their waits end), never lost, never uploaded.
+    wait_for("retries of both", Duration::from_secs(15), || {
+        let s = stats.clone();
+        async move { s.snapshot().failed >= 4 }
+    })
+    .await;
+    let c = stats.snapshot();
+    stop_uploader(task, cancel).await;
+    eprintln!("slowest good upload {slowest:?}; counters {c:?}");
+    assert_eq!(c.uploaded, 5, "{c:?}");
+    for (id, path) in [
+        (bad_bucket_id, &bad_bucket_path),
+        (bad_file_id, &bad_file_path),
+    ] {
+        let r = row(db, id).await;
+        assert_eq!(
+            (
+                r.upload_state.as_str(),
+                r.storage.as_str(),
+                r.state.as_str()
+            ),
+            ("local", "filesystem", "complete")
+        );
+        assert!(path.exists());
+    }
+    assert_eq!(s3.list("").await.expect("list").len(), 5);
+    t.cleanup().await;
+}
+
 #[tokio::test]
 async fn unreachable_and_silent_endpoints_fail_in_bounded_time() {
     // A port nothing listens on, held so that nothing can start listening on it.

@@ -15,6 +15,10 @@
 //!   (the torn bytes are cut off), asks retention for an emergency pass when the disk is full, and
 //!   backs off (1 s doubling to 30 s) before opening a new segment at a keyframe once the
 //!   filesystem has room again. No file is left holding only an init segment.
+//! * While the storage root is unavailable (its marker missing: a disk not mounted, or unmounted
+//!   under us) no new segment is opened: files created then would land on the mount point's own
+//!   filesystem and be hidden once the disk returns. The recorder looks again every second and
+//!   resumes at the next keyframe once the root is back; frames meanwhile are counted as dropped.
 //! * Buffers are bounded in bytes as well as time: a fragment is written early when it reaches
 //!   [`FRAGMENT_MAX_BYTES`] or [`FRAGMENT_MAX_FRAMES`], so a source with tiny frame durations
 //!   cannot grow it without bound.
@@ -190,6 +194,10 @@ pub struct Recorder {
     backoff: Backoff,
     /// Bytes of the last segment closed (to judge whether a disk has room for the next).
     last_segment_bytes: u64,
+    /// Storage roots: no segment is opened while the root holding the directory is unavailable.
+    roots: Option<Arc<super::markers::MarkedRoots>>,
+    /// The root was found unavailable; when to look again.
+    root_down: Option<Instant>,
 }
 
 fn main_track(p: &StreamParams) -> TrackKind {
@@ -251,7 +259,15 @@ impl Recorder {
             retention: None,
             backoff: Backoff::default(),
             last_segment_bytes: 0,
+            roots: None,
+            root_down: None,
         }
+    }
+
+    /// Pauses recording while the storage root holding the directory is unavailable.
+    pub fn with_roots(mut self, roots: Arc<super::markers::MarkedRoots>) -> Recorder {
+        self.roots = Some(roots);
+        self
     }
 
     /// Counts into `stats` (shared with the stream's runtime, for status and metrics).
@@ -343,9 +359,8 @@ impl Recorder {
             }
         }
         if self.open.is_none() {
-            let paused = self.backoff.until.is_some();
             if !sync || !self.may_open().await {
-                if paused {
+                if self.backoff.until.is_some() || self.root_down.is_some() {
                     self.stats.dropped(f.data.len() as u64);
                 }
                 return Ok(());
@@ -394,6 +409,9 @@ impl Recorder {
     /// Whether a new segment may be opened now (not backing off after a failed write, and room
     /// on the disk after a full one).
     async fn may_open(&mut self) -> bool {
+        if !self.root_usable().await {
+            return false;
+        }
         let Some(until) = self.backoff.until else {
             return true;
         };
@@ -416,6 +434,33 @@ impl Recorder {
             }
         }
         true
+    }
+
+    /// Whether the storage root is available (looked at once per segment, and every
+    /// [`DISK_FULL_POLL`] while it is not).
+    async fn root_usable(&mut self) -> bool {
+        let Some(roots) = &self.roots else {
+            return true;
+        };
+        if self.root_down.is_some_and(|next| Instant::now() < next) {
+            return false;
+        }
+        let usable = roots.writable(&self.cfg.directory).await;
+        match (usable, self.root_down.is_some()) {
+            (false, false) => {
+                self.stats.root_unavailable(true);
+                tracing::error!(directory = %self.cfg.directory.display(),
+                    "storage root unavailable (marker missing): recording paused until it is back");
+            }
+            (true, true) => {
+                self.stats.root_unavailable(false);
+                tracing::info!(directory = %self.cfg.directory.display(),
+                    "storage root available again: recording resumes");
+            }
+            _ => {}
+        }
+        self.root_down = (!usable).then(|| Instant::now() + DISK_FULL_POLL);
+        usable
     }
 
     /// Pauses recording after a failed write.

@@ -20,6 +20,8 @@ pub struct RecorderStats {
     early_flushes: AtomicU64,
     clock_reanchors: AtomicU64,
     last_clock_correction_us: AtomicI64,
+    root_paused: AtomicU64,
+    root_pauses: AtomicU64,
 }
 
 /// A snapshot of [`RecorderStats`].
@@ -57,6 +59,10 @@ pub struct RecorderCounters {
     pub clock_reanchors: u64,
     /// The last correction applied (µs; negative: the camera clock ran fast).
     pub last_clock_correction_us: i64,
+    /// 1 while recording is paused because the storage root is unavailable (marker missing).
+    pub root_paused: u64,
+    /// Times recording paused for an unavailable storage root.
+    pub root_pauses: u64,
 }
 
 impl RecorderStats {
@@ -78,6 +84,8 @@ impl RecorderStats {
             early_flushes: u(&self.early_flushes),
             clock_reanchors: u(&self.clock_reanchors),
             last_clock_correction_us: i(&self.last_clock_correction_us),
+            root_paused: u(&self.root_paused),
+            root_pauses: u(&self.root_pauses),
         }
     }
 
@@ -124,6 +132,13 @@ impl RecorderStats {
 
     pub(super) fn early_flush(&self) {
         self.early_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn root_unavailable(&self, paused: bool) {
+        self.root_paused.store(u64::from(paused), Ordering::Relaxed);
+        if paused {
+            self.root_pauses.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn clock_reanchored(&self, correction_us: i64) {
