@@ -244,7 +244,7 @@ impl Pauses {
     /// Records a failure; returns the longest wait it started (for the log).
     fn failed(&mut self, s: &UploaderSettings, stream: Uuid, blame: &Blame) -> Duration {
         let now = Instant::now();
-        let mut bump = |streak: &mut Streak| {
+        let bump = |streak: &mut Streak| {
             streak.failures = streak.failures.saturating_add(1);
             let delay = backoff_delay(s, streak.failures);
             streak.until = Some(now + delay);

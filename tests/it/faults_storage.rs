@@ -192,9 +192,20 @@ async fn kill_9_during_s3_uploads_leaves_every_segment_remote_exactly_once() {
         )
         .await;
         s3.restart().await;
-        server.wait_for_log("segment uploaded", Duration::from_secs(90));
-        // A little later each round: a different point of the uploads in flight.
-        tokio::time::sleep(Duration::from_millis(round * 40)).await;
+        // Kill as soon as the first upload of the backlog is logged (a little later each round:
+        // a different point of the uploads in flight), watching the log closely: the backlog
+        // drains in a fraction of a second.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let uploaded = |line: &String| line.contains("\"segment uploaded\"");
+        while !server.logs.lock().expect("logs").iter().any(uploaded) {
+            assert!(
+                Instant::now() < deadline,
+                "no upload; logs:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(round % 4 * 5));
         server.kill9();
         let rows = all_segments(&db, id).await;
         let uploading = rows

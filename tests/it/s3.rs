@@ -584,10 +584,11 @@ async fn a_failing_bucket_or_stream_does_not_stall_the_others() {
         let (id, path) =
             ready_segment(db, dir.path(), good, 9_010 + i, &bytes(5000, i as u64)).await;
         let started = Instant::now();
+        let one = [id];
         wait_for(
             "a good segment uploaded while the others back off",
             Duration::from_millis(2500),
-            || all_remote(db, &[id]),
+            || all_remote(db, &one),
         )
         .await;
         slowest = slowest.max(started.elapsed());
