@@ -267,9 +267,6 @@ async fn binary_import_archive_subcommand() {
 /// pointed at our server sees the recordings it had before the migration.
 #[tokio::test(flavor = "multi_thread")]
 async fn imported_go_archive_plays_back() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let dir = tempfile::tempdir().expect("tmp");
     let archive = go_archive(dir.path());
     let s = InProcess::start("[archive]\nserving = true\n").await;
