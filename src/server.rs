@@ -177,7 +177,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         auth,
         metrics: Default::default(),
     };
-    state.metrics.add_pool("recorder", manager.recorder_db().clone());
+    state
+        .metrics
+        .add_pool("recorder", manager.recorder_db().clone());
     // Stopped after the listeners have drained, so the last requests' entries are written.
     let audit_stop = CancellationToken::new();
     let audit_writer = state.auth.spawn_audit_writer(audit_stop.clone());

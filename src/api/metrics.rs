@@ -26,11 +26,7 @@ use crate::metrics::http::{UNMATCHED, method_label};
             )),
     ))]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
-    let format = Format::from_accept(
-        headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let text = crate::metrics::render(&state, format).await;
     (
         [

@@ -56,10 +56,7 @@ impl Metrics {
     }
 
     fn pools(&self) -> Vec<(&'static str, Db)> {
-        self.pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -91,7 +88,14 @@ impl<'a, 'e> Families<'a, 'e> {
         unit: Option<Unit>,
         rows: impl IntoIterator<Item = (Labels, u64)>,
     ) -> std::fmt::Result {
-        self.family(name, help, unit, MetricType::Counter, rows, ConstCounter::new)
+        self.family(
+            name,
+            help,
+            unit,
+            MetricType::Counter,
+            rows,
+            ConstCounter::new,
+        )
     }
 
     /// A counter family of real numbers (seconds).
@@ -102,7 +106,14 @@ impl<'a, 'e> Families<'a, 'e> {
         unit: Option<Unit>,
         rows: impl IntoIterator<Item = (Labels, f64)>,
     ) -> std::fmt::Result {
-        self.family(name, help, unit, MetricType::Counter, rows, ConstCounter::new)
+        self.family(
+            name,
+            help,
+            unit,
+            MetricType::Counter,
+            rows,
+            ConstCounter::new,
+        )
     }
 
     /// A gauge family of integers.
@@ -141,7 +152,9 @@ impl<'a, 'e> Families<'a, 'e> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut family = self.enc.encode_descriptor(name, help, unit.as_ref(), kind)?;
+        let mut family = self
+            .enc
+            .encode_descriptor(name, help, unit.as_ref(), kind)?;
         if rows.len() == 1 && rows[0].0.is_empty() {
             // One series without labels: `name value`, not `name{} value`.
             if let Some((_, value)) = rows.pop() {

@@ -67,7 +67,8 @@ pub fn encode(
     )?;
     let mut pools = vec![("api", state.db.clone())];
     pools.extend(state.metrics.pools());
-    let usage: Vec<(&str, (u32, u32))> = pools.iter().map(|(n, db)| (*n, db.pool_usage())).collect();
+    let usage: Vec<(&str, (u32, u32))> =
+        pools.iter().map(|(n, db)| (*n, db.pool_usage())).collect();
     out.gauge(
         "video_server_db_pool_connections",
         "Open connections, by pool (api: requests; recorder: index writes of recorders; \
@@ -239,9 +240,12 @@ pub fn encode(
         "video_server_storage_root_available",
         "1 when the storage root's marker was present with the recorded id at its last check",
         None,
-        roots
-            .iter()
-            .map(|r| (labels([("root", &r.name())]), i64::from(r.state().is_available()))),
+        roots.iter().map(|r| {
+            (
+                labels([("root", &r.name())]),
+                i64::from(r.state().is_available()),
+            )
+        }),
     )?;
     out.counter(
         "video_server_storage_root_unavailable_checks",

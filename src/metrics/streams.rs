@@ -74,9 +74,13 @@ pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Re
                 gop_cache_bytes: rt.hub.gop_cache().1,
                 consumers: rt.hub.consumers(),
                 hls_requests: rt.demand.hls_requests(),
-                hls: rt
-                    .hls_stats()
-                    .map(|h| (h.segments_written(), h.dropped_segments(), h.dropped_bytes())),
+                hls: rt.hls_stats().map(|h| {
+                    (
+                        h.segments_written(),
+                        h.dropped_segments(),
+                        h.dropped_bytes(),
+                    )
+                }),
                 recorder: rt.recorder_stats().map(|r| r.snapshot()),
             }
         })
@@ -187,7 +191,8 @@ pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Re
         "video_server_stream_gop_cache",
         "Payload bytes in the GOP cache (what a new viewer starts with)",
         Some(Unit::Bytes),
-        rows.iter().map(|r| (stream(r), int(r.gop_cache_bytes as u64))),
+        rows.iter()
+            .map(|r| (stream(r), int(r.gop_cache_bytes as u64))),
     )?;
     out.counter(
         "video_server_stream_dropped",
@@ -233,13 +238,14 @@ pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Re
         .iter()
         .filter_map(|r| r.recorder.as_ref().map(|c| (r, c)))
         .collect();
-    let rec_counter = |out: &mut Families,
-                       name: &str,
-                       help: &str,
-                       unit: Option<Unit>,
-                       f: &dyn Fn(&crate::archive::recorder::RecorderCounters) -> u64| {
-        out.counter(name, help, unit, rec.iter().map(|(r, c)| (stream(r), f(c))))
-    };
+    let rec_counter =
+        |out: &mut Families,
+         name: &str,
+         help: &str,
+         unit: Option<Unit>,
+         f: &dyn Fn(&crate::archive::recorder::RecorderCounters) -> u64| {
+            out.counter(name, help, unit, rec.iter().map(|(r, c)| (stream(r), f(c))))
+        };
     rec_counter(
         out,
         "video_server_recorder_segments",

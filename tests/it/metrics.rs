@@ -148,13 +148,17 @@ fn parse(text: &str, fmt: Fmt) -> Exposition {
                 "TYPE" => {
                     let t = rest.unwrap_or("");
                     let known: &[&str] = match fmt {
-                        Fmt::OpenMetrics => {
-                            &["counter", "gauge", "histogram", "info", "stateset", "unknown"]
-                        }
+                        Fmt::OpenMetrics => &[
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "info",
+                            "stateset",
+                            "unknown",
+                        ],
                         Fmt::Text => &["counter", "gauge", "histogram", "summary", "untyped"],
                     };
-                    if !known.contains(&t)
-                    {
+                    if !known.contains(&t) {
                         bad(n, line, "unknown type");
                     }
                     if types.insert(name.to_owned(), t.to_owned()).is_some() {
@@ -181,11 +185,15 @@ fn parse(text: &str, fmt: Fmt) -> Exposition {
             continue;
         }
         // A sample: name{labels} value
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| bad(n, line, "no value"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| bad(n, line, "no value"));
         let value = parse_value(value).unwrap_or_else(|| bad(n, line, "value is not a number"));
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
-                let inner = rest.strip_suffix('}').unwrap_or_else(|| bad(n, line, "unclosed labels"));
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| bad(n, line, "unclosed labels"));
                 (
                     name,
                     parse_labels(inner).unwrap_or_else(|| bad(n, line, "malformed labels")),
@@ -272,7 +280,9 @@ impl Exposition {
                     .value(&format!("{fam}_count"), &pairs)
                     .expect("histogram has _count");
                 assert!(
-                    buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                    buckets
+                        .windows(2)
+                        .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
                     "{fam} {key:?}: buckets not cumulative: {buckets:?}"
                 );
                 assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY));
@@ -313,7 +323,10 @@ async fn scrape_as(http: &reqwest::Client, api: &str, accept: Option<&str>) -> E
         .unwrap_or("")
         .to_owned();
     let fmt = if accept.is_some_and(|a| a.contains("openmetrics")) {
-        assert!(ct.starts_with("application/openmetrics-text; version=1.0.0"), "{ct}");
+        assert!(
+            ct.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{ct}"
+        );
         Fmt::OpenMetrics
     } else {
         assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
@@ -358,8 +371,8 @@ fn recording_demo(dir: &std::path::Path) -> String {
 on_both_engines!(
     async fn scrape_follows_a_recording_stream_viewers_and_requests(index: &Index) {
         let tmp = tempfile::tempdir().expect("tmp");
-        let s = InProcess::start_with_db(&recording_demo(tmp.path()), Some(index.url.clone()))
-            .await;
+        let s =
+            InProcess::start_with_db(&recording_demo(tmp.path()), Some(index.url.clone())).await;
         let http = reqwest::Client::new();
         let api = s.api.clone();
         let stream = [("stream", DEMO)];
@@ -376,10 +389,16 @@ on_both_engines!(
         let bytes = first
             .value("video_server_stream_received_bytes_total", &stream)
             .expect("bytes");
-        let e = until(&http, &api, "frames keep coming", Duration::from_secs(10), |e| {
-            e.value("video_server_stream_frames_total", &stream)
-                .is_some_and(|v| v > frames)
-        })
+        let e = until(
+            &http,
+            &api,
+            "frames keep coming",
+            Duration::from_secs(10),
+            |e| {
+                e.value("video_server_stream_frames_total", &stream)
+                    .is_some_and(|v| v > frames)
+            },
+        )
         .await;
         assert!(
             e.value("video_server_stream_received_bytes_total", &stream)
@@ -409,10 +428,16 @@ on_both_engines!(
         assert_eq!(e.value("video_server_index_up", &[]), Some(1.0));
 
         // The recorder closes segments and keeps its last fragment fresh.
-        let e = until(&http, &api, "a segment is recorded", Duration::from_secs(30), |e| {
-            e.value("video_server_recorder_segments_total", &stream)
-                .is_some_and(|v| v >= 1.0)
-        })
+        let e = until(
+            &http,
+            &api,
+            "a segment is recorded",
+            Duration::from_secs(30),
+            |e| {
+                e.value("video_server_recorder_segments_total", &stream)
+                    .is_some_and(|v| v >= 1.0)
+            },
+        )
         .await;
         let age = e
             .value("video_server_recorder_last_fragment_age_seconds", &stream)
@@ -466,7 +491,11 @@ on_both_engines!(
         .await;
 
         // HTTP requests by route template and status; random URLs share one label.
-        let healthz = [("listener", "api"), ("route", "/healthz"), ("status", "200")];
+        let healthz = [
+            ("listener", "api"),
+            ("route", "/healthz"),
+            ("status", "200"),
+        ];
         let unmatched = [
             ("listener", "api"),
             ("route", "unmatched"),
@@ -474,7 +503,8 @@ on_both_engines!(
         ];
         let before = scrape(&http, &api).await;
         let count = |e: &Exposition, l: &[(&str, &str)]| {
-            e.value("video_server_http_requests_total", l).unwrap_or(0.0)
+            e.value("video_server_http_requests_total", l)
+                .unwrap_or(0.0)
         };
         let r = http
             .get(format!("{api}/healthz"))
@@ -482,7 +512,9 @@ on_both_engines!(
             .await
             .expect("healthz");
         assert_eq!(r.status(), 200);
-        let junk: Vec<String> = (0..3).map(|_| format!("no-such-{}", Uuid::new_v4())).collect();
+        let junk: Vec<String> = (0..3)
+            .map(|_| format!("no-such-{}", Uuid::new_v4()))
+            .collect();
         for j in &junk {
             let r = http
                 .get(format!("{api}/{j}/x?y={j}"))
@@ -508,7 +540,11 @@ on_both_engines!(
         let after = scrape(&http, &api).await;
         assert_eq!(count(&after, &healthz), count(&before, &healthz) + 1.0);
         assert_eq!(count(&after, &unmatched), count(&before, &unmatched) + 3.0);
-        let odd = [("method", "other"), ("route", "/healthz"), ("status", "405")];
+        let odd = [
+            ("method", "other"),
+            ("route", "/healthz"),
+            ("status", "405"),
+        ];
         assert_eq!(count(&after, &odd), 1.0);
         let hls_route = [("listener", "video"), ("route", "/hls/{file}")];
         assert!(
@@ -529,7 +565,11 @@ on_both_engines!(
             after
                 .value(
                     "video_server_http_request_duration_seconds_count",
-                    &[("listener", "api"), ("method", "GET"), ("route", "/healthz")]
+                    &[
+                        ("listener", "api"),
+                        ("method", "GET"),
+                        ("route", "/healthz")
+                    ]
                 )
                 .expect("latency")
                 >= 1.0
@@ -557,7 +597,11 @@ on_both_engines!(
         assert!(routes.is_subset(&api_table), "{routes:?}");
 
         // The process and the pools.
-        for name in ["process_resident_memory_bytes", "process_open_fds", "video_server_tokio_tasks"] {
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "video_server_tokio_tasks",
+        ] {
             assert!(
                 after.value(name, &[]).is_some_and(|v| v > 0.0),
                 "{name} is measured"
@@ -578,7 +622,10 @@ on_both_engines!(
                 >= 1.0
         );
         assert_eq!(
-            after.value("video_server_storage_root_available", &[("root", "default")]),
+            after.value(
+                "video_server_storage_root_available",
+                &[("root", "default")]
+            ),
             Some(1.0)
         );
         // A client that does not ask for OpenMetrics gets the same families as text 0.0.4.
@@ -608,7 +655,10 @@ on_both_engines!(
 /// Parses the metric answer of the API app.
 async fn scrape_app(state: &video_server::api::AppState, token: Option<&str>) -> (u16, String) {
     let r = call_as(state, token, "GET", "/metrics", None, Body::empty()).await;
-    (r.status.as_u16(), String::from_utf8_lossy(&r.body).into_owned())
+    (
+        r.status.as_u16(),
+        String::from_utf8_lossy(&r.body).into_owned(),
+    )
 }
 
 both_engines!(
@@ -640,25 +690,41 @@ both_engines!(
         let e = parse(&text, Fmt::Text);
         let a_label = a.to_string();
         assert_eq!(
-            e.value("video_server_upload_queue_segments", &[("stream", &a_label)]),
+            e.value(
+                "video_server_upload_queue_segments",
+                &[("stream", &a_label)]
+            ),
             Some(2.0),
             "on {}",
             t.engine_name()
         );
         let age = e
-            .value("video_server_upload_queue_oldest_age_seconds", &[("stream", &a_label)])
+            .value(
+                "video_server_upload_queue_oldest_age_seconds",
+                &[("stream", &a_label)],
+            )
             .expect("oldest age");
         // Ended 2 s after its start, ~100 s ago.
         assert!((95.0..130.0).contains(&age), "oldest waited {age} s");
-        assert!(e
-            .value("video_server_upload_queue_segments", &[("stream", &b.to_string())])
-            .is_none());
+        assert!(
+            e.value(
+                "video_server_upload_queue_segments",
+                &[("stream", &b.to_string())]
+            )
+            .is_none()
+        );
         assert_eq!(
-            e.value("video_server_archive_segments", &[("upload_state", "local")]),
+            e.value(
+                "video_server_archive_segments",
+                &[("upload_state", "local")]
+            ),
             Some(3.0)
         );
         assert_eq!(
-            e.value("video_server_archive_segments", &[("upload_state", "remote")]),
+            e.value(
+                "video_server_archive_segments",
+                &[("upload_state", "remote")]
+            ),
             Some(1.0)
         );
         assert_eq!(
@@ -696,8 +762,7 @@ both_engines!(
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
         let auth = format!(
             "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
@@ -741,7 +806,9 @@ both_engines!(
         // Without auth, anyone may scrape (like every route).
         let open = crate::support::state(&t.db, crate::support::config("")).await;
         assert_eq!(
-            call(&open, "GET", "/metrics", None, Body::empty()).await.status,
+            call(&open, "GET", "/metrics", None, Body::empty())
+                .await
+                .status,
             200
         );
     }
