@@ -131,14 +131,15 @@ async fn box_at(
     }
 }
 
-/// The fragment starting at or after `pos` (other boxes are skipped): its offset, `moof` box and
+/// The fragment starting at or after `pos` (other boxes are skipped): its offset, its first bytes
+/// as read (at least the `moof` box and the `mdat` header), the `moof` size and the fragment's
 /// end. `None` at the end of the complete fragments.
 async fn fragment_head(
     state: &AppState,
     file: &dyn Opened,
     mut pos: u64,
     limit: u64,
-) -> Result<Option<(u64, Bytes, u64)>, StorageError> {
+) -> Result<Option<(u64, Bytes, u64, u64)>, StorageError> {
     loop {
         let Some((head, t, size)) = box_at(state, file, pos, limit).await? else {
             return Ok(None);
@@ -160,7 +161,7 @@ async fn fragment_head(
         if &mdat != b"mdat" || end > limit {
             return Ok(None);
         }
-        return Ok(Some((pos, head.slice(..size as usize), end)));
+        return Ok(Some((pos, head, size, end)));
     }
 }
 
@@ -578,7 +579,7 @@ impl Loaded {
                 let mut best = None;
                 loop {
                     let head = fragment_head(state, file.as_ref(), pos, *limit).await;
-                    let (at, moof, end) = match head {
+                    let (at, head, moof_len, end) = match head {
                         Ok(Some(h)) => h,
                         Ok(None) => break,
                         Err(e) => {
@@ -587,6 +588,7 @@ impl Loaded {
                             return None;
                         }
                     };
+                    let moof = head.slice(..moof_len as usize);
                     let samples = match fmp4::parse_moof(&self.params, &moof, end - at) {
                         Ok(s) => s,
                         Err(e) => {
@@ -629,13 +631,21 @@ impl Loaded {
             }
             (Body::Fragments { file, limit, .. }, Cursor::At(pos)) => {
                 let read = async {
-                    let Some((at, _, end)) = fragment_head(state, file.as_ref(), pos, *limit).await?
+                    let Some((at, head, _, end)) =
+                        fragment_head(state, file.as_ref(), pos, *limit).await?
                     else {
-                        return Ok(None);
+                        return Ok::<_, StorageError>(None);
                     };
-                    read_range(state, file.as_ref(), at..end)
-                        .await
-                        .map(|b| Some((b, end)))
+                    // The rest of the fragment after the bytes already read with its header.
+                    let have = at + head.len() as u64;
+                    if have >= end {
+                        return Ok(Some((head.slice(..(end - at) as usize), end)));
+                    }
+                    let rest = read_range(state, file.as_ref(), have..end).await?;
+                    let mut whole = bytes::BytesMut::with_capacity((end - at) as usize);
+                    whole.extend_from_slice(&head);
+                    whole.extend_from_slice(&rest);
+                    Ok(Some((whole.freeze(), end)))
                 };
                 let (bytes, end) = match read.await {
                     Ok(Some(v)) => v,
