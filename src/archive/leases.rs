@@ -129,8 +129,10 @@ impl Leases {
         let leased = db::leases::acquire(db, ids, until).await?;
         self.acquired
             .fetch_add(leased.len() as u64, Ordering::Relaxed);
-        self.refused
-            .fetch_add((ids.len() - leased.len().min(ids.len())) as u64, Ordering::Relaxed);
+        self.refused.fetch_add(
+            (ids.len() - leased.len().min(ids.len())) as u64,
+            Ordering::Relaxed,
+        );
         {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             for id in &leased {

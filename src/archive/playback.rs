@@ -174,7 +174,10 @@ async fn load(state: &AppState, row: SegmentRow) -> Option<Loaded> {
                 .playback
                 .skipped_unleased
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(segment = row.id, "archive segment deleted meanwhile: skipped");
+            tracing::info!(
+                segment = row.id,
+                "archive segment deleted meanwhile: skipped"
+            );
             return None;
         }
         Err(e) => {
@@ -285,7 +288,9 @@ async fn whole(
             key: row.storage_key.clone(),
             source: std::io::Error::other(j),
         })?;
-    Ok(parsed.map(|(p, frags)| (p, Body::Whole(frags))).map_err(|_| e))
+    Ok(parsed
+        .map(|(p, frags)| (p, Body::Whole(frags)))
+        .map_err(|_| e))
 }
 
 /// The frames of a progressive MP4, in fragments of about a second of the main track.

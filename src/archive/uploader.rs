@@ -529,7 +529,10 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
             // A reader (playback, export) leased it during the upload and may be reading the local
             // file: keep it local, drop the object, retry after the lease.
             inner.stats.deferred_leased.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(segment = row.id, "segment leased by a reader; upload retried later");
+            tracing::info!(
+                segment = row.id,
+                "segment leased by a reader; upload retried later"
+            );
             if let Err(e) = super::storage::Storage::delete(&store, &key).await {
                 tracing::warn!(error = %e, "cannot remove the object of a deferred upload");
             }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 use video_server::archive::retention::Retention;
@@ -134,12 +134,12 @@ async fn readers_complete_while_retention_runs(index: &crate::support::Index) {
         tmp.path(),
         id,
         wall0,
-        8,
-        60_000,
+        10,
+        180_000,
     )
     .await;
     let before = rows(&db, id).await;
-    assert!(before.len() >= 3, "{} segments", before.len());
+    assert!(before.len() >= 2, "{} segments", before.len());
     let oldest = before[0].clone();
     let oldest_s = oldest.media_duration_us as f64 / 1e6;
 
@@ -200,7 +200,11 @@ async fn readers_complete_while_retention_runs(index: &crate::support::Index) {
     assert_eq!(report.deleted() as usize, before.len() - 1);
     assert!(Path::new(&oldest.storage_key).exists(), "its file is kept");
     for r in &before[1..] {
-        assert!(!Path::new(&r.storage_key).exists(), "{} deleted", r.storage_key);
+        assert!(
+            !Path::new(&r.storage_key).exists(),
+            "{} deleted",
+            r.storage_key
+        );
     }
 
     // 4. Both readers go on to the end.
@@ -211,7 +215,10 @@ async fn readers_complete_while_retention_runs(index: &crate::support::Index) {
     let errors = ffmpeg_decode_errors(&exported.display().to_string());
     assert!(errors.trim().is_empty(), "export: {errors}");
     let secs = duration_s(&exported);
-    assert!((secs - oldest_s).abs() <= 0.1, "export {secs} s of {oldest_s} s");
+    assert!(
+        (secs - oldest_s).abs() <= 0.1,
+        "export {secs} s of {oldest_s} s"
+    );
 
     ws.send(Message::Text("more".into())).await.expect("more");
     let mut eos = false;
@@ -233,7 +240,10 @@ async fn readers_complete_while_retention_runs(index: &crate::support::Index) {
     let errors = ffmpeg_decode_errors(&playback.display().to_string());
     assert!(errors.trim().is_empty(), "playback: {errors}");
     let secs = duration_s(&playback);
-    assert!((secs - oldest_s).abs() <= 1.0, "played {secs} s of {oldest_s} s");
+    assert!(
+        (secs - oldest_s).abs() <= 1.0,
+        "played {secs} s of {oldest_s} s"
+    );
 
     // 5. The readers are gone: their leases are cleared and the next pass deletes the segment.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -242,7 +252,10 @@ async fn readers_complete_while_retention_runs(index: &crate::support::Index) {
         .expect("lease")
         .is_some()
     {
-        assert!(Instant::now() < deadline, "lease cleared after the readers left");
+        assert!(
+            Instant::now() < deadline,
+            "lease cleared after the readers left"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.state.archive.leases.held_count(), 0);

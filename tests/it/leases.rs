@@ -15,7 +15,7 @@ use crate::db_uploads::segment;
 use crate::support::InProcess;
 
 /// Polls `f` until it is true, for at most 10 s.
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -52,16 +52,24 @@ both_engines!(
         assert_eq!(leases.refused.load(Ordering::Relaxed), 1);
         let second = leases.acquire_one(db, a).await.expect("lease").expect("a");
         let until = lq::lease_until(db, a).await.expect("read").expect("leased");
-        assert!(until > video_server::db::now_us() + 30_000_000, "about a minute ahead");
+        assert!(
+            until > video_server::db::now_us() + 30_000_000,
+            "about a minute ahead"
+        );
 
         // Retention sees no candidate, and cannot mark a leased row even if it read it earlier.
         assert!(candidates(db, s).await.is_empty());
         // The uploader claims nothing.
-        assert!(segments::claim_uploads(db, 0, 10).await.expect("claim").is_empty());
+        assert!(
+            segments::claim_uploads(db, 0, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
 
         // The first reader leaves: `b` is free again, `a` still held by the second.
         drop(first);
-        until("b's lease cleared", async || {
+        wait_until("b's lease cleared", async || {
             lq::lease_until(db, b).await.expect("read").is_none()
         })
         .await;
@@ -79,7 +87,11 @@ both_engines!(
                 .await
                 .expect("complete")
         );
-        assert!(segments::release_leased_upload(db, b).await.expect("release"));
+        assert!(
+            segments::release_leased_upload(db, b)
+                .await
+                .expect("release")
+        );
         let row = segments::get(db, b).await.expect("get").expect("row");
         assert_eq!(
             (row.storage.as_str(), row.upload_state.as_str()),
@@ -87,7 +99,7 @@ both_engines!(
         );
         // Not leased: `release_leased_upload` leaves an upload alone.
         drop((second, third));
-        until("leases cleared", async || {
+        wait_until("leases cleared", async || {
             lq::lease_until(db, a).await.expect("read").is_none()
                 && lq::lease_until(db, b).await.expect("read").is_none()
         })
@@ -95,8 +107,16 @@ both_engines!(
         assert_eq!(leases.held_count(), 0);
         let claimed = segments::claim_uploads(db, 0, 10).await.expect("claim");
         assert_eq!(claimed.len(), 2);
-        assert!(!segments::release_leased_upload(db, a).await.expect("release"));
-        assert!(segments::complete_upload(db, a, "bucket", "key-a").await.expect("complete"));
+        assert!(
+            !segments::release_leased_upload(db, a)
+                .await
+                .expect("release")
+        );
+        assert!(
+            segments::complete_upload(db, a, "bucket", "key-a")
+                .await
+                .expect("complete")
+        );
         assert!(segments::release_upload(db, b).await.expect("release"));
 
         // A row marked `deleting` cannot be leased any more.
@@ -180,7 +200,12 @@ async fn playback_of_a_long_segment_reads_it_by_fragment() {
     let stats = &s.state.archive.playback;
     let query = format!("stream_id={id}&start={}", wall0 / 1_000_000);
     let p = crate::playback::play(&s.video, &query, true, false).await;
-    assert_eq!(p.texts.last().map(String::as_str), Some("eos"), "{:?}", p.close);
+    assert_eq!(
+        p.texts.last().map(String::as_str),
+        Some("eos"),
+        "{:?}",
+        p.close
+    );
     let secs = crate::playback::media_seconds(tmp.path(), "long.mp4", &p);
     assert!((secs - len_us as f64 / 1e6).abs() <= 1.0, "played {secs} s");
 
@@ -194,9 +219,16 @@ async fn playback_of_a_long_segment_reads_it_by_fragment() {
         fragments.len()
     );
     // The fragment read plus the fragment written from it (a little larger: new headers).
-    assert!(peak <= 2 * largest + 4096, "peak {peak} vs fragment {largest}");
+    assert!(
+        peak <= 2 * largest + 4096,
+        "peak {peak} vs fragment {largest}"
+    );
     assert!(largest_read <= largest, "largest read {largest_read}");
-    assert!(peak * 100 < file.len() as u64, "peak {peak} vs file {}", file.len());
+    assert!(
+        peak * 100 < file.len() as u64,
+        "peak {peak} vs file {}",
+        file.len()
+    );
     assert!(
         read >= file.len() as u64 && read <= file.len() as u64 * 11 / 10,
         "read {read} of {}",
@@ -204,6 +236,9 @@ async fn playback_of_a_long_segment_reads_it_by_fragment() {
     );
     assert_eq!(stats.whole_segment_reads.load(Ordering::Relaxed), 0);
     // The session's lease was released.
-    until("lease released", async || s.state.archive.leases.held_count() == 0).await;
+    wait_until("lease released", async || {
+        s.state.archive.leases.held_count() == 0
+    })
+    .await;
     let _ = s.stop().await;
 }
