@@ -13,6 +13,7 @@ mod config_go;
 mod db_reports;
 mod db_streams;
 mod db_uploads;
+mod documented;
 mod e2e;
 mod export;
 mod faults;
