@@ -339,8 +339,10 @@ async fn imported_go_archive_plays_back() {
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4");
     let r = reqwest::Client::new()
         .post(format!("{}/api/v1/streams", s.api))
-        .json(&serde_json::json!({"id": archive.stream.to_string(), "name": "Imported",
-            "enabled": false, "source": {"kind": "file", "path": demo.display().to_string()}}))
+        .json(
+            &serde_json::json!({"id": archive.stream.to_string(), "name": "Imported",
+            "enabled": false, "source": {"kind": "file", "path": demo.display().to_string()}}),
+        )
         .send()
         .await
         .expect("create");

@@ -124,8 +124,7 @@ async fn archive_ws_close_reasons() {
     assert_eq!(r.status(), 404);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(
-        v["error"]["message"],
-        "archive not available: archive serving not enabled globally",
+        v["error"]["message"], "archive not available: archive serving not enabled globally",
         "{v}"
     );
     s.stop().await;
