@@ -137,10 +137,10 @@ const tileSel = (id) => `.tile[data-stream-id="${id}"]`;
 /**
  * Judges what the <video> matching `sel` shows with the tests' picture checks (e2e/picture.mjs):
  * the demo clip's colour bars where they belong, the frames the media time says (against the
- * reference clip), a changing picture, about 25 decoded frames per second. Samples taken before
+ * reference clip), a changing picture, about `fps` decoded frames per second (null: any rate). Samples taken before
  * the call are dropped; it samples until the verdict is in (at most `timeoutMs`).
  */
-async function checkDemoPicture(page, sel, timeoutMs = 20_000) {
+async function checkDemoPicture(page, sel, timeoutMs = 20_000, fps = 25) {
   const index = await page.evaluate((q) => [...document.querySelectorAll('video')].indexOf(document.querySelector(q)), sel);
   if (index < 0) throw new Error(`no video at ${sel}`);
   await takeSamples(page);
@@ -151,7 +151,7 @@ async function checkDemoPicture(page, sel, timeoutMs = 20_000) {
   while (Date.now() < deadline) {
     await sleep(500);
     samples.push(...(await takeSamples(page)).filter((x) => x.video === index));
-    verdict = analysePicture(samples, { picture: 'demo', reference, expectSize: '640x360', fps: 25, minSamples: 8 });
+    verdict = analysePicture(samples, { picture: 'demo', reference, expectSize: '640x360', fps, minSamples: 8 });
     if (verdict.ok || verdict.final) break;
   }
   if (!verdict || !verdict.ok) throw new Error(`wrong picture at ${sel}: ${verdict ? verdict.failures.join('; ') : 'no samples'}`);
@@ -450,8 +450,9 @@ async function scenarioTiles(page) {
   });
   const fps = per.map((p) => p.fps).sort((x, y) => x - y);
   await shot(page, 'grid-16.png');
-  // The first tile's picture is the demo clip's (after the measurement: the probe draws it).
-  const picture = cfg.picture ? await checkDemoPicture(page, `${tileSel(ids[0])} video`) : null;
+  // The first tile's picture is the demo clip's (after the measurement: the probe draws it). Its
+  // frame rate is the measurement's (16 software decoders on a loaded machine fall below 25).
+  const picture = cfg.picture ? await checkDemoPicture(page, `${tileSel(ids[0])} video`, 20_000, null) : null;
   return {
     ok: true, tiles: per.length, measureS: cfg.measureS, picture,
     minFps: fps[0], medianFps: fps[Math.floor(fps.length / 2)], maxFps: fps[fps.length - 1],
