@@ -22,6 +22,7 @@ mod file_source;
 mod go_routes;
 mod import_archive;
 mod live;
+mod metrics;
 mod openapi;
 mod playback;
 mod recorder;
