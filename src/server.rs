@@ -175,7 +175,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             api: api_addr.map(|a| a.port()),
         },
         auth,
+        metrics: Default::default(),
     };
+    state
+        .metrics
+        .add_pool("recorder", manager.recorder_db().clone());
     // Stopped after the listeners have drained, so the last requests' entries are written.
     let audit_stop = CancellationToken::new();
     let audit_writer = state.auth.spawn_audit_writer(audit_stop.clone());
@@ -220,6 +224,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`
     // and whenever a recorder finds its disk full.
     let upkeep_db = db.sibling(UPKEEP_CONNECTIONS);
+    state.metrics.add_pool("upkeep", upkeep_db.clone());
     let retention = crate::archive::retention::Retention::new(
         upkeep_db.clone(),
         state.archive.clone(),

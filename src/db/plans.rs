@@ -89,6 +89,11 @@ pub async fn count_ready_uploads(db: &Db) -> Result<Vec<String>> {
     explain(db, segments::COUNT_READY_UPLOADS_SQL, |q| q).await
 }
 
+/// Plan of [`segments::upload_queues`] (the outbox per stream, for metrics).
+pub async fn upload_queues(db: &Db) -> Result<Vec<String>> {
+    explain(db, segments::UPLOAD_QUEUES_SQL, |q| q).await
+}
+
 /// Plan of the API's segment page ([`pages::segments`]): the first page of `stream_id`'s
 /// segments overlapping `[from_us, to_us)`.
 pub async fn segment_page(db: &Db, stream_id: Uuid, from: i64, to: i64) -> Result<Vec<String>> {

@@ -720,3 +720,34 @@ pub async fn upload_state_counts(db: &Db) -> Result<UploadStateCounts> {
         remote,
     })
 }
+
+/// One stream's part of the upload outbox: closed segments not yet in S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadQueue {
+    pub stream_id: Uuid,
+    /// Closed segments waiting for upload or being uploaded.
+    pub segments: i64,
+    /// End (µs) of the oldest of them: how long footage has waited for its upload.
+    pub oldest_end_us: i64,
+}
+
+/// The statement of [`upload_queues`]; `db::plans` explains it.
+pub(crate) const UPLOAD_QUEUES_SQL: &str = "SELECT stream_id, COUNT(*), MIN(end_us) FROM segments \
+    WHERE upload_state IN ('local', 'uploading') AND state = 'complete' \
+    GROUP BY stream_id ORDER BY stream_id";
+
+/// The upload outbox per stream, for metrics. Reads only the partial index
+/// `segments_upload_pending` (its predicate repeated word for word), so it costs the outbox's
+/// size, not the archive's: nothing when S3 is not used, a few rows when uploads keep up.
+pub async fn upload_queues(db: &Db) -> Result<Vec<UploadQueue>> {
+    let rows: Vec<(DbUuid, i64, i64)> =
+        with_pool!(db, p => sqlx::query_as(UPLOAD_QUEUES_SQL).fetch_all(p).await?);
+    Ok(rows
+        .into_iter()
+        .map(|(id, segments, oldest_end_us)| UploadQueue {
+            stream_id: id.0,
+            segments,
+            oldest_end_us,
+        })
+        .collect())
+}

@@ -169,7 +169,7 @@ crate::on_both_engines!(
 async fn chromium_plays_signed_urls_with_auth_on() {
     let dir = tempfile::tempdir().expect("tmp");
     let pages = PageSockets::bind(2);
-    let (server, query) = signed_setup(dir.path(), &pages, "").await;
+    let (server, query) = signed_setup(dir.path(), &pages, "fmp4").await;
     let video = server.video.clone();
     let jobs = serde_json::json!([
         {"NAME": "mse", "MODE": "mse", "QUERY": query},
@@ -192,7 +192,7 @@ async fn chromium_plays_signed_urls_with_auth_on() {
 async fn chromium_plays_mpegts_hls_through_signed_urls() {
     let dir = tempfile::tempdir().expect("tmp");
     let pages = PageSockets::bind(1);
-    let (server, query) = signed_setup(dir.path(), &pages, "segment_format = \"mpegts\"\n").await;
+    let (server, query) = signed_setup(dir.path(), &pages, "mpegts").await;
     let playlist = reqwest::get(format!("http://{}/hls/{DEMO}.m3u8?{query}", server.video))
         .await
         .expect("get")
@@ -218,9 +218,13 @@ async fn chromium_plays_mpegts_hls_through_signed_urls() {
     assert!(server.terminate());
 }
 
-/// The shipped setup with auth on, `hls_extra` added to its `[hls]` table; returns the server
-/// and a signed query for live viewing of the demo stream.
-async fn signed_setup(dir: &Path, pages: &PageSockets, hls_extra: &str) -> (ServerProcess, String) {
+/// The shipped setup with auth on and HLS segments in `segment_format`; returns the server and a
+/// signed query for live viewing of the demo stream.
+async fn signed_setup(
+    dir: &Path,
+    pages: &PageSockets,
+    segment_format: &str,
+) -> (ServerProcess, String) {
     shipped_setup(dir);
     allow_pages(dir, pages);
     let token_file = dir.join("admin.token");
@@ -228,8 +232,15 @@ async fn signed_setup(dir: &Path, pages: &PageSockets, hls_extra: &str) -> (Serv
     std::fs::write(&token_file, admin).expect("token file");
     let path = dir.join("conf.toml");
     let conf = std::fs::read_to_string(&path).expect("conf");
-    assert!(conf.contains("[hls]\n"), "the shipped [hls] table");
-    let conf = conf.replacen("[hls]\n", &format!("[hls]\n{hls_extra}"), 1);
+    let shipped_format = "segment_format = \"fmp4\"\n";
+    assert!(
+        conf.contains(shipped_format),
+        "the shipped [hls] segment_format"
+    );
+    let conf = conf.replace(
+        shipped_format,
+        &format!("segment_format = \"{segment_format}\"\n"),
+    );
     assert!(
         conf.contains("[auth]\nenabled = false\n"),
         "the shipped [auth] table"

@@ -353,6 +353,26 @@ async fn play_archive(
     (parts, texts)
 }
 
+/// MD5 of every decoded video picture of `path`, in presentation order.
+fn video_frame_md5s(path: &Path) -> Vec<String> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|m| m.trim().to_owned()))
+        .collect()
+}
+
 /// Rewrites the progressive MP4 `src` (ffmpeg's layout: `ftyp`, `mdat` with a 32-bit size,
 /// `moov` last) into the layout the Go original's muxer writes: its `ftyp` brands, an `mdat`
 /// with a 64-bit size, the `moov` after it with chunk offsets moved to match, and edit lists
@@ -532,10 +552,24 @@ async fn go_muxer_files_import_play_and_export() {
         first_frame_md5(&mixed, None),
         first_frame_md5(&clip, Some(2.5))
     );
-    // The recorded part begins with the clip's first frame.
-    assert_eq!(
-        first_frame_md5(&mixed, Some(1.5)),
-        first_frame_md5(&clip, None)
+    // Every picture in order: the imported file's from 2.5 s to its end, then the recorded
+    // segments' from their first.
+    let (clip_frames, mixed_frames) = (video_frame_md5s(&clip), video_frame_md5s(&mixed));
+    let first = clip_frames
+        .iter()
+        .position(|m| *m == mixed_frames[0])
+        .expect("the first exported picture is one of the clip's");
+    let expected: Vec<&String> = clip_frames[first..].iter().chain(&clip_frames).collect();
+    assert!(
+        mixed_frames.len() > clip_frames.len() - first + 25,
+        "{}",
+        mixed_frames.len()
     );
+    for (i, m) in mixed_frames.iter().enumerate() {
+        assert_eq!(
+            m, expected[i],
+            "picture {i} of the export ({first} of the clip first)"
+        );
+    }
     let _ = s.stop().await;
 }

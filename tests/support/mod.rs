@@ -310,6 +310,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         uploads: Default::default(),
         auth,
         listeners: Default::default(),
+        metrics: Default::default(),
     }
 }
 
