@@ -81,7 +81,7 @@ impl Binder<'_> {
 /// Plan of [`segments::claim_uploads`] (the uploader's claim of the oldest closed local rows).
 pub async fn claim_uploads(db: &Db) -> Result<Vec<String>> {
     let sql = segments::claim_uploads_sql();
-    explain(db, &sql, |q| q.i64(2).i64(0)).await
+    explain(db, &sql, |q| q.i64(2).i64(0).i64(0)).await
 }
 
 /// Plan of [`segments::ready_uploads`] (the uploader's look at the queue before claiming).
