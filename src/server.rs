@@ -175,6 +175,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             api: api_addr.map(|a| a.port()),
         },
         auth,
+        limits: Arc::new(crate::limits::Limits::new(&config)),
     };
     // Stopped after the listeners have drained, so the last requests' entries are written.
     let audit_stop = CancellationToken::new();

@@ -59,6 +59,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The bound listener ports (0 / `None` in router tests that bind nothing).
     pub listeners: ListenerPorts,
+    /// Viewers, archive sessions and exports held at once (`[limits]`).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// The API router and the OpenAPI document it implements: the routes' own annotations, then the

@@ -20,6 +20,7 @@ mod faults_io;
 mod file_source;
 mod go_routes;
 mod import_archive;
+mod limits;
 mod live;
 mod openapi;
 mod playback;
