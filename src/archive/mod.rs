@@ -108,7 +108,7 @@ mod tests {
             buckets: Vec::new(),
         };
         let s3 = s3.then(|| S3Storage::new(&cfg, &Default::default()).expect("valid settings"));
-        Archive::with_storages(Arc::new(storage::fs::FsStorage), s3, 1)
+        Archive::with_storages(Arc::new(storage::fs::FsStorage), s3)
     }
 
     fn same(a: &Arc<dyn Storage>, b: *const ()) -> bool {

@@ -183,18 +183,23 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
     let _viewer = rt.demand.viewer();
     let mut sub = rt.hub.subscribe(VIEWER_QUEUE);
     let mut params = rt.hub.params();
-    let got_codecs = tokio::select! {
+    let waited = tokio::select! {
         r = tokio::time::timeout(super::ws::CODEC_WAIT, params.wait_for(Option::is_some)) => {
-            Some(matches!(r, Ok(Ok(_))))
+            Ok(Some(matches!(r, Ok(Ok(_)))))
         }
         // The viewer may leave while waiting.
-        err = wait_closed(&mut socket) => {
+        err = wait_closed(&mut socket) => Err(err),
+        _ = rt.stopped() => Ok(None),
+    };
+    // (Answered outside the select: its futures, a lock guard among them, are gone by now.)
+    let got_codecs = match waited {
+        Ok(g) => g,
+        Err(err) => {
             if let Some(e) = err {
                 close_read_error(&mut socket, &e, max_message).await;
             }
             return;
         }
-        _ = rt.stopped() => None,
     };
     let Some(got_codecs) = got_codecs else {
         close_stopped(&mut socket).await;
