@@ -155,6 +155,19 @@ pub struct HlsConfig {
     pub directory: String,
     pub window_size: usize,
     pub window_capacity: usize,
+    /// Ours: `fmp4` (default, version-7 playlists with `EXT-X-MAP`) or `mpegts` (version-3
+    /// playlists with `.ts` segments, as the Go original wrote, for players without fMP4).
+    pub segment_format: SegmentFormat,
+}
+
+/// Container of live HLS segments (`[hls] segment_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentFormat {
+    #[default]
+    Fmp4,
+    #[serde(alias = "ts", alias = "MPEGTS", alias = "MpegTS")]
+    Mpegts,
 }
 
 impl Default for HlsConfig {
@@ -164,6 +177,7 @@ impl Default for HlsConfig {
             directory: "./hls".into(),
             window_size: 5,
             window_capacity: 10,
+            segment_format: SegmentFormat::Fmp4,
         }
     }
 }
@@ -1198,6 +1212,18 @@ mod tests {
     fn window_size_is_clamped_to_capacity() {
         let c = toml("[hls]\nwindow_size = 20\nwindow_capacity = 4\n").expect("valid");
         assert_eq!(c.hls.window_size, 4);
+    }
+
+    #[test]
+    fn hls_segment_format_is_fmp4_unless_mpegts_is_asked_for() {
+        assert_eq!(
+            toml("").expect("valid").hls.segment_format,
+            SegmentFormat::Fmp4
+        );
+        let c = toml("[hls]\nsegment_format = \"mpegts\"\n").expect("valid");
+        assert_eq!(c.hls.segment_format, SegmentFormat::Mpegts);
+        let err = toml("[hls]\nsegment_format = \"webm\"\n").expect_err("unknown format");
+        assert!(err.to_string().contains("hls.segment_format"), "{err}");
     }
 
     #[test]

@@ -18,8 +18,9 @@
 //!   segment byte ranges (HTTP Range). Memory is O(samples) for the tables (about 4 bytes per
 //!   sample, plus 32 bytes per fragment), never O(bytes).
 //!
-//! Only segments we recorded (fragmented MP4) can be exported; a progressive Go archive file
-//! imported as a segment is reported as [`ExportError::Unsupported`].
+//! Segments we recorded (fragmented MP4) and progressive files imported from a Go archive (`moov`
+//! at either end, 32- or 64-bit `mdat`) are both read this way: for the latter only the `moov`
+//! is read, and its sample tables locate the samples (one range per chunk of samples).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -31,7 +32,8 @@ use uuid::Uuid;
 use super::storage::{Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
 use crate::db::{Db, DbError};
-use crate::media::fmp4::{parse_init, parse_moof};
+use crate::media::fmp4::{is_fragmented_init, parse_init, parse_moof};
+use crate::media::mp4file::index_progressive;
 use crate::media::progressive::{Presentation, TrackTables, rescale, write_head};
 use crate::media::{MediaError, StreamParams, TrackKind};
 
@@ -49,6 +51,10 @@ const SEGMENT_READS_IN_FLIGHT: usize = 4;
 /// First read of a segment and of each fragment header: enough for `ftyp`+`moov` and a `moof`
 /// of about a second of video and audio. Later reads follow the last `moof`'s size.
 const HEADER_READ: u64 = 4096;
+
+/// Largest `moov` read while planning: far above the tables of 24 h of video with audio (~30
+/// MB), so only a hostile file is refused.
+const MAX_MOOV_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Bumped when the output format changes, so clients' cached copies are not reused (`ETag`).
 const FORMAT_VERSION: &str = "export-v1";
@@ -566,6 +572,31 @@ async fn read_segment(
         let end = pos + size;
         match &box_type {
             b"moov" => {
+                if size > MAX_MOOV_BYTES {
+                    return Err(r.unsupported(format!("a moov box of {size} bytes")));
+                }
+                let moov = r.get(pos, size).await?;
+                if !is_fragmented_init(&moov) {
+                    // A progressive file (an imported Go segment): its sample tables say where
+                    // every sample is, wherever the moov lies.
+                    let (params, indexed) = index_progressive(&moov, limit).map_err(media)?;
+                    let samples = indexed
+                        .into_iter()
+                        .map(|s| {
+                            Ok(SegSample {
+                                track: s.track,
+                                dts: s.dts,
+                                duration: s.duration,
+                                cts: s.cts_offset,
+                                keyframe: s.keyframe,
+                                offset: s.range.start,
+                                size: u32::try_from(s.range.end - s.range.start)
+                                    .map_err(|_| r.unsupported("sample over 4 GiB".into()))?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ExportError>>()?;
+                    return Ok(SegmentSamples { params, samples });
+                }
                 let init = r.get(0, end).await?;
                 params = Some(parse_init(&init).map_err(media)?);
             }
@@ -601,11 +632,7 @@ async fn read_segment(
                 pos = end + mdat_size;
                 continue;
             }
-            b"mdat" => {
-                return Err(
-                    r.unsupported("not a fragmented MP4 (an imported progressive file?)".into())
-                );
-            }
+            // A progressive file's media data before its moov (as the Go muxer writes): skipped.
             _ => {}
         }
         pos = end;
@@ -1191,7 +1218,7 @@ mod tests {
             .unwrap();
         assert_eq!(seg.samples.len(), 25 + 47);
 
-        // A progressive MP4 (mdat before moov) is refused; a missing file is NotFound.
+        // Media data without a moov is refused; a missing file is NotFound.
         let prog = dir.path().join("prog.mp4");
         let mut data = vec![0, 0, 0, 16];
         data.extend_from_slice(b"mdat");
@@ -1217,5 +1244,31 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// A progressive file (the demo clip, and the same with its moov moved behind a 64-bit mdat
+    /// as the Go muxer writes) is indexed from its moov alone: the samples, times and bytes of
+    /// every frame `Mp4File` reads from the whole file.
+    #[tokio::test]
+    async fn progressive_files_are_indexed_from_their_moov() {
+        use crate::media::mp4file::Mp4File;
+        let demo = std::fs::read("assets/demo.mp4").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.mp4");
+        std::fs::write(&path, &demo).unwrap();
+        let clip = Mp4File::open(&path).unwrap();
+        let seg = read_segment(&FsStorage, path.to_str().unwrap(), demo.len() as u64, 3)
+            .await
+            .unwrap();
+        assert!(seg.params.same_codecs(clip.params()));
+        assert_eq!(seg.samples.len(), clip.frames_ref().len());
+        for (s, f) in seg.samples.iter().zip(clip.frames_ref()) {
+            assert_eq!(
+                (s.track, s.dts, s.duration, s.cts, s.keyframe),
+                (f.track, f.dts, f.duration, f.cts_offset, f.keyframe)
+            );
+            let at = s.offset as usize;
+            assert_eq!(&demo[at..at + s.size as usize], &f.data[..]);
+        }
     }
 }

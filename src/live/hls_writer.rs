@@ -1,12 +1,14 @@
-//! Live HLS: fMP4/CMAF segments and a sliding-window playlist written from a stream's hub.
+//! Live HLS: fMP4/CMAF segments (default) or MPEG-TS segments (`[hls] segment_format =
+//! "mpegts"`, version-3 playlists as the Go original wrote) and a sliding-window playlist written
+//! from a stream's hub.
 //!
 //! * Segments are cut at the first keyframe after `ms_per_segment` (the original's rule).
 //! * `window_size` segments are listed; `window_capacity` are kept on disk (the original's ring).
 //! * Every file is written to a temporary name and renamed, so readers never see partial files.
-//! * Names carry a per-writer token (`<uuid>_<token>_<seq>.m4s`), so a restarted stream never
+//! * Names carry a per-writer token (`<uuid>_<token>_<seq>.m4s`, or `.ts`), so a restarted stream never
 //!   reuses a name and the delayed clean-up of an old writer cannot delete a new writer's files.
 //! * A source restart or codec change starts a new segment with `EXT-X-DISCONTINUITY` (and a new
-//!   `EXT-X-MAP` when the codecs changed).
+//!   `EXT-X-MAP` when the codecs changed; MPEG-TS segments carry their own PAT/PMT instead).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -19,9 +21,10 @@ use m3u8_rs::{Map, MediaPlaylist, MediaSegment};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::HlsConfig;
+use crate::config::{HlsConfig, SegmentFormat};
 use crate::hub::{Delivery, Subscription};
 use crate::media::fmp4::{FragmentWriter, init_segment};
+use crate::media::ts::TsWriter;
 use crate::media::{Frame, StreamParams, TrackKind};
 
 /// Hub queue of the segmenter, in frames: a couple of segments' worth, so a slow disk causes a
@@ -103,7 +106,9 @@ pub struct HlsWriter {
     /// Payload bytes in `frames`.
     frames_bytes: usize,
     next_discontinuity: bool,
+    format: SegmentFormat,
     writer: FragmentWriter,
+    ts: TsWriter,
     stats: Arc<HlsStats>,
 }
 
@@ -126,7 +131,9 @@ impl HlsWriter {
             frames: Vec::new(),
             frames_bytes: 0,
             next_discontinuity: false,
+            format: cfg.segment_format,
             writer: FragmentWriter::new(),
+            ts: TsWriter::new(),
             stats: Default::default(),
         }
     }
@@ -192,10 +199,12 @@ impl HlsWriter {
                 // Wait for a keyframe with the new parameters before anything else.
                 return Ok(());
             }
-            let init = init_segment(&f.params)?;
-            let name = format!("{}init{}.mp4", self.prefix(), f.params.version);
-            write_atomic(&self.dir.join(&name), &init).await?;
-            self.init_uri = name;
+            if self.format == SegmentFormat::Fmp4 {
+                let init = init_segment(&f.params)?;
+                let name = format!("{}init{}.mp4", self.prefix(), f.params.version);
+                write_atomic(&self.dir.join(&name), &init).await?;
+                self.init_uri = name;
+            }
             self.params = Some(f.params.clone());
         }
         if self.frames.is_empty() && !sync {
@@ -250,9 +259,12 @@ impl HlsWriter {
         if frames.is_empty() {
             return Ok(());
         }
-        let data = self.writer.write(&params, &frames)?;
+        let (data, ext) = match self.format {
+            SegmentFormat::Fmp4 => (self.writer.write(&params, &frames)?, "m4s"),
+            SegmentFormat::Mpegts => (self.ts.write(&params, &frames)?.into(), "ts"),
+        };
         self.seq += 1;
-        let uri = format!("{}{:06}.m4s", self.prefix(), self.seq);
+        let uri = format!("{}{:06}.{ext}", self.prefix(), self.seq);
         write_atomic(&self.dir.join(&uri), &data).await?;
         self.stats.segments_written.fetch_add(1, Ordering::Relaxed);
         let first_wallclock = frames[0].wallclock_us;
@@ -288,7 +300,7 @@ impl HlsWriter {
         let mut segments = Vec::with_capacity(listed.len());
         let mut prev_map: Option<&str> = None;
         for s in &listed {
-            let map = (prev_map != Some(s.map.as_str())).then(|| Map {
+            let map = (!s.map.is_empty() && prev_map != Some(s.map.as_str())).then(|| Map {
                 uri: s.map.clone(),
                 ..Default::default()
             });
@@ -308,12 +320,14 @@ impl HlsWriter {
             .max()
             .unwrap_or(1)
             .max(1);
+        let mpegts = self.format == SegmentFormat::Mpegts;
         let playlist = MediaPlaylist {
-            version: Some(7),
+            // Version 3 (decimal EXTINF) is all MPEG-TS segments need: what older players take.
+            version: Some(if mpegts { 3 } else { 7 }),
             target_duration: target,
             media_sequence: self.seq - listed.len() as u64 + 1,
             discontinuity_sequence: self.dropped_discontinuities + hidden_discontinuities,
-            independent_segments: true,
+            independent_segments: !mpegts,
             segments,
             ..Default::default()
         };

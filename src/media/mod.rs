@@ -1,5 +1,5 @@
 //! Media types and formats: codec parameters, frames, fragmented-MP4 writing and MP4 reading,
-//! progressive-MP4 writing for exports.
+//! progressive-MP4 writing for exports, MPEG-TS segments for legacy HLS players.
 //!
 //! This module knows nothing about HTTP, SQL or S3: bytes and frames in, frames and fMP4 out.
 //!
@@ -10,6 +10,7 @@ pub mod codec;
 pub mod fmp4;
 pub mod mp4file;
 pub mod progressive;
+pub mod ts;
 
 use std::sync::Arc;
 

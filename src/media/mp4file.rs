@@ -101,66 +101,33 @@ impl Mp4File {
             )));
         }
         let moov = fmp4::find_moov(&data)?;
-        let movie_timescale = moov.mvhd_box.timescale.get();
         let mut skipped = Vec::new();
-        let mut video: Option<Track> = None;
-        let mut audio: Option<Track> = None;
-        for (trak_index, trak) in moov.trak_boxes.iter().enumerate() {
-            let id = trak.tkhd_box.track_id;
-            match Track::from_trak(trak, trak_index, movie_timescale) {
-                Ok(t) => {
-                    let slot = match t.kind {
-                        TrackKind::Video => &mut video,
-                        TrackKind::Audio => &mut audio,
-                    };
-                    if slot.is_some() {
-                        skipped.push(format!("track {id}: another {:?} track is used", t.kind));
-                    } else {
-                        *slot = Some(t);
-                    }
-                }
-                Err(reason) => skipped.push(format!("track {id}: {reason}")),
-            }
-        }
-        if video.is_none() && audio.is_none() {
-            return Err(MediaError::Unsupported(format!(
-                "no H.264, H.265 or AAC track ({})",
-                skipped.join("; ")
-            )));
-        }
-        let mut tracks: Vec<Track> = video.into_iter().chain(audio).collect();
-
-        // Progressive samples (a fragmented file may also have some in its moov).
-        let mut total = 0usize;
-        for (index, t) in tracks.iter_mut().enumerate() {
-            let trak = &moov.trak_boxes[t.trak_index];
-            t.samples = stbl_samples(trak, index, data.len(), MAX_SAMPLES - total)?;
-            total += t.samples.len();
-        }
+        let (mut tracks, total) = select_tracks(&moov, data.len() as u64, &mut skipped)?;
         let fragmented = moov.mvex_box.is_some();
         let truncated = fragmented && read_fragments(&data, &moov, &mut tracks, total)?;
-        tracks.retain(|t| {
-            if t.samples.is_empty() {
-                skipped.push(format!("track {}: no samples", t.track_id));
-            }
-            !t.samples.is_empty()
+        let (tracks, params) = used_tracks(tracks, &mut skipped)?;
+        let params = Arc::new(params);
+        let (per_track, duration_us) = timeline(&tracks)?;
+        let mut per_track = per_track.into_iter().map(|samples| {
+            samples
+                .into_iter()
+                .map(|s| Frame {
+                    track: s.track,
+                    dts: s.dts,
+                    duration: s.duration,
+                    cts_offset: s.cts_offset,
+                    keyframe: s.keyframe,
+                    wallclock_us: 0,
+                    data: data.slice(s.range.start as usize..s.range.end as usize),
+                    params: params.clone(),
+                })
+                .collect::<Vec<Frame>>()
         });
-        if tracks.is_empty() {
-            return Err(MediaError::InvalidMp4("no samples".into()));
-        }
-
-        let params = Arc::new(StreamParams {
-            version: 0,
-            video: tracks.iter().find_map(|t| match &t.params {
-                TrackParams::Video(v) => Some(v.clone()),
-                TrackParams::Audio(_) => None,
-            }),
-            audio: tracks.iter().find_map(|t| match &t.params {
-                TrackParams::Audio(a) => Some(a.clone()),
-                TrackParams::Video(_) => None,
-            }),
-        });
-        let (frames, duration_us) = build_frames(&data, &tracks, &params)?;
+        let first = per_track.next().unwrap_or_default();
+        let frames = match per_track.next() {
+            Some(second) => interleave(first, second, |f| (f.dts, params.timescale(f.track))),
+            None => first,
+        };
         Ok(Mp4File {
             params,
             frames,
@@ -212,6 +179,115 @@ impl Mp4File {
     pub fn is_truncated(&self) -> bool {
         self.truncated
     }
+}
+
+/// One sample of a progressive file on the same timeline as [`Mp4File`]'s frames, located by its
+/// byte range in the file instead of carrying its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedSample {
+    pub track: TrackKind,
+    pub dts: i64,
+    pub duration: u32,
+    pub cts_offset: i32,
+    pub keyframe: bool,
+    pub range: std::ops::Range<u64>,
+}
+
+/// Indexes a progressive MP4 of `file_len` bytes from its `moov` box alone (`moov` holds the
+/// box's bytes): the codec parameters (version 0) and every sample, interleaved by decode time,
+/// with the timestamps [`Mp4File`] would give its frames. Exports use it to copy an imported
+/// file's samples without reading the file whole. A fragmented file is `Unsupported`.
+pub fn index_progressive(
+    moov: &[u8],
+    file_len: u64,
+) -> Result<(StreamParams, Vec<IndexedSample>), MediaError> {
+    let moov = fmp4::find_moov(moov)?;
+    if moov.mvex_box.is_some() {
+        return Err(MediaError::Unsupported("a fragmented MP4".into()));
+    }
+    let mut skipped = Vec::new();
+    let (tracks, _) = select_tracks(&moov, file_len, &mut skipped)?;
+    let (tracks, params) = used_tracks(tracks, &mut skipped)?;
+    let (per_track, _) = timeline(&tracks)?;
+    let mut per_track = per_track.into_iter();
+    let first = per_track.next().unwrap_or_default();
+    let samples = match per_track.next() {
+        Some(second) => interleave(first, second, |s| (s.dts, params.timescale(s.track))),
+        None => first,
+    };
+    Ok((params, samples))
+}
+
+/// The tracks of `moov` we use (the first video and the first audio track we can read), with
+/// their progressive samples (a fragmented file may also have some in its moov), and how many
+/// samples that is. Tracks left out are described in `skipped`.
+fn select_tracks(
+    moov: &MoovBox,
+    file_len: u64,
+    skipped: &mut Vec<String>,
+) -> Result<(Vec<Track>, usize), MediaError> {
+    let movie_timescale = moov.mvhd_box.timescale.get();
+    let mut video: Option<Track> = None;
+    let mut audio: Option<Track> = None;
+    for (trak_index, trak) in moov.trak_boxes.iter().enumerate() {
+        let id = trak.tkhd_box.track_id;
+        match Track::from_trak(trak, trak_index, movie_timescale) {
+            Ok(t) => {
+                let slot = match t.kind {
+                    TrackKind::Video => &mut video,
+                    TrackKind::Audio => &mut audio,
+                };
+                if slot.is_some() {
+                    skipped.push(format!("track {id}: another {:?} track is used", t.kind));
+                } else {
+                    *slot = Some(t);
+                }
+            }
+            Err(reason) => skipped.push(format!("track {id}: {reason}")),
+        }
+    }
+    if video.is_none() && audio.is_none() {
+        return Err(MediaError::Unsupported(format!(
+            "no H.264, H.265 or AAC track ({})",
+            skipped.join("; ")
+        )));
+    }
+    let mut tracks: Vec<Track> = video.into_iter().chain(audio).collect();
+    let mut total = 0usize;
+    for (index, t) in tracks.iter_mut().enumerate() {
+        let trak = &moov.trak_boxes[t.trak_index];
+        t.samples = stbl_samples(trak, index, file_len, MAX_SAMPLES - total)?;
+        total += t.samples.len();
+    }
+    Ok((tracks, total))
+}
+
+/// Drops tracks without samples (noted in `skipped`); the parameters of those left.
+fn used_tracks(
+    mut tracks: Vec<Track>,
+    skipped: &mut Vec<String>,
+) -> Result<(Vec<Track>, StreamParams), MediaError> {
+    tracks.retain(|t| {
+        if t.samples.is_empty() {
+            skipped.push(format!("track {}: no samples", t.track_id));
+        }
+        !t.samples.is_empty()
+    });
+    if tracks.is_empty() {
+        return Err(MediaError::InvalidMp4("no samples".into()));
+    }
+    let params = StreamParams {
+        version: 0,
+        video: tracks.iter().find_map(|t| match &t.params {
+            TrackParams::Video(v) => Some(v.clone()),
+            TrackParams::Audio(_) => None,
+        }),
+        audio: tracks.iter().find_map(|t| match &t.params {
+            TrackParams::Audio(a) => Some(a.clone()),
+            TrackParams::Video(_) => None,
+        }),
+    };
+    Ok((tracks, params))
 }
 
 /// A track we use, with its samples in its own timescale.
@@ -294,7 +370,7 @@ impl Track {
 fn stbl_samples(
     trak: &TrakBox,
     index: usize,
-    file_len: usize,
+    file_len: u64,
     budget: usize,
 ) -> Result<Vec<RawSample>, MediaError> {
     let id = trak.tkhd_box.track_id;
@@ -312,7 +388,7 @@ fn stbl_samples(
         let size = u64::from(s.data_size());
         let end = offset
             .checked_add(size)
-            .filter(|&end| end <= file_len as u64)
+            .filter(|&end| end <= file_len)
             .ok_or_else(|| {
                 MediaError::InvalidMp4(format!(
                     "track {id}: sample {} ({size} bytes at {offset}) lies beyond the end of the \
@@ -407,13 +483,9 @@ fn rescale(v: i128, from: u32, to: u32) -> i128 {
     (v * i128::from(to) * 2 + i128::from(from)).div_euclid(2 * i128::from(from))
 }
 
-/// Converts every track's samples to frames in our timescales and interleaves them by time.
-/// Returns the frames and the duration of the longest track in µs.
-fn build_frames(
-    data: &Bytes,
-    tracks: &[Track],
-    params: &Arc<StreamParams>,
-) -> Result<(Vec<Frame>, i64), MediaError> {
+/// Converts every track's samples to our timescales (one list per track, in decode order).
+/// Returns them and the duration of the longest track in µs.
+fn timeline(tracks: &[Track]) -> Result<(Vec<Vec<IndexedSample>>, i64), MediaError> {
     // Start of each track on the shared presentation timeline, µs.
     let starts: Vec<i128> = tracks
         .iter()
@@ -424,7 +496,7 @@ fn build_frames(
         .collect();
     let origin = starts.iter().copied().min().unwrap_or(0);
 
-    let mut per_track: Vec<Vec<Frame>> = Vec::with_capacity(tracks.len());
+    let mut per_track: Vec<Vec<IndexedSample>> = Vec::with_capacity(tracks.len());
     let mut end_us = 0i128;
     for (t, start) in tracks.iter().zip(starts) {
         let (src, dst) = (t.timescale, t.target_timescale);
@@ -461,7 +533,7 @@ fn build_frames(
                     t.track_id
                 ))
             })?;
-            frames.push(Frame {
+            frames.push(IndexedSample {
                 track: t.kind,
                 dts: i64::try_from(dts).map_err(|_| {
                     MediaError::InvalidMp4(format!("track {}: dts out of range", t.track_id))
@@ -469,9 +541,7 @@ fn build_frames(
                 duration,
                 cts_offset,
                 keyframe: s.keyframe,
-                wallclock_us: 0,
-                data: data.slice(s.data.clone()),
-                params: params.clone(),
+                range: s.data.start as u64..s.data.end as u64,
             });
         }
         if let Some(last) = frames.last() {
@@ -483,27 +553,21 @@ fn build_frames(
 
     let duration_us = i64::try_from(end_us)
         .map_err(|_| MediaError::InvalidMp4("duration out of range".into()))?;
-    let mut tracks_iter = per_track.into_iter();
-    let first = tracks_iter.next().unwrap_or_default();
-    let frames = match tracks_iter.next() {
-        Some(second) => interleave(first, second, params),
-        None => first,
-    };
-    Ok((frames, duration_us))
+    Ok((per_track, duration_us))
 }
 
-/// Merges two tracks' frames by decode time (compared across timescales); on equal times the
-/// first list's frame (video) comes first.
-fn interleave(a: Vec<Frame>, b: Vec<Frame>, params: &StreamParams) -> Vec<Frame> {
+/// Merges two tracks' samples by decode time (`time` gives a sample's decode time and its
+/// timescale; compared across timescales); on equal times the first list's sample (video) comes
+/// first.
+fn interleave<T>(a: Vec<T>, b: Vec<T>, time: impl Fn(&T) -> (i64, u32)) -> Vec<T> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let mut a = a.into_iter().peekable();
     let mut b = b.into_iter().peekable();
     loop {
         let take_a = match (a.peek(), b.peek()) {
             (Some(x), Some(y)) => {
-                let tx = i128::from(params.timescale(x.track));
-                let ty = i128::from(params.timescale(y.track));
-                i128::from(x.dts) * ty <= i128::from(y.dts) * tx
+                let ((dx, tx), (dy, ty)) = (time(x), time(y));
+                i128::from(dx) * i128::from(ty) <= i128::from(dy) * i128::from(tx)
             }
             (Some(_), None) => true,
             (None, Some(_)) => false,

@@ -168,14 +168,79 @@ crate::on_both_engines!(
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_plays_signed_urls_with_auth_on() {
     let dir = tempfile::tempdir().expect("tmp");
-    shipped_setup(dir.path());
     let pages = PageSockets::bind(2);
-    allow_pages(dir.path(), &pages);
-    let token_file = dir.path().join("admin.token");
+    let (server, query) = signed_setup(dir.path(), &pages, "fmp4").await;
+    let video = server.video.clone();
+    let jobs = serde_json::json!([
+        {"NAME": "mse", "MODE": "mse", "QUERY": query},
+        {"NAME": "hls", "MODE": "hls", "QUERY": query},
+    ]);
+    let jobs = tokio::task::spawn_blocking(move || play_jobs(&video, &pages, DEMO, jobs))
+        .await
+        .expect("browser run");
+    // Every playlist and segment request of hls.js went through the signature.
+    let statuses = jobs[1]["proxy"]["statuses"]
+        .as_object()
+        .expect("proxy statuses");
+    assert!(statuses.keys().all(|k| k == "200"), "{}", jobs[1]);
+    assert!(server.terminate());
+}
+
+/// `[hls] segment_format = "mpegts"`: hls.js plays the demo stream from a version-3 playlist of
+/// MPEG-TS segments (what legacy players need), through signed URLs with auth on.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_plays_mpegts_hls_through_signed_urls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pages = PageSockets::bind(1);
+    let (server, query) = signed_setup(dir.path(), &pages, "mpegts").await;
+    let playlist = reqwest::get(format!("http://{}/hls/{DEMO}.m3u8?{query}", server.video))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(playlist.contains("#EXT-X-VERSION:3"), "{playlist}");
+    assert!(!playlist.contains("EXT-X-MAP"), "{playlist}");
+    let segments: Vec<&str> = playlist.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(!segments.is_empty(), "{playlist}");
+    for uri in &segments {
+        assert!(uri.contains(".ts?") && uri.ends_with(&query), "{uri}");
+    }
+    let video = server.video.clone();
+    let jobs = serde_json::json!([{"NAME": "hls-ts", "MODE": "hls", "QUERY": query}]);
+    let jobs = tokio::task::spawn_blocking(move || play_jobs(&video, &pages, DEMO, jobs))
+        .await
+        .expect("browser run");
+    let statuses = jobs[0]["proxy"]["statuses"]
+        .as_object()
+        .expect("proxy statuses");
+    assert!(statuses.keys().all(|k| k == "200"), "{}", jobs[0]);
+    assert!(server.terminate());
+}
+
+/// The shipped setup with auth on and HLS segments in `segment_format`; returns the server and a
+/// signed query for live viewing of the demo stream.
+async fn signed_setup(
+    dir: &Path,
+    pages: &PageSockets,
+    segment_format: &str,
+) -> (ServerProcess, String) {
+    shipped_setup(dir);
+    allow_pages(dir, pages);
+    let token_file = dir.join("admin.token");
     let admin = "e2e-admin-token-0123456789abcdef0123456789";
     std::fs::write(&token_file, admin).expect("token file");
-    let path = dir.path().join("conf.toml");
+    let path = dir.join("conf.toml");
     let conf = std::fs::read_to_string(&path).expect("conf");
+    let shipped_format = "segment_format = \"fmp4\"\n";
+    assert!(
+        conf.contains(shipped_format),
+        "the shipped [hls] segment_format"
+    );
+    let conf = conf.replace(
+        shipped_format,
+        &format!("segment_format = \"{segment_format}\"\n"),
+    );
     assert!(
         conf.contains("[auth]\nenabled = false\n"),
         "the shipped [auth] table"
@@ -188,7 +253,7 @@ async fn chromium_plays_signed_urls_with_auth_on() {
         ),
     );
     std::fs::write(&path, conf).expect("conf");
-    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let server = ServerProcess::start(dir, &[], &[]);
     let c = reqwest::Client::new();
     let post = async |path: &str, token: &str, body: serde_json::Value| -> serde_json::Value {
         let r = c
@@ -221,18 +286,5 @@ async fn chromium_plays_signed_urls_with_auth_on() {
         .await
         .expect("get");
     assert_eq!(unsigned.status(), 401);
-    let video = server.video.clone();
-    let jobs = serde_json::json!([
-        {"NAME": "mse", "MODE": "mse", "QUERY": query},
-        {"NAME": "hls", "MODE": "hls", "QUERY": query},
-    ]);
-    let jobs = tokio::task::spawn_blocking(move || play_jobs(&video, &pages, DEMO, jobs))
-        .await
-        .expect("browser run");
-    // Every playlist and segment request of hls.js went through the signature.
-    let statuses = jobs[1]["proxy"]["statuses"]
-        .as_object()
-        .expect("proxy statuses");
-    assert!(statuses.keys().all(|k| k == "200"), "{}", jobs[1]);
-    assert!(server.terminate());
+    (server, query)
 }

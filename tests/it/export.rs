@@ -55,14 +55,14 @@ fn top_level_boxes(data: &[u8]) -> Vec<String> {
     out
 }
 
-fn probed_duration(path: &Path) -> f64 {
+pub(crate) fn probed_duration(path: &Path) -> f64 {
     ffprobe(&path.display().to_string())["format"]["duration"]
         .as_str()
         .and_then(|d| d.parse().ok())
         .expect("format duration")
 }
 
-fn codecs(path: &Path) -> Vec<String> {
+pub(crate) fn codecs(path: &Path) -> Vec<String> {
     ffprobe(&path.display().to_string())["streams"]
         .as_array()
         .expect("streams")
@@ -73,7 +73,7 @@ fn codecs(path: &Path) -> Vec<String> {
 
 /// MD5 of the first decoded video frame, optionally after seeking `seek_s` (decoding from the
 /// keyframe before it and dropping earlier frames, as `-ss` before `-i` does).
-fn first_frame_md5(path: &Path, seek_s: Option<f64>) -> String {
+pub(crate) fn first_frame_md5(path: &Path, seek_s: Option<f64>) -> String {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-v", "error", "-nostdin"]);
     if let Some(s) = seek_s {

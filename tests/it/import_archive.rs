@@ -267,23 +267,60 @@ async fn binary_import_archive_subcommand() {
 /// pointed at our server sees the recordings it had before the migration.
 #[tokio::test(flavor = "multi_thread")]
 async fn imported_go_archive_plays_back() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let dir = tempfile::tempdir().expect("tmp");
     let archive = go_archive(dir.path());
     let s = InProcess::start("[archive]\nserving = true\n").await;
     import_archive(&s.state.db, dir.path(), |_| {})
         .await
         .expect("import");
-    let url = format!(
-        "ws://{}/ws/archive?stream_id={}&start={T0}&duration=60",
-        s.video, archive.stream
+    let (parts, texts) = play_archive(&s.video, archive.stream, T0, 60).await;
+    assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
+    // Video only, then video + AAC, then video only: each change sends codecs and init again.
+    let codecs: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(codecs.len(), 3, "{codecs:?}");
+    assert!(
+        !codecs[0].contains("mp4a") && codecs[1].contains("mp4a.40.2"),
+        "{codecs:?}"
     );
+    // Every part decodes and holds its file's length (2 s, 3 s, 2 s) in about-a-second fragments.
+    for (i, (part, want_s)) in parts.iter().zip([2.0, 3.0, 2.0]).enumerate() {
+        assert!((2..=4).contains(&part.2), "part {i}: {} fragments", part.2);
+        let secs = decoded_seconds(dir.path(), i, &part.1);
+        assert!((secs - want_s).abs() < 0.2, "part {i}: {secs} s");
+    }
+    let _ = s.stop().await;
+}
+
+/// Writes one played part to `dir`, checks that it decodes without errors, and returns its media
+/// duration in seconds.
+fn decoded_seconds(dir: &Path, i: usize, data: &[u8]) -> f64 {
+    let path = dir.join(format!("part{i}.mp4"));
+    std::fs::write(&path, data).expect("write");
+    let p = path.to_str().expect("utf-8");
+    assert_eq!(ffmpeg_decode_errors(p), "", "part {i}");
+    // Media time runs on across files: a part starts where the previous one ended.
+    let format = &ffprobe(p)["format"];
+    let num = |k: &str| -> f64 { format[k].as_str().expect(k).parse().expect("number") };
+    num("duration") - num("start_time")
+}
+
+/// Plays `/ws/archive` from `start` (Unix seconds) for `duration` seconds to its end, answering
+/// every `pause` with `more`. Returns, per codec setup, the codec list, the init segment with its
+/// fragments, and the number of fragments; and the text messages.
+async fn play_archive(
+    video: &str,
+    stream: Uuid,
+    start: i64,
+    duration: i64,
+) -> (Vec<(String, Vec<u8>, usize)>, Vec<String>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url =
+        format!("ws://{video}/ws/archive?stream_id={stream}&start={start}&duration={duration}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");
-    // Per codec setup: the codec list, the init segment and its fragments.
     let mut parts: Vec<(String, Vec<u8>, usize)> = Vec::new();
     let mut texts = Vec::new();
     loop {
@@ -313,26 +350,226 @@ async fn imported_go_archive_plays_back() {
             Some(Err(e)) => panic!("{e}"),
         }
     }
-    assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
-    // Video only, then video + AAC, then video only: each change sends codecs and init again.
-    let codecs: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
-    assert_eq!(codecs.len(), 3, "{codecs:?}");
+    (parts, texts)
+}
+
+/// MD5 of every decoded video picture of `path`, in presentation order.
+fn video_frame_md5s(path: &Path) -> Vec<String> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg");
     assert!(
-        !codecs[0].contains("mp4a") && codecs[1].contains("mp4a.40.2"),
-        "{codecs:?}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    // Every part decodes and holds its file's length (2 s, 3 s, 2 s) in about-a-second fragments.
-    for (i, (part, want_s)) in parts.iter().zip([2.0, 3.0, 2.0]).enumerate() {
-        assert!((2..=4).contains(&part.2), "part {i}: {} fragments", part.2);
-        let path = dir.path().join(format!("part{i}.mp4"));
-        std::fs::write(&path, &part.1).expect("write");
-        let p = path.to_str().expect("utf-8");
-        assert_eq!(ffmpeg_decode_errors(p), "", "part {i}");
-        // Media time runs on across files: a part starts where the previous one ended.
-        let format = &ffprobe(p)["format"];
-        let num = |k: &str| -> f64 { format[k].as_str().expect(k).parse().expect("number") };
-        let secs = num("duration") - num("start_time");
-        assert!((secs - want_s).abs() < 0.2, "part {i}: {secs} s");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|m| m.trim().to_owned()))
+        .collect()
+}
+
+/// Rewrites the progressive MP4 `src` (ffmpeg's layout: `ftyp`, `mdat` with a 32-bit size,
+/// `moov` last) into the layout the Go original's muxer writes: its `ftyp` brands, an `mdat`
+/// with a 64-bit size, the `moov` after it with chunk offsets moved to match, and edit lists
+/// whose `media_time` is a large source timestamp (past 2^31, so the `elst` needs version 1).
+fn go_muxer_layout(src: &Path, dst: &Path) {
+    use shiguredo_mp4::boxes::MoovBox;
+    use shiguredo_mp4::{Decode, Either, Encode};
+
+    let data = std::fs::read(src).expect("read");
+    let mut at = 0usize;
+    let (mut payload, mut payload_at, mut moov) = (None, 0u64, None);
+    while at + 8 <= data.len() {
+        let size = u32::from_be_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        assert!(size >= 8, "ffmpeg writes 32-bit sizes");
+        match &data[at + 4..at + 8] {
+            b"mdat" => {
+                payload = Some(&data[at + 8..at + size]);
+                payload_at = (at + 8) as u64;
+            }
+            b"moov" => moov = Some(MoovBox::decode(&data[at..at + size]).expect("moov").0),
+            _ => {}
+        }
+        at += size;
+    }
+    let (payload, mut moov) = (payload.expect("mdat"), moov.expect("moov"));
+    let mut out = Vec::new();
+    out.extend_from_slice(&32u32.to_be_bytes());
+    out.extend_from_slice(b"ftypisom");
+    out.extend_from_slice(&0x200u32.to_be_bytes());
+    out.extend_from_slice(b"isomiso2avc1mp41");
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(b"mdat");
+    out.extend_from_slice(&(16 + payload.len() as u64).to_be_bytes());
+    let new_payload_at = out.len() as u64;
+    out.extend_from_slice(payload);
+    for (i, trak) in moov.trak_boxes.iter_mut().enumerate() {
+        match &mut trak.mdia_box.minf_box.stbl_box.stco_or_co64_box {
+            Either::A(stco) => {
+                for o in &mut stco.chunk_offsets {
+                    *o = u32::try_from(u64::from(*o) - payload_at + new_payload_at)
+                        .expect("small file");
+                }
+            }
+            Either::B(co64) => {
+                for o in &mut co64.chunk_offsets {
+                    *o = *o - payload_at + new_payload_at;
+                }
+            }
+        }
+        let edits = trak
+            .edts_box
+            .as_mut()
+            .and_then(|e| e.elst_box.as_mut())
+            .expect("ffmpeg writes an edit list");
+        for e in &mut edits.entries {
+            if e.media_time >= 0 {
+                e.media_time += 3_000_000_000 + i as i64 * 1_000_000;
+            }
+        }
+    }
+    out.extend_from_slice(&moov.encode_to_vec().expect("encode moov"));
+    std::fs::write(dst, out).expect("write");
+}
+
+/// Files in the Go muxer's layout (64-bit `mdat` size, `moov` after `mdat`, edit lists with a
+/// large `media_time`) import, play back over `/ws/archive` from the file's first frame, and
+/// export, alone and in a range that continues into fragmented segments we recorded: the
+/// exports decode, last as long as asked and start on the requested frame.
+#[tokio::test(flavor = "multi_thread")]
+async fn go_muxer_files_import_play_and_export() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stream = Uuid::new_v4();
+    let clip = dir.path().join("clip.mp4");
+    ffmpeg(&[
+        "-i",
+        "assets/demo.mp4",
+        "-t",
+        "4",
+        "-c",
+        "copy",
+        clip.to_str().expect("utf-8"),
+    ]);
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).expect("mkdir");
+    let go_file = archive.join(format!("{stream}_{T0}.mp4"));
+    go_muxer_layout(&clip, &go_file);
+    let go_data = std::fs::read(&go_file).expect("read");
+    assert_eq!(top_level_boxes(&go_data), ["ftyp", "mdat", "moov"]);
+    assert_eq!(&go_data[32..40], b"\0\0\0\x01mdat", "64-bit mdat size");
+    // ffmpeg itself reads the fixture: it is a valid file.
+    assert_eq!(ffmpeg_decode_errors(go_file.to_str().expect("utf-8")), "");
+
+    let s = InProcess::start("[archive]\nserving = true\n").await;
+    let report = import_archive(&s.state.db, &archive, |_| {})
+        .await
+        .expect("import");
+    assert_eq!(
+        (report.imported, report.unplayable.len()),
+        (1, 0),
+        "{report:?}"
+    );
+    let imported = rows(&s.state.db, stream).await;
+    assert_eq!(imported.len(), 1);
+    let len = imported[0].end_us - imported[0].start_us;
+    assert!((len - 4 * SECOND).abs() <= 50_000, "{len} µs");
+
+    // Played back from its first frame to its end.
+    let (parts, texts) = play_archive(&s.video, stream, T0, 60).await;
+    assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
+    assert_eq!(parts.len(), 1);
+    assert!(parts[0].0.contains("mp4a.40.2"), "{}", parts[0].0);
+    let secs = decoded_seconds(dir.path(), 0, &parts[0].1);
+    assert!((secs - 4.0).abs() < 0.1, "{secs} s");
+
+    // Fragmented segments we recorded from the same clip, right after the imported file.
+    let recorded_at = imported[0].end_us;
+    std::fs::create_dir_all(dir.path().join("rec")).expect("mkdir");
+    crate::playback::synthesize_from(
+        &clip,
+        &s.state.db,
+        &dir.path().join("rec"),
+        stream,
+        recorded_at,
+        1,
+    )
+    .await;
+    let created = crate::support::send_json(
+        &s.state,
+        "POST",
+        "/api/v1/streams",
+        &serde_json::json!({
+            "id": stream,
+            "enabled": false,
+            "source": { "kind": "file", "path": "assets/demo.mp4" },
+            "outputs": ["mse"],
+        }),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let export = |from_us: i64, to_us: i64, name: &str| {
+        let (state, path, name) = (s.state.clone(), dir.path().join(name), name.to_owned());
+        async move {
+            let uri = format!(
+                "/api/v1/streams/{stream}/export.mp4?start={}&end={}",
+                from_us as f64 / 1e6,
+                to_us as f64 / 1e6
+            );
+            let r = crate::support::get(&state, &uri).await;
+            assert_eq!(r.status, 200, "{uri}: {}", String::from_utf8_lossy(&r.body));
+            std::fs::write(&path, &r.body).expect("write");
+            let errors = ffmpeg_decode_errors(path.to_str().expect("utf-8"));
+            assert!(errors.trim().is_empty(), "{name}: {errors}");
+            path
+        }
+    };
+    use crate::export::{codecs, first_frame_md5, probed_duration};
+    // Inside the imported file: from 0.5 s to 3.5 s of the clip.
+    let inside = export(T0 * SECOND + 500_000, T0 * SECOND + 3_500_000, "inside.mp4").await;
+    assert_eq!(codecs(&inside), ["h264", "aac"]);
+    let d = probed_duration(&inside);
+    assert!((d - 3.0).abs() <= 0.04, "{d}");
+    assert_eq!(
+        first_frame_md5(&inside, None),
+        first_frame_md5(&clip, Some(0.5))
+    );
+    // From 2.5 s into the imported file to 2.5 s into the recorded segments.
+    let mixed = export(
+        T0 * SECOND + 2_500_000,
+        recorded_at + 2_500_000,
+        "mixed.mp4",
+    )
+    .await;
+    assert_eq!(codecs(&mixed), ["h264", "aac"]);
+    let d = probed_duration(&mixed);
+    assert!((d - 4.0).abs() <= 0.08, "{d}");
+    assert_eq!(
+        first_frame_md5(&mixed, None),
+        first_frame_md5(&clip, Some(2.5))
+    );
+    // Every picture in order: the imported file's from 2.5 s to its end, then the recorded
+    // segments' from their first.
+    let (clip_frames, mixed_frames) = (video_frame_md5s(&clip), video_frame_md5s(&mixed));
+    let first = clip_frames
+        .iter()
+        .position(|m| *m == mixed_frames[0])
+        .expect("the first exported picture is one of the clip's");
+    let expected: Vec<&String> = clip_frames[first..].iter().chain(&clip_frames).collect();
+    assert!(
+        mixed_frames.len() > clip_frames.len() - first + 25,
+        "{}",
+        mixed_frames.len()
+    );
+    for (i, m) in mixed_frames.iter().enumerate() {
+        assert_eq!(
+            m, expected[i],
+            "picture {i} of the export ({first} of the clip first)"
+        );
     }
     let _ = s.stop().await;
 }

@@ -293,6 +293,145 @@ async fn hls_playlist_is_valid_and_names_stay_unique_across_restarts() {
     s.stop().await;
 }
 
+/// Video and audio packet times (pts, dts, duration in seconds) of one MPEG-TS file, by ffprobe
+/// (which also says nothing on stderr: no continuity or PES errors).
+fn ts_packets(path: &std::path::Path) -> Vec<(String, f64, f64, f64)> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_entries"])
+        .arg("packet=codec_type,pts_time,dts_time,duration_time")
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let num = |p: &serde_json::Value, k: &str| -> f64 {
+        p[k].as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    v["packets"]
+        .as_array()
+        .expect("packets")
+        .iter()
+        .map(|p| {
+            (
+                p["codec_type"].as_str().unwrap_or("").to_owned(),
+                num(p, "pts_time"),
+                num(p, "dts_time"),
+                num(p, "duration_time"),
+            )
+        })
+        .collect()
+}
+
+/// `[hls] segment_format = "mpegts"`: a version-3 playlist of `.ts` segments that ffmpeg reads
+/// as H.264 + AAC without errors, each segment starting with a keyframe, and timestamps that run
+/// on from one segment to the next.
+#[tokio::test(flavor = "multi_thread")]
+async fn hls_mpegts_segments_are_valid_and_continuous() {
+    let s = InProcess::start(&format!(
+        "[hls]\nms_per_segment = 1000\nwindow_size = 4\nwindow_capacity = 6\nsegment_format = \"mpegts\"\n{}",
+        demo_stream("[\"hls\"]")
+    ))
+    .await;
+    let base = format!("http://{}/hls/{DEMO}.m3u8", s.video);
+    let text = eventually_async("4 segments listed", || async {
+        let text = reqwest::get(&base).await.ok()?.text().await.ok()?;
+        (text.lines().filter(|l| l.ends_with(".ts")).count() >= 4).then_some(text)
+    })
+    .await;
+    assert!(text.contains("#EXT-X-VERSION:3"), "{text}");
+    assert!(
+        !text.contains("EXT-X-MAP") && !text.contains(".m4s"),
+        "{text}"
+    );
+    let snapshot = s.dir.path().join("snapshot");
+    std::fs::create_dir_all(&snapshot).expect("mkdir");
+    let mut files = Vec::new();
+    for uri in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let r = reqwest::get(format!("http://{}/hls/{uri}", s.video))
+            .await
+            .expect("segment");
+        assert_eq!(r.status(), 200, "{uri}");
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("video/mp2t")
+        );
+        let body = r.bytes().await.expect("bytes");
+        assert_eq!(body.len() % 188, 0, "{uri}: whole TS packets");
+        let path = snapshot.join(uri);
+        std::fs::write(&path, body).expect("write");
+        files.push(path);
+    }
+    let local = snapshot.join("index.m3u8");
+    std::fs::write(&local, format!("{text}#EXT-X-ENDLIST\n")).expect("write playlist");
+    let local = local.display().to_string();
+    let probe = ffprobe(&local);
+    let codecs: Vec<&str> = probe["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .filter_map(|s| s["codec_name"].as_str())
+        .collect();
+    assert_eq!(codecs, ["h264", "aac"], "{probe}");
+    assert_eq!(probe["format"]["format_name"], "hls", "{probe}");
+    let errors = ffmpeg_decode_errors(&local);
+    assert!(errors.trim().is_empty(), "ffmpeg: {errors}");
+    // Per segment: starts with a video keyframe's time; the next starts where this one ended.
+    let mut next_video: Option<f64> = None;
+    let mut last_audio_end: Option<f64> = None;
+    for f in &files {
+        assert_eq!(
+            ffmpeg_decode_errors(&f.display().to_string()).trim(),
+            "",
+            "{}",
+            f.display()
+        );
+        let packets = ts_packets(f);
+        let video: Vec<_> = packets.iter().filter(|p| p.0 == "video").collect();
+        let audio: Vec<_> = packets.iter().filter(|p| p.0 == "audio").collect();
+        assert!(video.len() >= 20 && !audio.is_empty(), "{}", f.display());
+        let first_dts = video.iter().map(|p| p.2).fold(f64::INFINITY, f64::min);
+        if let Some(expected) = next_video {
+            assert!(
+                (first_dts - expected).abs() < 0.002,
+                "{}: video at {first_dts}, expected {expected}",
+                f.display()
+            );
+        }
+        let last = video
+            .iter()
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+            .expect("video");
+        next_video = Some(last.2 + 0.04);
+        let first_audio = audio.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        if let Some(end) = last_audio_end {
+            assert!(
+                (first_audio - end).abs() < 0.002,
+                "{}: audio at {first_audio}, expected {end}",
+                f.display()
+            );
+        }
+        let a_last = audio
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("audio");
+        last_audio_end = Some(a_last.1 + a_last.3);
+        // Presentation starts after the PCR: the original's one-second offset.
+        assert!(first_dts >= 1.0, "{}: {first_dts}", f.display());
+    }
+    s.stop().await;
+}
+
 /// A live viewer's messages after the codec message and init segment: every one a fragment, the
 /// video timeline without a jump or a step back.
 struct Timeline {
