@@ -628,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
                 auth: video_server::auth::Auth::new(&config.auth, db.clone()).await?,
                 listeners: Default::default(),
                 limits: std::sync::Arc::new(video_server::limits::Limits::new(&config)),
+                metrics: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;

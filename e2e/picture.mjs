@@ -137,7 +137,10 @@ export function installPictureProbe(opts) {
   }
 
   function scan() {
-    document.querySelectorAll('video').forEach((v, i) => watch(v, i));
+    // `maxVideos`: only the first N videos of the page (the 16-tile grid judges one tile).
+    document.querySelectorAll('video').forEach((v, i) => {
+      if (opts.maxVideos == null || i < opts.maxVideos) watch(v, i);
+    });
   }
   window.__pictureProbe = {
     take() {

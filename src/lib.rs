@@ -13,6 +13,7 @@
 //! | [`source`] | RTSP (retina) and looping-file sources, the per-stream supervisor |
 //! | [`hub`] | per-stream fan-out to viewers, HLS and recorder, with keyframe resync |
 //! | [`manager`] | starts, stops and reports on running streams |
+//! | [`metrics`] | Prometheus metrics, read at scrape time from the subsystems' counters |
 //! | [`auth`] | access control: tokens, scopes, signed URLs, the audit log's writer |
 //! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI, the route policy table |
 //! | [`live`] | the video listener: MSE WebSocket, archive WebSocket, HLS files |
@@ -35,6 +36,7 @@ pub mod live;
 pub mod logging;
 pub mod manager;
 pub mod media;
+pub mod metrics;
 pub mod redact;
 pub mod roots;
 pub mod server;

@@ -468,6 +468,22 @@ impl StreamManager {
         self.read().get(&id).map(|rt| rt.status())
     }
 
+    /// Every running stream's runtime, ordered by id (metrics read their counters).
+    pub fn runtimes(&self) -> Vec<(Uuid, Arc<StreamRuntime>)> {
+        let mut all: Vec<_> = self
+            .read()
+            .iter()
+            .map(|(id, rt)| (*id, rt.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    /// The recorders' connection pool (for metrics).
+    pub fn recorder_db(&self) -> &Db {
+        &self.recorder_db
+    }
+
     /// Every active stream with its status, ordered by id.
     pub fn snapshot(&self) -> Vec<(StreamSpec, StreamStatus)> {
         let mut all: Vec<_> = self

@@ -176,7 +176,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         },
         auth,
         limits: Arc::new(crate::limits::Limits::new(&config)),
+        metrics: Default::default(),
     };
+    state
+        .metrics
+        .add_pool("recorder", manager.recorder_db().clone());
     // Stopped after the listeners have drained, so the last requests' entries are written.
     let audit_stop = CancellationToken::new();
     let audit_writer = state.auth.spawn_audit_writer(audit_stop.clone());
@@ -221,6 +225,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Archive retention: finishes interrupted deletes, then a pass every `[retention] interval_s`
     // and whenever a recorder finds its disk full.
     let upkeep_db = db.sibling(UPKEEP_CONNECTIONS);
+    state.metrics.add_pool("upkeep", upkeep_db.clone());
     let retention = crate::archive::retention::Retention::new(
         upkeep_db.clone(),
         state.archive.clone(),

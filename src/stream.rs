@@ -231,4 +231,9 @@ pub struct StreamStatus {
     pub lag_skips: u64,
     /// The codec parameters being delivered (`None` while the source has none).
     pub params: Option<std::sync::Arc<crate::media::StreamParams>>,
+    /// Source sessions started (dials or file opens) by this runtime; every one after the first
+    /// is a reconnect.
+    pub source_sessions: u64,
+    /// Source sessions that ended with an error (each followed by a backoff and a retry).
+    pub source_failures: u64,
 }

@@ -196,7 +196,13 @@ pub async fn export_mp4(
         .exports
         .try_enter(&caller.client_key())
         .map_err(|refusal| ApiError::limited(refusal, "exports"))?;
-    let rows = export::segments_in_range(&state.db, id, start_us, end_us).await?;
+    let mut rows = export::segments_in_range(&state.db, id, start_us, end_us).await?;
+    // A read lease on every segment for the whole response: retention and the uploader leave
+    // them alone until the body is sent (or the client leaves). A segment that could not be
+    // leased is being deleted: the export is planned without it, before any byte is sent.
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let lease = state.archive.leases.acquire(&state.db, &ids).await?;
+    rows.retain(|r| lease.covers(r.id));
     if rows.is_empty() {
         return Err(nothing_recorded());
     }
@@ -272,7 +278,8 @@ pub async fn export_mp4(
     );
     let body = plan.stream(range).inspect_err(move |e| {
         // The status line is gone: the client sees the connection end early.
-        tracing::warn!(stream = %id, error = %e, "export cut short");
+        tracing::warn!(stream = %id, segments = lease.ids().len(), error = %e,
+            "export cut short");
     });
     // The permit lives in the body stream: it is given back when the stream is dropped (sent in
     // full, failed, or abandoned by the client).

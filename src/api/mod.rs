@@ -11,6 +11,7 @@ pub mod cross_site;
 pub mod error;
 pub mod export;
 pub mod go;
+pub mod metrics;
 pub mod openapi;
 pub mod origin;
 pub mod policy;
@@ -61,6 +62,9 @@ pub struct AppState {
     pub listeners: ListenerPorts,
     /// Viewers, archive sessions and exports held at once (`[limits]`).
     pub limits: Arc<crate::limits::Limits>,
+    /// HTTP request counts and the pools `/metrics` reports (everything else it reads from the
+    /// state above).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The API router and the OpenAPI document it implements: the routes' own annotations, then the
@@ -94,6 +98,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::storage))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics::metrics))
         .split_for_parts();
     policy::document(&mut doc, policy::API);
     openapi::state_shared_rules(&mut doc);
@@ -129,7 +134,8 @@ pub fn app(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
         .layer(cors);
-    cross_site::protect(router, &state, cross_site::Listener::Api)
+    let router = cross_site::protect(router, &state, cross_site::Listener::Api);
+    metrics::tracked(router, &state, "api")
 }
 
 /// Request headers the web UI sends to the other listener (JSON bodies, bearer tokens, ranges).

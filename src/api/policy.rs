@@ -196,6 +196,8 @@ pub const API: &[RoutePolicy] = &[
     p("GET", "/healthz", Public, NONE, V1, Refusals),
     // Orchestrators probe it without credentials; stream ids only for admins (see `readyz`).
     p("GET", "/readyz", Public, NONE, V1, Refusals),
+    // Prometheus: admin, or public with `[auth] metrics_public = true`.
+    p("GET", "/metrics", Access::Metrics, NONE, V1, Refusals),
     p("GET", "/api/v1/server", Public, NONE, V1, Refusals),
     p("GET", "/", Public, NONE, V1, Refusals),
     p("GET", "/ui/{*path}", Public, NONE, V1, Refusals),

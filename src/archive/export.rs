@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
-use super::storage::{Storage, StorageError};
+use super::storage::{Opened, Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
 use crate::db::{Db, DbError};
 use crate::media::fmp4::{is_fragmented_init, parse_init, parse_moof};
@@ -283,19 +283,25 @@ impl ExportPlan {
     }
 
     /// Bytes `range` of the output (clamped to the file), in chunks of at most [`COPY_CHUNK`].
+    /// Each segment is opened once for the response and its handle kept while its pieces are
+    /// copied ([`super::storage::open`]: a file removed meanwhile stays readable).
     pub fn stream(
         self: Arc<Self>,
         range: Range<u64>,
     ) -> impl Stream<Item = Result<Bytes, ExportError>> + Send + 'static {
         let end = range.end.min(self.len());
-        futures::stream::try_unfold((self, range.start), move |(plan, pos)| async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            let chunk = plan.read_at(pos, end).await?;
-            let next = pos + chunk.len() as u64;
-            Ok(Some((chunk, (plan, next))))
-        })
+        let open = OpenSource::default();
+        futures::stream::try_unfold(
+            (self, range.start, open),
+            move |(plan, pos, mut open)| async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let chunk = plan.read_at(pos, end, &mut open).await?;
+                let next = pos + chunk.len() as u64;
+                Ok(Some((chunk, (plan, next, open))))
+            },
+        )
     }
 
     /// Some bytes of the output starting at `pos` (before `end`): from the header, or one read of
@@ -303,7 +309,12 @@ impl ExportPlan {
     /// segment as fit in [`COPY_CHUNK`]. The holes between those pieces (the `moof` and `mdat`
     /// headers between fragments, frames cut before the start) are read and dropped: one large
     /// read costs far less than a round trip per piece, on S3 especially.
-    async fn read_at(&self, pos: u64, end: u64) -> Result<Bytes, ExportError> {
+    async fn read_at(
+        &self,
+        pos: u64,
+        end: u64,
+        open: &mut OpenSource,
+    ) -> Result<Bytes, ExportError> {
         let head_len = self.head_len();
         if pos < head_len {
             return Ok(self.head.slice(pos as usize..end.min(head_len) as usize));
@@ -326,14 +337,21 @@ impl ExportPlan {
         };
         let to = last_src + last_len;
         let source = &self.sources[first.source as usize];
-        let bytes = source
-            .storage
-            .read(&source.key, Some(from..to))
-            .await
-            .map_err(|e| ExportError::Storage {
-                segment: source.segment,
-                source: e,
-            })?;
+        let storage_err = |e| ExportError::Storage {
+            segment: source.segment,
+            source: e,
+        };
+        let handle = match &open.current {
+            Some((index, h)) if *index == first.source => h.clone(),
+            _ => {
+                let h = super::storage::open(&source.storage, &source.key)
+                    .await
+                    .map_err(storage_err)?;
+                open.current = Some((first.source, h.clone()));
+                h
+            }
+        };
+        let bytes = handle.read_at(from..to).await.map_err(storage_err)?;
         if bytes.len() as u64 != to - from {
             return Err(ExportError::Unsupported {
                 segment: source.segment,
@@ -354,6 +372,13 @@ impl ExportPlan {
         }
         Ok(out.freeze())
     }
+}
+
+/// The segment a response is copying from, held open until it moves on to the next one (the
+/// pieces come in segment order, so one handle at a time suffices).
+#[derive(Default)]
+struct OpenSource {
+    current: Option<(u32, Arc<dyn Opened>)>,
 }
 
 /// Largest hole between two pieces that one read still spans (bytes read and dropped).
@@ -526,7 +551,7 @@ impl RangedReader<'_> {
 }
 
 /// A box header read from a ranged reader: type, header length, total size.
-fn box_header(b: &[u8]) -> Option<([u8; 4], u64, u64)> {
+pub(crate) fn box_header(b: &[u8]) -> Option<([u8; 4], u64, u64)> {
     let size32 = u32::from_be_bytes(b.get(0..4)?.try_into().ok()?);
     let box_type: [u8; 4] = b.get(4..8)?.try_into().ok()?;
     match size32 {

@@ -3,6 +3,7 @@
 
 pub mod export;
 pub mod import;
+pub mod leases;
 pub mod markers;
 pub mod playback;
 pub mod recorder;
@@ -31,6 +32,10 @@ pub struct Archive {
     pub export_plans: export::PlanCache,
     /// What retention has done since start (for status pages and metrics).
     pub retention: retention::RetentionStats,
+    /// Read leases of this process's playback and export sessions.
+    pub leases: Arc<leases::Leases>,
+    /// What archive playback sessions read (memory per session is bounded by fragments).
+    pub playback: playback::PlaybackStats,
 }
 
 impl Archive {
@@ -54,6 +59,8 @@ impl Archive {
             s3: s3.map(Arc::new),
             export_plans: export::PlanCache::default(),
             retention: Default::default(),
+            leases: Default::default(),
+            playback: Default::default(),
         }
     }
 

@@ -9,8 +9,16 @@
 //! start of the segment; a change of codec parameters between segments sends a new init segment
 //! (and a new `0x09` only when the codec list changes, see [`switch_messages`]); a paused
 //! session idles out; sessions are limited per client and in total (`live::ws::archive`). Segments are found with keyset pages through the index
-//! (one bounded query per page), read through the segment's storage with the next one prefetched;
-//! a corrupt segment is skipped with a log line.
+//! (one bounded query per page); a corrupt segment is skipped with a log line.
+//!
+//! Reads: each segment is leased ([`crate::archive::leases`]: retention and the uploader leave it
+//! alone while it plays) and opened once (a file handle on the filesystem), its `moov` read, then
+//! its fragments are read one at a time by byte range (`moof` header, then the fragment), from the
+//! filesystem or S3 alike. A session holds one fragment read and the fragment written from it,
+//! plus the next segment's header (prefetched): memory is bounded by fragment size, whatever the
+//! segment length ([`PlaybackStats::peak_session_bytes`]). Seeking into a segment scans its `moof`
+//! boxes only. Imported progressive (Go) files are the exception: their sample index (`moov`) is
+//! at the end and covers the whole file, so they are read whole (`whole_segment_reads`).
 //!
 //! Gaps: media time runs on across gaps as in the original. With `meta=1` the server also sends
 //! JSON text messages `{"type":"wallclock","media_time":<s>,"wallclock":"<RFC 3339>","gap":<bool>}`
@@ -20,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -28,11 +37,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::task::JoinHandle;
 
 use crate::api::AppState;
+use crate::archive::export::box_header;
+use crate::archive::leases::Lease;
+use crate::archive::storage::{Opened, Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
 use crate::live::mse::{WRITE_TIMEOUT, switch_messages};
 use crate::live::ws::{ArchiveRequest, CLOSE_TOO_BIG, close_code, close_with, too_big_reason};
 use crate::media::fmp4::{self, FragmentWriter};
-use crate::media::{Frame, StreamParams, TrackKind};
+use crate::media::{Frame, MediaError, StreamParams, TrackKind};
 
 /// Segments fetched per index query.
 const PAGE: u32 = 32;
@@ -40,56 +52,245 @@ const PAGE: u32 = 32;
 /// A hole between segments longer than this is a gap (reported with `meta=1`).
 const GAP_US: i64 = 1_000_000;
 
-/// A segment read and split into frames, ready to send.
+/// What playback sessions read, for tests and metrics: memory per session is bounded by
+/// fragments, never by segment length.
+#[derive(Debug, Default)]
+pub struct PlaybackStats {
+    /// Bytes read from segment files and objects by all sessions.
+    pub bytes_read: AtomicU64,
+    /// Largest single read (bytes): one fragment, or a whole imported progressive file.
+    pub largest_read_bytes: AtomicU64,
+    /// Most media bytes one session held at once (the fragment read plus the fragment written).
+    pub peak_session_bytes: AtomicU64,
+    /// Imported progressive (Go) segments read whole (their index is at the end of the file).
+    pub whole_segment_reads: AtomicU64,
+    /// Segments skipped because they could not be leased (gone, or being deleted).
+    pub skipped_unleased: AtomicU64,
+}
+
+impl PlaybackStats {
+    fn read(&self, n: usize) {
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.largest_read_bytes
+            .fetch_max(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// First read of a segment and of each fragment: enough for `ftyp` + `moov`, or for a `moof` of
+/// about a second of video and audio with the `mdat` header after it.
+const HEAD_READ: u64 = 4096;
+
+/// A segment opened for playback: leased, its file held open and its codec setup read.
 struct Loaded {
     row: SegmentRow,
     params: Arc<StreamParams>,
-    /// Frames in file order (grouped per fragment), media time from 0 at the segment start.
-    fragments: Vec<Vec<Frame>>,
+    body: Body,
+    /// Keeps retention and the uploader away while the segment is played.
+    _lease: Lease,
+}
+
+enum Body {
+    /// One of our fragmented segments: fragments are read one at a time, by byte range, from
+    /// `first` (the offset after the `moov`) up to `limit` (the row's size).
+    Fragments {
+        file: Arc<dyn Opened>,
+        first: u64,
+        limit: u64,
+    },
+    /// An imported progressive MP4 (Go archive, `moov` at the end): its sample index spans the
+    /// whole file, so it is read whole and split into fragments of about a second.
+    Whole(Vec<Vec<Frame>>),
+}
+
+/// Reads `range` of `file`, counted in the stats.
+async fn read_range(
+    state: &AppState,
+    file: &dyn Opened,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes, StorageError> {
+    let data = file.read_at(range).await?;
+    state.archive.playback.read(data.len());
+    Ok(data)
+}
+
+/// The top-level box at `pos` (its first bytes, type and size); `None` at the end or at a torn
+/// tail past `limit`.
+async fn box_at(
+    state: &AppState,
+    file: &dyn Opened,
+    pos: u64,
+    limit: u64,
+) -> Result<Option<(Bytes, [u8; 4], u64)>, StorageError> {
+    if pos + 8 > limit {
+        return Ok(None);
+    }
+    let head = read_range(state, file, pos..(pos + HEAD_READ).min(limit)).await?;
+    match box_header(&head) {
+        Some((t, hl, size)) if size >= hl && pos + size <= limit => Ok(Some((head, t, size))),
+        _ => Ok(None),
+    }
+}
+
+/// The fragment starting at or after `pos` (other boxes are skipped): its offset, its first bytes
+/// as read (at least the `moof` box and the `mdat` header), the `moof` size and the fragment's
+/// end. `None` at the end of the complete fragments.
+async fn fragment_head(
+    state: &AppState,
+    file: &dyn Opened,
+    mut pos: u64,
+    limit: u64,
+) -> Result<Option<(u64, Bytes, u64, u64)>, StorageError> {
+    loop {
+        let Some((head, t, size)) = box_at(state, file, pos, limit).await? else {
+            return Ok(None);
+        };
+        if &t != b"moof" {
+            pos += size;
+            continue;
+        }
+        let want = (size + 16).min(limit - pos);
+        let head = if (head.len() as u64) < want {
+            read_range(state, file, pos..pos + want).await?
+        } else {
+            head
+        };
+        let Some((mdat, _, mdat_size)) = head.get(size as usize..).and_then(box_header) else {
+            return Ok(None);
+        };
+        let end = pos + size + mdat_size;
+        if &mdat != b"mdat" || end > limit {
+            return Ok(None);
+        }
+        return Ok(Some((pos, head, size, end)));
+    }
 }
 
 async fn load(state: &AppState, row: SegmentRow) -> Option<Loaded> {
-    let storage = state.archive.storage_for_row(&row)?;
-    let data = match storage.read(&row.storage_key, None).await {
-        Ok(d) => d,
+    let lease = match state.archive.leases.acquire_one(&state.db, row.id).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            state
+                .archive
+                .playback
+                .skipped_unleased
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                segment = row.id,
+                "archive segment deleted meanwhile: skipped"
+            );
+            return None;
+        }
         Err(e) => {
-            tracing::warn!(segment = row.id, error = %e, "archive segment unreadable: skipped");
+            tracing::warn!(segment = row.id, error = %e, "cannot lease an archive segment: skipped");
             return None;
         }
     };
-    let parsed = tokio::task::spawn_blocking(move || parse_segment(&data)).await;
-    match parsed {
-        Ok(Ok((params, fragments))) => Some(Loaded {
-            row,
-            params: Arc::new(params),
-            fragments,
-        }),
+    let storage = state.archive.storage_for_row(&row)?;
+    let (params, body) = match open_segment(state, &storage, &row).await {
+        Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             tracing::warn!(segment = row.id, key = %row.storage_key, error = %e,
                 "archive segment is corrupt: skipped");
-            None
+            return None;
         }
-        Err(_) => None,
+        Err(e) => {
+            tracing::warn!(segment = row.id, key = %row.storage_key, error = %e,
+                "archive segment unreadable: skipped");
+            return None;
+        }
+    };
+    Some(Loaded {
+        row,
+        params: Arc::new(params),
+        body,
+        _lease: lease,
+    })
+}
+
+/// Opens a segment and reads its codec setup (storage errors outside, media errors inside).
+async fn open_segment(
+    state: &AppState,
+    storage: &Arc<dyn Storage>,
+    row: &SegmentRow,
+) -> Result<Result<(StreamParams, Body), MediaError>, StorageError> {
+    let file = crate::archive::storage::open(storage, &row.storage_key).await?;
+    let limit = match u64::try_from(row.bytes) {
+        Ok(n) if n > 0 => n,
+        _ => storage.size(&row.storage_key).await?,
+    };
+    let mut pos = 0;
+    let mut params = None;
+    while let Some((head, t, size)) = box_at(state, file.as_ref(), pos, limit).await? {
+        match &t {
+            b"moov" => {
+                let init = if pos == 0 && head.len() as u64 >= size {
+                    head.slice(..size as usize)
+                } else {
+                    read_range(state, file.as_ref(), 0..pos + size).await?
+                };
+                match fmp4::parse_init(&init) {
+                    Ok(p) => params = Some(p),
+                    // Maybe a progressive file's `moov` (this parser wants fragments).
+                    Err(e) => return whole(state, storage, row, e).await,
+                }
+            }
+            b"moof" => {
+                let Some(params) = params else {
+                    return Ok(Err(MediaError::InvalidMp4("moof before moov".into())));
+                };
+                let body = Body::Fragments {
+                    file,
+                    first: pos,
+                    limit,
+                };
+                return Ok(Ok((params, body)));
+            }
+            b"mdat" => {
+                let e = MediaError::InvalidMp4("mdat outside a fragment".into());
+                return whole(state, storage, row, e).await;
+            }
+            _ => {}
+        }
+        pos += size;
+    }
+    match params {
+        // An init segment and no complete fragment yet: nothing to play.
+        Some(p) => {
+            let body = Body::Fragments {
+                file,
+                first: limit,
+                limit,
+            };
+            Ok(Ok((p, body)))
+        }
+        None => Ok(Err(MediaError::InvalidMp4("no moov box".into()))),
     }
 }
 
-fn parse_segment(
-    data: &Bytes,
-) -> Result<(StreamParams, Vec<Vec<Frame>>), crate::media::MediaError> {
-    let layout = match fmp4::split_fragments(data) {
-        Ok(layout) => layout,
-        // Not one of our fragmented segments: maybe a progressive MP4 from a Go archive indexed by
-        // `import-archive` (moov at the end). Otherwise the fragmented parser's error says more.
-        Err(e) => return parse_progressive(data).map_err(|_| e),
-    };
-    let params = fmp4::parse_init(&data[layout.init.clone()])?;
-    let params_arc = Arc::new(params.clone());
-    let mut fragments = Vec::with_capacity(layout.fragments.len());
-    for r in layout.fragments {
-        let bytes = data.slice(r);
-        fragments.push(fmp4::parse_fragment_bytes(&params_arc, &bytes)?);
-    }
-    Ok((params, fragments))
+/// Reads a progressive MP4 whole (see [`Body::Whole`]); `e` is the fragmented parser's error,
+/// reported if the file is not progressive either.
+async fn whole(
+    state: &AppState,
+    storage: &Arc<dyn Storage>,
+    row: &SegmentRow,
+    e: MediaError,
+) -> Result<Result<(StreamParams, Body), MediaError>, StorageError> {
+    let data = storage.read(&row.storage_key, None).await?;
+    state.archive.playback.read(data.len());
+    state
+        .archive
+        .playback
+        .whole_segment_reads
+        .fetch_add(1, Ordering::Relaxed);
+    let parsed = tokio::task::spawn_blocking(move || parse_progressive(&data))
+        .await
+        .map_err(|j| StorageError::Io {
+            key: row.storage_key.clone(),
+            source: std::io::Error::other(j),
+        })?;
+    Ok(parsed
+        .map(|(p, frags)| (p, Body::Whole(frags)))
+        .map_err(|_| e))
 }
 
 /// The frames of a progressive MP4, in fragments of about a second of the main track.
@@ -341,6 +542,147 @@ pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta
     }
 }
 
+/// Where a segment is read next: a byte offset (fragmented) or a fragment index (progressive).
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    At(u64),
+    Index(usize),
+}
+
+impl Loaded {
+    fn main_track(&self) -> TrackKind {
+        if self.params.video.is_some() {
+            TrackKind::Video
+        } else {
+            TrackKind::Audio
+        }
+    }
+
+    fn start(&self) -> Cursor {
+        match &self.body {
+            Body::Fragments { first, .. } => Cursor::At(*first),
+            Body::Whole(_) => Cursor::Index(0),
+        }
+    }
+
+    /// Where to start for a session beginning at `from_us`: the fragment holding the last
+    /// main-track keyframe at or before it, and that keyframe's media time (µs; 0 when there is
+    /// none before it: the segment plays from its start). Fragmented segments are scanned by
+    /// their `moof` boxes only. `None` if the segment cannot be read.
+    async fn seek(&self, state: &AppState, from_us: i64) -> Option<(Cursor, i64)> {
+        let main = self.main_track();
+        let ts = self.params.timescale(main);
+        let target = from_us.max(self.row.start_us);
+        let at_or_before = |dts: i64| self.row.start_us + ticks_to_us(dts, ts) <= target;
+        match &self.body {
+            Body::Whole(frags) => {
+                let mut best = None;
+                for (i, frag) in frags.iter().enumerate() {
+                    for f in frag {
+                        if f.track == main && f.keyframe && at_or_before(f.dts) {
+                            best = Some((Cursor::Index(i), ticks_to_us(f.dts, ts)));
+                        }
+                    }
+                }
+                Some(best.unwrap_or((Cursor::Index(0), 0)))
+            }
+            Body::Fragments { file, first, limit } => {
+                let mut pos = *first;
+                let mut best = None;
+                loop {
+                    let head = fragment_head(state, file.as_ref(), pos, *limit).await;
+                    let (at, head, moof_len, end) = match head {
+                        Ok(Some(h)) => h,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(segment = self.row.id, error = %e,
+                                "archive segment unreadable: skipped");
+                            return None;
+                        }
+                    };
+                    let moof = head.slice(..moof_len as usize);
+                    let samples = match fmp4::parse_moof(&self.params, &moof, end - at) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(segment = self.row.id, error = %e,
+                                "archive segment is corrupt: skipped");
+                            return None;
+                        }
+                    };
+                    let mut past = false;
+                    for s in samples.iter().filter(|s| s.track == main) {
+                        if !at_or_before(s.dts) {
+                            past = true;
+                        } else if s.keyframe {
+                            best = Some((Cursor::At(at), ticks_to_us(s.dts, ts)));
+                        }
+                    }
+                    if past {
+                        break;
+                    }
+                    pos = end;
+                }
+                Some(best.unwrap_or((Cursor::At(*first), 0)))
+            }
+        }
+    }
+
+    /// The frames of the fragment at `cursor` (moving it on) and the bytes read for them; `None`
+    /// at the end of the segment, or when the rest cannot be read (logged).
+    async fn next_fragment(
+        &self,
+        state: &AppState,
+        cursor: &mut Cursor,
+    ) -> Option<(Vec<Frame>, usize)> {
+        match (&self.body, *cursor) {
+            (Body::Whole(frags), Cursor::Index(i)) => {
+                *cursor = Cursor::Index(i + 1);
+                let frag = frags.get(i)?.clone();
+                let bytes = frag.iter().map(|f| f.data.len()).sum();
+                Some((frag, bytes))
+            }
+            (Body::Fragments { file, limit, .. }, Cursor::At(pos)) => {
+                let read = async {
+                    let Some((at, head, _, end)) =
+                        fragment_head(state, file.as_ref(), pos, *limit).await?
+                    else {
+                        return Ok::<_, StorageError>(None);
+                    };
+                    // The rest of the fragment after the bytes already read with its header.
+                    let have = at + head.len() as u64;
+                    if have >= end {
+                        return Ok(Some((head.slice(..(end - at) as usize), end)));
+                    }
+                    let rest = read_range(state, file.as_ref(), have..end).await?;
+                    let mut whole = bytes::BytesMut::with_capacity((end - at) as usize);
+                    whole.extend_from_slice(&head);
+                    whole.extend_from_slice(&rest);
+                    Ok(Some((whole.freeze(), end)))
+                };
+                let (bytes, end) = match read.await {
+                    Ok(Some(v)) => v,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(segment = self.row.id, error = %e,
+                            "archive segment unreadable: rest skipped");
+                        return None;
+                    }
+                };
+                *cursor = Cursor::At(end);
+                match fmp4::parse_fragment_bytes(&self.params, &bytes) {
+                    Ok(frames) => Some((frames, bytes.len())),
+                    Err(e) => {
+                        tracing::warn!(segment = self.row.id, at = pos, error = %e,
+                            "archive segment is corrupt: rest skipped");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Sends every frame of the range. `Ok(false)` if no segment was readable.
 async fn stream_segments(
     session: &mut Session,
@@ -350,6 +692,7 @@ async fn stream_segments(
     chunk_us: i64,
     meta: bool,
 ) -> Result<bool, Stop> {
+    let state = feed.state.clone();
     let mut writer = FragmentWriter::new();
     let mut current: Option<Arc<StreamParams>> = None;
     // Media time (µs) where the next segment's first frame goes, and the end of what was sent.
@@ -357,6 +700,7 @@ async fn stream_segments(
     let mut chunk_start_us: i64 = 0;
     let mut prev_wall_end: Option<i64> = None;
     let mut started = false;
+    let mut peak: u64 = 0;
     loop {
         let seg = match feed.next().await {
             Ok(Some(s)) => s,
@@ -367,22 +711,16 @@ async fn stream_segments(
             }
         };
         let p = seg.params.clone();
-        let main = if p.video.is_some() {
-            TrackKind::Video
-        } else {
-            TrackKind::Audio
-        };
         let wall = |f: &Frame| seg.row.start_us + ticks_to_us(f.dts, p.timescale(f.track));
         // The first segment starts at the keyframe at or before `from`.
         let mut skip_before_us = i64::MIN;
+        let mut cursor = seg.start();
         if !started {
-            let mut kf_us = None;
-            for f in seg.fragments.iter().flatten() {
-                if f.track == main && f.keyframe && wall(f) <= from_us.max(seg.row.start_us) {
-                    kf_us = Some(ticks_to_us(f.dts, p.timescale(f.track)));
-                }
-            }
-            skip_before_us = kf_us.unwrap_or(0);
+            let Some((at, kf_us)) = seg.seek(&state, from_us).await else {
+                continue;
+            };
+            cursor = at;
+            skip_before_us = kf_us;
         }
         let new_codecs = current.as_ref().is_none_or(|c| !c.same_codecs(&p));
         if new_codecs {
@@ -404,9 +742,9 @@ async fn stream_segments(
             }
         }
         let mut seg_end_us = media_end_us;
-        for frag in &seg.fragments {
+        while let Some((frag, read)) = seg.next_fragment(&state, &mut cursor).await {
             let mut out: Vec<Frame> = Vec::with_capacity(frag.len());
-            for f in frag {
+            for f in &frag {
                 let ts = p.timescale(f.track);
                 let t_us = ticks_to_us(f.dts, ts);
                 if t_us < skip_before_us || wall(f) >= to_us {
@@ -425,6 +763,17 @@ async fn stream_segments(
             let data = writer
                 .write(&p, &out)
                 .map_err(|_| Stop::Reason("Can't write packet to the muxer"))?;
+            // What this session holds now: the fragment read and the one written from it.
+            let held = (read + data.len()) as u64;
+            if held > peak {
+                peak = held;
+                state
+                    .archive
+                    .playback
+                    .peak_session_bytes
+                    .fetch_max(held, Ordering::Relaxed);
+            }
+            drop((frag, out));
             session.send_media(data).await?;
             if seg_end_us - chunk_start_us >= chunk_us {
                 session.pause().await?;

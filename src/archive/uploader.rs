@@ -75,6 +75,8 @@ pub struct UploadStats {
     pending: AtomicU64,
     in_flight: AtomicU64,
     consecutive_failures: AtomicU64,
+    /// Uploads given back because a reader leased the segment meanwhile (retried later).
+    pub deferred_leased: AtomicU64,
 }
 
 /// A snapshot of [`UploadStats`].
@@ -523,6 +525,19 @@ async fn try_upload(inner: &Inner, row: &SegmentRow) -> Result<Outcome, UploadEr
         Err(e) => return Err(e.into()),
     };
     if !segments::complete_upload(&inner.db, row.id, store.bucket(), &key).await? {
+        if segments::release_leased_upload(&inner.db, row.id).await? {
+            // A reader (playback, export) leased it during the upload and may be reading the local
+            // file: keep it local, drop the object, retry after the lease.
+            inner.stats.deferred_leased.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                segment = row.id,
+                "segment leased by a reader; upload retried later"
+            );
+            if let Err(e) = super::storage::Storage::delete(&store, &key).await {
+                tracing::warn!(error = %e, "cannot remove the object of a deferred upload");
+            }
+            return Ok(Outcome::Superseded);
+        }
         // Retention (or an operator) changed the row meanwhile and owns the local file now. The
         // object we just wrote is then referenced by nothing, unless another uploader (a second
         // instance on the same index) has taken the row over and writes or wrote the same key.

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod import;
+pub mod leases;
 pub mod pages;
 pub mod plans;
 pub mod protected;

@@ -81,12 +81,17 @@ impl Binder<'_> {
 /// Plan of [`segments::claim_uploads`] (the uploader's claim of the oldest closed local rows).
 pub async fn claim_uploads(db: &Db) -> Result<Vec<String>> {
     let sql = segments::claim_uploads_sql();
-    explain(db, &sql, |q| q.i64(2).i64(0)).await
+    explain(db, &sql, |q| q.i64(2).i64(0).i64(0)).await
 }
 
 /// Plan of [`segments::count_ready_uploads`].
 pub async fn count_ready_uploads(db: &Db) -> Result<Vec<String>> {
     explain(db, segments::COUNT_READY_UPLOADS_SQL, |q| q).await
+}
+
+/// Plan of [`segments::upload_queues`] (the outbox per stream, for metrics).
+pub async fn upload_queues(db: &Db) -> Result<Vec<String>> {
+    explain(db, segments::UPLOAD_QUEUES_SQL, |q| q).await
 }
 
 /// Plan of the API's segment page ([`pages::segments`]): the first page of `stream_id`'s

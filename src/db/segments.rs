@@ -600,15 +600,18 @@ pub async fn reset_uploading(db: &Db) -> Result<u64> {
     Ok(n)
 }
 
-/// The statement of [`claim_uploads`] (`$1` limit, `$2` after id); `db::plans` explains it.
+/// The statement of [`claim_uploads`] (`$1` limit, `$2` after id, `$3` now); `db::plans` explains
+/// it. A row under a read lease (`db::leases`) is skipped until the lease has passed.
 pub(crate) fn claim_uploads_sql() -> String {
     format!(
         "UPDATE segments SET upload_state = 'uploading' WHERE id IN ( \
              SELECT id FROM segments \
              WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
                AND state = 'complete' AND id > $2 \
+               AND (lease_until_us IS NULL OR lease_until_us <= $3) \
              ORDER BY id LIMIT $1) \
          AND upload_state = 'local' AND state = 'complete' \
+         AND (lease_until_us IS NULL OR lease_until_us <= $3) \
          RETURNING {SEGMENT_COLUMNS}"
     )
 }
@@ -622,6 +625,7 @@ pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<Seg
     let mut rows: Vec<SegmentRow> = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(claim_uploads_sql()))
         .bind(i64::from(limit))
         .bind(after_id)
+        .bind(super::now_us())
         .fetch_all(p)
         .await?);
     // RETURNING gives no order guarantee.
@@ -631,8 +635,9 @@ pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<Seg
 
 /// Records a finished upload in one statement: the row now points at the object `object_key` in
 /// `bucket`. Returns false (and changes nothing) when the row is no longer a closed segment being
-/// uploaded, e.g. retention took it meanwhile; the caller then owns the orphan object. Only after
-/// this returns true may the local file be removed.
+/// uploaded, e.g. retention took it meanwhile, or when a reader leased it during the upload (see
+/// [`release_leased_upload`]); the caller then owns the orphan object. Only after this returns
+/// true may the local file be removed.
 ///
 /// The bucket is stored even when it is the `[s3]` one, so the row stays readable if `[s3] bucket`
 /// is changed later.
@@ -640,11 +645,28 @@ pub async fn complete_upload(db: &Db, id: i64, bucket: &str, object_key: &str) -
     const SQL: &str = "UPDATE segments \
         SET storage = 's3', bucket = $3, storage_key = $2, upload_state = 'remote' \
         WHERE id = $1 AND upload_state IN ('local', 'uploading') AND upload_state = 'uploading' \
-          AND state = 'complete'";
+          AND state = 'complete' AND (lease_until_us IS NULL OR lease_until_us <= $4)";
     let n = with_pool!(db, p => sqlx::query(SQL)
         .bind(id)
         .bind(object_key)
         .bind(bucket)
+        .bind(super::now_us())
+        .execute(p)
+        .await?
+        .rows_affected());
+    Ok(n == 1)
+}
+
+/// An upload whose row a reader leased meanwhile goes back to `local` (the reader may be reading
+/// the local file; the upload is retried once the lease has passed). Returns whether the row was
+/// ours and leased; false leaves it alone.
+pub async fn release_leased_upload(db: &Db, id: i64) -> Result<bool> {
+    const SQL: &str = "UPDATE segments SET upload_state = 'local' \
+        WHERE id = $1 AND upload_state IN ('local', 'uploading') AND upload_state = 'uploading' \
+          AND state = 'complete' AND lease_until_us > $2";
+    let n = with_pool!(db, p => sqlx::query(SQL)
+        .bind(id)
+        .bind(super::now_us())
         .execute(p)
         .await?
         .rows_affected());
@@ -697,4 +719,35 @@ pub async fn upload_state_counts(db: &Db) -> Result<UploadStateCounts> {
         uploading,
         remote,
     })
+}
+
+/// One stream's part of the upload outbox: closed segments not yet in S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadQueue {
+    pub stream_id: Uuid,
+    /// Closed segments waiting for upload or being uploaded.
+    pub segments: i64,
+    /// End (µs) of the oldest of them: how long footage has waited for its upload.
+    pub oldest_end_us: i64,
+}
+
+/// The statement of [`upload_queues`]; `db::plans` explains it.
+pub(crate) const UPLOAD_QUEUES_SQL: &str = "SELECT stream_id, COUNT(*), MIN(end_us) FROM segments \
+    WHERE upload_state IN ('local', 'uploading') AND state = 'complete' \
+    GROUP BY stream_id ORDER BY stream_id";
+
+/// The upload outbox per stream, for metrics. Reads only the partial index
+/// `segments_upload_pending` (its predicate repeated word for word), so it costs the outbox's
+/// size, not the archive's: nothing when S3 is not used, a few rows when uploads keep up.
+pub async fn upload_queues(db: &Db) -> Result<Vec<UploadQueue>> {
+    let rows: Vec<(DbUuid, i64, i64)> =
+        with_pool!(db, p => sqlx::query_as(UPLOAD_QUEUES_SQL).fetch_all(p).await?);
+    Ok(rows
+        .into_iter()
+        .map(|(id, segments, oldest_end_us)| UploadQueue {
+            stream_id: id.0,
+            segments,
+            oldest_end_us,
+        })
+        .collect())
 }

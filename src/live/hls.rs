@@ -122,7 +122,7 @@ pub async fn serve(
         return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
     };
     // Every HLS request is viewer activity: it starts an on-demand source and keeps it running.
-    rt.demand.hls_request();
+    rt.demand.hls_fetch();
     let path: PathBuf = PathBuf::from(&state.config.hls.directory).join(&name.file);
     if name.is_playlist {
         // A just-started stream has no playlist yet: wait (bounded) for the first one, as the

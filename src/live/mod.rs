@@ -32,5 +32,7 @@ pub fn app(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
         .layer(cors);
-    crate::api::cross_site::protect(router, &state, crate::api::cross_site::Listener::Video)
+    let router =
+        crate::api::cross_site::protect(router, &state, crate::api::cross_site::Listener::Video);
+    crate::api::metrics::tracked(router, &state, "video")
 }

@@ -1,7 +1,7 @@
 //! Keeps one stream's source running: reconnect with exponential backoff and jitter, start and
 //! stop on demand, health probes while idle, and the status flags of `/status`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ pub struct Demand {
     permanent: bool,
     idle: Duration,
     viewers: AtomicU32,
+    /// HLS requests (playlists and segments) since the runtime started, for metrics.
+    hls_requests: AtomicU64,
     /// Last moment a viewer left or an HLS request came in.
     last_activity: Mutex<Instant>,
     changed: Notify,
@@ -37,6 +39,7 @@ impl Demand {
             permanent,
             idle,
             viewers: AtomicU32::new(0),
+            hls_requests: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now() - idle),
             changed: Notify::new(),
         })
@@ -59,6 +62,17 @@ impl Demand {
     pub fn hls_request(&self) {
         self.touch();
         self.changed.notify_waiters();
+    }
+
+    /// A new HLS request: activity, and counted (for metrics).
+    pub fn hls_fetch(&self) {
+        self.hls_requests.fetch_add(1, Ordering::Relaxed);
+        self.hls_request();
+    }
+
+    /// HLS requests served since the runtime started.
+    pub fn hls_requests(&self) -> u64 {
+        self.hls_requests.load(Ordering::Relaxed)
     }
 
     pub fn viewers(&self) -> u32 {
@@ -142,7 +156,11 @@ impl Supervisor {
                 }
                 continue;
             }
-            lock_status(&self.status).streaming = true;
+            {
+                let mut st = lock_status(&self.status);
+                st.streaming = true;
+                st.source_sessions += 1;
+            }
             self.hub.begin_session();
             let started = Instant::now();
             let mut sink = SessionSink::new(self.hub.clone(), self.status.clone());
@@ -178,6 +196,7 @@ impl Supervisor {
                     {
                         let mut st = lock_status(&self.status);
                         st.online = false;
+                        st.source_failures += 1;
                         // The category only: the text may quote what answered at the camera's
                         // address (the log has it).
                         st.last_health_error = e.category().as_str().to_owned();

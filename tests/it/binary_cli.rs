@@ -254,3 +254,50 @@ async fn a_go_command_line_and_config_work_as_they_did() {
     }
     assert!(server.terminate());
 }
+
+/// SIGTERM shuts down gracefully, which waits for requests in flight; a second signal exits at
+/// once (status 130) instead of waiting for them (README "Running").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once() {
+    use std::io::Write;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("conf.toml"), base_config()).expect("conf");
+    let mut server = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &[]);
+    // A request in flight that never ends: its body announces 100 bytes and sends one.
+    let addr = server.api.trim_start_matches("http://").to_owned();
+    let mut request = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        request,
+        "POST /api/v1/streams HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{"
+    )
+    .expect("send");
+    request.flush().expect("flush");
+    // The request is being read (a stream list answers meanwhile: the server is up).
+    let list = http()
+        .get(format!("{}/api/v1/streams", server.api))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(list.status(), 200);
+
+    server.signal("TERM");
+    server.wait_for_log(
+        "shutting down (send the signal again to exit at once)",
+        Duration::from_secs(10),
+    );
+    // Graceful: still waiting for the request after a second.
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(1)),
+        None,
+        "the first signal waits for requests in flight"
+    );
+    server.signal("TERM");
+    let status = server
+        .wait_exit(Duration::from_secs(3))
+        .expect("the second signal exits at once");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    drop(request);
+}

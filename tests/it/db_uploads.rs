@@ -243,6 +243,11 @@ both_engines!(
             count.iter().any(|l| l.contains("segments_upload_pending")),
             "{count:?}"
         );
+        let queues = plans::upload_queues(db).await.expect("plan");
+        assert!(
+            queues.iter().any(|l| l.contains("segments_upload_pending")),
+            "{queues:?}"
+        );
         // Camera 1's first hour: 180 of its 1000 segments.
         let camera: Uuid = "00000000-0000-4000-8000-000000000001"
             .parse()

@@ -243,6 +243,21 @@ async fn export_of_recorded_segments_is_frame_accurate_with_ranges_and_etags() {
         .await
         .expect("if-range");
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.expect("body").len() as u64, len);
+    // An If-Range naming this version gets the range.
+    let r = c
+        .get(&export_url)
+        .header("range", "bytes=0-9")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .expect("if-range");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 0-9/{len}").as_str()
+    );
+    assert!(r.bytes().await.expect("body")[..] == body[..10]);
 
     // Conditional requests and ETags.
     let r = c

@@ -38,6 +38,19 @@ pub async fn synthesize_from(
     wall0_us: i64,
     loops: i64,
 ) -> i64 {
+    synthesize_segments(clip, db, dir, stream_id, wall0_us, loops, 30_000).await
+}
+
+/// As [`synthesize_from`], cut into segments of `ms_per_file`.
+pub async fn synthesize_segments(
+    clip: &Path,
+    db: &Db,
+    dir: &Path,
+    stream_id: Uuid,
+    wall0_us: i64,
+    loops: i64,
+    ms_per_file: u64,
+) -> i64 {
     let clip = Mp4File::open(clip).expect("clip");
     let params = Arc::new(clip.params().clone());
     let hub = Hub::new();
@@ -45,7 +58,7 @@ pub async fn synthesize_from(
         RecorderConfig {
             stream_id,
             directory: dir.to_owned(),
-            ms_per_file: 30_000,
+            ms_per_file,
             storage: video_server::stream::StorageKind::Filesystem,
         },
         db.clone(),

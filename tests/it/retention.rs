@@ -56,6 +56,19 @@ pub(crate) async fn add_segment(
     len_us: i64,
     bytes: usize,
 ) -> (i64, PathBuf) {
+    add_segment_for_upload(db, dir, stream, start_us, len_us, bytes, "none").await
+}
+
+/// As [`add_segment`], with an `upload_state` (`none`, or `local`: waiting for the S3 uploader).
+async fn add_segment_for_upload(
+    db: &Db,
+    dir: &Path,
+    stream: Uuid,
+    start_us: i64,
+    len_us: i64,
+    bytes: usize,
+    upload_state: &str,
+) -> (i64, PathBuf) {
     let path = dir.join(format!("{stream}_{}.mp4", start_us / SECOND));
     std::fs::write(&path, vec![0u8; bytes]).expect("write segment file");
     let id = segments::insert_recording(
@@ -71,7 +84,7 @@ pub(crate) async fn add_segment(
             state: SegmentState::Recording,
         },
         None,
-        "none",
+        upload_state,
     )
     .await
     .expect("insert segment");
@@ -189,6 +202,45 @@ both_engines! {
         assert_eq!(video_server::db::retention::protected_bytes(db, stream).await.expect("bytes"), 2000);
         assert_runs_consistent(db, stream).await;
         assert_eq!(r.run_once_at(NOW_US).await.expect("pass"), Report::default());
+    }
+}
+
+both_engines! {
+    /// A segment being uploaded (`upload_state = 'uploading'`: the uploader is reading its file)
+    /// is never deleted, however old; once the upload is given up it ages out like the others.
+    async fn segments_being_uploaded_are_kept_until_the_upload_ends(t: &TestDb) {
+        let db = &t.db;
+        let dir = tempfile::tempdir().expect("tmp");
+        let stream = add_stream(db, RetentionSpec { max_age_s: Some(300), max_bytes: None }).await;
+        let base = NOW_US - 3600 * SECOND;
+        let mut segs = Vec::new();
+        for i in 0..3 {
+            segs.push(add_segment_for_upload(db, dir.path(), stream, base + i * 60 * SECOND, 60 * SECOND, 100, "local").await);
+        }
+        // The uploader takes the first two.
+        let claimed = segments::claim_uploads(db, 0, 2).await.expect("claim");
+        let claimed: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+        assert_eq!(claimed, [segs[0].0, segs[1].0]);
+
+        let r = retention(db, dir.path(), RetentionConfig::default());
+        let report = r.run_once_at(NOW_US).await.expect("pass");
+        assert_eq!(report, Report { by_age: 1, bytes_freed: 100, ..Report::default() });
+        for (i, (id, path)) in segs.iter().enumerate() {
+            let kept = i < 2;
+            assert_eq!(exists(db, *id).await, kept, "segment {i}");
+            assert_eq!(path.exists(), kept, "file of segment {i}");
+        }
+        // The uploads fail and are released: the next pass deletes them.
+        for id in &claimed {
+            assert!(segments::release_upload(db, *id).await.expect("release"));
+        }
+        let report = r.run_once_at(NOW_US).await.expect("pass");
+        assert_eq!(report, Report { by_age: 2, bytes_freed: 200, ..Report::default() });
+        for (i, (id, path)) in segs.iter().enumerate() {
+            assert!(!exists(db, *id).await, "segment {i}");
+            assert!(!path.exists(), "file of segment {i}");
+        }
+        assert_runs_consistent(db, stream).await;
     }
 }
 

@@ -415,5 +415,13 @@ both_engines!(
             r.json(),
             json!({"status": "ok", "database": "ok", "auth": "off"})
         );
+        // The database goes away: 503, degraded, without the driver's text.
+        t.db.close().await;
+        let r = get(&s, "/healthz").await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.json(),
+            json!({"status": "degraded", "database": "unavailable", "auth": "off"})
+        );
     }
 );

@@ -114,6 +114,19 @@ async fn archive_ws_close_reasons() {
             "Archive not available: archive serving not enabled globally".to_owned()
         )
     );
+    // Export is refused too (README, Export: 404 with `[archive] serving = false`).
+    let r = reqwest::get(format!(
+        "{}/api/v1/streams/{DEMO}/export.mp4?start=1700000000&end=1700000010",
+        s.api
+    ))
+    .await
+    .expect("export");
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(
+        v["error"]["message"], "archive not available: archive serving not enabled globally",
+        "{v}"
+    );
     s.stop().await;
 }
 

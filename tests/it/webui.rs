@@ -121,10 +121,8 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
 /// With access control on, the page asks for a token (a wrong one is refused), keeps it for the
 /// tab, plays live through signed URLs and exports through a signed link.
 ///
-/// Ignored until access control (issue 9, the `auth` branch: `[auth]` in conf.toml, tokens,
-/// signed URLs) is on main; then remove the `ignore` (the UI side is ready: e2e/ui.mjs `auth`).
+/// The tile's picture is judged against the demo clip (e2e/picture.mjs), like the grid's.
 #[test]
-#[ignore = "needs access control (issue 9) on main"]
 fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
@@ -148,7 +146,7 @@ fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
     let v = run_ui(
         &format!("http://{}/", server.video),
         "auth",
-        &[("TOKEN", admin), ("PICTURE", "0")],
+        &[("TOKEN", admin)],
     );
     let a = &v["scenarios"]["auth"];
     assert!(
@@ -158,6 +156,18 @@ fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
         "{v}"
     );
     assert_eq!(a["transport"], "mse", "{v}");
+    assert!(
+        a["picture"]["framesInOrder"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{v}"
+    );
+    assert!(
+        a["signedExportUrl"]
+            .as_str()
+            .is_some_and(|u| u.contains("sig=")),
+        "{v}"
+    );
     assert!(server.terminate());
 }
 
@@ -181,7 +191,7 @@ fn sixteen_demo_tiles_all_play() {
     std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
     std::fs::create_dir_all(dir.path().join("assets")).expect("assets");
     std::fs::copy(
-        root().join("assets/demo.mp4"),
+        crate::support::browser::demo_clip(),
         dir.path().join("assets/demo.mp4"),
     )
     .expect("demo");
@@ -192,8 +202,9 @@ fn sixteen_demo_tiles_all_play() {
         "tiles",
         &[
             ("TILES_EXPECTED", "16"),
-            // No picture probe: it would draw all 16 videos a few times a second.
-            ("PICTURE", "0"),
+            // The picture probe on the first tile only: drawing all 16 videos a few times a
+            // second would skew the measurement.
+            ("PICTURE_VIDEOS", "1"),
             ("MEASURE_S", "10"),
             ("SHOTS_DIR", &shots.display().to_string()),
         ],
@@ -210,6 +221,13 @@ fn sixteen_demo_tiles_all_play() {
         assert!(tile["fps"].as_f64().is_some_and(|f| f >= 5.0), "{v}");
         assert!(tile["advanced"].as_f64().is_some_and(|a| a >= 3.0), "{v}");
     }
+    // The first tile shows the demo clip (a frozen or black clip fails here).
+    assert!(
+        t["picture"]["framesInOrder"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{v}"
+    );
     assert!(server.terminate());
 }
 

@@ -4,7 +4,7 @@
 Run it with Debian's interpreter (the GObject bindings live there, not in a venv):
 
     /usr/bin/python3 tests/support/gst_rtsp_server.py [--port 8554] [--host 127.0.0.1]
-        [--file PATH.mp4] [--auth USER:PASS] [--exit-on-stdin-eof]
+        [--file PATH.mp4] [--auth USER:PASS] [--only tcp|udp] [--exit-on-stdin-eof]
 
 Debian 12 packages: gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-{base,good,ugly,bad}
 gstreamer1.0-libav.
@@ -14,6 +14,7 @@ Mounts (all video 640x360 @ 25 fps, one keyframe every 25 frames = 1 s):
     /test     H.264 constrained baseline (x264enc, 2 slices per picture), video only
     /av       H.264 as /test + AAC-LC 48 kHz mono (avenc_aac)
     /h265     H.265 main (x265enc, closed GOP: every keyframe is an IDR, NAL type 20)
+    /g711     H.264 as /test + G.711 mu-law 8 kHz mono audio (PCMU, what many cameras send)
     /h265cra  H.265 main (x265enc default open GOP: every keyframe after the very first is a CRA,
               NAL type 21, and that first IDR is usually produced before the client's PLAY, so a
               client typically sees CRA keyframes only)
@@ -28,6 +29,9 @@ joins later starts mid-GOP (at most 1 s before the next keyframe). Parameter set
 
 --auth USER:PASS makes every mount require those credentials (401 otherwise), for testing URLs
 like rtsp://user:pass@127.0.0.1:PORT/av.
+
+--only udp (or tcp) offers only that lower transport in SETUP (RTP over UDP, or interleaved in
+the RTSP connection): a client asking for the other one is refused (461 Unsupported transport).
 
 --port 0 picks a free port. Once the server listens, this line is printed on stdout:
 
@@ -59,8 +63,9 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 FPS = 25
 KEYINT = 25
@@ -83,6 +88,12 @@ AAC_AUDIO = (
     "! rtpmp4gpay pt=97 name=pay1"
 )
 
+G711_AUDIO = (
+    "audiotestsrc is-live=true wave=sine freq=440 "
+    "! audioconvert ! audioresample ! audio/x-raw,rate=8000,channels=1 "
+    "! mulawenc ! rtppcmupay pt=0 name=pay1"
+)
+
 
 def h265_enc(closed_gop: bool) -> str:
     # repeat-headers=1: VPS/SPS/PPS in-band before every keyframe, as x264 does by default (and as
@@ -100,6 +111,7 @@ def live_mounts() -> dict:
     return {
         "/test": f"( {RAW_VIDEO} ! {H264_ENC} )",
         "/av": f"( {RAW_VIDEO} ! {H264_ENC} {AAC_AUDIO} )",
+        "/g711": f"( {RAW_VIDEO} ! {H264_ENC} {G711_AUDIO} )",
         "/h265": f"( {RAW_VIDEO} ! {h265_enc(closed_gop=True)} )",
         "/h265cra": f"( {RAW_VIDEO} ! {h265_enc(closed_gop=False)} )",
     }
@@ -172,6 +184,7 @@ def parse_args(argv):
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--file", metavar="PATH", help="also serve this H.264 MP4 at /file")
     p.add_argument("--auth", metavar="USER:PASS", help="require HTTP Basic/RTSP credentials on every mount")
+    p.add_argument("--only", choices=["tcp", "udp"], help="offer only this RTP transport")
     p.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
@@ -217,6 +230,10 @@ def main(argv) -> int:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
         factory.set_shared(path != "/file")
+        if args.only == "udp":
+            factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP)
+        elif args.only == "tcp":
+            factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
         if args.auth:
             factory.add_role_from_structure(
                 Gst.Structure.from_string(

@@ -35,6 +35,12 @@ impl RtspServer {
         Self::start_with(0, &["--auth", user_pass])
     }
 
+    /// As [`RtspServer::start`], offering only one RTP transport (`"udp"` or `"tcp"`, `--only`): a
+    /// client asking for the other one is refused.
+    pub fn start_only(transport: &str) -> RtspServer {
+        Self::start_with(0, &["--only", transport])
+    }
+
     fn start_with(port: u16, extra: &[&str]) -> RtspServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/gst_rtsp_server.py");
         let mut child = Command::new("/usr/bin/python3")

@@ -312,6 +312,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         auth,
         listeners: Default::default(),
         limits,
+        metrics: Default::default(),
     }
 }
 

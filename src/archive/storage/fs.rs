@@ -1,11 +1,13 @@
 //! Segment files on the local filesystem. Keys are file paths as stored in `segments.storage_key`.
 
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{Storage, StorageError};
+use super::{Opened, Storage, StorageError};
 
 /// The local filesystem.
 #[derive(Debug, Default, Clone)]
@@ -58,5 +60,39 @@ impl Storage for FsStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(key, e)),
         }
+    }
+
+    async fn open_handle(&self, key: &str) -> Result<Option<Arc<dyn Opened>>, StorageError> {
+        let file = tokio::fs::File::open(key)
+            .await
+            .map_err(|e| io(key, e))?
+            .into_std()
+            .await;
+        Ok(Some(Arc::new(OpenFile {
+            file: Arc::new(file),
+            key: key.to_owned(),
+        })))
+    }
+}
+
+/// A segment file held open: positioned reads (`pread`) on one descriptor, so readers never
+/// reopen the path (which retention or the uploader may have removed meanwhile).
+struct OpenFile {
+    file: Arc<std::fs::File>,
+    key: String,
+}
+
+#[async_trait::async_trait]
+impl Opened for OpenFile {
+    async fn read_at(&self, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(0);
+        let file = self.file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, range.start).map(|()| buf)
+        })
+        .await
+        .map_err(|e| io(&self.key, std::io::Error::other(e)))?;
+        read.map(Bytes::from).map_err(|e| io(&self.key, e))
     }
 }
