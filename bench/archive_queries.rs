@@ -627,6 +627,7 @@ async fn main() -> anyhow::Result<()> {
                 reconcile: Default::default(),
                 auth: video_server::auth::Auth::new(&config.auth, db.clone()).await?,
                 listeners: Default::default(),
+                limits: std::sync::Arc::new(video_server::limits::Limits::new(&config)),
                 metrics: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {

@@ -97,6 +97,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Ours: where file sources may be read from.
     pub sources: SourcesConfig,
+    /// Ours: how much one stream, one client and the whole server may hold at once.
+    pub limits: LimitsConfig,
     /// Where the file was read from (not a key). Relative paths in the file stay relative to the
     /// working directory, as in the original.
     #[serde(skip)]
@@ -197,7 +199,8 @@ pub struct ArchiveConfig {
     pub playback_chunk_s: u64,
     /// Ours: a paused playback session is closed after this long without `more` (10 minutes).
     pub playback_idle_s: u64,
-    /// Ours: most archive playback sessions at once (0 = default 64).
+    /// Ours: most archive playback sessions at once (0 = default 64). `[limits]
+    /// archive_sessions_total` wins when set.
     pub playback_max_sessions: usize,
     /// Ours: the recorder re-anchors a session's wall clock at the next segment boundary when the
     /// camera's timeline drifts from the server clock by more than this (default 1000; 0 turns
@@ -499,6 +502,51 @@ impl SourcesConfig {
     }
 }
 
+/// `[limits]` (ours): what one stream, one client (its token, or its IP address, an IPv6 one by
+/// its /64: `auth::Caller::client_key`) and the whole server may hold at once. Over a limit, a
+/// request gets 429 (the client's own share) or 503 (the server's), with `Retry-After`; a
+/// WebSocket is closed with code 1013 and a reason. Every limit is at least 1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message a client may send (`/ws/live`, `/ws/archive`); a larger one
+    /// closes the connection with code 1009. Clients only send `ping` and `more`.
+    pub ws_max_message_bytes: usize,
+    /// Live MSE viewers of one stream.
+    pub viewers_per_stream: usize,
+    /// Live MSE viewers of all streams together.
+    pub viewers_total: usize,
+    /// Archive playback sessions of one client.
+    pub archive_sessions_per_client: usize,
+    /// Archive playback sessions in all (unset: `[archive] playback_max_sessions`, default 64).
+    pub archive_sessions_total: Option<usize>,
+    /// Exports (`export.mp4` downloads, each range request counts while it is sent) of one client.
+    pub exports_per_client: usize,
+    /// Exports in all.
+    pub exports_total: usize,
+}
+
+/// Default `[limits] ws_max_message_bytes`.
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 4096;
+/// Smallest `[limits] ws_max_message_bytes` (a control frame's payload may be 125 bytes).
+pub const MIN_WS_MAX_MESSAGE_BYTES: usize = 128;
+/// Largest `[limits] ws_max_message_bytes` (axum's own default).
+pub const MAX_WS_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            ws_max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            viewers_per_stream: 100,
+            viewers_total: 500,
+            archive_sessions_per_client: 16,
+            archive_sessions_total: None,
+            exports_per_client: 4,
+            exports_total: 16,
+        }
+    }
+}
+
 /// Default pause between two retention passes.
 pub const DEFAULT_RETENTION_INTERVAL_S: u64 = 60;
 
@@ -761,6 +809,7 @@ impl Config {
                 });
             }
         }
+        self.validate_limits()?;
         // Validate every stream now, so a bad entry stops start-up with a message naming it.
         let streams = self.streams()?;
         let mut seen = HashSet::new();
@@ -779,6 +828,69 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_limits(&mut self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let key_error = |key: &str, message: String| ConfigError::Key {
+            path: self.path(),
+            key: format!("limits.{key}"),
+            message,
+        };
+        if !(MIN_WS_MAX_MESSAGE_BYTES..=MAX_WS_MAX_MESSAGE_BYTES).contains(&l.ws_max_message_bytes)
+        {
+            return Err(key_error(
+                "ws_max_message_bytes",
+                format!(
+                    "{} is out of range {MIN_WS_MAX_MESSAGE_BYTES}..={MAX_WS_MAX_MESSAGE_BYTES}",
+                    l.ws_max_message_bytes
+                ),
+            ));
+        }
+        let pairs = [
+            (
+                "viewers_per_stream",
+                l.viewers_per_stream,
+                "viewers_total",
+                l.viewers_total,
+            ),
+            (
+                "archive_sessions_per_client",
+                l.archive_sessions_per_client,
+                "archive_sessions_total",
+                self.archive_sessions_total(),
+            ),
+            (
+                "exports_per_client",
+                l.exports_per_client,
+                "exports_total",
+                l.exports_total,
+            ),
+        ];
+        let mut warnings = Vec::new();
+        for (part_key, part, total_key, total) in pairs {
+            for (key, value) in [(part_key, part), (total_key, total)] {
+                if value == 0 {
+                    return Err(key_error(key, "must be at least 1".into()));
+                }
+            }
+            if part > total {
+                warnings.push(format!(
+                    "limits.{part_key} ({part}) is above limits.{total_key} ({total}): the total \
+                     is what applies"
+                ));
+            }
+        }
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    /// Most archive playback sessions at once: `[limits] archive_sessions_total`, else `[archive]
+    /// playback_max_sessions` (default 64).
+    pub fn archive_sessions_total(&self) -> usize {
+        self.limits
+            .archive_sessions_total
+            .unwrap_or_else(|| self.archive.max_playback_sessions())
     }
 
     /// The streams declared in the file, converted to our model. Config-file streams are seeds: see

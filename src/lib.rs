@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod hub;
+pub mod limits;
 pub mod live;
 pub mod logging;
 pub mod manager;

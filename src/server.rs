@@ -176,6 +176,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             api: api_addr.map(|a| a.port()),
         },
         auth,
+        limits: Arc::new(crate::limits::Limits::new(&config)),
         metrics: Default::default(),
     };
     state

@@ -9,12 +9,13 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::DbError;
+use crate::limits::{RETRY_AFTER_S, Refusal};
 
 /// Error body of the `/api/v1` routes.
 #[derive(Debug, Serialize, ToSchema)]
@@ -41,6 +42,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Sent as `Retry-After` (seconds): the answer to a request over a limit.
+    pub retry_after_s: Option<u64>,
 }
 
 /// A stream id from the URL path; 400 `invalid_id` (field `id`) when it is not a UUID.
@@ -62,7 +65,34 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_s: None,
         }
+    }
+
+    /// A request over a limit (`[limits]`): 429 `limit_reached` when the client holds its share of
+    /// `what` (e.g. "exports"), 503 `server_busy` when the server holds all of it; both with
+    /// `Retry-After`.
+    pub fn limited(refusal: Refusal, what: &str) -> Self {
+        let (status, code, message) = match refusal {
+            Refusal::PerKey { limit } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_reached",
+                format!(
+                    "this client already has {limit} {what} running (the limit per client); \
+                     try again when one has finished"
+                ),
+            ),
+            Refusal::Total { limit } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                format!(
+                    "the server already has {limit} {what} running (its limit); try again later"
+                ),
+            ),
+        };
+        let mut err = Self::new(status, code, message);
+        err.retry_after_s = Some(RETRY_AFTER_S);
+        err
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -110,7 +140,12 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
     }
 }
 

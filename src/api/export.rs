@@ -10,12 +10,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -23,8 +24,10 @@ use super::AppState;
 use super::archive::parse_time;
 use super::error::{ApiError, ApiQuery, ErrorBody, parse_id};
 use crate::archive::export::{self, ExportError, MAX_RANGE_US};
+use crate::auth::Caller;
 use crate::db::segments::SegmentRow;
 use crate::db::streams;
+use crate::limits::Permit;
 
 /// Query of the export route.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -84,7 +87,8 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
         (a, b) => match (num(a), num(b)) {
             (Some(a), Some(b)) if a <= b => {
                 if a < len {
-                    RangeRequest::Part(a..(b + 1).min(len))
+                    // `b` may be u64::MAX: saturate, the range ends at the file's end anyway.
+                    RangeRequest::Part(a..b.saturating_add(1).min(len))
                 } else {
                     RangeRequest::Unsatisfiable
                 }
@@ -152,9 +156,14 @@ fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
         (status = 404, description = "No such stream, or nothing recorded in the range", body = ErrorBody),
         (status = 416, description = "The byte range lies outside the file (`Content-Range: bytes */size`)", body = ErrorBody),
         (status = 422, description = "`start` not before `end`, a range over 24 h, or segments that cannot be exported", body = ErrorBody),
+        (status = 429, description = "This client already has `[limits] exports_per_client` exports running (code `limit_reached`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "The server already has `[limits] exports_total` exports running (code `server_busy`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]
 pub async fn export_mp4(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<ExportQuery>,
     headers: HeaderMap,
@@ -180,6 +189,13 @@ pub async fn export_mp4(
     if streams::get(&state.db, id).await?.is_none() {
         return Err(ApiError::not_found(format!("stream {id} not found")));
     }
+    // A place among the exports running, held until the body has been sent (or the client has
+    // gone: the body stream, and the permit in it, is dropped then).
+    let permit = state
+        .limits
+        .exports
+        .try_enter(&caller.client_key())
+        .map_err(|refusal| ApiError::limited(refusal, "exports"))?;
     let mut rows = export::segments_in_range(&state.db, id, start_us, end_us).await?;
     // A read lease on every segment for the whole response: retention and the uploader leave
     // them alone until the body is sent (or the client leaves). A segment that could not be
@@ -265,6 +281,12 @@ pub async fn export_mp4(
         tracing::warn!(stream = %id, segments = lease.ids().len(), error = %e,
             "export cut short");
     });
+    // The permit lives in the body stream: it is given back when the stream is dropped (sent in
+    // full, failed, or abandoned by the client).
+    let body = body.map(move |chunk| {
+        let _held: &Permit = &permit;
+        chunk
+    });
     Ok((status, out, Body::from_stream(body)).into_response())
 }
 
@@ -316,6 +338,22 @@ mod tests {
         assert_eq!(r("bytes=1000-"), Unsatisfiable);
         assert_eq!(r("bytes=1000-1001"), Unsatisfiable);
         assert_eq!(r("bytes=-0"), Unsatisfiable);
+        // The largest numbers there are saturate instead of overflowing.
+        assert_eq!(r("bytes=0-18446744073709551615"), Part(0..1000));
+        assert_eq!(r("bytes=999-18446744073709551615"), Part(999..1000));
+        assert_eq!(r("bytes=18446744073709551615-"), Unsatisfiable);
+        assert_eq!(
+            r("bytes=18446744073709551615-18446744073709551615"),
+            Unsatisfiable
+        );
+        assert_eq!(r("bytes=-18446744073709551615"), Part(0..1000));
+        assert_eq!(
+            parse_range(Some("bytes=0-18446744073709551615"), u64::MAX),
+            Part(0..u64::MAX)
+        );
+        // Beyond u64: not a number we can honour, so the whole file (as for any malformed range).
+        assert_eq!(r("bytes=0-18446744073709551616"), Full);
+        assert_eq!(r("bytes=-99999999999999999999999"), Full);
         // Ignored: other units, several ranges, nonsense, reversed.
         for v in [
             "items=0-1",

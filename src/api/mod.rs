@@ -60,6 +60,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The bound listener ports (0 / `None` in router tests that bind nothing).
     pub listeners: ListenerPorts,
+    /// Viewers, archive sessions and exports held at once (`[limits]`).
+    pub limits: Arc<crate::limits::Limits>,
     /// HTTP request counts and the pools `/metrics` reports (everything else it reads from the
     /// state above).
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -14,8 +14,6 @@ pub mod uploader;
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 use crate::config::Config;
 use crate::db::segments::SegmentRow;
 use crate::stream::StorageKind;
@@ -30,8 +28,6 @@ pub struct Archive {
     /// The `[s3]` (or `minio_settings`) bucket, when configured. Other buckets (per-stream
     /// overrides) are handles sharing its client.
     s3: Option<Arc<S3Storage>>,
-    /// Limits concurrent archive playback sessions (each holds a file or object open).
-    pub playback_slots: Arc<Semaphore>,
     /// Recent export plans (the `Range` requests of one download share one plan).
     pub export_plans: export::PlanCache,
     /// What retention has done since start (for status pages and metrics).
@@ -53,23 +49,14 @@ impl Archive {
                 }
             }
         });
-        Archive::with_storages(
-            Arc::new(storage::fs::FsStorage),
-            s3,
-            config.archive.max_playback_sessions(),
-        )
+        Archive::with_storages(Arc::new(storage::fs::FsStorage), s3)
     }
 
     /// An archive over the given storages (tests replace the filesystem or point S3 elsewhere).
-    pub fn with_storages(
-        fs: Arc<dyn Storage>,
-        s3: Option<S3Storage>,
-        max_playback_sessions: usize,
-    ) -> Archive {
+    pub fn with_storages(fs: Arc<dyn Storage>, s3: Option<S3Storage>) -> Archive {
         Archive {
             fs,
             s3: s3.map(Arc::new),
-            playback_slots: Arc::new(Semaphore::new(max_playback_sessions)),
             export_plans: export::PlanCache::default(),
             retention: Default::default(),
             leases: Default::default(),
@@ -128,7 +115,7 @@ mod tests {
             buckets: Vec::new(),
         };
         let s3 = s3.then(|| S3Storage::new(&cfg, &Default::default()).expect("valid settings"));
-        Archive::with_storages(Arc::new(storage::fs::FsStorage), s3, 1)
+        Archive::with_storages(Arc::new(storage::fs::FsStorage), s3)
     }
 
     fn same(a: &Arc<dyn Storage>, b: *const ()) -> bool {

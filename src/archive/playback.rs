@@ -8,7 +8,7 @@
 //! socket (no concurrent writes); playback starts at the keyframe at or before `start`, not at the
 //! start of the segment; a change of codec parameters between segments sends a new init segment
 //! (and a new `0x09` only when the codec list changes, see [`switch_messages`]); a paused
-//! session idles out; sessions are limited. Segments are found with keyset pages through the index
+//! session idles out; sessions are limited per client and in total (`live::ws::archive`). Segments are found with keyset pages through the index
 //! (one bounded query per page); a corrupt segment is skipped with a log line.
 //!
 //! Reads: each segment is leased ([`crate::archive::leases`]: retention and the uploader leave it
@@ -42,7 +42,7 @@ use crate::archive::leases::Lease;
 use crate::archive::storage::{Opened, Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
 use crate::live::mse::{WRITE_TIMEOUT, switch_messages};
-use crate::live::ws::{ArchiveRequest, close_with};
+use crate::live::ws::{ArchiveRequest, CLOSE_TOO_BIG, close_code, close_with, too_big_reason};
 use crate::media::fmp4::{self, FragmentWriter};
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
 
@@ -421,6 +421,8 @@ enum Stop {
     Gone,
     /// Close with this 1011 reason.
     Reason(&'static str),
+    /// The client sent a message over the size limit: close with 1009.
+    TooBig,
 }
 
 /// One playback session: owns the socket.
@@ -450,6 +452,7 @@ impl Session {
                 }
                 _ => Ok(()),
             },
+            Some(Err(e)) if crate::live::ws::is_too_big(&e) => Err(Stop::TooBig),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Err(Stop::Gone),
             Some(Ok(_)) => Ok(()),
         }
@@ -487,10 +490,6 @@ pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta
         socket,
         more_pending: false,
         idle: state.config.archive.playback_idle(),
-    };
-    let Ok(_slot) = state.archive.playback_slots.clone().try_acquire_owned() else {
-        close_with(&mut session.socket, "Too many archive sessions").await;
-        return;
     };
     let from_us = req.start_s * 1_000_000;
     let to_us = match req.duration_s {
@@ -532,6 +531,14 @@ pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta
         }
         Err(Stop::Gone) => {}
         Err(Stop::Reason(r)) => close_with(&mut session.socket, r).await,
+        Err(Stop::TooBig) => {
+            let limit = state.limits.ws_max_message_bytes;
+            tracing::info!(
+                limit,
+                "archive session closed: client message over the size limit"
+            );
+            close_code(&mut session.socket, CLOSE_TOO_BIG, &too_big_reason(limit)).await;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::ws::close_with;
+use super::ws::{close_read_error, close_with};
 use crate::hub::Delivery;
 use crate::manager::StreamRuntime;
 use crate::media::fmp4::{FragmentWriter, init_segment};
@@ -176,19 +176,30 @@ impl MseMuxer {
     }
 }
 
-/// Serves one live viewer until it leaves, lags beyond repair, or the stream stops.
-pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>) {
+/// Serves one live viewer until it leaves, lags beyond repair, or the stream stops. A client
+/// message over `max_message` bytes (the socket's configured limit) closes it with 1009.
+pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_message: usize) {
     // Registered before codecs are known: this is what starts an on-demand source.
     let _viewer = rt.demand.viewer();
     let mut sub = rt.hub.subscribe(VIEWER_QUEUE);
     let mut params = rt.hub.params();
-    let got_codecs = tokio::select! {
+    let waited = tokio::select! {
         r = tokio::time::timeout(super::ws::CODEC_WAIT, params.wait_for(Option::is_some)) => {
-            Some(matches!(r, Ok(Ok(_))))
+            Ok(Some(matches!(r, Ok(Ok(_)))))
         }
         // The viewer may leave while waiting.
-        _ = wait_closed(&mut socket) => return,
-        _ = rt.stopped() => None,
+        err = wait_closed(&mut socket) => Err(err),
+        _ = rt.stopped() => Ok(None),
+    };
+    // (Answered outside the select: its futures, a lock guard among them, are gone by now.)
+    let got_codecs = match waited {
+        Ok(g) => g,
+        Err(err) => {
+            if let Some(e) = err {
+                close_read_error(&mut socket, &e, max_message).await;
+            }
+            return;
+        }
     };
     let Some(got_codecs) = got_codecs else {
         close_stopped(&mut socket).await;
@@ -210,8 +221,8 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>) {
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => return,
-                Some(Err(_)) => {
-                    close_with(&mut socket, "Can't read message").await;
+                Some(Err(e)) => {
+                    close_read_error(&mut socket, &e, max_message).await;
                     return;
                 }
                 Some(Ok(_)) => {}
@@ -268,15 +279,16 @@ async fn send(socket: &mut WebSocket, m: Message) -> bool {
     )
 }
 
-/// Resolves when the client closes (other messages are ignored while waiting for codecs, except
-/// `ping`, which is answered).
-async fn wait_closed(socket: &mut WebSocket) {
+/// Resolves when the client closes, with the receive error if that is how it ended (other
+/// messages are ignored while waiting for codecs, except `ping`, which is answered).
+async fn wait_closed(socket: &mut WebSocket) -> Option<axum::Error> {
     loop {
         match socket.recv().await {
             Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
                 let _ = send(socket, Message::Text("pong".into())).await;
             }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            Some(Ok(Message::Close(_))) | None => return None,
+            Some(Err(e)) => return Some(e),
             Some(Ok(_)) => {}
         }
     }

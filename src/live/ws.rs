@@ -1,5 +1,11 @@
 //! WebSocket entry points: validation and the Go close reasons. Both handlers upgrade first and then
 //! validate, like the original, so clients see a close frame with code 1011 and a reason.
+//!
+//! Limits (`[limits]`, [`crate::limits`]): a client message larger than `ws_max_message_bytes`
+//! closes the connection with 1009 ([`CLOSE_TOO_BIG`]); a viewer or archive session over its
+//! limit is upgraded and closed at once with 1013 ([`CLOSE_TRY_AGAIN`]) and a reason naming the
+//! limit. (A browser's WebSocket API shows the close code and reason, but not the HTTP status of a
+//! refused upgrade, so a 429/503 before the upgrade would reach a web page as a bare failure.)
 
 use std::time::Duration;
 
@@ -12,10 +18,18 @@ use uuid::Uuid;
 use crate::api::AppState;
 use crate::auth::Caller;
 use crate::auth::scope::Action;
+use crate::limits::Refusal;
 use crate::stream::OutputType;
 
 /// Close code the original uses for every error ("internal error").
 pub const CLOSE_ERROR: u16 = 1011;
+
+/// Close code for a client message over `[limits] ws_max_message_bytes` ("message too big",
+/// RFC 6455 §7.4.1).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Close code for a session refused by a limit ("try again later", IANA WebSocket close codes).
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// How long a new viewer waits for the stream's codecs before giving up (the original's 10 s).
 pub const CODEC_WAIT: Duration = Duration::from_secs(10);
@@ -33,15 +47,90 @@ const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// Sends a 1011 close frame with `reason` (cut to the 123 bytes a close frame can carry) and
 /// completes the closing handshake ([`close`]).
 pub async fn close_with(socket: &mut WebSocket, reason: &str) {
+    close_code(socket, CLOSE_ERROR, reason).await;
+}
+
+/// Sends a close frame with `code` and `reason` (cut to 123 bytes) and completes the closing
+/// handshake ([`close`]).
+pub async fn close_code(socket: &mut WebSocket, code: u16, reason: &str) {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let frame = CloseFrame {
-        code: CLOSE_ERROR,
+        code,
         reason: Utf8Bytes::from(&reason[..end]),
     };
     close(socket, Some(frame)).await;
+}
+
+/// Whether a receive error is a client message (or frame) over the size limit.
+pub fn is_too_big(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The close reason for a message over the limit.
+pub fn too_big_reason(limit: usize) -> String {
+    format!("Message too big (limit {limit} bytes)")
+}
+
+/// Ends a session whose client message could not be read: 1009 when it was too big, else the
+/// original's 1011 `Can't read message`.
+pub async fn close_read_error(socket: &mut WebSocket, err: &axum::Error, limit: usize) {
+    if is_too_big(err) {
+        tracing::info!(
+            limit,
+            "WebSocket closed: client message over the size limit"
+        );
+        close_code(socket, CLOSE_TOO_BIG, &too_big_reason(limit)).await;
+    } else {
+        close_with(socket, "Can't read message").await;
+    }
+}
+
+/// Applies `[limits] ws_max_message_bytes` to a connection about to be upgraded: a larger message
+/// (or frame) is refused as soon as its header arrives, before it is buffered.
+fn limit_messages(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let max = state.limits.ws_max_message_bytes;
+    ws.max_message_size(max).max_frame_size(max)
+}
+
+/// The close reason of a viewer over a limit.
+pub fn viewers_reason(refusal: Refusal) -> String {
+    match refusal {
+        Refusal::PerKey { limit } => {
+            format!("Too many viewers of this stream (limit {limit}); try again later")
+        }
+        Refusal::Total { limit } => {
+            format!("Too many viewers on this server (limit {limit}); try again later")
+        }
+    }
+}
+
+/// The close reason of an archive session over a limit (both start as the earlier single limit's
+/// `Too many archive sessions` did).
+pub fn archive_reason(refusal: Refusal) -> String {
+    match refusal {
+        Refusal::PerKey { limit } => {
+            format!("Too many archive sessions for this client (limit {limit}); try again later")
+        }
+        Refusal::Total { limit } => {
+            format!("Too many archive sessions on this server (limit {limit}); try again later")
+        }
+    }
+}
+
+/// Closes a session refused by a limit.
+async fn close_limited(mut socket: WebSocket, reason: String, client: String) {
+    tracing::info!(client, reason, "WebSocket session refused by a limit");
+    close_code(&mut socket, CLOSE_TRY_AGAIN, &reason).await;
 }
 
 /// Sends a close frame, then reads (and drops) what the client still sends until its own close
@@ -69,14 +158,26 @@ pub async fn live(
 ) -> Response {
     let stream_id = query_param(query.as_deref(), "stream_id").unwrap_or_default();
     let id = Uuid::parse_str(&stream_id).ok();
-    ws.on_upgrade(move |socket| {
+    // A place among the stream's viewers, taken before the upgrade and held by the session until
+    // it ends, however it ends (or given back at once if the upgrade never completes).
+    let place = id.map(|id| state.limits.viewers.try_enter(&id.to_string()));
+    limit_messages(ws, &state).on_upgrade(move |socket| async move {
+        let _viewer = match place {
+            Some(Err(refusal)) => {
+                return close_limited(socket, viewers_reason(refusal), caller.client_key()).await;
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
+        let max_message = state.limits.ws_max_message_bytes;
         until_revoked(
             state.clone(),
             caller,
             Action::Live,
             id,
-            live_session(socket, state, stream_id),
+            live_session(socket, state, stream_id, max_message),
         )
+        .await
     })
 }
 
@@ -101,7 +202,7 @@ async fn until_revoked(
     }
 }
 
-async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
+async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String, max_message: usize) {
     let Ok(id) = Uuid::parse_str(&raw_id) else {
         close_with(&mut socket, &format!("Not valid UUID: '{raw_id}'")).await;
         return;
@@ -115,7 +216,7 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String) {
         // the mse output. Dropping the socket does exactly that.
         return;
     };
-    super::mse::serve_viewer(socket, rt).await;
+    super::mse::serve_viewer(socket, rt, max_message).await;
 }
 
 /// `GET /ws/archive?stream_id=<uuid>&start=<unix s>&duration=<s>`: archive playback.
@@ -126,7 +227,14 @@ pub async fn archive(
     RawQuery(query): RawQuery,
 ) -> Response {
     let id = query_param(query.as_deref(), "stream_id").and_then(|s| Uuid::parse_str(&s).ok());
-    ws.on_upgrade(move |socket| {
+    // A session place of this client's, held until the session ends (see `live`).
+    let client = caller.client_key();
+    let place = state.limits.archive_sessions.try_enter(&client);
+    limit_messages(ws, &state).on_upgrade(move |socket| async move {
+        let _session = match place {
+            Ok(permit) => permit,
+            Err(refusal) => return close_limited(socket, archive_reason(refusal), client).await,
+        };
         until_revoked(
             state.clone(),
             caller,
@@ -134,6 +242,7 @@ pub async fn archive(
             id,
             archive_session(socket, state, query),
         )
+        .await
     })
 }
 

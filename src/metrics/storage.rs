@@ -260,17 +260,16 @@ pub fn encode(
     )?;
 
     // Archive playback.
-    let max = state.config.archive.max_playback_sessions();
-    let free = state.archive.playback_slots.available_permits();
+    let max = state.config.archive_sessions_total();
     out.gauge(
         "video_server_archive_playback_sessions",
         "Archive playback sessions running now",
         None,
-        one(int(max.saturating_sub(free) as u64)),
+        one(int(state.limits.archive_sessions.in_use() as u64)),
     )?;
     out.gauge(
         "video_server_archive_playback_sessions_limit",
-        "Most archive playback sessions at once ([archive] max_playback_sessions)",
+        "Most archive playback sessions at once ([limits] archive_sessions_total)",
         None,
         one(int(max as u64)),
     )?;

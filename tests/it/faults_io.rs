@@ -328,11 +328,7 @@ async fn the_floor_applies_to_every_root_on_its_own_filesystem() {
     let retention = |roots: &std::sync::Arc<MarkedRoots>| {
         Retention::new(
             db.clone(),
-            std::sync::Arc::new(Archive::with_storages(
-                std::sync::Arc::new(FsStorage),
-                None,
-                1,
-            )),
+            std::sync::Arc::new(Archive::with_storages(std::sync::Arc::new(FsStorage), None)),
             config.retention.clone(),
             a.path(),
         )

@@ -24,6 +24,7 @@ mod file_source;
 mod go_routes;
 mod import_archive;
 mod leases;
+mod limits;
 mod live;
 mod metrics;
 mod openapi;

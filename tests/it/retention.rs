@@ -123,7 +123,7 @@ async fn assert_runs_consistent(db: &Db, stream: Uuid) {
 }
 
 fn retention(db: &Db, dir: &Path, config: RetentionConfig) -> Retention {
-    let archive = Archive::with_storages(Arc::new(FsStorage), None, 1);
+    let archive = Archive::with_storages(Arc::new(FsStorage), None);
     Retention::new(db.clone(), Arc::new(archive), config, dir)
 }
 
@@ -385,7 +385,7 @@ both_engines! {
         let stream = add_stream(db, RetentionSpec { max_age_s: Some(60), max_bytes: None }).await;
         let (id, path) = add_segment(db, dir.path(), stream, NOW_US - 600 * SECOND, 10 * SECOND, 100).await;
         let storage = Arc::new(FlakyStorage { fail: true.into() });
-        let archive = Arc::new(Archive::with_storages(storage.clone(), None, 1));
+        let archive = Arc::new(Archive::with_storages(storage.clone(), None));
         let r = Retention::new(db.clone(), archive, RetentionConfig::default(), dir.path());
 
         let report = r.run_once_at(NOW_US).await.expect("pass");

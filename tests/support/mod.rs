@@ -300,6 +300,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
     let roots = video_server::archive::markers::MarkedRoots::open(db.clone(), config.clone())
         .await
         .expect("storage roots");
+    let limits = Arc::new(video_server::limits::Limits::new(&config));
     AppState {
         archive: Arc::new(video_server::archive::Archive::new(&config)),
         roots,
@@ -310,6 +311,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         uploads: Default::default(),
         auth,
         listeners: Default::default(),
+        limits,
         metrics: Default::default(),
     }
 }
