@@ -493,7 +493,7 @@ async fn retention_skips_an_unavailable_root_until_it_returns() {
         .expect("roots");
     let retention = Retention::new(
         db.clone(),
-        Arc::new(Archive::with_storages(Arc::new(FsStorage), None, 1)),
+        Arc::new(Archive::with_storages(Arc::new(FsStorage), None)),
         config.retention.clone(),
         tmp.path(),
     )
