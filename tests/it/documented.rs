@@ -361,8 +361,8 @@ async fn rtsp_over_udp_plays_from_a_udp_only_camera() {
 
 // ----- archive playback errors ---------------------------------------------------------------------
 
-/// `[archive] playback_max_sessions`: one session more is closed with `Too many archive
-/// sessions`; when a session ends, its slot is free again.
+/// `[archive] playback_max_sessions`: one session more is closed with 1013 `Too many archive
+/// sessions on this server ...`; when a session ends, its slot is free again.
 #[tokio::test(flavor = "multi_thread")]
 async fn archive_sessions_beyond_the_limit_are_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -385,9 +385,14 @@ async fn archive_sessions_beyond_the_limit_are_refused() {
     let codec = first_binary(&mut first, Duration::from_secs(10)).await;
     assert_eq!(codec.first(), Some(&0x09));
     let mut second = connect(&url).await;
+    // `[archive] playback_max_sessions` is the server-wide total of `[limits]`: over it, 1013
+    // ("try again later") with the documented reason.
     assert_eq!(
         close_of(&mut second, Duration::from_secs(10)).await,
-        Some((1011, "Too many archive sessions".to_owned()))
+        Some((
+            1013,
+            "Too many archive sessions on this server (limit 1); try again later".to_owned()
+        ))
     );
     // The first one leaves: a new session plays.
     first.send(Message::Close(None)).await.expect("close");
