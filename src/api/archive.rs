@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, check_text, parse_id};
 use crate::db::pages::{self, SegmentItem};
 use crate::db::protected::{self, ProtectedRange};
 use crate::db::runs;
@@ -566,18 +566,7 @@ pub async fn create_protected(
     let start_us = input.start.to_us("start")?;
     let end_us = input.end.to_us("end")?;
     check_window(start_us, end_us)?;
-    if input.reason.len() > MAX_REASON_BYTES {
-        return Err(ApiError::invalid(
-            "reason",
-            format!("reason is longer than {MAX_REASON_BYTES} bytes"),
-        ));
-    }
-    if input.reason.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "reason",
-            "reason contains control characters",
-        ));
-    }
+    check_text("reason", &input.reason, MAX_REASON_BYTES)?;
     check_known(&state, id).await?;
     let row = protected::insert(&state.db, id, start_us, end_us, &input.reason).await?;
     let mut headers = HeaderMap::new();

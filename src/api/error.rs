@@ -272,3 +272,21 @@ impl IntoResponse for GoError {
         }
     }
 }
+
+/// Refuses a free-text field longer than `max` bytes or holding control characters (names,
+/// URLs, paths, reasons), with an error naming the field.
+pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} contains control characters"),
+        ));
+    }
+    Ok(())
+}

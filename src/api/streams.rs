@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, check_text, parse_id};
 use crate::auth::Caller;
 use crate::auth::scope::{Action, Streams};
 use crate::config::{MAX_MS_PER_FILE, MIN_MS_PER_FILE};
@@ -215,22 +215,6 @@ impl StreamDto {
 const MAX_NAME_CHARS: usize = 256;
 const MAX_URL_BYTES: usize = 2048;
 const MAX_PATH_BYTES: usize = 4096;
-
-fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.len() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} is longer than {max} bytes"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            format!("{field} contains control characters"),
-        ));
-    }
-    Ok(())
-}
 
 fn check_optional(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {
     match value {
