@@ -85,6 +85,9 @@ pub fn parse_time(raw: &str) -> Result<i64, TimeError> {
     {
         return parse_unix_seconds(s);
     }
+    if !rfc3339_shape(s) {
+        return Err(TimeError::Unparsable);
+    }
     let parsed = DateTime::parse_from_rfc3339(s).or_else(|e| match s.rfind(' ') {
         Some(i) if i > 10 => DateTime::parse_from_rfc3339(&format!("{}+{}", &s[..i], &s[i + 1..])),
         _ => Err(e),
@@ -100,6 +103,59 @@ pub fn parse_time(raw: &str) -> Result<i64, TimeError> {
         Ok(us)
     } else {
         Err(TimeError::OutOfBounds)
+    }
+}
+
+/// Whether `s` has the RFC 3339 shape of [`TIME_PATTERN`]: `YYYY-MM-DDTHH:MM:SS[.frac]` with
+/// month 01-12, day 01-31, hour 00-23, minute and second 00-59, then `Z` or an offset of hours
+/// 00-23 (`+` may arrive as a space). What chrono refuses after this is a date the calendar does
+/// not have (422), never a shape the document refuses (400). (A leap second, `:60`, is not of
+/// this shape.)
+fn rfc3339_shape(s: &str) -> bool {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize, max: u32| -> Option<u32> {
+        let part = b.get(from..from + len)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let v = part.iter().fold(0, |v, d| v * 10 + u32::from(d - b'0'));
+        (v <= max).then_some(v)
+    };
+    let at = |i: usize, allowed: &[u8]| b.get(i).is_some_and(|c| allowed.contains(c));
+    let date_time = num(0, 4, 9999).is_some()
+        && at(4, b"-")
+        && num(5, 2, 12).is_some_and(|m| m >= 1)
+        && at(7, b"-")
+        && num(8, 2, 31).is_some_and(|d| d >= 1)
+        && at(10, b"Tt")
+        && num(11, 2, 23).is_some()
+        && at(13, b":")
+        && num(14, 2, 59).is_some()
+        && at(16, b":")
+        && num(17, 2, 59).is_some();
+    if !date_time {
+        return false;
+    }
+    let mut i = 19;
+    if at(i, b".") {
+        i += 1;
+        let start = i;
+        while at(i, b"0123456789") {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z' | b'z') => i + 1 == b.len(),
+        Some(b'+' | b'-' | b' ') => {
+            num(i + 1, 2, 23).is_some()
+                && at(i + 3, b":")
+                && num(i + 4, 2, 59).is_some()
+                && i + 6 == b.len()
+        }
+        _ => false,
     }
 }
 
