@@ -33,6 +33,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/video-server.db";
 /// T" lookup a bounded index range (DESIGN.md §4, `db::segments::MAX_SEGMENT_US`).
 pub const MAX_MS_PER_FILE: u64 = 3_600_000;
 
+/// Default `[archive] max_drift_ms`: how far the recorder's wall clock may drift from the
+/// frames' receive times before it is re-anchored at the next segment.
+pub const DEFAULT_MAX_DRIFT: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Segment lengths above this are accepted with a warning: retention deletes and S3 uploads whole
 /// segments, and every time query scans further back, so 5 minutes or less is what we recommend.
 pub const LONG_MS_PER_FILE: u64 = 300_000;
@@ -249,7 +253,7 @@ impl ArchiveConfig {
     /// Drift that makes the recorder re-anchor its wall clock (`None`: never).
     pub fn max_drift(&self) -> Option<std::time::Duration> {
         match self.max_drift_ms {
-            None => Some(crate::archive::recorder::DEFAULT_MAX_DRIFT),
+            None => Some(DEFAULT_MAX_DRIFT),
             Some(0) => None,
             Some(ms) => Some(std::time::Duration::from_millis(ms)),
         }

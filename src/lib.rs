@@ -11,6 +11,7 @@
 //! | [`db`] | SQLite / Postgres pool, migrations, the one repository API (only place with SQL) |
 //! | [`media`] | codec parameters, frames, fMP4 writing, MP4 reading (no I/O policy, no HTTP/SQL) |
 //! | [`source`] | RTSP (retina) and looping-file sources, the per-stream supervisor |
+//! | [`hls_writer`] | the per-stream HLS segmenter and playlist writer (a hub consumer), and its file names |
 //! | [`hub`] | per-stream fan-out to viewers, HLS and recorder, with keyframe resync |
 //! | [`manager`] | starts, stops and reports on running streams |
 //! | [`metrics`] | Prometheus metrics, read at scrape time from the subsystems' counters |
@@ -20,16 +21,19 @@
 //! | [`archive`] | recording, segment storage (filesystem, S3), repair, retention, import, export |
 //! | [`server`] | wiring, listeners, graceful shutdown |
 //! | [`logging`] | tracing subscriber set-up (text or JSON) |
-//! | [`web`] | the built-in web UI (`web/ui/`, embedded), served at `/` on both listeners |
+//! | [`wsproto`] | the WebSocket protocol of live and archive sessions: close codes and handshake, codec messages |
+//! | `api::web` | the built-in web UI (`web/ui/`, embedded), served at `/` on both listeners |
 //!
-//! Dependencies point one way: `config`/`media` → `db`/`hub` → `source` → `manager` →
-//! `auth` → `live`/`api` → `server`.
+//! Dependencies point one way (no import cycles; `tests/it/layering.rs` checks it): `media`,
+//! `redact` → `stream` → `config` → `limits`/`roots`/`db`/`hub` → `auth`/`source`/`hls_writer`/
+//! `wsproto` → `archive` → `manager` → `metrics` → `api` → `live` → `server`.
 
 pub mod api;
 pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod hls_writer;
 pub mod hub;
 pub mod limits;
 pub mod live;
@@ -42,4 +46,4 @@ pub mod roots;
 pub mod server;
 pub mod source;
 pub mod stream;
-pub mod web;
+pub mod wsproto;

@@ -108,7 +108,7 @@ pub struct StreamRuntime {
     /// The recorder's counters, when the stream records.
     recorder: Option<Arc<RecorderStats>>,
     /// The HLS writer's counters, when the stream has an HLS output.
-    hls: Option<Arc<crate::live::hls_writer::HlsStats>>,
+    hls: Option<Arc<crate::hls_writer::HlsStats>>,
     /// Cancels the supervisor and every output task of this stream.
     cancel: CancellationToken,
     /// The supervisor and output tasks, awaited (and aborted if stuck) on stop.
@@ -129,7 +129,7 @@ impl StreamRuntime {
     }
 
     /// The HLS writer's counters (segments written, dropped bytes), when the stream has HLS.
-    pub fn hls_stats(&self) -> Option<Arc<crate::live::hls_writer::HlsStats>> {
+    pub fn hls_stats(&self) -> Option<Arc<crate::hls_writer::HlsStats>> {
         self.hls.clone()
     }
 
@@ -351,10 +351,10 @@ impl StreamManager {
         ));
         let mut hls_stats = None;
         if spec.has_output(OutputType::Hls) {
-            let writer = crate::live::hls_writer::HlsWriter::new(
+            let writer = crate::hls_writer::HlsWriter::new(
                 spec.id,
                 &c.hls,
-                hub.subscribe(crate::live::hls_writer::QUEUE_FRAMES),
+                hub.subscribe(crate::hls_writer::QUEUE_FRAMES),
             );
             hls_stats = Some(writer.stats());
             tasks.push(tokio::spawn(

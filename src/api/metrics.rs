@@ -27,7 +27,18 @@ use crate::metrics::http::{UNMATCHED, method_label};
     ))]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
-    let text = crate::metrics::render(&state, format).await;
+    let sources = crate::metrics::Sources {
+        config: state.config.clone(),
+        db: state.db.clone(),
+        manager: state.manager.clone(),
+        archive: state.archive.clone(),
+        uploads: state.uploads.clone(),
+        roots: state.roots.clone(),
+        reconcile: state.reconcile.clone(),
+        limits: state.limits.clone(),
+        metrics: state.metrics.clone(),
+    };
+    let text = crate::metrics::render(&sources, format).await;
     (
         [
             (

@@ -19,6 +19,7 @@ pub mod streams;
 pub mod strict_json;
 pub mod system;
 pub mod uploads;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +125,7 @@ pub fn app(state: AppState) -> Router {
     let (router, doc) = router_and_openapi();
     let router = router
         .merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc))
-        .merge(crate::web::router())
+        .merge(web::router())
         // A route layer, so it runs once a route matched (the policy is looked up by its
         // template) and covers every route above, Swagger UI and the web UI included.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -9,7 +9,7 @@
 //! so a new route cannot be reachable by accident.
 //!
 //! The stream id is read with the very parsers the handlers use (`parse_camera_request`,
-//! `query_param`, `hls::parse_name`, percent-decoded path parameters): what is authorised is what
+//! `query_param`, `hls_writer::parse_name`, percent-decoded path parameters): what is authorised is what
 //! the handler acts on. When the id cannot be parsed the handler refuses the request itself
 //! (400, or a close frame) before touching anything, so any authenticated caller gets that answer.
 
@@ -441,6 +441,14 @@ fn authorize(access: Access, caller: &Caller, stream: Option<Uuid>) -> Result<()
     })
 }
 
+/// A query parameter by name (first occurrence), percent-decoded: how the WebSocket handlers
+/// (`live::ws`) read `stream_id`, and so how the policy reads the id it authorises.
+pub fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Finds the route's stream id; may buffer the body (Go camera routes, bounded like the handler).
 async fn stream_of(
     policy: &RoutePolicy,
@@ -464,13 +472,12 @@ async fn stream_of(
         StreamRef::HlsFile => {
             let (req, value) = path_param(req, "file").await;
             let id = value
-                .and_then(|f| crate::live::hls::parse_name(&f).ok())
+                .and_then(|f| crate::hls_writer::parse_name(&f).ok())
                 .map(|n| n.stream_id);
             (req, id)
         }
         StreamRef::Query(name) => {
-            let id = crate::live::ws::query_param(req.uri().query(), name)
-                .and_then(|v| Uuid::parse_str(&v).ok());
+            let id = query_param(req.uri().query(), name).and_then(|v| Uuid::parse_str(&v).ok());
             (req, id)
         }
         StreamRef::CameraBody => {

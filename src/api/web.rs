@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::Embed;
 
-use crate::api::{AppState, ListenerPorts};
+use super::{AppState, ListenerPorts};
 
 #[derive(Embed)]
 #[folder = "web/ui/"]

@@ -36,15 +36,35 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::task::JoinHandle;
 
-use crate::api::AppState;
+use crate::archive::Archive;
 use crate::archive::export::box_header;
 use crate::archive::leases::Lease;
 use crate::archive::storage::{Opened, Storage, StorageError};
 use crate::db::segments::{self, SegmentRow};
-use crate::live::mse::{WRITE_TIMEOUT, switch_messages};
-use crate::live::ws::{ArchiveRequest, CLOSE_TOO_BIG, close_code, close_with, too_big_reason};
 use crate::media::fmp4::{self, FragmentWriter};
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
+use crate::wsproto::{
+    CLOSE_TOO_BIG, WRITE_TIMEOUT, close_code, close_with, switch_messages, too_big_reason,
+};
+
+/// An archive session's request (`/ws/archive?stream_id=&start=&duration=`), validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    pub stream_id: uuid::Uuid,
+    pub start_s: i64,
+    /// `None` means "until now + 1 year", as in the original.
+    pub duration_s: Option<i64>,
+}
+
+/// What a session reads and obeys, handed over by the video listener.
+#[derive(Clone)]
+pub struct PlaybackContext {
+    pub db: crate::db::Db,
+    pub archive: Arc<Archive>,
+    pub config: Arc<crate::config::Config>,
+    /// `[limits] ws_max_message_bytes`: a larger client message ends the session (1009).
+    pub max_message: usize,
+}
 
 /// Segments fetched per index query.
 const PAGE: u32 = 32;
@@ -104,7 +124,7 @@ enum Body {
 
 /// Reads `range` of `file`, counted in the stats.
 async fn read_range(
-    state: &AppState,
+    state: &PlaybackContext,
     file: &dyn Opened,
     range: std::ops::Range<u64>,
 ) -> Result<Bytes, StorageError> {
@@ -116,7 +136,7 @@ async fn read_range(
 /// The top-level box at `pos` (its first bytes, type and size); `None` at the end or at a torn
 /// tail past `limit`.
 async fn box_at(
-    state: &AppState,
+    state: &PlaybackContext,
     file: &dyn Opened,
     pos: u64,
     limit: u64,
@@ -135,7 +155,7 @@ async fn box_at(
 /// as read (at least the `moof` box and the `mdat` header), the `moof` size and the fragment's
 /// end. `None` at the end of the complete fragments.
 async fn fragment_head(
-    state: &AppState,
+    state: &PlaybackContext,
     file: &dyn Opened,
     mut pos: u64,
     limit: u64,
@@ -165,7 +185,7 @@ async fn fragment_head(
     }
 }
 
-async fn load(state: &AppState, row: SegmentRow) -> Option<Loaded> {
+async fn load(state: &PlaybackContext, row: SegmentRow) -> Option<Loaded> {
     let lease = match state.archive.leases.acquire_one(&state.db, row.id).await {
         Ok(Some(l)) => l,
         Ok(None) => {
@@ -209,7 +229,7 @@ async fn load(state: &AppState, row: SegmentRow) -> Option<Loaded> {
 
 /// Opens a segment and reads its codec setup (storage errors outside, media errors inside).
 async fn open_segment(
-    state: &AppState,
+    state: &PlaybackContext,
     storage: &Arc<dyn Storage>,
     row: &SegmentRow,
 ) -> Result<Result<(StreamParams, Body), MediaError>, StorageError> {
@@ -270,7 +290,7 @@ async fn open_segment(
 /// Reads a progressive MP4 whole (see [`Body::Whole`]); `e` is the fragmented parser's error,
 /// reported if the file is not progressive either.
 async fn whole(
-    state: &AppState,
+    state: &PlaybackContext,
     storage: &Arc<dyn Storage>,
     row: &SegmentRow,
     e: MediaError,
@@ -325,7 +345,7 @@ fn parse_progressive(
 
 /// Pages through the index and keeps the next segment loading while one is sent.
 struct SegmentFeed {
-    state: AppState,
+    state: PlaybackContext,
     req_from_us: i64,
     req_to_us: i64,
     stream_id: uuid::Uuid,
@@ -452,7 +472,7 @@ impl Session {
                 }
                 _ => Ok(()),
             },
-            Some(Err(e)) if crate::live::ws::is_too_big(&e) => Err(Stop::TooBig),
+            Some(Err(e)) if crate::wsproto::is_too_big(&e) => Err(Stop::TooBig),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Err(Stop::Gone),
             Some(Ok(_)) => Ok(()),
         }
@@ -485,7 +505,7 @@ impl Session {
 }
 
 /// Runs one archive playback session after validation.
-pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta: bool) {
+pub async fn serve(socket: WebSocket, state: PlaybackContext, req: ArchiveRequest, meta: bool) {
     let mut session = Session {
         socket,
         more_pending: false,
@@ -523,7 +543,7 @@ pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta
     match result {
         Ok(true) => {
             if session.send(Message::Text("eos".into())).await.is_ok() {
-                crate::live::ws::close(&mut session.socket, None).await;
+                crate::wsproto::close(&mut session.socket, None).await;
             }
         }
         Ok(false) => {
@@ -532,7 +552,7 @@ pub async fn serve(socket: WebSocket, state: AppState, req: ArchiveRequest, meta
         Err(Stop::Gone) => {}
         Err(Stop::Reason(r)) => close_with(&mut session.socket, r).await,
         Err(Stop::TooBig) => {
-            let limit = state.limits.ws_max_message_bytes;
+            let limit = state.max_message;
             tracing::info!(
                 limit,
                 "archive session closed: client message over the size limit"
@@ -569,7 +589,7 @@ impl Loaded {
     /// main-track keyframe at or before it, and that keyframe's media time (µs; 0 when there is
     /// none before it: the segment plays from its start). Fragmented segments are scanned by
     /// their `moof` boxes only. `None` if the segment cannot be read.
-    async fn seek(&self, state: &AppState, from_us: i64) -> Option<(Cursor, i64)> {
+    async fn seek(&self, state: &PlaybackContext, from_us: i64) -> Option<(Cursor, i64)> {
         let main = self.main_track();
         let ts = self.params.timescale(main);
         let target = from_us.max(self.row.start_us);
@@ -631,7 +651,7 @@ impl Loaded {
     /// at the end of the segment, or when the rest cannot be read (logged).
     async fn next_fragment(
         &self,
-        state: &AppState,
+        state: &PlaybackContext,
         cursor: &mut Cursor,
     ) -> Option<(Vec<Frame>, usize)> {
         match (&self.body, *cursor) {

@@ -10,44 +10,11 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use uuid::Uuid;
 
 use crate::api::AppState;
 use crate::api::error::GoError;
 use crate::auth::Caller;
-
-/// A validated HLS file name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HlsName {
-    pub stream_id: Uuid,
-    /// The whole file name (safe to join onto the HLS directory).
-    pub file: String,
-    pub is_playlist: bool,
-}
-
-/// Why a name was refused; the text goes into `{"Error": ...}`.
-pub fn parse_name(file: &str) -> Result<HlsName, String> {
-    let head = file.get(..36).unwrap_or(file);
-    let stream_id = Uuid::parse_str(head).map_err(|e| e.to_string())?;
-    let rest = &file[head.len()..];
-    if rest.is_empty()
-        || rest.contains("..")
-        || !rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        return Err(format!("invalid HLS file name '{file}'"));
-    }
-    let ext = rest.rsplit('.').next().unwrap_or("");
-    if !matches!(ext, "m3u8" | "m4s" | "mp4" | "ts") {
-        return Err(format!("invalid HLS file name '{file}'"));
-    }
-    Ok(HlsName {
-        stream_id,
-        file: file.to_owned(),
-        is_playlist: ext == "m3u8",
-    })
-}
+use crate::hls_writer::parse_name;
 
 /// Content type by extension.
 pub fn content_type(file: &str) -> &'static str {

@@ -2,7 +2,6 @@
 //! and HLS files. Paths and wire behaviour follow the Go original (go-original.md §2.2, §3, §4).
 
 pub mod hls;
-pub mod hls_writer;
 pub mod mse;
 pub mod ws;
 
@@ -24,7 +23,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ws/{any}", get(ws::live))
         .route("/hls/{file}", get(hls::serve))
         .route("/api/v1/server", get(crate::api::system::server_info))
-        .merge(crate::web::router())
+        .merge(crate::api::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             policy::enforce_video,

@@ -3,7 +3,7 @@
 //! keyframe; text `ping` is answered with text `pong`.
 //!
 //! Improvements over the original: audio is kept; a change of codec parameters reaches viewers
-//! ([`switch_messages`]: a new init segment, preceded by a new `0x09` message only when the codec
+//! ([`switch_messages`](crate::wsproto::switch_messages): a new init segment, preceded by a new `0x09` message only when the codec
 //! list itself changed); one fragment per video frame for low latency; each viewer's timeline
 //! starts at 0 and stays continuous when the viewer lagged and was skipped ahead to a keyframe.
 
@@ -11,24 +11,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::ws::{close_read_error, close_with};
 use crate::hub::Delivery;
 use crate::manager::StreamRuntime;
-use crate::media::fmp4::{FragmentWriter, init_segment};
+use crate::media::fmp4::FragmentWriter;
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
+use crate::wsproto::{
+    CLOSE_GOING_AWAY, WRITE_TIMEOUT, close_read_error, close_with, switch_messages,
+};
 
 /// Queue between the hub and one viewer, in frames beyond the cached GOP it starts with (about
 /// 5 s of 25 fps video, 2 s with audio). A live viewer further behind than that is better served by
 /// skipping to the next keyframe than by watching ever older video.
 pub const VIEWER_QUEUE: usize = 128;
-/// Close code when the stream a viewer watches is stopped ("going away", RFC 6455).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// A viewer whose socket accepts nothing for this long is dropped (the original's deadline).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// No keyframe for this long: the connection is closed (the original's 10 s).
 pub const KEYFRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new viewer waits for the stream's codecs before giving up (the original's 10 s).
+pub const CODEC_WAIT: Duration = Duration::from_secs(10);
 /// Audio-only streams: frames per fragment.
 const AUDIO_ONLY_FRAMES_PER_FRAGMENT: usize = 4;
 
@@ -56,35 +56,6 @@ fn to_us(ticks: i64, ts: u32) -> i64 {
 
 fn from_us(us: i64, ts: u32) -> i64 {
     (i128::from(us) * i128::from(ts) / 1_000_000) as i64
-}
-
-/// The first message of a session: `0x09` followed by the codec list.
-pub fn codec_message(params: &StreamParams) -> Bytes {
-    let list = params.codec_list();
-    let mut b = BytesMut::with_capacity(1 + list.len());
-    b.put_u8(0x09);
-    b.put_slice(list.as_bytes());
-    b.freeze()
-}
-
-/// The messages that move a session from the codec setup `current` (none at the start) to `next`.
-///
-/// The Go example clients create their one `SourceBuffer` from the first `0x09` message, ignore
-/// any later one, and append every other binary message to that buffer (go-original.md §3.4). So
-/// a `0x09` message is sent again only when the codec list changes (a buffer made for the old
-/// list could not take the new media anyway); a new setup with the same codec list (another
-/// resolution, new SPS/PPS) is announced by its init segment alone, which MSE accepts on the same
-/// `SourceBuffer`.
-pub fn switch_messages(
-    current: Option<&StreamParams>,
-    next: &StreamParams,
-) -> Result<Vec<Bytes>, MediaError> {
-    let mut out = Vec::with_capacity(2);
-    if current.is_none_or(|c| c.codec_list() != next.codec_list()) {
-        out.push(codec_message(next));
-    }
-    out.push(init_segment(next)?);
-    Ok(out)
 }
 
 impl Default for MseMuxer {
@@ -184,7 +155,7 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
     let mut sub = rt.hub.subscribe(VIEWER_QUEUE);
     let mut params = rt.hub.params();
     let waited = tokio::select! {
-        r = tokio::time::timeout(super::ws::CODEC_WAIT, params.wait_for(Option::is_some)) => {
+        r = tokio::time::timeout(CODEC_WAIT, params.wait_for(Option::is_some)) => {
             Ok(Some(matches!(r, Ok(Ok(_)))))
         }
         // The viewer may leave while waiting.
@@ -269,7 +240,7 @@ async fn close_stopped(socket: &mut WebSocket) {
         code: CLOSE_GOING_AWAY,
         reason: "Stream stopped".into(),
     };
-    super::ws::close(socket, Some(frame)).await;
+    crate::wsproto::close(socket, Some(frame)).await;
 }
 
 async fn send(socket: &mut WebSocket, m: Message) -> bool {

@@ -2,98 +2,25 @@
 //! validate, like the original, so clients see a close frame with code 1011 and a reason.
 //!
 //! Limits (`[limits]`, [`crate::limits`]): a client message larger than `ws_max_message_bytes`
-//! closes the connection with 1009 ([`CLOSE_TOO_BIG`]); a viewer or archive session over its
+//! closes the connection with 1009 ([`CLOSE_TOO_BIG`](crate::wsproto::CLOSE_TOO_BIG)); a viewer or archive session over its
 //! limit is upgraded and closed at once with 1013 ([`CLOSE_TRY_AGAIN`]) and a reason naming the
 //! limit. (A browser's WebSocket API shows the close code and reason, but not the HTTP status of a
 //! refused upgrade, so a 429/503 before the upgrade would reach a web page as a bare failure.)
 
-use std::time::Duration;
-
 use axum::Extension;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::api::policy::query_param;
+use crate::archive::playback::ArchiveRequest;
 use crate::auth::Caller;
 use crate::auth::scope::Action;
 use crate::limits::Refusal;
 use crate::stream::OutputType;
-
-/// Close code the original uses for every error ("internal error").
-pub const CLOSE_ERROR: u16 = 1011;
-
-/// Close code for a client message over `[limits] ws_max_message_bytes` ("message too big",
-/// RFC 6455 §7.4.1).
-pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// Close code for a session refused by a limit ("try again later", IANA WebSocket close codes).
-pub const CLOSE_TRY_AGAIN: u16 = 1013;
-
-/// How long a new viewer waits for the stream's codecs before giving up (the original's 10 s).
-pub const CODEC_WAIT: Duration = Duration::from_secs(10);
-
-/// A query parameter by name (first occurrence), percent-decoded.
-pub fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// Longest wait for the client's answer to our close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(3);
-
-/// Sends a 1011 close frame with `reason` (cut to the 123 bytes a close frame can carry) and
-/// completes the closing handshake ([`close`]).
-pub async fn close_with(socket: &mut WebSocket, reason: &str) {
-    close_code(socket, CLOSE_ERROR, reason).await;
-}
-
-/// Sends a close frame with `code` and `reason` (cut to 123 bytes) and completes the closing
-/// handshake ([`close`]).
-pub async fn close_code(socket: &mut WebSocket, code: u16, reason: &str) {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from(&reason[..end]),
-    };
-    close(socket, Some(frame)).await;
-}
-
-/// Whether a receive error is a client message (or frame) over the size limit.
-pub fn is_too_big(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// The close reason for a message over the limit.
-pub fn too_big_reason(limit: usize) -> String {
-    format!("Message too big (limit {limit} bytes)")
-}
-
-/// Ends a session whose client message could not be read: 1009 when it was too big, else the
-/// original's 1011 `Can't read message`.
-pub async fn close_read_error(socket: &mut WebSocket, err: &axum::Error, limit: usize) {
-    if is_too_big(err) {
-        tracing::info!(
-            limit,
-            "WebSocket closed: client message over the size limit"
-        );
-        close_code(socket, CLOSE_TOO_BIG, &too_big_reason(limit)).await;
-    } else {
-        close_with(socket, "Can't read message").await;
-    }
-}
+use crate::wsproto::{CLOSE_TRY_AGAIN, close_code, close_with};
 
 /// Applies `[limits] ws_max_message_bytes` to a connection about to be upgraded: a larger message
 /// (or frame) is refused as soon as its header arrives, before it is buffered.
@@ -131,22 +58,6 @@ pub fn archive_reason(refusal: Refusal) -> String {
 async fn close_limited(mut socket: WebSocket, reason: String, client: String) {
     tracing::info!(client, reason, "WebSocket session refused by a limit");
     close_code(&mut socket, CLOSE_TRY_AGAIN, &reason).await;
-}
-
-/// Sends a close frame, then reads (and drops) what the client still sends until its own close
-/// frame arrives, for at most [`CLOSE_WAIT`]. Dropping the connection while client messages sit
-/// unread (a `ping`, an archive client's last `more`) makes the kernel reset it, and a reset can
-/// destroy our last messages before the client reads them: an archive session's final fragments,
-/// its `eos`, or the close reason itself.
-pub async fn close(socket: &mut WebSocket, frame: Option<CloseFrame>) {
-    let handshake = async {
-        // The peer may already be gone; nothing more to do then.
-        if socket.send(Message::Close(frame)).await.is_err() {
-            return;
-        }
-        while let Some(Ok(_)) = socket.recv().await {}
-    };
-    let _ = tokio::time::timeout(CLOSE_WAIT, handshake).await;
 }
 
 /// `GET /ws/{anything}?stream_id=<uuid>`: live MSE.
@@ -246,15 +157,6 @@ pub async fn archive(
     })
 }
 
-/// Archive request parameters after validation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArchiveRequest {
-    pub stream_id: Uuid,
-    pub start_s: i64,
-    /// `None` means "until now + 1 year", as in the original.
-    pub duration_s: Option<i64>,
-}
-
 /// Validates the query with the original's close reasons.
 pub fn parse_archive_query(raw: Option<&str>) -> Result<ArchiveRequest, &'static str> {
     let stream_id = query_param(raw, "stream_id")
@@ -293,7 +195,13 @@ async fn archive_session(mut socket: WebSocket, state: AppState, query: Option<S
         return;
     }
     let meta = query_param(query.as_deref(), "meta").is_some_and(|m| m == "1" || m == "true");
-    crate::archive::playback::serve(socket, state, req, meta).await;
+    let ctx = crate::archive::playback::PlaybackContext {
+        db: state.db.clone(),
+        archive: state.archive.clone(),
+        config: state.config.clone(),
+        max_message: state.limits.ws_max_message_bytes,
+    };
+    crate::archive::playback::serve(socket, ctx, req, meta).await;
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::api::AppState;
 use crate::db::Db;
 
 /// The `Content-Type` of OpenMetrics text.
@@ -37,7 +36,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 #[derive(Default)]
 pub struct Metrics {
     pub http: http::HttpMetrics,
-    /// Pools besides the API's (`AppState::db`), by name: the recorders', the upkeep tasks'.
+    /// Pools besides the API's (`Sources::db`), by name: the recorders', the upkeep tasks'.
     pools: Mutex<Vec<(&'static str, Db)>>,
 }
 
@@ -186,10 +185,25 @@ const _: fn() = || {
     gauge_value::<f64>();
 };
 
+/// What the metrics are read from: the server's subsystems, handed over by the `/metrics` route
+/// (so this module depends on the subsystems, never on the HTTP layer).
+#[derive(Clone)]
+pub struct Sources {
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub db: Db,
+    pub manager: std::sync::Arc<crate::manager::StreamManager>,
+    pub archive: std::sync::Arc<crate::archive::Archive>,
+    pub uploads: std::sync::Arc<crate::archive::uploader::UploadStats>,
+    pub roots: std::sync::Arc<crate::archive::markers::MarkedRoots>,
+    pub reconcile: std::sync::Arc<crate::archive::repair::ReconcileCounters>,
+    pub limits: std::sync::Arc<crate::limits::Limits>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
 /// What one scrape reads: the server's state and the index facts gathered before encoding
 /// (encoding is synchronous; the index is not).
 struct Scrape {
-    state: AppState,
+    state: Sources,
     index: storage::IndexFacts,
     now_us: i64,
 }
@@ -238,7 +252,7 @@ impl Format {
 }
 
 /// Renders every metric in `format`.
-pub async fn render(state: &AppState, format: Format) -> String {
+pub async fn render(state: &Sources, format: Format) -> String {
     let index = storage::IndexFacts::gather(&state.db).await;
     let mut registry = Registry::default();
     state.metrics.http.register(&mut registry);

@@ -3,8 +3,8 @@
 
 use prometheus_client::registry::Unit;
 
+use super::Sources;
 use super::{Families, int, one};
-use crate::api::AppState;
 
 /// What `/proc` says about this process.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -99,7 +99,7 @@ fn read_proc() -> ProcStats {
     ProcStats::default()
 }
 
-pub fn encode(state: &AppState, out: &mut Families) -> std::fmt::Result {
+pub fn encode(state: &Sources, out: &mut Families) -> std::fmt::Result {
     let p = read_proc();
     let int_of = |v: Option<u64>| v.map(|n| one(int(n))).into_iter().flatten();
     out.gauge(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use prometheus_client::registry::Unit;
 
+use super::Sources;
 use super::{Families, Labels, int, labels, one};
-use crate::api::AppState;
 use crate::db::Db;
 use crate::db::segments::{self, UploadQueue, UploadStateCounts};
 
@@ -53,7 +53,7 @@ impl IndexFacts {
 }
 
 pub fn encode(
-    state: &AppState,
+    state: &Sources,
     index: &IndexFacts,
     now_us: i64,
     out: &mut Families,

@@ -5,8 +5,8 @@
 
 use prometheus_client::registry::Unit;
 
+use super::Sources;
 use super::{Families, Labels, int, labels, one};
-use crate::api::AppState;
 use crate::stream::{Source, StreamStatus};
 
 /// The states of `video_server_stream_state`, one series each (1 for the current one).
@@ -49,7 +49,7 @@ struct Row {
     recorder: Option<crate::archive::recorder::RecorderCounters>,
 }
 
-pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Result {
+pub fn encode(state: &Sources, now_us: i64, out: &mut Families) -> std::fmt::Result {
     let config = state.manager.config();
     let rows: Vec<Row> = state
         .manager

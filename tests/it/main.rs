@@ -23,6 +23,7 @@ mod faults_storage;
 mod file_source;
 mod go_routes;
 mod import_archive;
+mod layering;
 mod leases;
 mod limits;
 mod live;

@@ -94,9 +94,6 @@ const RESUME_MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
 /// While the disk stays full, how often its free space is looked at again.
 const DISK_FULL_POLL: Duration = Duration::from_secs(1);
 
-/// Default `[archive] max_drift_ms`.
-pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_millis(1000);
-
 /// Recorder failures (each is logged; the recorder closes the segment and carries on).
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -253,7 +250,7 @@ impl Recorder {
             open: None,
             writer: FragmentWriter::new(),
             clock: SessionClock::default(),
-            max_drift_us: DEFAULT_MAX_DRIFT.as_micros() as i64,
+            max_drift_us: crate::config::DEFAULT_MAX_DRIFT.as_micros() as i64,
             index: SegmentIndex::new(stats.clone()),
             stats,
             retention: None,
