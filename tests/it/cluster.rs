@@ -31,7 +31,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("tmp");
         let text = format!(
             "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
-             [database]\nurl = \"{db_url}\"\n\
+             [database]\nurl = \"{db_url}\"\n[hls]\nms_per_segment = 1000\n\
              [archive]\nserving = true\nrecording = true\nms_per_file = 2000\ndirectory = \"{archive}\"\n\
              [s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key = \"{ACCESS_KEY}\"\n\
              secret_key = \"{SECRET_KEY}\"\nbucket = \"cluster\"\npath_style = true\n\
@@ -111,8 +111,8 @@ async fn owners(api: &str) -> Option<HashMap<Uuid, String>> {
     Some(all)
 }
 
-/// Creates `n` recording RTSP cameras through `api`.
-async fn create_cameras(api: &str, url: &str, n: usize) -> Vec<Uuid> {
+/// Creates `n` recording RTSP cameras through `api`, with outputs `outputs`.
+async fn create_cameras(api: &str, url: &str, n: usize, outputs: &[&str]) -> Vec<Uuid> {
     let c = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..n {
@@ -121,7 +121,7 @@ async fn create_cameras(api: &str, url: &str, n: usize) -> Vec<Uuid> {
             .json(&json!({
                 "name": format!("cam {i}"),
                 "source": {"kind": "rtsp", "url": url},
-                "outputs": ["mse"],
+                "outputs": outputs,
                 "archive": {"recording": true, "ms_per_file": 2000, "storage": "s3"},
             }))
             .send()
@@ -242,7 +242,7 @@ async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
         .iter()
         .map(|n| Node::start(n, &url, &s3))
         .collect();
-    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 10).await;
+    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 10, &["mse"]).await;
     let owners_before = spread(
         &nodes[1].api(),
         &ids,
@@ -374,7 +374,7 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
         .iter()
         .map(|n| Node::start(n, &url, &s3))
         .collect();
-    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2).await;
+    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse", "hls"]).await;
     let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
     let id = ids[0];
     let owner = nodes.iter().find(|n| n.name == owners[&id]).expect("owner");
@@ -387,6 +387,39 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
             .send()
     };
     let count = |message: &str| stream_log_times(owner.proc(), message, id).len();
+
+    // HLS on the other node: a 307 to the same file (and query) on the owner, which serves it.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = no_redirects
+        .get(format!("http://{}/hls/{id}.m3u8?x=1", other.proc().video))
+        .send()
+        .await
+        .expect("hls");
+    assert_eq!(r.status().as_u16(), 307);
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(
+        location,
+        format!("http://{}/hls/{id}.m3u8?x=1", owner.proc().video)
+    );
+    let r = reqwest::get(&location).await.expect("hls on the owner");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.expect("playlist").starts_with("#EXTM3U"));
+    let r = no_redirects
+        .get(format!(
+            "http://{}/hls/{}.m3u8",
+            other.proc().video,
+            Uuid::new_v4()
+        ))
+        .send()
+        .await
+        .expect("hls");
+    assert_eq!(r.status().as_u16(), 404, "a stream nobody holds");
 
     let before = count("stream settings updated without a restart");
     let sent = Instant::now();
@@ -453,7 +486,7 @@ async fn a_node_cut_off_from_postgres_stops_recording_before_its_leases_expire()
     );
     let mut cut = Node::start("cut", &through_proxy, &s3);
     let mut keep = Node::start("keep", &direct, &s3);
-    let ids = create_cameras(&keep.api(), &rtsp.url("test"), 4).await;
+    let ids = create_cameras(&keep.api(), &rtsp.url("test"), 4, &["mse"]).await;
     let owners = spread(&keep.api(), &ids, &["cut", "keep"], Duration::from_secs(30)).await;
     let held: Vec<Uuid> = ids
         .iter()
