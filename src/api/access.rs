@@ -31,19 +31,24 @@ pub const DEFAULT_SIGNED_TTL_S: u64 = 3_600;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
-    /// A label for people (who holds it, what for).
+    /// A label for people (who holds it, what for): at most 200 characters, no control
+    /// characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub name: String,
     /// An admin token may do everything; then `streams` and `actions` must be absent.
     #[serde(default)]
     pub admin: bool,
-    /// Stream UUIDs, or `["*"]` for every stream (present and future).
+    /// Stream UUIDs (at most 1000), or `["*"]` for every stream (present and future). Required
+    /// (not empty) unless `admin`.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub streams: Vec<String>,
     /// What the token may do on those streams.
     #[serde(default)]
     pub actions: Vec<Action>,
-    /// Lifetime in seconds; absent: the token never expires.
+    /// Lifetime in seconds (at most about ten years); absent: the token never expires.
+    #[schema(minimum = 1, maximum = 316224000)]
     pub expires_in_s: Option<u64>,
 }
 
@@ -255,6 +260,7 @@ pub struct AuditQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -352,7 +358,9 @@ pub async fn list_audit(
 pub struct SignInput {
     /// `live` (`/ws/live`, `/hls/...`), `archive` (`/ws/archive`) and/or `export` (`export.mp4`).
     pub actions: Vec<Action>,
-    /// Lifetime in seconds (default 3600, at most `[auth] max_signed_ttl_s`, 86400 by default).
+    /// Lifetime in seconds (default 3600, at most `[auth] max_signed_ttl_s`, 86400 by default;
+    /// 422 above it).
+    #[schema(minimum = 1)]
     pub ttl_s: Option<u64>,
 }
 

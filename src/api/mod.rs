@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod origin;
 pub mod policy;
 pub mod streams;
+pub mod strict_json;
 pub mod system;
 pub mod uploads;
 

@@ -459,7 +459,7 @@ async fn stream_of(
         StreamRef::None => (req, None),
         StreamRef::Path(name) => {
             let (req, value) = path_param(req, name).await;
-            let id = value.and_then(|v| Uuid::parse_str(&v).ok());
+            let id = value.and_then(|v| super::error::parse_uuid(&v));
             (req, id)
         }
         StreamRef::HlsFile => {

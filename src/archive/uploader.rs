@@ -776,7 +776,16 @@ async fn try_upload(
     *bucket_out = Some(store.bucket().to_owned());
     ensure_bucket(inner, &store).await?;
 
-    let key = object_key(prefix, row.stream_id, file_name);
+    let mut key = object_key(prefix, row.stream_id, file_name);
+    if segments::key_taken_by_another(&inner.db, row.id, &key).await? {
+        // The camera's clock went back and the recorder named a new segment like one uploaded
+        // earlier (it can only see local names): writing to that key would overwrite the older
+        // recording's object. This one gets a name of its own.
+        let distinct = distinct_file_name(file_name, row.id);
+        tracing::warn!(object = %key, segment = row.id, renamed = %distinct,
+            "object key already holds another segment; uploading under a distinct name");
+        key = object_key(prefix, row.stream_id, &distinct);
+    }
     let bytes = match store.put_file(&key, local).await {
         Ok(n) => n,
         // Removed between the check above and the upload.
@@ -865,6 +874,15 @@ async fn ensure_bucket(inner: &Inner, store: &S3Storage) -> Result<(), UploadErr
     store.ensure_bucket().await.map_err(UploadError::Remote)?;
     known.insert(store.bucket().to_owned());
     Ok(())
+}
+
+/// `<stem>~<segment id>.<ext>`: the object name of a segment whose usual name is taken by another
+/// segment's object. The id makes it unique; `~` cannot occur in the recorder's names.
+pub(crate) fn distinct_file_name(file_name: &str, id: i64) -> String {
+    match file_name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}~{id}.{ext}"),
+        None => format!("{file_name}~{id}"),
+    }
 }
 
 #[cfg(test)]

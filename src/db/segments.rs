@@ -598,6 +598,18 @@ pub async fn key_exists(db: &Db, storage_key: &str) -> Result<bool> {
     Ok(found)
 }
 
+/// Whether a row other than `id` points at `storage_key` (the uploader checks an object key before
+/// writing to it).
+pub async fn key_taken_by_another(db: &Db, id: i64, storage_key: &str) -> Result<bool> {
+    const SQL: &str = "SELECT EXISTS (SELECT 1 FROM segments WHERE storage_key = $1 AND id <> $2)";
+    let found: bool = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(storage_key)
+        .bind(id)
+        .fetch_one(p)
+        .await?);
+    Ok(found)
+}
+
 /// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start, after
 /// the keyset cursor `(after_start_us, after_id)`. The scan starts at `max(lower, after_start)`,
 /// so the keyset test reduces to `start_us > $5 OR id > $6` (see `db::pages` for why it must not
@@ -733,10 +745,12 @@ pub async fn claim_uploads_for(
     Ok(rows)
 }
 
-/// The statement of [`ready_uploads`] (`$1` limit, `$2` after id); `db::plans` explains it.
+/// The statement of [`ready_uploads`] (`$1` limit, `$2` after id, `$3` now); `db::plans` explains
+/// it. Rows under a read lease are left out, as [`claim_uploads`] would skip them.
 pub(crate) const READY_UPLOADS_SQL: &str = "SELECT id, stream_id FROM segments \
     WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
       AND state = 'complete' AND id > $2 \
+      AND (lease_until_us IS NULL OR lease_until_us <= $3) \
     ORDER BY id LIMIT $1";
 
 /// Looks (without claiming) at up to `limit` segments ready to upload with an id above
@@ -755,17 +769,20 @@ pub async fn ready_uploads_for(
 ) -> Result<Vec<(i64, Uuid)>> {
     const SQL_NODE: &str = "SELECT id, stream_id FROM segments \
         WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
-          AND state = 'complete' AND id > $2 AND node_id = $3 \
+          AND state = 'complete' AND id > $2 \
+          AND (lease_until_us IS NULL OR lease_until_us <= $3) AND node_id = $4 \
         ORDER BY id LIMIT $1";
     let rows: Vec<(i64, DbUuid)> = match node {
         None => with_pool!(db, p => sqlx::query_as(READY_UPLOADS_SQL)
             .bind(i64::from(limit))
             .bind(after_id)
+            .bind(super::now_us())
             .fetch_all(p)
             .await?),
         Some(node) => with_pool!(db, p => sqlx::query_as(SQL_NODE)
             .bind(i64::from(limit))
             .bind(after_id)
+            .bind(super::now_us())
             .bind(node)
             .fetch_all(p)
             .await?),
@@ -773,16 +790,16 @@ pub async fn ready_uploads_for(
     Ok(rows.into_iter().map(|(id, s)| (id, s.0)).collect())
 }
 
-/// The size of the uploaded copy of the stream's segment file `file_name` (named after second
-/// `named_secs`), if an S3 row points at an object of that name: the local file is then a copy
-/// the uploader had not removed yet when the process died (it removes the file only after the row
-/// points at the object).
+/// The sizes of the S3 objects of the stream named like its segment file `file_name` (named after
+/// second `named_secs`; also under the uploader's distinct name `<stem>~<id>.<ext>`): a local
+/// file of one of these sizes is a copy the uploader had not removed yet when the process died (it
+/// removes the file only after the row points at the object).
 pub async fn uploaded_copy(
     db: &Db,
     stream_id: Uuid,
     named_secs: i64,
     file_name: &str,
-) -> Result<Option<i64>> {
+) -> Result<Vec<i64>> {
     // A file is named after its start second, bumped forward while the name is taken: the row
     // starts at most a little before it.
     const SQL: &str = "SELECT storage_key, bytes FROM segments \
@@ -793,10 +810,24 @@ pub async fn uploaded_copy(
         .bind(named_secs.saturating_add(1).saturating_mul(1_000_000))
         .fetch_all(p)
         .await?);
+    // An object renamed because its usual name was taken is `<stem>~<id>.<ext>`.
+    let same_name = |key: &str| {
+        let object = key.rsplit('/').next().unwrap_or(key);
+        object == file_name
+            || file_name.rsplit_once('.').is_some_and(|(stem, ext)| {
+                object
+                    .strip_prefix(stem)
+                    .and_then(|rest| rest.strip_prefix('~'))
+                    .and_then(|rest| rest.strip_suffix(ext))
+                    .and_then(|rest| rest.strip_suffix('.'))
+                    .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
     Ok(rows
         .into_iter()
-        .find(|(key, _)| key.rsplit('/').next() == Some(file_name))
-        .map(|(_, bytes)| bytes))
+        .filter(|(key, _)| same_name(key))
+        .map(|(_, bytes)| bytes)
+        .collect())
 }
 
 /// Records a finished upload in one statement: the row now points at the object `object_key` in
