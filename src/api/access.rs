@@ -257,7 +257,8 @@ pub async fn delete_token(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: a positive decimal number of at most 18 digits.
+    #[param(pattern = r"^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
     /// Page size, 1..=1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -329,7 +330,13 @@ pub async fn list_audit(
         .cursor
         .as_deref()
         .map(|c| {
-            c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+            // Exactly the document's pattern: 1 to 18 digits, no leading zero (so any value
+            // fits an i64, and no two spellings name one cursor).
+            let digits = !c.is_empty()
+                && c.len() <= 18
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && !c.starts_with('0');
+            digits.then(|| c.parse::<i64>().ok()).flatten().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_cursor",

@@ -25,10 +25,11 @@ use crate::stream::{
 
 /// What the server takes as an RTSP source URL, as a pattern for the document: `rtsp://` or
 /// `rtsps://` (any case), optional `user:password@`, a host (name or IPv4 address), an optional
-/// port up to 65535, an optional path and query; no fragment and no control characters. Every
+/// port up to 65535, an optional path and query; no fragment and no control characters. The host
+/// may hold percent-escapes (`%C3%AD`), as the URLs the API shows do after normalisation. Every
 /// string it matches parses as a URL with a host. (Bracketed IPv6 literal hosts are accepted too;
 /// the pattern leaves them out, so generated values stay valid.)
-pub const RTSP_URL_PATTERN: &str = r"^\s*[Rr][Tt][Ss][Pp][Ss]?://([^\s\x00-\x1f\x7f-\x9f/?#@]*@)?[^\s\x00-\x1f\x7f-\x9f/?#@:<>\[\\\]^|%]+(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?([/?][^#\x00-\x1f\x7f-\x9f]*)?\s*$";
+pub const RTSP_URL_PATTERN: &str = r"^\s*[Rr][Tt][Ss][Pp][Ss]?://([^\s\x00-\x1f\x7f-\x9f/?#@]*@)?([^\s\x00-\x1f\x7f-\x9f/?#@:<>\[\\\]^|%]|%[0-9A-Fa-f]{2})+(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?([/?][^#\x00-\x1f\x7f-\x9f]*)?\s*$";
 
 /// Where a stream's media comes from.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -479,8 +480,8 @@ pub async fn list_streams(
         .cursor
         .as_deref()
         .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::bad_request("cursor is not valid").with_field("cursor"))
+            super::error::parse_uuid(c)
+                .ok_or_else(|| ApiError::bad_request("cursor is not valid").with_field("cursor"))
         })
         .transpose()?;
     // Fetch one extra row to know whether another page exists.
