@@ -336,14 +336,17 @@ pub async fn list_audit(
                 && c.len() <= 18
                 && c.bytes().all(|b| b.is_ascii_digit())
                 && !c.starts_with('0');
-            digits.then(|| c.parse::<i64>().ok()).flatten().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "cursor is not a next_cursor this API returned",
-                )
-                .with_field("cursor")
-            })
+            digits
+                .then(|| c.parse::<i64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_cursor",
+                        "cursor is not a next_cursor this API returned",
+                    )
+                    .with_field("cursor")
+                })
         })
         .transpose()?;
     let mut rows = audit::page(&state.db, before, limit + 1).await?;
