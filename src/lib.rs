@@ -14,6 +14,7 @@
 //! | [`hls_writer`] | the per-stream HLS segmenter and playlist writer (a hub consumer), and its file names |
 //! | [`hub`] | per-stream fan-out to viewers, HLS and recorder, with keyframe resync |
 //! | [`manager`] | starts, stops and reports on running streams |
+//! | [`cluster`] | scale-out: node registration, camera leases, change notifications |
 //! | [`metrics`] | Prometheus metrics, read at scrape time from the subsystems' counters |
 //! | [`auth`] | access control: tokens, scopes, signed URLs, the audit log's writer |
 //! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI, the route policy table |
@@ -26,11 +27,12 @@
 //!
 //! Dependencies point one way (no import cycles; `tests/it/layering.rs` checks it): `media`,
 //! `redact` → `stream` → `config` → `limits`/`roots`/`db`/`hub` → `auth`/`source`/`hls_writer`/
-//! `wsproto` → `archive` → `manager` → `metrics` → `api` → `live` → `server`.
+//! `wsproto` → `archive` → `manager` → `cluster`/`metrics` → `api` → `live` → `server`.
 
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod hls_writer;

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod archive;
+pub mod cluster;
 pub mod cross_site;
 pub mod error;
 pub mod export;
@@ -98,6 +99,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(access::list_audit))
         .routes(routes!(system::server_info))
         .routes(routes!(system::storage))
+        .routes(routes!(cluster::cluster_info))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::metrics))
