@@ -43,3 +43,4 @@ pub mod server;
 pub mod source;
 pub mod stream;
 pub mod web;
+pub mod webrtc;
