@@ -119,6 +119,33 @@ pub struct WebRtcStats {
     pub sessions: Vec<SessionStats>,
 }
 
+/// One stream's WebRTC numbers: its open sessions, and counters of its sessions since the server
+/// started (ended ones included), for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Sessions open now, and how many of them are connected (ICE and DTLS up).
+    pub sessions: u64,
+    pub connected: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub frames: u64,
+    pub keyframe_requests: u64,
+    pub nacks: u64,
+    pub resyncs: u64,
+}
+
+impl StreamCounts {
+    fn add(&mut self, c: &SessionCounters) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.packets += load(&c.packets);
+        self.bytes += load(&c.bytes);
+        self.frames += load(&c.frames);
+        self.keyframe_requests += load(&c.keyframe_requests);
+        self.nacks += load(&c.nacks);
+        self.resyncs += load(&c.resyncs);
+    }
+}
+
 /// The WebRTC side of the server: a running [`Engine`], or why there is none.
 pub struct WebRtc {
     engine: Option<Arc<Engine>>,
@@ -221,6 +248,11 @@ impl WebRtc {
         result
     }
 
+    /// Whether the engine runs (enabled, UDP port bound): offers can be answered.
+    pub fn is_running(&self) -> bool {
+        self.engine.is_some()
+    }
+
     /// Ends a session of `stream_id`; false when there is no such session.
     pub fn close(&self, stream_id: Uuid, session: Uuid) -> bool {
         let Some(engine) = &self.engine else {
@@ -254,6 +286,23 @@ impl WebRtc {
                 .get(&session)
                 .is_some_and(|s| s.stream == stream_id)
         })
+    }
+
+    /// Per stream: open sessions and counters since start (ended sessions included). Empty when
+    /// the engine is not running.
+    pub fn per_stream(&self) -> HashMap<Uuid, StreamCounts> {
+        let Some(engine) = &self.engine else {
+            return HashMap::new();
+        };
+        let reg = engine.lock();
+        let mut out = reg.ended.clone();
+        for e in reg.sessions.values() {
+            let s = out.entry(e.stream).or_default();
+            s.sessions += 1;
+            s.connected += u64::from(e.counters.connected.load(Ordering::Relaxed));
+            s.add(&e.counters);
+        }
+        out
     }
 
     /// Totals and open sessions.
@@ -360,6 +409,8 @@ struct Registry {
     sessions: HashMap<Uuid, Entry>,
     by_ufrag: HashMap<String, Uuid>,
     by_addr: HashMap<SocketAddr, Uuid>,
+    /// Counters of ended sessions, by stream (one entry per stream ever watched over WebRTC).
+    ended: HashMap<Uuid, StreamCounts>,
 }
 
 struct Entry {
@@ -536,6 +587,7 @@ impl Engine {
     fn remove(&self, id: Uuid) {
         let mut reg = self.lock();
         if let Some(e) = reg.sessions.remove(&id) {
+            reg.ended.entry(e.stream).or_default().add(&e.counters);
             let c = &e.counters;
             let t = &self.totals;
             for (total, own) in [

@@ -295,7 +295,10 @@ mod tests {
         let total: usize = sizes.iter().sum();
         let waits: Vec<Duration> = sizes.iter().map(|b| burst_share(*b, total)).collect();
         let sum: Duration = waits.iter().sum();
-        assert!(sum <= BURST_SPREAD && BURST_SPREAD - sum < Duration::from_millis(1), "{sum:?}");
+        assert!(
+            sum <= BURST_SPREAD && BURST_SPREAD - sum < Duration::from_millis(1),
+            "{sum:?}"
+        );
         assert!(waits[0] > waits[1] * 9, "{waits:?}");
         assert_eq!(burst_share(10, 0), Duration::ZERO);
     }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::e2e::{DEMO, shipped_setup};
+use crate::metrics::scrape;
 use crate::support::binary::{ServerProcess, base_config};
 use crate::support::browser::run_e2e;
 use crate::support::media::RtspServer;
@@ -116,10 +117,42 @@ async fn chromium_plays_the_demo_stream_over_whep() {
     let verdict = tokio::task::spawn_blocking(move || play(&video, DEMO, "delete", &[]))
         .await
         .expect("browser run");
+    eprintln!("WHEP demo verdict: {verdict}");
     assert_eq!(verdict["deleteStatus"], 200, "{verdict}");
     let location = verdict["location"].as_str().expect("location").to_owned();
     let c = reqwest::Client::new();
     ends_within(&c, &server.video, &location, Duration::from_secs(5)).await;
+
+    // What the session did is in /metrics (ended sessions included), and it is no viewer now.
+    let m = scrape(&c, &server.api).await;
+    let stream = [("stream", DEMO)];
+    assert_eq!(m.value("video_server_webrtc_up", &[]), Some(1.0));
+    assert!(m.value("video_server_webrtc_sessions_opened_total", &[]) >= Some(1.0));
+    let decoded = verdict["framesDecoded"].as_f64().expect("framesDecoded");
+    let sent = m
+        .value("video_server_webrtc_frames_total", &stream)
+        .expect("frames sent");
+    assert!(
+        sent >= decoded,
+        "sent {sent} frames, the browser decoded {decoded}"
+    );
+    assert!(m.value("video_server_webrtc_sent_bytes_total", &stream) > Some(100_000.0));
+    assert!(m.value("video_server_webrtc_sent_packets_total", &stream) > Some(100.0));
+    assert!(
+        m.value("video_server_webrtc_keyframe_requests_total", &stream)
+            .is_some()
+    );
+    assert!(
+        m.value("video_server_webrtc_nacks_total", &stream)
+            .is_some()
+    );
+    assert_eq!(
+        m.value(
+            "video_server_stream_viewers",
+            &[("stream", DEMO), ("transport", "webrtc")]
+        ),
+        Some(0.0)
+    );
     assert!(server.terminate());
 }
 
@@ -141,10 +174,30 @@ async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped()
     let verdict = tokio::task::spawn_blocking(move || play(&video, id, "vanish", &[]))
         .await
         .expect("browser run");
+    eprintln!("WHEP RTSP verdict: {verdict}");
     let location = verdict["location"].as_str().expect("location").to_owned();
     let c = reqwest::Client::new();
+    // The browser is gone but the server does not know yet: one WebRTC viewer, connected.
+    let webrtc_viewers = [("stream", id), ("transport", "webrtc")];
+    let m = scrape(&c, &server.api).await;
+    assert_eq!(
+        m.value("video_server_stream_viewers", &webrtc_viewers),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            "video_server_webrtc_sessions",
+            &[("stream", id), ("state", "connected")]
+        ),
+        Some(1.0)
+    );
     let took = ends_within(&c, &server.video, &location, Duration::from_secs(30)).await;
     eprintln!("the vanished browser's session ended after {took:?}");
+    let m = scrape(&c, &server.api).await;
+    assert_eq!(
+        m.value("video_server_stream_viewers", &webrtc_viewers),
+        Some(0.0)
+    );
     assert!(server.terminate());
     rtsp.kill();
 }
@@ -197,6 +250,15 @@ async fn whep_refuses_what_it_cannot_serve() {
     let base = format!("http://{}", server.video);
     let c = reqwest::Client::new();
     let sdp = Some("application/sdp");
+    let info: serde_json::Value = c
+        .get(format!("{base}/api/v1/server"))
+        .send()
+        .await
+        .expect("server info")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(info["features"]["webrtc"], true, "{info}");
     let status = |r: &reqwest::Response| r.status().as_u16();
 
     // Credentials first: nothing is served without them.

@@ -18,7 +18,7 @@
 // followed by a new init segment is simply appended (the SourceBuffer takes a new init).
 
 import { Hls as loadHls } from './hls-loader.js';
-import { archiveWsUrl, hlsUrl, liveWsUrl, whepUrl } from './api.js';
+import { archiveWsUrl, hlsUrl, liveWsUrl, server, whepUrl } from './api.js';
 
 const MS = () => window.MediaSource || window.ManagedMediaSource || null;
 
@@ -27,7 +27,9 @@ export function liveTransports(stream) {
   const outputs = stream.outputs || [];
   const list = [];
   // WebRTC is the low-latency path of the `mse` output (it needs no output type of its own).
-  if (outputs.includes('mse') && window.RTCPeerConnection) list.push('webrtc');
+  // Skipped where the server says it has no WebRTC (`[webrtc] enabled = false`, port not bound).
+  const webrtcOn = !server.info || !server.info.features || server.info.features.webrtc !== false;
+  if (outputs.includes('mse') && window.RTCPeerConnection && webrtcOn) list.push('webrtc');
   if (outputs.includes('mse') && MS()) list.push('mse');
   if (outputs.includes('hls')) {
     list.push('hls.js');
