@@ -10,7 +10,7 @@
 // own and SIGKILLs it (no DELETE, no DTLS close: the server must notice the silence); END=keep
 // closes the page only. EXPECT_STATUS=<code> expects the POST to fail with that status instead.
 // Prints ONE line of JSON (`ok`, `firstFrameMs`, `framesDecoded`, `freezeCount`, `size`,
-// `location`, ...) and exits 0 when ok.
+// `location`, `answerMs` and `connectedMs` (POST to 201, to ICE+DTLS up), ...) and exits 0 when ok.
 
 import { CHROMIUM_ARGS, loadPlaywright, openBrowser } from './browser.mjs';
 
@@ -68,6 +68,8 @@ async function main() {
       status: window.__whep.status,
       location: window.__whep.location,
       firstFrameMs: window.__whep.firstFrameMs,
+      answerMs: window.__whep.answerMs,
+      connectedMs: window.__whep.connectedMs,
     }));
     if (s.state === 'playing' || s.state === 'error' || s.state === 'failed' || Date.now() > deadline) break;
     await sleep(50);
@@ -84,12 +86,21 @@ async function main() {
     return result;
   }
   const first = await page.evaluate(() => window.__whepStats());
-  await sleep(playS * 1000);
-  const last = await page.evaluate(() => window.__whepStats());
+  // Sampled through the window, so a freeze can be placed in time (at join, or later).
+  const playStart = Date.now();
+  let last = first;
+  while (Date.now() - playStart < playS * 1000) {
+    await sleep(250);
+    last = await page.evaluate(() => window.__whepStats());
+    if (last.freezeCount > 0 && result.firstFreezeAfterMs === undefined) {
+      result.firstFreezeAfterMs = Date.now() - playStart;
+    }
+  }
   result.framesDecoded = last.framesDecoded;
   result.framesInWindow = last.framesDecoded - first.framesDecoded;
   result.framesDropped = last.framesDropped;
   result.freezeCount = last.freezeCount;
+  result.freezeS = last.totalFreezesDuration;
   result.pliCount = last.pliCount;
   result.size = `${last.width}x${last.height}`;
   const problems = [];

@@ -25,6 +25,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use serde::Serialize;
 use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcConfig};
@@ -202,6 +203,16 @@ impl WebRtc {
                 return WebRtc::unavailable("WebRTC is unavailable");
             }
         };
+        // One DTLS certificate for every session (its fingerprint goes into each answer), made
+        // now: str0m would otherwise make one per session on the request path (the first costs
+        // ~100 ms in a debug build, crypto start-up included) and panic if it could not.
+        let Some(dtls_cert) = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+        else {
+            tracing::error!("WebRTC disabled: no DTLS certificate could be made");
+            return WebRtc::unavailable("WebRTC is unavailable: no DTLS certificate");
+        };
         let candidates = candidate_addrs(&cfg.advertise, local);
         if candidates.is_empty() {
             tracing::error!("WebRTC disabled: no address to advertise (set [webrtc] advertise)");
@@ -212,6 +223,7 @@ impl WebRtc {
             socket: Arc::new(socket),
             local,
             candidates,
+            dtls_cert,
             max_sessions: cfg.max_sessions,
             max_per_stream: cfg.max_sessions_per_stream,
             registry: Mutex::new(Registry::default()),
@@ -386,6 +398,8 @@ pub struct Engine {
     socket: Arc<UdpSocket>,
     local: SocketAddr,
     candidates: Vec<SocketAddr>,
+    /// The certificate every session's DTLS uses (self-signed; browsers check its fingerprint).
+    dtls_cert: DtlsCert,
     max_sessions: usize,
     max_per_stream: usize,
     registry: Mutex<Registry>,
@@ -516,6 +530,11 @@ impl Engine {
                 _ => break,
             }
         }
+        if burst.is_empty() && rt.hub.published() == 0 {
+            // The codec is known (from the camera's SDP) but no frame has come yet: answering now
+            // would leave the browser waiting for the source to start and its first keyframe.
+            return Err(OpenError::NotLive(stream_id));
+        }
         let frames: Vec<_> = burst.iter().map(|d| d.frame.clone()).collect();
         if h264::reorders(&video, &frames) {
             return Err(OpenError::BFrames(stream_id));
@@ -528,6 +547,7 @@ impl Engine {
             .clear_codecs()
             .enable_h264(true)
             .set_local_ice_credentials(creds)
+            .set_dtls_cert(self.dtls_cert.clone())
             .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .build(Instant::now());
         for addr in &self.candidates {
