@@ -22,23 +22,35 @@ pub const HALF_S: u32 = 5;
 /// continuous timestamps. Played by the RTSP test server's `/file` mount, it is a camera whose
 /// parameter sets change mid-stream.
 pub fn switching_clip(dir: &Path) -> PathBuf {
-    let halves = [("640x360", 0), ("320x180", HALF_S)];
+    clip_of_halves(
+        dir,
+        "switching.ts",
+        [("640x360", "main"), ("320x180", "main")],
+    )
+}
+
+/// Like [`switching_clip`], but the second half is H.264 High: the codec string changes too
+/// (`avc1.4D401E` → `avc1.64001E`), as when a camera's encoder profile is changed.
+pub fn codec_changing_clip(dir: &Path) -> PathBuf {
+    clip_of_halves(
+        dir,
+        "codec-change.ts",
+        [("640x360", "main"), ("320x180", "high")],
+    )
+}
+
+/// Two `HALF_S`-second halves of `(size, H.264 profile)` (level 3.0, GOP 1 s, no B-frames) with
+/// continuous timestamps, concatenated into one MPEG-TS file `name` under `dir`.
+fn clip_of_halves(dir: &Path, name: &str, halves: [(&str, &str); 2]) -> PathBuf {
     let mut all = Vec::new();
-    for (i, (size, offset)) in halves.iter().enumerate() {
-        let part = dir.join(format!("half{i}.ts"));
+    for (i, (size, profile)) in halves.iter().enumerate() {
+        let part = dir.join(format!("{name}.half{i}.ts"));
+        let offset = i as u32 * HALF_S;
         let status = Command::new("ffmpeg")
             .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i"])
             .arg(format!("testsrc2=size={size}:rate=25:duration={HALF_S}"))
-            .args([
-                "-c:v",
-                "libx264",
-                "-profile:v",
-                "main",
-                "-level",
-                "3.0",
-                "-g",
-                "25",
-            ])
+            .args(["-c:v", "libx264", "-profile:v", profile])
+            .args(["-level", "3.0", "-g", "25"])
             .args(["-bf", "0", "-pix_fmt", "yuv420p", "-output_ts_offset"])
             .arg(offset.to_string())
             .args(["-f", "mpegts"])
@@ -48,7 +60,7 @@ pub fn switching_clip(dir: &Path) -> PathBuf {
         assert!(status.success(), "ffmpeg made {}", part.display());
         all.extend(std::fs::read(&part).expect("read half"));
     }
-    let path = dir.join("switching.ts");
+    let path = dir.join(name);
     std::fs::write(&path, all).expect("write clip");
     path
 }
@@ -70,11 +82,23 @@ pub struct Messages {
     pub texts: Vec<String>,
     /// The first box of the last binary message.
     pub last_box: String,
+    /// The kinds of message in order of arrival, runs collapsed: `c` codec message, `i` init
+    /// segment, `f` fragment (a switch reads `cif` + `if`, a codec change `cif` + `cif`).
+    pub order: String,
 }
 
 impl Messages {
     pub fn take(&mut self, b: &[u8]) {
         self.last_box = first_box(b).to_owned();
+        let kind = match (b.first(), first_box(b)) {
+            (Some(0x09), _) => 'c',
+            (_, "ftyp") => 'i',
+            (_, "moof") => 'f',
+            _ => '?',
+        };
+        if !self.order.ends_with(kind) {
+            self.order.push(kind);
+        }
         if b.first() == Some(&0x09) {
             self.codec_messages
                 .push(String::from_utf8_lossy(&b[1..]).into_owned());
@@ -120,8 +144,12 @@ pub fn stream_entry(id: Uuid, url: &str, recording: bool, on_demand: bool) -> St
 /// The RTSP test server playing the switching clip at `/file` (from the start for every client),
 /// and that URL.
 pub fn switching_source(tmp: &Path) -> (RtspServer, String) {
-    let clip = switching_clip(tmp);
-    let rtsp = RtspServer::start_with_file(0, &clip);
+    source_of(&switching_clip(tmp))
+}
+
+/// The RTSP test server playing `clip` at `/file`, and that URL.
+fn source_of(clip: &Path) -> (RtspServer, String) {
+    let rtsp = RtspServer::start_with_file(0, clip);
     let url = format!("rtsp://127.0.0.1:{}/file", rtsp.port);
     (rtsp, url)
 }
@@ -135,18 +163,14 @@ pub async fn start_server(tmp: &Path, streams: &str) -> InProcess {
     InProcess::start(&format!("{archive}{streams}")).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_resolution_switch_sends_a_new_init_segment_without_a_codec_message() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let (_rtsp, url) = switching_source(tmp.path());
-    let id = Uuid::new_v4();
-    let s = start_server(tmp.path(), &stream_entry(id, &url, false, true)).await;
-    let url = format!("ws://{}/ws/live?stream_id={id}", s.video);
+/// A live viewer of on-demand stream `id` on `video`: every message until a second of video
+/// after the clip's switch has arrived (the clip switches after `HALF_S` s).
+async fn watch_the_switch(video: &str, id: Uuid) -> Messages {
+    let url = format!("ws://{video}/ws/live?stream_id={id}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");
     let mut got = Messages::default();
-    // Until a second of video after the switch has arrived (the clip switches after HALF_S s).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     let mut after_switch = 0;
     while after_switch < 25 {
@@ -165,14 +189,86 @@ async fn a_resolution_switch_sends_a_new_init_segment_without_a_codec_message() 
         }
     }
     let _ = ws.send(Message::Close(None)).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolution_switch_sends_a_new_init_segment_without_a_codec_message() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_rtsp, url) = switching_source(tmp.path());
+    let id = Uuid::new_v4();
+    let s = start_server(tmp.path(), &stream_entry(id, &url, false, true)).await;
+    let got = watch_the_switch(&s.video, id).await;
     assert_eq!(
         got.codec_messages,
         vec!["avc1.4D401E".to_owned()],
         "one codec message for one codec string: {got:?}"
     );
     assert_eq!(got.sizes(), vec![(640, 360), (320, 180)], "{got:?}");
+    assert_eq!(got.order, "cifif", "{got:?}");
     assert!(got.frames > 50, "{got:?}");
     assert_eq!(got.other, 0, "{got:?}");
+    let _ = s.stop().await;
+}
+
+/// A camera whose codec string changes (H.264 Main → High): the viewer gets a new `0x09` with the
+/// new codec list, then the new init segment, then fragments (go-original.md §3.1: a client makes
+/// a new SourceBuffer for a new codec message).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_codec_change_sends_a_new_codec_message_then_the_init_segment() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_rtsp, url) = source_of(&codec_changing_clip(tmp.path()));
+    let id = Uuid::new_v4();
+    let s = start_server(tmp.path(), &stream_entry(id, &url, false, true)).await;
+    let got = watch_the_switch(&s.video, id).await;
+    assert_eq!(
+        got.codec_messages,
+        vec!["avc1.4D401E".to_owned(), "avc1.64001E".to_owned()],
+        "{got:?}"
+    );
+    assert_eq!(got.sizes(), vec![(640, 360), (320, 180)], "{got:?}");
+    assert_eq!(got.order, "cifcif", "{got:?}");
+    assert_eq!(got.other, 0, "{got:?}");
+    let _ = s.stop().await;
+}
+
+/// The same codec change in Chromium through our MSE player (e2e/pages/mse.html): it tears its
+/// MediaSource down on the second `0x09`, builds one for the new codec list, and plays on — the
+/// picture keeps moving and time advances after the reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn our_player_plays_through_a_codec_change_in_chromium() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_rtsp, url) = source_of(&codec_changing_clip(tmp.path()));
+    let id = Uuid::new_v4();
+    let pages = std::sync::Arc::new(crate::support::browser::PageSockets::bind(1));
+    let streams = format!(
+        "{}{}",
+        stream_entry(id, &url, false, true),
+        pages.cors_toml()
+    );
+    let s = start_server(tmp.path(), &streams).await;
+    let video = s.video.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        crate::e2e::run_browser_for(
+            &video,
+            &pages,
+            &id.to_string(),
+            "mse",
+            &[("EXPECT_RESET", "1"), ("PICTURE", "moving")],
+        )
+    })
+    .await
+    .expect("browser run");
+    let stats = &verdict["stats"];
+    assert!(stats["codecChanges"].as_u64() >= Some(1), "{verdict}");
+    // The run ends as soon as playback advanced after a reset: the change seen is Main → High
+    // (the clip starting over at its end would change back, but only after 10 s).
+    assert!(stats["codecMessages"].as_u64() >= Some(2), "{verdict}");
+    assert_eq!(stats["previousCodecs"], "avc1.4D401E", "{verdict}");
+    assert!(
+        verdict["errors"].as_array().is_some_and(Vec::is_empty),
+        "{verdict}"
+    );
     let _ = s.stop().await;
 }
 

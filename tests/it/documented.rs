@@ -152,14 +152,17 @@ async fn on_demand_starts_for_mse_and_hls_and_stops_idle_ms_after_the_last_one()
     assert!(text.contains("#EXT-X-MAP"), "{text}");
     assert_eq!(streaming(), Some(true));
     // Requests keep it wanted: polled for longer than idle_ms, it stays up.
+    // `last_request` is taken when the last answer has arrived: the server saw the request
+    // before that, so the release delay measured from here is never longer than the real one.
     let polled_from = Instant::now();
+    let mut last_request = polled_from;
     while polled_from.elapsed() < IDLE + Duration::from_secs(1) {
         let r = reqwest::get(&playlist).await.expect("playlist");
+        last_request = Instant::now();
         assert_eq!(r.status(), 200);
         assert_eq!(streaming(), Some(true), "stopped while HLS is requested");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let last_request = Instant::now();
     let after = camera_released(&rtsp, last_request, IDLE + Duration::from_secs(10)).await;
     assert!(
         after >= IDLE - Duration::from_millis(300),

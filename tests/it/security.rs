@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::support::InProcess;
 use crate::support::binary::ServerProcess;
@@ -314,23 +315,26 @@ async fn masking_fails_closed_postgres() {
 }
 
 /// An HTTP server on 127.0.0.1 with a recognisable banner, answering every connection.
-async fn banner_server() -> u16 {
+/// An HTTP server that answers everything with a 400 page carrying `marker` in a header and in
+/// the body.
+async fn banner_server(marker: &str) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let body = format!("<html>InternalAdminPanel {marker}</html>");
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\nServer: SecretBanner/{marker}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut tcp, _)) = listener.accept().await {
+            let reply = reply.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = tcp.read(&mut buf).await;
-                let body = "<html>InternalAdminPanel build-4711</html>";
-                let reply = format!(
-                    "HTTP/1.1 400 Bad Request\r\nServer: SecretBanner/4711\r\n\
-                     Content-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
                 let _ = tcp.write_all(reply.as_bytes()).await;
                 let _ = tcp.shutdown().await;
             });
@@ -348,7 +352,10 @@ async fn health_errors_are_categories(engine: &str) {
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
     let closed_port = closed.local_addr().expect("addr").port();
-    let http_port = banner_server().await;
+    // A marker no response could contain by chance (a fixed number could turn up in a timestamp,
+    // a port or an id).
+    let marker = format!("build-{}", Uuid::new_v4().simple());
+    let http_port = banner_server(&marker).await;
     let index = engine_db(engine).await;
     let s = InProcess::start_with_db("", Some(index.url.clone())).await;
     let c = http();
@@ -382,7 +389,12 @@ async fn health_errors_are_categories(engine: &str) {
         go["streams"][&ids[1]]["last_health_error"],
         json!("not_rtsp")
     );
-    for banner in ["SecretBanner", "4711", "InternalAdminPanel", "HTTP/1.1"] {
+    for banner in [
+        "SecretBanner",
+        marker.as_str(),
+        "InternalAdminPanel",
+        "HTTP/1.1",
+    ] {
         assert_eq!(t.hits(banner), Vec::<String>::new(), "{banner} leaked");
     }
     s.stop().await;
