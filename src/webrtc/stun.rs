@@ -67,7 +67,7 @@ mod tests {
     fn ignores_other_messages_and_garbage() {
         let mut m = request(&[(ATTR_USERNAME, b"srv1:brw")]);
         assert_eq!(request_local_ufrag(&m[..25]), None, "truncated");
-        m[1] = 0x01; // a binding success response
+        m[0] = 0x01; // 0x0101: a binding success response
         assert_eq!(request_local_ufrag(&m), None);
         assert_eq!(request_local_ufrag(&[0x16, 0xfe, 0xfd]), None, "DTLS");
         assert_eq!(request_local_ufrag(&[]), None);

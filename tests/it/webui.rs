@@ -54,13 +54,13 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
         ],
     );
     let s = &v["scenarios"];
-    // The grid played the demo over WebRTC (the first transport) at its real size.
+    // The grid played the demo over MSE (the first transport) at its real size.
     assert!(s["grid"]["frames"].as_u64().is_some_and(|f| f > 50), "{v}");
     assert!(
         s["grid"]["advanced"].as_f64().is_some_and(|a| a >= 1.0),
         "{v}"
     );
-    assert_eq!(s["grid"]["transport"], "webrtc", "{v}");
+    assert_eq!(s["grid"]["transport"], "mse", "{v}");
     assert_eq!(s["grid"]["videoSize"], "640x360", "{v}");
     // The tests' picture checks (e2e/picture.mjs) judged the grid tile and the archive picture
     // against the demo clip; they passed, or the runner would have failed.
@@ -112,7 +112,7 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     // origins, WebSockets to the other port) and plays.
     let from_api = run_ui(&format!("{}/", server.api), "grid", &[]);
     assert_eq!(
-        from_api["scenarios"]["grid"]["transport"], "webrtc",
+        from_api["scenarios"]["grid"]["transport"], "mse",
         "{from_api}"
     );
     assert!(server.terminate());
@@ -155,7 +155,7 @@ fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
             .is_some_and(|t| t.contains("refused")),
         "{v}"
     );
-    assert_eq!(a["transport"], "webrtc", "{v}");
+    assert_eq!(a["transport"], "mse", "{v}");
     assert!(
         a["picture"]["framesInOrder"]
             .as_u64()

@@ -1,9 +1,13 @@
 // The video player of the UI: live (grid tiles and the camera view) and archive playback.
 //
 // Live transports, in order of preference, are chosen in ONE place, `liveTransports()`:
-//   1. WebRTC over WHEP (`POST /whep/<id>`): sub-second, video only (H.264 without B-frames).
-//   2. MSE over WebSocket (`/ws/live`): MediaSource, or ManagedMediaSource (iOS 17.1+) with
+//   1. MSE over WebSocket (`/ws/live`): MediaSource, or ManagedMediaSource (iOS 17.1+) with
 //      remote playback disabled; carries AAC audio too.
+//   2. WebRTC over WHEP (`POST /whep/<id>`): sub-second, video only (H.264 without B-frames);
+//      first where MSE is missing (iOS before 17.1). It moves to the front once a stopped
+//      stream's reason reaches the tile over WebRTC too, and the tiles' picture checks judge a
+//      WebRTC picture by its own timing (MSE's currentTime is the clip's media time; a WebRTC
+//      video's is not).
 //   3. hls.js (vendored, loaded only when needed) on `/hls/<id>.m3u8`.
 //   4. The browser's own HLS (Safari).
 // A transport that cannot play here (no WebRTC or MSE, WebRTC refused with 409/503 or not
@@ -29,8 +33,8 @@ export function liveTransports(stream) {
   // WebRTC is the low-latency path of the `mse` output (it needs no output type of its own).
   // Skipped where the server says it has no WebRTC (`[webrtc] enabled = false`, port not bound).
   const webrtcOn = !server.info || !server.info.features || server.info.features.webrtc !== false;
-  if (outputs.includes('mse') && window.RTCPeerConnection && webrtcOn) list.push('webrtc');
   if (outputs.includes('mse') && MS()) list.push('mse');
+  if (outputs.includes('mse') && window.RTCPeerConnection && webrtcOn) list.push('webrtc');
   if (outputs.includes('hls')) {
     list.push('hls.js');
     if (document.createElement('video').canPlayType('application/vnd.apple.mpegurl')) list.push('native-hls');
