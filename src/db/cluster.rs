@@ -97,6 +97,28 @@ pub async fn release_all(db: &Db, node_id: &str) -> Result<u64> {
         .rows_affected())
 }
 
+/// A node leaving on purpose (graceful shutdown): its heartbeat is set just past its liveness
+/// window, so the other nodes stop counting it when they share the cameras out at once instead of
+/// a lease later. The row stays (with a heartbeat `lease_ms` before the stop).
+pub async fn leave(db: &Db, node_id: &str) -> Result<()> {
+    const SQL: &str = concat!(
+        "UPDATE nodes SET heartbeat_us = ",
+        db_now_us!(),
+        " - lease_ms * 1000 WHERE node_id = $1"
+    );
+    sqlx::query(SQL).bind(node_id).execute(pg(db)?).await?;
+    Ok(())
+}
+
+/// Wakes every node's lease pass (their listeners take any `stream_changed` notification as a
+/// reason to look): leases were just released and are free to take.
+pub async fn announce_free_leases(db: &Db) -> Result<()> {
+    sqlx::query("SELECT pg_notify('stream_changed', 'leases')")
+        .execute(pg(db)?)
+        .await?;
+    Ok(())
+}
+
 /// Frees one lease if `node_id` still holds it under `epoch` (its camera has stopped).
 pub async fn release(db: &Db, node_id: &str, stream_id: Uuid, epoch: i64) -> Result<()> {
     const SQL: &str = "UPDATE stream_leases SET owner = NULL, expires_us = 0 \
