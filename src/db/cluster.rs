@@ -62,6 +62,21 @@ pub async fn now_us(db: &Db) -> Result<i64> {
     Ok(sqlx::query_scalar(SQL).fetch_one(pg(db)?).await?)
 }
 
+/// A live cluster node on this index (heartbeat within its lease length), if any: a server
+/// started without `[cluster]` on an index a cluster uses would record every camera a second time.
+/// `None` on SQLite (no cluster there).
+pub async fn live_node(db: &Db) -> Result<Option<String>> {
+    const SQL: &str = concat!(
+        "SELECT node_id FROM nodes WHERE heartbeat_us > ",
+        db_now_us!(),
+        " - lease_ms * 1000 ORDER BY node_id LIMIT 1"
+    );
+    match db {
+        Db::Postgres(p) => Ok(sqlx::query_scalar(SQL).fetch_optional(p).await?),
+        Db::Sqlite(_) => Ok(None),
+    }
+}
+
 /// Registers this node (or updates its row after a restart) with a fresh heartbeat.
 pub async fn register_node(db: &Db, node: &NodeRow) -> Result<()> {
     const SQL: &str = concat!(

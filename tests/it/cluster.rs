@@ -511,6 +511,22 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
     eprintln!("disable applied by the owner after {took:?}");
     assert!(took < Duration::from_secs(1), "applied after {took:?}");
 
+    // A server without [cluster] on the same index refuses to start (it would record every
+    // camera a second time).
+    let single = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        single.path().join("conf.toml"),
+        base_config().replace("sqlite://data/index.db", &url),
+    )
+    .expect("conf");
+    let refused = second_start(single.path());
+    assert!(
+        !refused.status.success(),
+        "a single node must not start on a cluster's index"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("the index is used by a cluster"), "{err}");
+
     // Enabled again through the other node: some node records it again.
     let r = patch(json!({"enabled": true})).await.expect("patch");
     assert_eq!(r.status().as_u16(), 200);
