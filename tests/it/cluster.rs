@@ -251,6 +251,25 @@ async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
         Duration::from_secs(30),
     )
     .await;
+    // Each node's /metrics says how many it holds.
+    for n in &nodes {
+        let text = reqwest::get(format!("{}/metrics", n.api()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let held = owners_before.values().filter(|o| **o == n.name).count();
+        let line = format!(
+            "video_server_cluster_leases_held{{node=\"{}\"}} {held}",
+            n.name
+        );
+        assert!(
+            text.lines().any(|l| l == line),
+            "{}: no {line:?} in\n{text}",
+            n.name
+        );
+    }
     let db = pool(&schema).await;
     // Every camera records, on the node holding it.
     until(
