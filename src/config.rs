@@ -25,6 +25,11 @@ use crate::stream::{
 /// Environment variable that overrides `[database] url`.
 pub const DATABASE_URL_ENV: &str = "VIDEO_SERVER_DATABASE_URL";
 
+/// Environment variables that override `[cluster] node_id` and `[cluster] advertise_host`, so
+/// several containers can share one config file.
+pub const NODE_ID_ENV: &str = "VIDEO_SERVER_NODE_ID";
+pub const ADVERTISE_HOST_ENV: &str = "VIDEO_SERVER_ADVERTISE_HOST";
+
 /// Default database: a SQLite file next to the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/video-server.db";
 
@@ -485,9 +490,11 @@ pub struct ClusterConfig {
     pub enabled: bool,
     /// This node's name, unique in the cluster. Empty: an id generated on first start and kept in
     /// `[archive] directory` (`.video-server-node-id`), so a restarted node is the same node.
+    /// `VIDEO_SERVER_NODE_ID` overrides it.
     pub node_id: String,
     /// The host name or IP address other nodes and clients reach this node at (with its `[api]`
     /// and `[video]` ports). Empty: `[video] host`, when that names one address.
+    /// `VIDEO_SERVER_ADVERTISE_HOST` overrides it.
     pub advertise_host: String,
     /// Camera lease length in milliseconds (default 10000, at least 3000).
     pub lease_ms: Option<u64>,
@@ -780,6 +787,16 @@ impl Config {
             && !url.trim().is_empty()
         {
             self.database.url = url;
+        }
+        if let Ok(id) = std::env::var(NODE_ID_ENV)
+            && !id.trim().is_empty()
+        {
+            self.cluster.node_id = id.trim().to_owned();
+        }
+        if let Ok(host) = std::env::var(ADVERTISE_HOST_ENV)
+            && !host.trim().is_empty()
+        {
+            self.cluster.advertise_host = host.trim().to_owned();
         }
     }
 
