@@ -251,8 +251,13 @@ impl Cluster {
             }
         }
         self.drop_all().await;
-        match tokio::time::timeout(RELEASE_TIMEOUT, sql::release_all(&self.db, &self.node_id)).await
-        {
+        let leave = async {
+            sql::leave(&self.db, &self.node_id).await?;
+            let n = sql::release_all(&self.db, &self.node_id).await?;
+            sql::announce_free_leases(&self.db).await?;
+            Ok::<_, DbError>(n)
+        };
+        match tokio::time::timeout(RELEASE_TIMEOUT, leave).await {
             Ok(Ok(n)) => tracing::info!(leases = n, "camera leases released"),
             Ok(Err(e)) => tracing::warn!(error = %e, "camera leases not released: they expire"),
             Err(_) => tracing::warn!("camera leases not released in time: they expire"),
@@ -305,6 +310,7 @@ impl Cluster {
                     lock.release().await;
                     sql::release(&self.db, &self.node_id, *id, fence.epoch).await?;
                 }
+                sql::announce_free_leases(&self.db).await?;
             }
             Plan::Take(n) => {
                 let want = i64::try_from(n).unwrap_or(i64::MAX);

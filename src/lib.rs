@@ -27,7 +27,8 @@
 //!
 //! Dependencies point one way (no import cycles; `tests/it/layering.rs` checks it): `media`,
 //! `redact` → `stream` → `config` → `limits`/`roots`/`db`/`hub` → `auth`/`source`/`hls_writer`/
-//! `wsproto` → `archive` → `manager` → `cluster`/`metrics` → `api` → `live` → `server`.
+//! `wsproto` → `archive` → `manager` → `cluster`/`webrtc` → `metrics` → `api` → `live` →
+//! `server`.
 
 pub mod api;
 pub mod archive;
@@ -48,4 +49,5 @@ pub mod roots;
 pub mod server;
 pub mod source;
 pub mod stream;
+pub mod webrtc;
 pub mod wsproto;

@@ -132,7 +132,7 @@ impl Drop for Permit {
 pub struct Limits {
     /// Largest WebSocket message (and frame) a client may send, in bytes.
     pub ws_max_message_bytes: usize,
-    /// Live MSE viewers, keyed by stream id.
+    /// Live viewers (MSE and WebRTC), keyed by stream id.
     pub viewers: Arc<Gate>,
     /// Archive playback sessions, keyed by client.
     pub archive_sessions: Arc<Gate>,
@@ -151,6 +151,19 @@ impl Limits {
                 config.archive_sessions_total(),
             ),
             exports: Gate::new(l.exports_per_client, l.exports_total),
+        }
+    }
+}
+
+/// Why a viewer over a limit is refused: the close reason of a live WebSocket, the error text of
+/// a WHEP offer.
+pub fn viewers_reason(refusal: Refusal) -> String {
+    match refusal {
+        Refusal::PerKey { limit } => {
+            format!("Too many viewers of this stream (limit {limit}); try again later")
+        }
+        Refusal::Total { limit } => {
+            format!("Too many viewers on this server (limit {limit}); try again later")
         }
     }
 }

@@ -30,6 +30,11 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthSetupError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error(
+        "the index is used by a cluster (node {0} is live): set [cluster] enabled = true on this \
+         server too, or it would record the cluster's cameras a second time"
+    )]
+    ClusterRunning(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -120,6 +125,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // Held until the server has stopped (dropped by the shutdown task below).
     let index_lock = db::lock_sqlite(&config.database.url)?;
     db.migrate().await?;
+    if !config.cluster.enabled
+        && let Some(node) = db::cluster::live_node(&db).await?
+    {
+        return Err(ServerError::ClusterRunning(node));
+    }
     let seeded = streams::seed(&db, &config.streams()?).await?;
     if seeded > 0 {
         tracing::info!(
@@ -184,6 +194,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         auth,
         limits: Arc::new(crate::limits::Limits::new(&config)),
         metrics: Default::default(),
+        webrtc: Arc::new(
+            crate::webrtc::WebRtc::start(&config.webrtc, &config.video.host, shutdown.clone())
+                .await,
+        ),
     };
     state
         .metrics

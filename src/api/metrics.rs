@@ -37,6 +37,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl 
         reconcile: state.reconcile.clone(),
         limits: state.limits.clone(),
         metrics: state.metrics.clone(),
+        webrtc: state.webrtc.clone(),
     };
     let text = crate::metrics::render(&sources, format).await;
     (

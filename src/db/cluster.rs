@@ -62,6 +62,21 @@ pub async fn now_us(db: &Db) -> Result<i64> {
     Ok(sqlx::query_scalar(SQL).fetch_one(pg(db)?).await?)
 }
 
+/// A live cluster node on this index (heartbeat within its lease length), if any: a server
+/// started without `[cluster]` on an index a cluster uses would record every camera a second time.
+/// `None` on SQLite (no cluster there).
+pub async fn live_node(db: &Db) -> Result<Option<String>> {
+    const SQL: &str = concat!(
+        "SELECT node_id FROM nodes WHERE heartbeat_us > ",
+        db_now_us!(),
+        " - lease_ms * 1000 ORDER BY node_id LIMIT 1"
+    );
+    match db {
+        Db::Postgres(p) => Ok(sqlx::query_scalar(SQL).fetch_optional(p).await?),
+        Db::Sqlite(_) => Ok(None),
+    }
+}
+
 /// Registers this node (or updates its row after a restart) with a fresh heartbeat.
 pub async fn register_node(db: &Db, node: &NodeRow) -> Result<()> {
     const SQL: &str = concat!(
@@ -95,6 +110,28 @@ pub async fn release_all(db: &Db, node_id: &str) -> Result<u64> {
         .execute(pg(db)?)
         .await?
         .rows_affected())
+}
+
+/// A node leaving on purpose (graceful shutdown): its heartbeat is set just past its liveness
+/// window, so the other nodes stop counting it when they share the cameras out at once instead of
+/// a lease later. The row stays (with a heartbeat `lease_ms` before the stop).
+pub async fn leave(db: &Db, node_id: &str) -> Result<()> {
+    const SQL: &str = concat!(
+        "UPDATE nodes SET heartbeat_us = ",
+        db_now_us!(),
+        " - lease_ms * 1000 WHERE node_id = $1"
+    );
+    sqlx::query(SQL).bind(node_id).execute(pg(db)?).await?;
+    Ok(())
+}
+
+/// Wakes every node's lease pass (their listeners take any `stream_changed` notification as a
+/// reason to look): leases were just released and are free to take.
+pub async fn announce_free_leases(db: &Db) -> Result<()> {
+    sqlx::query("SELECT pg_notify('stream_changed', 'leases')")
+        .execute(pg(db)?)
+        .await?;
+    Ok(())
 }
 
 /// Frees one lease if `node_id` still holds it under `epoch` (its camera has stopped).

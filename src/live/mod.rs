@@ -22,6 +22,14 @@ pub fn app(state: AppState) -> Router {
         .route("/ws/archive", get(ws::archive))
         .route("/ws/{any}", get(ws::live))
         .route("/hls/{file}", get(hls::serve))
+        .route(
+            "/whep/{stream_id}",
+            axum::routing::post(crate::api::whep::offer).options(crate::api::whep::options),
+        )
+        .route(
+            "/whep/{stream_id}/{session_id}",
+            axum::routing::delete(crate::api::whep::delete).patch(crate::api::whep::patch),
+        )
         .route("/api/v1/server", get(crate::api::system::server_info))
         .merge(crate::api::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -30,7 +38,8 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
-        .layer(cors);
+        .layer(cors)
+        .layer(axum::middleware::from_fn(crate::api::whep::accept_post));
     let router =
         crate::api::cross_site::protect(router, &state, crate::api::cross_site::Listener::Video);
     crate::api::metrics::tracked(router, &state, "video")

@@ -29,18 +29,6 @@ fn limit_messages(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     ws.max_message_size(max).max_frame_size(max)
 }
 
-/// The close reason of a viewer over a limit.
-pub fn viewers_reason(refusal: Refusal) -> String {
-    match refusal {
-        Refusal::PerKey { limit } => {
-            format!("Too many viewers of this stream (limit {limit}); try again later")
-        }
-        Refusal::Total { limit } => {
-            format!("Too many viewers on this server (limit {limit}); try again later")
-        }
-    }
-}
-
 /// The close reason of an archive session over a limit (both start as the earlier single limit's
 /// `Too many archive sessions` did).
 pub fn archive_reason(refusal: Refusal) -> String {
@@ -75,7 +63,12 @@ pub async fn live(
     limit_messages(ws, &state).on_upgrade(move |socket| async move {
         let _viewer = match place {
             Some(Err(refusal)) => {
-                return close_limited(socket, viewers_reason(refusal), caller.client_key()).await;
+                return close_limited(
+                    socket,
+                    crate::limits::viewers_reason(refusal),
+                    caller.client_key(),
+                )
+                .await;
             }
             Some(Ok(permit)) => Some(permit),
             None => None,

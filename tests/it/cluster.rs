@@ -231,7 +231,8 @@ async fn spread(
 
 /// Ten cameras over three nodes; one node is killed (-9): its cameras record again on the others
 /// within the lease plus a pass and a camera start, no stream ever has overlapping segments, and
-/// the killed node uploads its last local segments when it comes back.
+/// the killed node uploads its last local segments when it comes back. Then a rolling restart of
+/// all three loses no segment and leaves no gap longer than a pass and a camera start.
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
     let schema = PgSchema::create().await;
@@ -250,6 +251,25 @@ async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
         Duration::from_secs(30),
     )
     .await;
+    // Each node's /metrics says how many it holds.
+    for n in &nodes {
+        let text = reqwest::get(format!("{}/metrics", n.api()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let held = owners_before.values().filter(|o| **o == n.name).count();
+        let line = format!(
+            "video_server_cluster_leases_held{{node=\"{}\"}} {held}",
+            n.name
+        );
+        assert!(
+            text.lines().any(|l| l == line),
+            "{}: no {line:?} in\n{text}",
+            n.name
+        );
+    }
     let db = pool(&schema).await;
     // Every camera records, on the node holding it.
     until(
@@ -348,6 +368,65 @@ async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
     )
     .await;
     assert_no_overlap(&segment_rows(&db).await);
+
+    // A rolling restart: each node in turn stops (its cameras move to the others at their next
+    // pass) and starts again (and gets its share back).
+    let rolling_from = chrono::Utc::now().timestamp_micros();
+    for i in 0..3 {
+        assert!(nodes[i].terminate(), "{}: graceful stop", nodes[i].name);
+        let up: Vec<&str> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter(|n| *n != nodes[i].name)
+            .collect();
+        spread(
+            &nodes[(i + 1) % 3].api(),
+            &ids,
+            &up,
+            Duration::from_secs(30),
+        )
+        .await;
+        nodes[i].restart();
+        spread(
+            &nodes[i].api(),
+            &ids,
+            &["n1", "n2", "n3"],
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    let rolling_to = chrono::Utc::now().timestamp_micros();
+    // Let the last segments close, then: no segment lost, and no gap in any camera's recording
+    // longer than a pass plus a camera start.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = segment_rows(&db).await;
+    assert!(
+        rows.iter().all(|r| r.4 == "complete" || r.4 == "recording"),
+        "every segment is indexed and playable: {:?}",
+        rows.iter()
+            .filter(|r| r.4 != "complete" && r.4 != "recording")
+            .collect::<Vec<_>>()
+    );
+    let mut worst_gap_us = 0;
+    for id in &ids {
+        let mut mine: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.0 == *id && r.3 >= rolling_from && r.2 <= rolling_to)
+            .collect();
+        mine.sort_by_key(|r| r.2);
+        assert!(
+            !mine.is_empty(),
+            "stream {id} recorded during the rolling restart"
+        );
+        for w in mine.windows(2) {
+            worst_gap_us = worst_gap_us.max(w[1].2 - w[0].3);
+        }
+    }
+    eprintln!(
+        "rolling restart: longest recording gap {:.1} s",
+        worst_gap_us as f64 / 1e6
+    );
+    assert!(worst_gap_us < 6_000_000, "a gap of {worst_gap_us} µs");
+    assert_no_overlap(&rows);
     for n in &mut nodes {
         assert!(n.terminate(), "{}: graceful stop", n.name);
     }
@@ -450,6 +529,22 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
     let took = sent.elapsed();
     eprintln!("disable applied by the owner after {took:?}");
     assert!(took < Duration::from_secs(1), "applied after {took:?}");
+
+    // A server without [cluster] on the same index refuses to start (it would record every
+    // camera a second time).
+    let single = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        single.path().join("conf.toml"),
+        base_config().replace("sqlite://data/index.db", &url),
+    )
+    .expect("conf");
+    let refused = second_start(single.path());
+    assert!(
+        !refused.status.success(),
+        "a single node must not start on a cluster's index"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("the index is used by a cluster"), "{err}");
 
     // Enabled again through the other node: some node records it again.
     let r = patch(json!({"enabled": true})).await.expect("patch");
