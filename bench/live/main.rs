@@ -152,7 +152,14 @@ impl Bench {
         format!("{}{mount}", self.rtsp.base)
     }
 
+    /// A new phase: the RTSP server has no client left from the previous one (and is restarted
+    /// if it died, which is reported).
     fn scratch(&mut self, name: &str) -> PathBuf {
+        self.rtsp.wait_idle(Duration::from_secs(20));
+        if !self.rtsp.alive() {
+            println!("note: the GStreamer RTSP server had exited; restarted it");
+            self.rtsp = RtspServer::start(&self.root);
+        }
         self.runs += 1;
         self.tmp.path().join(format!("{}-{name}", self.runs))
     }
@@ -182,6 +189,7 @@ impl Bench {
         recording: bool,
         extra: &str,
     ) -> (Server, Vec<uuid::Uuid>) {
+        let dir = self.scratch(name);
         let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
         let url = self.url("/av");
         let mut conf = format!(
@@ -200,7 +208,6 @@ impl Bench {
                 conf.push_str("archive = { recording = true }\n");
             }
         }
-        let dir = self.scratch(name);
         (Server::start(&dir, &conf), ids)
     }
 }
