@@ -25,6 +25,11 @@ use crate::stream::{
 /// Environment variable that overrides `[database] url`.
 pub const DATABASE_URL_ENV: &str = "VIDEO_SERVER_DATABASE_URL";
 
+/// Environment variables that override `[cluster] node_id` and `[cluster] advertise_host`, so
+/// several containers can share one config file.
+pub const NODE_ID_ENV: &str = "VIDEO_SERVER_NODE_ID";
+pub const ADVERTISE_HOST_ENV: &str = "VIDEO_SERVER_ADVERTISE_HOST";
+
 /// Default database: a SQLite file next to the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/video-server.db";
 
@@ -99,6 +104,8 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// Ours: how much one stream, one client and the whole server may hold at once.
     pub limits: LimitsConfig,
+    /// Ours: several server processes on one Postgres index and one S3 store (issue 14).
+    pub cluster: ClusterConfig,
     /// Where the file was read from (not a key). Relative paths in the file stay relative to the
     /// working directory, as in the original.
     #[serde(skip)]
@@ -429,6 +436,52 @@ impl fmt::Debug for S3Config {
     }
 }
 
+/// Default `[cluster] lease_ms`: how long a camera stays with a node that stopped renewing, so the
+/// longest recording gap a crashed node causes (plus up to a third of it until the next pass).
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// Shortest `[cluster] lease_ms`: leases are renewed every third of it, and a node stops its
+/// cameras when two renewals in a row failed; below a few seconds a slow query would look like a
+/// lost node.
+pub const MIN_LEASE_MS: u64 = 3_000;
+
+/// Longest `[cluster] lease_ms` (5 minutes): the gap a crashed node leaves is this long.
+pub const MAX_LEASE_MS: u64 = 300_000;
+
+/// `[cluster]` (ours): scale-out. Off by default: one process, as before.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Run as one node of a cluster (needs a Postgres index and `[s3]`).
+    pub enabled: bool,
+    /// This node's name, unique in the cluster. Empty: an id generated on first start and kept in
+    /// `[archive] directory` (`.video-server-node-id`), so a restarted node is the same node.
+    /// `VIDEO_SERVER_NODE_ID` overrides it.
+    pub node_id: String,
+    /// The host name or IP address other nodes and clients reach this node at (with its `[api]`
+    /// and `[video]` ports). Empty: `[video] host`, when that names one address.
+    /// `VIDEO_SERVER_ADVERTISE_HOST` overrides it.
+    pub advertise_host: String,
+    /// Camera lease length in milliseconds (default 10000, at least 3000).
+    pub lease_ms: Option<u64>,
+}
+
+impl ClusterConfig {
+    /// The lease length.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms.unwrap_or(DEFAULT_LEASE_MS))
+    }
+}
+
+/// Whether a `[cluster] node_id` is acceptable: 1 to 64 of `A-Z a-z 0-9 . _ -` (it is shown in
+/// URLs, logs and metrics labels as it is).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// `[log]` (ours).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -701,6 +754,16 @@ impl Config {
         {
             self.database.url = url;
         }
+        if let Ok(id) = std::env::var(NODE_ID_ENV)
+            && !id.trim().is_empty()
+        {
+            self.cluster.node_id = id.trim().to_owned();
+        }
+        if let Ok(host) = std::env::var(ADVERTISE_HOST_ENV)
+            && !host.trim().is_empty()
+        {
+            self.cluster.advertise_host = host.trim().to_owned();
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -810,6 +873,7 @@ impl Config {
             }
         }
         self.validate_limits()?;
+        self.validate_cluster()?;
         // Validate every stream now, so a bad entry stops start-up with a message naming it.
         let streams = self.streams()?;
         let mut seen = HashSet::new();
@@ -826,6 +890,69 @@ impl Config {
                 self.warnings
                     .push(long_segments_warning(&key, u64::from(ms)));
             }
+        }
+        Ok(())
+    }
+
+    /// `[cluster]`: a cluster shares its index and its archive, so it needs Postgres (SQLite is one
+    /// process's file) and an S3 store every node reaches.
+    fn validate_cluster(&mut self) -> Result<(), ConfigError> {
+        let path = self.path();
+        let key_error = |key: &str, message: String| ConfigError::Key {
+            path: path.clone(),
+            key: key.into(),
+            message,
+        };
+        let c = &mut self.cluster;
+        if let Some(ms) = c.lease_ms
+            && !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&ms)
+        {
+            return Err(key_error(
+                "cluster.lease_ms",
+                format!("{ms} is out of range {MIN_LEASE_MS}..={MAX_LEASE_MS}"),
+            ));
+        }
+        if !c.node_id.is_empty() && !valid_node_id(&c.node_id) {
+            return Err(key_error(
+                "cluster.node_id",
+                "use 1 to 64 letters, digits, '.', '_' or '-'".into(),
+            ));
+        }
+        if !c.enabled {
+            return Ok(());
+        }
+        let url = self.database.url.trim();
+        if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            return Err(key_error(
+                "cluster.enabled",
+                "cluster mode needs a Postgres index ([database] url = \"postgres://...\"): \
+                 a SQLite index serves one process"
+                    .into(),
+            ));
+        }
+        if self.effective_s3().is_none() {
+            return Err(key_error(
+                "cluster.enabled",
+                "cluster mode needs S3 archive storage ([s3]): every node must reach every \
+                 camera's archive"
+                    .into(),
+            ));
+        }
+        let c = &mut self.cluster;
+        if c.advertise_host.trim().is_empty() {
+            let video = self.video.host.trim();
+            let unspecified = video
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified());
+            if video.is_empty() || unspecified {
+                return Err(key_error(
+                    "cluster.advertise_host",
+                    "required when [video] host listens on every interface: the address other \
+                     nodes and clients reach this node at"
+                        .into(),
+                ));
+            }
+            c.advertise_host = video.to_owned();
         }
         Ok(())
     }
@@ -1206,6 +1333,44 @@ mod tests {
         assert_eq!(c.hls.window_size, 5);
         assert_eq!(c.hls.window_capacity, 10);
         assert_eq!(c.on_demand.idle_ms, 30_000);
+    }
+
+    #[test]
+    fn cluster_needs_postgres_and_s3_and_an_address() {
+        let c = toml("").expect("valid");
+        assert!(!c.cluster.enabled, "off by default");
+        assert_eq!(c.cluster.lease(), std::time::Duration::from_millis(10_000));
+        let pg = "[database]\nurl = \"postgres://u@127.0.0.1/db\"\n";
+        let s3 = "[s3]\nendpoint = \"http://127.0.0.1:9000\"\nbucket = \"b\"\n";
+        let video = "[video]\nhost = \"10.0.0.5\"\n";
+        let on = "[cluster]\nenabled = true\n";
+        let err = toml(&format!(
+            "[database]\nurl = \"sqlite://x.db\"\n{s3}{video}{on}"
+        ))
+        .expect_err("SQLite");
+        assert!(err.to_string().contains("needs a Postgres index"), "{err}");
+        let err = toml(&format!("{pg}{video}{on}")).expect_err("no S3");
+        assert!(
+            err.to_string().contains("needs S3 archive storage"),
+            "{err}"
+        );
+        let err = toml(&format!("{pg}{s3}{on}")).expect_err("no address");
+        assert!(err.to_string().contains("cluster.advertise_host"), "{err}");
+        let c = toml(&format!("{pg}{s3}{video}{on}")).expect("valid");
+        assert_eq!(
+            c.cluster.advertise_host, "10.0.0.5",
+            "[video] host by default"
+        );
+        let c = toml(&format!(
+            "{pg}{s3}{on}advertise_host = \"nvr-2.example\"\nnode_id = \"nvr-2\"\nlease_ms = 5000\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.cluster.node_id, "nvr-2");
+        assert_eq!(c.cluster.lease(), std::time::Duration::from_millis(5_000));
+        let err = toml("[cluster]\nlease_ms = 500\n").expect_err("short lease");
+        assert!(err.to_string().contains("cluster.lease_ms"), "{err}");
+        let err = toml("[cluster]\nnode_id = \"a b\"\n").expect_err("bad id");
+        assert!(err.to_string().contains("cluster.node_id"), "{err}");
     }
 
     #[test]

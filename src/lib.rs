@@ -13,6 +13,7 @@
 //! | [`source`] | RTSP (retina) and looping-file sources, the per-stream supervisor |
 //! | [`hub`] | per-stream fan-out to viewers, HLS and recorder, with keyframe resync |
 //! | [`manager`] | starts, stops and reports on running streams |
+//! | [`cluster`] | scale-out: node registration, camera leases, change notifications |
 //! | [`metrics`] | Prometheus metrics, read at scrape time from the subsystems' counters |
 //! | [`auth`] | access control: tokens, scopes, signed URLs, the audit log's writer |
 //! | [`api`] | the API listener: Go-compatible routes, `/api/v1`, OpenAPI, the route policy table |
@@ -23,11 +24,12 @@
 //! | [`web`] | the built-in web UI (`web/ui/`, embedded), served at `/` on both listeners |
 //!
 //! Dependencies point one way: `config`/`media` → `db`/`hub` → `source` → `manager` →
-//! `auth` → `live`/`api` → `server`.
+//! `cluster` → `auth` → `live`/`api` → `server`.
 
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod hub;

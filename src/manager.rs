@@ -34,6 +34,7 @@ use crate::archive::recorder::{Recorder, RecorderConfig, RecorderStats};
 use crate::archive::retention::RetentionTrigger;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::cluster::Fence;
 use crate::hub::Hub;
 use crate::roots::{FileRoots, StorageRoots};
 use crate::source::supervisor::{Demand, HealthProbe, Supervisor};
@@ -177,6 +178,12 @@ pub struct StreamManager {
     storage_roots: StorageRoots,
     /// Which storage roots are available: recorders pause while theirs is not.
     marked_roots: std::sync::OnceLock<Arc<crate::archive::markers::MarkedRoots>>,
+    /// Cluster mode: the streams whose camera lease this node holds, each with the lease its
+    /// recorder writes under. Only these run here; changed only under the stream's lock (by
+    /// `crate::cluster`). `None` on a single node, where every enabled stream runs.
+    holds: Option<Mutex<HashMap<Uuid, Fence>>>,
+    /// Cluster mode: this node's id, once registered.
+    node_id: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Exclusive ownership of one stream: hold it across "write the row, then apply it". Obtained
@@ -201,7 +208,7 @@ impl StreamLock<'_> {
             return;
         }
         let m = self.manager;
-        if !spec.enabled {
+        if !spec.enabled || !m.holds_lease(self.id) {
             m.stop_runtime(self.id).await;
             return;
         }
@@ -224,6 +231,33 @@ impl StreamLock<'_> {
     pub async fn stop(&self) {
         self.manager.stop_runtime(self.id).await;
     }
+
+    /// Cluster mode: this node now holds the stream's camera lease (`fence`); the next
+    /// [`apply`](Self::apply) runs it. Ignored on a single node.
+    pub fn hold(&self, fence: Fence) {
+        if let Some(holds) = &self.manager.holds {
+            lock_holds(holds).insert(self.id, fence);
+        }
+    }
+
+    /// Cluster mode: gives the stream's lease up. Stops the runtime first, so when this returns
+    /// the camera is no longer recorded here and the lease may go to another node. Returns the
+    /// lease that was held.
+    pub async fn release(&self) -> Option<Fence> {
+        let fence = self
+            .manager
+            .holds
+            .as_ref()
+            .and_then(|holds| lock_holds(holds).remove(&self.id));
+        self.manager.stop_runtime(self.id).await;
+        fence
+    }
+}
+
+fn lock_holds(
+    holds: &Mutex<HashMap<Uuid, Fence>>,
+) -> std::sync::MutexGuard<'_, HashMap<Uuid, Fence>> {
+    holds.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for StreamLock<'_> {
@@ -245,6 +279,7 @@ impl StreamManager {
     /// A manager whose recorders index through their own pool on `db`'s database.
     pub fn new(config: Arc<Config>, db: Db) -> Arc<Self> {
         Arc::new(Self {
+            holds: config.cluster.enabled.then(Default::default),
             files: Arc::new(FileRoots::from_config(&config)),
             storage_roots: StorageRoots::from_config(&config),
             config,
@@ -256,7 +291,50 @@ impl StreamManager {
             probe_limiter: Arc::new(Semaphore::new(MAX_PARALLEL_PROBES)),
             counters: RuntimeCounters::default(),
             marked_roots: std::sync::OnceLock::new(),
+            node_id: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: records this node's id (for the API's view of the cluster).
+    pub fn attach_node_id(&self, id: Arc<str>) {
+        if self.node_id.set(id).is_err() {
+            tracing::warn!("cluster node id attached twice: the first stays");
+        }
+    }
+
+    /// Cluster mode: this node's id; `None` on a single node.
+    pub fn node_id(&self) -> Option<Arc<str>> {
+        self.node_id.get().cloned()
+    }
+
+    /// Whether this node may run the stream: always on a single node; in cluster mode while it
+    /// holds the stream's camera lease.
+    pub fn holds_lease(&self, id: Uuid) -> bool {
+        self.holds
+            .as_ref()
+            .is_none_or(|holds| lock_holds(holds).contains_key(&id))
+    }
+
+    /// Cluster mode: the leases this node holds, by stream (empty on a single node).
+    pub fn held(&self) -> Vec<(Uuid, Fence)> {
+        let mut all: Vec<_> = self
+            .holds
+            .as_ref()
+            .map(|holds| {
+                lock_holds(holds)
+                    .iter()
+                    .map(|(id, f)| (*id, f.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    fn fence_of(&self, id: Uuid) -> Option<Fence> {
+        self.holds
+            .as_ref()
+            .and_then(|holds| lock_holds(holds).get(&id).cloned())
     }
 
     /// Recorders started from now on pause while their storage root is unavailable.
@@ -377,7 +455,8 @@ impl StreamManager {
                 ),
             )
             .with_max_drift(c.archive.max_drift())
-            .with_retention(self.retention.clone());
+            .with_retention(self.retention.clone())
+            .with_fence(self.fence_of(spec.id));
             let recorder = match self.marked_roots.get() {
                 Some(roots) => recorder.with_roots(roots.clone()),
                 None => recorder,
@@ -426,6 +505,9 @@ impl StreamManager {
             return;
         };
         rt.cancel.cancel();
+        // From here the source session closes and the recorder writes nothing more; waiting for
+        // the tasks may take a few seconds more (index writes drain).
+        tracing::info!(stream = %id, "stream stopping");
         let handles = std::mem::take(&mut *rt.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
         let mut all = futures::future::join_all(handles);

@@ -28,6 +28,13 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(
+        "the index is used by a cluster (node {0} is live): set [cluster] enabled = true on this \
+         server too, or it would record the cluster's cameras a second time"
+    )]
+    ClusterRunning(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -113,7 +120,16 @@ fn without_nagle(
 /// stops the listeners (in-flight requests finish), then the streams.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, ServerError> {
     let config = Arc::new(config);
-    let db = open_db(&config).await?;
+    let db = Db::connect(&config.database.url).await?;
+    // A SQLite index is one process's: a second server on it stops here, before migrating.
+    // Held until the server has stopped (dropped by the shutdown task below).
+    let index_lock = db::lock_sqlite(&config.database.url)?;
+    db.migrate().await?;
+    if !config.cluster.enabled
+        && let Some(node) = db::cluster::live_node(&db).await?
+    {
+        return Err(ServerError::ClusterRunning(node));
+    }
     let seeded = streams::seed(&db, &config.streams()?).await?;
     if seeded > 0 {
         tracing::info!(
@@ -182,6 +198,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     state
         .metrics
         .add_pool("recorder", manager.recorder_db().clone());
+    // Cluster mode: register this node and start taking camera leases; until then no stream runs.
+    let cluster_tasks = if config.cluster.enabled {
+        let node_id = crate::cluster::resolve_node_id(&config)?;
+        let cluster = crate::cluster::Cluster::start(
+            &config,
+            &db,
+            manager.clone(),
+            node_id,
+            api_addr.map(|a| a.port()),
+            video_addr.port(),
+        )
+        .await?;
+        manager.attach_node_id(cluster.node_id.clone());
+        vec![
+            tokio::spawn(cluster.clone().listen(shutdown.child_token())),
+            tokio::spawn(cluster.run(shutdown.child_token())),
+        ]
+    } else {
+        Vec::new()
+    };
     // Stopped after the listeners have drained, so the last requests' entries are written.
     let audit_stop = CancellationToken::new();
     let audit_writer = state.auth.spawn_audit_writer(audit_stop.clone());
@@ -234,7 +270,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.archive.directory(),
     )
     .with_trigger(manager.retention_trigger())
-    .with_roots(roots.clone());
+    .with_roots(roots.clone())
+    .own_files_only(config.cluster.enabled);
     tracker.spawn(retention.run(shutdown.child_token()));
 
     // The S3 upload outbox, when an object store is configured.
@@ -244,6 +281,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             &s3,
             state.uploads.clone(),
             roots.clone(),
+            manager.node_id(),
             shutdown.child_token(),
         ) {
             Ok((handle, _waker)) => Some(handle),
@@ -263,6 +301,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         for l in listeners {
             if let Err(e) = l.await {
                 tracing::error!(error = %e, "listener task panicked");
+            }
+        }
+        // Cluster mode: this node's cameras stop and their leases are given back, so the other
+        // nodes take them at once instead of after expiry.
+        for t in cluster_tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "cluster task panicked");
             }
         }
         m.shutdown().await;
@@ -285,6 +330,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         u.close().await;
         d.close().await;
+        drop(index_lock);
     });
     tracker.close();
 

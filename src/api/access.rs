@@ -31,19 +31,24 @@ pub const DEFAULT_SIGNED_TTL_S: u64 = 3_600;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
-    /// A label for people (who holds it, what for).
+    /// A label for people (who holds it, what for): at most 200 characters, no control
+    /// characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub name: String,
     /// An admin token may do everything; then `streams` and `actions` must be absent.
     #[serde(default)]
     pub admin: bool,
-    /// Stream UUIDs, or `["*"]` for every stream (present and future).
+    /// Stream UUIDs (at most 1000), or `["*"]` for every stream (present and future). Required
+    /// (not empty) unless `admin`.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub streams: Vec<String>,
     /// What the token may do on those streams.
     #[serde(default)]
     pub actions: Vec<Action>,
-    /// Lifetime in seconds; absent: the token never expires.
+    /// Lifetime in seconds (at most about ten years); absent: the token never expires.
+    #[schema(minimum = 1, maximum = 316224000)]
     pub expires_in_s: Option<u64>,
 }
 
@@ -252,9 +257,11 @@ pub async fn delete_token(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: a positive decimal number of at most 18 digits.
+    #[param(pattern = r"^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -323,14 +330,23 @@ pub async fn list_audit(
         .cursor
         .as_deref()
         .map(|c| {
-            c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "cursor is not a next_cursor this API returned",
-                )
-                .with_field("cursor")
-            })
+            // Exactly the document's pattern: 1 to 18 digits, no leading zero (so any value
+            // fits an i64, and no two spellings name one cursor).
+            let digits = !c.is_empty()
+                && c.len() <= 18
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && !c.starts_with('0');
+            digits
+                .then(|| c.parse::<i64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_cursor",
+                        "cursor is not a next_cursor this API returned",
+                    )
+                    .with_field("cursor")
+                })
         })
         .transpose()?;
     let mut rows = audit::page(&state.db, before, limit + 1).await?;
@@ -352,7 +368,9 @@ pub async fn list_audit(
 pub struct SignInput {
     /// `live` (`/ws/live`, `/hls/...`), `archive` (`/ws/archive`) and/or `export` (`export.mp4`).
     pub actions: Vec<Action>,
-    /// Lifetime in seconds (default 3600, at most `[auth] max_signed_ttl_s`, 86400 by default).
+    /// Lifetime in seconds (default 3600, at most `[auth] max_signed_ttl_s`, 86400 by default;
+    /// 422 above it).
+    #[schema(minimum = 1)]
     pub ttl_s: Option<u64>,
 }
 

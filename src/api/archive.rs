@@ -49,14 +49,17 @@ pub const MAX_GAP_MS: i64 = 31 * 86_400 * 1_000;
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1_000;
 
-/// Longest `reason` of a protected range, in bytes.
-pub const MAX_REASON_BYTES: usize = 1_024;
+/// Longest `reason` of a protected range, in characters (what the document's `maxLength` counts).
+pub const MAX_REASON_CHARS: usize = 1_024;
 
 /// What a time in a query looks like (the OpenAPI `pattern` of every time parameter): Unix
 /// seconds with an optional fraction, or RFC 3339 with an offset (an unencoded `+` arrives as a
-/// space). A string of this shape that names no real instant (`2025-02-30T00:00:00Z`) is still
-/// a 400; one before 1970 or after 9999 a 422.
-pub const TIME_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+ -]([01][0-9]|2[0-3]):[0-5][0-9]))\s*$";
+/// space). A string of another shape is a 400; one of this shape that names no real instant
+/// (`2025-02-30T00:00:00Z`), or one before 1970 or after 9999, a 422.
+pub const TIME_PATTERN: &str = r"^[ \t\n\r\x0b\x0c]*([0-9]+(\.[0-9]+)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+ -]([01][0-9]|2[0-3]):[0-5][0-9]))[ \t\n\r\x0b\x0c]*$";
+
+/// The white space [`parse_time`] ignores around a time (ASCII only, as [`TIME_PATTERN`] says).
+const TIME_SPACE: [char; 6] = [' ', '\t', '\n', '\r', '\x0b', '\x0c'];
 
 /// Why a time could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +68,15 @@ pub enum TimeError {
     Unparsable,
     /// Parsed, but before 1970 or after year 9999.
     OutOfBounds,
+    /// RFC 3339 in shape (it matches [`TIME_PATTERN`]) but no real instant, e.g. February 30.
+    NoSuchInstant,
 }
 
 /// Parses RFC 3339 (any offset) or Unix seconds with an optional fraction into microseconds since
 /// the epoch. A space where the offset's `+` belongs is read as `+`: an unencoded `+` in a query
 /// string arrives as a space.
 pub fn parse_time(raw: &str) -> Result<i64, TimeError> {
-    let s = raw.trim();
+    let s = raw.trim_matches(TIME_SPACE);
     if s.is_empty() {
         return Err(TimeError::Unparsable);
     }
@@ -84,7 +89,12 @@ pub fn parse_time(raw: &str) -> Result<i64, TimeError> {
         Some(i) if i > 10 => DateTime::parse_from_rfc3339(&format!("{}+{}", &s[..i], &s[i + 1..])),
         _ => Err(e),
     });
-    let t = parsed.map_err(|_| TimeError::Unparsable)?;
+    let t = parsed.map_err(|e| match e.kind() {
+        chrono::format::ParseErrorKind::OutOfRange | chrono::format::ParseErrorKind::Impossible => {
+            TimeError::NoSuchInstant
+        }
+        _ => TimeError::Unparsable,
+    })?;
     let us = t.timestamp_micros();
     if (MIN_TIME_US..=MAX_TIME_US).contains(&us) {
         Ok(us)
@@ -197,6 +207,10 @@ fn time_arg(field: &str, raw: &str, origin: Origin) -> Result<i64, ApiError> {
             field,
             format!("{field} '{raw}' is outside 1970-01-01T00:00:00Z..=9999-12-31T23:59:59Z"),
         ),
+        (TimeError::NoSuchInstant, _) => ApiError::invalid(
+            field,
+            format!("{field} '{raw}' names no real instant (a day the month does not have)"),
+        ),
     })
 }
 
@@ -233,6 +247,24 @@ fn query_window(start: Option<&str>, end: Option<&str>) -> Result<(i64, i64), Ap
     };
     check_window(start_us, end_us)?;
     Ok((start_us, end_us))
+}
+
+/// [`query_window`] for stream `id`: a window of the right shape but invalid (422) is judged only
+/// once the id is known, so an unknown id is a 404 whatever its window (the index is asked only
+/// on this error path; valid windows are checked for the id by the query itself).
+async fn known_window(
+    state: &AppState,
+    id: Uuid,
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<(i64, i64), ApiError> {
+    match query_window(start, end) {
+        Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => {
+            check_known(state, id).await?;
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -287,7 +319,7 @@ pub async fn stream_ranges(
     ApiQuery(q): ApiQuery<RangesQuery>,
 ) -> Result<Json<RangesResponse>, ApiError> {
     let id = parse_id(&raw)?;
-    let (start_us, end_us) = query_window(q.start.as_deref(), q.end.as_deref())?;
+    let (start_us, end_us) = known_window(&state, id, q.start.as_deref(), q.end.as_deref()).await?;
     let gap_ms = q.gap_ms.unwrap_or(DEFAULT_GAP_MS);
     if !(MIN_GAP_MS..=MAX_GAP_MS).contains(&gap_ms) {
         return Err(ApiError::bad_request(format!(
@@ -411,7 +443,7 @@ pub async fn list_segments(
     ApiQuery(q): ApiQuery<SegmentsQuery>,
 ) -> Result<Json<SegmentPage>, ApiError> {
     let id = parse_id(&raw)?;
-    let (start_us, end_us) = query_window(q.start.as_deref(), q.end.as_deref())?;
+    let (start_us, end_us) = known_window(&state, id, q.start.as_deref(), q.end.as_deref()).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(
@@ -472,7 +504,11 @@ impl TimeValue {
         match self {
             TimeValue::Seconds(s) => time_arg(field, &s.to_string(), Origin::Body),
             // `Display` of an f64 never uses exponent notation, so this is plain decimal text.
-            TimeValue::FractionalSeconds(s) => time_arg(field, &s.to_string(), Origin::Body),
+            // -0.0 is zero (its text "-0" would read as a time before the epoch).
+            TimeValue::FractionalSeconds(s) => {
+                let s = if *s == 0.0 { 0.0 } else { *s };
+                time_arg(field, &s.to_string(), Origin::Body)
+            }
             TimeValue::Text(t) => time_arg(field, t, Origin::Body),
         }
     }
@@ -486,8 +522,9 @@ pub struct ProtectedRangeInput {
     pub start: TimeValue,
     /// End of the protected time (exclusive); after `start`, at most 100 years later.
     pub end: TimeValue,
-    /// Why (case number, incident); at most 1024 bytes, no control characters.
+    /// Why (case number, incident); at most 1024 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub reason: String,
 }
 
@@ -563,11 +600,12 @@ pub async fn create_protected(
     ApiJson(input): ApiJson<ProtectedRangeInput>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
+    // An unknown id is a 404 before any field is judged.
+    check_known(&state, id).await?;
     let start_us = input.start.to_us("start")?;
     let end_us = input.end.to_us("end")?;
     check_window(start_us, end_us)?;
-    check_text("reason", &input.reason, MAX_REASON_BYTES)?;
-    check_known(&state, id).await?;
+    check_text("reason", &input.reason, MAX_REASON_CHARS)?;
     let row = protected::insert(&state.db, id, start_us, end_us, &input.reason).await?;
     let mut headers = HeaderMap::new();
     if let Ok(v) = format!("/api/v1/streams/{id}/protected-ranges/{}", row.id).parse() {

@@ -7,7 +7,7 @@
 //! Internal failures are logged once here with their detail; clients get a generic message.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,13 +46,23 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
 }
 
+/// A UUID in its standard hyphenated form (`8-4-4-4-12` hex digits, any case), the only one the
+/// document's `format: uuid` admits; the other spellings `Uuid::parse_str` knows (braced, `urn:`,
+/// 32 digits) are refused.
+pub fn parse_uuid(raw: &str) -> Option<uuid::Uuid> {
+    if raw.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::parse_str(raw).ok()
+}
+
 /// A stream id from the URL path; 400 `invalid_id` (field `id`) when it is not a UUID.
 pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(raw).map_err(|e| {
+    parse_uuid(raw).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_id",
-            format!("'{raw}' is not a valid UUID: {e}"),
+            format!("'{raw}' is not a UUID (8-4-4-4-12 hex digits)"),
         )
         .with_field("id")
     })
@@ -158,46 +168,95 @@ impl From<DbError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        json_rejection(&r)
-    }
-}
-
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
     }
 }
 
-/// Maps a JSON body rejection onto our codes: 413 too large, 415 wrong content type, 400 malformed,
-/// 422 well-formed but wrong shape (missing field, wrong type, unknown field).
-fn json_rejection(r: &JsonRejection) -> ApiError {
-    let status = r.status();
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
-        _ => "bad_json",
-    };
-    let mut err = ApiError::new(status, code, r.body_text());
-    if let JsonRejection::JsonDataError(e) = r {
-        // serde's message names the path as "<path>: <reason>"; expose the path as the field.
-        let text = e.body_text();
-        if let Some((_, rest)) = text.split_once(": ")
-            && let Some((path, _)) = rest.split_once(": ")
-            && !path.contains(' ')
-        {
-            err.field = Some(path.to_owned());
-        }
+/// 400 `bad_json`: the body is not JSON.
+pub fn bad_json(e: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+        format!("Failed to parse the request body as JSON: {e}"),
+    )
+}
+
+/// 422 `validation_failed` for a JSON value of the wrong shape (missing field, wrong type,
+/// unknown field, an array where an object belongs), naming the offending field's path.
+pub fn shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let mut err = ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        format!("Failed to deserialize the JSON body into the target type: {e}"),
+    );
+    if path != "." && !path.is_empty() {
+        err.field = Some(path);
     }
     err
 }
 
-/// `axum::Json` whose rejection is an [`ApiError`].
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// Whether `Content-Type` is `application/json` or `application/<something>+json`.
+pub fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    }
+}
+
+/// A JSON request body, read as the OpenAPI document describes it ([`super::strict_json`]):
+/// 415 `unsupported_media_type` without a JSON `Content-Type`, 413 `body_too_large` over the
+/// body limit, 400 `bad_json` for text that is not JSON, 422 `validation_failed` (with `field`)
+/// for JSON of the wrong shape.
+#[derive(Debug)]
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                let status = r.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "body_too_large"
+                } else {
+                    "bad_request"
+                };
+                ApiError::new(status, code, r.body_text())
+            })?;
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad_json(&e))?;
+        super::strict_json::from_value(&value)
+            .map(ApiJson)
+            .map_err(shape_error)
+    }
+}
 
 /// `axum::extract::Query` whose rejection is an [`ApiError`].
 #[derive(Debug, FromRequestParts)]
@@ -273,13 +332,14 @@ impl IntoResponse for GoError {
     }
 }
 
-/// Refuses a free-text field longer than `max` bytes or holding control characters (names,
-/// URLs, paths, reasons), with an error naming the field.
+/// Refuses a free-text field longer than `max` characters (what the document's `maxLength`
+/// counts) or holding control characters (names, URLs, paths, reasons), with an error naming
+/// the field.
 pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.len() > max {
+    if value.chars().count() > max {
         return Err(ApiError::invalid(
             field,
-            format!("{field} is longer than {max} bytes"),
+            format!("{field} is longer than {max} characters"),
         ));
     }
     if value.chars().any(char::is_control) {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::archive::parse_time;
+use super::archive::{TimeError, parse_time};
 use super::error::{ApiError, ApiQuery, ErrorBody, parse_id};
 use crate::archive::export::{self, ExportError, MAX_RANGE_US};
 use crate::auth::Caller;
@@ -121,13 +121,21 @@ fn file_time(us: i64) -> String {
     t.format(fmt).to_string()
 }
 
-fn bad_time(field: &str, value: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "bad_time",
-        format!("{field} '{value}' is neither RFC 3339 nor Unix seconds"),
-    )
-    .with_field(field)
+/// 400 for a time of the wrong shape (not the document's pattern); 422 for one of the right
+/// shape that names no instant the archive can hold (before 1970, after 9999, February 30).
+fn bad_time(field: &str, value: &str, e: &TimeError) -> ApiError {
+    match e {
+        TimeError::Unparsable => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_time",
+            format!("{field} '{value}' is neither RFC 3339 nor Unix seconds"),
+        )
+        .with_field(field),
+        TimeError::OutOfBounds | TimeError::NoSuchInstant => ApiError::invalid(
+            field,
+            format!("{field} '{value}' names no time between 1970 and 9999"),
+        ),
+    }
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
@@ -155,7 +163,7 @@ fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
         (status = 400, description = "Bad id, or `start`/`end` neither RFC 3339 nor Unix seconds", body = ErrorBody),
         (status = 404, description = "No such stream, or nothing recorded in the range", body = ErrorBody),
         (status = 416, description = "The byte range lies outside the file (`Content-Range: bytes */size`)", body = ErrorBody),
-        (status = 422, description = "`start` not before `end`, a range over 24 h, or segments that cannot be exported", body = ErrorBody),
+        (status = 422, description = "`start` not before `end`, a range over 24 h, a time before 1970 or after 9999 or on a day that does not exist, or segments that cannot be exported", body = ErrorBody),
         (status = 429, description = "This client already has `[limits] exports_per_client` exports running (code `limit_reached`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
         (status = 503, description = "The server already has `[limits] exports_total` exports running (code `server_busy`)", body = ErrorBody,
@@ -169,9 +177,18 @@ pub async fn export_mp4(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
+    // An unknown stream is a 404 before any parameter is judged (as on the other archive routes).
+    if !state.config.archive.serving {
+        return Err(ApiError::not_found(
+            "archive not available: archive serving not enabled globally",
+        ));
+    }
+    if streams::get(&state.db, id).await?.is_none() {
+        return Err(ApiError::not_found(format!("stream {id} not found")));
+    }
     // The archive routes' parser, so every archive endpoint accepts the same times.
-    let start_us = parse_time(&q.start).map_err(|_| bad_time("start", &q.start))?;
-    let end_us = parse_time(&q.end).map_err(|_| bad_time("end", &q.end))?;
+    let start_us = parse_time(&q.start).map_err(|e| bad_time("start", &q.start, &e))?;
+    let end_us = parse_time(&q.end).map_err(|e| bad_time("end", &q.end, &e))?;
     if start_us >= end_us {
         return Err(ApiError::invalid("end", "end must be after start"));
     }
@@ -180,14 +197,6 @@ pub async fn export_mp4(
             "end",
             "an export covers at most 24 hours",
         ));
-    }
-    if !state.config.archive.serving {
-        return Err(ApiError::not_found(
-            "archive not available: archive serving not enabled globally",
-        ));
-    }
-    if streams::get(&state.db, id).await?.is_none() {
-        return Err(ApiError::not_found(format!("stream {id} not found")));
     }
     // A place among the exports running, held until the body has been sent (or the client has
     // gone: the body stream, and the permit in it, is dropped then).

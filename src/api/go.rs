@@ -358,28 +358,64 @@ pub async fn status(
     Json(status_document(&state, &caller))
 }
 
-/// Body of `POST /enable_camera` and `POST /disable_camera`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Body of `POST /enable_camera` and `POST /disable_camera` as the server reads it (the Go
+/// binder's struct: unknown properties ignored, wrong types refused). The document describes the
+/// two bodies separately ([`EnableCameraRequest`], [`DisableCameraRequest`]).
+#[derive(Debug, Deserialize)]
 pub struct CameraRequest {
-    /// Stream UUID (required).
-    #[schema(value_type = String, format = Uuid)]
     pub guid: Option<String>,
-    /// `rtsp://` or `rtsps://` URL (enable only).
     #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub output_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub on_demand: Option<bool>,
+}
+
+/// An output type the Go routes take: `mse` or `hls`, in any case.
+pub const GO_OUTPUT_TYPE_PATTERN: &str = "^([Mm][Ss][Ee]|[Hh][Ll][Ss])$";
+
+/// Body of `POST /enable_camera`. Unknown properties are ignored, as the Go original did.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // describes the body for the document; `CameraRequest` reads it
+pub struct EnableCameraRequest {
+    /// Stream UUID (not the nil UUID).
+    #[schema(value_type = String, format = Uuid)]
+    pub guid: Uuid,
+    /// `rtsp://` or `rtsps://` URL with a host (scheme in any case). Needed to create a stream;
+    /// when `guid` names a known stream it may be left out: an enabled stream stays as it is, a
+    /// disabled one is enabled again with its stored settings.
+    #[schema(min_length = 1)]
     pub url: String,
-    /// `mse` and/or `hls` (enable only).
-    #[serde(default)]
-    pub output_types: Vec<String>,
-    /// Pull only while watched; absent inherits `[on_demand] enabled`.
-    #[serde(default)]
+    /// `mse` and/or `hls` (any case); other types are refused with 400.
+    pub output_types: Option<Vec<String>>,
+    /// Pull only while watched; absent or `null` inherits `[on_demand] enabled`.
+    pub on_demand: Option<bool>,
+}
+
+/// Body of `POST /disable_camera`: only `guid` is used; the other properties of the enable body
+/// are read (so they must have their types) and ignored, as are unknown ones.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // describes the body for the document; `CameraRequest` reads it
+pub struct DisableCameraRequest {
+    /// Stream UUID (not the nil UUID).
+    #[schema(value_type = String, format = Uuid)]
+    pub guid: Uuid,
+    /// Ignored.
+    pub url: Option<String>,
+    /// Ignored.
+    pub output_types: Option<Vec<String>>,
+    /// Ignored.
     pub on_demand: Option<bool>,
 }
 
 const BAD_JSON: &str = "Bad JSON binding";
 
-/// Parses the body the way the original's binder did: anything unparsable, and a guid that is not a
-/// UUID, is "Bad JSON binding". Unlike the original, a missing guid is refused too. The access
-/// policy reads the guid with this same function.
+/// Parses the body the way the original's binder did: anything unparsable (an array or a value of
+/// the wrong type included), and a guid that is not a UUID, is "Bad JSON binding". Unlike the
+/// original, a missing guid is refused too, and UUIDs are taken only in their standard hyphenated
+/// form (what the document's `format: uuid` says). The access policy reads the guid with this same
+/// function.
 pub(crate) fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest), GoError> {
     let bad = |detail: Option<&str>| {
         GoError::upper(
@@ -390,10 +426,11 @@ pub(crate) fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest),
             },
         )
     };
-    let req: CameraRequest = serde_json::from_slice(body).map_err(|_| bad(None))?;
-    let guid = match req.guid.as_deref().map(str::trim) {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad(None))?;
+    let req: CameraRequest = super::strict_json::from_value(&value).map_err(|_| bad(None))?;
+    let guid = match req.guid.as_deref() {
         None | Some("") => return Err(bad(Some("'guid' is required"))),
-        Some(g) => Uuid::parse_str(g).map_err(|_| bad(None))?,
+        Some(g) => super::error::parse_uuid(g).ok_or_else(|| bad(None))?,
     };
     if guid.is_nil() {
         return Err(bad(Some("'guid' must not be the nil UUID")));
@@ -403,7 +440,7 @@ pub(crate) fn parse_camera_request(body: &[u8]) -> Result<(Uuid, CameraRequest),
 
 /// Starts a camera (creating it when unknown). A stream that already runs is left unchanged.
 #[utoipa::path(post, path = "/enable_camera", tag = "go-compatible",
-    request_body = CameraRequest,
+    request_body = EnableCameraRequest,
     responses(
         (status = 200, description = "Status document", body = StatusDocument),
         (status = 400, description = "Bad body or output type", body = GoUpperError),
@@ -416,7 +453,7 @@ pub async fn enable_camera(
 ) -> Result<Json<StatusDocument>, GoError> {
     let (id, req) = parse_camera_request(&body)?;
     let mut outputs: Vec<OutputType> = Vec::new();
-    for t in &req.output_types {
+    for t in req.output_types.iter().flatten() {
         let ty = parse_output_type(t)
             .map_err(|e| GoError::upper(StatusCode::BAD_REQUEST, e.to_string()))?;
         if !outputs.contains(&ty) {
@@ -431,7 +468,7 @@ pub async fn enable_camera(
     let existing = streams::get(&state.db, id)
         .await
         .map_err(|e| internal(&e))?;
-    let url = req.url.trim();
+    let url = req.url.as_deref().unwrap_or_default().trim();
     match existing {
         Some(rec) if rec.spec.enabled => {
             // Already running: the original changes nothing.
@@ -499,12 +536,17 @@ pub async fn enable_camera(
     Ok(Json(status_document(&state, &caller)))
 }
 
+/// The document's `RTSP_URL_PATTERN` rule: `rtsp://`/`rtsps://` with a host, no fragment, no
+/// control characters.
 fn check_rtsp_url(url: &str) -> Result<(), GoError> {
-    let ok = url::Url::parse(url)
-        .map(|u| {
-            matches!(u.scheme(), "rtsp" | "rtsps") && u.host_str().is_some_and(|h| !h.is_empty())
-        })
-        .unwrap_or(false);
+    let ok = !url.chars().any(char::is_control)
+        && url::Url::parse(url)
+            .map(|u| {
+                matches!(u.scheme(), "rtsp" | "rtsps")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.fragment().is_none()
+            })
+            .unwrap_or(false);
     if ok {
         Ok(())
     } else {
@@ -517,7 +559,7 @@ fn check_rtsp_url(url: &str) -> Result<(), GoError> {
 
 /// Stops a camera and marks it disabled (persisted). Unknown guids answer 200 like the original.
 #[utoipa::path(post, path = "/disable_camera", tag = "go-compatible",
-    request_body = CameraRequest,
+    request_body = DisableCameraRequest,
     responses(
         (status = 200, description = "Status document", body = StatusDocument),
         (status = 400, description = "Bad body", body = GoUpperError),
@@ -582,8 +624,8 @@ pub async fn archive_ranges(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<GoRangesResponse>, GoError> {
-    let id = Uuid::parse_str(&raw_id)
-        .map_err(|_| GoError::lower(StatusCode::BAD_REQUEST, "invalid stream_id"))?;
+    let id = super::error::parse_uuid(&raw_id)
+        .ok_or_else(|| GoError::lower(StatusCode::BAD_REQUEST, "invalid stream_id"))?;
     if !state.config.archive.serving {
         return Err(GoError::lower(
             StatusCode::NOT_FOUND,

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod archive;
+pub mod cluster;
 pub mod cross_site;
 pub mod error;
 pub mod export;
@@ -16,6 +17,7 @@ pub mod openapi;
 pub mod origin;
 pub mod policy;
 pub mod streams;
+pub mod strict_json;
 pub mod system;
 pub mod uploads;
 
@@ -96,6 +98,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(access::list_audit))
         .routes(routes!(system::server_info))
         .routes(routes!(system::storage))
+        .routes(routes!(cluster::cluster_info))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::metrics))
@@ -229,32 +232,51 @@ pub struct Health {
     ))]
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let auth = if state.auth.enabled() { "on" } else { "off" };
-    match state.db.ping().await {
-        Ok(()) => (
+    if database_answers(&state, "health check").await {
+        (
             axum::http::StatusCode::OK,
             axum::Json(Health {
                 status: "ok",
                 database: "ok".into(),
                 auth,
             }),
-        ),
-        Err(e) => {
-            // The error text may name hosts, paths or users: it goes to the log only.
-            tracing::warn!(error = %e, "health check: the database does not answer");
-            (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(Health {
-                    status: "degraded",
-                    database: "unavailable".into(),
-                    auth,
-                }),
-            )
-        }
+        )
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health {
+                status: "degraded",
+                database: "unavailable".into(),
+                auth,
+            }),
+        )
     }
 }
 
-/// How long `/readyz` waits for the database.
-const READY_DB_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `/healthz` and `/readyz` wait for the database. A database that stops answering
+/// (a frozen host, a cut network) would otherwise hold the probe until the connection pool's
+/// acquire timeout, or for ever on an open connection, and the orchestrator's probe would time out
+/// instead of reading `degraded`.
+const PROBE_DB_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the database answers a trivial query within [`PROBE_DB_TIMEOUT`]. Why not goes to the
+/// log only (the error text may name hosts, paths or users).
+async fn database_answers(state: &AppState, probe: &str) -> bool {
+    match tokio::time::timeout(PROBE_DB_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "{probe}: the database does not answer");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = PROBE_DB_TIMEOUT.as_millis() as u64,
+                "{probe}: the database did not answer in time"
+            );
+            false
+        }
+    }
+}
 
 /// One storage root in the readiness answer. Named, never by path.
 #[derive(Debug, Serialize, ToSchema)]
@@ -293,21 +315,12 @@ pub async fn readyz(
     State(state): State<AppState>,
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
 ) -> impl IntoResponse {
-    let database = match tokio::time::timeout(READY_DB_TIMEOUT, state.db.ping()).await {
-        Ok(Ok(())) => "ok",
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: the database does not answer");
-            "unavailable"
-        }
-        Err(_) => {
-            tracing::warn!("readiness: the database did not answer in time");
-            "unavailable"
-        }
-    };
-    let storage: Vec<RootReadiness> = state
-        .roots
-        .readiness()
-        .await
+    let (answers, roots) = tokio::join!(
+        database_answers(&state, "readiness"),
+        state.roots.readiness()
+    );
+    let database = if answers { "ok" } else { "unavailable" };
+    let storage: Vec<RootReadiness> = roots
         .into_iter()
         .map(|r| {
             // Anonymous probes learn the states, not the camera ids.

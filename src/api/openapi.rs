@@ -35,23 +35,142 @@ pub fn base() -> utoipa::openapi::OpenApi {
 ///   [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES)) and 415 (not its JSON content type) with
 ///   `ErrorBody`;
 /// * the variants of `SourceDto` refuse unknown properties, as its `deny_unknown_fields` does
-///   (utoipa states it for structs, not for the variants of a tagged enum).
+///   (utoipa states it for structs, not for the variants of a tagged enum);
+/// * ids a client chooses (a new stream's `id`, the Go routes' `guid`) are not the nil UUID;
+/// * the Go enable body's `output_types` items are the names the server takes.
 pub fn state_shared_rules(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::path::ParameterIn;
-    use utoipa::openapi::schema::AdditionalProperties;
-    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder, Schema};
+    state_schema_rules(doc);
+    state_operation_rules(doc);
+}
 
-    if let Some(RefOr::T(Schema::OneOf(one_of))) = doc
-        .components
-        .as_mut()
-        .and_then(|c| c.schemas.get_mut("SourceDto"))
-    {
+/// Text without control characters (what `char::is_control` finds: C0, DEL and C1), for the
+/// free-text fields the server checks so.
+pub const NO_CONTROL_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// Text with something other than white space in it and no control characters, for the optional
+/// text settings that must not be empty when present.
+pub const NON_BLANK_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// The last instant the server takes as a time (9999-12-31T23:59:59.999999Z), in Unix seconds.
+const MAX_UNIX_SECONDS: f64 = (super::archive::MAX_TIME_US / 1_000_000) as f64 + 0.9999;
+
+/// The nil UUID, which no stream may have.
+const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Rules on component schemas that utoipa's attributes cannot express.
+fn state_schema_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayItems, ObjectBuilder, OneOfBuilder, Type,
+    };
+    use utoipa::openapi::{RefOr, Schema};
+
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let schemas = &mut components.schemas;
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = schemas.get_mut("SourceDto") {
         for item in &mut one_of.items {
             if let RefOr::T(Schema::Object(o)) = item {
                 o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
             }
         }
     }
+    for (name, prop) in [
+        ("StreamInput", "id"),
+        ("EnableCameraRequest", "guid"),
+        ("DisableCameraRequest", "guid"),
+    ] {
+        if let Some(Schema::Object(o)) = object_property(schemas, name, prop) {
+            o.extensions
+                .get_or_insert_with(Default::default)
+                .insert("not".to_owned(), serde_json::json!({ "const": NIL_UUID }));
+        }
+    }
+    // A time in a body: Unix seconds as a number (`oneOf` needs the types disjoint: `number`
+    // covers integers) or text in the shape of a query time.
+    schemas.insert(
+        "TimeValue".to_owned(),
+        RefOr::T(Schema::OneOf(
+            OneOfBuilder::new()
+                .description(Some(
+                    "A time: Unix seconds as a number (fractions allowed), or text: RFC 3339 \
+                     with an offset or Unix seconds. 422 for a time before 1970 or after 9999, \
+                     or a date that does not exist.",
+                ))
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Number)
+                        .minimum(Some(0))
+                        .maximum(Some(MAX_UNIX_SECONDS)),
+                )
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(super::archive::TIME_PATTERN)),
+                )
+                .build(),
+        )),
+    );
+    // Patterns (utoipa's `pattern` takes literals only; the server's rules live in constants).
+    let rtsp = super::streams::RTSP_URL_PATTERN;
+    for (name, prop, pattern) in [
+        ("StreamInput", "name", NO_CONTROL_PATTERN),
+        ("StreamPatch", "name", NO_CONTROL_PATTERN),
+        ("ArchiveDto", "directory", NON_BLANK_PATTERN),
+        ("ArchiveDto", "bucket", NON_BLANK_PATTERN),
+        ("ArchiveDto", "prefix", NON_BLANK_PATTERN),
+        ("ProtectedRangeInput", "reason", NO_CONTROL_PATTERN),
+        ("TokenInput", "name", NO_CONTROL_PATTERN),
+        ("EnableCameraRequest", "url", rtsp),
+    ] {
+        if let Some(Schema::Object(o)) = object_property(schemas, name, prop) {
+            o.pattern = Some(pattern.to_owned());
+        }
+    }
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = schemas.get_mut("SourceDto") {
+        for item in &mut one_of.items {
+            let RefOr::T(Schema::Object(variant)) = item else {
+                continue;
+            };
+            for (prop, pattern) in [("url", rtsp), ("path", NON_BLANK_PATTERN)] {
+                if let Some(RefOr::T(Schema::Object(o))) = variant.properties.get_mut(prop) {
+                    o.pattern = Some(pattern.to_owned());
+                }
+            }
+        }
+    }
+    if let Some(Schema::Array(a)) = object_property(schemas, "EnableCameraRequest", "output_types")
+        && let ArrayItems::RefOrSchema(item) = &mut a.items
+        && let RefOr::T(Schema::Object(o)) = item.as_mut()
+    {
+        o.pattern = Some(super::go::GO_OUTPUT_TYPE_PATTERN.to_owned());
+    }
+}
+
+/// The schema of property `prop` of component `name`, when it is inline.
+fn object_property<'a>(
+    schemas: &'a mut std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::Schema>,
+    >,
+    name: &str,
+    prop: &str,
+) -> Option<&'a mut utoipa::openapi::Schema> {
+    use utoipa::openapi::{RefOr, Schema};
+    match schemas.get_mut(name)? {
+        RefOr::T(Schema::Object(o)) => match o.properties.get_mut(prop)? {
+            RefOr::T(s) => Some(s),
+            RefOr::Ref(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// Rules on every operation alike.
+fn state_operation_rules(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder, Schema};
 
     for (path, item) in doc.paths.paths.iter_mut() {
         let ours = path.starts_with("/api/v1/");

@@ -187,6 +187,7 @@ pub const API: &[RoutePolicy] = &[
     media("GET", "/api/v1/streams/{id}/export.mp4", Export, ID, V1, Fetches),
     p("GET", "/api/v1/archive/uploads", Admin, NONE, V1, Refusals),
     p("GET", "/api/v1/storage", Admin, NONE, V1, Refusals),
+    p("GET", "/api/v1/cluster", Admin, NONE, V1, Refusals),
     // Access control.
     p("GET", "/api/v1/tokens", Admin, NONE, V1, Refusals),
     p("POST", "/api/v1/tokens", Admin, NONE, V1, Every),
@@ -458,7 +459,7 @@ async fn stream_of(
         StreamRef::None => (req, None),
         StreamRef::Path(name) => {
             let (req, value) = path_param(req, name).await;
-            let id = value.and_then(|v| Uuid::parse_str(&v).ok());
+            let id = value.and_then(|v| super::error::parse_uuid(&v));
             (req, id)
         }
         StreamRef::HlsFile => {

@@ -23,6 +23,14 @@ use crate::stream::{
     ArchiveSpec, OutputType, RetentionSpec, RtspTransport, Source, StorageKind, StreamSpec,
 };
 
+/// What the server takes as an RTSP source URL, as a pattern for the document: `rtsp://` or
+/// `rtsps://` (any case), optional `user:password@`, a host (name or IPv4 address), an optional
+/// port up to 65535, an optional path and query; no fragment and no control characters. The host
+/// may hold percent-escapes (`%C3%AD`), as the URLs the API shows do after normalisation. Every
+/// string it matches parses as a URL with a host. (Bracketed IPv6 literal hosts are accepted too;
+/// the pattern leaves them out, so generated values stay valid.)
+pub const RTSP_URL_PATTERN: &str = r"^\s*[Rr][Tt][Ss][Pp][Ss]?://([^\s\x00-\x1f\x7f-\x9f/?#@]*@)?([^\s\x00-\x1f\x7f-\x9f/?#@:<>\[\\\]^|%]|%[0-9A-Fa-f]{2})+(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})?)?([/?][^#\x00-\x1f\x7f-\x9f]*)?\s*$";
+
 /// Where a stream's media comes from.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -31,11 +39,7 @@ pub enum SourceDto {
     Rtsp {
         /// `rtsp://[user:pass@]host[:port]/path` or `rtsps://...` (scheme in any case, a host,
         /// no control characters).
-        #[schema(
-            min_length = 1,
-            max_length = 2048,
-            pattern = r"^\s*[Rr][Tt][Ss][Pp][Ss]?://[^\s/?#]+"
-        )]
+        #[schema(min_length = 1, max_length = 2048)]
         url: String,
         /// `tcp` (interleaved, default) or `udp`.
         #[serde(default)]
@@ -44,10 +48,34 @@ pub enum SourceDto {
     /// An MP4 file played as a camera.
     File {
         /// Path of the MP4 file on the server (under `[sources] file_roots`; 422 otherwise).
-        #[schema(min_length = 1, max_length = 4096, pattern = r"\S")]
+        #[schema(min_length = 1, max_length = 4096)]
         path: String,
         /// Start again at the end of the file.
         #[serde(default, rename = "loop")]
+        looping: bool,
+    },
+}
+
+/// A stream's source as the API shows it. Not [`SourceDto`]: the URL comes back masked
+/// (`***` for secrets, `<redacted>` when it does not parse) and normalised by the URL parser
+/// (host lower-cased and percent-encoded), so the request's rules on `url` do not hold for it.
+/// Sent back in a PUT or PATCH, a masked URL keeps the stored secrets.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceView {
+    /// An RTSP camera.
+    Rtsp {
+        /// The URL with its password and credential-like query values masked as `***`.
+        url: String,
+        /// `tcp` or `udp`.
+        transport: RtspTransport,
+    },
+    /// An MP4 file played as a camera.
+    File {
+        /// Path of the MP4 file on the server.
+        path: String,
+        /// Start again at the end of the file.
+        #[serde(rename = "loop")]
         looping: bool,
     },
 }
@@ -61,13 +89,17 @@ pub struct ArchiveDto {
     /// Target segment length in ms (at most 300000 recommended).
     #[schema(minimum = 1000, maximum = 3600000)]
     pub ms_per_file: Option<u32>,
-    /// `filesystem` or `s3`.
+    /// `filesystem` or `s3` (`s3` needs the server's `[s3]` settings; 422 otherwise).
     pub storage: StorageKind,
-    /// Local directory for segments.
+    /// Local directory for segments: under `[archive] directory` or one of `[archive] roots`
+    /// (422 otherwise).
+    #[schema(min_length = 1, max_length = 4096)]
     pub directory: Option<String>,
-    /// S3 bucket (storage `s3`).
+    /// S3 bucket (storage `s3`): `[s3] bucket` or one of `[s3] buckets` (422 otherwise).
+    #[schema(min_length = 1, max_length = 63)]
     pub bucket: Option<String>,
-    /// S3 key prefix (storage `s3`).
+    /// S3 key prefix (storage `s3`); no `..` path component (422).
+    #[schema(min_length = 1, max_length = 512)]
     pub prefix: Option<String>,
 }
 
@@ -94,9 +126,11 @@ pub struct StreamInput {
     /// Optional on create (a random UUID is assigned); must match the path on PUT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
-    /// Display name.
+    /// Display name: at most 256 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 256)]
     pub name: String,
+    #[serde(deserialize_with = "super::strict_json::object")]
     pub source: SourceDto,
     /// Live outputs: `mse` and/or `hls`.
     #[serde(default)]
@@ -119,7 +153,7 @@ pub struct StreamDto {
     pub id: Uuid,
     pub name: String,
     /// `null` unless the caller may `manage` the stream (with auth off: always shown).
-    pub source: Option<SourceDto>,
+    pub source: Option<SourceView>,
     pub outputs: Vec<OutputType>,
     pub on_demand: Option<bool>,
     pub enabled: bool,
@@ -178,11 +212,11 @@ impl From<&StreamRecord> for StreamDto {
     fn from(r: &StreamRecord) -> Self {
         let i = StreamInput::from_spec(&r.spec);
         let source = match i.source {
-            SourceDto::Rtsp { url, transport } => SourceDto::Rtsp {
+            SourceDto::Rtsp { url, transport } => SourceView::Rtsp {
                 url: crate::redact::mask_url(&url),
                 transport,
             },
-            file => file,
+            SourceDto::File { path, looping } => SourceView::File { path, looping },
         };
         StreamDto {
             id: r.spec.id,
@@ -212,9 +246,10 @@ impl StreamDto {
     }
 }
 
+/// Longest name, URL and path, in characters (the document's `maxLength`).
 const MAX_NAME_CHARS: usize = 256;
-const MAX_URL_BYTES: usize = 2048;
-const MAX_PATH_BYTES: usize = 4096;
+const MAX_URL_CHARS: usize = 2048;
+const MAX_PATH_CHARS: usize = 4096;
 
 fn check_optional(field: &str, value: &Option<String>, max: usize) -> Result<(), ApiError> {
     match value {
@@ -238,17 +273,11 @@ pub fn validate(
     if id.is_nil() {
         return Err(ApiError::invalid("id", "id must not be the nil UUID"));
     }
-    if input.name.chars().count() > MAX_NAME_CHARS {
-        return Err(ApiError::invalid(
-            "name",
-            format!("name is longer than {MAX_NAME_CHARS} characters"),
-        ));
-    }
-    check_text("name", &input.name, MAX_NAME_CHARS * 4)?;
+    check_text("name", &input.name, MAX_NAME_CHARS)?;
     let source = match input.source {
         SourceDto::Rtsp { url, transport } => {
             let url = url.trim().to_owned();
-            check_text("source.url", &url, MAX_URL_BYTES)?;
+            check_text("source.url", &url, MAX_URL_CHARS)?;
             let parsed = url::Url::parse(&url).map_err(|e| {
                 ApiError::invalid("source.url", format!("source.url is not a URL: {e}"))
             })?;
@@ -276,7 +305,7 @@ pub fn validate(
             Source::Rtsp { url, transport }
         }
         SourceDto::File { path, looping } => {
-            check_text("source.path", &path, MAX_PATH_BYTES)?;
+            check_text("source.path", &path, MAX_PATH_CHARS)?;
             if path.trim().is_empty() {
                 return Err(ApiError::invalid("source.path", "source.path is empty"));
             }
@@ -299,7 +328,7 @@ pub fn validate(
             format!("archive.ms_per_file must be within {MIN_MS_PER_FILE}..={MAX_MS_PER_FILE}"),
         ));
     }
-    check_optional("archive.directory", &a.directory, MAX_PATH_BYTES)?;
+    check_optional("archive.directory", &a.directory, MAX_PATH_CHARS)?;
     if let Some(dir) = &a.directory {
         let roots = state.manager.storage_roots();
         if !roots.contains(std::path::Path::new(dir)) {
@@ -451,8 +480,8 @@ pub async fn list_streams(
         .cursor
         .as_deref()
         .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::bad_request("cursor is not valid").with_field("cursor"))
+            super::error::parse_uuid(c)
+                .ok_or_else(|| ApiError::bad_request("cursor is not valid").with_field("cursor"))
         })
         .transpose()?;
     // Fetch one extra row to know whether another page exists.
@@ -550,8 +579,11 @@ async fn store_update(
             "id in the body differs from the id in the path",
         ));
     }
-    let stored = streams::get(&state.db, id).await?;
-    let spec = validate(state, id, input, stored.as_ref().map(|r| &r.spec))?;
+    // An unknown id is a 404 before any field is judged (the nil id too: no stream has it).
+    let stored = streams::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))?;
+    let spec = validate(state, id, input, Some(&stored.spec))?;
     let rec = streams::update(&state.db, &spec)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("stream {id} not found")))?;
@@ -580,10 +612,37 @@ pub async fn replace_stream(
     store_update(&state, &owner, input).await
 }
 
+/// A JSON merge patch (RFC 7386) of a [`StreamInput`] as the document describes it: any of its
+/// properties; `null` removes one (it takes its default again); objects merge property by
+/// property. The patched stream must be a valid `StreamInput` (422 otherwise, `field` naming the
+/// property).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // describes the body for the document; `patch_stream` merges it as JSON
+pub struct StreamPatch {
+    /// Must be the id in the path.
+    pub id: Option<Uuid>,
+    /// Display name: at most 256 characters, no control characters.
+    #[schema(max_length = 256)]
+    pub name: Option<String>,
+    /// Properties of `source` to change (`kind`, `url`, `transport`, `path`, `loop`).
+    #[schema(value_type = Option<Object>)]
+    pub source: Option<serde_json::Value>,
+    pub outputs: Option<Vec<OutputType>>,
+    pub on_demand: Option<bool>,
+    pub enabled: Option<bool>,
+    /// Properties of `archive` to change.
+    #[schema(value_type = Option<Object>)]
+    pub archive: Option<serde_json::Value>,
+    /// Properties of `retention` to change.
+    #[schema(value_type = Option<Object>)]
+    pub retention: Option<serde_json::Value>,
+}
+
 /// Changes some settings (JSON merge patch, RFC 7386) and restarts the stream with them.
 #[utoipa::path(patch, path = "/api/v1/streams/{id}", tag = "streams",
     params(("id" = Uuid, Path, description = "Stream UUID")),
-    request_body(content = Object, description = "JSON merge patch of a StreamInput",
+    request_body(content = StreamPatch, description = "JSON merge patch of a StreamInput",
         content_type = "application/merge-patch+json"),
     responses(
         (status = 200, description = "Updated", body = StreamDto),
@@ -611,8 +670,8 @@ pub async fn patch_stream(
             "expected Content-Type application/merge-patch+json or application/json",
         ));
     }
-    let patch: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    let patch: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| super::error::bad_json(&e))?;
     if !patch.is_object() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -626,10 +685,8 @@ pub async fn patch_stream(
     let mut doc = serde_json::to_value(StreamInput::from_spec(&current.spec))
         .map_err(|e| ApiError::internal(&e))?;
     merge_patch(&mut doc, &patch);
-    let input: StreamInput = serde_path_to_error::deserialize(doc).map_err(|e| {
-        let field = e.path().to_string();
-        ApiError::invalid(field, e.into_inner().to_string())
-    })?;
+    let input: StreamInput =
+        super::strict_json::from_value(&doc).map_err(super::error::shape_error)?;
     store_update(&state, &owner, input).await
 }
 

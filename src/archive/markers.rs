@@ -87,11 +87,27 @@ struct Marker {
 }
 
 /// What reading a marker file found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MarkerRead {
     Absent,
     Id(Uuid),
     Garbage,
+}
+
+/// A root's state when the index cannot be asked: the marker against the id known from an earlier
+/// check; with no id known, the state stays what it was.
+fn without_index(
+    marker: &MarkerRead,
+    was: RootState,
+    known: Option<Uuid>,
+) -> (RootState, Option<Uuid>) {
+    let state = match (marker, known) {
+        (MarkerRead::Id(m), Some(k)) if *m == k => RootState::Available,
+        (MarkerRead::Id(_) | MarkerRead::Garbage, Some(_)) => RootState::MarkerMismatch,
+        (MarkerRead::Absent, Some(_)) => RootState::MarkerMissing,
+        (_, None) => was,
+    };
+    (state, known)
 }
 
 fn read_marker(dir: &Path) -> std::io::Result<MarkerRead> {
@@ -356,28 +372,70 @@ impl MarkedRoots {
     }
 
     /// Checks a root's marker against the index and records the result.
+    ///
+    /// The marker is read first (the disk's part), then compared with what the index recorded for
+    /// the path. When the index cannot be asked (the database is down or does not answer), the
+    /// marker is judged against the id this process knew from its last check: a database outage
+    /// must not make a mounted disk look unavailable (that would pause every recorder on it, and
+    /// recording is meant to go on through database outages).
     pub async fn check(&self, root: &Arc<Root>) -> RootState {
-        let result = tokio::time::timeout(CHECK_TIMEOUT, self.check_inner(root)).await;
-        let (state, id) = match result {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                tracing::warn!(root = %root.path.display(), error = %e, "cannot check storage root");
-                (RootState::Unreadable, None)
+        let known = lock(&root.state).1;
+        let marker = match tokio::time::timeout(CHECK_TIMEOUT, self.read_marker_of(root)).await {
+            Ok(Some(marker)) => marker,
+            Ok(None) => {
+                root.set_state(RootState::Unreadable, known);
+                return RootState::Unreadable;
             }
             Err(_) => {
-                tracing::warn!(root = %root.path.display(), "storage root check timed out");
-                (RootState::Unreadable, None)
+                tracing::warn!(root = %root.path.display(), "reading the storage root marker timed out");
+                root.set_state(RootState::Unreadable, known);
+                return RootState::Unreadable;
+            }
+        };
+        let judged = tokio::time::timeout(CHECK_TIMEOUT, self.judge(root, &marker)).await;
+        let (state, id) = match judged {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!(root = %root.path.display(), error = %e,
+                    "cannot ask the index about a storage root: judging its marker by the known id");
+                without_index(&marker, root.state(), known)
+            }
+            Err(_) => {
+                tracing::warn!(root = %root.path.display(),
+                    "the index did not answer about a storage root: judging its marker by the known id");
+                without_index(&marker, root.state(), known)
             }
         };
         root.set_state(state, id);
         state
     }
 
-    async fn check_inner(&self, root: &Arc<Root>) -> Result<(RootState, Option<Uuid>), DbError> {
-        let recorded = db::roots::by_path(&self.db, &root.key()).await?;
+    /// A quick re-check for a probe: a root whose id this process already knows is judged by a
+    /// fresh read of its marker alone (the index was asked when the id was learned; the periodic
+    /// [`check`](Self::check) keeps asking it), so `/readyz` does not wait on a slow database
+    /// twice. Other roots get the full check.
+    async fn recheck(&self, root: &Arc<Root>) -> RootState {
+        let (was, known) = *lock(&root.state);
+        if known.is_none() {
+            return self.check(root).await;
+        }
+        let marker = tokio::time::timeout(CHECK_TIMEOUT, self.read_marker_of(root))
+            .await
+            .ok()
+            .flatten();
+        let (state, id) = match marker {
+            Some(marker) => without_index(&marker, was, known),
+            None => (RootState::Unreadable, known),
+        };
+        root.set_state(state, id);
+        state
+    }
+
+    /// Reads `root`'s marker file off the async threads; `None` when it cannot be read (logged).
+    async fn read_marker_of(&self, root: &Arc<Root>) -> Option<MarkerRead> {
         if root.reading.swap(true, Ordering::AcqRel) {
             // The previous read has not returned (a hung mount): do not pile up threads on it.
-            return Ok((RootState::Unreadable, recorded.map(|r| r.id)));
+            return None;
         }
         let dir = root.path.clone();
         let flag = root.clone();
@@ -388,14 +446,23 @@ impl MarkedRoots {
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        let marker = match read {
-            Ok(m) => m,
+        match read {
+            Ok(m) => Some(m),
             Err(e) => {
                 tracing::warn!(root = %root.path.display(), error = %e, "cannot read the storage root marker");
-                return Ok((RootState::Unreadable, recorded.map(|r| r.id)));
+                None
             }
-        };
-        Ok(match (marker, recorded) {
+        }
+    }
+
+    /// The root's state from its marker and what the index recorded for its path.
+    async fn judge(
+        &self,
+        root: &Arc<Root>,
+        marker: &MarkerRead,
+    ) -> Result<(RootState, Option<Uuid>), DbError> {
+        let recorded = db::roots::by_path(&self.db, &root.key()).await?;
+        Ok(match (*marker, recorded) {
             (MarkerRead::Id(m), Some(r)) if m == r.id => {
                 db::roots::seen(&self.db, r.id).await?;
                 (RootState::Available, Some(r.id))
@@ -472,7 +539,7 @@ impl MarkedRoots {
     pub async fn readiness(&self) -> Vec<RootReport> {
         let roots = self.all();
         let states =
-            futures::future::join_all(roots.iter().map(|r| async move { self.check(r).await }))
+            futures::future::join_all(roots.iter().map(|r| async move { self.recheck(r).await }))
                 .await;
         let mut out: Vec<RootReport> = roots
             .iter()
@@ -505,8 +572,12 @@ impl MarkedRoots {
     /// Every root's marker checked, every `[archive] root_check_s`, until cancelled. Roots are
     /// re-read from the config, streams and index each time (a stream may get a new directory).
     pub async fn check_all(&self) {
-        if let Err(e) = self.refresh().await {
-            tracing::warn!(error = %e, "cannot list the storage roots");
+        match tokio::time::timeout(CHECK_TIMEOUT, self.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot list the storage roots"),
+            Err(_) => {
+                tracing::warn!("listing the storage roots timed out (the index does not answer)")
+            }
         }
         for root in self.all() {
             self.check(&root).await;
@@ -541,6 +612,32 @@ async fn blocking<T: Send + Default + 'static>(f: impl FnOnce() -> T + Send + 's
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_index_the_marker_is_judged_by_the_known_id() {
+        let (k, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let was = RootState::Available;
+        let judge = |m: MarkerRead, known| without_index(&m, was, known).0;
+        assert_eq!(judge(MarkerRead::Id(k), Some(k)), RootState::Available);
+        assert_eq!(
+            judge(MarkerRead::Id(other), Some(k)),
+            RootState::MarkerMismatch
+        );
+        assert_eq!(
+            judge(MarkerRead::Garbage, Some(k)),
+            RootState::MarkerMismatch
+        );
+        assert_eq!(judge(MarkerRead::Absent, Some(k)), RootState::MarkerMissing);
+        // Nothing known: the state stays what it was.
+        assert_eq!(
+            without_index(&MarkerRead::Absent, RootState::Unknown, None).0,
+            RootState::Unknown
+        );
+        assert_eq!(
+            without_index(&MarkerRead::Id(k), RootState::Unknown, None),
+            (RootState::Unknown, None)
+        );
+    }
 
     #[test]
     fn marker_round_trip_and_garbage() {

@@ -17,8 +17,10 @@
 //! filesystem or S3 alike. A session holds one fragment read and the fragment written from it,
 //! plus the next segment's header (prefetched): memory is bounded by fragment size, whatever the
 //! segment length ([`PlaybackStats::peak_session_bytes`]). Seeking into a segment scans its `moof`
-//! boxes only. Imported progressive (Go) files are the exception: their sample index (`moov`) is
-//! at the end and covers the whole file, so they are read whole (`whole_segment_reads`).
+//! boxes only. Imported progressive (Go) files are read the same way: their `moov` (wherever it
+//! lies, often after the `mdat`) is read and turned into a sample index grouped in fragments of
+//! about a second, and each fragment's samples are read by byte range (adjacent samples in one
+//! read). The index, not the media, is what such a session holds for the whole segment.
 //!
 //! Gaps: media time runs on across gaps as in the original. With `meta=1` the server also sends
 //! JSON text messages `{"type":"wallclock","media_time":<s>,"wallclock":"<RFC 3339>","gap":<bool>}`
@@ -44,6 +46,7 @@ use crate::db::segments::{self, SegmentRow};
 use crate::live::mse::{WRITE_TIMEOUT, switch_messages};
 use crate::live::ws::{ArchiveRequest, CLOSE_TOO_BIG, close_code, close_with, too_big_reason};
 use crate::media::fmp4::{self, FragmentWriter};
+use crate::media::mp4file::IndexedSample;
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
 
 /// Segments fetched per index query.
@@ -58,12 +61,10 @@ const GAP_US: i64 = 1_000_000;
 pub struct PlaybackStats {
     /// Bytes read from segment files and objects by all sessions.
     pub bytes_read: AtomicU64,
-    /// Largest single read (bytes): one fragment, or a whole imported progressive file.
+    /// Largest single read (bytes): one fragment, or an imported progressive file's `moov`.
     pub largest_read_bytes: AtomicU64,
     /// Most media bytes one session held at once (the fragment read plus the fragment written).
     pub peak_session_bytes: AtomicU64,
-    /// Imported progressive (Go) segments read whole (their index is at the end of the file).
-    pub whole_segment_reads: AtomicU64,
     /// Segments skipped because they could not be leased (gone, or being deleted).
     pub skipped_unleased: AtomicU64,
 }
@@ -79,6 +80,14 @@ impl PlaybackStats {
 /// First read of a segment and of each fragment: enough for `ftyp` + `moov`, or for a `moof` of
 /// about a second of video and audio with the `mdat` header after it.
 const HEAD_READ: u64 = 4096;
+
+/// Largest `moov` of an imported progressive file read for playback (its sample tables: ~30 MB
+/// for 24 h of video with audio). Larger is refused as hostile.
+const MAX_MOOV_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Samples of a progressive file whose byte ranges are at most this far apart are fetched in one
+/// read (the audio and video samples of a second are usually interleaved back to back).
+const SAMPLE_READ_GAP: u64 = 64 * 1024;
 
 /// A segment opened for playback: leased, its file held open and its codec setup read.
 struct Loaded {
@@ -97,9 +106,13 @@ enum Body {
         first: u64,
         limit: u64,
     },
-    /// An imported progressive MP4 (Go archive, `moov` at the end): its sample index spans the
-    /// whole file, so it is read whole and split into fragments of about a second.
-    Whole(Vec<Vec<Frame>>),
+    /// An imported progressive MP4 (Go archive, `moov` often at the end): its sample index, in
+    /// fragments of about a second of the main track; samples are read by byte range, a fragment
+    /// at a time.
+    Progressive {
+        file: Arc<dyn Opened>,
+        fragments: Vec<Vec<IndexedSample>>,
+    },
 }
 
 /// Reads `range` of `file`, counted in the stats.
@@ -223,15 +236,21 @@ async fn open_segment(
     while let Some((head, t, size)) = box_at(state, file.as_ref(), pos, limit).await? {
         match &t {
             b"moov" => {
-                let init = if pos == 0 && head.len() as u64 >= size {
+                if size > MAX_MOOV_BYTES {
+                    return Ok(Err(MediaError::Unsupported(format!(
+                        "a {size}-byte moov is over the {MAX_MOOV_BYTES}-byte limit"
+                    ))));
+                }
+                // The moov box alone (`head` was read from its start).
+                let moov = if head.len() as u64 >= size {
                     head.slice(..size as usize)
                 } else {
-                    read_range(state, file.as_ref(), 0..pos + size).await?
+                    read_range(state, file.as_ref(), pos..pos + size).await?
                 };
-                match fmp4::parse_init(&init) {
+                match fmp4::parse_init(&moov) {
                     Ok(p) => params = Some(p),
                     // Maybe a progressive file's `moov` (this parser wants fragments).
-                    Err(e) => return whole(state, storage, row, e).await,
+                    Err(e) => return progressive(file, moov, limit, e).await,
                 }
             }
             b"moof" => {
@@ -245,10 +264,8 @@ async fn open_segment(
                 };
                 return Ok(Ok((params, body)));
             }
-            b"mdat" => {
-                let e = MediaError::InvalidMp4("mdat outside a fragment".into());
-                return whole(state, storage, row, e).await;
-            }
+            // Media outside a fragment: a progressive file, whose `moov` may come after it.
+            b"mdat" if params.is_none() => {}
             _ => {}
         }
         pos += size;
@@ -267,60 +284,115 @@ async fn open_segment(
     }
 }
 
-/// Reads a progressive MP4 whole (see [`Body::Whole`]); `e` is the fragmented parser's error,
-/// reported if the file is not progressive either.
-async fn whole(
-    state: &AppState,
-    storage: &Arc<dyn Storage>,
-    row: &SegmentRow,
+/// A progressive MP4's body (see [`Body::Progressive`]) from its `moov` box; `e` is the
+/// fragmented parser's error, reported if the file is not progressive either.
+async fn progressive(
+    file: Arc<dyn Opened>,
+    moov: Bytes,
+    limit: u64,
     e: MediaError,
 ) -> Result<Result<(StreamParams, Body), MediaError>, StorageError> {
-    let data = storage.read(&row.storage_key, None).await?;
-    state.archive.playback.read(data.len());
-    state
-        .archive
-        .playback
-        .whole_segment_reads
-        .fetch_add(1, Ordering::Relaxed);
-    let parsed = tokio::task::spawn_blocking(move || parse_progressive(&data))
-        .await
-        .map_err(|j| StorageError::Io {
-            key: row.storage_key.clone(),
-            source: std::io::Error::other(j),
-        })?;
-    Ok(parsed
-        .map(|(p, frags)| (p, Body::Whole(frags)))
-        .map_err(|_| e))
+    let indexed =
+        tokio::task::spawn_blocking(move || crate::media::mp4file::index_progressive(&moov, limit))
+            .await
+            .map_err(|j| StorageError::Io {
+                key: "progressive index".into(),
+                source: std::io::Error::other(j),
+            })?;
+    Ok(indexed.map_err(|_| e).map(|(params, samples)| {
+        let fragments = fragments_of_a_second(&params, samples);
+        (params, Body::Progressive { file, fragments })
+    }))
 }
 
-/// The frames of a progressive MP4, in fragments of about a second of the main track.
-fn parse_progressive(
-    data: &Bytes,
-) -> Result<(StreamParams, Vec<Vec<Frame>>), crate::media::MediaError> {
-    let file = crate::media::mp4file::Mp4File::from_bytes(data.clone())?;
-    let params = file.params().clone();
+/// Groups samples (interleaved by decode time) into fragments of about a second of the main
+/// track; samples of the other track before the first main one make a fragment of their own.
+fn fragments_of_a_second(
+    params: &StreamParams,
+    samples: Vec<IndexedSample>,
+) -> Vec<Vec<IndexedSample>> {
     let main = if params.video.is_some() {
         TrackKind::Video
     } else {
         TrackKind::Audio
     };
-    let mut fragments: Vec<Vec<Frame>> = Vec::new();
+    let mut fragments: Vec<Vec<IndexedSample>> = Vec::new();
     let mut second = None;
-    for f in file.frames() {
-        if f.track == main {
-            let s = ticks_to_us(f.dts, params.timescale(main)).div_euclid(1_000_000);
+    for sample in samples {
+        if sample.track == main {
+            let s = ticks_to_us(sample.dts, params.timescale(main)).div_euclid(1_000_000);
             if second != Some(s) {
                 second = Some(s);
                 fragments.push(Vec::new());
             }
         }
         match fragments.last_mut() {
-            Some(frag) => frag.push(f),
-            // Frames of the other track before the first main one: a fragment of their own.
-            None => fragments.push(vec![f]),
+            Some(frag) => frag.push(sample),
+            None => fragments.push(vec![sample]),
         }
     }
-    Ok((params, fragments))
+    fragments
+}
+
+/// Reads the payloads of `samples` by byte range, samples at most [`SAMPLE_READ_GAP`] apart in
+/// one read; the frames in the samples' order, and the bytes read.
+async fn read_samples(
+    state: &AppState,
+    file: &dyn Opened,
+    params: &Arc<StreamParams>,
+    samples: &[IndexedSample],
+) -> Result<(Vec<Frame>, usize), StorageError> {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| samples[i].range.start);
+    // Runs of nearby samples: (byte range, indices of the samples in it).
+    let mut runs: Vec<(std::ops::Range<u64>, Vec<usize>)> = Vec::new();
+    for i in order {
+        let r = &samples[i].range;
+        match runs.last_mut() {
+            Some((run, members)) if r.start <= run.end.saturating_add(SAMPLE_READ_GAP) => {
+                run.end = run.end.max(r.end);
+                members.push(i);
+            }
+            _ => runs.push((r.clone(), vec![i])),
+        }
+    }
+    let mut data: Vec<Option<Bytes>> = vec![None; samples.len()];
+    let mut read = 0;
+    for (run, members) in runs {
+        let bytes = read_range(state, file, run.clone()).await?;
+        read += bytes.len();
+        for i in members {
+            let r = &samples[i].range;
+            let (from, to) = ((r.start - run.start) as usize, (r.end - run.start) as usize);
+            data[i] = Some(
+                bytes
+                    .get(from..to)
+                    .map(|_| bytes.slice(from..to))
+                    .ok_or_else(|| StorageError::Io {
+                        key: "progressive sample".into(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "short read of a sample",
+                        ),
+                    })?,
+            );
+        }
+    }
+    let frames = samples
+        .iter()
+        .zip(data)
+        .map(|(s, d)| Frame {
+            track: s.track,
+            dts: s.dts,
+            duration: s.duration,
+            cts_offset: s.cts_offset,
+            keyframe: s.keyframe,
+            wallclock_us: 0,
+            data: d.unwrap_or_default(),
+            params: params.clone(),
+        })
+        .collect();
+    Ok((frames, read))
 }
 
 /// Pages through the index and keeps the next segment loading while one is sent.
@@ -561,7 +633,7 @@ impl Loaded {
     fn start(&self) -> Cursor {
         match &self.body {
             Body::Fragments { first, .. } => Cursor::At(*first),
-            Body::Whole(_) => Cursor::Index(0),
+            Body::Progressive { .. } => Cursor::Index(0),
         }
     }
 
@@ -575,9 +647,9 @@ impl Loaded {
         let target = from_us.max(self.row.start_us);
         let at_or_before = |dts: i64| self.row.start_us + ticks_to_us(dts, ts) <= target;
         match &self.body {
-            Body::Whole(frags) => {
+            Body::Progressive { fragments, .. } => {
                 let mut best = None;
-                for (i, frag) in frags.iter().enumerate() {
+                for (i, frag) in fragments.iter().enumerate() {
                     for f in frag {
                         if f.track == main && f.keyframe && at_or_before(f.dts) {
                             best = Some((Cursor::Index(i), ticks_to_us(f.dts, ts)));
@@ -635,11 +707,17 @@ impl Loaded {
         cursor: &mut Cursor,
     ) -> Option<(Vec<Frame>, usize)> {
         match (&self.body, *cursor) {
-            (Body::Whole(frags), Cursor::Index(i)) => {
+            (Body::Progressive { file, fragments }, Cursor::Index(i)) => {
                 *cursor = Cursor::Index(i + 1);
-                let frag = frags.get(i)?.clone();
-                let bytes = frag.iter().map(|f| f.data.len()).sum();
-                Some((frag, bytes))
+                let samples = fragments.get(i)?;
+                match read_samples(state, file.as_ref(), &self.params, samples).await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!(segment = self.row.id, error = %e,
+                            "archive segment unreadable: rest skipped");
+                        None
+                    }
+                }
             }
             (Body::Fragments { file, limit, .. }, Cursor::At(pos)) => {
                 let read = async {

@@ -628,11 +628,12 @@ async fn remove_uploaded_copy(
     let Some((stream_id, secs)) = parse_segment_name(name) else {
         return Ok(false);
     };
-    let Some(bytes) = segments::uploaded_copy(db, stream_id, secs, name).await? else {
+    let sizes = segments::uploaded_copy(db, stream_id, secs, name).await?;
+    if sizes.is_empty() {
         return Ok(false);
-    };
+    }
     match tokio::fs::metadata(path).await {
-        Ok(m) if i64::try_from(m.len()).is_ok_and(|len| len == bytes) => {}
+        Ok(m) if i64::try_from(m.len()).is_ok_and(|len| sizes.contains(&len)) => {}
         // Another size: not that segment's copy. Left alone (and not indexed: it would overlap
         // the uploaded one).
         Ok(_) => {

@@ -291,6 +291,8 @@ pub struct Retention {
     retry_pending: AtomicBool,
     /// Wakes the loop between scheduled passes (a full disk, a purge).
     trigger: RetentionTrigger,
+    /// Cluster mode: leave filesystem rows outside this node's roots alone (another node's).
+    own_files_only: bool,
 }
 
 impl Retention {
@@ -309,12 +311,20 @@ impl Retention {
             disk: Arc::new(Statvfs),
             retry_pending: AtomicBool::new(false),
             trigger: RetentionTrigger::default(),
+            own_files_only: false,
         }
     }
 
     /// Runs a pass whenever `trigger` is pulled, besides the schedule.
     pub fn with_trigger(mut self, trigger: RetentionTrigger) -> Retention {
         self.trigger = trigger;
+        self
+    }
+
+    /// Cluster mode: filesystem segments outside this node's storage roots are other nodes'
+    /// files, left to them.
+    pub fn own_files_only(mut self, yes: bool) -> Retention {
+        self.own_files_only = yes;
         self
     }
 
@@ -753,12 +763,18 @@ impl Retention {
     /// a disk not mounted). Such rows are left alone by every rule until the root is back: the
     /// file cannot be deleted now, and a row deleted without it would leave the file to come back
     /// unindexed.
+    ///
+    /// In cluster mode ([`Retention::own_files_only`]) a filesystem row outside this node's roots
+    /// is another node's file, which only that node can delete: left alone the same way.
     fn on_unavailable_root(&self, row: &Deletable) -> bool {
         row.storage == StorageKind::Filesystem.as_str()
-            && self.roots.as_ref().is_some_and(|r| {
-                r.root_of(Path::new(&row.storage_key))
-                    .is_some_and(|root| !root.state().is_available())
-            })
+            && self
+                .roots
+                .as_ref()
+                .is_some_and(|r| match r.root_of(Path::new(&row.storage_key)) {
+                    Some(root) => !root.state().is_available(),
+                    None => self.own_files_only,
+                })
     }
 
     /// Marks `batch` deleting, then deletes what was marked. Returns whether anything was marked

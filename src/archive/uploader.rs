@@ -300,6 +300,8 @@ struct Inner {
     /// (otherwise the upload is retried later). `None`: every absence counts (tests of the
     /// uploader alone).
     roots: Option<Arc<super::markers::MarkedRoots>>,
+    /// Cluster mode: this node's id; only the segments it recorded (on its disk) are uploaded here.
+    node: Option<Arc<str>>,
 }
 
 /// The background uploader. Build it, optionally share its [`UploadStats`] and [`waker`], then
@@ -330,6 +332,7 @@ impl Uploader {
                 stats,
                 ensured: tokio::sync::Mutex::new(HashSet::new()),
                 roots: None,
+                node: None,
             }),
             settings: UploaderSettings {
                 concurrency: settings.concurrency.max(1),
@@ -364,6 +367,15 @@ impl Uploader {
         self
     }
 
+    /// Cluster mode: uploads only the segments cluster node `node` (this one) recorded.
+    pub fn with_node(mut self, node: Option<Arc<str>>) -> Uploader {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.node = node,
+            None => tracing::error!("uploader already shared: cluster node not attached"),
+        }
+        self
+    }
+
     /// The counters this uploader updates.
     pub fn stats(&self) -> Arc<UploadStats> {
         self.inner.stats.clone()
@@ -394,7 +406,7 @@ impl Uploader {
         // Crash recovery, retried until it works: claiming before it would leave old rows stuck.
         let mut failures: u32 = 0;
         loop {
-            match segments::reset_uploading(&inner.db).await {
+            match segments::reset_uploading_for(&inner.db, inner.node.as_deref()).await {
                 Ok(0) => break,
                 Ok(n) => {
                     tracing::info!(count = n, "interrupted uploads put back in the queue");
@@ -451,7 +463,14 @@ impl Uploader {
             let mut claimed_any = false;
             if !backing_off && unreleased.is_empty() && tasks.len() < settings.concurrency {
                 let now = Instant::now();
-                let claimed = match segments::ready_uploads(&inner.db, cursor, LOOK_AHEAD).await {
+                let claimed = match segments::ready_uploads_for(
+                    &inner.db,
+                    inner.node.as_deref(),
+                    cursor,
+                    LOOK_AHEAD,
+                )
+                .await
+                {
                     Ok(ready) => {
                         match ready
                             .iter()
@@ -459,9 +478,14 @@ impl Uploader {
                         {
                             // Claims that row (or, if another uploader took it meanwhile, the
                             // next ready one).
-                            Some(&(id, _)) => segments::claim_uploads(&inner.db, id - 1, 1)
-                                .await
-                                .map(Some),
+                            Some(&(id, _)) => segments::claim_uploads_for(
+                                &inner.db,
+                                inner.node.as_deref(),
+                                id - 1,
+                                1,
+                            )
+                            .await
+                            .map(Some),
                             None if ready.len() == LOOK_AHEAD as usize => {
                                 // All waiting: look further.
                                 cursor = ready.last().map_or(cursor, |r| r.0);
@@ -634,9 +658,12 @@ pub fn spawn_uploader(
     cfg: &S3Config,
     stats: Arc<UploadStats>,
     roots: Arc<super::markers::MarkedRoots>,
+    node: Option<Arc<str>>,
     cancel: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<Notify>), S3ConfigError> {
-    let uploader = Uploader::from_config(db, cfg, stats)?.with_roots(roots);
+    let uploader = Uploader::from_config(db, cfg, stats)?
+        .with_roots(roots)
+        .with_node(node);
     let waker = uploader.waker();
     Ok((tokio::spawn(uploader.run(cancel)), waker))
 }
@@ -749,7 +776,16 @@ async fn try_upload(
     *bucket_out = Some(store.bucket().to_owned());
     ensure_bucket(inner, &store).await?;
 
-    let key = object_key(prefix, row.stream_id, file_name);
+    let mut key = object_key(prefix, row.stream_id, file_name);
+    if segments::key_taken_by_another(&inner.db, row.id, &key).await? {
+        // The camera's clock went back and the recorder named a new segment like one uploaded
+        // earlier (it can only see local names): writing to that key would overwrite the older
+        // recording's object. This one gets a name of its own.
+        let distinct = distinct_file_name(file_name, row.id);
+        tracing::warn!(object = %key, segment = row.id, renamed = %distinct,
+            "object key already holds another segment; uploading under a distinct name");
+        key = object_key(prefix, row.stream_id, &distinct);
+    }
     let bytes = match store.put_file(&key, local).await {
         Ok(n) => n,
         // Removed between the check above and the upload.
@@ -838,6 +874,15 @@ async fn ensure_bucket(inner: &Inner, store: &S3Storage) -> Result<(), UploadErr
     store.ensure_bucket().await.map_err(UploadError::Remote)?;
     known.insert(store.bucket().to_owned());
     Ok(())
+}
+
+/// `<stem>~<segment id>.<ext>`: the object name of a segment whose usual name is taken by another
+/// segment's object. The id makes it unique; `~` cannot occur in the recorder's names.
+pub(crate) fn distinct_file_name(file_name: &str, id: i64) -> String {
+    match file_name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}~{id}.{ext}"),
+        None => format!("{file_name}~{id}"),
+    }
 }
 
 #[cfg(test)]

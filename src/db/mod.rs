@@ -7,6 +7,7 @@
 //! the right thing for each.
 
 pub mod audit;
+pub mod cluster;
 pub mod import;
 pub mod leases;
 pub mod pages;
@@ -61,6 +62,22 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stream {0} already exists")]
     Conflict(Uuid),
+    #[error("cluster coordination needs a Postgres index")]
+    NeedsPostgres,
+    #[error(
+        "stream {stream}: segment rows refused, this node's lease (epoch {epoch}) has moved on"
+    )]
+    Fenced { stream: Uuid, epoch: i64 },
+    #[error(
+        "the SQLite index {path} is in use by another video-server process (lock file {lock}): a SQLite index serves one process; run several nodes on Postgres with [cluster]"
+    )]
+    InUse { path: String, lock: String },
+    #[error("cannot lock the SQLite index {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database row is inconsistent: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -230,6 +247,48 @@ impl Db {
 
     pub async fn close(&self) {
         with_pool!(self, p => p.close().await)
+    }
+}
+
+/// Keeps other server processes off a SQLite index: an exclusive lock (`flock`) on
+/// `<index file>.lock`, held for as long as the returned file is open (the server keeps it until
+/// it has stopped). A second `serve` on the same file fails with [`DbError::InUse`]: two processes
+/// would each run recorders, retention and repair against the other's rows. The kernel drops the
+/// lock when the process dies, so a crash never leaves it behind. `None` for Postgres and for an
+/// in-memory SQLite database. (The lock is on a file of its own, not the index, so it cannot
+/// interact with SQLite's own locking of the index file.)
+pub fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    let opts = SqliteConnectOptions::from_str(url).map_err(|source| DbError::Connect {
+        url: url.to_owned(),
+        source,
+    })?;
+    let file = opts.get_filename();
+    if file == Path::new(":memory:") || file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let mut lock_path = file.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let failed = |source| DbError::Lock {
+        path: file.display().to_string(),
+        source,
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(failed)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbError::InUse {
+            path: file.display().to_string(),
+            lock: lock_path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
     }
 }
 

@@ -86,7 +86,10 @@ pub async fn claim_uploads(db: &Db) -> Result<Vec<String>> {
 
 /// Plan of [`segments::ready_uploads`] (the uploader's look at the queue before claiming).
 pub async fn ready_uploads(db: &Db) -> Result<Vec<String>> {
-    explain(db, segments::READY_UPLOADS_SQL, |q| q.i64(100).i64(0)).await
+    explain(db, segments::READY_UPLOADS_SQL, |q| {
+        q.i64(100).i64(0).i64(0)
+    })
+    .await
 }
 
 /// Plan of [`segments::count_ready_uploads`].

@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::cluster::{Fence, FenceCheck};
 use super::{Db, DbUuid, Result, with_pool};
 // Re-exported: callers name it `segments::TimeRange`; it lives in `db` so that `runs` need not
 // import this module (which uses `runs`' macros).
@@ -243,6 +244,9 @@ pub struct RecordedSegment {
     pub upload_state: &'static str,
     /// Wall-clock correction applied at this segment's start (see migration 0007).
     pub clock_correction_us: Option<i64>,
+    /// In cluster mode, the lease the stream is recorded under: the row is written only while it
+    /// holds (and records the node, `segments.node_id`). `None` outside cluster mode.
+    pub fence: Option<super::cluster::Fence>,
 }
 
 /// Indexes a recorded segment in one transaction: its init segment (shared with identical ones),
@@ -265,10 +269,18 @@ pub async fn insert_recorded(db: &Db, r: &RecordedSegment) -> Result<i64> {
         if let Some(id) = existing {
             return Ok(id);
         }
+        (*tx).check_fence(s.stream_id, r.fence.as_ref()).await?;
         let init_id = upsert_init!(&mut *tx, r.codecs.as_str(), &r.init[..]);
         let id = insert_row!(
             &mut *tx, s, s.state.as_str(), Some(init_id), r.upload_state, r.clock_correction_us
         );
+        if let Some(f) = &r.fence {
+            sqlx::query("UPDATE segments SET node_id = $2 WHERE id = $1")
+                .bind(id)
+                .bind(&*f.node_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if s.state == SegmentState::Complete {
             super::runs::add_segment!(&mut *tx, DbUuid(s.stream_id), s.start_us, s.end_us, s.bytes);
         }
@@ -286,9 +298,7 @@ pub async fn update_progress(
     media_duration_us: i64,
     bytes: i64,
 ) -> Result<()> {
-    const SQL: &str = "UPDATE segments SET end_us = $2, media_duration_us = $3, bytes = $4 \
-        WHERE id = $1 AND state = 'recording'";
-    with_pool!(db, p => sqlx::query(SQL)
+    with_pool!(db, p => sqlx::query(PROGRESS_SQL)
         .bind(id)
         .bind(end_us)
         .bind(media_duration_us)
@@ -299,8 +309,41 @@ pub async fn update_progress(
     Ok(())
 }
 
-/// Closes a segment (state `complete`) and extends its stream's runs, in one transaction. Only a
-/// `recording` row is closed, so repeating the call (a retry after a lost answer) changes nothing.
+const PROGRESS_SQL: &str = "UPDATE segments SET end_us = $2, media_duration_us = $3, bytes = $4 \
+    WHERE id = $1 AND state = 'recording'";
+
+/// [`update_progress`] under a lease (cluster mode): refused once `fence` no longer holds.
+pub async fn update_progress_fenced(
+    db: &Db,
+    id: i64,
+    end_us: i64,
+    media_duration_us: i64,
+    bytes: i64,
+    fence: Option<&Fence>,
+) -> Result<()> {
+    const STREAM: &str = "SELECT stream_id FROM segments WHERE id = $1";
+    if fence.is_none() {
+        return update_progress(db, id, end_us, media_duration_us, bytes).await;
+    }
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        let stream: Option<DbUuid> = sqlx::query_scalar(STREAM).bind(id).fetch_optional(&mut *tx).await?;
+        if let Some(stream) = stream {
+            (*tx).check_fence(stream.0, fence).await?;
+        }
+        sqlx::query(PROGRESS_SQL)
+            .bind(id)
+            .bind(end_us)
+            .bind(media_duration_us)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// Closes a `recording` row as `complete` and adds it to its stream's runs, in one transaction.
 pub async fn finalize(
     db: &Db,
     id: i64,
@@ -308,10 +351,29 @@ pub async fn finalize(
     media_duration_us: i64,
     bytes: i64,
 ) -> Result<()> {
+    finalize_fenced(db, id, end_us, media_duration_us, bytes, None).await
+}
+
+/// [`finalize`] under a lease (cluster mode): refused once `fence` no longer holds.
+pub async fn finalize_fenced(
+    db: &Db,
+    id: i64,
+    end_us: i64,
+    media_duration_us: i64,
+    bytes: i64,
+    fence: Option<&Fence>,
+) -> Result<()> {
     const SQL: &str = "UPDATE segments SET end_us = $2, media_duration_us = $3, bytes = $4, \
         state = 'complete' WHERE id = $1 AND state = 'recording' RETURNING stream_id, start_us";
+    const STREAM: &str = "SELECT stream_id FROM segments WHERE id = $1";
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
+        if fence.is_some() {
+            let stream: Option<DbUuid> = sqlx::query_scalar(STREAM).bind(id).fetch_optional(&mut *tx).await?;
+            if let Some(stream) = stream {
+                (*tx).check_fence(stream.0, fence).await?;
+            }
+        }
         let row: Option<(DbUuid, i64)> = sqlx::query_as(SQL)
             .bind(id)
             .bind(end_us)
@@ -536,6 +598,18 @@ pub async fn key_exists(db: &Db, storage_key: &str) -> Result<bool> {
     Ok(found)
 }
 
+/// Whether a row other than `id` points at `storage_key` (the uploader checks an object key before
+/// writing to it).
+pub async fn key_taken_by_another(db: &Db, id: i64, storage_key: &str) -> Result<bool> {
+    const SQL: &str = "SELECT EXISTS (SELECT 1 FROM segments WHERE storage_key = $1 AND id <> $2)";
+    let found: bool = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(storage_key)
+        .bind(id)
+        .fetch_one(p)
+        .await?);
+    Ok(found)
+}
+
 /// A page of a stream's playable segments overlapping `[from_us, to_us)`, ordered by start, after
 /// the keyset cursor `(after_start_us, after_id)`. The scan starts at `max(lower, after_start)`,
 /// so the keyset test reduces to `start_us > $5 OR id > $6` (see `db::pages` for why it must not
@@ -594,20 +668,41 @@ pub async fn delete(db: &Db, id: i64) -> Result<()> {
 /// `local` (their local files are still there, since files are removed only after `remote` is
 /// committed). Returns the number of rows reset.
 pub async fn reset_uploading(db: &Db) -> Result<u64> {
+    reset_uploading_for(db, None).await
+}
+
+/// [`reset_uploading`] for the rows recorded by cluster node `node` only (`None`: every row).
+/// In a cluster each node uploads the segments on its own disk, and resets only its own rows:
+/// another node's `uploading` rows are uploads in progress.
+pub async fn reset_uploading_for(db: &Db, node: Option<&str>) -> Result<u64> {
     const SQL: &str = "UPDATE segments SET upload_state = 'local' \
         WHERE upload_state IN ('local', 'uploading') AND upload_state = 'uploading'";
-    let n = with_pool!(db, p => sqlx::query(SQL).execute(p).await?.rows_affected());
+    const SQL_NODE: &str = "UPDATE segments SET upload_state = 'local' \
+        WHERE upload_state IN ('local', 'uploading') AND upload_state = 'uploading' \
+          AND node_id = $1";
+    let n = match node {
+        None => with_pool!(db, p => sqlx::query(SQL).execute(p).await?.rows_affected()),
+        Some(node) => {
+            with_pool!(db, p => sqlx::query(SQL_NODE).bind(node).execute(p).await?.rows_affected())
+        }
+    };
     Ok(n)
 }
 
 /// The statement of [`claim_uploads`] (`$1` limit, `$2` after id, `$3` now); `db::plans` explains
 /// it. A row under a read lease (`db::leases`) is skipped until the lease has passed.
 pub(crate) fn claim_uploads_sql() -> String {
+    claim_uploads_sql_for(false)
+}
+
+/// [`claim_uploads_sql`], with `by_node`: only the rows of cluster node `$4`.
+fn claim_uploads_sql_for(by_node: bool) -> String {
+    let node = if by_node { "AND node_id = $4" } else { "" };
     format!(
         "UPDATE segments SET upload_state = 'uploading' WHERE id IN ( \
              SELECT id FROM segments \
              WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
-               AND state = 'complete' AND id > $2 \
+               AND state = 'complete' AND id > $2 {node} \
                AND (lease_until_us IS NULL OR lease_until_us <= $3) \
              ORDER BY id LIMIT $1) \
          AND upload_state = 'local' AND state = 'complete' \
@@ -622,45 +717,89 @@ pub(crate) fn claim_uploads_sql() -> String {
 /// being updated. The cursor lets the uploader go round the queue, so one segment that keeps
 /// failing does not hold back the ones after it.
 pub async fn claim_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<SegmentRow>> {
-    let mut rows: Vec<SegmentRow> = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(claim_uploads_sql()))
-        .bind(i64::from(limit))
-        .bind(after_id)
-        .bind(super::now_us())
-        .fetch_all(p)
-        .await?);
+    claim_uploads_for(db, None, after_id, limit).await
+}
+
+/// [`claim_uploads`] among the rows recorded by cluster node `node` (`None`: every row): a
+/// node's segments are on its own disk until uploaded.
+pub async fn claim_uploads_for(
+    db: &Db,
+    node: Option<&str>,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<SegmentRow>> {
+    let sql = claim_uploads_sql_for(node.is_some());
+    let mut rows: Vec<SegmentRow> = with_pool!(db, p => {
+        let q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(after_id)
+            .bind(super::now_us());
+        let q = match node {
+            Some(node) => q.bind(node),
+            None => q,
+        };
+        q.fetch_all(p).await?
+    });
     // RETURNING gives no order guarantee.
     rows.sort_by_key(|r| r.id);
     Ok(rows)
 }
 
-/// The statement of [`ready_uploads`] (`$1` limit, `$2` after id); `db::plans` explains it.
+/// The statement of [`ready_uploads`] (`$1` limit, `$2` after id, `$3` now); `db::plans` explains
+/// it. Rows under a read lease are left out, as [`claim_uploads`] would skip them.
 pub(crate) const READY_UPLOADS_SQL: &str = "SELECT id, stream_id FROM segments \
     WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
       AND state = 'complete' AND id > $2 \
+      AND (lease_until_us IS NULL OR lease_until_us <= $3) \
     ORDER BY id LIMIT $1";
 
 /// Looks (without claiming) at up to `limit` segments ready to upload with an id above
 /// `after_id`, lowest id first: `(id, stream)`. The uploader picks the first whose stream and
 /// bucket are not backing off, then claims it with [`claim_uploads`].
 pub async fn ready_uploads(db: &Db, after_id: i64, limit: u32) -> Result<Vec<(i64, Uuid)>> {
-    let rows: Vec<(i64, DbUuid)> = with_pool!(db, p => sqlx::query_as(READY_UPLOADS_SQL)
-        .bind(i64::from(limit))
-        .bind(after_id)
-        .fetch_all(p)
-        .await?);
+    ready_uploads_for(db, None, after_id, limit).await
+}
+
+/// [`ready_uploads`] among the rows recorded by cluster node `node` (`None`: every row).
+pub async fn ready_uploads_for(
+    db: &Db,
+    node: Option<&str>,
+    after_id: i64,
+    limit: u32,
+) -> Result<Vec<(i64, Uuid)>> {
+    const SQL_NODE: &str = "SELECT id, stream_id FROM segments \
+        WHERE upload_state IN ('local', 'uploading') AND upload_state = 'local' \
+          AND state = 'complete' AND id > $2 \
+          AND (lease_until_us IS NULL OR lease_until_us <= $3) AND node_id = $4 \
+        ORDER BY id LIMIT $1";
+    let rows: Vec<(i64, DbUuid)> = match node {
+        None => with_pool!(db, p => sqlx::query_as(READY_UPLOADS_SQL)
+            .bind(i64::from(limit))
+            .bind(after_id)
+            .bind(super::now_us())
+            .fetch_all(p)
+            .await?),
+        Some(node) => with_pool!(db, p => sqlx::query_as(SQL_NODE)
+            .bind(i64::from(limit))
+            .bind(after_id)
+            .bind(super::now_us())
+            .bind(node)
+            .fetch_all(p)
+            .await?),
+    };
     Ok(rows.into_iter().map(|(id, s)| (id, s.0)).collect())
 }
 
-/// The size of the uploaded copy of the stream's segment file `file_name` (named after second
-/// `named_secs`), if an S3 row points at an object of that name: the local file is then a copy
-/// the uploader had not removed yet when the process died (it removes the file only after the row
-/// points at the object).
+/// The sizes of the S3 objects of the stream named like its segment file `file_name` (named after
+/// second `named_secs`; also under the uploader's distinct name `<stem>~<id>.<ext>`): a local
+/// file of one of these sizes is a copy the uploader had not removed yet when the process died (it
+/// removes the file only after the row points at the object).
 pub async fn uploaded_copy(
     db: &Db,
     stream_id: Uuid,
     named_secs: i64,
     file_name: &str,
-) -> Result<Option<i64>> {
+) -> Result<Vec<i64>> {
     // A file is named after its start second, bumped forward while the name is taken: the row
     // starts at most a little before it.
     const SQL: &str = "SELECT storage_key, bytes FROM segments \
@@ -671,10 +810,24 @@ pub async fn uploaded_copy(
         .bind(named_secs.saturating_add(1).saturating_mul(1_000_000))
         .fetch_all(p)
         .await?);
+    // An object renamed because its usual name was taken is `<stem>~<id>.<ext>`.
+    let same_name = |key: &str| {
+        let object = key.rsplit('/').next().unwrap_or(key);
+        object == file_name
+            || file_name.rsplit_once('.').is_some_and(|(stem, ext)| {
+                object
+                    .strip_prefix(stem)
+                    .and_then(|rest| rest.strip_prefix('~'))
+                    .and_then(|rest| rest.strip_suffix(ext))
+                    .and_then(|rest| rest.strip_suffix('.'))
+                    .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
     Ok(rows
         .into_iter()
-        .find(|(key, _)| key.rsplit('/').next() == Some(file_name))
-        .map(|(_, bytes)| bytes))
+        .filter(|(key, _)| same_name(key))
+        .map(|(_, bytes)| bytes)
+        .collect())
 }
 
 /// Records a finished upload in one statement: the row now points at the object `object_key` in

@@ -104,11 +104,13 @@ pub fn sign_playlist(text: &str, query: &str) -> String {
     out
 }
 
-/// Serves one HLS file.
+/// Serves one HLS file. In cluster mode a stream held by another node is answered with a 307 to
+/// the same file (and query: a signed URL stays valid) on the holder's video listener.
 pub async fn serve(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(file): Path<String>,
+    uri: axum::http::Uri,
 ) -> Response {
     let name = match parse_name(&file) {
         Ok(n) => n,
@@ -119,6 +121,9 @@ pub async fn serve(
         .runtime(name.stream_id)
         .filter(|rt| rt.has_output(crate::stream::OutputType::Hls))
     else {
+        if let Some(to) = owner_redirect(&state, name.stream_id, &uri).await {
+            return to;
+        }
         return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
     };
     // Every HLS request is viewer activity: it starts an on-demand source and keeps it running.
@@ -162,6 +167,36 @@ pub async fn serve(
             GoError::upper(StatusCode::INTERNAL_SERVER_ERROR, "cannot read file").into_response()
         }
     }
+}
+
+/// Cluster mode: a 307 to `uri` on the video listener of the node holding `stream`'s lease, when
+/// that is another node. `None` on a single node, for a stream nobody holds, or when the index
+/// cannot be asked (the caller answers 404 as before).
+async fn owner_redirect(state: &AppState, stream: Uuid, uri: &axum::http::Uri) -> Option<Response> {
+    let me = state.manager.node_id()?;
+    let owner = match crate::db::cluster::owner_of(&state.db, stream).await {
+        Ok(owner) => owner?,
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, "cannot look up the stream's holder");
+            return None;
+        }
+    };
+    if *owner.node_id == *me {
+        return None;
+    }
+    let host = if owner.advertise_host.contains(':') {
+        format!("[{}]", owner.advertise_host)
+    } else {
+        owner.advertise_host.clone()
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let location = format!("http://{host}:{}{path}", owner.video_port);
+    let value = HeaderValue::from_str(&location).ok()?;
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    resp.headers_mut().insert(header::LOCATION, value);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(resp)
 }
 
 #[cfg(test)]

@@ -189,6 +189,19 @@ pub fn encode(state: &AppState, out: &mut Families) -> std::fmt::Result {
         None,
         one(c.task_panics),
     )?;
+    // Cluster mode only: how many cameras this node holds (an uneven spread, or a node at 0 while
+    // others are full, shows here).
+    if let Some(node) = state.manager.node_id() {
+        out.gauge(
+            "video_server_cluster_leases_held",
+            "Camera leases this cluster node holds",
+            None,
+            [(
+                super::labels([("node", &node)]),
+                int(state.manager.held().len() as u64),
+            )],
+        )?;
+    }
     Ok(())
 }
 

@@ -166,3 +166,91 @@ fn compose_file_agrees_with_its_config() {
         assert!(expose.contains(&port.to_string()), "{expose}");
     }
 }
+
+/// The `cluster` profile: three nodes on one shared config, each with its own id, address, ports
+/// and archive volume, on a database and a bucket the single server does not use.
+#[test]
+fn cluster_profile_agrees_with_its_config() {
+    let text = std::fs::read_to_string(root().join("docker-compose.yaml")).expect("compose file");
+    let doc = &YamlLoader::load_from_str(&text).expect("valid YAML")[0];
+    let services = &doc["services"];
+    let conf = std::fs::read_to_string(root().join("deploy/conf.cluster.toml")).expect("config");
+    // The address comes from each node's environment; give the check one.
+    let with_address = conf.replace(
+        "[cluster]\nenabled = true\n",
+        "[cluster]\nenabled = true\nadvertise_host = \"node1\"\n",
+    );
+    assert_ne!(
+        with_address, conf,
+        "[cluster] enabled = true is in the file"
+    );
+    let config =
+        Config::from_toml_str("deploy/conf.cluster.toml", &with_address).expect("valid config");
+    assert!(config.cluster.enabled);
+    assert!(
+        config.cluster.node_id.is_empty(),
+        "ids come from the environment"
+    );
+    let single = Config::load(&root().join("deploy/conf.compose.toml")).expect("single config");
+    let u = url::Url::parse(&config.database.url).expect("db url");
+    assert_eq!(u.host_str(), Some("postgres"));
+    let db = u.path().trim_start_matches('/').to_owned();
+    assert_ne!(
+        db,
+        url::Url::parse(&single.database.url)
+            .expect("url")
+            .path()
+            .trim_start_matches('/'),
+        "a database of its own"
+    );
+    let create = strings(&services["cluster-db"]["command"]).join(" ");
+    assert!(
+        create.contains(&format!("CREATE DATABASE {db}")),
+        "{create}"
+    );
+    let s3 = config.effective_s3().expect("s3");
+    assert_ne!(
+        Some(s3.bucket.clone()),
+        single.effective_s3().map(|s| s.bucket)
+    );
+    let init_cmd = strings(&services["minio-init"]["command"]).join(" ");
+    assert!(init_cmd.contains(&format!("local/{}", s3.bucket)));
+
+    let mut host_ports = Vec::new();
+    let mut archives = Vec::new();
+    for name in ["node1", "node2", "node3"] {
+        let node = &services[name];
+        assert!(!node.is_badvalue(), "service {name} missing");
+        assert_eq!(strings(&node["profiles"]), vec!["cluster".to_owned()]);
+        assert_eq!(env(node, "VIDEO_SERVER_NODE_ID"), name);
+        assert_eq!(env(node, "VIDEO_SERVER_ADVERTISE_HOST"), name);
+        assert!(env(node, "VIDEO_SERVER_ADMIN_TOKEN").starts_with("${VIDEO_SERVER_ADMIN_TOKEN:?"));
+        let volumes = strings(&node["volumes"]);
+        assert!(volumes.contains(&"./deploy/conf.cluster.toml:/app/conf.toml:ro".to_owned()));
+        let archive = volumes
+            .iter()
+            .find(|v| v.ends_with(&format!(":{}", config.archive.directory())))
+            .unwrap_or_else(|| panic!("{name}: the archive directory is not a volume"));
+        archives.push(archive.clone());
+        let ports = strings(&node["ports"]);
+        for port in [config.api.port(), config.video.port()] {
+            let p = ports
+                .iter()
+                .find(|p| p.ends_with(&format!(":{port}")))
+                .unwrap_or_else(|| panic!("{name}: port {port} not published"));
+            host_ports.push(p.clone());
+        }
+        assert!(!node["depends_on"]["cluster-db"].is_badvalue());
+    }
+    archives.sort();
+    archives.dedup();
+    assert_eq!(
+        archives.len(),
+        3,
+        "each node has an archive volume of its own"
+    );
+    let n = host_ports.len();
+    host_ports.sort();
+    host_ports.dedup();
+    assert_eq!(host_ports.len(), n, "host ports are distinct");
+}

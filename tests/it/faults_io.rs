@@ -146,6 +146,144 @@ async fn recording_goes_on_through_a_postgres_outage() {
     db.close().await;
 }
 
+/// Postgres freezes (every process SIGSTOPped: connections stay open, nothing answers, as when
+/// its host hangs) while a stream records. `/healthz` and `/readyz` answer 503 within their 3 s
+/// database timeout instead of hanging with the query, and `/readyz` still finds the disk; files
+/// keep being written, also across storage-root checks (every second here) that cannot ask the
+/// index; once the database wakes up, both probes are healthy again and the index catches up
+/// with every file.
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_answer_and_recording_goes_on_while_postgres_is_frozen() {
+    let mut pg = PrivatePostgres::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mp4 = tmp.path().join("mp4");
+    let s = InProcess::start_with_db(
+        &format!(
+            "{}root_check_s = 1\n{}",
+            archive_config(tmp.path(), 2000),
+            demo_recording()
+        ),
+        Some(pg.url()),
+    )
+    .await;
+    let id: Uuid = DEMO.parse().expect("uuid");
+    let db = s.state.db.clone();
+    wait_for("two complete segments", Duration::from_secs(30), || async {
+        let rows = rows_now(&db, id).await?;
+        (rows.iter().filter(|r| r.state == "complete").count() >= 2).then_some(())
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let probe = |path: &'static str| {
+        let (http, api) = (http.clone(), s.api.clone());
+        async move {
+            let asked = Instant::now();
+            let r = http
+                .get(format!("{api}{path}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{path} did not answer: {e}"));
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.expect("probe JSON");
+            (status, body, asked.elapsed())
+        }
+    };
+    let (status, body, _) = probe("/healthz").await;
+    assert_eq!((status, &body["database"]), (200, &serde_json::json!("ok")));
+
+    pg.freeze();
+    let files_at_freeze = files_under(&mp4).len();
+    for path in ["/healthz", "/readyz"] {
+        let (status, body, took) = probe(path).await;
+        assert_eq!(status, 503, "{path} while frozen: {body}");
+        assert_eq!(body["database"], "unavailable", "{path}: {body}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{path} took {took:?} with a frozen database (timeout 3 s)"
+        );
+        if path == "/readyz" {
+            assert_eq!(body["storage"][0]["state"], "ok", "{body}");
+        }
+    }
+    // Three 2 s segments: several root checks ran meanwhile, none of them could ask the index.
+    crate::support::media::eventually(
+        "files written while the database is frozen",
+        Duration::from_secs(20),
+        || (files_under(&mp4).len() >= files_at_freeze + 3).then_some(()),
+    )
+    .await;
+    let stats = recorder_of(&s, id).snapshot();
+    assert_eq!(
+        (stats.root_paused, stats.root_pauses),
+        (0, 0),
+        "a database outage paused recording: {stats:?}"
+    );
+    pg.thaw();
+
+    wait_for(
+        "/healthz healthy again",
+        Duration::from_secs(15),
+        || async {
+            let (status, _, _) = probe("/healthz").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the index to catch up with the files",
+        Duration::from_secs(15),
+        || async {
+            let rows = rows_now(&db, id).await?;
+            caught_up(&rows, &mp4).then_some(())
+        },
+    )
+    .await;
+
+    // The same with the database stopped (connections refused): root checks run and cannot ask
+    // the index; the disk is still judged available by its marker.
+    pg.stop("fast");
+    let checks = || -> u64 {
+        s.state
+            .roots
+            .all()
+            .iter()
+            .map(|r| r.counters.checks.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let (files_at_stop, checks_at_stop) = (files_under(&mp4).len(), checks());
+    crate::support::media::eventually(
+        "root checks and files while the database is stopped",
+        Duration::from_secs(60),
+        || {
+            (files_under(&mp4).len() >= files_at_stop + 3 && checks() > checks_at_stop)
+                .then_some(())
+        },
+    )
+    .await;
+    pg.restart();
+    wait_for(
+        "the index to catch up after the restart",
+        Duration::from_secs(20),
+        || async {
+            let rows = rows_now(&db, id).await?;
+            caught_up(&rows, &mp4).then_some(())
+        },
+    )
+    .await;
+    let stats = recorder_of(&s, id).snapshot();
+    assert_eq!(
+        (stats.root_paused, stats.root_pauses),
+        (0, 0),
+        "a database outage paused recording: {stats:?}"
+    );
+    assert_eq!(stats.index_dropped, 0, "{stats:?}");
+    assert_eq!(stats.write_errors, 0, "{stats:?}");
+    let _dir = s.stop().await;
+}
+
 /// Counters of the stream's recorder.
 fn recorder_of(
     s: &InProcess,

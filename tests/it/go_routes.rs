@@ -173,6 +173,18 @@ both_engines!(
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
             assert_eq!(r.json(), json!({"Error": message}), "{body}");
         }
+        // What Go's binder refused too: an array for the body, a value of the wrong type, a UUID
+        // in another spelling than the hyphenated one.
+        for body in [
+            json!([Uuid::new_v4(), "rtsp://h/x"]),
+            json!({"guid": Uuid::new_v4(), "url": "rtsp://h/x", "output_types": "mse"}),
+            json!({"guid": format!("{{{}}}", Uuid::new_v4()), "url": "rtsp://h/x"}),
+            json!({"guid": Uuid::new_v4().simple().to_string(), "url": "rtsp://h/x"}),
+        ] {
+            let r = send_json(&s, "POST", "/enable_camera", &body).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(r.json(), json!({"Error": "Bad JSON binding"}), "{body}");
+        }
         let r = call(
             &s,
             "POST",

@@ -573,3 +573,72 @@ async fn go_muxer_files_import_play_and_export() {
     }
     let _ = s.stop().await;
 }
+
+/// A long imported Go file (moov at the end, ~10 MB) plays by ranged reads: its `moov`, then about
+/// a second of samples at a time, never the whole file. The played pictures are the file's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_imported_go_file_plays_by_ranged_reads() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let stream = Uuid::new_v4();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).expect("mkdir");
+    let go_file = archive.join(format!("{stream}_{T0}.mp4"));
+    // Noise keeps the bitrate up (~3 Mb/s), so the file is large next to a second of it.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=25,noise=alls=30:allf=t",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "24",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "50",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        go_file.to_str().expect("utf-8"),
+    ]);
+    let file_len = std::fs::metadata(&go_file).expect("stat").len();
+    let boxes = top_level_boxes(&std::fs::read(&go_file).expect("read"));
+    assert_eq!(boxes.last().map(String::as_str), Some("moov"), "{boxes:?}");
+    assert!(file_len > 4_000_000, "{file_len} bytes");
+
+    let s = InProcess::start("[archive]\nserving = true\n").await;
+    import_archive(&s.state.db, &archive, |_| {})
+        .await
+        .expect("import");
+    let (parts, texts) = play_archive(&s.video, stream, T0, 60).await;
+    assert_eq!(texts.last().map(String::as_str), Some("eos"), "{texts:?}");
+    assert_eq!(parts.len(), 1);
+    assert!((20..=30).contains(&parts[0].2), "{} fragments", parts[0].2);
+    let played = dir.path().join("played.mp4");
+    std::fs::write(&played, &parts[0].1).expect("write");
+    assert_eq!(video_frame_md5s(&played), video_frame_md5s(&go_file));
+
+    let stats = &s.state.archive.playback;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (largest, peak, read) = (
+        load(&stats.largest_read_bytes),
+        load(&stats.peak_session_bytes),
+        load(&stats.bytes_read),
+    );
+    assert!(
+        largest * 10 < file_len,
+        "largest read {largest} of {file_len}"
+    );
+    assert!(peak * 10 < file_len, "peak {peak} of {file_len}");
+    assert!(
+        read >= file_len * 9 / 10 && read <= file_len * 11 / 10,
+        "read {read} of {file_len}"
+    );
+    let _ = s.stop().await;
+}

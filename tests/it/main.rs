@@ -7,6 +7,7 @@ mod support;
 mod archive;
 mod auth;
 mod binary_cli;
+mod cluster;
 mod codec_switch;
 mod compose;
 mod config_go;

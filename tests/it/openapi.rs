@@ -152,4 +152,100 @@ fn the_document_states_the_servers_rules() {
         schemas["ArchiveDto"]["properties"]["ms_per_file"]["maximum"],
         3_600_000
     );
+    // The merge patch states its properties (the server refuses unknown ones after merging).
+    assert_eq!(schemas["StreamPatch"]["additionalProperties"], false);
+    assert_eq!(
+        op("/api/v1/streams/{id}", "patch")["requestBody"]["content"]["application/merge-patch+json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/StreamPatch"
+    );
+    // Ids a client chooses are not the nil UUID; the Go bodies say what the Go routes take.
+    let nil = serde_json::json!({"const": "00000000-0000-0000-0000-000000000000"});
+    assert_eq!(schemas["StreamInput"]["properties"]["id"]["not"], nil);
+    for body in ["EnableCameraRequest", "DisableCameraRequest"] {
+        assert_eq!(schemas[body]["properties"]["guid"]["not"], nil, "{body}");
+        assert_eq!(
+            schemas[body]["properties"]["guid"]["format"], "uuid",
+            "{body}"
+        );
+    }
+    let enable = &schemas["EnableCameraRequest"];
+    assert_eq!(enable["required"], serde_json::json!(["guid", "url"]));
+    assert_eq!(
+        enable["properties"]["url"]["pattern"].as_str(),
+        Some(video_server::api::streams::RTSP_URL_PATTERN)
+    );
+    assert_eq!(
+        enable["properties"]["output_types"]["items"]["pattern"].as_str(),
+        Some(video_server::api::go::GO_OUTPUT_TYPE_PATTERN)
+    );
+    assert_eq!(
+        op("/enable_camera", "post")["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/EnableCameraRequest"
+    );
+    // A body time: a number or a string of the query times' shape, never both (`oneOf`).
+    let time = schemas["TimeValue"]["oneOf"].as_array().expect("oneOf");
+    assert_eq!(time.len(), 2);
+    assert_eq!(time[0]["type"], "number");
+    assert_eq!(time[0]["minimum"], 0);
+    assert_eq!(time[1]["type"], "string");
+    assert_eq!(
+        time[1]["pattern"].as_str(),
+        Some(video_server::api::archive::TIME_PATTERN)
+    );
+    assert_eq!(
+        schemas["TokenInput"]["properties"]["expires_in_s"]["maximum"],
+        video_server::auth::MAX_TOKEN_TTL_S
+    );
+}
+
+/// The document's patterns agree with the server's own parsers on examples either way (the
+/// fuzzer, scripts/schemathesis, checks them against the running server at random).
+#[test]
+fn patterns_agree_with_the_server() {
+    use video_server::api::archive::{TIME_PATTERN, parse_time};
+    use video_server::api::streams::RTSP_URL_PATTERN;
+    let url = regex::Regex::new(RTSP_URL_PATTERN).expect("RTSP_URL_PATTERN compiles");
+    let server_takes = |s: &str| {
+        url::Url::parse(s.trim()).is_ok_and(|u| {
+            matches!(u.scheme(), "rtsp" | "rtsps")
+                && u.host_str().is_some_and(|h| !h.is_empty())
+                && u.fragment().is_none()
+        })
+    };
+    for (s, ok) in [
+        ("rtsp://h/x", true),
+        ("RTSPS://user:pass@cam.local:554/a?b=c", true),
+        (" rtsp://10.0.0.1 ", true),
+        ("rtsp://h:65535/", true),
+        ("rtsp://h:/x", true),
+        ("rtsp://h:65536/", false),
+        ("rtsp://:554/x", false),
+        ("rtsp://@/x", false),
+        ("rtsp://a<b/", false),
+        ("rtsp://h/x#frag", false),
+        ("http://h/x", false),
+        ("rtsp:/h", false),
+        ("", false),
+    ] {
+        assert_eq!(url.is_match(s), ok, "pattern on {s:?}");
+        assert_eq!(server_takes(s), ok, "server on {s:?}");
+    }
+    let time = regex::Regex::new(TIME_PATTERN).expect("TIME_PATTERN compiles");
+    for (s, shape, parses) in [
+        ("1766224800", true, true),
+        (" 1766224800.25\t", true, true),
+        ("2025-12-20T10:00:00Z", true, true),
+        ("2025-12-20T10:00:00.5+03:00", true, true),
+        ("2025-12-20T10:00:00 03:00", true, true),
+        ("2025-02-30T00:00:00Z", true, false),
+        ("yesterday", false, false),
+        ("12:00", false, false),
+        ("1.2.3", false, false),
+        ("-5", false, false),
+        ("\u{1c}5", false, false),
+    ] {
+        assert_eq!(time.is_match(s), shape, "pattern on {s:?}");
+        assert_eq!(parse_time(s).is_ok(), parses, "server on {s:?}");
+    }
 }

@@ -478,6 +478,59 @@ async fn outage_keeps_files_and_every_segment_arrives_after_restart() {
     t.cleanup().await;
 }
 
+/// A camera clock that went back makes the recorder name a new segment like one uploaded before
+/// (it sees only local names, and the old file is gone after its upload). The upload must not
+/// overwrite the older recording's object: the new segment gets an object name of its own, and
+/// both objects keep their bytes.
+#[tokio::test]
+async fn a_reused_file_name_never_overwrites_an_uploaded_object() {
+    let t = crate::support::sqlite().await;
+    let db = &t.db;
+    let server = S3Server::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cam = Uuid::new_v4();
+    streams::insert(db, &s3_stream(cam, None, None), Origin::Api)
+        .await
+        .expect("stream");
+    let stats = Arc::new(UploadStats::default());
+    let s3 = S3Storage::new(&server.config("archive", ""), &test_timeouts()).expect("client");
+    let (task, cancel) = start_uploader(db, s3.clone(), "", stats.clone());
+    let (old_bytes, new_bytes) = (bytes(7000, 1), bytes(9000, 2));
+    let (old, old_path) = ready_segment(db, dir.path(), cam, 9_100, &old_bytes).await;
+    let olds = [old];
+    wait_for("the first upload", Duration::from_secs(10), || {
+        all_remote(db, &olds)
+    })
+    .await;
+    assert!(!old_path.exists(), "uploaded: the local file is gone");
+    // The clock went back: a new segment under the same name.
+    let (new, new_path) = ready_segment(db, dir.path(), cam, 9_100, &new_bytes).await;
+    assert_eq!(new_path, old_path);
+    let news = [new];
+    wait_for("the second upload", Duration::from_secs(10), || {
+        all_remote(db, &news)
+    })
+    .await;
+    stop_uploader(task, cancel).await;
+    let (old_row, new_row) = (row(db, old).await, row(db, new).await);
+    assert_eq!(old_row.storage_key, format!("{cam}/{cam}_9100.mp4"));
+    assert_eq!(
+        new_row.storage_key,
+        format!("{cam}/{cam}_9100~{new}.mp4"),
+        "a distinct name for the second segment"
+    );
+    use video_server::archive::storage::Storage;
+    for (r, want) in [(&old_row, &old_bytes), (&new_row, &new_bytes)] {
+        let got = s3.read(&r.storage_key, None).await.expect("object");
+        assert!(
+            got.as_ref() == want.as_slice(),
+            "{} kept its bytes",
+            r.storage_key
+        );
+    }
+    t.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_segment_that_keeps_failing_does_not_block_the_others() {
     let t = crate::support::sqlite().await;

@@ -236,6 +236,13 @@ both_engines!(
                     "invalid_time",
                     "start",
                 ),
+                // The shape of a time (the document's pattern) but no real date: 422, not 400.
+                (
+                    format!("{base}?start=2025-02-30T00:00:00Z"),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    "start",
+                ),
                 // start after end, and start equal to end.
                 (
                     format!("{base}?start=2025-12-20T11:00:00Z&end=2025-12-20T10:00:00Z"),
@@ -646,6 +653,8 @@ both_engines!(
                 json!({"start": 100, "end": 200, "reason": "a\u{0}b"}),
                 "reason",
             ),
+            // An array where the document says object (serde would read a struct from it).
+            (json!({"start": [100], "end": 200}), "start"),
         ];
         for (body, want_field) in cases {
             let r = send_json(&s, "POST", &uri, &body).await;

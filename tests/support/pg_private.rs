@@ -194,6 +194,60 @@ impl PrivatePostgres {
         )
     }
 
+    /// The postmaster and every process it started (its backends and workers).
+    fn processes(&self) -> Vec<u32> {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("postmaster.pid (is the server running?)");
+        let postmaster: u32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("postmaster pid");
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: the parent is the second field after the name.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let pids: Vec<String> = self.processes().iter().map(u32::to_string).collect();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pids:?}");
+    }
+
+    /// Freezes the server (SIGSTOP to every Postgres process): connections stay open and nothing
+    /// answers, as when its host hangs or the network drops packets. [`thaw`](Self::thaw) resumes.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Resumes a [`freeze`](Self::freeze)d server.
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
     fn create_database(&self, name: &str) {
         let out = run(
             &self.bin,
@@ -224,6 +278,13 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         if self.running {
+            // A frozen server cannot stop: wake it first (harmless when it runs).
+            if let Ok(pids) = std::panic::catch_unwind(|| self.processes()) {
+                let _ = Command::new("kill")
+                    .arg("-CONT")
+                    .args(pids.iter().map(u32::to_string))
+                    .status();
+            }
             let _ = self.pg_ctl_stop("immediate");
         }
     }

@@ -74,11 +74,14 @@ pub fn listens_on(pid: u32, port: u16) -> bool {
 
 /// A TCP forwarder on a 127.0.0.1 port held for its whole life. Connections go to the current
 /// backend port; while there is none ([`TcpProxy::set_backend`] with `None`), they are accepted
-/// and closed at once, as a server that is down would drop them. It runs on a thread of its own,
-/// so a test that blocks its runtime cannot stall it. Stopped on drop.
+/// and closed at once, as a server that is down would drop them. [`TcpProxy::cut`] also ends
+/// the connections already forwarded (a network cut). It runs on a thread of its own, so a test
+/// that blocks its runtime cannot stall it. Stopped on drop.
 pub struct TcpProxy {
     pub port: u16,
     backend: Arc<AtomicU16>,
+    /// Bumped by [`TcpProxy::cut`]: a forwarded connection ends when it changes.
+    cuts: tokio::sync::watch::Sender<u64>,
     stop: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -90,7 +93,8 @@ impl TcpProxy {
         let port = listener.local_addr().expect("addr").port();
         let backend = Arc::new(AtomicU16::new(0));
         let stop = Arc::new(tokio::sync::Notify::new());
-        let (b, s) = (backend.clone(), stop.clone());
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (b, s, c) = (backend.clone(), stop.clone(), cuts.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -104,6 +108,7 @@ impl TcpProxy {
                         accepted = listener.accept() => {
                             let Ok((mut client, _)) = accepted else { continue };
                             let to = b.load(Ordering::SeqCst);
+                            let mut cut = c.subscribe();
                             tokio::spawn(async move {
                                 if to == 0 {
                                     return; // down: close the connection
@@ -113,8 +118,10 @@ impl TcpProxy {
                                     tokio::net::TcpStream::connect(("127.0.0.1", to)).await
                                 {
                                     let _ = server.set_nodelay(true);
-                                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server)
-                                        .await;
+                                    tokio::select! {
+                                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                        _ = cut.changed() => {}
+                                    }
                                 }
                             });
                         }
@@ -125,6 +132,7 @@ impl TcpProxy {
         TcpProxy {
             port,
             backend,
+            cuts,
             stop,
             thread: Some(thread),
         }
@@ -133,6 +141,13 @@ impl TcpProxy {
     /// Where new connections go (`None`: nowhere, they are closed).
     pub fn set_backend(&self, port: Option<u16>) {
         self.backend.store(port.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// A network cut: new connections are closed at once and the forwarded ones end now (both
+    /// sides see the connection drop). [`TcpProxy::set_backend`] heals it.
+    pub fn cut(&self) {
+        self.set_backend(None);
+        self.cuts.send_modify(|n| *n += 1);
     }
 }
 

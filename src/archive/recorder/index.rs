@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::stats::RecorderStats;
+use crate::db::cluster::Fence;
 use crate::db::segments::{self, RecordedSegment, SegmentState};
 use crate::db::{Db, DbError};
 
@@ -90,11 +91,13 @@ enum Job {
         seq: u64,
         row: i64,
         progress: Progress,
+        fence: Option<Fence>,
     },
     Finalize {
         seq: u64,
         row: i64,
         progress: Progress,
+        fence: Option<Fence>,
     },
     Delete {
         seq: u64,
@@ -128,11 +131,13 @@ impl State {
                 seq: e.seq,
                 row,
                 progress: e.latest,
+                fence: e.insert.fence.clone(),
             },
             (Some(row), None) if e.written != Some(e.latest) => Job::Progress {
                 seq: e.seq,
                 row,
                 progress: e.latest,
+                fence: e.insert.fence.clone(),
             },
             (Some(_), None) => return None,
         };
@@ -324,6 +329,31 @@ impl SegmentIndex {
                     st.done(&job, row);
                     self.stats.set_index_pending(st.entries.len());
                 }
+                Err(DbError::Fenced { stream, epoch }) => {
+                    // Another node holds the stream now: nothing of this lease may be indexed,
+                    // ever (the cluster task stops this recorder). The files are kept, renamed
+                    // out of reconciliation's way (`*.mp4.fenced`): indexed at the next start
+                    // they could overlap the new holder's segments.
+                    let dropped: Vec<String> = {
+                        let mut st = self.lock();
+                        let keys = st
+                            .entries
+                            .drain(..)
+                            .map(|e| e.insert.segment.storage_key.clone())
+                            .collect();
+                        self.stats.set_index_pending(0);
+                        keys
+                    };
+                    self.stats.index_dropped(dropped.len() as u64);
+                    tracing::error!(%stream, epoch, segments = dropped.len(),
+                        "segment rows refused: this node's lease on the stream has moved on");
+                    for key in dropped {
+                        let fenced = format!("{key}.fenced");
+                        if let Err(e) = tokio::fs::rename(&key, &fenced).await {
+                            tracing::warn!(file = %key, error = %e, "cannot set a fenced segment file aside");
+                        }
+                    }
+                }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     self.stats.index_error();
@@ -384,16 +414,36 @@ async fn run_job(db: &Db, job: &Job) -> Result<Option<i64>, DbError> {
             };
             segments::insert_recorded(db, &r).await.map(Some)
         }
-        Job::Progress { row, progress, .. } => {
-            segments::update_progress(db, *row, progress.end_us, progress.media_us, progress.bytes)
-                .await
-                .map(|()| None)
-        }
-        Job::Finalize { row, progress, .. } => {
-            segments::finalize(db, *row, progress.end_us, progress.media_us, progress.bytes)
-                .await
-                .map(|()| None)
-        }
+        Job::Progress {
+            row,
+            progress,
+            fence,
+            ..
+        } => segments::update_progress_fenced(
+            db,
+            *row,
+            progress.end_us,
+            progress.media_us,
+            progress.bytes,
+            fence.as_ref(),
+        )
+        .await
+        .map(|()| None),
+        Job::Finalize {
+            row,
+            progress,
+            fence,
+            ..
+        } => segments::finalize_fenced(
+            db,
+            *row,
+            progress.end_us,
+            progress.media_us,
+            progress.bytes,
+            fence.as_ref(),
+        )
+        .await
+        .map(|()| None),
         Job::Delete { row, .. } => segments::delete(db, *row).await.map(|()| None),
     }
 }
@@ -420,6 +470,7 @@ mod tests {
             init: bytes::Bytes::from_static(b"init"),
             upload_state: "none",
             clock_correction_us: None,
+            fence: None,
         }
     }
 

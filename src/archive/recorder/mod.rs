@@ -198,6 +198,9 @@ pub struct Recorder {
     roots: Option<Arc<super::markers::MarkedRoots>>,
     /// The root was found unavailable; when to look again.
     root_down: Option<Instant>,
+    /// In cluster mode, the camera lease this recording runs under: its rows are written only
+    /// while the lease holds (`db::cluster`). `None` on a single node.
+    fence: Option<crate::db::cluster::Fence>,
 }
 
 fn main_track(p: &StreamParams) -> TrackKind {
@@ -261,6 +264,7 @@ impl Recorder {
             last_segment_bytes: 0,
             roots: None,
             root_down: None,
+            fence: None,
         }
     }
 
@@ -283,6 +287,12 @@ impl Recorder {
         self.max_drift_us = max_drift.map_or(i64::MAX, |d| {
             i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
         });
+        self
+    }
+
+    /// Writes every row under this camera lease (cluster mode).
+    pub fn with_fence(mut self, fence: Option<crate::db::cluster::Fence>) -> Recorder {
+        self.fence = fence;
         self
     }
 
@@ -577,6 +587,7 @@ impl Recorder {
             init: init.clone(),
             upload_state,
             clock_correction_us,
+            fence: self.fence.clone(),
         });
         tracing::debug!(path = %path.display(), "segment opened");
         self.writer = FragmentWriter::new();

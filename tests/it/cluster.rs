@@ -1,0 +1,814 @@
+//! Scale-out (issue 14): several real server processes on one Postgres schema and one s3s-fs,
+//! cameras from the GStreamer RTSP server. Leases are short here (`LEASE_MS`) so failovers are
+//! quick; the production default is 10 s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::support::PgSchema;
+use crate::support::binary::{ServerProcess, base_config};
+use crate::support::media::RtspServer;
+use crate::support::ports::TcpProxy;
+use crate::support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+
+/// Lease length of the test nodes.
+const LEASE_MS: u64 = 3000;
+
+/// One node: its directory (config, archive) and the running process.
+struct Node {
+    name: String,
+    dir: tempfile::TempDir,
+    proc: Option<ServerProcess>,
+}
+
+impl Node {
+    /// Writes the node's config (cluster on, `db_url`, the S3 server) and starts it.
+    fn start(name: &str, db_url: &str, s3: &S3Server) -> Node {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = format!(
+            "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
+             [database]\nurl = \"{db_url}\"\n[hls]\nms_per_segment = 1000\n\
+             [archive]\nserving = true\nrecording = true\nms_per_file = 2000\ndirectory = \"{archive}\"\n\
+             [s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key = \"{ACCESS_KEY}\"\n\
+             secret_key = \"{SECRET_KEY}\"\nbucket = \"cluster\"\npath_style = true\n\
+             [cluster]\nenabled = true\nnode_id = \"{name}\"\nadvertise_host = \"127.0.0.1\"\n\
+             lease_ms = {LEASE_MS}\n",
+            archive = dir.path().join("archive").display(),
+            endpoint = s3.endpoint,
+        );
+        std::fs::write(dir.path().join("conf.toml"), text).expect("conf");
+        let mut node = Node {
+            name: name.to_owned(),
+            dir,
+            proc: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the process again on the same directory (same node id, same archive).
+    fn restart(&mut self) {
+        self.proc = Some(ServerProcess::start(
+            self.dir.path(),
+            &["--conf", "conf.toml"],
+            &[],
+        ));
+    }
+
+    fn proc(&self) -> &ServerProcess {
+        self.proc.as_ref().expect("running")
+    }
+
+    fn api(&self) -> String {
+        self.proc().api.clone()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn terminate(&mut self) -> bool {
+        self.proc.take().is_none_or(ServerProcess::terminate)
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some` (or panics after `timeout`).
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /api/v1/cluster` of a node: stream id → owner.
+async fn owners(api: &str) -> Option<HashMap<Uuid, String>> {
+    let v: serde_json::Value = reqwest::get(format!("{api}/api/v1/cluster"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let mut all = HashMap::new();
+    for n in v["nodes"].as_array()? {
+        for s in n["streams"].as_array()? {
+            all.insert(s.as_str()?.parse().ok()?, n["node_id"].as_str()?.to_owned());
+        }
+    }
+    Some(all)
+}
+
+/// Creates `n` recording RTSP cameras through `api`, with outputs `outputs`.
+async fn create_cameras(api: &str, url: &str, n: usize, outputs: &[&str]) -> Vec<Uuid> {
+    let c = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = c
+            .post(format!("{api}/api/v1/streams"))
+            .json(&json!({
+                "name": format!("cam {i}"),
+                "source": {"kind": "rtsp", "url": url},
+                "outputs": outputs,
+                "archive": {"recording": true, "ms_per_file": 2000, "storage": "s3"},
+            }))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(
+            r.status().as_u16(),
+            201,
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
+        let v: serde_json::Value = r.json().await.expect("json");
+        ids.push(v["id"].as_str().expect("id").parse().expect("uuid"));
+    }
+    ids
+}
+
+/// Every segment row: (stream, node, start, end, state, upload state).
+type Row = (Uuid, Option<String>, i64, i64, String, String);
+
+async fn segment_rows(pool: &sqlx::PgPool) -> Vec<Row> {
+    sqlx::query_as(
+        "SELECT stream_id, node_id, start_us, end_us, state, upload_state FROM segments \
+         ORDER BY stream_id, start_us",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("segments")
+}
+
+/// No two segments of one stream overlap in time: two nodes never recorded a camera at once.
+fn assert_no_overlap(rows: &[Row]) {
+    let mut by_stream: BTreeMap<Uuid, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by_stream.entry(r.0).or_default().push(r);
+    }
+    for (stream, mut rows) in by_stream {
+        rows.sort_by_key(|r| r.2);
+        for w in rows.windows(2) {
+            assert!(
+                w[1].2 >= w[0].3,
+                "stream {stream}: overlapping segments {:?} and {:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+}
+
+/// `timestamp` of a JSON log line, in µs since the epoch.
+fn log_time_us(line: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(line["timestamp"].as_str().expect("timestamp"))
+        .expect("RFC 3339")
+        .timestamp_micros()
+}
+
+/// Times (µs) of the node's log lines with `message` about `stream`.
+fn stream_log_times(p: &ServerProcess, message: &str, stream: Uuid) -> Vec<i64> {
+    let id = stream.to_string();
+    p.logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message && v["stream"].as_str() == Some(&id))
+        .map(|v| log_time_us(&v))
+        .collect()
+}
+
+async fn pool(schema: &PgSchema) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(schema.connect_options())
+        .await
+        .expect("pool")
+}
+
+/// Waits until all `ids` are held, by live nodes among `names` only, each holding its even
+/// share (`floor` or `ceil` of ids / nodes). Returns the owners.
+async fn spread(
+    api: &str,
+    ids: &[Uuid],
+    names: &[&str],
+    timeout: Duration,
+) -> HashMap<Uuid, String> {
+    let (lo, hi) = (ids.len() / names.len(), ids.len().div_ceil(names.len()));
+    until(
+        "the cameras spread evenly over the nodes",
+        timeout,
+        || async {
+            let o = owners(api).await?;
+            if !ids
+                .iter()
+                .all(|id| o.get(id).is_some_and(|n| names.contains(&n.as_str())))
+            {
+                return None;
+            }
+            let counts: Vec<usize> = names
+                .iter()
+                .map(|n| o.values().filter(|v| v == n).count())
+                .collect();
+            counts.iter().all(|c| (lo..=hi).contains(c)).then_some(o)
+        },
+    )
+    .await
+}
+
+/// Ten cameras over three nodes; one node is killed (-9): its cameras record again on the others
+/// within the lease plus a pass and a camera start, no stream ever has overlapping segments, and
+/// the killed node uploads its last local segments when it comes back. Then a rolling restart of
+/// all three loses no segment and leaves no gap longer than a pass and a camera start.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    let url = schema.url();
+    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Node::start(n, &url, &s3))
+        .collect();
+    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 10, &["mse"]).await;
+    let owners_before = spread(
+        &nodes[1].api(),
+        &ids,
+        &["n1", "n2", "n3"],
+        Duration::from_secs(30),
+    )
+    .await;
+    // Each node's /metrics says how many it holds.
+    for n in &nodes {
+        let text = reqwest::get(format!("{}/metrics", n.api()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let held = owners_before.values().filter(|o| **o == n.name).count();
+        let line = format!(
+            "video_server_cluster_leases_held{{node=\"{}\"}} {held}",
+            n.name
+        );
+        assert!(
+            text.lines().any(|l| l == line),
+            "{}: no {line:?} in\n{text}",
+            n.name
+        );
+    }
+    let db = pool(&schema).await;
+    // Every camera records, on the node holding it.
+    until(
+        "every camera recorded a segment",
+        Duration::from_secs(30),
+        || async {
+            let rows = segment_rows(&db).await;
+            ids.iter()
+                .all(|id| {
+                    rows.iter()
+                        .any(|r| r.0 == *id && r.1.as_deref() == Some(owners_before[id].as_str()))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(rtsp.clients(), 10, "one RTSP session per camera");
+
+    // Kill the node with the most cameras.
+    let victim = (0..3)
+        .max_by_key(|&i| {
+            owners_before
+                .values()
+                .filter(|n| **n == nodes[i].name)
+                .count()
+        })
+        .expect("a node");
+    let victim_name = nodes[victim].name.clone();
+    let moved: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| owners_before[id] == victim_name)
+        .collect();
+    let killed_us = chrono::Utc::now().timestamp_micros();
+    nodes[victim].kill9();
+    let survivors: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != victim_name)
+        .collect();
+    let other = (victim + 1) % 3;
+    spread(
+        &nodes[other].api(),
+        &ids,
+        &survivors,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Recording again elsewhere within 10 s of the kill.
+    let resumed = until(
+        "the moved cameras record again",
+        Duration::from_secs(30),
+        || async {
+            let rows = segment_rows(&db).await;
+            let mut latest = 0;
+            for id in &moved {
+                let first = rows
+                    .iter()
+                    .filter(|r| r.0 == *id && r.1.as_deref() != Some(victim_name.as_str()))
+                    .filter(|r| r.2 >= killed_us)
+                    .map(|r| r.2)
+                    .min()?;
+                latest = latest.max(first);
+            }
+            Some(latest)
+        },
+    )
+    .await;
+    let gap_s = (resumed - killed_us) as f64 / 1e6;
+    eprintln!(
+        "kill -9 of {victim_name} ({} cameras): recording resumed within {gap_s:.1} s",
+        moved.len()
+    );
+    assert!(gap_s < 10.0, "cameras resumed {gap_s:.1} s after the kill");
+
+    // The killed node comes back: its leftovers are repaired and uploaded, and it gets its share.
+    nodes[victim].restart();
+    spread(
+        &nodes[other].api(),
+        &ids,
+        &["n1", "n2", "n3"],
+        Duration::from_secs(30),
+    )
+    .await;
+    until(
+        "the killed node's local segments are uploaded",
+        Duration::from_secs(60),
+        || async {
+            let rows = segment_rows(&db).await;
+            let left = rows
+                .iter()
+                .filter(|r| r.1.as_deref() == Some(victim_name.as_str()) && r.2 < killed_us)
+                .filter(|r| r.5 != "remote")
+                .count();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    assert_no_overlap(&segment_rows(&db).await);
+
+    // A rolling restart: each node in turn stops (its cameras move to the others at their next
+    // pass) and starts again (and gets its share back).
+    let rolling_from = chrono::Utc::now().timestamp_micros();
+    for i in 0..3 {
+        assert!(nodes[i].terminate(), "{}: graceful stop", nodes[i].name);
+        let up: Vec<&str> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter(|n| *n != nodes[i].name)
+            .collect();
+        spread(
+            &nodes[(i + 1) % 3].api(),
+            &ids,
+            &up,
+            Duration::from_secs(30),
+        )
+        .await;
+        nodes[i].restart();
+        spread(
+            &nodes[i].api(),
+            &ids,
+            &["n1", "n2", "n3"],
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    let rolling_to = chrono::Utc::now().timestamp_micros();
+    // Let the last segments close, then: no segment lost, and no gap in any camera's recording
+    // longer than a pass plus a camera start.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = segment_rows(&db).await;
+    assert!(
+        rows.iter().all(|r| r.4 == "complete" || r.4 == "recording"),
+        "every segment is indexed and playable: {:?}",
+        rows.iter()
+            .filter(|r| r.4 != "complete" && r.4 != "recording")
+            .collect::<Vec<_>>()
+    );
+    let mut worst_gap_us = 0;
+    for id in &ids {
+        let mut mine: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.0 == *id && r.3 >= rolling_from && r.2 <= rolling_to)
+            .collect();
+        mine.sort_by_key(|r| r.2);
+        assert!(
+            !mine.is_empty(),
+            "stream {id} recorded during the rolling restart"
+        );
+        for w in mine.windows(2) {
+            worst_gap_us = worst_gap_us.max(w[1].2 - w[0].3);
+        }
+    }
+    eprintln!(
+        "rolling restart: longest recording gap {:.1} s",
+        worst_gap_us as f64 / 1e6
+    );
+    assert!(worst_gap_us < 6_000_000, "a gap of {worst_gap_us} µs");
+    assert_no_overlap(&rows);
+    for n in &mut nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
+    // A rolling stop leaves no overlap either, and the leases were given back.
+    assert_no_overlap(&segment_rows(&db).await);
+    let held: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM stream_leases WHERE owner IS NOT NULL")
+            .fetch_one(&db)
+            .await
+            .expect("leases");
+    assert_eq!(held, 0, "every lease released at shutdown");
+    db.close().await;
+}
+
+/// A change made through a node that does not hold the camera is applied by the holder within a
+/// second (LISTEN/NOTIFY), both off the media path (a rename) and on it (disable, enable).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second() {
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    let url = schema.url();
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| Node::start(n, &url, &s3))
+        .collect();
+    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse", "hls"]).await;
+    let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
+    let id = ids[0];
+    let owner = nodes.iter().find(|n| n.name == owners[&id]).expect("owner");
+    let other = nodes.iter().find(|n| n.name != owners[&id]).expect("other");
+    let c = reqwest::Client::new();
+    let patch = |body: serde_json::Value| {
+        c.patch(format!("{}/api/v1/streams/{id}", other.api()))
+            .header("content-type", "application/merge-patch+json")
+            .body(body.to_string())
+            .send()
+    };
+    let count = |message: &str| stream_log_times(owner.proc(), message, id).len();
+
+    // HLS on the other node: a 307 to the same file (and query) on the owner, which serves it.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = no_redirects
+        .get(format!("http://{}/hls/{id}.m3u8?x=1", other.proc().video))
+        .send()
+        .await
+        .expect("hls");
+    assert_eq!(r.status().as_u16(), 307);
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert_eq!(
+        location,
+        format!("http://{}/hls/{id}.m3u8?x=1", owner.proc().video)
+    );
+    let r = reqwest::get(&location).await.expect("hls on the owner");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.expect("playlist").starts_with("#EXTM3U"));
+    let r = no_redirects
+        .get(format!(
+            "http://{}/hls/{}.m3u8",
+            other.proc().video,
+            Uuid::new_v4()
+        ))
+        .send()
+        .await
+        .expect("hls");
+    assert_eq!(r.status().as_u16(), 404, "a stream nobody holds");
+
+    let before = count("stream settings updated without a restart");
+    let sent = Instant::now();
+    let r = patch(json!({"name": "renamed through the other node"}))
+        .await
+        .expect("patch");
+    assert_eq!(r.status().as_u16(), 200);
+    until(
+        "the owner applies the rename",
+        Duration::from_secs(5),
+        || async { (count("stream settings updated without a restart") > before).then_some(()) },
+    )
+    .await;
+    let took = sent.elapsed();
+    eprintln!("rename applied by the owner after {took:?}");
+    assert!(took < Duration::from_secs(1), "applied after {took:?}");
+
+    let stopped = count("stream stopped");
+    let sent = Instant::now();
+    let r = patch(json!({"enabled": false})).await.expect("patch");
+    assert_eq!(r.status().as_u16(), 200);
+    until(
+        "the owner stops the disabled camera",
+        Duration::from_secs(5),
+        || async { (count("stream stopped") > stopped).then_some(()) },
+    )
+    .await;
+    let took = sent.elapsed();
+    eprintln!("disable applied by the owner after {took:?}");
+    assert!(took < Duration::from_secs(1), "applied after {took:?}");
+
+    // A server without [cluster] on the same index refuses to start (it would record every
+    // camera a second time).
+    let single = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        single.path().join("conf.toml"),
+        base_config().replace("sqlite://data/index.db", &url),
+    )
+    .expect("conf");
+    let refused = second_start(single.path());
+    assert!(
+        !refused.status.success(),
+        "a single node must not start on a cluster's index"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("the index is used by a cluster"), "{err}");
+
+    // Enabled again through the other node: some node records it again.
+    let r = patch(json!({"enabled": true})).await.expect("patch");
+    assert_eq!(r.status().as_u16(), 200);
+    spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(10)).await;
+    for mut n in nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
+}
+
+/// A node whose connection to Postgres is cut stops its cameras before its leases expire: every
+/// camera it held is stopped there before another node starts it, the RTSP server never sees
+/// more sessions than cameras, and no stream has overlapping segments.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_cut_off_from_postgres_stops_recording_before_its_leases_expire() {
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    // Node "cut" reaches Postgres through a proxy the test can cut.
+    let proxy = TcpProxy::start();
+    let mut pg = url::Url::parse(&crate::support::pg_url()).expect("pg url");
+    let pg_port = pg.port().unwrap_or(5432);
+    proxy.set_backend(Some(pg_port));
+    pg.set_port(Some(proxy.port)).expect("port");
+    let direct = schema.url();
+    let through_proxy = direct.replacen(
+        &format!("{}:{pg_port}", pg.host_str().expect("host")),
+        &format!("127.0.0.1:{}", proxy.port),
+        1,
+    );
+    assert_ne!(
+        direct, through_proxy,
+        "the node's URL goes through the proxy"
+    );
+    let mut cut = Node::start("cut", &through_proxy, &s3);
+    let mut keep = Node::start("keep", &direct, &s3);
+    let ids = create_cameras(&keep.api(), &rtsp.url("test"), 4, &["mse"]).await;
+    let owners = spread(&keep.api(), &ids, &["cut", "keep"], Duration::from_secs(30)).await;
+    let held: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| owners[id] == "cut")
+        .collect();
+    assert!(!held.is_empty());
+    let db = pool(&schema).await;
+    until(
+        "every camera recorded a segment",
+        Duration::from_secs(30),
+        || async {
+            let rows = segment_rows(&db).await;
+            ids.iter()
+                .all(|id| rows.iter().any(|r| r.0 == *id))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let cut_at = Instant::now();
+    proxy.cut();
+    // The other node takes every camera once the cut node's leases expired.
+    spread(&keep.api(), &ids, &["keep"], Duration::from_secs(30)).await;
+    let took = cut_at.elapsed();
+    eprintln!("cameras of the cut node taken over after {took:?}");
+    for id in &held {
+        let stopped = stream_log_times(cut.proc(), "stream stopping", *id);
+        let started = stream_log_times(keep.proc(), "stream started", *id);
+        let (Some(stopped), Some(started)) = (stopped.last(), started.last()) else {
+            panic!(
+                "stream {id}: stopped on the cut node {stopped:?}, started on the other {started:?}"
+            );
+        };
+        assert!(
+            stopped < started,
+            "stream {id}: the cut node stopped it at {stopped}, after the other node started it at {started}"
+        );
+    }
+    let most = rtsp
+        .client_history()
+        .iter()
+        .filter(|(t, _)| *t >= cut_at)
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most <= ids.len(),
+        "{most} RTSP sessions for {} cameras",
+        ids.len()
+    );
+    // Healed: the cut node rejoins and gets its share back; still no overlap anywhere.
+    proxy.set_backend(Some(pg_port));
+    spread(&keep.api(), &ids, &["cut", "keep"], Duration::from_secs(30)).await;
+    assert_no_overlap(&segment_rows(&db).await);
+    assert!(cut.terminate(), "cut: graceful stop");
+    assert!(keep.terminate(), "keep: graceful stop");
+    assert_no_overlap(&segment_rows(&db).await);
+    db.close().await;
+}
+
+/// Cluster mode refuses to start without Postgres or S3, with a message saying why; and a second
+/// process on one SQLite index refuses to start while the first runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_is_single_node() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("conf.toml"),
+        format!("{}[cluster]\nenabled = true\n", base_config()),
+    )
+    .expect("conf");
+    let out = std::process::Command::new(crate::support::binary::binary())
+        .current_dir(dir.path())
+        .args(["--conf", "conf.toml"])
+        .env_remove("VIDEO_SERVER_DATABASE_URL")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster mode needs a Postgres index"), "{err}");
+
+    std::fs::write(dir.path().join("conf.toml"), base_config()).expect("conf");
+    let first = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &[]);
+    let second = second_start(dir.path());
+    assert!(
+        !second.status.success(),
+        "the second process must not start"
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("is in use by another video-server process"),
+        "{err}"
+    );
+    // The first one is unaffected, and once it has stopped the index is free again.
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", first.api))
+            .await
+            .expect("healthz")
+            .status()
+            .as_u16(),
+        200
+    );
+    assert!(first.terminate());
+    let again = ServerProcess::start(dir.path(), &["--conf", "conf.toml"], &[]);
+    assert!(again.terminate());
+}
+
+/// Runs the binary once more on `dir`'s config and waits for it to exit (it should refuse).
+fn second_start(dir: &Path) -> std::process::Output {
+    let mut child = std::process::Command::new(crate::support::binary::binary())
+        .current_dir(dir)
+        .args(["--conf", "conf.toml"])
+        .env_remove("VIDEO_SERVER_DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the second process kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Fencing: segment rows written under a lease that has moved to another node are refused (the
+/// insert, the progress and the close), and the row records the node that wrote it.
+#[tokio::test]
+async fn segment_rows_under_a_lease_that_moved_on_are_refused() {
+    use video_server::db::cluster::{self as sql, Fence};
+    use video_server::db::segments::{self, NewSegment, RecordedSegment, SegmentState};
+    use video_server::db::{Db, DbError};
+    use video_server::stream::StorageKind;
+
+    let t = crate::support::postgres().await;
+    let db = &t.db;
+    let Db::Postgres(p) = db else {
+        unreachable!("a Postgres test database")
+    };
+    let stream = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO stream_leases (stream_id, owner, expires_us, epoch) VALUES ($1, NULL, 0, 0)",
+    )
+    .bind(stream)
+    .execute(p)
+    .await
+    .expect("lease row");
+    assert_eq!(
+        sql::take(db, "a", 60_000, 10).await.expect("take"),
+        vec![(stream, 1)]
+    );
+    assert!(
+        sql::take(db, "b", 60_000, 10)
+            .await
+            .expect("take")
+            .is_empty(),
+        "a held lease is not taken"
+    );
+    let fence = |node: &str, epoch| Fence {
+        node_id: node.into(),
+        epoch,
+    };
+    let record = |start_s: i64, f: Fence| RecordedSegment {
+        segment: NewSegment {
+            stream_id: stream,
+            start_us: start_s * 1_000_000,
+            end_us: start_s * 1_000_000,
+            media_duration_us: 0,
+            storage: StorageKind::Filesystem,
+            storage_key: format!("/archive/{stream}/{stream}_{start_s}.mp4"),
+            bytes: 100,
+            state: SegmentState::Recording,
+        },
+        codecs: "avc1.42c01f".into(),
+        init: bytes::Bytes::from_static(b"init"),
+        upload_state: "local",
+        clock_correction_us: None,
+        fence: Some(f),
+    };
+    let id = segments::insert_recorded(db, &record(1000, fence("a", 1)))
+        .await
+        .expect("insert under the lease");
+    segments::update_progress_fenced(db, id, 1_000_500_000, 500_000, 200, Some(&fence("a", 1)))
+        .await
+        .expect("progress under the lease");
+    let node: Option<String> = sqlx::query_scalar("SELECT node_id FROM segments WHERE id = $1")
+        .bind(id)
+        .fetch_one(p)
+        .await
+        .expect("row");
+    assert_eq!(node.as_deref(), Some("a"));
+
+    // a's lease expires and b takes the stream (epoch 2).
+    sqlx::query("UPDATE stream_leases SET expires_us = 0")
+        .execute(p)
+        .await
+        .expect("expire");
+    assert_eq!(
+        sql::take(db, "b", 60_000, 10).await.expect("take"),
+        vec![(stream, 2)]
+    );
+    let stale = fence("a", 1);
+    let fenced = |r: Result<_, DbError>| matches!(r, Err(DbError::Fenced { epoch: 1, .. }));
+    assert!(fenced(
+        segments::update_progress_fenced(db, id, 1_001_000_000, 1_000_000, 300, Some(&stale)).await
+    ));
+    assert!(fenced(
+        segments::finalize_fenced(db, id, 1_001_000_000, 1_000_000, 300, Some(&stale)).await
+    ));
+    assert!(fenced(
+        segments::insert_recorded(db, &record(1002, stale.clone()))
+            .await
+            .map(|_| ())
+    ));
+    // Nothing of the stale writes reached the index.
+    let rows: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT id, end_us, state FROM segments ORDER BY id")
+            .fetch_all(p)
+            .await
+            .expect("rows");
+    assert_eq!(rows, vec![(id, 1_000_500_000, "recording".to_owned())]);
+    // The same statements pass under the current lease.
+    segments::finalize_fenced(db, id, 1_001_000_000, 1_000_000, 300, Some(&fence("b", 2)))
+        .await
+        .expect("finalize under the current lease");
+    t.cleanup().await;
+}
