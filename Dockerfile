@@ -45,7 +45,7 @@ COPY assets/ /app/assets/
 USER video:video
 
 # 8090: video (MSE/archive WebSocket, HLS, web UI); 8091: API (REST, OpenAPI, metrics, health).
-EXPOSE 8090 8091
+EXPOSE 8090 8091 8189/udp
 # data: SQLite index (when no Postgres is configured); mp4: archive segments; hls: live HLS segments.
 VOLUME ["/app/data", "/app/mp4", "/app/hls"]
 

@@ -629,6 +629,7 @@ async fn main() -> anyhow::Result<()> {
                 listeners: Default::default(),
                 limits: std::sync::Arc::new(video_server::limits::Limits::new(&config)),
                 metrics: Default::default(),
+                webrtc: Default::default(),
             });
             for case in [Case::Ranges24h, Case::Ranges30d, Case::Page1000] {
                 let api = measure(Via::Api(&app), case, rows, args.iterations).await?;

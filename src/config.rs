@@ -104,6 +104,8 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// Ours: how much one stream, one client and the whole server may hold at once.
     pub limits: LimitsConfig,
+    /// Ours: WebRTC playback over WHEP (README "WebRTC").
+    pub webrtc: WebRtcConfig,
     /// Ours: several server processes on one Postgres index and one S3 store (issue 14).
     pub cluster: ClusterConfig,
     /// Where the file was read from (not a key). Relative paths in the file stay relative to the
@@ -324,6 +326,38 @@ impl Default for OnDemandConfig {
             health_check: false,
             health_interval_ms: 30_000,
             health_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// `[webrtc]` (ours): live playback over WebRTC, offered with WHEP on the video listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebRtcConfig {
+    pub enabled: bool,
+    /// The one UDP port every WebRTC session uses (0: any free port, for tests).
+    pub udp_port: u16,
+    /// Address the UDP socket binds to; empty means `[video] host`.
+    pub host: String,
+    /// Addresses put into the SDP answer's candidates (`IP`, `IP:port`, `name` or `name:port`;
+    /// the port defaults to `udp_port`): the host or public address behind NAT or Docker. Empty:
+    /// the bound address, or for a wildcard bind the host's outgoing address and 127.0.0.1.
+    pub advertise: Vec<String>,
+    /// Most WebRTC sessions at once (0: no limit).
+    pub max_sessions: usize,
+    /// Most WebRTC sessions of one stream at once (0: no limit).
+    pub max_sessions_per_stream: usize,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            udp_port: 8189,
+            host: String::new(),
+            advertise: Vec::new(),
+            max_sessions: 200,
+            max_sessions_per_stream: 50,
         }
     }
 }
@@ -565,9 +599,9 @@ pub struct LimitsConfig {
     /// Largest WebSocket message a client may send (`/ws/live`, `/ws/archive`); a larger one
     /// closes the connection with code 1009. Clients only send `ping` and `more`.
     pub ws_max_message_bytes: usize,
-    /// Live MSE viewers of one stream.
+    /// Live viewers (MSE and WebRTC) of one stream.
     pub viewers_per_stream: usize,
-    /// Live MSE viewers of all streams together.
+    /// Live viewers (MSE and WebRTC) of all streams together.
     pub viewers_total: usize,
     /// Archive playback sessions of one client.
     pub archive_sessions_per_client: usize,

@@ -45,3 +45,4 @@ pub mod server;
 pub mod source;
 pub mod stream;
 pub mod web;
+pub mod webrtc;

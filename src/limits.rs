@@ -132,7 +132,7 @@ impl Drop for Permit {
 pub struct Limits {
     /// Largest WebSocket message (and frame) a client may send, in bytes.
     pub ws_max_message_bytes: usize,
-    /// Live MSE viewers, keyed by stream id.
+    /// Live viewers (MSE and WebRTC), keyed by stream id.
     pub viewers: Arc<Gate>,
     /// Archive playback sessions, keyed by client.
     pub archive_sessions: Arc<Gate>,

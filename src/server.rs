@@ -194,6 +194,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         auth,
         limits: Arc::new(crate::limits::Limits::new(&config)),
         metrics: Default::default(),
+        webrtc: Arc::new(
+            crate::webrtc::WebRtc::start(&config.webrtc, &config.video.host, shutdown.clone())
+                .await,
+        ),
     };
     state
         .metrics

@@ -67,6 +67,8 @@ pub struct AppState {
     /// HTTP request counts and the pools `/metrics` reports (everything else it reads from the
     /// state above).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// WebRTC playback (WHEP); not running by default (router tests), started by the server.
+    pub webrtc: Arc<crate::webrtc::WebRtc>,
 }
 
 /// The API router and the OpenAPI document it implements: the routes' own annotations, then the
@@ -102,6 +104,14 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(
+            crate::webrtc::whep::offer,
+            crate::webrtc::whep::options
+        ))
+        .routes(routes!(
+            crate::webrtc::whep::delete,
+            crate::webrtc::whep::patch
+        ))
         .split_for_parts();
     policy::document(&mut doc, policy::API);
     openapi::state_shared_rules(&mut doc);
@@ -136,7 +146,8 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
-        .layer(cors);
+        .layer(cors)
+        .layer(axum::middleware::from_fn(crate::webrtc::whep::accept_post));
     let router = cross_site::protect(router, &state, cross_site::Listener::Api);
     metrics::tracked(router, &state, "api")
 }

@@ -18,6 +18,7 @@ use utoipa::OpenApi;
         (name = "archive", description = "Recorded ranges, segment listing and protected ranges"),
         (name = "access", description = "Tokens, signed player URLs and the audit log (README \"Security\")"),
         (name = "ops", description = "Health and operations"),
+        (name = "live", description = "Live playback over WebRTC (WHEP). Served on both listeners; the web UI uses the video listener (README \"WebRTC\")"),
     )
 )]
 struct BaseDoc;

@@ -159,6 +159,7 @@ use StreamRef::{CameraBody, HlsFile, Query};
 
 const ID: StreamRef = StreamRef::Path("id");
 const NONE: StreamRef = StreamRef::None;
+const WHEP_STREAM: StreamRef = StreamRef::Path("stream_id");
 
 /// The API listener's routes.
 #[rustfmt::skip]
@@ -206,6 +207,11 @@ pub const API: &[RoutePolicy] = &[
     p("GET", "/swagger-ui", Public, NONE, V1, Refusals),
     p("GET", "/swagger-ui/", Public, NONE, V1, Refusals),
     p("GET", "/swagger-ui/{*rest}", Public, NONE, V1, Refusals),
+    // WebRTC (WHEP), as on the video listener.
+    media("POST", "/whep/{stream_id}", Live, WHEP_STREAM, V1, Every),
+    p("OPTIONS", "/whep/{stream_id}", Public, NONE, V1, Refusals),
+    media("DELETE", "/whep/{stream_id}/{session_id}", Live, WHEP_STREAM, V1, Every),
+    media("PATCH", "/whep/{stream_id}/{session_id}", Live, WHEP_STREAM, V1, Refusals),
 ];
 
 /// The video listener's routes.
@@ -214,6 +220,11 @@ pub const VIDEO: &[RoutePolicy] = &[
     media("GET", "/ws/archive", Archive, Query("stream_id"), GoUpper, Every),
     media("GET", "/ws/{any}", Live, Query("stream_id"), GoUpper, Every),
     media("GET", "/hls/{file}", Live, HlsFile, GoUpper, Fetches),
+    // WebRTC (WHEP): a session is one request, like a WebSocket.
+    media("POST", "/whep/{stream_id}", Live, WHEP_STREAM, V1, Every),
+    p("OPTIONS", "/whep/{stream_id}", Public, NONE, V1, Refusals),
+    media("DELETE", "/whep/{stream_id}/{session_id}", Live, WHEP_STREAM, V1, Every),
+    media("PATCH", "/whep/{stream_id}/{session_id}", Live, WHEP_STREAM, V1, Refusals),
     // The web UI and where it finds the API listener.
     p("GET", "/api/v1/server", Public, NONE, V1, Refusals),
     p("GET", "/", Public, NONE, V1, Refusals),

@@ -34,7 +34,7 @@ pub struct FeaturesDto {
     pub archive_serving: bool,
     /// An S3 store is configured (streams may use `archive.storage = "s3"`).
     pub s3: bool,
-    /// WHEP/WebRTC live output.
+    /// WHEP/WebRTC live output is running (`[webrtc] enabled` and its UDP port bound).
     pub webrtc: bool,
 }
 
@@ -73,7 +73,7 @@ pub async fn server_info(State(state): State<AppState>) -> Json<ServerInfo> {
             recording: c.archive.recording,
             archive_serving: c.archive.serving,
             s3: c.effective_s3().is_some(),
-            webrtc: false,
+            webrtc: state.webrtc.is_running(),
         },
     })
 }

@@ -23,6 +23,14 @@ pub fn app(state: AppState) -> Router {
         .route("/ws/archive", get(ws::archive))
         .route("/ws/{any}", get(ws::live))
         .route("/hls/{file}", get(hls::serve))
+        .route(
+            "/whep/{stream_id}",
+            axum::routing::post(crate::webrtc::whep::offer).options(crate::webrtc::whep::options),
+        )
+        .route(
+            "/whep/{stream_id}/{session_id}",
+            axum::routing::delete(crate::webrtc::whep::delete).patch(crate::webrtc::whep::patch),
+        )
         .route("/api/v1/server", get(crate::api::system::server_info))
         .merge(crate::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -31,7 +39,8 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
-        .layer(cors);
+        .layer(cors)
+        .layer(axum::middleware::from_fn(crate::webrtc::whep::accept_post));
     let router =
         crate::api::cross_site::protect(router, &state, crate::api::cross_site::Listener::Video);
     crate::api::metrics::tracked(router, &state, "video")

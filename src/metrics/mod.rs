@@ -9,13 +9,15 @@
 //!
 //! One module per subsystem, each a function writing its families into the scrape's encoder:
 //! [`streams`] (per stream: source, hub, viewers, HLS, recorder), [`storage`] (index, pools,
-//! uploads, retention, roots), [`process`] (memory, descriptors, CPU, tasks). A new subsystem adds
+//! uploads, retention, roots), [`process`] (memory, descriptors, CPU, tasks), [`webrtc`] (WHEP
+//! sessions and what they sent). A new subsystem adds
 //! a module and one line in [`Scrape::encode`].
 
 pub mod http;
 pub mod process;
 pub mod storage;
 pub mod streams;
+pub mod webrtc;
 
 use std::sync::Mutex;
 
@@ -206,6 +208,7 @@ impl Collector for Scrape {
         streams::encode(&self.state, self.now_us, &mut out)?;
         storage::encode(&self.state, &self.index, self.now_us, &mut out)?;
         process::encode(&self.state, &mut out)?;
+        webrtc::encode(&self.state, &mut out)?;
         Ok(())
     }
 }

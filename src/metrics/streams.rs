@@ -44,6 +44,8 @@ struct Row {
     hub_dropped_bytes: u64,
     gop_cache_bytes: usize,
     consumers: usize,
+    /// Open WebRTC sessions (also counted in `status.viewers`, as every live viewer is).
+    webrtc_viewers: u64,
     hls_requests: u64,
     hls: Option<(u64, u64, u64)>,
     recorder: Option<crate::archive::recorder::RecorderCounters>,
@@ -51,6 +53,7 @@ struct Row {
 
 pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Result {
     let config = state.manager.config();
+    let webrtc = state.webrtc.per_stream();
     let rows: Vec<Row> = state
         .manager
         .runtimes()
@@ -73,6 +76,7 @@ pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Re
                 hub_dropped_bytes: rt.hub.dropped_bytes(),
                 gop_cache_bytes: rt.hub.gop_cache().1,
                 consumers: rt.hub.consumers(),
+                webrtc_viewers: webrtc.get(&id).map_or(0, |c| c.sessions),
                 hls_requests: rt.demand.hls_requests(),
                 hls: rt.hls_stats().map(|h| {
                     (
@@ -153,13 +157,18 @@ pub fn encode(state: &AppState, now_us: i64, out: &mut Families) -> std::fmt::Re
     )?;
     out.gauge(
         "video_server_stream_viewers",
-        "Viewers attached now, by transport (mse: live WebSocket viewers)",
+        "Viewers attached now, by transport (mse: live WebSocket viewers; webrtc: WHEP sessions)",
         None,
-        rows.iter().map(|r| {
-            (
-                labels([("stream", &r.id), ("transport", "mse")]),
-                i64::from(r.status.viewers),
-            )
+        rows.iter().flat_map(|r| {
+            let webrtc = r.webrtc_viewers;
+            let mse = u64::from(r.status.viewers).saturating_sub(webrtc);
+            [
+                (labels([("stream", &r.id), ("transport", "mse")]), int(mse)),
+                (
+                    labels([("stream", &r.id), ("transport", "webrtc")]),
+                    int(webrtc),
+                ),
+            ]
         }),
     )?;
     out.counter(

@@ -232,6 +232,7 @@ fn concrete(template: &str, a: Uuid) -> String {
         .replace("{id}", &a.to_string())
         .replace("{stream_id}", &a.to_string())
         .replace("{range_id}", "1")
+        .replace("{session_id}", &Uuid::nil().to_string())
         .replace("{token_id}", "0123456789abcdef")
         .replace("{file}", &format!("{a}.m3u8"))
         .replace("{any}", "live")

@@ -65,6 +65,11 @@ fn compose_file_agrees_with_its_config() {
         );
     }
 
+    // WebRTC's UDP port is published (as UDP) and advertised with an address.
+    let udp = format!("{0}:{0}/udp", config.webrtc.udp_port);
+    assert!(ports.contains(&udp), "{udp} not published: {ports:?}");
+    assert!(!config.webrtc.advertise.is_empty(), "[webrtc] advertise");
+
     // Data directories are volumes.
     for dir in [
         config.archive.directory(),
@@ -165,6 +170,10 @@ fn compose_file_agrees_with_its_config() {
     for port in [config.api.port(), config.video.port()] {
         assert!(expose.contains(&port.to_string()), "{expose}");
     }
+    assert!(
+        expose.contains(&format!("{}/udp", config.webrtc.udp_port)),
+        "{expose}"
+    );
 }
 
 /// The `cluster` profile: three nodes on one shared config, each with its own id, address, ports

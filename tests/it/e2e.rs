@@ -82,7 +82,8 @@ pub(crate) fn shipped_setup(dir: &Path) {
     let conf = std::fs::read_to_string(root().join("conf.toml")).expect("conf.toml");
     let conf = conf
         .replace("port = 8091", "port = 0")
-        .replace("port = 8090", "port = 0");
+        .replace("port = 8090", "port = 0")
+        .replace("udp_port = 8189", "udp_port = 0");
     std::fs::write(dir.join("conf.toml"), conf).expect("write conf");
     std::fs::create_dir_all(dir.join("assets")).expect("assets dir");
     std::fs::copy(demo_clip(), dir.join("assets/demo.mp4")).expect("demo");

@@ -37,4 +37,5 @@ mod security;
 mod v1_archive;
 mod v1_streams;
 mod video_listener;
+mod webrtc;
 mod webui;

@@ -27,7 +27,7 @@ struct Sample {
 
 /// A parsed answer. [`parse`] panics on any line that is not valid.
 #[derive(Debug)]
-struct Exposition {
+pub(crate) struct Exposition {
     samples: Vec<Sample>,
     /// Family name → type.
     types: HashMap<String, String>,
@@ -254,7 +254,7 @@ impl Exposition {
     }
 
     /// The value of the one series of `name` with these labels (`None` if absent).
-    fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
         let found = self.find(name, want);
         assert!(found.len() <= 1, "{name} {want:?} is ambiguous: {found:?}");
         found.first().map(|s| s.value)
@@ -304,7 +304,7 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.
     application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
 
 /// Scrapes a running server over HTTP as Prometheus does (OpenMetrics).
-async fn scrape(http: &reqwest::Client, api: &str) -> Exposition {
+pub(crate) async fn scrape(http: &reqwest::Client, api: &str) -> Exposition {
     scrape_as(http, api, Some(PROMETHEUS_ACCEPT)).await
 }
 

@@ -47,7 +47,7 @@ async fn the_document_lists_exactly_the_served_routes() {
         serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
     let mut documented = std::collections::BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
-        for method in ["get", "post", "put", "patch", "delete"] {
+        for method in ["get", "post", "put", "patch", "delete", "options"] {
             if item.get(method).is_some() {
                 documented.insert((method.to_uppercase(), path.clone()));
             }

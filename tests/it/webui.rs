@@ -338,6 +338,8 @@ mod routes {
                 );
                 assert_eq!(v["auth"], "off");
                 assert_eq!(v["features"]["archive_serving"], true);
+                // Router tests start no WebRTC engine (the real server does: tests/it/webrtc.rs).
+                assert_eq!(v["features"]["webrtc"], false);
                 let server_ms =
                     chrono::DateTime::parse_from_rfc3339(v["time"].as_str().expect("time"))
                         .expect("RFC 3339")

@@ -172,6 +172,7 @@ pub fn base_config() -> String {
     "[api]\nenabled = true\nhost = \"127.0.0.1\"\nport = 0\n\
      [video]\nhost = \"127.0.0.1\"\nport = 0\n\
      [archive]\nserving = true\n\
+     [webrtc]\nudp_port = 0\n\
      [database]\nurl = \"sqlite://data/index.db\"\n"
         .to_owned()
 }

@@ -313,6 +313,7 @@ pub async fn state(db: &Db, config: Config) -> AppState {
         listeners: Default::default(),
         limits,
         metrics: Default::default(),
+        webrtc: Default::default(),
     }
 }
 

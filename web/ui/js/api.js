@@ -172,6 +172,11 @@ export async function archiveWsUrl(id, startS) {
   return withQuery(`${wsBase()}/ws/archive?${q}`, await mediaQuery(id, ['archive']));
 }
 
+/** The WHEP endpoint of a stream (WebRTC; + signature). */
+export async function whepUrl(id) {
+  return withQuery(`${server.videoBase}/whep/${encodeURIComponent(id)}`, await mediaQuery(id, ['live']));
+}
+
 /** The HLS playlist URL of a stream (+ signature). */
 export async function hlsUrl(id) {
   return withQuery(`${server.videoBase}/hls/${encodeURIComponent(id)}.m3u8`, await mediaQuery(id, ['live']));

@@ -1,12 +1,17 @@
 // The video player of the UI: live (grid tiles and the camera view) and archive playback.
 //
 // Live transports, in order of preference, are chosen in ONE place, `liveTransports()`:
-//   1. MSE over WebSocket (`/ws/live`): the lowest latency we have; MediaSource, or
-//      ManagedMediaSource (iOS 17.1+) with remote playback disabled.
-//   2. hls.js (vendored, loaded only when needed) on `/hls/<id>.m3u8`.
-//   3. The browser's own HLS (Safari).
-// (WebRTC/WHEP goes first in that list once the server has it.) A transport that cannot play
-// here (no MSE, unsupported codec, decode error) hands over to the next one at once; a transport
+//   1. MSE over WebSocket (`/ws/live`): MediaSource, or ManagedMediaSource (iOS 17.1+) with
+//      remote playback disabled; carries AAC audio too.
+//   2. WebRTC over WHEP (`POST /whep/<id>`): sub-second, video only (H.264 without B-frames);
+//      first where MSE is missing (iOS before 17.1). It moves to the front once a stopped
+//      stream's reason reaches the tile over WebRTC too, and the tiles' picture checks judge a
+//      WebRTC picture by its own timing (MSE's currentTime is the clip's media time; a WebRTC
+//      video's is not).
+//   3. hls.js (vendored, loaded only when needed) on `/hls/<id>.m3u8`.
+//   4. The browser's own HLS (Safari).
+// A transport that cannot play here (no WebRTC or MSE, WebRTC refused with 409/503 or not
+// connecting, unsupported codec, decode error) hands over to the next one at once; a transport
 // whose connection ends (camera offline, stream stopped, network) reconnects with exponential
 // backoff, and the tile shows the close reason and the countdown.
 //
@@ -17,7 +22,7 @@
 // followed by a new init segment is simply appended (the SourceBuffer takes a new init).
 
 import { Hls as loadHls } from './hls-loader.js';
-import { archiveWsUrl, hlsUrl, liveWsUrl } from './api.js';
+import { archiveWsUrl, hlsUrl, liveWsUrl, server, whepUrl } from './api.js';
 
 const MS = () => window.MediaSource || window.ManagedMediaSource || null;
 
@@ -25,7 +30,11 @@ const MS = () => window.MediaSource || window.ManagedMediaSource || null;
 export function liveTransports(stream) {
   const outputs = stream.outputs || [];
   const list = [];
+  // WebRTC is the low-latency path of the `mse` output (it needs no output type of its own).
+  // Skipped where the server says it has no WebRTC (`[webrtc] enabled = false`, port not bound).
+  const webrtcOn = !server.info || !server.info.features || server.info.features.webrtc !== false;
   if (outputs.includes('mse') && MS()) list.push('mse');
+  if (outputs.includes('mse') && window.RTCPeerConnection && webrtcOn) list.push('webrtc');
   if (outputs.includes('hls')) {
     list.push('hls.js');
     if (document.createElement('video').canPlayType('application/vnd.apple.mpegurl')) list.push('native-hls');
@@ -34,7 +43,7 @@ export function liveTransports(stream) {
 }
 
 /** Human label of a transport (shown on tiles). */
-export const TRANSPORT_LABEL = { mse: 'MSE', 'hls.js': 'HLS', 'native-hls': 'HLS (native)' };
+export const TRANSPORT_LABEL = { webrtc: 'WebRTC', mse: 'MSE', 'hls.js': 'HLS', 'native-hls': 'HLS (native)' };
 
 /** Text for a WebSocket close event: the server's reason, or what the code means. */
 export function closeText(ev) {
@@ -225,8 +234,95 @@ export class MseSink {
 //   stats()       an object for the curious (devtools, tests);
 // and reports through `ev`: `ev.closed(reason)` when the connection ended (the player reconnects
 // with backoff and shows `reason`), `ev.unsupported(reason)` when this browser cannot play the
-// stream this way (the player moves on to the next transport at once). To add one (WebRTC/WHEP):
-// write the class, add it to TRANSPORTS and put its name first in `liveTransports()`.
+// stream this way (the player moves on to the next transport at once). To add one: write the
+// class, add it to TRANSPORTS and put its name in `liveTransports()`.
+
+/** How long WebRTC may take to connect before the player falls back (UDP blocked, bad advertise). */
+const WEBRTC_CONNECT_MS = 5_000;
+
+/**
+ * WebRTC over WHEP: a recvonly video transceiver, the offer POSTed as `application/sdp`, the 201
+ * answer applied; DELETE on the session's Location when closed. The server is ICE-lite and puts
+ * all its candidates in the answer, so there is no trickle. 409 with Retry-After (not live yet)
+ * retries like a closed connection; any other refusal (B-frames, H.265, WebRTC off, too many
+ * sessions) or no connection within WEBRTC_CONNECT_MS hands over to MSE.
+ */
+class WebRtcTransport {
+  constructor(video, stream, ev) {
+    Object.assign(this, { video, stream, ev });
+  }
+
+  async open() {
+    const url = await whepUrl(this.stream.id);
+    if (this.closed) return;
+    const pc = new RTCPeerConnection();
+    this.pc = pc;
+    const tr = pc.addTransceiver('video', { direction: 'recvonly' });
+    // Ask for the smallest playout delay where the browser lets us.
+    if ('jitterBufferTarget' in tr.receiver) tr.receiver.jitterBufferTarget = 0;
+    pc.ontrack = (e) => {
+      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      this.video.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      const s = pc.connectionState;
+      if (s === 'connected') clearTimeout(this.connectTimer);
+      if (s === 'failed' || s === 'closed') this.fail(() => this.ev.closed(`WebRTC ${s}`));
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    if (this.closed) return;
+    const r = await fetch(url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/sdp' },
+      body: pc.localDescription.sdp,
+    });
+    if (this.closed) return;
+    if (r.status !== 201) {
+      let message = `HTTP ${r.status}`;
+      try {
+        message = (await r.json()).error.message;
+      } catch {
+        /* not our JSON */
+      }
+      const again = r.status === 409 && r.headers.get('Retry-After');
+      this.fail(() => (again ? this.ev.closed(`WebRTC: ${message}`) : this.ev.unsupported(`WebRTC: ${message}`)));
+      return;
+    }
+    const loc = r.headers.get('Location');
+    // The session URL takes the same signature as the POST (auth on).
+    const query = url.includes('?') ? url.slice(url.indexOf('?')) : '';
+    this.location = loc ? new URL(loc, url).href + query : null;
+    await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+    this.connectTimer = setTimeout(() => {
+      if (pc.connectionState !== 'connected') this.fail(() => this.ev.unsupported('WebRTC did not connect (UDP blocked?)'));
+    }, WEBRTC_CONNECT_MS);
+  }
+
+  fail(report) {
+    if (this.closed) return;
+    this.close();
+    report();
+  }
+
+  stats() {
+    return { location: this.location || null, connection: this.pc ? this.pc.connectionState : null };
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.connectTimer);
+    if (this.location) {
+      fetch(this.location, { method: 'DELETE', keepalive: true }).catch(() => {});
+      this.location = null;
+    }
+    if (this.pc) {
+      this.pc.ontrack = null;
+      this.pc.onconnectionstatechange = null;
+      this.pc.close();
+    }
+    this.video.srcObject = null;
+  }
+}
 
 class MseTransport {
   constructor(video, stream, ev) {
@@ -361,7 +457,7 @@ class NativeHlsTransport {
   }
 }
 
-const TRANSPORTS = { mse: MseTransport, 'hls.js': HlsJsTransport, 'native-hls': NativeHlsTransport };
+const TRANSPORTS = { webrtc: WebRtcTransport, mse: MseTransport, 'hls.js': HlsJsTransport, 'native-hls': NativeHlsTransport };
 
 /** Reconnect delays (s), then the last one forever; each gets up to 25 % jitter. */
 const BACKOFF_S = [1, 2, 4, 8, 15, 30];

@@ -24,6 +24,7 @@ export function systemView(root) {
     ['Recording', info.features.recording ? 'on' : 'off'],
     ['Archive playback', info.features.archive_serving ? 'on' : 'off'],
     ['S3 storage', info.features.s3 ? 'configured' : 'not configured'],
+    ['WebRTC (WHEP)', info.features.webrtc ? 'on' : 'off'],
   ]), server.apiBase ? h('p', {}, h('a', { href: `${server.apiBase}/swagger-ui/`, target: '_blank', rel: 'noopener' }, 'API documentation (Swagger UI)')) : null);
 
   const refresh = async () => {

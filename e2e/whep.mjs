@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+// WebRTC (WHEP) playback in headless Chromium, through the server's example page
+// (web/ui/whep.html, served at /ui/whep.html, so the WHEP POST is same-origin).
+//
+//   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> [TOKEN=<bearer>] [EXPECT_SIZE=640x360]
+//     [PLAY_S=5] [END=delete|vanish|keep] node e2e/whep.mjs
+//
+// Waits for the first decoded frame, then watches PLAY_S seconds of statistics. END=delete ends
+// the session with WHEP DELETE (the verdict has its status); END=vanish starts a browser of its
+// own and SIGKILLs it (no DELETE, no DTLS close: the server must notice the silence); END=keep
+// closes the page only. EXPECT_STATUS=<code> expects the POST to fail with that status instead.
+// Prints ONE line of JSON (`ok`, `firstFrameMs`, `framesDecoded`, `freezeCount`, `size`,
+// `location`, `answerMs` and `connectedMs` (POST to 201, to ICE+DTLS up), ...) and exits 0 when ok.
+
+import { CHROMIUM_ARGS, loadPlaywright, openBrowser } from './browser.mjs';
+
+const env = process.env;
+const videoAddr = (env.VIDEO_ADDR || '').replace(/^[a-z]+:\/\//i, '').replace(/\/+$/, '');
+const streamId = env.STREAM_ID || '';
+const token = env.TOKEN || '';
+const expectSize = env.EXPECT_SIZE || '';
+const playS = Number(env.PLAY_S || 5);
+const end = env.END || 'delete';
+const expectStatus = Number(env.EXPECT_STATUS || 0);
+const T0 = Date.now();
+const log = (...a) => console.error(`[whep +${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+let printed = false;
+function finish(result) {
+  if (!printed) {
+    printed = true;
+    process.stdout.write(JSON.stringify(result) + '\n');
+  }
+  setTimeout(() => process.exit(result.ok ? 0 : 1), 50).unref();
+}
+setTimeout(() => finish({ ok: false, error: 'hard timeout' }), 60_000).unref();
+
+async function browserFor() {
+  if (end !== 'vanish') return { ...(await openBrowser()), server: null };
+  // A browser of our own, so killing it kills nobody else's pages.
+  const { chromium } = await loadPlaywright();
+  const server = await chromium.launchServer({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: 30_000,
+  });
+  return { browser: await chromium.connect(server.wsEndpoint()), shared: false, server };
+}
+
+async function main() {
+  if (!videoAddr || !streamId) throw new Error('VIDEO_ADDR and STREAM_ID are required');
+  const { browser, server } = await browserFor();
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('console', (m) => log('page:', m.text()));
+  const q = new URLSearchParams({ stream_id: streamId });
+  if (token) q.set('token', token);
+  await page.goto(`http://${videoAddr}/ui/whep.html?${q}`);
+  const result = { ok: false };
+  const deadline = Date.now() + 15_000;
+  let s;
+  for (;;) {
+    s = await page.evaluate(() => ({
+      state: window.__whep.state,
+      error: window.__whep.error,
+      status: window.__whep.status,
+      location: window.__whep.location,
+      firstFrameMs: window.__whep.firstFrameMs,
+      answerMs: window.__whep.answerMs,
+      connectedMs: window.__whep.connectedMs,
+    }));
+    if (s.state === 'playing' || s.state === 'error' || s.state === 'failed' || Date.now() > deadline) break;
+    await sleep(50);
+  }
+  Object.assign(result, s);
+  if (expectStatus) {
+    result.ok = s.status === expectStatus && s.state === 'error';
+    await context.close();
+    await browser.close();
+    return result;
+  }
+  if (s.state !== 'playing') {
+    result.error = `not playing: ${s.state} ${s.error || ''}`;
+    return result;
+  }
+  const first = await page.evaluate(() => window.__whepStats());
+  // Sampled through the window, so a freeze can be placed in time (at join, or later).
+  const playStart = Date.now();
+  let last = first;
+  while (Date.now() - playStart < playS * 1000) {
+    await sleep(250);
+    last = await page.evaluate(() => window.__whepStats());
+    if (last.freezeCount > 0 && result.firstFreezeAfterMs === undefined) {
+      result.firstFreezeAfterMs = Date.now() - playStart;
+    }
+  }
+  result.framesDecoded = last.framesDecoded;
+  result.framesInWindow = last.framesDecoded - first.framesDecoded;
+  result.framesDropped = last.framesDropped;
+  result.freezeCount = last.freezeCount;
+  result.freezeS = last.totalFreezesDuration;
+  result.pliCount = last.pliCount;
+  result.size = `${last.width}x${last.height}`;
+  const problems = [];
+  if (!(result.framesDecoded > 100)) problems.push(`framesDecoded ${result.framesDecoded} <= 100`);
+  if (result.freezeCount !== 0) problems.push(`freezeCount ${result.freezeCount}`);
+  if (!(s.firstFrameMs < 500)) problems.push(`first frame after ${s.firstFrameMs} ms`);
+  if (expectSize && result.size !== expectSize) problems.push(`size ${result.size}, expected ${expectSize}`);
+  if (end === 'delete') {
+    await page.evaluate(() => window.__whepStop());
+    result.deleteStatus = await page.evaluate(() => window.__whep.deleteStatus);
+    if (result.deleteStatus !== 200) problems.push(`DELETE answered ${result.deleteStatus}`);
+  }
+  if (end === 'vanish' && server) {
+    log('killing the browser', server.process().pid);
+    server.process().kill('SIGKILL');
+  } else {
+    await context.close();
+    await browser.close();
+  }
+  result.problems = problems;
+  result.ok = problems.length === 0;
+  return result;
+}
+
+main().then(finish, (e) => finish({ ok: false, error: String(e && e.stack ? e.stack : e) }));

@@ -1,0 +1,723 @@
+//! Live playback over WebRTC, negotiated with WHEP (`POST /whep/{stream_id}`, [`whep`]).
+//!
+//! One UDP socket serves every session ([`Engine`]): a dispatcher task reads it and hands each
+//! datagram to its session, found by the remote address, or for a new address by the ICE
+//! username fragment of its STUN binding request (our fragment is unique per session). Each
+//! session is one task that owns its `str0m::Rtc` (sans-IO: it feeds datagrams and timeouts in,
+//! and sends what comes out through the shared socket), a hub subscription, and its counters.
+//!
+//! The server is ICE-lite: it answers the browser's checks on the advertised addresses and never
+//! sends checks of its own, so it needs no client candidates (Chromium hides them behind mDNS).
+//! Video is H.264 only, sent as the camera made it (no B-frames); AAC audio has no WebRTC codec,
+//! so sessions are video-only (README "WebRTC").
+
+pub mod h264;
+mod session;
+mod stun;
+pub mod whep;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket as StdUdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::FutureExt;
+use serde::Serialize;
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{MediaKind, Mid, Pt};
+use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::WebRtcConfig;
+use crate::hub::Delivery;
+use crate::limits::Permit;
+use crate::manager::StreamRuntime;
+use crate::media::VideoCodec;
+
+/// Frames queued between the hub and one session beyond the cached GOP (as for MSE viewers: a
+/// session further behind skips to the next keyframe).
+const SESSION_QUEUE: usize = 128;
+/// Bytes queued between the hub and one session at most.
+const SESSION_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Datagrams queued for one session; more are dropped (UDP may lose them anyway).
+const DATAGRAM_QUEUE: usize = 256;
+/// Largest datagram read (ICE, DTLS, RTCP from browsers are far smaller).
+const MAX_DATAGRAM: usize = 2048;
+
+/// Why a WHEP offer was not answered. [`whep`] maps each to its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("stream {0} not found or not running")]
+    UnknownStream(Uuid),
+    #[error("stream {0} is not live yet (no video from its source); try again shortly")]
+    NotLive(Uuid),
+    #[error(
+        "stream {0} sends B-frames, which browsers decode at about one frame per second over \
+         WebRTC; use MSE (/ws/live) or HLS"
+    )]
+    BFrames(Uuid),
+    #[error("stream {0} sends {1}, which is not sent over WebRTC; use MSE (/ws/live) or HLS")]
+    Codec(Uuid, &'static str),
+    #[error("too many WebRTC sessions ({0}); try again later")]
+    Busy(&'static str),
+    #[error("invalid SDP offer: {0}")]
+    BadOffer(String),
+}
+
+/// Counters of one session (also summed into the engine's totals when it ends).
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    /// Datagrams and bytes sent (RTP, RTCP, DTLS, STUN answers).
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Video frames handed to the packetizer.
+    pub frames: AtomicU64,
+    /// PLI and FIR from the browser (counted: we cannot ask the camera for a keyframe).
+    pub keyframe_requests: AtomicU64,
+    /// NACKs from the browser (the lost packets are resent from str0m's send buffer).
+    pub nacks: AtomicU64,
+    /// Times the session lagged and was resynchronised at a keyframe.
+    pub resyncs: AtomicU64,
+    /// ICE and DTLS are up.
+    pub connected: AtomicBool,
+}
+
+/// A snapshot of one session, for status and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionStats {
+    pub id: Uuid,
+    pub stream_id: Uuid,
+    pub connected: bool,
+    pub age_ms: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub frames: u64,
+    pub keyframe_requests: u64,
+    pub nacks: u64,
+    pub resyncs: u64,
+}
+
+/// Engine-wide totals (ended sessions included) and the sessions now open.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WebRtcStats {
+    pub enabled: bool,
+    /// The UDP port in use (0 when disabled).
+    pub udp_port: u16,
+    pub sessions_opened: u64,
+    pub sessions_refused: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub keyframe_requests: u64,
+    pub nacks: u64,
+    pub sessions: Vec<SessionStats>,
+}
+
+/// One stream's WebRTC numbers: its open sessions, and counters of its sessions since the server
+/// started (ended ones included), for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Sessions open now, and how many of them are connected (ICE and DTLS up).
+    pub sessions: u64,
+    pub connected: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub frames: u64,
+    pub keyframe_requests: u64,
+    pub nacks: u64,
+    pub resyncs: u64,
+}
+
+impl StreamCounts {
+    fn add(&mut self, c: &SessionCounters) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.packets += load(&c.packets);
+        self.bytes += load(&c.bytes);
+        self.frames += load(&c.frames);
+        self.keyframe_requests += load(&c.keyframe_requests);
+        self.nacks += load(&c.nacks);
+        self.resyncs += load(&c.resyncs);
+    }
+}
+
+/// The WebRTC side of the server: a running [`Engine`], or why there is none.
+pub struct WebRtc {
+    engine: Option<Arc<Engine>>,
+    unavailable: String,
+}
+
+impl Default for WebRtc {
+    /// No engine (router tests, or before start): every offer is answered 503.
+    fn default() -> Self {
+        WebRtc::unavailable("WebRTC is not running on this server")
+    }
+}
+
+impl WebRtc {
+    fn unavailable(reason: &str) -> WebRtc {
+        WebRtc {
+            engine: None,
+            unavailable: reason.to_owned(),
+        }
+    }
+
+    /// Binds the UDP socket and starts the dispatcher, stopped by `shutdown`. Never fails the
+    /// server: a disabled or unbindable WebRTC is logged, and offers are answered 503 with the
+    /// reason while MSE and HLS keep working.
+    pub async fn start(
+        cfg: &WebRtcConfig,
+        video_host: &str,
+        shutdown: CancellationToken,
+    ) -> WebRtc {
+        if !cfg.enabled {
+            return WebRtc::unavailable("WebRTC is disabled ([webrtc] enabled = false)");
+        }
+        let host = if cfg.host.trim().is_empty() {
+            video_host.trim()
+        } else {
+            cfg.host.trim()
+        };
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        let socket = match UdpSocket::bind((host, cfg.udp_port)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(host, port = cfg.udp_port, error = %e,
+                    "WebRTC disabled: cannot bind its UDP port ([webrtc] udp_port)");
+                return WebRtc::unavailable(&format!(
+                    "WebRTC is unavailable: UDP port {} could not be bound",
+                    cfg.udp_port
+                ));
+            }
+        };
+        let local = match socket.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "WebRTC disabled: no local address");
+                return WebRtc::unavailable("WebRTC is unavailable");
+            }
+        };
+        // One DTLS certificate for every session (its fingerprint goes into each answer), made
+        // now: str0m would otherwise make one per session on the request path (the first costs
+        // ~100 ms in a debug build, crypto start-up included) and panic if it could not.
+        let Some(dtls_cert) = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+        else {
+            tracing::error!("WebRTC disabled: no DTLS certificate could be made");
+            return WebRtc::unavailable("WebRTC is unavailable: no DTLS certificate");
+        };
+        let candidates = candidate_addrs(&cfg.advertise, local);
+        if candidates.is_empty() {
+            tracing::error!("WebRTC disabled: no address to advertise (set [webrtc] advertise)");
+            return WebRtc::unavailable("WebRTC is unavailable: no address to advertise");
+        }
+        tracing::info!(%local, candidates = ?candidates, "WebRTC (WHEP) ready");
+        let engine = Arc::new(Engine {
+            socket: Arc::new(socket),
+            local,
+            candidates,
+            dtls_cert,
+            max_sessions: cfg.max_sessions,
+            max_per_stream: cfg.max_sessions_per_stream,
+            registry: Mutex::new(Registry::default()),
+            totals: Totals::default(),
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(engine.clone().dispatch(shutdown));
+        WebRtc {
+            engine: Some(engine),
+            unavailable: String::new(),
+        }
+    }
+
+    /// Answers a WHEP offer for a running stream: starts a session, returns its id and the SDP
+    /// answer (with every server candidate; the server does not trickle).
+    pub fn open(
+        &self,
+        stream_id: Uuid,
+        rt: Arc<StreamRuntime>,
+        offer: &str,
+        place: Permit,
+    ) -> Result<(Uuid, String), OpenError> {
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| OpenError::Unavailable(self.unavailable.clone()))?;
+        let result = engine.open(stream_id, rt, offer, place);
+        if result.is_err() {
+            engine
+                .totals
+                .sessions_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Whether the engine runs (enabled, UDP port bound): offers can be answered.
+    pub fn is_running(&self) -> bool {
+        self.engine.is_some()
+    }
+
+    /// Ends a session of `stream_id`; false when there is no such session.
+    pub fn close(&self, stream_id: Uuid, session: Uuid) -> bool {
+        let Some(engine) = &self.engine else {
+            return false;
+        };
+        let reg = engine.lock();
+        match reg.sessions.get(&session) {
+            Some(e) if e.stream == stream_id => {
+                e.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The token that ends a session (cancelled also when it ends by itself).
+    pub fn session_token(&self, session: Uuid) -> Option<CancellationToken> {
+        let engine = self.engine.as_ref()?;
+        engine
+            .lock()
+            .sessions
+            .get(&session)
+            .map(|e| e.cancel.clone())
+    }
+
+    /// Whether `stream_id` has this session (it is removed once its task has ended).
+    pub fn has_session(&self, stream_id: Uuid, session: Uuid) -> bool {
+        self.engine.as_ref().is_some_and(|e| {
+            e.lock()
+                .sessions
+                .get(&session)
+                .is_some_and(|s| s.stream == stream_id)
+        })
+    }
+
+    /// Per stream: open sessions and counters since start (ended sessions included). Empty when
+    /// the engine is not running.
+    pub fn per_stream(&self) -> HashMap<Uuid, StreamCounts> {
+        let Some(engine) = &self.engine else {
+            return HashMap::new();
+        };
+        let reg = engine.lock();
+        let mut out = reg.ended.clone();
+        for e in reg.sessions.values() {
+            let s = out.entry(e.stream).or_default();
+            s.sessions += 1;
+            s.connected += u64::from(e.counters.connected.load(Ordering::Relaxed));
+            s.add(&e.counters);
+        }
+        out
+    }
+
+    /// Totals and open sessions.
+    pub fn stats(&self) -> WebRtcStats {
+        let Some(engine) = &self.engine else {
+            return WebRtcStats::default();
+        };
+        let t = &engine.totals;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let reg = engine.lock();
+        let sessions: Vec<SessionStats> =
+            reg.sessions.iter().map(|(id, e)| e.snapshot(*id)).collect();
+        let live = |f: fn(&SessionStats) -> u64| sessions.iter().map(f).sum::<u64>();
+        WebRtcStats {
+            enabled: true,
+            udp_port: engine.local.port(),
+            sessions_opened: load(&t.sessions_opened),
+            sessions_refused: load(&t.sessions_refused),
+            packets: load(&t.packets) + live(|s| s.packets),
+            bytes: load(&t.bytes) + live(|s| s.bytes),
+            keyframe_requests: load(&t.keyframe_requests) + live(|s| s.keyframe_requests),
+            nacks: load(&t.nacks) + live(|s| s.nacks),
+            sessions,
+        }
+    }
+}
+
+/// The addresses put into candidates: the configured ones, else the bound address, else (a
+/// wildcard bind) the address the host uses for outgoing traffic and the loopback address.
+fn candidate_addrs(advertise: &[String], local: SocketAddr) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut push = |a: SocketAddr| {
+        if Candidate::host(a, "udp").is_ok() && !out.contains(&a) {
+            out.push(a);
+        }
+    };
+    if !advertise.is_empty() {
+        for entry in advertise {
+            let entry = entry.trim();
+            if let Ok(a) = entry.parse::<SocketAddr>() {
+                push(a);
+            } else if let Ok(ip) = entry.parse::<IpAddr>() {
+                push(SocketAddr::new(ip, local.port()));
+            } else {
+                let with_port = if entry.contains(':') {
+                    entry.to_owned()
+                } else {
+                    format!("{entry}:{}", local.port())
+                };
+                match with_port.to_socket_addrs() {
+                    Ok(addrs) => addrs.for_each(&mut push),
+                    Err(e) => {
+                        tracing::warn!(entry, error = %e, "[webrtc] advertise: cannot resolve; skipped");
+                    }
+                }
+            }
+        }
+        return out;
+    }
+    if !local.ip().is_unspecified() {
+        push(local);
+        return out;
+    }
+    // The address of the interface the default route leaves by (no packet is sent: connecting
+    // a UDP socket only picks the route). 192.0.2.1 is a documentation address.
+    let outgoing = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|()| s))
+        .and_then(|s| s.local_addr());
+    if let Ok(a) = outgoing {
+        push(SocketAddr::new(a.ip(), local.port()));
+    }
+    push(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        local.port(),
+    ));
+    out
+}
+
+/// The socket, the sessions and the totals.
+pub struct Engine {
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    /// The certificate every session's DTLS uses (self-signed; browsers check its fingerprint).
+    dtls_cert: DtlsCert,
+    max_sessions: usize,
+    max_per_stream: usize,
+    registry: Mutex<Registry>,
+    totals: Totals,
+    shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+struct Totals {
+    sessions_opened: AtomicU64,
+    sessions_refused: AtomicU64,
+    /// Of ended sessions (open ones are added from their own counters).
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    keyframe_requests: AtomicU64,
+    nacks: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    sessions: HashMap<Uuid, Entry>,
+    by_ufrag: HashMap<String, Uuid>,
+    by_addr: HashMap<SocketAddr, Uuid>,
+    /// Counters of ended sessions, by stream (one entry per stream ever watched over WebRTC).
+    ended: HashMap<Uuid, StreamCounts>,
+}
+
+struct Entry {
+    stream: Uuid,
+    tx: mpsc::Sender<Datagram>,
+    cancel: CancellationToken,
+    counters: Arc<SessionCounters>,
+    created: Instant,
+}
+
+impl Entry {
+    fn snapshot(&self, id: Uuid) -> SessionStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SessionStats {
+            id,
+            stream_id: self.stream,
+            connected: c.connected.load(Ordering::Relaxed),
+            age_ms: u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
+            packets: load(&c.packets),
+            bytes: load(&c.bytes),
+            frames: load(&c.frames),
+            keyframe_requests: load(&c.keyframe_requests),
+            nacks: load(&c.nacks),
+            resyncs: load(&c.resyncs),
+        }
+    }
+}
+
+/// One datagram for a session.
+struct Datagram {
+    at: Instant,
+    from: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl Engine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // Never held across an await; a poisoned lock still guards consistent maps.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local candidate a remote address reaches: str0m drops STUN requests whose destination
+    /// is not one of its host candidates, and a wildcard socket does not tell which address a
+    /// datagram came in on. Loopback peers use a loopback candidate, others one of their family.
+    fn local_for(&self, remote: SocketAddr) -> SocketAddr {
+        let same_family = |c: &&SocketAddr| c.is_ipv4() == remote.is_ipv4();
+        self.candidates
+            .iter()
+            .filter(same_family)
+            .find(|c| c.ip().is_loopback() == remote.ip().is_loopback())
+            .or_else(|| self.candidates.iter().find(same_family))
+            .or(self.candidates.first())
+            .copied()
+            .unwrap_or(self.local)
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        stream_id: Uuid,
+        rt: Arc<StreamRuntime>,
+        offer_text: &str,
+        place: Permit,
+    ) -> Result<(Uuid, String), OpenError> {
+        {
+            let reg = self.lock();
+            if self.max_sessions > 0 && reg.sessions.len() >= self.max_sessions {
+                return Err(OpenError::Busy("server limit, [webrtc] max_sessions"));
+            }
+            let of_stream = reg
+                .sessions
+                .values()
+                .filter(|e| e.stream == stream_id)
+                .count();
+            if self.max_per_stream > 0 && of_stream >= self.max_per_stream {
+                return Err(OpenError::Busy(
+                    "stream limit, [webrtc] max_sessions_per_stream",
+                ));
+            }
+        }
+        let offer = SdpOffer::from_sdp_string(offer_text)
+            .map_err(|e| OpenError::BadOffer(e.to_string()))?;
+        let params = rt.hub.params().borrow().clone();
+        let Some(video) = params.as_ref().and_then(|p| p.video.clone()) else {
+            // An on-demand source starts when someone asks for it; the client retries.
+            rt.demand.hls_request();
+            return Err(OpenError::NotLive(stream_id));
+        };
+        if video.codec == VideoCodec::H265 {
+            return Err(OpenError::Codec(stream_id, "H.265"));
+        }
+        let annexb = h264::AnnexB::new(&video).map_err(|e| {
+            tracing::warn!(stream = %stream_id, error = %e, "WebRTC: unusable H.264 parameters");
+            OpenError::NotLive(stream_id)
+        })?;
+        // Subscribe now, so the cached GOP (the burst a new session starts with) is checked
+        // for B-frames before answering.
+        let mut sub = rt.hub.subscribe_bounded(SESSION_QUEUE, SESSION_QUEUE_BYTES);
+        let mut burst: Vec<Delivery> = Vec::new();
+        while sub.queued() > 0 {
+            match sub.recv().now_or_never() {
+                Some(Some(d)) => burst.push(d),
+                _ => break,
+            }
+        }
+        if burst.is_empty() && rt.hub.published() == 0 {
+            // The codec is known (from the camera's SDP) but no frame has come yet: answering now
+            // would leave the browser waiting for the source to start and its first keyframe.
+            return Err(OpenError::NotLive(stream_id));
+        }
+        let frames: Vec<_> = burst.iter().map(|d| d.frame.clone()).collect();
+        if h264::reorders(&video, &frames) {
+            return Err(OpenError::BFrames(stream_id));
+        }
+
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true)
+            .set_local_ice_credentials(creds)
+            .set_dtls_cert(self.dtls_cert.clone())
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
+            .build(Instant::now());
+        for addr in &self.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| OpenError::BadOffer(e.to_string()))?;
+        let (mid, pt) = video_target(&mut rtc, offer_text)?;
+
+        let id = Uuid::new_v4();
+        let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let cancel = self.shutdown.child_token();
+        let counters = Arc::new(SessionCounters::default());
+        {
+            let mut reg = self.lock();
+            reg.sessions.insert(
+                id,
+                Entry {
+                    stream: stream_id,
+                    tx,
+                    cancel: cancel.clone(),
+                    counters: counters.clone(),
+                    created: Instant::now(),
+                },
+            );
+            reg.by_ufrag.insert(ufrag, id);
+        }
+        self.totals.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stream = %stream_id, session = %id, pt = ?pt, "WebRTC session opened");
+        let task = session::Session {
+            id,
+            stream_id,
+            rtc,
+            engine: self.clone(),
+            rx,
+            sub,
+            burst_bytes: burst.iter().map(|d| d.frame.data.len()).sum(),
+            burst: burst.into(),
+            annexb,
+            params_version: params.as_ref().map_or(0, |p| p.version),
+            mid,
+            pt,
+            counters,
+            cancel,
+            rt,
+            _place: place,
+        };
+        tokio::spawn(task.run());
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    /// Removes an ended session and adds its counters to the totals.
+    fn remove(&self, id: Uuid) {
+        let mut reg = self.lock();
+        if let Some(e) = reg.sessions.remove(&id) {
+            reg.ended.entry(e.stream).or_default().add(&e.counters);
+            let c = &e.counters;
+            let t = &self.totals;
+            for (total, own) in [
+                (&t.packets, &c.packets),
+                (&t.bytes, &c.bytes),
+                (&t.keyframe_requests, &c.keyframe_requests),
+                (&t.nacks, &c.nacks),
+            ] {
+                total.fetch_add(own.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        reg.by_ufrag.retain(|_, s| *s != id);
+        reg.by_addr.retain(|_, s| *s != id);
+    }
+
+    /// Reads the socket until shutdown and routes each datagram to its session.
+    async fn dispatch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.socket.recv_from(&mut buf) => r,
+            };
+            let (n, from) = match received {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here on some systems; keep serving.
+                    tracing::debug!(error = %e, "WebRTC socket read");
+                    continue;
+                }
+            };
+            let Some(data) = buf.get(..n) else { continue };
+            let tx = {
+                let mut reg = self.lock();
+                let id = match reg.by_addr.get(&from) {
+                    Some(id) => Some(*id),
+                    None => {
+                        let found = stun::request_local_ufrag(data)
+                            .and_then(|u| reg.by_ufrag.get(u).copied());
+                        if let Some(id) = found {
+                            reg.by_addr.insert(from, id);
+                        }
+                        found
+                    }
+                };
+                id.and_then(|id| reg.sessions.get(&id).map(|e| e.tx.clone()))
+            };
+            if let Some(tx) = tx {
+                let _ = tx.try_send(Datagram {
+                    at: Instant::now(),
+                    from,
+                    data: data.to_vec(),
+                });
+            }
+        }
+    }
+}
+
+/// The `a=mid` of the offer's first video m-line.
+fn offer_video_mid(offer: &str) -> Option<Mid> {
+    let mut in_video = false;
+    for line in offer.lines().map(str::trim) {
+        if let Some(media) = line.strip_prefix("m=") {
+            in_video = media.starts_with("video");
+        } else if in_video && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(Mid::from(mid.trim()));
+        }
+    }
+    None
+}
+
+/// The video m-line of the offer and the payload type to send on: an H.264 type with
+/// packetization-mode 1, constrained baseline preferred. The camera's own profile is not
+/// matched: browsers decode Main and High on any H.264 type (Chromium offers no High profile).
+fn video_target(rtc: &mut Rtc, offer: &str) -> Result<(Mid, Pt), OpenError> {
+    let mut mid = offer_video_mid(offer);
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Event(Event::MediaAdded(m))) if m.kind == MediaKind::Video => {
+                mid = mid.or(Some(m.mid));
+            }
+            Ok(Output::Event(_) | Output::Transmit(_)) => {}
+            Ok(Output::Timeout(_)) => break,
+            Err(e) => return Err(OpenError::BadOffer(e.to_string())),
+        }
+    }
+    let mid = mid.ok_or_else(|| OpenError::BadOffer("the offer has no video m-line".into()))?;
+    let writer = rtc
+        .writer(mid)
+        .ok_or_else(|| OpenError::BadOffer("the offer's video is not receivable".into()))?;
+    let mut best: Option<(u8, Pt)> = None;
+    for p in writer.payload_params() {
+        let spec = p.spec();
+        if spec.codec != Codec::H264 {
+            continue;
+        }
+        let fmtp = spec.format;
+        let rank = match (fmtp.packetization_mode, fmtp.profile_level_id) {
+            (Some(1), Some(0x42e01f)) => 3,
+            (Some(1), _) => 2,
+            _ => 1,
+        };
+        if best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, p.pt()));
+        }
+    }
+    match best {
+        Some((rank, pt)) if rank >= 2 => Ok((mid, pt)),
+        _ => Err(OpenError::BadOffer(
+            "the offer has no H.264 payload type with packetization-mode=1".into(),
+        )),
+    }
+}

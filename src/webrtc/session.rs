@@ -1,0 +1,305 @@
+//! One WebRTC session: a task that owns its `Rtc`, feeds it datagrams and timeouts, sends what
+//! it outputs through the shared socket, and writes the stream's video once ICE and DTLS are up
+//! (the cached GOP first, as a burst, so the browser shows a picture without waiting for the
+//! next keyframe).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::h264::AnnexB;
+use super::{Datagram, Engine, SessionCounters};
+use crate::hub::{Delivery, Subscription};
+use crate::limits::Permit;
+use crate::manager::StreamRuntime;
+use crate::media::TrackKind;
+
+/// A session that has heard nothing from its browser for this long is closed. Browsers send a
+/// consent check (STUN) every few seconds and RTCP receiver reports more often (RFC 7675 gives
+/// up after 30 s).
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A session that is not connected this long after its answer is closed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest sleep between checks of the timers above.
+const TICK: Duration = Duration::from_millis(500);
+/// The cached GOP a session starts with is spread over this much time, each frame waiting its
+/// share by size, rather than written at once: a 2 s GOP is a few hundred packets, and handed to
+/// the socket in one go they overrun the browser's receive buffer, so the lost ones come back by
+/// NACK and the picture freezes briefly (measured: `freezeCount` 1 under load). Short enough that
+/// the picture is still up well within the first half second.
+const BURST_SPREAD: Duration = Duration::from_millis(40);
+
+pub(super) struct Session {
+    pub id: Uuid,
+    pub stream_id: Uuid,
+    pub rtc: Rtc,
+    pub engine: Arc<Engine>,
+    pub rx: mpsc::Receiver<Datagram>,
+    pub sub: Subscription,
+    pub burst: VecDeque<Delivery>,
+    /// Bytes of the burst's frames (their share of [`BURST_SPREAD`]).
+    pub burst_bytes: usize,
+    pub annexb: AnnexB,
+    pub params_version: u64,
+    pub mid: Mid,
+    pub pt: Pt,
+    pub counters: Arc<SessionCounters>,
+    pub cancel: CancellationToken,
+    pub rt: Arc<StreamRuntime>,
+    /// The session's place among the stream's live viewers (`[limits]`), given back when it ends.
+    pub _place: Permit,
+}
+
+impl Session {
+    pub async fn run(mut self) {
+        // Counts as a viewer: keeps an on-demand source running.
+        let _viewer = self.rt.demand.viewer();
+        let reason = self.serve().await;
+        self.rtc.disconnect();
+        // Sends what disconnecting produced (a DTLS close alert), best effort.
+        let _ = self.drain().await;
+        self.engine.remove(self.id);
+        self.cancel.cancel();
+        tracing::info!(stream = %self.stream_id, session = %self.id, reason,
+            frames = self.counters.frames.load(Ordering::Relaxed),
+            keyframe_requests = self.counters.keyframe_requests.load(Ordering::Relaxed),
+            nacks = self.counters.nacks.load(Ordering::Relaxed),
+            "WebRTC session closed");
+    }
+
+    /// Runs until the session ends; returns why.
+    async fn serve(&mut self) -> &'static str {
+        let started = Instant::now();
+        let mut last_heard = Instant::now();
+        let mut connected = false;
+        let mut params = self.rt.hub.params();
+        let cancel = self.cancel.clone();
+        let rt = self.rt.clone();
+        // When the next frame of the burst may be written (paced, see BURST_SPREAD).
+        let mut burst_next = Instant::now();
+        loop {
+            let deadline = match self.drain().await {
+                Ok(Some(d)) => d,
+                Ok(None) => return "peer disconnected",
+                Err(reason) => return reason,
+            };
+            if self.counters.connected.load(Ordering::Relaxed) {
+                connected = true;
+            } else if started.elapsed() > CONNECT_TIMEOUT {
+                return "not connected in time";
+            }
+            if last_heard.elapsed() > SILENCE_TIMEOUT {
+                return "browser silent (consent expired)";
+            }
+            let now = Instant::now();
+            let mut wake = deadline.min(now + TICK);
+            let pacing = connected && !self.burst.is_empty() && burst_next > now;
+            if pacing {
+                wake = wake.min(burst_next);
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return "closed (DELETE or shutdown)",
+                () = rt.stopped() => return "stream stopped",
+                changed = params.changed() => {
+                    if changed.is_err() || params.borrow().is_none() {
+                        return "stream stopped";
+                    }
+                }
+                d = self.rx.recv() => {
+                    let Some(d) = d else { return "engine stopped" };
+                    last_heard = Instant::now();
+                    self.receive(d);
+                }
+                d = next_delivery(&mut self.burst, &mut self.sub), if connected && !pacing => {
+                    let Some(d) = d else { return "stream stopped" };
+                    if d.burst {
+                        burst_next = Instant::now() + burst_share(d.bytes, self.burst_bytes);
+                    }
+                    if let Err(reason) = self.write(d.delivery) {
+                        return reason;
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                        tracing::debug!(session = %self.id, error = %e, "WebRTC timeout handling");
+                        return "WebRTC error";
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, d: Datagram) {
+        let Ok(contents) = d.data.as_slice().try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            d.at,
+            Receive {
+                proto: Protocol::Udp,
+                source: d.from,
+                destination: self.engine.local_for(d.from),
+                contents,
+            },
+        );
+        if let Err(e) = self.rtc.handle_input(input) {
+            // A malformed or unexpected datagram: dropped, the session goes on.
+            tracing::debug!(session = %self.id, error = %e, "WebRTC input dropped");
+        }
+    }
+
+    /// Hands one frame to the packetizer. Audio is skipped (AAC has no WebRTC codec).
+    fn write(&mut self, d: Delivery) -> Result<(), &'static str> {
+        let frame = d.frame;
+        if frame.track != TrackKind::Video {
+            return Ok(());
+        }
+        if d.discontinuity {
+            self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        if frame.params.version != self.params_version {
+            let Some(video) = frame.params.video.as_ref() else {
+                return Err("the stream has no video any more");
+            };
+            self.annexb = AnnexB::new(video)
+                .map_err(|_| "the stream changed to a codec WebRTC does not carry")?;
+            self.params_version = frame.params.version;
+        }
+        if frame.cts_offset != 0 {
+            return Err("the stream started sending B-frames");
+        }
+        let au = self.annexb.access_unit(&frame.data);
+        if au.is_empty() {
+            return Ok(());
+        }
+        // RTP time is the presentation time at 90 kHz (the hub's video timescale); frames come in
+        // decode order, which equals presentation order without B-frames.
+        let pts = u64::try_from(frame.dts.saturating_add(i64::from(frame.cts_offset))).unwrap_or(0);
+        let Some(writer) = self.rtc.writer(self.mid) else {
+            return Err("the browser removed the video");
+        };
+        match writer.write(self.pt, Instant::now(), MediaTime::from_90khz(pts), au) {
+            Ok(()) => {
+                self.counters.frames.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.id, error = %e, "WebRTC write");
+                Err("WebRTC error")
+            }
+        }
+    }
+
+    /// Polls the `Rtc` until it waits: sends its datagrams, handles its events. Returns when to
+    /// poll again, `None` when the peer is gone, or why the session must end.
+    async fn drain(&mut self) -> Result<Option<Instant>, &'static str> {
+        loop {
+            if !self.rtc.is_alive() {
+                return Ok(None);
+            }
+            let out = self.rtc.poll_output().map_err(|e| {
+                tracing::debug!(session = %self.id, error = %e, "WebRTC output");
+                "WebRTC error"
+            })?;
+            match out {
+                Output::Timeout(t) => return Ok(Some(t)),
+                Output::Transmit(t) => {
+                    let len = t.contents.len() as u64;
+                    match self.engine.socket.send_to(&t.contents, t.destination).await {
+                        Ok(_) => {
+                            self.counters.packets.fetch_add(1, Ordering::Relaxed);
+                            self.counters.bytes.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::debug!(session = %self.id, error = %e, "WebRTC send");
+                        }
+                    }
+                }
+                Output::Event(e) => self.event(e)?,
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) -> Result<(), &'static str> {
+        match e {
+            Event::Connected => {
+                self.counters.connected.store(true, Ordering::Relaxed);
+                tracing::debug!(session = %self.id, "WebRTC connected");
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                return Err("ICE disconnected");
+            }
+            Event::KeyframeRequest(_) => {
+                self.counters
+                    .keyframe_requests
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Event::MediaEgressStats(s) if s.mid == self.mid => {
+                self.counters.nacks.store(s.nacks, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A frame to send, and whether it came from the burst (and how big it is, for pacing).
+struct Next {
+    delivery: Delivery,
+    burst: bool,
+    bytes: usize,
+}
+
+/// The next frame: the cached GOP first, then the live queue. `None` once the hub is gone.
+async fn next_delivery(burst: &mut VecDeque<Delivery>, sub: &mut Subscription) -> Option<Next> {
+    if let Some(d) = burst.pop_front() {
+        let bytes = d.frame.data.len();
+        return Some(Next {
+            delivery: d,
+            burst: true,
+            bytes,
+        });
+    }
+    sub.recv().await.map(|delivery| Next {
+        delivery,
+        burst: false,
+        bytes: 0,
+    })
+}
+
+/// How long to wait after writing a burst frame of `bytes`: its share of [`BURST_SPREAD`] by size.
+fn burst_share(bytes: usize, burst_bytes: usize) -> Duration {
+    if burst_bytes == 0 {
+        return Duration::ZERO;
+    }
+    let share = bytes.min(burst_bytes) as f64 / burst_bytes as f64;
+    BURST_SPREAD.mul_f64(share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_burst_is_spread_by_size_over_the_spread() {
+        let sizes = [30_000usize, 3_000, 3_000, 4_000];
+        let total: usize = sizes.iter().sum();
+        let waits: Vec<Duration> = sizes.iter().map(|b| burst_share(*b, total)).collect();
+        let sum: Duration = waits.iter().sum();
+        assert!(
+            sum <= BURST_SPREAD && BURST_SPREAD - sum < Duration::from_millis(1),
+            "{sum:?}"
+        );
+        assert!(waits[0] > waits[1] * 9, "{waits:?}");
+        assert_eq!(burst_share(10, 0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,284 @@
+//! WHEP (draft-ietf-wish-whep) endpoints: `POST /whep/{stream_id}` with an SDP offer answers
+//! `201 Created` with the SDP answer and the session's `Location`; `DELETE` on that location ends
+//! the session; `PATCH` (trickle ICE) is accepted and ignored, since the ICE-lite server learns
+//! the browser's address from its checks; `OPTIONS` says what `POST` takes.
+//!
+//! Served on both listeners (the web UI uses the video listener), under the same access policy
+//! as `/ws/live`: a bearer token or a signed URL with the `live` action on the stream.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::OpenError;
+use crate::api::AppState;
+use crate::api::error::{ApiError, ErrorBody, parse_id};
+use crate::auth::Caller;
+use crate::auth::scope::Action;
+
+/// Largest SDP offer accepted (browsers send a few KiB).
+pub const MAX_OFFER_BYTES: usize = 64 * 1024;
+/// `Retry-After` when a stream is not live yet or the session limits are reached.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+const SDP: &str = "application/sdp";
+const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+
+/// Whether the request's `Content-Type` is `expected` (parameters ignored).
+fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
+fn retry_after(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER.as_secs()),
+    );
+    resp
+}
+
+/// Starts a WebRTC session (WHEP). Served on both listeners; the web UI uses the video
+/// listener. The answer carries every server candidate (the server does not trickle) on the one
+/// UDP port `[webrtc] udp_port`. H.264 video only: AAC audio has no WebRTC codec.
+#[utoipa::path(post, path = "/whep/{stream_id}", tag = "live",
+    params(("stream_id" = Uuid, Path, description = "Stream UUID")),
+    request_body(content = String, content_type = "application/sdp",
+        description = "The browser's SDP offer (`recvonly` video; candidates optional)"),
+    responses(
+        (status = 201, description = "The SDP answer; `Location` names the session (for DELETE)",
+            body = String, content_type = "application/sdp",
+            headers(("Location" = String, description = "`/whep/{stream_id}/{session_id}`"))),
+        (status = 400, description = "Malformed offer, or no H.264 video in it", body = ErrorBody),
+        (status = 404, description = "No such stream running", body = ErrorBody),
+        (status = 409, description = "Not live yet (`Retry-After`), or the stream sends B-frames or H.265 (use MSE or HLS)", body = ErrorBody),
+        (status = 413, description = "Offer larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not `application/sdp`", body = ErrorBody),
+        (status = 503, description = "WebRTC is off or unavailable, or the session or viewer limits are reached (`[webrtc] max_sessions*`, `[limits] viewers_*`; `Retry-After`)", body = ErrorBody),
+    ))]
+pub async fn offer(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let id = match parse_id(&raw) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    if !content_type_is(&headers, SDP) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the offer must be sent with Content-Type: application/sdp",
+        )
+        .into_response();
+    }
+    if body.len() > MAX_OFFER_BYTES {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the offer is larger than {MAX_OFFER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return ApiError::bad_request("the offer is not UTF-8 text").into_response();
+    };
+    if text.trim().is_empty() {
+        return ApiError::bad_request("the request has no SDP offer").into_response();
+    }
+    let Some(rt) = state.manager.runtime(id) else {
+        return ApiError::not_found(format!("stream {id} not found or not running"))
+            .into_response();
+    };
+    // A WebRTC session is a live viewer like an MSE one: it takes a place among the stream's
+    // viewers (`[limits]`), held by the session until it ends.
+    let place = match state.limits.viewers.try_enter(&id.to_string()) {
+        Ok(p) => p,
+        Err(refusal) => {
+            return retry_after(
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_viewers",
+                    crate::live::ws::viewers_reason(refusal),
+                )
+                .into_response(),
+            );
+        }
+    };
+    match state.webrtc.open(id, rt, text, place) {
+        Ok((session, answer)) => {
+            // The session ends when the credential that opened it stops covering it.
+            if let Some(ended) = state.webrtc.session_token(session) {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = ended.cancelled() => {}
+                        () = state.auth.revoked(&caller, Action::Live, id) => {
+                            tracing::info!(stream = %id, %session, client = caller.client_key(),
+                                "WebRTC session closed: credentials revoked");
+                            ended.cancel();
+                        }
+                    }
+                });
+            }
+            let location = format!("/whep/{id}/{session}");
+            let mut resp = (StatusCode::CREATED, answer).into_response();
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            resp
+        }
+        Err(e) => open_error(e),
+    }
+}
+
+fn open_error(e: OpenError) -> Response {
+    let message = e.to_string();
+    match e {
+        OpenError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webrtc_unavailable",
+            message,
+        )
+        .into_response(),
+        OpenError::UnknownStream(_) => ApiError::not_found(message).into_response(),
+        OpenError::NotLive(_) => {
+            retry_after(ApiError::new(StatusCode::CONFLICT, "not_live", message).into_response())
+        }
+        OpenError::BFrames(_) => {
+            ApiError::new(StatusCode::CONFLICT, "b_frames", message).into_response()
+        }
+        OpenError::Codec(..) => {
+            ApiError::new(StatusCode::CONFLICT, "unsupported_codec", message).into_response()
+        }
+        OpenError::Busy(_) => retry_after(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                message,
+            )
+            .into_response(),
+        ),
+        OpenError::BadOffer(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_offer", message)
+            .with_field("sdp")
+            .into_response(),
+    }
+}
+
+/// Adds `Accept-Post: application/sdp` to every answer to `OPTIONS /whep/...`: the CORS layer
+/// answers OPTIONS requests itself, before the route's handler.
+pub async fn accept_post(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let whep_options =
+        req.method() == axum::http::Method::OPTIONS && req.uri().path().starts_with("/whep/");
+    let mut resp = next.run(req).await;
+    if whep_options {
+        resp.headers_mut()
+            .insert("accept-post", HeaderValue::from_static(SDP));
+    }
+    resp
+}
+
+/// What `POST` takes (WHEP discovery and CORS).
+#[utoipa::path(options, path = "/whep/{stream_id}", tag = "live",
+    params(("stream_id" = Uuid, Path, description = "Stream UUID")),
+    responses(
+        (status = 204, description = "`Accept-Post: application/sdp`",
+            headers(("Accept-Post" = String, description = "`application/sdp`"))),
+    ))]
+pub async fn options(Path(_raw): Path<String>) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert("accept-post", HeaderValue::from_static(SDP));
+    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+    resp
+}
+
+fn session_ids(raw_stream: &str, raw_session: &str) -> Result<(uuid::Uuid, uuid::Uuid), ApiError> {
+    let stream = parse_id(raw_stream)?;
+    let session = uuid::Uuid::parse_str(raw_session).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("'{raw_session}' is not a valid session id: {e}"),
+        )
+        .with_field("session_id")
+    })?;
+    Ok((stream, session))
+}
+
+/// Ends a WebRTC session.
+#[utoipa::path(delete, path = "/whep/{stream_id}/{session_id}", tag = "live",
+    params(
+        ("stream_id" = Uuid, Path, description = "Stream UUID"),
+        ("session_id" = Uuid, Path, description = "Session UUID (from `Location`)"),
+    ),
+    responses(
+        (status = 200, description = "The session is closing"),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 404, description = "No such session of this stream", body = ErrorBody),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((raw_stream, raw_session)): Path<(String, String)>,
+) -> Response {
+    let (stream, session) = match session_ids(&raw_stream, &raw_session) {
+        Ok(ids) => ids,
+        Err(e) => return e.into_response(),
+    };
+    if state.webrtc.close(stream, session) {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::not_found(format!("no WebRTC session {session} of stream {stream}"))
+            .into_response()
+    }
+}
+
+/// Trickle ICE: accepted and ignored (the server is ICE-lite and learns the browser's address from
+/// its connectivity checks). ICE restarts are not supported.
+#[utoipa::path(patch, path = "/whep/{stream_id}/{session_id}", tag = "live",
+    params(
+        ("stream_id" = Uuid, Path, description = "Stream UUID"),
+        ("session_id" = Uuid, Path, description = "Session UUID (from `Location`)"),
+    ),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag"),
+    responses(
+        (status = 204, description = "Accepted (candidates are not needed)"),
+        (status = 400, description = "Bad id", body = ErrorBody),
+        (status = 404, description = "No such session of this stream", body = ErrorBody),
+        (status = 415, description = "Not `application/trickle-ice-sdpfrag`", body = ErrorBody),
+    ))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((raw_stream, raw_session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (stream, session) = match session_ids(&raw_stream, &raw_session) {
+        Ok(ids) => ids,
+        Err(e) => return e.into_response(),
+    };
+    if !content_type_is(&headers, TRICKLE) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        )
+        .into_response();
+    }
+    if state.webrtc.has_session(stream, session) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        ApiError::not_found(format!("no WebRTC session {session} of stream {stream}"))
+            .into_response()
+    }
+}
