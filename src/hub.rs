@@ -375,6 +375,14 @@ impl Subscription {
         Some(d)
     }
 
+    /// The next frame if one is queued now (a live viewer writes what piled up in one go).
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let d = self.rx.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(d.frame.data.len(), Ordering::Relaxed);
+        Some(d)
+    }
+
     /// Payload bytes waiting in this consumer's queue.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)

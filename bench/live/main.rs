@@ -152,7 +152,14 @@ impl Bench {
         format!("{}{mount}", self.rtsp.base)
     }
 
+    /// A new phase: the RTSP server has no client left from the previous one (and is restarted
+    /// if it died, which is reported).
     fn scratch(&mut self, name: &str) -> PathBuf {
+        self.rtsp.wait_idle(Duration::from_secs(20));
+        if !self.rtsp.alive() {
+            println!("note: the GStreamer RTSP server had exited; restarted it");
+            self.rtsp = RtspServer::start(&self.root);
+        }
         self.runs += 1;
         self.tmp.path().join(format!("{}-{name}", self.runs))
     }
@@ -182,6 +189,7 @@ impl Bench {
         recording: bool,
         extra: &str,
     ) -> (Server, Vec<uuid::Uuid>) {
+        let dir = self.scratch(name);
         let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
         let url = self.url("/av");
         let mut conf = format!(
@@ -200,7 +208,6 @@ impl Bench {
                 conf.push_str("archive = { recording = true }\n");
             }
         }
-        let dir = self.scratch(name);
         (Server::start(&dir, &conf), ids)
     }
 }
@@ -301,7 +308,8 @@ async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut St
         {
             let dir = b.scratch(&format!("ffmpeg{n}"));
             let mut ff = procs::Ffmpeg::start(&b.url("/av"), n, &dir);
-            ff.wait_receiving(Duration::from_secs(30 + n as u64 / 5));
+            // Generous: 50 ffmpeg processes probing their input at once on a loaded machine.
+            ff.wait_receiving(Duration::from_secs(60 + n as u64));
             tokio::time::sleep(WARM_UP).await;
             let frames0 = ff.frames();
             let t0 = Instant::now();
@@ -326,7 +334,7 @@ async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut St
         ] {
             let (server, ids) = b.server("ingest", n, outputs, true, "ms_per_file = 30000");
             server
-                .wait_receiving(&b.http, n, Duration::from_secs(30 + n as u64 / 5))
+                .wait_receiving(&b.http, n, Duration::from_secs(60 + n as u64 / 2))
                 .await;
             let mut v = Viewers::new();
             if viewers {
@@ -371,23 +379,33 @@ async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut St
         }
         let ffmpeg_cpu = rows[0].usage.cpu_percent;
         for r in &rows {
-            out.push_str(&format!(
-                "| {} | {} | {:.2} | {:.3} | {:.2}x | {:.1} | {:.2} | {} | {:.2} | {} | {} |\n",
-                r.what,
-                r.cameras,
-                r.usage.cpu_percent,
-                r.usage.cpu_percent / r.cameras as f64,
-                r.usage.cpu_percent / ffmpeg_cpu,
-                mib(r.usage.rss_kib),
-                mib(r.usage.rss_kib) / r.cameras as f64,
-                r.usage.fds,
-                r.usage.client_cpu_percent,
-                r.rate,
-                r.losses
-            ));
+            push_row(
+                out,
+                format!(
+                    "| {} | {} | {:.2} | {:.3} | {:.2}x | {:.1} | {:.2} | {} | {:.2} | {} | {} |\n",
+                    r.what,
+                    r.cameras,
+                    r.usage.cpu_percent,
+                    r.usage.cpu_percent / r.cameras as f64,
+                    r.usage.cpu_percent / ffmpeg_cpu,
+                    mib(r.usage.rss_kib),
+                    mib(r.usage.rss_kib) / r.cameras as f64,
+                    r.usage.fds,
+                    r.usage.client_cpu_percent,
+                    r.rate,
+                    r.losses
+                ),
+            );
         }
     }
     out.push('\n');
+}
+
+/// Adds a table row to the report and prints it at once, so a long run that fails later still
+/// shows what it measured.
+fn push_row(out: &mut String, row: String) {
+    eprint!("{row}");
+    out.push_str(&row);
 }
 
 async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut String) {
@@ -425,19 +443,22 @@ async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut St
         let (skip1, _) = losses(&server, &b.http).await;
         let per = |i: usize| (s1[i] - s0[i]) as f64 / elapsed / m as f64;
         assert!(per(3) > 0.0, "viewers received no video");
-        out.push_str(&format!(
-            "| {m} | {:.2} | {:.4} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.1} | {} | {} |\n",
-            usage.cpu_percent,
-            (usage.cpu_percent - base.cpu_percent) / m as f64,
-            mib(usage.rss_kib),
-            usage.rss_kib.saturating_sub(base.rss_kib) as f64 / m as f64,
-            usage.client_cpu_percent,
-            per(0),
-            per(1) * 8.0 / 1000.0,
-            per(3),
-            skip1 - skip0,
-            v.totals.bad_starts.load(Ordering::Relaxed),
-        ));
+        push_row(
+            out,
+            format!(
+                "| {m} | {:.2} | {:.4} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.1} | {} | {} |\n",
+                usage.cpu_percent,
+                (usage.cpu_percent - base.cpu_percent) / m as f64,
+                mib(usage.rss_kib),
+                usage.rss_kib.saturating_sub(base.rss_kib) as f64 / m as f64,
+                usage.client_cpu_percent,
+                per(0),
+                per(1) * 8.0 / 1000.0,
+                per(3),
+                skip1 - skip0,
+                v.totals.bad_starts.load(Ordering::Relaxed),
+            ),
+        );
         assert_eq!(
             v.totals.bad_starts.load(Ordering::Relaxed),
             0,

@@ -154,6 +154,8 @@ pub struct RtspServer {
     child: Child,
     _stdin: ChildStdin,
     pub base: String,
+    /// Its last `CLIENTS n` line: established client connections.
+    clients: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl RtspServer {
@@ -170,7 +172,9 @@ impl RtspServer {
             );
         let stdin = child.stdin.take().expect("stdin piped");
         let stdout = child.stdout.take().expect("stdout piped");
+        let clients = Arc::new(std::sync::atomic::AtomicI64::new(-1));
         let (tx, rx) = std::sync::mpsc::channel();
+        let counter = clients.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             // Read to the end (CLIENTS lines follow READY), so the server never blocks on stdout.
@@ -179,6 +183,10 @@ impl RtspServer {
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(base.to_owned());
+                } else if let Some(n) = line.strip_prefix("CLIENTS ")
+                    && let Ok(n) = n.trim().parse()
+                {
+                    counter.store(n, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
@@ -189,6 +197,23 @@ impl RtspServer {
             child,
             _stdin: stdin,
             base,
+            clients,
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until no client is connected (the previous phase's sessions are torn down), so
+    /// phases do not overlap.
+    pub fn wait_idle(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.clients.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -208,8 +233,12 @@ pub struct Server {
     pub video: String,
 }
 
+/// The binary under test: this build's, or `BENCH_SERVER_BIN` (to measure a saved copy of an
+/// earlier build against this one with the same harness).
 pub fn server_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_video-server"))
+    std::env::var_os("BENCH_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_video-server")))
 }
 
 impl Server {
@@ -433,12 +462,15 @@ impl Ffmpeg {
 
 impl Drop for Ffmpeg {
     fn drop(&mut self) {
+        // SIGTERM: ffmpeg tears its RTSP session down (the GStreamer server copes badly with
+        // many clients vanishing at once); SIGKILL for any still there after 10 s.
         for c in &mut self.children {
-            // The harness needs the processes gone, not their files finished.
-            let _ = c.kill();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
         }
         for c in &mut self.children {
-            let _ = c.wait();
+            stop_child(c);
         }
     }
 }

@@ -381,16 +381,7 @@ async fn read_samples(
     let frames = samples
         .iter()
         .zip(data)
-        .map(|(s, d)| Frame {
-            track: s.track,
-            dts: s.dts,
-            duration: s.duration,
-            cts_offset: s.cts_offset,
-            keyframe: s.keyframe,
-            wallclock_us: 0,
-            data: d.unwrap_or_default(),
-            params: params.clone(),
-        })
+        .map(|(s, d)| s.frame(d.unwrap_or_default(), params))
         .collect();
     Ok((frames, read))
 }

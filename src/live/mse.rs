@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::SinkExt;
 
 use super::ws::{close_read_error, close_with};
 use crate::hub::Delivery;
@@ -31,6 +32,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEYFRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Audio-only streams: frames per fragment.
 const AUDIO_ONLY_FRAMES_PER_FRAGMENT: usize = 4;
+/// Most messages a viewer writes with one flush (frames that piled up in its queue); bounds the
+/// WebSocket write buffer of a viewer that catches up.
+const MAX_BATCH_MESSAGES: usize = 64;
 
 /// Turns hub deliveries into the WebSocket messages of one viewer.
 pub struct MseMuxer {
@@ -112,6 +116,12 @@ impl MseMuxer {
     /// Feeds one delivery; returns the binary messages to send, in order.
     pub fn push(&mut self, d: Delivery) -> Result<Vec<Bytes>, MediaError> {
         let mut out = Vec::new();
+        self.push_into(d, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`MseMuxer::push`] appending to `out` (a viewer reuses one vector for every frame).
+    pub fn push_into(&mut self, d: Delivery, out: &mut Vec<Bytes>) -> Result<(), MediaError> {
         let mut f = d.frame;
         let has_video = f.params.video.is_some();
         let sync = match f.track {
@@ -125,7 +135,7 @@ impl MseMuxer {
         if new_codecs || d.discontinuity {
             if !sync {
                 // Wait for a keyframe (with the new codecs, or after a skip).
-                return Ok(out);
+                return Ok(());
             }
             self.pending_audio.clear();
             if new_codecs {
@@ -142,15 +152,15 @@ impl MseMuxer {
             ]);
         }
         let Some(offsets) = self.offsets else {
-            return Ok(out);
+            return Ok(());
         };
         let Some(params) = self.params.clone() else {
-            return Ok(out);
+            return Ok(());
         };
         f.dts -= offsets[idx(f.track)];
         if f.dts < 0 {
             // Audio captured before the first keyframe: nothing to attach it to.
-            return Ok(out);
+            return Ok(());
         }
         let ts = params.timescale(f.track);
         match f.track {
@@ -161,18 +171,21 @@ impl MseMuxer {
                 self.last_end_us = to_us(f.dts + i64::from(f.duration), ts);
                 self.pending_audio.push(f);
                 if self.pending_audio.len() >= AUDIO_ONLY_FRAMES_PER_FRAGMENT {
-                    let frames = std::mem::take(&mut self.pending_audio);
-                    out.push(self.writer.write(&params, &frames)?);
+                    let fragment = self.writer.write(&params, &self.pending_audio);
+                    self.pending_audio.clear();
+                    out.push(fragment?);
                 }
             }
             TrackKind::Video => {
                 self.last_end_us = to_us(f.dts + i64::from(f.duration), ts);
-                let mut frames = std::mem::take(&mut self.pending_audio);
-                frames.push(f);
-                out.push(self.writer.write(&params, &frames)?);
+                // The audio since the last video frame rides with it (the vector is reused).
+                self.pending_audio.push(f);
+                let fragment = self.writer.write(&params, &self.pending_audio);
+                self.pending_audio.clear();
+                out.push(fragment?);
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -210,7 +223,16 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
         return;
     }
     let mut mux = MseMuxer::new();
+    // The keyframe timer and the stop signal are set up once per session, not around every frame:
+    // re-registering a timer and a cancellation waiter per frame and viewer was a visible part of
+    // the fan-out cost (docs/benchmarks.md, "Profiles"). The timer is moved on lazily: when it
+    // fires early because keyframes came meanwhile, it is set to the latest deadline.
     let mut keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
+    let keyframe_timer = tokio::time::sleep_until(keyframe_deadline);
+    tokio::pin!(keyframe_timer);
+    let stopped = rt.stopped();
+    tokio::pin!(stopped);
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         tokio::select! {
             msg = socket.recv() => match msg {
@@ -232,34 +254,55 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
                     close_stopped(&mut socket).await;
                     return;
                 };
-                if d.frame.track == TrackKind::Video && d.frame.keyframe {
-                    keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
-                }
-                let messages = match mux.push(d) {
-                    Ok(m) => m,
-                    Err(e) => {
+                // Frames already queued behind this one (a new viewer's cached GOP, a viewer
+                // catching up) go out in the same write: one flush, one syscall.
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    if d.frame.track == TrackKind::Video && d.frame.keyframe {
+                        keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
+                    }
+                    if let Err(e) = mux.push_into(d, &mut batch) {
                         tracing::warn!(error = %e, "cannot mux a fragment for a viewer");
                         close_with(&mut socket, "Can't write packet to the muxer").await;
                         return;
                     }
-                };
-                for m in messages {
-                    if !send(&mut socket, Message::Binary(m)).await {
-                        close_with(&mut socket, "Can't write buffered message").await;
-                        return;
-                    }
+                    next = if batch.len() < MAX_BATCH_MESSAGES { sub.try_recv() } else { None };
+                }
+                if !send_batch(&mut socket, &mut batch).await {
+                    close_with(&mut socket, "Can't write buffered message").await;
+                    return;
                 }
             }
-            _ = rt.stopped() => {
+            () = &mut stopped => {
                 close_stopped(&mut socket).await;
                 return;
             }
-            _ = tokio::time::sleep_until(keyframe_deadline) => {
-                // As in the original: no keyframe for 10 s closes the connection without a frame.
-                return;
+            () = &mut keyframe_timer => {
+                if keyframe_deadline > tokio::time::Instant::now() {
+                    keyframe_timer.as_mut().reset(keyframe_deadline);
+                } else {
+                    // As in the original: no keyframe for 10 s closes the connection without a
+                    // frame.
+                    return;
+                }
             }
         }
     }
+}
+
+/// Sends `batch` (emptied) with one flush at the end: the WebSocket layer buffers the messages
+/// and writes them together. `WRITE_TIMEOUT` applies to the whole batch.
+async fn send_batch(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let write = async {
+        for m in batch.drain(..) {
+            socket.feed(Message::Binary(m)).await?;
+        }
+        socket.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 /// Tells a viewer its stream stopped (deleted, disabled, restarted, server shutdown), so a client

@@ -95,11 +95,21 @@ pub async fn close_read_error(socket: &mut WebSocket, err: &axum::Error, limit: 
     }
 }
 
+/// Bytes the WebSocket layer reads from a socket at a time. Its default (128 KiB) is zero-filled
+/// before every read attempt, and a live session attempts a read each time it wakes for a frame:
+/// with hundreds of viewers that memset was two thirds of the server's CPU (docs/benchmarks.md,
+/// "Profiles"). Clients only send short text (`ping`, `more`); a longer message still arrives, in
+/// several reads.
+const READ_BUFFER_BYTES: usize = 4096;
+
 /// Applies `[limits] ws_max_message_bytes` to a connection about to be upgraded: a larger message
-/// (or frame) is refused as soon as its header arrives, before it is buffered.
+/// (or frame) is refused as soon as its header arrives, before it is buffered. Also sets the read
+/// buffer ([`READ_BUFFER_BYTES`]).
 fn limit_messages(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let max = state.limits.ws_max_message_bytes;
-    ws.max_message_size(max).max_frame_size(max)
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
 }
 
 /// The close reason of a viewer over a limit.

@@ -111,15 +111,9 @@ impl Mp4File {
         let mut per_track = per_track.into_iter().map(|samples| {
             samples
                 .into_iter()
-                .map(|s| Frame {
-                    track: s.track,
-                    dts: s.dts,
-                    duration: s.duration,
-                    cts_offset: s.cts_offset,
-                    keyframe: s.keyframe,
-                    wallclock_us: 0,
-                    data: data.slice(s.range.start as usize..s.range.end as usize),
-                    params: params.clone(),
+                .map(|s| {
+                    let payload = data.slice(s.range.start as usize..s.range.end as usize);
+                    s.frame(payload, &params)
                 })
                 .collect::<Vec<Frame>>()
         });
@@ -191,6 +185,22 @@ pub struct IndexedSample {
     pub cts_offset: i32,
     pub keyframe: bool,
     pub range: std::ops::Range<u64>,
+}
+
+impl IndexedSample {
+    /// The frame of this sample, given its payload (the bytes of `range`).
+    pub fn frame(&self, data: Bytes, params: &Arc<StreamParams>) -> Frame {
+        Frame {
+            track: self.track,
+            dts: self.dts,
+            duration: self.duration,
+            cts_offset: self.cts_offset,
+            keyframe: self.keyframe,
+            wallclock_us: 0,
+            data,
+            params: params.clone(),
+        }
+    }
 }
 
 /// Indexes a progressive MP4 of `file_len` bytes from its `moov` box alone (`moov` holds the

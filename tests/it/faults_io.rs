@@ -61,16 +61,20 @@ fn caught_up(rows: &[SegmentRow], dir: &Path) -> bool {
     keys == names && complete + 1 >= rows.len()
 }
 
-/// Postgres stopped while a stream records (`FAULT_OUTAGE_S`, 10 s by default), then started
-/// again: segment files keep being written through the outage with no gap between them, and the
-/// index catches up within 10 s of the database's return. Uses a private Postgres instance.
-#[tokio::test(flavor = "multi_thread")]
-async fn recording_goes_on_through_a_postgres_outage() {
-    let mut pg = PrivatePostgres::start();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let mp4 = tmp.path().join("mp4");
+/// A server on the private Postgres `pg` recording the demo clip in 2 s segments under `tmp`
+/// (`archive_extra`: more `[archive]` keys), once two segments are complete: the server, the
+/// stream, its index and its archive directory.
+async fn recording_on(
+    pg: &PrivatePostgres,
+    tmp: &Path,
+    archive_extra: &str,
+) -> (InProcess, Uuid, Db, std::path::PathBuf) {
     let s = InProcess::start_with_db(
-        &format!("{}{}", archive_config(tmp.path(), 2000), demo_recording()),
+        &format!(
+            "{}{archive_extra}{}",
+            archive_config(tmp, 2000),
+            demo_recording()
+        ),
         Some(pg.url()),
     )
     .await;
@@ -81,6 +85,17 @@ async fn recording_goes_on_through_a_postgres_outage() {
         (rows.iter().filter(|r| r.state == "complete").count() >= 2).then_some(())
     })
     .await;
+    (s, id, db, tmp.join("mp4"))
+}
+
+/// Postgres stopped while a stream records (`FAULT_OUTAGE_S`, 10 s by default), then started
+/// again: segment files keep being written through the outage with no gap between them, and the
+/// index catches up within 10 s of the database's return. Uses a private Postgres instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn recording_goes_on_through_a_postgres_outage() {
+    let mut pg = PrivatePostgres::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (s, id, db, mp4) = recording_on(&pg, tmp.path(), "").await;
 
     let length = outage(10);
     pg.stop("fast");
@@ -156,23 +171,7 @@ async fn recording_goes_on_through_a_postgres_outage() {
 async fn probes_answer_and_recording_goes_on_while_postgres_is_frozen() {
     let mut pg = PrivatePostgres::start();
     let tmp = tempfile::tempdir().expect("tmp");
-    let mp4 = tmp.path().join("mp4");
-    let s = InProcess::start_with_db(
-        &format!(
-            "{}root_check_s = 1\n{}",
-            archive_config(tmp.path(), 2000),
-            demo_recording()
-        ),
-        Some(pg.url()),
-    )
-    .await;
-    let id: Uuid = DEMO.parse().expect("uuid");
-    let db = s.state.db.clone();
-    wait_for("two complete segments", Duration::from_secs(30), || async {
-        let rows = rows_now(&db, id).await?;
-        (rows.iter().filter(|r| r.state == "complete").count() >= 2).then_some(())
-    })
-    .await;
+    let (s, id, db, mp4) = recording_on(&pg, tmp.path(), "root_check_s = 1\n").await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()

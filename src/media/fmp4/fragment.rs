@@ -52,11 +52,13 @@ impl FragmentWriter {
         if frames.is_empty() {
             return Err(MediaError::Mux("fragment without frames".into()));
         }
-        // (track id, frames of that track) in track-id order.
-        let mut tracks: Vec<(u32, Vec<&Frame>)> = Vec::with_capacity(2);
+        // (track id, kind, frames of that kind) in track-id order; no allocation (this runs for
+        // every frame of every live viewer).
+        let mut tracks = [(0u32, TrackKind::Video, 0usize); 2];
+        let mut n_tracks = 0;
         for kind in [TrackKind::Video, TrackKind::Audio] {
-            let of_kind: Vec<&Frame> = frames.iter().filter(|f| f.track == kind).collect();
-            if of_kind.is_empty() {
+            let count = frames.iter().filter(|f| f.track == kind).count();
+            if count == 0 {
                 continue;
             }
             let id = track_id(params, kind).ok_or_else(|| {
@@ -64,16 +66,19 @@ impl FragmentWriter {
                     "{kind:?} frame but the stream has no {kind:?} track"
                 ))
             })?;
-            tracks.push((id, of_kind));
+            tracks[n_tracks] = (id, kind, count);
+            n_tracks += 1;
         }
-        tracks.sort_by_key(|(id, _)| *id);
+        let tracks = &mut tracks[..n_tracks];
+        tracks.sort_by_key(|(id, _, _)| *id);
+        let of_kind = |kind: TrackKind| frames.iter().filter(move |f| f.track == kind);
 
         let moof_size = 8
             + MFHD_SIZE
             + tracks
                 .iter()
-                .map(|(_, fs)| {
-                    8 + TFHD_SIZE + TFDT_V1_SIZE + TRUN_HEADER_SIZE + TRUN_SAMPLE_SIZE * fs.len()
+                .map(|(_, _, count)| {
+                    8 + TFHD_SIZE + TFDT_V1_SIZE + TRUN_HEADER_SIZE + TRUN_SAMPLE_SIZE * count
                 })
                 .sum::<usize>();
         let payload_size: usize = frames.iter().map(|f| f.data.len()).sum();
@@ -91,15 +96,15 @@ impl FragmentWriter {
         out.put_u32(sequence_number);
 
         let mut data_offset = moof_size + mdat_header_size;
-        for (id, fs) in &tracks {
-            let trun_size = TRUN_HEADER_SIZE + TRUN_SAMPLE_SIZE * fs.len();
+        for &(id, kind, count) in tracks.iter() {
+            let trun_size = TRUN_HEADER_SIZE + TRUN_SAMPLE_SIZE * count;
             put_box_header(&mut out, 8 + TFHD_SIZE + TFDT_V1_SIZE + trun_size, b"traf")?;
 
             put_box_header(&mut out, TFHD_SIZE, b"tfhd")?;
             out.put_u32(TFHD_DEFAULT_BASE_IS_MOOF); // version 0
-            out.put_u32(*id);
+            out.put_u32(id);
 
-            let base_dts = fs[0].dts;
+            let base_dts = of_kind(kind).next().map_or(0, |f| f.dts);
             let base_dts = u64::try_from(base_dts)
                 .map_err(|_| MediaError::Mux(format!("negative dts {base_dts}")))?;
             put_box_header(&mut out, TFDT_V1_SIZE, b"tfdt")?;
@@ -108,13 +113,13 @@ impl FragmentWriter {
 
             put_box_header(&mut out, trun_size, b"trun")?;
             out.put_u32((1 << 24) | TRUN_FLAGS); // version 1: signed composition offsets
-            out.put_u32(fs.len() as u32);
+            out.put_u32(count as u32);
             out.put_i32(i32::try_from(data_offset).map_err(|_| {
                 MediaError::Mux(format!(
                     "fragment too large ({data_offset} bytes before data)"
                 ))
             })?);
-            for f in fs {
+            for f in of_kind(kind) {
                 let size = u32::try_from(f.data.len()).map_err(|_| {
                     MediaError::Mux(format!("sample of {} bytes too large", f.data.len()))
                 })?;
@@ -138,8 +143,8 @@ impl FragmentWriter {
         } else {
             put_box_header(&mut out, payload_size + 8, b"mdat")?;
         }
-        for (_, fs) in &tracks {
-            for f in fs {
+        for &(_, kind, _) in tracks.iter() {
+            for f in of_kind(kind) {
                 out.put_slice(&f.data);
             }
         }
