@@ -199,10 +199,12 @@ impl Cluster {
             let started = Instant::now();
             let holding = !self.manager.held().is_empty();
             let fence_at = last_ok.map(|t| t + fence_after);
-            let mut limit = started + every;
-            if holding && let Some(f) = fence_at {
-                limit = limit.min(f);
-            }
+            // A slow pass is given until the cameras would have to stop anyway (cancelling it
+            // earlier would only turn a slow renewal into a failed one).
+            let limit = match fence_at {
+                Some(f) if holding => f,
+                _ => started + 2 * every,
+            };
             let resync = self.resync.swap(false, std::sync::atomic::Ordering::SeqCst)
                 || started.duration_since(last_resync) >= RESYNC;
             match tokio::time::timeout_at(limit, self.pass(resync)).await {
