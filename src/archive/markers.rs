@@ -380,29 +380,20 @@ impl MarkedRoots {
     /// recording is meant to go on through database outages).
     pub async fn check(&self, root: &Arc<Root>) -> RootState {
         let known = lock(&root.state).1;
-        let marker = match tokio::time::timeout(CHECK_TIMEOUT, self.read_marker_of(root)).await {
-            Ok(Some(marker)) => marker,
-            Ok(None) => {
-                root.set_state(RootState::Unreadable, known);
-                return RootState::Unreadable;
-            }
-            Err(_) => {
-                tracing::warn!(root = %root.path.display(), "reading the storage root marker timed out");
-                root.set_state(RootState::Unreadable, known);
-                return RootState::Unreadable;
-            }
+        let Some(marker) = self.read_marker_of(root).await else {
+            root.set_state(RootState::Unreadable, known);
+            return RootState::Unreadable;
         };
-        let judged = tokio::time::timeout(CHECK_TIMEOUT, self.judge(root, &marker)).await;
-        let (state, id) = match judged {
+        let (state, id) = match tokio::time::timeout(CHECK_TIMEOUT, self.judge(root, &marker)).await
+        {
             Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                tracing::warn!(root = %root.path.display(), error = %e,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_owned(),
+                };
+                tracing::warn!(root = %root.path.display(), %error,
                     "cannot ask the index about a storage root: judging its marker by the known id");
-                without_index(&marker, root.state(), known)
-            }
-            Err(_) => {
-                tracing::warn!(root = %root.path.display(),
-                    "the index did not answer about a storage root: judging its marker by the known id");
                 without_index(&marker, root.state(), known)
             }
         };
@@ -419,11 +410,7 @@ impl MarkedRoots {
         if known.is_none() {
             return self.check(root).await;
         }
-        let marker = tokio::time::timeout(CHECK_TIMEOUT, self.read_marker_of(root))
-            .await
-            .ok()
-            .flatten();
-        let (state, id) = match marker {
+        let (state, id) = match self.read_marker_of(root).await {
             Some(marker) => without_index(&marker, was, known),
             None => (RootState::Unreadable, known),
         };
@@ -431,8 +418,17 @@ impl MarkedRoots {
         state
     }
 
-    /// Reads `root`'s marker file off the async threads; `None` when it cannot be read (logged).
+    /// Reads `root`'s marker file off the async threads, waiting at most [`CHECK_TIMEOUT`];
+    /// `None` when it cannot be read or did not come in time (logged).
     async fn read_marker_of(&self, root: &Arc<Root>) -> Option<MarkerRead> {
+        let read = tokio::time::timeout(CHECK_TIMEOUT, self.read_marker_blocking(root)).await;
+        if read.is_err() {
+            tracing::warn!(root = %root.path.display(), "reading the storage root marker timed out");
+        }
+        read.ok().flatten()
+    }
+
+    async fn read_marker_blocking(&self, root: &Arc<Root>) -> Option<MarkerRead> {
         if root.reading.swap(true, Ordering::AcqRel) {
             // The previous read has not returned (a hung mount): do not pile up threads on it.
             return None;

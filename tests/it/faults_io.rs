@@ -108,12 +108,7 @@ async fn recording_goes_on_through_a_postgres_outage() {
     .await;
     tokio::time::sleep(length.saturating_sub(down.elapsed())).await;
     let files_in_outage = files_under(&mp4).len() - files_at_stop;
-    let recorder = s
-        .state
-        .manager
-        .runtime(id)
-        .and_then(|rt| rt.recorder_stats())
-        .expect("recorder stats");
+    let recorder = recorder_of(&s, id);
     let waiting = recorder.snapshot().index_pending;
     assert!(
         waiting as usize >= files_in_outage,
@@ -121,15 +116,7 @@ async fn recording_goes_on_through_a_postgres_outage() {
     );
     pg.restart();
     let back = Instant::now();
-    wait_for(
-        "the index to catch up with the files",
-        Duration::from_secs(10),
-        || async {
-            let rows = rows_now(&db, id).await?;
-            caught_up(&rows, &mp4).then_some(())
-        },
-    )
-    .await;
+    index_caught_up(&db, id, &mp4, Duration::from_secs(10)).await;
     let catch_up = back.elapsed();
     let stats = recorder.snapshot();
     assert_eq!(stats.index_dropped, 0, "{stats:?}");
@@ -231,15 +218,7 @@ async fn probes_answer_and_recording_goes_on_while_postgres_is_frozen() {
         },
     )
     .await;
-    wait_for(
-        "the index to catch up with the files",
-        Duration::from_secs(15),
-        || async {
-            let rows = rows_now(&db, id).await?;
-            caught_up(&rows, &mp4).then_some(())
-        },
-    )
-    .await;
+    index_caught_up(&db, id, &mp4, Duration::from_secs(15)).await;
 
     // The same with the database stopped (connections refused): root checks run and cannot ask
     // the index; the disk is still judged available by its marker.
@@ -263,15 +242,7 @@ async fn probes_answer_and_recording_goes_on_while_postgres_is_frozen() {
     )
     .await;
     pg.restart();
-    wait_for(
-        "the index to catch up after the restart",
-        Duration::from_secs(20),
-        || async {
-            let rows = rows_now(&db, id).await?;
-            caught_up(&rows, &mp4).then_some(())
-        },
-    )
-    .await;
+    index_caught_up(&db, id, &mp4, Duration::from_secs(20)).await;
     let stats = recorder_of(&s, id).snapshot();
     assert_eq!(
         (stats.root_paused, stats.root_pauses),
@@ -281,6 +252,15 @@ async fn probes_answer_and_recording_goes_on_while_postgres_is_frozen() {
     assert_eq!(stats.index_dropped, 0, "{stats:?}");
     assert_eq!(stats.write_errors, 0, "{stats:?}");
     let _dir = s.stop().await;
+}
+
+/// Waits until the index covers every file of the stream under `mp4` (see [`caught_up`]).
+async fn index_caught_up(db: &Db, id: Uuid, mp4: &Path, timeout: Duration) {
+    wait_for("the index to catch up with the files", timeout, || async {
+        let rows = rows_now(db, id).await?;
+        caught_up(&rows, mp4).then_some(())
+    })
+    .await;
 }
 
 /// Counters of the stream's recorder.
