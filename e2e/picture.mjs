@@ -108,12 +108,21 @@ export function installPictureProbe(opts) {
           const c = L.crop;
           const cw = Math.min(c.w, w);
           const ch = Math.min(c.h, h);
-          const crop = grey(fctx.getImageData(c.x, c.y, cw, ch).data);
+          // One read of the frame (hundreds of 1-pixel reads would load the page's main thread,
+          // and a WebRTC receiver counts a late frame as a freeze).
+          const all = fctx.getImageData(0, 0, w, h).data;
+          const crop = new Uint8Array(cw * ch);
+          for (let y = 0; y < ch; y++) {
+            for (let x = 0; x < cw; x++) {
+              const i = ((c.y + y) * w + (c.x + x)) * 4;
+              crop[y * cw + x] = Math.round(0.299 * all[i] + 0.587 * all[i + 1] + 0.114 * all[i + 2]);
+            }
+          }
           const bars = L.bars.map((b) => L.barPoints.map(([dx, y]) => {
             const px = Math.max(0, Math.min(w - 1, Math.round((b.x + dx) * sx)));
             const py = Math.max(0, Math.min(h - 1, Math.round(y * sy)));
-            const d = fctx.getImageData(px, py, 1, 1).data;
-            return [d[0], d[1], d[2]];
+            const i = (py * w + px) * 4;
+            return [all[i], all[i + 1], all[i + 2]];
           }));
           const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
           const st = window.__stats || {};

@@ -165,6 +165,12 @@ async function scenarioGrid(page) {
   const s = await waitPlaying(page, `${tileSel(cfg.streamId)} video`, 50, 40_000);
   const picture = cfg.picture ? await checkDemoPicture(page, `${tileSel(cfg.streamId)} video`) : null;
   const transport = await page.getAttribute(tileSel(cfg.streamId), 'data-transport');
+  // From the player's first connection to its first picture (a new user's wait), and the path.
+  const firstPicture = await page.evaluate((id) => {
+    const h = window.__tiles.get(id).history;
+    const p = h.find((x) => x.state === 'playing');
+    return p ? { ms: p.firstPictureMs, transport: p.transport, fallbacks: h.filter((x) => x.state === 'connecting').length - 1 } : null;
+  }, cfg.streamId);
   const badges = await page.textContent(`${tileSel(cfg.streamId)} .tile-badges`);
   await sleep(1500); // badges from the first status poll
   await shot(page, 'grid.png');
@@ -173,7 +179,7 @@ async function scenarioGrid(page) {
   await sleep(800);
   await shot(page, 'grid-phone.png');
   await page.setViewportSize(vp);
-  return { ok: true, frames: s.frames, advanced: +s.advanced.toFixed(2), videoSize: `${s.w}x${s.h}`, transport, badges, picture };
+  return { ok: true, frames: s.frames, advanced: +s.advanced.toFixed(2), videoSize: `${s.w}x${s.h}`, transport, badges, picture, firstPicture };
 }
 
 async function scenarioCameras(page) {
@@ -449,12 +455,15 @@ async function scenarioTiles(page) {
     return { fps: +((e.frames - a[i].frames) / s).toFixed(1), dropped: e.dropped - a[i].dropped, advanced: +(e.ct - a[i].ct).toFixed(2) };
   });
   const fps = per.map((p) => p.fps).sort((x, y) => x - y);
+  // The path each tile plays over (the player's choice, shown in its badge).
+  const transports = {};
+  for (const t of await page.$$eval('.tile', (ts) => ts.map((x) => x.dataset.transport))) transports[t] = (transports[t] || 0) + 1;
   await shot(page, 'grid-16.png');
   // The first tile's picture is the demo clip's (after the measurement: the probe draws it). Its
   // frame rate is the measurement's (16 software decoders on a loaded machine fall below 25).
   const picture = cfg.picture ? await checkDemoPicture(page, `${tileSel(ids[0])} video`, 20_000, null) : null;
   return {
-    ok: true, tiles: per.length, measureS: cfg.measureS, picture,
+    ok: true, tiles: per.length, measureS: cfg.measureS, picture, transports,
     minFps: fps[0], medianFps: fps[Math.floor(fps.length / 2)], maxFps: fps[fps.length - 1],
     droppedTotal: per.reduce((s, p) => s + p.dropped, 0), perTile: per,
   };

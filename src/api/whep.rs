@@ -56,8 +56,8 @@ fn retry_after(mut resp: Response) -> Response {
             body = String, content_type = "application/sdp",
             headers(("Location" = String, description = "`/whep/{stream_id}/{session_id}`"))),
         (status = 400, description = "Malformed offer, or no H.264 video in it", body = ErrorBody),
-        (status = 404, description = "No such stream running", body = ErrorBody),
-        (status = 409, description = "Not live yet (`Retry-After`), or the stream sends B-frames or H.265 (use MSE or HLS)", body = ErrorBody),
+        (status = 404, description = "No such stream", body = ErrorBody),
+        (status = 409, description = "Not live yet, or the stream is disabled or stopped (`not_live`, `not_running`; both with `Retry-After`), or the stream sends B-frames or H.265 (use MSE or HLS)", body = ErrorBody),
         (status = 413, description = "Offer larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/sdp`", body = ErrorBody),
         (status = 503, description = "WebRTC is off or unavailable, or the session or viewer limits are reached (`[webrtc] max_sessions*`, `[limits] viewers_*`; `Retry-After`)", body = ErrorBody),
@@ -96,8 +96,7 @@ pub async fn offer(
         return ApiError::bad_request("the request has no SDP offer").into_response();
     }
     let Some(rt) = state.manager.runtime(id) else {
-        return ApiError::not_found(format!("stream {id} not found or not running"))
-            .into_response();
+        return not_running(&state, id).await;
     };
     // A WebRTC session is a live viewer like an MSE one: it takes a place among the stream's
     // viewers (`[limits]`), held by the session until it ends.
@@ -140,6 +139,42 @@ pub async fn offer(
             resp
         }
         Err(e) => open_error(e),
+    }
+}
+
+/// The answer for a stream that does not run here: 409 + `Retry-After` when it exists but is
+/// disabled or stopped (it may run again), 404 when there is no such stream.
+async fn not_running(state: &AppState, id: uuid::Uuid) -> Response {
+    match crate::db::streams::get(&state.db, id).await {
+        Ok(Some(rec)) => {
+            let message = if rec.spec.enabled {
+                format!("stream {id} is not running on this server; try again later")
+            } else {
+                format!("stream {id} is disabled; it plays once it is enabled again")
+            };
+            retry_after(ApiError::new(StatusCode::CONFLICT, "not_running", message).into_response())
+        }
+        Ok(None) => ApiError::not_found(format!("stream {id} not found")).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// 404 for a session that is not open: `session_ended` with why and how long ago when it ended
+/// recently, `not_found` otherwise.
+fn no_session(state: &AppState, stream: uuid::Uuid, session: uuid::Uuid) -> Response {
+    match state.webrtc.ended(stream, session) {
+        Some(e) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "session_ended",
+            format!(
+                "WebRTC session ended {} s ago: {}",
+                e.at.elapsed().as_secs(),
+                e.reason
+            ),
+        )
+        .into_response(),
+        None => ApiError::not_found(format!("no WebRTC session {session} of stream {stream}"))
+            .into_response(),
     }
 }
 
@@ -226,7 +261,7 @@ fn session_ids(raw_stream: &str, raw_session: &str) -> Result<(uuid::Uuid, uuid:
     responses(
         (status = 200, description = "The session is closing"),
         (status = 400, description = "Bad id", body = ErrorBody),
-        (status = 404, description = "No such session of this stream", body = ErrorBody),
+        (status = 404, description = "No such session of this stream; `session_ended` with why when it ended (e.g. `stream stopped`, `browser silent (consent expired)`)", body = ErrorBody),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -239,8 +274,7 @@ pub async fn delete(
     if state.webrtc.close(stream, session) {
         StatusCode::OK.into_response()
     } else {
-        ApiError::not_found(format!("no WebRTC session {session} of stream {stream}"))
-            .into_response()
+        no_session(&state, stream, session)
     }
 }
 
@@ -255,7 +289,7 @@ pub async fn delete(
     responses(
         (status = 204, description = "Accepted (candidates are not needed)"),
         (status = 400, description = "Bad id", body = ErrorBody),
-        (status = 404, description = "No such session of this stream", body = ErrorBody),
+        (status = 404, description = "No such session of this stream; `session_ended` with why when it ended", body = ErrorBody),
         (status = 415, description = "Not `application/trickle-ice-sdpfrag`", body = ErrorBody),
     ))]
 pub async fn patch(
@@ -278,7 +312,6 @@ pub async fn patch(
     if state.webrtc.has_session(stream, session) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        ApiError::not_found(format!("no WebRTC session {session} of stream {stream}"))
-            .into_response()
+        no_session(&state, stream, session)
     }
 }

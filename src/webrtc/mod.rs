@@ -15,7 +15,7 @@ pub mod h264;
 mod session;
 mod stun;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -289,6 +289,18 @@ impl WebRtc {
             .map(|e| e.cancel.clone())
     }
 
+    /// A recently ended session of `stream_id` (the last few hundred are remembered) with why it
+    /// ended; `None` for one that is still open or was never known.
+    pub fn ended(&self, stream_id: Uuid, session: Uuid) -> Option<EndedSession> {
+        let engine = self.engine.as_ref()?;
+        let reg = engine.lock();
+        reg.recent_ends
+            .iter()
+            .rev()
+            .find(|e| e.session == session && e.stream == stream_id)
+            .cloned()
+    }
+
     /// Whether `stream_id` has this session (it is removed once its task has ended).
     pub fn has_session(&self, stream_id: Uuid, session: Uuid) -> bool {
         self.engine.as_ref().is_some_and(|e| {
@@ -424,6 +436,22 @@ struct Registry {
     by_addr: HashMap<SocketAddr, Uuid>,
     /// Counters of ended sessions, by stream (one entry per stream ever watched over WebRTC).
     ended: HashMap<Uuid, StreamCounts>,
+    /// The last [`RECENT_ENDS`] sessions that ended, newest last: a client asking about one
+    /// (DELETE, PATCH) learns that it ended and why.
+    recent_ends: VecDeque<EndedSession>,
+}
+
+/// How many ended sessions are remembered with their reason.
+const RECENT_ENDS: usize = 256;
+
+/// A session that has ended: why, and when.
+#[derive(Debug, Clone)]
+pub struct EndedSession {
+    pub session: Uuid,
+    pub stream: Uuid,
+    /// Why it ended, e.g. `stream stopped`, `browser silent (consent expired)`.
+    pub reason: &'static str,
+    pub at: Instant,
 }
 
 struct Entry {
@@ -602,10 +630,19 @@ impl Engine {
         Ok((id, answer.to_sdp_string()))
     }
 
-    /// Removes an ended session and adds its counters to the totals.
-    fn remove(&self, id: Uuid) {
+    /// Removes an ended session, adds its counters to the totals and remembers why it ended.
+    fn remove(&self, id: Uuid, reason: &'static str) {
         let mut reg = self.lock();
         if let Some(e) = reg.sessions.remove(&id) {
+            if reg.recent_ends.len() >= RECENT_ENDS {
+                reg.recent_ends.pop_front();
+            }
+            reg.recent_ends.push_back(EndedSession {
+                session: id,
+                stream: e.stream,
+                reason,
+                at: Instant::now(),
+            });
             reg.ended.entry(e.stream).or_default().add(&e.counters);
             let c = &e.counters;
             let t = &self.totals;

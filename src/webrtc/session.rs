@@ -66,7 +66,7 @@ impl Session {
         self.rtc.disconnect();
         // Sends what disconnecting produced (a DTLS close alert), best effort.
         let _ = self.drain().await;
-        self.engine.remove(self.id);
+        self.engine.remove(self.id, reason);
         self.cancel.cancel();
         tracing::info!(stream = %self.stream_id, session = %self.id, reason,
             frames = self.counters.frames.load(Ordering::Relaxed),

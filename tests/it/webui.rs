@@ -54,13 +54,21 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
         ],
     );
     let s = &v["scenarios"];
-    // The grid played the demo over MSE (the first transport) at its real size.
+    // The grid played the demo over WebRTC (the first transport) at its real size.
     assert!(s["grid"]["frames"].as_u64().is_some_and(|f| f > 50), "{v}");
     assert!(
         s["grid"]["advanced"].as_f64().is_some_and(|a| a >= 1.0),
         "{v}"
     );
-    assert_eq!(s["grid"]["transport"], "mse", "{v}");
+    assert_eq!(s["grid"]["transport"], "webrtc", "{v}");
+    // A new user's wait: from the player's first connection to the first picture, over WebRTC
+    // with no fallback. Issue 16 asks for < 0.5 s (measured here: see the printed value); the
+    // bound leaves room for a loaded 2-core machine running other tests.
+    let first = &s["grid"]["firstPicture"];
+    eprintln!("grid: first picture {first}");
+    assert_eq!(first["transport"], "webrtc", "{v}");
+    assert_eq!(first["fallbacks"], 0, "{v}");
+    assert!(first["ms"].as_f64().is_some_and(|ms| ms < 1500.0), "{v}");
     assert_eq!(s["grid"]["videoSize"], "640x360", "{v}");
     // The tests' picture checks (e2e/picture.mjs) judged the grid tile and the archive picture
     // against the demo clip; they passed, or the runner would have failed.
@@ -112,7 +120,7 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     // origins, WebSockets to the other port) and plays.
     let from_api = run_ui(&format!("{}/", server.api), "grid", &[]);
     assert_eq!(
-        from_api["scenarios"]["grid"]["transport"], "mse",
+        from_api["scenarios"]["grid"]["transport"], "webrtc",
         "{from_api}"
     );
     assert!(server.terminate());
@@ -155,7 +163,7 @@ fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
             .is_some_and(|t| t.contains("refused")),
         "{v}"
     );
-    assert_eq!(a["transport"], "mse", "{v}");
+    assert_eq!(a["transport"], "webrtc", "{v}");
     assert!(
         a["picture"]["framesInOrder"]
             .as_u64()
@@ -171,7 +179,8 @@ fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
     assert!(server.terminate());
 }
 
-/// 16 tiles of the demo clip in the grid (4 × 4 at 1280 × 720): every tile decodes and plays.
+/// 16 tiles of the demo clip in the grid (4 × 4 at 1280 × 720): every tile decodes and plays,
+/// each over WebRTC (16 sessions).
 /// The numbers (decoded frames per second per tile) are printed; docs/benchmarks.md has a run.
 #[test]
 fn sixteen_demo_tiles_all_play() {
@@ -215,6 +224,10 @@ fn sixteen_demo_tiles_all_play() {
         t["minFps"], t["medianFps"], t["maxFps"], t["droppedTotal"], t["measureS"]
     );
     assert_eq!(t["tiles"], 16, "{v}");
+    // Every tile over WebRTC, the player's first choice (measured: 25 decoded frames/s on each
+    // of the 16, a little better than MSE's ~20 on this machine, so the grid needs no other
+    // rule for many tiles).
+    assert_eq!(t["transports"], serde_json::json!({"webrtc": 16}), "{v}");
     // The clip is 25 fps. On a loaded 2-core machine software decoding of 16 streams keeps about
     // 20; a tile that stalls or freezes falls far below this floor.
     for tile in t["perTile"].as_array().expect("perTile") {

@@ -1,19 +1,18 @@
 // The video player of the UI: live (grid tiles and the camera view) and archive playback.
 //
 // Live transports, in order of preference, are chosen in ONE place, `liveTransports()`:
-//   1. MSE over WebSocket (`/ws/live`): MediaSource, or ManagedMediaSource (iOS 17.1+) with
-//      remote playback disabled; carries AAC audio too.
-//   2. WebRTC over WHEP (`POST /whep/<id>`): sub-second, video only (H.264 without B-frames);
-//      first where MSE is missing (iOS before 17.1). It moves to the front once a stopped
-//      stream's reason reaches the tile over WebRTC too, and the tiles' picture checks judge a
-//      WebRTC picture by its own timing (MSE's currentTime is the clip's media time; a WebRTC
-//      video's is not).
+//   1. WebRTC over WHEP (`POST /whep/<id>`): sub-second (the server sends its cached GOP at
+//      join, so the picture is up in about 0.2 s), video only (H.264 without B-frames).
+//   2. MSE over WebSocket (`/ws/live`): MediaSource, or ManagedMediaSource (iOS 17.1+) with
+//      remote playback disabled; carries AAC audio too. Where WebRTC is refused or cannot
+//      connect.
 //   3. hls.js (vendored, loaded only when needed) on `/hls/<id>.m3u8`.
 //   4. The browser's own HLS (Safari).
-// A transport that cannot play here (no WebRTC or MSE, WebRTC refused with 409/503 or not
-// connecting, unsupported codec, decode error) hands over to the next one at once; a transport
-// whose connection ends (camera offline, stream stopped, network) reconnects with exponential
-// backoff, and the tile shows the close reason and the countdown.
+// A transport that cannot play here (no WebRTC or MSE; WebRTC refused — B-frames, H.265, 404,
+// 503, WebRTC off — or not showing a picture within WEBRTC_CONNECT_MS; unsupported codec,
+// decode error) hands over to the next one at once; a transport whose connection ends (camera
+// offline, stream stopped, network) reconnects with exponential backoff, and the tile shows the
+// reason (for WebRTC, the server's: it tells why a session ended) and the countdown.
 //
 // The MSE path follows the server's message protocol (README "Live video"): a binary message
 // starting with 0x09 carries the codec string → one SourceBuffer; every other binary message (the
@@ -26,15 +25,18 @@ import { archiveWsUrl, hlsUrl, liveWsUrl, server, whepUrl } from './api.js';
 
 const MS = () => window.MediaSource || window.ManagedMediaSource || null;
 
-/** Transports to try for a stream, best first. The only place that decides the order. */
-export function liveTransports(stream) {
+/**
+ * Transports to try for a stream, best first. The only place that decides the order.
+ * `webrtc: false` leaves WebRTC out (a page that plays many streams at once may prefer MSE).
+ */
+export function liveTransports(stream, { webrtc = true } = {}) {
   const outputs = stream.outputs || [];
   const list = [];
   // WebRTC is the low-latency path of the `mse` output (it needs no output type of its own).
   // Skipped where the server says it has no WebRTC (`[webrtc] enabled = false`, port not bound).
   const webrtcOn = !server.info || !server.info.features || server.info.features.webrtc !== false;
+  if (webrtc && outputs.includes('mse') && window.RTCPeerConnection && webrtcOn) list.push('webrtc');
   if (outputs.includes('mse') && MS()) list.push('mse');
-  if (outputs.includes('mse') && window.RTCPeerConnection && webrtcOn) list.push('webrtc');
   if (outputs.includes('hls')) {
     list.push('hls.js');
     if (document.createElement('video').canPlayType('application/vnd.apple.mpegurl')) list.push('native-hls');
@@ -237,15 +239,23 @@ export class MseSink {
 // stream this way (the player moves on to the next transport at once). To add one: write the
 // class, add it to TRANSPORTS and put its name in `liveTransports()`.
 
-/** How long WebRTC may take to connect before the player falls back (UDP blocked, bad advertise). */
+/** How long WebRTC may take to show its first picture before the player falls back (UDP
+ * blocked, a wrong `[webrtc] advertise`). */
 const WEBRTC_CONNECT_MS = 5_000;
+/** No new frame for this long (or ICE disconnected): ask the server whether the session ended. */
+const WEBRTC_STALL_MS = 2_000;
+/** `409` + `Retry-After` (not live yet, stopped) this many times in a row: try the next path. */
+const WEBRTC_NOT_LIVE_TRIES = 3;
 
 /**
  * WebRTC over WHEP: a recvonly video transceiver, the offer POSTed as `application/sdp`, the 201
  * answer applied; DELETE on the session's Location when closed. The server is ICE-lite and puts
- * all its candidates in the answer, so there is no trickle. 409 with Retry-After (not live yet)
- * retries like a closed connection; any other refusal (B-frames, H.265, WebRTC off, too many
- * sessions) or no connection within WEBRTC_CONNECT_MS hands over to MSE.
+ * all its candidates in the answer, so there is no trickle. 409 with Retry-After (not live yet,
+ * stopped) retries like a closed connection, up to WEBRTC_NOT_LIVE_TRIES times; any other refusal
+ * (404, B-frames, H.265, WebRTC off, too many sessions) or no picture within WEBRTC_CONNECT_MS
+ * hands over to MSE. When the picture stalls or ICE disconnects, the session's URL tells whether
+ * the server ended it (404 `session_ended` with the reason, e.g. "stream stopped"): that reason
+ * is what the tile shows.
  */
 class WebRtcTransport {
   constructor(video, stream, ev) {
@@ -263,11 +273,12 @@ class WebRtcTransport {
     pc.ontrack = (e) => {
       this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
       this.video.play().catch(() => {});
+      this.watchFrames();
     };
     pc.onconnectionstatechange = () => {
       const s = pc.connectionState;
-      if (s === 'connected') clearTimeout(this.connectTimer);
-      if (s === 'failed' || s === 'closed') this.fail(() => this.ev.closed(`WebRTC ${s}`));
+      if (s === 'disconnected' || s === 'failed') this.checkEnded(`WebRTC ${s}`);
+      if (s === 'closed') this.fail(() => this.ev.closed('WebRTC closed'));
     };
     await pc.setLocalDescription(await pc.createOffer());
     if (this.closed) return;
@@ -284,8 +295,8 @@ class WebRtcTransport {
       } catch {
         /* not our JSON */
       }
-      const again = r.status === 409 && r.headers.get('Retry-After');
-      this.fail(() => (again ? this.ev.closed(`WebRTC: ${message}`) : this.ev.unsupported(`WebRTC: ${message}`)));
+      const again = r.status === 409 && r.headers.get('Retry-After') && (this.ev.refusals || 0) < WEBRTC_NOT_LIVE_TRIES - 1;
+      this.fail(() => (again ? this.ev.closed(`WebRTC: ${message}`, { refused: true }) : this.ev.unsupported(`WebRTC: ${message}`)));
       return;
     }
     const loc = r.headers.get('Location');
@@ -294,8 +305,62 @@ class WebRtcTransport {
     this.location = loc ? new URL(loc, url).href + query : null;
     await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
     this.connectTimer = setTimeout(() => {
-      if (pc.connectionState !== 'connected') this.fail(() => this.ev.unsupported('WebRTC did not connect (UDP blocked?)'));
+      // Without requestVideoFrameCallback (older browsers), being connected has to do.
+      const up = this.video.requestVideoFrameCallback ? this.lastFrame : pc.connectionState === 'connected';
+      if (!up) this.fail(() => this.ev.unsupported('WebRTC showed no picture (UDP blocked?)'));
     }, WEBRTC_CONNECT_MS);
+  }
+
+  /** Notes every presented frame; a picture that stops makes us ask the server why. */
+  watchFrames() {
+    if (this.frameLoop || !this.video.requestVideoFrameCallback) return;
+    const onFrame = () => {
+      if (this.closed) return;
+      this.lastFrame = performance.now();
+      this.video.requestVideoFrameCallback(onFrame);
+    };
+    this.frameLoop = true;
+    this.video.requestVideoFrameCallback(onFrame);
+    this.stallTimer = setInterval(() => {
+      if (this.lastFrame && performance.now() - this.lastFrame > WEBRTC_STALL_MS) this.checkEnded(null);
+    }, 1_000);
+  }
+
+  /**
+   * Whether the server has ended the session: PATCH on its URL answers 204 while it is open and
+   * 404 once it has ended (`session_ended`: why). Ended → closed with the server's reason;
+   * open → `fallback` (a connection state) closes it, or (null) we keep waiting.
+   */
+  async checkEnded(fallback) {
+    if (this.closed || this.checking) return;
+    this.checking = true;
+    let reason = null;
+    if (this.location) {
+      try {
+        const r = await fetch(this.location, {
+          method: 'PATCH',
+          headers: { 'Content-Type': 'application/trickle-ice-sdpfrag' },
+          body: 'a=end-of-candidates\r\n',
+        });
+        if (r.status === 404) {
+          reason = 'WebRTC session ended';
+          try {
+            const e = (await r.json()).error;
+            // "WebRTC session ended N s ago: stream stopped" → "Stream stopped".
+            const why = e.code === 'session_ended' ? e.message.slice(e.message.indexOf(': ') + 2) : '';
+            if (why) reason = why.charAt(0).toUpperCase() + why.slice(1);
+          } catch {
+            /* not our JSON */
+          }
+          this.location = null; // nothing to DELETE
+        }
+      } catch {
+        /* the server is unreachable: the connection state decides */
+      }
+    }
+    this.checking = false;
+    if (reason) this.fail(() => this.ev.closed(reason));
+    else if (fallback === 'WebRTC failed') this.fail(() => this.ev.closed(fallback));
   }
 
   fail(report) {
@@ -311,6 +376,7 @@ class WebRtcTransport {
   close() {
     this.closed = true;
     clearTimeout(this.connectTimer);
+    clearInterval(this.stallTimer);
     if (this.location) {
       fetch(this.location, { method: 'DELETE', keepalive: true }).catch(() => {});
       this.location = null;
@@ -470,11 +536,12 @@ const HEALTHY_MS = 10_000;
  * `playing`, `waiting` (reconnect scheduled), `error` (nothing can play it) or `stopped`.
  */
 export class LivePlayer {
-  constructor(video, stream, { onState } = {}) {
+  constructor(video, stream, { onState, webrtc = true } = {}) {
     this.video = video;
     this.stream = stream;
     this.onState = onState || (() => {});
-    this.order = liveTransports(stream);
+    this.order = liveTransports(stream, { webrtc });
+    this.refusals = 0;
     this.index = 0;
     this.attempt = 0;
     this.current = null;
@@ -482,7 +549,11 @@ export class LivePlayer {
     this.state = { state: 'stopped', transport: null, message: '' };
     this.onPlaying = () => {
       this.playingSince = Date.now();
-      this.set({ state: 'playing', message: '' });
+      this.refusals = 0;
+      // From the start of this connection to the first picture (what a user waits for).
+      const firstPictureMs = this.connectedAt ? Math.round(performance.now() - this.connectedAt) : null;
+      this.connectedAt = null;
+      this.set({ state: 'playing', message: '', ...(firstPictureMs !== null ? { firstPictureMs } : {}) });
     };
     video.addEventListener('playing', this.onPlaying);
     this.decodeError = () => {
@@ -513,10 +584,16 @@ export class LivePlayer {
     if (this.stopped) return;
     const name = this.order[this.index];
     this.playingSince = null;
+    this.connectedAt = performance.now();
     this.set({ state: 'connecting', transport: name, message: '', retryAt: null });
     const t = new TRANSPORTS[name](this.video, this.stream, {
-      closed: (reason) => this.retry(reason),
+      closed: (reason, { refused = false } = {}) => {
+        // Refusals in a row (409 not live) count towards handing over to the next path.
+        this.refusals = refused ? this.refusals + 1 : 0;
+        this.retry(reason);
+      },
       unsupported: (reason) => this.next(reason),
+      refusals: this.refusals,
     });
     this.current = t;
     t.open().catch((e) => {
@@ -544,6 +621,7 @@ export class LivePlayer {
     if (this.stopped) return;
     if (this.current) this.current.close();
     this.current = null;
+    this.refusals = 0;
     if (this.index + 1 < this.order.length) {
       this.index++;
       this.attempt = 0;

@@ -89,7 +89,9 @@ class Tile {
     if (s.state === 'playing' && this.playerState.state !== 'playing' && this.refreshStatus) this.refreshStatus();
     this.playerState = s;
     // What happened to this tile, for the curious and the browser tests.
-    this.history = [...(this.history || []).slice(-49), { state: s.state, message: s.message, transport: s.transport }];
+    const entry = { state: s.state, message: s.message, transport: s.transport };
+    if (s.state === 'playing' && s.firstPictureMs != null) entry.firstPictureMs = s.firstPictureMs;
+    this.history = [...(this.history || []).slice(-49), entry];
     this.render();
   }
 
