@@ -216,23 +216,26 @@ async function scenarioCameras(page) {
 
   // 2b. The stream restarts (new settings through the API): the tile shows the server's close
   // reason, reconnects by itself and plays again.
+  // Only what the tile says after the change counts (WebRTC may have been refused with 409 while
+  // the new camera was starting: an earlier 'waiting').
+  const before = await page.evaluate((sid) => window.__tiles.get(sid).history.length, id);
   const patched = await page.evaluate(async (sid) => {
     const { api } = await import('./ui/js/api.js');
     await api('PATCH', `/api/v1/streams/${sid}`, { on_demand: false }, { contentType: 'application/merge-patch+json' });
     return true;
   }, id);
   if (!patched) throw new Error('PATCH failed');
-  out.restartReason = await until('the close reason on the tile', 20_000, () => page.evaluate((sid) => {
+  out.restartReason = await until('the close reason on the tile', 20_000, () => page.evaluate(([sid, from]) => {
     const t = window.__tiles.get(sid);
-    const w = t && (t.history || []).find((x) => x.state === 'waiting');
+    const w = t && (t.history || []).slice(from).find((x) => x.state === 'waiting');
     return w ? w.message : null;
-  }, id));
+  }, [id, before]));
   if (out.restartReason !== 'Stream stopped') throw new Error(`the tile said '${out.restartReason}' on restart`);
-  await until('the tile playing again', 30_000, () => page.evaluate((sid) => {
-    const h = window.__tiles.get(sid).history;
+  await until('the tile playing again', 30_000, () => page.evaluate(([sid, from]) => {
+    const h = window.__tiles.get(sid).history.slice(from);
     const i = h.findIndex((x) => x.state === 'waiting');
     return h.slice(i).some((x) => x.state === 'playing');
-  }, id));
+  }, [id, before]));
   await waitPlaying(page, `${tileSel(id)} video`, 25, 30_000);
 
   // 2c. Edited through the form (PUT): the form shows what is stored, the list the new name.

@@ -143,9 +143,20 @@ pub async fn offer(
 }
 
 /// The answer for a stream that does not run here: 409 + `Retry-After` when it exists but is
-/// disabled or stopped (it may run again), 404 when there is no such stream.
+/// disabled or stopped (it may run again), 409 alone when another node of a cluster may hold it,
+/// 404 when there is no such stream.
 async fn not_running(state: &AppState, id: uuid::Uuid) -> Response {
     match crate::db::streams::get(&state.db, id).await {
+        // In a cluster, another node may hold it: WebRTC is served by that node only (MSE over
+        // `/ws/live` is relayed here), so no Retry-After: players move on to MSE at once.
+        Ok(Some(rec)) if rec.spec.enabled && state.manager.node_id().is_some() => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_running",
+            format!(
+                "stream {id} does not run on this node of the cluster; use its holder's WHEP URL, or /ws/live here"
+            ),
+        )
+        .into_response(),
         Ok(Some(rec)) => {
             let message = if rec.spec.enabled {
                 format!("stream {id} is not running on this server; try again later")
