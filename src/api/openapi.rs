@@ -224,7 +224,7 @@ fn state_operation_rules(doc: &mut utoipa::openapi::OpenApi) {
 }
 
 /// The operations that answer over a `[limits]` limit (or a WebRTC session limit) with a status
-/// and `Retry-After`, and why. The WebSockets are not here: they are upgraded and then closed
+/// and `Retry-After`, and why: `(method, path, status, description)`. The WebSockets are not here: they are upgraded and then closed
 /// with 1013 and a reason (a browser shows a page the close reason, not a refused upgrade's
 /// status; see `live::ws`).
 pub const LIMITED: &[(&str, &str, &str, &str)] = &[
@@ -247,6 +247,14 @@ pub const LIMITED: &[(&str, &str, &str, &str)] = &[
         "The session or viewer limits are reached (`[webrtc] max_sessions*`, `[limits] viewers_*`)",
     ),
     ("post", "/whep/{stream_id}", "409", "Not live yet"),
+    (
+        "get",
+        "/hls/{file}",
+        "503",
+        "A new HLS client of a stream that has `[limits] viewers_per_stream` viewers, or of a \
+         server with `viewers_total` (an HLS client counts as a viewer for the playlist's \
+         duration after its last request; MSE and WebRTC viewers count too)",
+    ),
 ];
 
 /// Declares on every operation of [`LIMITED`] its answer with the `Retry-After` header (a

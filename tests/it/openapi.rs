@@ -201,6 +201,7 @@ fn limited_operations_declare_retry_after() {
             &["429", "503"][..],
         ),
         ("post", "/whep/{stream_id}", &["503"][..]),
+        ("get", "/hls/{file}", &["503"][..]),
     ] {
         for status in statuses {
             crate::support::assert_documented_retry_after(method, path, status);
