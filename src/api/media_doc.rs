@@ -26,11 +26,12 @@ const CROSS_SITE_UPGRADE: &str = "Cross-site upgrade: `Origin` is neither this s
 ///
 /// The Go original's route: any name after `/ws/` is accepted, `/ws/live` is the usual one. After the upgrade the server sends the codec
 /// string as text, then fMP4 as binary messages. It closes with 1011 and a reason for an invalid
-/// `stream_id`, 1013 (try again later) and a reason naming the limit when the stream or the
-/// server has `[limits] viewers_per_stream` / `viewers_total` viewers, and 1009 when a client
-/// message is larger than `[limits] ws_max_message_bytes`. With auth on, a token or a signed URL
-/// (`live`) is checked before the upgrade; the session is closed when that credential is revoked
-/// or expires.
+/// `stream_id`; 1013 (try again later) and a reason naming the limit when the stream or the
+/// server has `[limits] viewers_per_stream` / `viewers_total` viewers; 1009 when a client
+/// message is larger than `[limits] ws_max_message_bytes`; 1001 `Stream stopped` when the stream
+/// stops (disabled, moved to another node, server shutdown). With auth on, a token or a signed
+/// URL (`live`) is checked before the upgrade; the session is closed when that credential is
+/// revoked or expires.
 #[utoipa::path(get, path = "/ws/live", tag = "live",
     params(
         ("stream_id" = uuid::Uuid, Query, description = "Stream UUID"),
