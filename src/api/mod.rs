@@ -112,6 +112,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     policy::document(&mut doc, policy::API);
     openapi::state_shared_rules(&mut doc);
     cross_site::document(&mut doc);
+    whep::document(&mut doc);
     (router, doc)
 }
 
