@@ -438,8 +438,33 @@ async fn whep_refuses_what_it_cannot_serve() {
         .send()
         .await
         .expect("OPTIONS");
-    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.status().as_u16(), 204);
     assert_eq!(r.headers()["accept-post"], "application/sdp");
+    assert_eq!(r.headers()["allow"], "OPTIONS, POST");
+    // A bad id is refused as on POST; a CORS preflight gets the CORS answer (200), still with
+    // `Accept-Post`.
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("{base}/whep/null%2Cnull"))
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_id", "{body}");
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("{base}/whep/{b_id}"))
+        .header("origin", base.as_str())
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["accept-post"], "application/sdp");
+    assert!(
+        r.headers().contains_key("access-control-allow-methods"),
+        "{:?}",
+        r.headers()
+    );
     let r = c
         .delete(format!("{base}/whep/{b_id}/{unknown}"))
         .bearer_auth(admin)
