@@ -44,7 +44,7 @@ make_clip() {
 }
 
 # The browser tests that play the demo clip (webui::routes are router tests without a browser).
-TESTS=(e2e:: webui::operator_ webui::with_auth_ webui::sixteen_)
+TESTS=(e2e:: webui::operator_ webui::with_auth_ webui::tiles_ webui::sixteen_)
 
 # Runs the browser tests with CLIP served (empty: the real one); prints one line per test.
 run_tests() {

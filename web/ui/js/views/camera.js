@@ -42,9 +42,9 @@ export function cameraView(root, id) {
     else stage.requestFullscreen().catch(() => {});
   } }, 'Full screen');
 
+  // Opens on the last 24 hours (the Timeline's default span), zoomable from 10 minutes to 30 days.
   const timeline = new Timeline({
     now,
-    span: 3600 * 1000,
     onSeek: (t) => (t >= now() - 1000 ? goLive() : playArchive(t)),
     onSelect: (a, b) => setSelection(a === null ? null : [a, b], false),
     onView: () => loadRanges(),
