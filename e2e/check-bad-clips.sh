@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Proves the browser tests see the picture: serves broken copies of the demo clip in place of
 # assets/demo.mp4 (E2E_DEMO_CLIP) and checks that EVERY browser test of the demo clip
-# (tests/it/e2e.rs, and the web UI's in tests/it/webui.rs) fails with each of them, while the real
-# clip passes.
+# (tests/it/e2e.rs, the web UI's in tests/it/webui.rs, WebRTC's in tests/it/webrtc.rs) fails with
+# each of them, while the real clip passes.
 #
 #   e2e/check-bad-clips.sh                 # frozen and black (the issue's check)
 #   e2e/check-bad-clips.sh frozen black noisy reversed repeated
+#   CHECK_TESTS="webrtc::chromium_plays_the_demo" e2e/check-bad-clips.sh   # only these tests
 #
 # The copies have the demo clip's codec, profile, level, GOP, frame rate, length and audio (the
 # audio stream is copied), so only the picture differs:
@@ -43,16 +44,17 @@ make_clip() {
         "${ENCODE[@]}" "${WORK}/$1.mp4"
 }
 
-# The browser tests that play the demo clip (webui::routes are router tests without a browser).
-TESTS=(e2e:: webui::operator_ webui::with_auth_ webui::tiles_ webui::sixteen_)
+# The browser tests that play the demo clip (webui::routes are router tests without a browser;
+# the other WebRTC browser test plays the RTSP test stream). CHECK_TESTS: a subset (filters).
+read -r -a TESTS <<<"${CHECK_TESTS:-e2e:: webui::operator_ webui::with_auth_ webui::tiles_ webui::sixteen_ webrtc::chromium_plays_the_demo}"
 
 # Runs the browser tests with CLIP served (empty: the real one); prints one line per test.
 run_tests() {
     local clip=$1 out
     out=$(E2E_DEMO_CLIP=${clip} cargo test --test it -- "${TESTS[@]}" --test-threads 2 2>&1 || true)
-    grep -E '^test (e2e|webui)::' <<<"${out}" | sed -E 's/^test ((e2e|webui)::[^ ]+) \.\.\. (ok|FAILED)$/\3 \1/' | sort -k2
-    # Why each failed (first reason of each verdict).
-    grep -oE '"reason":"[^"\\]{1,160}' <<<"${out}" | sort -u | sed 's/^/    /' || true
+    grep -E '^test (e2e|webui|webrtc)::' <<<"${out}" | sed -E 's/^test ((e2e|webui|webrtc)::[^ ]+) \.\.\. (ok|FAILED)$/\3 \1/' | sort -k2
+    # Why each failed (first reason of each verdict; whep.mjs's are its `problems`).
+    grep -oE '"reason":"[^"\\]{1,160}|"problems":\[[^]]{1,300}' <<<"${out}" | sort -u | sed 's/^/    /' || true
 }
 
 cargo build --tests --quiet

@@ -4,14 +4,19 @@
 // In the page (installed with `page.addInitScript(installPictureProbe, PROBE_OPTIONS)`), every
 // <video> gets a requestVideoFrameCallback loop that, about every SAMPLE_MS, draws the presented
 // frame into a canvas and records:
-//   mt      the frame's media time (rVFC metadata.mediaTime, exact per frame)
+//   mt      the frame's media time in seconds, exact per frame: rVFC metadata.mediaTime for a
+//           file, MSE or HLS; for WebRTC (a MediaStream, whose mediaTime is the receiver's clock)
+//           the frame's RTP timestamp (90 kHz for video, the server derives it from the
+//           camera's PTS), unwrapped across 2^32, so the same frame-order checks apply
+//   clock   'media' or 'rtp': which of the two `mt` is
 //   tvf     video.getVideoPlaybackQuality().totalVideoFrames (frames decoded, dropped ones too)
 //   w, h    the video's intrinsic size
 //   thumb   the whole frame scaled to 64x36, grey, base64: a generic "did the picture change"
 //   crop    the top-left 104x38 pixels at full resolution, grey, base64: where the demo clip
 //           (ffmpeg testsrc2) draws its running time and frame counter
 //   bars    RGB at a grid of points in each of the clip's six colour bars
-//   epoch   window.__stats.resets: a new MSE source restarts the media timeline
+//   epoch   window.__stats.resets and how often the video's source (src or srcObject) changed:
+//           a new MSE source or a new WebRTC session restarts the media timeline
 // Node takes the samples out with `takeSamples(page)` and judges them with `analysePicture`.
 //
 // Against a reference clip (`loadReference`: the same crop of every frame, decoded by ffmpeg),
@@ -80,6 +85,11 @@ export function installPictureProbe(opts) {
     const fctx = full.getContext('2d', { willReadFrequently: true });
     const tctx = thumb.getContext('2d', { willReadFrequently: true });
     let last = -Infinity;
+    // RTP timestamps are 32 bits: unwrapped here (a wrap is 13 h of video at 90 kHz).
+    let rtpLast = null;
+    let rtpHigh = 0;
+    let source = null;
+    let sources = 0;
     const onFrame = (now, meta) => {
       try {
         if (now - last >= opts.sampleMs && video.videoWidth > 0) {
@@ -107,6 +117,23 @@ export function installPictureProbe(opts) {
           }));
           const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
           const st = window.__stats || {};
+          const src = video.srcObject || video.currentSrc;
+          if (src !== source) {
+            source = src;
+            sources++;
+            rtpLast = null;
+            rtpHigh = 0;
+          }
+          let mt = meta.mediaTime;
+          let clock = 'media';
+          if (video.srcObject && typeof meta.rtpTimestamp === 'number') {
+            const raw = meta.rtpTimestamp >>> 0;
+            if (rtpLast !== null && raw < rtpLast && rtpLast - raw > 0x80000000) rtpHigh += 0x100000000;
+            if (rtpLast !== null && raw > rtpLast && raw - rtpLast > 0x80000000) rtpHigh -= 0x100000000;
+            rtpLast = raw;
+            mt = (rtpHigh + raw) / 90000;
+            clock = 'rtp';
+          }
           if (samples.length >= opts.maxSamples) {
             samples.shift();
             dropped.count++;
@@ -115,12 +142,13 @@ export function installPictureProbe(opts) {
             seq: seq++,
             video: index,
             wall: Math.round(performance.now()),
-            mt: meta.mediaTime,
+            mt,
+            clock,
             presented: meta.presentedFrames,
             tvf: q ? q.totalVideoFrames : 0,
             w,
             h,
-            epoch: st.resets || 0,
+            epoch: `${st.resets || 0}/${sources}`,
             thumb: b64(grey(tctx.getImageData(0, 0, TW, TH).data)),
             crop: b64(crop),
             cropW: cw,

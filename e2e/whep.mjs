@@ -3,16 +3,26 @@
 // (web/ui/whep.html, served at /ui/whep.html, so the WHEP POST is same-origin).
 //
 //   VIDEO_ADDR=127.0.0.1:8090 STREAM_ID=<uuid> [TOKEN=<bearer>] [EXPECT_SIZE=640x360]
-//     [PLAY_S=5] [END=delete|vanish|keep] node e2e/whep.mjs
+//     [PLAY_S=5] [END=delete|vanish|keep] [PICTURE=demo|moving|none] [EXPECT_FPS=25]
+//     [REFERENCE=assets/demo.mp4] node e2e/whep.mjs
 //
-// Waits for the first decoded frame, then watches PLAY_S seconds of statistics. END=delete ends
+// Waits for the first decoded frame, then watches PLAY_S seconds of statistics while the picture
+// probe of e2e/picture.mjs samples what the <video> shows. PICTURE=demo judges it against the
+// demo clip (REFERENCE, always the real assets/demo.mp4: a frozen or black copy served in its
+// place must fail): colour bars in place, each sample the clip frame its RTP timestamp says,
+// changing; PICTURE=moving only asks for a real, changing picture (the RTSP test stream);
+// EXPECT_FPS, frames decoded and RTP time advancing in real time. END=delete ends
 // the session with WHEP DELETE (the verdict has its status); END=vanish starts a browser of its
 // own and SIGKILLs it (no DELETE, no DTLS close: the server must notice the silence); END=keep
 // closes the page only. EXPECT_STATUS=<code> expects the POST to fail with that status instead.
 // Prints ONE line of JSON (`ok`, `firstFrameMs`, `framesDecoded`, `freezeCount`, `size`,
 // `location`, `answerMs` and `connectedMs` (POST to 201, to ICE+DTLS up), ...) and exits 0 when ok.
 
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
 import { CHROMIUM_ARGS, loadPlaywright, openBrowser } from './browser.mjs';
+import { PROBE_OPTIONS, analysePicture, installPictureProbe, loadReference, takeSamples } from './picture.mjs';
 
 const env = process.env;
 const videoAddr = (env.VIDEO_ADDR || '').replace(/^[a-z]+:\/\//i, '').replace(/\/+$/, '');
@@ -22,6 +32,9 @@ const expectSize = env.EXPECT_SIZE || '';
 const playS = Number(env.PLAY_S || 5);
 const end = env.END || 'delete';
 const expectStatus = Number(env.EXPECT_STATUS || 0);
+const picture = (env.PICTURE || 'demo').toLowerCase();
+const expectFps = Number(env.EXPECT_FPS || 0) || null;
+const reference = env.REFERENCE || path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'assets', 'demo.mp4');
 const T0 = Date.now();
 const log = (...a) => console.error(`[whep +${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -54,6 +67,11 @@ async function main() {
   const { browser, server } = await browserFor();
   const context = await browser.newContext();
   const page = await context.newPage();
+  if (!['demo', 'moving', 'none'].includes(picture)) throw new Error(`PICTURE must be demo|moving|none, got '${picture}'`);
+  const ref = picture === 'demo' ? loadReference(reference) : null;
+  if (picture !== 'none') await page.addInitScript(installPictureProbe, PROBE_OPTIONS);
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
   page.on('console', (m) => log('page:', m.text()));
   const q = new URLSearchParams({ stream_id: streamId });
   if (token) q.set('token', token);
@@ -86,15 +104,37 @@ async function main() {
     return result;
   }
   const first = await page.evaluate(() => window.__whepStats());
-  // Sampled through the window, so a freeze can be placed in time (at join, or later).
+  // Sampled through the window, so a freeze can be placed in time (at join, or later). The
+  // picture samples of the join (the GOP burst) count: it must show the clip's frames too.
   const playStart = Date.now();
   let last = first;
+  const pictures = [];
+  let verdict = null;
+  const judge = async () => {
+    if (picture === 'none') return;
+    pictures.push(...(await takeSamples(page)));
+    verdict = analysePicture(pictures, {
+      picture,
+      reference: ref,
+      expectSize: expectSize || undefined,
+      fps: expectFps,
+      minSamples: 8,
+    });
+  };
   while (Date.now() - playStart < playS * 1000) {
     await sleep(250);
     last = await page.evaluate(() => window.__whepStats());
     if (last.freezeCount > 0 && result.firstFreezeAfterMs === undefined) {
       result.firstFreezeAfterMs = Date.now() - playStart;
     }
+    await judge();
+    if (verdict && verdict.final) break;
+  }
+  // Not yet enough samples for a verdict (a slow machine): a few more seconds, no more.
+  const more = Date.now() + 5_000;
+  while (verdict && !verdict.ok && !verdict.final && Date.now() < more) {
+    await sleep(250);
+    await judge();
   }
   result.framesDecoded = last.framesDecoded;
   result.framesInWindow = last.framesDecoded - first.framesDecoded;
@@ -108,6 +148,13 @@ async function main() {
   if (result.freezeCount !== 0) problems.push(`freezeCount ${result.freezeCount}`);
   if (!(s.firstFrameMs < 500)) problems.push(`first frame after ${s.firstFrameMs} ms`);
   if (expectSize && result.size !== expectSize) problems.push(`size ${result.size}, expected ${expectSize}`);
+  if (verdict) {
+    result.picture = { ok: verdict.ok, clock: pictures.length ? pictures[pictures.length - 1].clock : null, ...verdict.stats, failures: verdict.failures };
+    if (!verdict.ok) problems.push(`wrong picture: ${verdict.failures.join('; ')}`);
+  } else if (picture !== 'none') {
+    problems.push('no picture samples');
+  }
+  if (pageErrors.length) problems.push(`page errors: ${pageErrors.slice(0, 3).join('; ')}`);
   if (end === 'delete') {
     await page.evaluate(() => window.__whepStop());
     result.deleteStatus = await page.evaluate(() => window.__whep.deleteStatus);

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -303,37 +304,37 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     tracker.spawn(async move {
         token.cancelled().await;
         for l in listeners {
-            if let Err(e) = l.await {
+            if let Err(e) = step("listeners drain", l).await {
                 tracing::error!(error = %e, "listener task panicked");
             }
         }
         // Cluster mode: this node's cameras stop and their leases are given back, so the other
         // nodes take them at once instead of after expiry.
         for t in cluster_tasks {
-            if let Err(e) = t.await {
+            if let Err(e) = step("cluster leave", t).await {
                 tracing::error!(error = %e, "cluster task panicked");
             }
         }
-        m.shutdown().await;
+        step("streams stop", m.shutdown()).await;
         // Start-up work (repair, reconciliation, indexing) finishes its step or stops here, before
         // the pool closes under it.
-        if let Err(e) = reconcile_task.await {
+        if let Err(e) = step("start-up reconciliation stops", reconcile_task).await {
             tracing::error!(error = %e, "reconciliation task panicked");
         }
         // Recorders have closed their segments; let in-flight uploads finish or release their rows.
         if let Some(u) = uploader
-            && let Err(e) = u.await
+            && let Err(e) = step("uploads settle", u).await
         {
             tracing::error!(error = %e, "uploader task panicked");
         }
         audit_stop.cancel();
         if let Some(w) = audit_writer
-            && let Err(e) = w.await
+            && let Err(e) = step("audit entries written", w).await
         {
             tracing::error!(error = %e, "audit writer panicked");
         }
-        u.close().await;
-        d.close().await;
+        step("upkeep pool closes", u.close()).await;
+        step("index pool closes", d.close()).await;
         drop(index_lock);
     });
     tracker.close();
@@ -344,6 +345,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         state,
         tracker,
     })
+}
+
+/// How long a shutdown step may take before a warning names it (it is still awaited: stopping
+/// recorders and uploads early could lose footage).
+const SLOW_SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// Awaits one step of the graceful shutdown, warning every [`SLOW_SHUTDOWN_STEP`] while it is
+/// still running, so a stop that hangs says where.
+async fn step<F: std::future::Future>(what: &'static str, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let started = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout(SLOW_SHUTDOWN_STEP, &mut fut).await {
+            Ok(out) => return out,
+            Err(_) => tracing::warn!(
+                step = what,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "shutdown is still waiting for this step"
+            ),
+        }
+    }
 }
 
 /// The listener addresses reachable from other machines (not loopback).

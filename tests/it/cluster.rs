@@ -486,9 +486,17 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
         location,
         format!("http://{}/hls/{id}.m3u8?x=1", owner.proc().video)
     );
-    let r = reqwest::get(&location).await.expect("hls on the owner");
-    assert_eq!(r.status().as_u16(), 200);
-    assert!(r.text().await.expect("playlist").starts_with("#EXTM3U"));
+    // The owner has the playlist once its first HLS segment is cut (a second after the start).
+    let playlist = until("the owner's playlist", Duration::from_secs(10), || async {
+        let r = reqwest::get(&location).await.ok()?;
+        if r.status().as_u16() == 200 {
+            r.text().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert!(playlist.starts_with("#EXTM3U"), "{playlist}");
     let r = no_redirects
         .get(format!(
             "http://{}/hls/{}.m3u8",

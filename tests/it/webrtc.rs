@@ -136,8 +136,10 @@ fn play(video: &str, stream: &str, end: &str, extra: &[(&str, &str)]) -> serde_j
 }
 
 /// The demo clip over WebRTC in Chromium: the first picture within 500 ms of the POST (the cached
-/// GOP is sent as a burst), > 100 frames decoded in 5 s, no freeze, 640x360; DELETE ends the
-/// session on the server.
+/// GOP is sent as a burst), > 100 frames decoded in 5 s, no freeze, 640x360; the picture is the
+/// demo clip's (e2e/picture.mjs: colour bars in place, each sample the frame its RTP timestamp
+/// says, changing, about 25 frames/s; a frozen or black clip served in its place fails:
+/// e2e/check-bad-clips.sh); DELETE ends the session on the server.
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_plays_the_demo_stream_over_whep() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -145,12 +147,27 @@ async fn chromium_plays_the_demo_stream_over_whep() {
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let video = server.video.clone();
     let turn = ONE_PLAYER_AT_A_TIME.lock().await;
-    let verdict = tokio::task::spawn_blocking(move || play(&video, DEMO, "delete", &[]))
-        .await
-        .expect("browser run");
+    let verdict = tokio::task::spawn_blocking(move || {
+        play(
+            &video,
+            DEMO,
+            "delete",
+            &[("PICTURE", "demo"), ("EXPECT_FPS", "25")],
+        )
+    })
+    .await
+    .expect("browser run");
     drop(turn);
     eprintln!("WHEP demo verdict: {verdict}");
     assert_eq!(verdict["deleteStatus"], 200, "{verdict}");
+    // The picture was judged against the clip, on the RTP clock (whep.mjs fails otherwise).
+    assert_eq!(verdict["picture"]["clock"], "rtp", "{verdict}");
+    assert!(
+        verdict["picture"]["framesInOrder"]
+            .as_u64()
+            .is_some_and(|n| n >= 5),
+        "{verdict}"
+    );
     let location = verdict["location"].as_str().expect("location").to_owned();
     let c = reqwest::Client::new();
     ends_within(&c, &server.video, &location, Duration::from_secs(5)).await;
@@ -188,7 +205,8 @@ async fn chromium_plays_the_demo_stream_over_whep() {
     assert!(server.terminate());
 }
 
-/// The GStreamer RTSP test stream over WebRTC; then the browser is killed (no DELETE, no DTLS
+/// The GStreamer RTSP test stream over WebRTC (a real, moving picture at about 25 frames/s); then
+/// the browser is killed (no DELETE, no DTLS
 /// close) and the server closes the silent session within 30 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped() {
@@ -204,11 +222,19 @@ async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped()
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let video = server.video.clone();
     let turn = ONE_PLAYER_AT_A_TIME.lock().await;
-    let verdict = tokio::task::spawn_blocking(move || play(&video, id, "vanish", &[]))
-        .await
-        .expect("browser run");
+    let verdict = tokio::task::spawn_blocking(move || {
+        play(
+            &video,
+            id,
+            "vanish",
+            &[("PICTURE", "moving"), ("EXPECT_FPS", "25")],
+        )
+    })
+    .await
+    .expect("browser run");
     drop(turn);
     eprintln!("WHEP RTSP verdict: {verdict}");
+    assert_eq!(verdict["picture"]["ok"], true, "{verdict}");
     let location = verdict["location"].as_str().expect("location").to_owned();
     let c = reqwest::Client::new();
     // The browser is gone but the server does not know yet: one WebRTC viewer, connected.

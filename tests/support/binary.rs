@@ -89,16 +89,30 @@ impl ServerProcess {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let status = loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
+                break Some(status);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                return false;
+                break None;
             }
             std::thread::sleep(Duration::from_millis(50));
+        };
+        if status.is_some_and(|s| s.success()) {
+            return true;
         }
+        // The caller asserts on the result; the log tail says why the stop was not clean.
+        let outcome = status.map_or("no exit within 30 s of SIGTERM (killed)".to_owned(), |s| {
+            s.to_string()
+        });
+        let logs = self.logs.lock().expect("log lock");
+        let tail = logs.len().saturating_sub(60);
+        eprintln!(
+            "server {pid}: {outcome}; last log lines:\n{}",
+            logs[tail..].join("\n")
+        );
+        false
     }
 
     /// Sends `signal` (a `kill` name such as `TERM` or `INT`) without waiting.
