@@ -161,16 +161,24 @@ export function cameraView(root, id) {
     renderBadges();
   }
 
+  /** The MSE sink feeding the video on screen (archive, or live over MSE), which resumes a
+   * paused video when data arrives unless told the user paused it. */
+  function sinkOnScreen() {
+    const p = state.player;
+    return (p && (p.sink || (p.current && p.current.sink))) || null;
+  }
+
   function togglePause() {
     const v = state.video;
     if (!v) return;
+    const sink = sinkOnScreen();
     if (v.paused) {
-      if (state.player && state.player.sink) state.player.sink.pausedByUser = false;
+      if (sink) sink.pausedByUser = false;
       v.play().catch(() => {});
       playBtn.textContent = '❚❚';
       playBtn.setAttribute('aria-label', 'Pause');
     } else {
-      if (state.player && state.player.sink) state.player.sink.pausedByUser = true;
+      if (sink) sink.pausedByUser = true;
       v.pause();
       playBtn.textContent = '▶';
       playBtn.setAttribute('aria-label', 'Play');
