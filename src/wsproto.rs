@@ -93,6 +93,15 @@ pub async fn close(socket: &mut WebSocket, frame: Option<CloseFrame>) {
 
 /// Close code when the stream a viewer watches is stopped ("going away", RFC 6455).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The close a live viewer gets when its stream stops (deleted, disabled, restarted, moved to
+/// another node, server shutdown): 1001 `Stream stopped`.
+pub fn stopped_frame() -> CloseFrame {
+    CloseFrame {
+        code: CLOSE_GOING_AWAY,
+        reason: "Stream stopped".into(),
+    }
+}
+
 /// A viewer whose socket accepts nothing for this long is dropped (the original's deadline).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 

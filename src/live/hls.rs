@@ -141,24 +141,9 @@ pub async fn serve(
 /// that is another node. `None` on a single node, for a stream nobody holds, or when the index
 /// cannot be asked (the caller answers 404 as before).
 async fn owner_redirect(state: &AppState, stream: Uuid, uri: &axum::http::Uri) -> Option<Response> {
-    let me = state.manager.node_id()?;
-    let owner = match crate::db::cluster::owner_of(&state.db, stream).await {
-        Ok(owner) => owner?,
-        Err(e) => {
-            tracing::warn!(%stream, error = %e, "cannot look up the stream's holder");
-            return None;
-        }
-    };
-    if *owner.node_id == *me {
-        return None;
-    }
-    let host = if owner.advertise_host.contains(':') {
-        format!("[{}]", owner.advertise_host)
-    } else {
-        owner.advertise_host.clone()
-    };
+    let owner = super::relay::other_holder(state, stream).await?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let location = format!("http://{host}:{}{path}", owner.video_port);
+    let location = format!("http://{}{path}", super::relay::video_authority(&owner));
     let value = HeaderValue::from_str(&location).ok()?;
     let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
     resp.headers_mut().insert(header::LOCATION, value);

@@ -3,6 +3,7 @@
 
 pub mod hls;
 pub mod mse;
+pub mod relay;
 pub mod ws;
 
 use axum::Router;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures::SinkExt;
 
@@ -18,9 +18,7 @@ use crate::hub::Delivery;
 use crate::manager::StreamRuntime;
 use crate::media::fmp4::FragmentWriter;
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
-use crate::wsproto::{
-    CLOSE_GOING_AWAY, WRITE_TIMEOUT, close_read_error, close_with, switch_messages,
-};
+use crate::wsproto::{WRITE_TIMEOUT, close_read_error, close_with, switch_messages};
 
 /// Queue between the hub and one viewer, in frames beyond the cached GOP it starts with (about
 /// 5 s of 25 fps video, 2 s with audio). A live viewer further behind than that is better served by
@@ -279,11 +277,7 @@ async fn send_batch(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> bool {
 /// Tells a viewer its stream stopped (deleted, disabled, restarted, server shutdown), so a client
 /// can reconnect or say so instead of waiting for video that will not come.
 async fn close_stopped(socket: &mut WebSocket) {
-    let frame = CloseFrame {
-        code: CLOSE_GOING_AWAY,
-        reason: "Stream stopped".into(),
-    };
-    crate::wsproto::close(socket, Some(frame)).await;
+    crate::wsproto::close(socket, Some(crate::wsproto::stopped_frame())).await;
 }
 
 async fn send(socket: &mut WebSocket, m: Message) -> bool {

@@ -10,6 +10,7 @@
 use axum::Extension;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use uuid::Uuid;
 
@@ -64,8 +65,10 @@ pub async fn live(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let stream_id = query_param(query.as_deref(), "stream_id").unwrap_or_default();
+    let forward = super::relay::Forward::from_request(query.as_deref(), &headers);
     let id = Uuid::parse_str(&stream_id).ok();
     // A place among the stream's viewers, taken before the upgrade and held by the session until
     // it ends, however it ends (or given back at once if the upgrade never completes).
@@ -89,7 +92,7 @@ pub async fn live(
             caller,
             Action::Live,
             id,
-            live_session(socket, state, stream_id, max_message),
+            live_session(socket, state, stream_id, max_message, forward),
         )
         .await
     })
@@ -116,7 +119,13 @@ async fn until_revoked(
     }
 }
 
-async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String, max_message: usize) {
+async fn live_session(
+    mut socket: WebSocket,
+    state: AppState,
+    raw_id: String,
+    max_message: usize,
+    forward: super::relay::Forward,
+) {
     let Ok(id) = Uuid::parse_str(&raw_id) else {
         close_with(&mut socket, &format!("Not valid UUID: '{raw_id}'")).await;
         return;
@@ -126,6 +135,12 @@ async fn live_session(mut socket: WebSocket, state: AppState, raw_id: String, ma
         .runtime(id)
         .filter(|rt| rt.has_output(OutputType::Mse))
     else {
+        // Cluster mode: another node records it; relay the viewer from there (once).
+        if !forward.relayed
+            && let Some(holder) = super::relay::other_holder(&state, id).await
+        {
+            return super::relay::relay(socket, &holder, &forward, id).await;
+        }
         // The original closes at once, without a close frame, for an unknown stream or one without
         // the mse output. Dropping the socket does exactly that.
         return;

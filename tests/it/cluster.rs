@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::codec_switch::Messages;
 use crate::support::PgSchema;
 use crate::support::binary::{ServerProcess, base_config};
 use crate::support::media::RtspServer;
@@ -823,4 +824,97 @@ async fn segment_rows_under_a_lease_that_moved_on_are_refused() {
         .await
         .expect("finalize under the current lease");
     t.cleanup().await;
+}
+
+type Viewer =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A live viewer of `id` on the video listener `video`, read until `fragments` fragments have
+/// arrived (each parsed with the session's init segment); the messages so far and the open
+/// session, or why it failed.
+async fn watch(video: &str, id: Uuid, fragments: usize) -> Result<(Messages, Viewer), String> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{video}/ws/live?stream_id={id}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut got = Messages::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while got.fragments < fragments {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err(format!("no {fragments} fragments in 15 s: {}", got.order)),
+            Ok(Some(Ok(Message::Binary(b)))) => got.take(&b),
+            Ok(Some(Ok(Message::Close(f)))) => return Err(format!("closed: {f:?}")),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => return Err(format!("ended: {other:?}")),
+        }
+    }
+    Ok((got, ws))
+}
+
+/// A live viewer on a node that does not hold the camera is relayed from the holder, in the Go
+/// wire format (codec message, init segment, fragments that parse with it); when the holder is
+/// killed the viewer is told `1001 Stream stopped` at once, and reconnecting to the same node plays
+/// again once the camera has been taken over (no manual step).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    let url = schema.url();
+    let mut nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| Node::start(n, &url, &s3))
+        .collect();
+    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse"]).await;
+    let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
+    let id = ids[0];
+    let holder = nodes
+        .iter()
+        .position(|n| n.name == owners[&id])
+        .expect("holder");
+    let video = nodes[1 - holder].proc().video.clone();
+
+    // The holder may still be connecting to the camera: retry until its first fragments.
+    let (first, mut ws) = until("a relayed viewer", Duration::from_secs(20), || async {
+        watch(&video, id, 10).await.ok()
+    })
+    .await;
+    assert!(first.order.starts_with("cif"), "{}", first.order);
+    assert_eq!(first.codec_messages.len(), 1, "{:?}", first.codec_messages);
+    assert!(first.frames >= 10, "{} frames", first.frames);
+    assert_eq!(first.other, 0, "only codec, init and fragments");
+
+    nodes[holder].kill9();
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f,
+                Some(Ok(_)) => {}
+                other => panic!("the relayed session ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the viewer is told at once that its holder went away")
+    .expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "Stream stopped");
+
+    // Reconnecting to the same node: the camera is recorded again after the lease ran out.
+    let started = Instant::now();
+    let (again, _ws) = until(
+        "the viewer playing again after the failover",
+        Duration::from_secs(30),
+        || async { watch(&video, id, 10).await.ok() },
+    )
+    .await;
+    eprintln!("playing again {:?} after the kill", started.elapsed());
+    assert!(again.order.starts_with("cif"), "{}", again.order);
+    for mut n in nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
 }
