@@ -603,9 +603,9 @@ pub struct LimitsConfig {
     /// Largest WebSocket message a client may send (`/ws/live`, `/ws/archive`); a larger one
     /// closes the connection with code 1009. Clients only send `ping` and `more`.
     pub ws_max_message_bytes: usize,
-    /// Live viewers (MSE and WebRTC) of one stream.
+    /// Live viewers (MSE, WebRTC, and HLS clients that fetched recently) of one stream.
     pub viewers_per_stream: usize,
-    /// Live viewers (MSE and WebRTC) of all streams together.
+    /// Live viewers (MSE, WebRTC and HLS) of all streams together.
     pub viewers_total: usize,
     /// Archive playback sessions of one client.
     pub archive_sessions_per_client: usize,

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 
@@ -37,6 +38,45 @@ pub struct Gate {
 struct Counts {
     total: usize,
     by_key: HashMap<String, usize>,
+    /// Places held by leases (HLS viewers), by `(key, holder)`: when each lapses.
+    leases: HashMap<(String, String), Instant>,
+    /// The earliest lapse among `leases` (sweeping is skipped until then).
+    next_lapse: Option<Instant>,
+}
+
+impl Counts {
+    fn take(&mut self, key: &str) {
+        self.total += 1;
+        *self.by_key.entry(key.to_owned()).or_insert(0) += 1;
+    }
+
+    fn give_back(&mut self, key: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_key.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_key.remove(key);
+            }
+        }
+    }
+
+    /// Gives back the places of the leases that lapsed by `now`.
+    fn sweep(&mut self, now: Instant) {
+        if self.next_lapse.is_none_or(|t| now < t) {
+            return;
+        }
+        let lapsed: Vec<(String, String)> = self
+            .leases
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for lease in lapsed {
+            self.leases.remove(&lease);
+            self.give_back(&lease.0);
+        }
+        self.next_lapse = self.leases.values().min().copied();
+    }
 }
 
 impl fmt::Debug for Gate {
@@ -68,6 +108,16 @@ impl Gate {
     /// share hears that (429) rather than that the server is full (503).
     pub fn try_enter(self: &Arc<Self>, key: &str) -> Result<Permit, Refusal> {
         let mut c = self.counts();
+        c.sweep(Instant::now());
+        self.check(&c, key)?;
+        c.take(key);
+        Ok(Permit {
+            gate: self.clone(),
+            key: key.to_owned(),
+        })
+    }
+
+    fn check(&self, c: &Counts, key: &str) -> Result<(), Refusal> {
         let held = c.by_key.get(key).copied().unwrap_or(0);
         if held >= self.per_key {
             return Err(Refusal::PerKey {
@@ -77,12 +127,38 @@ impl Gate {
         if c.total >= self.total {
             return Err(Refusal::Total { limit: self.total });
         }
-        c.total += 1;
-        *c.by_key.entry(key.to_owned()).or_insert(0) += 1;
-        Ok(Permit {
-            gate: self.clone(),
-            key: key.to_owned(),
-        })
+        Ok(())
+    }
+
+    /// Takes or renews a place for `holder` under `key` that lapses `ttl` after `now` unless
+    /// renewed: for clients that hold no connection (HLS players fetch files now and then). A
+    /// holder that already has a lease under `key` is never refused; its lease is extended.
+    pub fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: Instant,
+        ttl: Duration,
+    ) -> Result<(), Refusal> {
+        let mut c = self.counts();
+        c.sweep(now);
+        let until = now + ttl;
+        let lease = (key.to_owned(), holder.to_owned());
+        if let Some(t) = c.leases.get_mut(&lease) {
+            *t = until;
+            return Ok(());
+        }
+        self.check(&c, key)?;
+        c.take(key);
+        c.leases.insert(lease, until);
+        c.next_lapse = Some(c.next_lapse.map_or(until, |t| t.min(until)));
+        Ok(())
+    }
+
+    /// Gives back the places of leases that lapsed by `now` (also done by every
+    /// [`Gate::try_enter`] and [`Gate::try_lease`]).
+    pub fn sweep(&self, now: Instant) {
+        self.counts().sweep(now);
     }
 
     /// Places taken in all.
@@ -116,14 +192,7 @@ impl fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut c = self.gate.counts();
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.by_key.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.by_key.remove(&self.key);
-            }
-        }
+        self.gate.counts().give_back(&self.key);
     }
 }
 
@@ -132,8 +201,11 @@ impl Drop for Permit {
 pub struct Limits {
     /// Largest WebSocket message (and frame) a client may send, in bytes.
     pub ws_max_message_bytes: usize,
-    /// Live viewers (MSE and WebRTC), keyed by stream id.
+    /// Live viewers (MSE and WebRTC sessions hold permits; HLS clients hold leases of
+    /// [`Limits::hls_viewer_ttl`]), keyed by stream id.
     pub viewers: Arc<Gate>,
+    /// How long an HLS client counts as a viewer after its last fetch of the stream's files.
+    pub hls_viewer_ttl: Duration,
     /// Archive playback sessions, keyed by client.
     pub archive_sessions: Arc<Gate>,
     /// Exports being downloaded, keyed by client.
@@ -146,12 +218,33 @@ impl Limits {
         Limits {
             ws_max_message_bytes: l.ws_max_message_bytes,
             viewers: Gate::new(l.viewers_per_stream, l.viewers_total),
+            hls_viewer_ttl: hls_viewer_ttl(&config.hls),
             archive_sessions: Gate::new(
                 l.archive_sessions_per_client,
                 config.archive_sessions_total(),
             ),
             exports: Gate::new(l.exports_per_client, l.exports_total),
         }
+    }
+}
+
+/// How long an HLS client counts as a viewer after its last request: the playlist's duration
+/// (`[hls] window_size` segments of `ms_per_segment`), at least three segments. A player fetches
+/// the playlist about once per segment, so while it plays it never lapses; one that stopped
+/// holds its place for at most this long.
+pub fn hls_viewer_ttl(hls: &crate::config::HlsConfig) -> Duration {
+    let segments = u64::try_from(hls.window_size).unwrap_or(u64::MAX).max(3);
+    Duration::from_millis(hls.ms_per_segment.saturating_mul(segments))
+}
+
+impl Limits {
+    /// Counts an HLS request of `client` for `stream` as that client viewing the stream until
+    /// [`Limits::hls_viewer_ttl`] after it: a new HLS client takes a place among the stream's
+    /// viewers (refused over `viewers_per_stream` / `viewers_total` like an MSE or WebRTC
+    /// viewer); a known one renews its place.
+    pub fn hls_viewer(&self, stream: &str, client: &str) -> Result<(), Refusal> {
+        self.viewers
+            .try_lease(stream, client, Instant::now(), self.hls_viewer_ttl)
     }
 }
 
@@ -205,6 +298,51 @@ mod tests {
             drop(held);
             assert_eq!(gate.in_use(), 0);
         }
+    }
+
+    #[test]
+    fn leases_count_like_permits_until_they_lapse() {
+        let gate = Gate::new(2, 3);
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(30);
+        gate.try_lease("s", "a", t0, ttl).expect("a");
+        // The same holder renews without taking another place.
+        gate.try_lease("s", "a", t0 + Duration::from_secs(10), ttl)
+            .expect("a renews");
+        assert_eq!(gate.in_use_by("s"), 1);
+        let permit = gate.try_enter("s").expect("a session");
+        assert_eq!(
+            gate.try_lease("s", "b", t0, ttl),
+            Err(Refusal::PerKey { limit: 2 })
+        );
+        gate.try_lease("t", "b", t0, ttl).expect("b on t");
+        assert_eq!(
+            gate.try_lease("u", "c", t0, ttl),
+            Err(Refusal::Total { limit: 3 })
+        );
+        // a renewed at t0+10 s: still held at t0+39 s, lapsed at t0+40 s; b lapsed at t0+30 s.
+        gate.sweep(t0 + Duration::from_secs(39));
+        assert_eq!((gate.in_use_by("s"), gate.in_use_by("t")), (2, 0));
+        gate.sweep(t0 + Duration::from_secs(40));
+        assert_eq!((gate.in_use(), gate.in_use_by("s")), (1, 1));
+        drop(permit);
+        assert_eq!((gate.in_use(), gate.keys()), (0, 0));
+        // A lapsed holder comes back as a new one.
+        gate.try_lease("s", "a", t0 + Duration::from_secs(41), ttl)
+            .expect("a again");
+        assert_eq!(gate.in_use(), 1);
+    }
+
+    #[test]
+    fn hls_viewers_count_for_the_playlists_duration() {
+        let mut hls = crate::config::HlsConfig {
+            ms_per_segment: 2000,
+            window_size: 5,
+            ..Default::default()
+        };
+        assert_eq!(hls_viewer_ttl(&hls), Duration::from_secs(10));
+        hls.window_size = 1;
+        assert_eq!(hls_viewer_ttl(&hls), Duration::from_secs(6));
     }
 
     #[test]

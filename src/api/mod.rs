@@ -12,6 +12,7 @@ pub mod cross_site;
 pub mod error;
 pub mod export;
 pub mod go;
+pub mod media_doc;
 pub mod metrics;
 pub mod openapi;
 pub mod origin;
@@ -73,8 +74,10 @@ pub struct AppState {
     pub webrtc: Arc<crate::webrtc::WebRtc>,
 }
 
-/// The API router and the OpenAPI document it implements: the routes' own annotations, then the
-/// access policy (security, 401/403) and the cross-site answers (403, 421) of every operation.
+/// The API router and the OpenAPI document of both listeners: the API routes' own annotations and
+/// the video listener's media routes ([`media_doc`]), then the access policy (security, 401/403),
+/// the answers over `[limits]` (429/503 with `Retry-After`) and the cross-site answers (403, 421)
+/// of every operation.
 pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(go::list))
@@ -110,7 +113,11 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(whep::delete, whep::patch))
         .split_for_parts();
     policy::document(&mut doc, policy::API);
+    let mut media = media_doc::document();
+    policy::document(&mut media, policy::VIDEO);
+    doc.merge(media);
     openapi::state_shared_rules(&mut doc);
+    openapi::state_limit_answers(&mut doc);
     cross_site::document(&mut doc);
     (router, doc)
 }

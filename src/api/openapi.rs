@@ -171,6 +171,7 @@ fn object_property<'a>(
 /// Rules on every operation alike.
 fn state_operation_rules(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{SchemaType, Type};
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder, Schema};
 
     for (path, item) in doc.paths.paths.iter_mut() {
@@ -188,6 +189,8 @@ fn state_operation_rules(doc: &mut utoipa::openapi::OpenApi) {
                 if p.parameter_in == ParameterIn::Query
                     && matches!(p.name.as_str(), "start" | "end")
                     && let Some(RefOr::T(Schema::Object(o))) = p.schema.as_mut()
+                    // Text times only (`/ws/archive` takes integer Unix seconds).
+                    && o.schema_type == SchemaType::Type(Type::String)
                 {
                     o.pattern = Some(super::archive::TIME_PATTERN.to_owned());
                 }
@@ -216,6 +219,97 @@ fn state_operation_rules(doc: &mut utoipa::openapi::OpenApi) {
                         });
                 }
             }
+        }
+    }
+}
+
+/// The operations that answer over a `[limits]` limit (or a WebRTC session limit) with a status
+/// and `Retry-After`, and why: `(method, path, status, description)`. The WebSockets are not here: they are upgraded and then closed
+/// with 1013 and a reason (a browser shows a page the close reason, not a refused upgrade's
+/// status; see `live::ws`).
+pub const LIMITED: &[(&str, &str, &str, &str)] = &[
+    (
+        "get",
+        "/api/v1/streams/{id}/export.mp4",
+        "429",
+        "This client already has `[limits] exports_per_client` exports running (code `limit_reached`)",
+    ),
+    (
+        "get",
+        "/api/v1/streams/{id}/export.mp4",
+        "503",
+        "The server already has `[limits] exports_total` exports running (code `server_busy`)",
+    ),
+    (
+        "post",
+        "/whep/{stream_id}",
+        "503",
+        "The session or viewer limits are reached (`[webrtc] max_sessions*`, `[limits] viewers_*`)",
+    ),
+    ("post", "/whep/{stream_id}", "409", "Not live yet"),
+    (
+        "get",
+        "/hls/{file}",
+        "503",
+        "A new HLS client of a stream that has `[limits] viewers_per_stream` viewers, or of a \
+         server with `viewers_total` (an HLS client counts as a viewer for the playlist's \
+         duration after its last request; MSE and WebRTC viewers count too)",
+    ),
+];
+
+/// Declares on every operation of [`LIMITED`] its answer with the `Retry-After` header (a
+/// route's own description of that answer is kept, the header added).
+pub fn state_limit_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+
+    for (method, path, status, text) in LIMITED {
+        let Some(item) = doc.paths.paths.get_mut(*path) else {
+            continue;
+        };
+        let op = match *method {
+            "get" => item.get.as_mut(),
+            "post" => item.post.as_mut(),
+            _ => None,
+        };
+        let Some(op) = op else { continue };
+        let schema = if path.starts_with("/api/") || path.starts_with("/whep/") {
+            "ErrorBody"
+        } else {
+            "GoUpperError"
+        };
+        let answer = op
+            .responses
+            .responses
+            .entry((*status).to_owned())
+            .or_insert_with(|| {
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(*text)
+                        .content(
+                            "application/json",
+                            Content::new(Some(Ref::from_schema_name(schema))),
+                        )
+                        .build(),
+                )
+            });
+        if let RefOr::T(response) = answer {
+            response
+                .headers
+                .entry("Retry-After".to_owned())
+                .or_insert_with(|| {
+                    RefOr::T(
+                        HeaderBuilder::new()
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .schema_type(Type::Integer)
+                                    .minimum(Some(0)),
+                            ))
+                            .description(Some("Seconds to wait before trying again"))
+                            .build(),
+                    )
+                });
         }
     }
 }

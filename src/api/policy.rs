@@ -596,7 +596,8 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi, table: &'static [RoutePolicy
             (Method::PATCH, &mut item.patch),
         ];
         for (method, op) in ops {
-            let (Some(op), Some(policy)) = (op.as_mut(), find(table, &method, path)) else {
+            let route = super::media_doc::route_of(path);
+            let (Some(op), Some(policy)) = (op.as_mut(), find(table, &method, route)) else {
                 continue;
             };
             if policy.access == Access::Public {

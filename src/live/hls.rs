@@ -94,6 +94,24 @@ pub async fn serve(
         }
         return GoError::upper(StatusCode::NOT_FOUND, "stream not found").into_response();
     };
+    // HLS holds no connection: a client counts as a viewer of the stream for a while after each
+    // request (`[limits]`, `Limits::hls_viewer`), so HLS players are bounded like MSE and WebRTC
+    // viewers.
+    if let Err(refusal) = state
+        .limits
+        .hls_viewer(&name.stream_id.to_string(), &caller.client_key())
+    {
+        let mut resp = GoError::upper(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::limits::viewers_reason(refusal),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::limits::RETRY_AFTER_S),
+        );
+        return resp;
+    }
     // Every HLS request is viewer activity: it starts an on-demand source and keeps it running.
     rt.demand.hls_fetch();
     let path: PathBuf = PathBuf::from(&state.config.hls.directory).join(&name.file);

@@ -205,12 +205,22 @@ async fn the_policy_table_covers_exactly_the_served_routes() {
     }
     // The published document states the policy: security and 401 on every protected operation.
     let doc: Value = serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
+    // The video listener's media routes name that listener as their server.
     for (path, item) in doc["paths"].as_object().expect("paths") {
+        let table = if item.get("servers").is_some() {
+            policy::VIDEO
+        } else {
+            policy::API
+        };
+        let route = video_server::api::media_doc::route_of(path);
         for (method, op) in item.as_object().expect("item") {
+            if method == "servers" {
+                continue;
+            }
             let policy = policy::find(
-                policy::API,
+                table,
                 &method.to_uppercase().parse().expect("method"),
-                path,
+                route,
             )
             .unwrap_or_else(|| panic!("{method} {path} has no policy"));
             if policy.access == Access::Public {
@@ -616,7 +626,8 @@ async fn signed_urls_open_exactly_what_they_name() {
         "[archive]\nserving = true\ndirectory = \"{dir}/mp4\"\n\
          [hls]\ndirectory = \"{dir}/hls\"\nms_per_segment = 2000\n\
          [[local_files]]\nguid = \"{live}\"\nfile = \"{demo}\"\noutput_types = [\"mse\", \"hls\"]\nloop = true\n\
-         [[rtsp_streams]]\nguid = \"{rec}\"\nurl = \"rtsp://127.0.0.1:9/r\"\noutput_types = [\"mse\"]\n",
+         [[rtsp_streams]]\nguid = \"{rec}\"\nurl = \"rtsp://127.0.0.1:9/r\"\noutput_types = [\"mse\"]\n\
+         [webrtc]\nudp_port = 0\n",
         dir = tmp.path().display(),
         demo = demo.display()
     ))
@@ -769,6 +780,67 @@ async fn signed_urls_open_exactly_what_they_name() {
             .is_some_and(|e| e.contains("expired"))
     );
 
+    // WHEP: a signed URL opens a WebRTC session of its stream (and closes it); an expired,
+    // tampered, other stream's or other action's signature opens nothing.
+    let whep = async |stream: Uuid, q: &str| {
+        s.http
+            .post(s.video(&format!("/whep/{stream}?{q}")))
+            .header("content-type", "application/sdp")
+            .body(crate::webrtc::OFFER)
+            .send()
+            .await
+            .expect("POST /whep")
+    };
+    let r = whep(live, &q).await;
+    assert_eq!(r.status(), 201, "signed WHEP offer");
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .expect("Location")
+        .to_owned();
+    assert!(r.text().await.expect("answer").starts_with("v=0"));
+    let r = s
+        .http
+        .delete(s.video(&format!("{location}?{q}")))
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(r.status().is_success(), "signed DELETE: {}", r.status());
+    let q_live_archive = sign(&s, live, &["archive"], 120).await;
+    assert_eq!(
+        whep(live, &q_live_archive).await.status(),
+        403,
+        "wrong action"
+    );
+    assert_eq!(
+        whep(rec, &q).await.status(),
+        401,
+        "another stream's signature"
+    );
+    let tampered = flip(
+        &q,
+        &format!("sig={sig}"),
+        &format!("sig={}{last}", &sig[..sig.len() - 1]),
+    );
+    assert_eq!(whep(live, &tampered).await.status(), 401, "tampered");
+    assert_eq!(
+        whep(live, &flip(&q, "act=live", "act=live,archive"))
+            .await
+            .status(),
+        401,
+        "tampered actions"
+    );
+    let r = whep(live, &old.to_query()).await;
+    assert_eq!(r.status(), 401, "expired");
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|e| e.contains("expired")),
+        "{body}"
+    );
+
     // Archive WebSocket and export with their own signatures.
     let q_arch = sign(&s, rec, &["archive"], 120).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(archive_url(&q_arch))
@@ -892,6 +964,138 @@ async fn signed_urls_open_exactly_what_they_name() {
     })
     .await;
     assert!(ended.is_ok(), "the open session outlived its revoked token");
+    let _ = s.s.stop().await;
+}
+
+/// Every change and every media session is in the audit log with who (token id), what (action),
+/// which stream, the route and the result: a live WebSocket, an archive WebSocket, an HLS fetch,
+/// an export, a stream PATCH and `/enable_camera`, each by a scoped token.
+#[tokio::test(flavor = "multi_thread")]
+async fn media_sessions_and_changes_are_audited() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (live, rec) = (Uuid::new_v4(), Uuid::new_v4());
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo.mp4");
+    let s = Secured::start(&format!(
+        "[archive]\nserving = true\ndirectory = \"{dir}/mp4\"\n\
+         [hls]\ndirectory = \"{dir}/hls\"\nms_per_segment = 2000\n\
+         [[local_files]]\nguid = \"{live}\"\nfile = \"{demo}\"\noutput_types = [\"mse\", \"hls\"]\nloop = true\n\
+         [[rtsp_streams]]\nguid = \"{rec}\"\nurl = \"rtsp://127.0.0.1:9/r\"\noutput_types = [\"mse\"]\n",
+        dir = tmp.path().display(),
+        demo = demo.display()
+    ))
+    .await;
+    let wall0 = 1_760_000_000_000_000i64;
+    crate::playback::synthesize(&s.s.state.db, &tmp.path().join("mp4"), rec, wall0, 2).await;
+    let created = s
+        .send(
+            "POST",
+            &s.api("/api/v1/tokens"),
+            Some(ADMIN),
+            Some(&json!({"name": "operator", "streams": [live, rec],
+                         "actions": ["live", "archive", "export", "manage"]})),
+        )
+        .await
+        .json();
+    let token = created["token"].as_str().expect("token").to_owned();
+    let token_id = created["id"].as_str().expect("id").to_owned();
+
+    // A media session: the WebSocket opens (101) and gets its first message.
+    let session = async |url: String| {
+        let mut req = url.into_client_request().expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("WebSocket");
+        assert_eq!(resp.status(), 101);
+        let first = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("first message in time");
+        assert!(matches!(first, Some(Ok(Message::Binary(_)))), "{first:?}");
+    };
+    session(format!("ws://{}/ws/live?stream_id={live}", s.s.video)).await;
+    session(format!(
+        "ws://{}/ws/archive?stream_id={rec}&start={}&duration=5",
+        s.s.video,
+        wall0 / 1_000_000
+    ))
+    .await;
+    let playlist = s.video(&format!("/hls/{live}.m3u8"));
+    wait_until("the playlist", Duration::from_secs(30), async || {
+        s.get(&playlist, &token).await.status == 200
+    })
+    .await;
+    let (start, end) = (wall0 / 1_000_000, wall0 / 1_000_000 + 5);
+    let export = s
+        .get(
+            &s.api(&format!(
+                "/api/v1/streams/{rec}/export.mp4?start={start}&end={end}"
+            )),
+            &token,
+        )
+        .await;
+    assert_eq!(export.status, 200);
+    let patched = s
+        .http
+        .patch(s.api(&format!("/api/v1/streams/{rec}")))
+        .bearer_auth(&token)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"name":"renamed"}"#)
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(patched.status(), 200);
+    let enabled = s
+        .send(
+            "POST",
+            &s.api("/enable_camera"),
+            Some(&token),
+            Some(&json!({"guid": rec, "url": "rtsp://127.0.0.1:9/r"})),
+        )
+        .await;
+    assert_eq!(
+        enabled.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&enabled.body)
+    );
+
+    // (route, action, stream, status) of each, by this token: the log is written off the
+    // request path, so wait for the last one.
+    let expected = [
+        ("GET /ws/{any}", "live", live, 101),
+        ("GET /ws/archive", "archive", rec, 101),
+        ("GET /hls/{file}", "live", live, 200),
+        ("GET /api/v1/streams/{id}/export.mp4", "export", rec, 200),
+        ("PATCH /api/v1/streams/{id}", "manage", rec, 200),
+        ("POST /enable_camera", "manage", rec, 200),
+    ];
+    let mut entries = Vec::new();
+    wait_until("the audit entries", Duration::from_secs(20), async || {
+        let page = s.get(&s.api("/api/v1/audit?limit=1000"), ADMIN).await;
+        assert_eq!(page.status, 200);
+        entries = page.json()["items"].as_array().expect("items").clone();
+        expected.iter().all(|(route, ..)| {
+            entries
+                .iter()
+                .any(|e| e["route"] == *route && e["token_id"] == token_id.as_str())
+        })
+    })
+    .await;
+    for (route, action, stream, status) in expected {
+        let found = entries
+            .iter()
+            .filter(|e| e["route"] == route && e["token_id"] == token_id.as_str())
+            .find(|e| e["status"] == status)
+            .unwrap_or_else(|| panic!("no audit entry {route} {status}: {entries:?}"));
+        assert_eq!(found["action"], action, "{found}");
+        assert_eq!(found["stream_id"], stream.to_string(), "{found}");
+        assert_eq!(found["credential"], "token", "{found}");
+        assert_eq!(found["client"], format!("token:{token_id}"), "{found}");
+    }
     let _ = s.s.stop().await;
 }
 

@@ -54,6 +54,47 @@ fn auth_section(dir: &Path) -> String {
     )
 }
 
+/// Whether a test's server runs with auth off (anonymous clients) or on, every request sending
+/// the bootstrap admin token: the limits hold alike.
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    Off,
+    Admin,
+}
+
+impl Auth {
+    /// The config section (the token file is written to `dir`).
+    fn section(self, dir: &Path) -> String {
+        match self {
+            Auth::Off => String::new(),
+            Auth::Admin => auth_section(dir),
+        }
+    }
+
+    fn bearer(self) -> Option<&'static str> {
+        match self {
+            Auth::Off => None,
+            Auth::Admin => Some(ADMIN),
+        }
+    }
+
+    /// An HTTP client sending the bearer token, if any.
+    fn http(self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = self.bearer() {
+            headers.insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
+        }
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    }
+}
+
 /// A new token for every stream with `actions`, made by the admin.
 async fn token(s: &InProcess, name: &str, actions: &[&str]) -> String {
     let resp = http()
@@ -184,15 +225,16 @@ async fn pings(ws: &mut Ws, what: &str) {
 /// Client messages of 4 KiB pass; one byte more, or 1 MiB, closes the session with 1009 and a
 /// reason, on `/ws/live` and on `/ws/archive` (paused, waiting for `more`); the server keeps
 /// answering and serving.
-#[tokio::test(flavor = "multi_thread")]
-async fn oversized_websocket_messages_close_1009_and_the_server_stays_up() {
+async fn oversized_websocket_messages_close_1009(auth: Auth) {
     let tmp = tempfile::tempdir().expect("tmp");
     let s = InProcess::start(&format!(
-        "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 2\n{}",
+        "[archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 2\n{}{}",
         tmp.path().display(),
-        local_file(DEMO)
+        local_file(DEMO),
+        auth.section(tmp.path())
     ))
     .await;
+    let bearer = auth.bearer();
     let archived = Uuid::new_v4();
     synthesize(&s.state.db, tmp.path(), archived, WALL0_US, 1).await;
     let live = format!("ws://{}/ws/live?stream_id={DEMO}", s.video);
@@ -204,7 +246,7 @@ async fn oversized_websocket_messages_close_1009_and_the_server_stays_up() {
 
     for (what, url) in [("live", &live), ("archive", &archive)] {
         // Exactly the limit is fine.
-        let mut ws = connect(url, None).await;
+        let mut ws = connect(url, bearer).await;
         started(&mut ws, what).await;
         ws.send(Message::Binary(vec![7u8; 4096].into()))
             .await
@@ -214,18 +256,19 @@ async fn oversized_websocket_messages_close_1009_and_the_server_stays_up() {
         let close = send_and_expect_close(ws, Message::Binary(vec![7u8; 4097].into())).await;
         assert_too_big(close, &format!("{what}, 4097 bytes"));
         // 1 MiB, as text, right after connecting.
-        let ws = connect(url, None).await;
+        let ws = connect(url, bearer).await;
         let close = send_and_expect_close(ws, Message::Text("x".repeat(1 << 20).into())).await;
         assert_too_big(close, &format!("{what}, 1 MiB"));
     }
     // Still up: the API answers, and a new viewer gets video.
-    let health = http()
+    let health = auth
+        .http()
         .get(format!("{}/healthz", s.api))
         .send()
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
-    let mut ws = connect(&live, None).await;
+    let mut ws = connect(&live, bearer).await;
     started(&mut ws, "live after the oversized messages").await;
     drop(ws);
     let gate = s.state.limits.viewers.clone();
@@ -236,24 +279,36 @@ async fn oversized_websocket_messages_close_1009_and_the_server_stays_up() {
     let _ = s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_websocket_messages_close_1009_and_the_server_stays_up() {
+    oversized_websocket_messages_close_1009(Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_websocket_messages_close_1009_with_auth_on() {
+    oversized_websocket_messages_close_1009(Auth::Admin).await;
+}
+
 /// Viewers per stream and in total: over either limit, the upgrade is closed with 1013 and a
 /// reason naming the limit; the places come back when viewers leave, however often.
-#[tokio::test(flavor = "multi_thread")]
-async fn viewers_over_their_limits_are_refused_and_places_come_back() {
+async fn viewers_over_their_limits(auth: Auth) {
+    let tmp = tempfile::tempdir().expect("tmp");
     let s = InProcess::start(&format!(
-        "[limits]\nviewers_per_stream = 2\nviewers_total = 3\n{}{}",
+        "[limits]\nviewers_per_stream = 2\nviewers_total = 3\n{}{}{}",
         local_file(DEMO),
-        local_file(OTHER)
+        local_file(OTHER),
+        auth.section(tmp.path())
     ))
     .await;
+    let bearer = auth.bearer();
     let url = |id: &str| format!("ws://{}/ws/live?stream_id={id}", s.video);
     let gate = s.state.limits.viewers.clone();
     for round in 0..2 {
-        let mut a1 = connect(&url(DEMO), None).await;
+        let mut a1 = connect(&url(DEMO), bearer).await;
         started(&mut a1, "first viewer of A").await;
-        let mut a2 = connect(&url(DEMO), None).await;
+        let mut a2 = connect(&url(DEMO), bearer).await;
         started(&mut a2, "second viewer of A").await;
-        let mut a3 = connect(&url(DEMO), None).await;
+        let mut a3 = connect(&url(DEMO), bearer).await;
         refused(
             &mut a3,
             1013,
@@ -261,9 +316,9 @@ async fn viewers_over_their_limits_are_refused_and_places_come_back() {
             "third viewer of A",
         )
         .await;
-        let mut b1 = connect(&url(OTHER), None).await;
+        let mut b1 = connect(&url(OTHER), bearer).await;
         started(&mut b1, "first viewer of B").await;
-        let mut b2 = connect(&url(OTHER), None).await;
+        let mut b2 = connect(&url(OTHER), bearer).await;
         refused(
             &mut b2,
             1013,
@@ -282,6 +337,124 @@ async fn viewers_over_their_limits_are_refused_and_places_come_back() {
         })
         .await;
     }
+    let _ = s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_over_their_limits_are_refused_and_places_come_back() {
+    viewers_over_their_limits(Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_over_their_limits_are_refused_with_auth_on() {
+    viewers_over_their_limits(Auth::Admin).await;
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+async fn poll_until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// HLS viewers: HLS holds no connection, so a client counts as a viewer of a stream from a
+/// request until the playlist's duration after its last one. A new HLS client over the stream's
+/// viewer limit gets 503 with `Retry-After` (and the document says so); the holder keeps
+/// fetching; an MSE viewer is refused while HLS clients hold the places; a client that stops
+/// fetching gives its place back when its time lapses.
+#[tokio::test(flavor = "multi_thread")]
+async fn hls_viewers_count_until_they_stop_fetching() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start(&format!(
+        "[limits]\nviewers_per_stream = 1\n\
+         [hls]\nms_per_segment = 1000\nwindow_size = 5\n\
+         [[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\", \"hls\"]\nloop = true\n{}",
+        auth_section(tmp.path())
+    ))
+    .await;
+    let alice = token(&s, "alice", &["live"]).await;
+    let bob = token(&s, "bob", &["live"]).await;
+    let c = http();
+    let playlist = format!("http://{}/hls/{DEMO}.m3u8", s.video);
+    let fetch = async |url: &str, bearer: &str| {
+        c.get(url)
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .expect("HLS request")
+    };
+    let text = poll_until(
+        "alice's first playlist",
+        Duration::from_secs(30),
+        async || {
+            let r = fetch(&playlist, &alice).await;
+            match r.status().as_u16() {
+                200 => Some(r.text().await.expect("text")),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let gate = s.state.limits.viewers.clone();
+    assert_eq!(gate.in_use_by(DEMO), 1, "alice is a viewer");
+
+    // Bob is refused while alice holds the stream's only place.
+    let refused_hls = fetch(&playlist, &bob).await;
+    assert_eq!(refused_hls.status(), 503);
+    let retry = refused_hls
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(retry.is_some_and(|r| r > 0), "Retry-After: {retry:?}");
+    let body: Value = refused_hls.json().await.expect("JSON");
+    assert!(
+        body["Error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Too many viewers of this stream (limit 1)")),
+        "{body}"
+    );
+    crate::support::assert_documented_retry_after("get", "/hls/{file}", "503");
+    let mut ws = connect(
+        &format!("ws://{}/ws/live?stream_id={DEMO}", s.video),
+        Some(&bob),
+    )
+    .await;
+    refused(
+        &mut ws,
+        1013,
+        "Too many viewers of this stream (limit 1)",
+        "MSE while HLS holds the place",
+    )
+    .await;
+
+    // Alice keeps fetching (the playlist's segments too) and is never refused.
+    let segment = text
+        .lines()
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("a segment");
+    let r = fetch(&format!("http://{}/hls/{segment}", s.video), &alice).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(fetch(&playlist, &alice).await.status(), 200);
+    assert_eq!(gate.in_use_by(DEMO), 1);
+
+    // Alice stops: within her lease (5 s: the playlist's duration) and a margin, bob gets in.
+    poll_until(
+        "alice's place to lapse",
+        Duration::from_secs(20),
+        async || (fetch(&playlist, &bob).await.status() == 200).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        fetch(&playlist, &alice).await.status(),
+        503,
+        "now bob holds the place"
+    );
     let _ = s.stop().await;
 }
 
@@ -442,6 +615,11 @@ async fn create_archived_stream(s: &InProcess, id: Uuid, bearer: Option<&str>) {
 
 async fn check_limited(resp: reqwest::Response, status: u16, code: &str) {
     assert_eq!(resp.status().as_u16(), status);
+    crate::support::assert_documented_retry_after(
+        "get",
+        "/api/v1/streams/{id}/export.mp4",
+        &status.to_string(),
+    );
     let retry = resp
         .headers()
         .get("retry-after")

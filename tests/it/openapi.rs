@@ -35,44 +35,178 @@ const UNDOCUMENTED: &[(&str, &str)] = &[
     ("GET", "/swagger-ui/{*rest}"),
 ];
 
-/// The document and the router agree in both directions: every route the API listener really
-/// serves (read from the router itself, not from a list written here) is documented, and every
-/// documented operation is served.
-#[tokio::test]
-async fn the_document_lists_exactly_the_served_routes() {
+/// Every `(METHOD, route)` the two listeners really serve (read from the routers themselves, not
+/// from a list written here), with the listener's policy table: `(method, route) -> video?`.
+async fn served_routes() -> (
+    std::collections::BTreeSet<(String, String)>,
+    std::collections::BTreeSet<(String, String)>,
+) {
     let t = crate::support::sqlite().await;
     let state = crate::support::state(&t.db, crate::support::config("")).await;
-    let served = crate::support::routes::routes(&video_server::api::app(state.clone()));
-    let doc: serde_json::Value =
-        serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
-    let mut documented = std::collections::BTreeSet::new();
+    let api = crate::support::routes::routes(&video_server::api::app(state.clone()));
+    let video = crate::support::routes::routes(&video_server::live::app(state.clone()));
+    state.manager.shutdown().await;
+    t.cleanup().await;
+    (api, video)
+}
+
+/// The document's operations as `(METHOD, route)`, and whether each path names the video
+/// listener as its server. The document's path is mapped to the route the router declares
+/// (`/ws/live` is routed as `/ws/{any}`).
+fn documented_operations(doc: &serde_json::Value) -> Vec<(String, String, String, bool)> {
+    let mut out = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
+        let video = item["servers"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["variables"]["port"]["default"] == "8090")
+        });
+        let route = video_server::api::media_doc::route_of(path).to_owned();
         for method in ["get", "post", "put", "patch", "delete", "options"] {
             if item.get(method).is_some() {
-                documented.insert((method.to_uppercase(), path.clone()));
+                out.push((method.to_uppercase(), route.clone(), path.clone(), video));
             }
         }
     }
-    let undocumented: Vec<_> = served
+    out
+}
+
+/// The document and the routers agree in both directions: every route the API listener serves
+/// is documented, and so is every media route of the video listener (with the video listener as
+/// its server); every documented operation is served by the listener it names.
+#[tokio::test]
+async fn the_document_lists_exactly_the_served_routes() {
+    let (api, video) = served_routes().await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
+    let ops = documented_operations(&doc);
+    let documented_api: std::collections::BTreeSet<(String, String)> = ops
         .iter()
-        .filter(|r| !documented.contains(*r))
+        .filter(|o| !o.3)
+        .map(|o| (o.0.clone(), o.1.clone()))
+        .collect();
+    let documented_video: std::collections::BTreeSet<(String, String)> = ops
+        .iter()
+        .filter(|o| o.3)
+        .map(|o| (o.0.clone(), o.1.clone()))
+        .collect();
+    let undocumented: Vec<_> = api
+        .iter()
+        .filter(|r| !documented_api.contains(*r))
         .filter(|(m, p)| !UNDOCUMENTED.contains(&(m.as_str(), p.as_str())))
         .collect();
     assert!(
         undocumented.is_empty(),
         "served but not in the OpenAPI document: {undocumented:?}"
     );
-    let unserved: Vec<_> = documented.difference(&served).collect();
+    // The video listener serves the API's WHEP routes and `/api/v1/server` too (documented once,
+    // on the API listener's paths, which name no other server).
+    let undocumented_video: Vec<_> = video
+        .iter()
+        .filter(|r| !documented_video.contains(*r) && !documented_api.contains(*r))
+        .filter(|(m, p)| !UNDOCUMENTED.contains(&(m.as_str(), p.as_str())))
+        .collect();
+    assert!(
+        undocumented_video.is_empty(),
+        "served by the video listener but not in the OpenAPI document: {undocumented_video:?}"
+    );
+    for media in ["/ws/{any}", "/ws/archive", "/hls/{file}"] {
+        assert!(
+            documented_video.contains(&("GET".to_owned(), media.to_owned())),
+            "GET {media} is not documented on the video listener"
+        );
+    }
+    let unserved: Vec<_> = documented_api.difference(&api).collect();
     assert!(
         unserved.is_empty(),
         "documented but not served: {unserved:?}"
     );
+    let unserved_video: Vec<_> = documented_video.difference(&video).collect();
     assert!(
-        served.contains(&("GET".to_owned(), "/api/v1/archive/uploads".to_owned())),
-        "{served:?}"
+        unserved_video.is_empty(),
+        "documented on the video listener but not served there: {unserved_video:?}"
     );
-    state.manager.shutdown().await;
-    t.cleanup().await;
+    assert!(
+        api.contains(&("GET".to_owned(), "/api/v1/archive/uploads".to_owned())),
+        "{api:?}"
+    );
+}
+
+/// Every operation that needs credentials (by the access policy of the listener that serves it)
+/// states them and their refusals: the `bearer` scheme (and `signed_url` where a signed URL
+/// opens it), 401, and 403 unless any credential will do. Read from the real routes and the
+/// policy tables, so a route documented without its refusals (as the video listener's media routes
+/// once were) fails here.
+#[tokio::test]
+async fn every_protected_operation_documents_401_and_403() {
+    use video_server::api::policy::{API, Access, VIDEO, find};
+    let (api, video) = served_routes().await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
+    let mut checked = 0;
+    for (method, route, path, on_video) in documented_operations(&doc) {
+        let (table, served) = if on_video {
+            (VIDEO, &video)
+        } else {
+            (API, &api)
+        };
+        assert!(
+            served.contains(&(method.clone(), route.clone())),
+            "{method} {path}"
+        );
+        let m: axum::http::Method = method.parse().expect("method");
+        let policy = find(table, &m, &route)
+            .unwrap_or_else(|| panic!("{method} {route} has no access policy"));
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        let responses = &op["responses"];
+        if policy.access == Access::Public {
+            assert!(op.get("security").is_none(), "{method} {path}: public");
+            continue;
+        }
+        checked += 1;
+        let schemes: Vec<&str> = op["security"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path}: no security"))
+            .iter()
+            .filter_map(|s| s.as_object()?.keys().next().map(String::as_str))
+            .collect();
+        assert!(schemes.contains(&"bearer"), "{method} {path}: {schemes:?}");
+        assert_eq!(
+            schemes.contains(&"signed_url"),
+            policy.signed,
+            "{method} {path}: signed URLs"
+        );
+        assert!(responses.get("401").is_some(), "{method} {path}: no 401");
+        if policy.access != Access::Listing {
+            assert!(responses.get("403").is_some(), "{method} {path}: no 403");
+        }
+    }
+    // The media routes of the video listener are among them.
+    assert!(checked > 30, "only {checked} protected operations found");
+    for path in ["/ws/live", "/ws/archive", "/hls/{file}"] {
+        let op = &doc["paths"][path]["get"];
+        assert!(op["responses"].get("401").is_some(), "{path}");
+        assert!(op["responses"].get("403").is_some(), "{path}");
+    }
+}
+
+/// The operations that answer 429/503 over `[limits]` (export, WHEP, HLS): each declares those
+/// answers with the `Retry-After` header. tests/it/limits.rs checks the same declarations for the
+/// answers it really receives (see `support::assert_documented_retry_after`).
+#[test]
+fn limited_operations_declare_retry_after() {
+    for (method, path, statuses) in [
+        (
+            "get",
+            "/api/v1/streams/{id}/export.mp4",
+            &["429", "503"][..],
+        ),
+        ("post", "/whep/{stream_id}", &["503"][..]),
+        ("get", "/hls/{file}", &["503"][..]),
+    ] {
+        for status in statuses {
+            crate::support::assert_documented_retry_after(method, path, status);
+        }
+    }
 }
 
 /// The document states the rules the server enforces, so generated clients and validators agree

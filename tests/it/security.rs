@@ -1,6 +1,8 @@
 //! Hardening (issue 9), tried the way an attacker's script would: camera passwords never come
 //! back out, health errors give categories instead of banners, file sources and archive
-//! directories stay inside their roots.
+//! directories stay inside their roots, cross-site requests and rebinding hosts are refused.
+//! Each runs with auth off (both engines) and with auth on and the admin token (`_with_auth_on`):
+//! a deployment as the README recommends it must hold every defence too.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,11 +14,52 @@ use crate::support::InProcess;
 use crate::support::binary::ServerProcess;
 use crate::support::media::RtspServer;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
+/// The bootstrap admin token of the servers run with auth on.
+const ADMIN: &str = "security-test-admin-token-0123456789abcdef";
+
+/// How a test's server runs: auth off (anonymous clients, the defences that hold without auth),
+/// or on, every request sending the bootstrap admin token (the most trusted caller must not get
+/// around any of these defences either).
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    Off,
+    Admin,
+}
+
+impl Auth {
+    /// The `[auth]` section, with the token file written to `dir` (empty when off).
+    fn section(self, dir: &Path) -> String {
+        match self {
+            Auth::Off => String::new(),
+            Auth::Admin => {
+                let file = dir.join("admin.token");
+                std::fs::write(&file, format!("{ADMIN}\n")).expect("token file");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                format!(
+                    "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
+                    file.display()
+                )
+            }
+        }
+    }
+
+    /// An HTTP client that sends the admin token when auth is on.
+    fn http(self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Auth::Admin = self {
+            headers.insert(
+                "authorization",
+                format!("Bearer {ADMIN}").parse().expect("header"),
+            );
+        }
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    }
 }
 
 /// Every body the session saw, to search for secrets at the end.
@@ -47,8 +90,12 @@ impl Transcript {
 
 /// Polls a stream's status until its source is online with codecs (`Ok`) or reports a health
 /// error (`Err(category)`).
-async fn health(t: &mut Transcript, api: &str, id: &str) -> Result<(), String> {
-    let c = http();
+async fn health(
+    t: &mut Transcript,
+    c: &reqwest::Client,
+    api: &str,
+    id: &str,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, st) = t
@@ -75,7 +122,7 @@ async fn health(t: &mut Transcript, api: &str, id: &str) -> Result<(), String> {
 /// PATCH: the camera must still authenticate), disabled and enabled through the Go routes, and
 /// given a wrong password (the control: `auth_failed`). Neither password may appear in any body
 /// or in the server's debug log.
-async fn secrets_never_leave_the_server(db_url: &str) {
+async fn secrets_never_leave_the_server(db_url: &str, auth: Auth) {
     const PW: &str = "Hunter2q8Zx";
     const WRONG: &str = "Wr0ngk3Jv";
     let rtsp = RtspServer::start_with_auth(&format!("cam:{PW}"));
@@ -84,7 +131,8 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         dir.path().join("conf.toml"),
         format!(
             "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
-             [database]\nurl = \"{db_url}\"\n"
+             [database]\nurl = \"{db_url}\"\n{}",
+            auth.section(dir.path())
         ),
     )
     .expect("conf");
@@ -94,7 +142,7 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         &[("RUST_LOG", "debug")],
     );
     let api = server.api.clone();
-    let c = http();
+    let c = auth.http();
     let mut t = Transcript::default();
     let url = format!("rtsp://cam:{PW}@127.0.0.1:{}/test", rtsp.port);
     let masked = format!("rtsp://cam:***@127.0.0.1:{}/test", rtsp.port);
@@ -112,7 +160,7 @@ async fn secrets_never_leave_the_server(db_url: &str) {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["source"]["url"], json!(masked));
     let id = created["id"].as_str().expect("id").to_owned();
-    health(&mut t, &api, &id)
+    health(&mut t, &c, &api, &id)
         .await
         .expect("the camera authenticates");
 
@@ -123,10 +171,18 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         ("go status", "/status".to_owned()),
         ("go list", "/list".to_owned()),
         ("healthz", "/healthz".to_owned()),
+        ("audit", "/api/v1/audit?limit=1000".to_owned()),
+        ("metrics", "/metrics".to_owned()),
+        ("storage", "/api/v1/storage".to_owned()),
+        ("uploads", "/api/v1/archive/uploads".to_owned()),
+        ("status", format!("/api/v1/streams/{id}/status")),
     ] {
         let (status, body) = t.send(what, c.get(format!("{api}{path}"))).await;
         assert_eq!(status, 200, "{what}: {body}");
     }
+    // Ready or not (the archive directory may lack its marker yet), it names no secret.
+    let (status, body) = t.send("readyz", c.get(format!("{api}/readyz"))).await;
+    assert!(status == 200 || status == 503, "readyz: {status} {body}");
     let (_, list) = t.send("list", c.get(format!("{api}/api/v1/streams"))).await;
     assert_eq!(list["items"][0]["source"]["url"], json!(masked));
     let (_, go) = t.send("go status", c.get(format!("{api}/status"))).await;
@@ -146,7 +202,7 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         .await;
     assert_eq!(status, 200, "{put}");
     assert_eq!(put["source"]["url"], json!(masked));
-    health(&mut t, &api, &id)
+    health(&mut t, &c, &api, &id)
         .await
         .expect("PUT with the masked URL kept the password");
 
@@ -167,7 +223,7 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         patched["source"]["url"],
         json!(masked.replace("/test", "/av"))
     );
-    health(&mut t, &api, &id)
+    health(&mut t, &c, &api, &id)
         .await
         .expect("PATCH with the masked URL kept the password");
 
@@ -193,7 +249,7 @@ async fn secrets_never_leave_the_server(db_url: &str) {
             .await;
         assert_eq!(status, 200, "{route}: {doc}");
     }
-    health(&mut t, &api, &id)
+    health(&mut t, &c, &api, &id)
         .await
         .expect("re-enabled with the stored password");
 
@@ -208,7 +264,7 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        health(&mut t, &api, &id).await,
+        health(&mut t, &c, &api, &id).await,
         Err("auth_failed".to_owned())
     );
     let (_, go) = t.send("go status", c.get(format!("{api}/status"))).await;
@@ -217,6 +273,14 @@ async fn secrets_never_leave_the_server(db_url: &str) {
         json!("auth_failed")
     );
 
+    // The audit log and the metrics once more, after every change.
+    for (what, path) in [
+        ("audit at the end", "/api/v1/audit?limit=1000"),
+        ("metrics at the end", "/metrics"),
+    ] {
+        let (status, body) = t.send(what, c.get(format!("{api}{path}"))).await;
+        assert_eq!(status, 200, "{what}: {body}");
+    }
     let logs = server.log_text();
     assert!(
         logs.contains("stream started") && logs.contains(&masked),
@@ -232,13 +296,18 @@ async fn secrets_never_leave_the_server(db_url: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_leave_the_server_sqlite() {
-    secrets_never_leave_the_server("sqlite://data/index.db").await;
+    secrets_never_leave_the_server("sqlite://data/index.db", Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_leave_the_server_with_auth_on() {
+    secrets_never_leave_the_server("sqlite://data/index.db", Auth::Admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_leave_the_server_postgres() {
     let schema = crate::support::PgSchema::create().await;
-    secrets_never_leave_the_server(&schema.url()).await;
+    secrets_never_leave_the_server(&schema.url(), Auth::Off).await;
 }
 
 /// The index of an in-process server of `engine`; keep it alive as long as the server (a Postgres
@@ -261,7 +330,7 @@ async fn masking_fails_closed(engine: &str) {
         Some(index.url.clone()),
     )
     .await;
-    let c = http();
+    let c = Auth::Off.http();
     let r = c
         .post(format!("{}/api/v1/streams", s.api))
         .json(&json!({
@@ -345,7 +414,7 @@ async fn banner_server(marker: &str) -> u16 {
 
 /// A camera URL pointing at a closed port and at an HTTP server: `last_health_error` says
 /// `connection_refused` and `not_rtsp`, and nothing the HTTP server sent shows up anywhere.
-async fn health_errors_are_categories(engine: &str) {
+async fn health_errors_are_categories(engine: &str, auth: Auth) {
     // A bound socket that does not listen: connecting is refused, and nothing can take the port.
     let closed = tokio::net::TcpSocket::new_v4().expect("socket");
     closed
@@ -357,8 +426,9 @@ async fn health_errors_are_categories(engine: &str) {
     let marker = format!("build-{}", Uuid::new_v4().simple());
     let http_port = banner_server(&marker).await;
     let index = engine_db(engine).await;
-    let s = InProcess::start_with_db("", Some(index.url.clone())).await;
-    let c = http();
+    let keep = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start_with_db(&auth.section(keep.path()), Some(index.url.clone())).await;
+    let c = auth.http();
     let mut t = Transcript::default();
     let mut ids = Vec::new();
     for port in [closed_port, http_port] {
@@ -375,11 +445,11 @@ async fn health_errors_are_categories(engine: &str) {
         ids.push(created["id"].as_str().expect("id").to_owned());
     }
     assert_eq!(
-        health(&mut t, &s.api, &ids[0]).await,
+        health(&mut t, &c, &s.api, &ids[0]).await,
         Err("connection_refused".to_owned())
     );
     assert_eq!(
-        health(&mut t, &s.api, &ids[1]).await,
+        health(&mut t, &c, &s.api, &ids[1]).await,
         Err("not_rtsp".to_owned())
     );
     let (_, go) = t
@@ -403,17 +473,22 @@ async fn health_errors_are_categories(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_errors_are_categories_sqlite() {
-    health_errors_are_categories("sqlite").await;
+    health_errors_are_categories("sqlite", Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_errors_are_categories_with_auth_on() {
+    health_errors_are_categories("sqlite", Auth::Admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_errors_are_categories_postgres() {
-    health_errors_are_categories("postgres").await;
+    health_errors_are_categories("postgres", Auth::Off).await;
 }
 
 /// POSTs a stream and returns status and JSON body.
-async fn create(api: &str, body: Value) -> (u16, Value) {
-    let r = http()
+async fn create(c: &reqwest::Client, api: &str, body: Value) -> (u16, Value) {
+    let r = c
         .post(format!("{api}/api/v1/streams"))
         .json(&body)
         .send()
@@ -436,7 +511,7 @@ fn expect_422(what: &str, (status, body): (u16, Value), field: &str, names: &str
 /// File sources: only regular files under `[sources] file_roots` (here the bundled assets and the
 /// server's temp dir) or the exact files the config names. `/etc/passwd`, `/proc/self/environ`,
 /// `../` escapes and symlinks out of a root are 422 naming the roots.
-async fn file_sources_stay_in_their_roots(engine: &str) {
+async fn file_sources_stay_in_their_roots(engine: &str, auth: Auth) {
     let outside = tempfile::tempdir().expect("tmp");
     let named = outside.path().join("named.mp4");
     std::fs::copy("assets/demo.mp4", &named).expect("copy");
@@ -445,12 +520,14 @@ async fn file_sources_stay_in_their_roots(engine: &str) {
     let s = InProcess::start_with_db(
         &format!(
             "[[local_files]]\nguid = \"13bf3e5c-d537-4f10-98e8-9d0afca8b070\"\nfile = \"{}\"\n\
-             output_types = [\"mse\"]\nloop = true\n",
-            named.display()
+             output_types = [\"mse\"]\nloop = true\n{}",
+            named.display(),
+            auth.section(outside.path())
         ),
         Some(index.url.clone()),
     )
     .await;
+    let c = auth.http();
     let root = s.dir.path();
     std::fs::copy("assets/demo.mp4", root.join("clip.mp4")).expect("copy");
     std::os::unix::fs::symlink("/etc/passwd", root.join("passwd.mp4")).expect("link");
@@ -470,6 +547,7 @@ async fn file_sources_stay_in_their_roots(engine: &str) {
         outside.path().join("other.mp4").display().to_string(),
     ] {
         let r = create(
+            &c,
             &s.api,
             json!({"source": {"kind": "file", "path": bad}, "enabled": false}),
         )
@@ -482,6 +560,7 @@ async fn file_sources_stay_in_their_roots(engine: &str) {
         named.display().to_string(),
     ] {
         let (status, body) = create(
+            &c,
             &s.api,
             json!({"source": {"kind": "file", "path": good}, "enabled": false}),
         )
@@ -490,7 +569,7 @@ async fn file_sources_stay_in_their_roots(engine: &str) {
     }
     // The config file's own entry outside the roots plays.
     let mut t = Transcript::default();
-    health(&mut t, &s.api, "13bf3e5c-d537-4f10-98e8-9d0afca8b070")
+    health(&mut t, &c, &s.api, "13bf3e5c-d537-4f10-98e8-9d0afca8b070")
         .await
         .expect("the config-named file plays");
     s.stop().await;
@@ -498,17 +577,22 @@ async fn file_sources_stay_in_their_roots(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn file_sources_stay_in_their_roots_sqlite() {
-    file_sources_stay_in_their_roots("sqlite").await;
+    file_sources_stay_in_their_roots("sqlite", Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_sources_stay_in_their_roots_with_auth_on() {
+    file_sources_stay_in_their_roots("sqlite", Auth::Admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn file_sources_stay_in_their_roots_postgres() {
-    file_sources_stay_in_their_roots("postgres").await;
+    file_sources_stay_in_their_roots("postgres", Auth::Off).await;
 }
 
 /// Archive directories must lie under `[archive] directory` or `[archive] roots`, buckets must
 /// be the `[s3]` bucket or one of `[s3] buckets`; POST, PUT and PATCH alike.
-async fn storage_stays_in_its_roots(engine: &str) {
+async fn storage_stays_in_its_roots(engine: &str, auth: Auth) {
     let tmp = tempfile::tempdir().expect("tmp");
     let base = tmp.path();
     for d in ["mp4/cams", "extra", "elsewhere"] {
@@ -521,12 +605,14 @@ async fn storage_stays_in_its_roots(engine: &str) {
             "[hls]\ndirectory = \"{b}/hls\"\n[archive]\ndirectory = \"{b}/mp4\"\n\
              roots = [\"{b}/extra\"]\n\
              [s3]\nendpoint = \"http://127.0.0.1:9\"\nregion = \"us-east-1\"\naccess_key = \"a\"\n\
-             secret_key = \"s\"\nbucket = \"archive\"\nbuckets = [\"cams-a\"]\n",
-            b = base.display()
+             secret_key = \"s\"\nbucket = \"archive\"\nbuckets = [\"cams-a\"]\n{auth}",
+            b = base.display(),
+            auth = auth.section(base)
         ),
         Some(index.url.clone()),
     )
     .await;
+    let c = auth.http();
     let rtsp = |archive: Value| {
         json!({"source": {"kind": "rtsp", "url": "rtsp://127.0.0.1:1/x"}, "enabled": false,
                "archive": archive})
@@ -540,11 +626,11 @@ async fn storage_stays_in_its_roots(engine: &str) {
         format!("{b}/mp4/out/new"),
         format!("{b}/mp4x"),
     ] {
-        let r = create(&s.api, rtsp(json!({"directory": bad}))).await;
+        let r = create(&c, &s.api, rtsp(json!({"directory": bad}))).await;
         expect_422(&bad, r, "archive.directory", &format!("{b}/extra"));
     }
     for bucket in ["other", "archive2", ""] {
-        let r = create(&s.api, rtsp(json!({"storage": "s3", "bucket": bucket}))).await;
+        let r = create(&c, &s.api, rtsp(json!({"storage": "s3", "bucket": bucket}))).await;
         assert_eq!(r.0, 422, "{bucket}: {}", r.1);
         assert_eq!(r.1["error"]["field"], json!("archive.bucket"));
     }
@@ -556,11 +642,10 @@ async fn storage_stays_in_its_roots(engine: &str) {
         json!({"storage": "s3", "bucket": "archive"}),
         json!({"storage": "s3", "bucket": "cams-a"}),
     ] {
-        let (status, body) = create(&s.api, rtsp(good.clone())).await;
+        let (status, body) = create(&c, &s.api, rtsp(good.clone())).await;
         assert_eq!(status, 201, "{good}: {body}");
         ok_id = body["id"].as_str().expect("id").to_owned();
     }
-    let c = http();
     let r = c
         .patch(format!("{}/api/v1/streams/{ok_id}", s.api))
         .header("content-type", "application/merge-patch+json")
@@ -588,12 +673,17 @@ async fn storage_stays_in_its_roots(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_stays_in_its_roots_sqlite() {
-    storage_stays_in_its_roots("sqlite").await;
+    storage_stays_in_its_roots("sqlite", Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_stays_in_its_roots_with_auth_on() {
+    storage_stays_in_its_roots("sqlite", Auth::Admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_stays_in_its_roots_postgres() {
-    storage_stays_in_its_roots("postgres").await;
+    storage_stays_in_its_roots("postgres", Auth::Off).await;
 }
 
 const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
@@ -618,12 +708,18 @@ async fn with_origin(req: reqwest::RequestBuilder, origin: Option<&str>) -> (u16
 }
 
 /// Opens a WebSocket with the given `Origin`: `Ok(first binary message)` or `Err(HTTP status)`.
-async fn ws_with_origin(url: &str, origin: &str) -> Result<Vec<u8>, u16> {
+async fn ws_with_origin(url: &str, origin: &str, auth: Auth) -> Result<Vec<u8>, u16> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().expect("request");
     req.headers_mut()
         .insert("origin", origin.parse().expect("origin"));
+    if let Auth::Admin = auth {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN}").parse().expect("header"),
+        );
+    }
     match tokio_tungstenite::connect_async(req).await {
         Ok((mut ws, _)) => loop {
             match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
@@ -643,10 +739,19 @@ async fn ws_with_origin(url: &str, origin: &str) -> Result<Vec<u8>, u16> {
 /// a foreign `Origin` (or `null`, or `Sec-Fetch-Site: cross-site`) are 403 in the route's error
 /// shape and change nothing; the server's own listeners, a configured origin and clients without
 /// `Origin` (curl) pass.
-async fn cross_site_requests_are_refused(engine: &str) {
+async fn cross_site_requests_are_refused(engine: &str, auth: Auth) {
     let index = engine_db(engine).await;
-    let s = InProcess::start_with_db(&demo_with_trusted_origin(), Some(index.url.clone())).await;
-    let c = http();
+    let keep = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start_with_db(
+        &format!(
+            "{}{}",
+            demo_with_trusted_origin(),
+            auth.section(keep.path())
+        ),
+        Some(index.url.clone()),
+    )
+    .await;
+    let c = auth.http();
     let api_port = s.api.rsplit(':').next().expect("port").to_owned();
     let video_port = s.video.rsplit(':').next().expect("port").to_owned();
     let stream = |name: &str| {
@@ -698,17 +803,20 @@ async fn cross_site_requests_are_refused(engine: &str) {
 
     // WebSocket upgrades on the video listener.
     let live = format!("ws://{}/ws/live?stream_id={DEMO}", s.video);
-    assert_eq!(ws_with_origin(&live, "http://evil.example").await, Err(403));
-    let archive = format!("ws://{}/ws/archive?stream_id={DEMO}&start=0", s.video);
     assert_eq!(
-        ws_with_origin(&archive, "http://evil.example").await,
+        ws_with_origin(&live, "http://evil.example", auth).await,
         Err(403)
     );
-    let first = ws_with_origin(&live, &format!("http://127.0.0.1:{video_port}"))
+    let archive = format!("ws://{}/ws/archive?stream_id={DEMO}&start=0", s.video);
+    assert_eq!(
+        ws_with_origin(&archive, "http://evil.example", auth).await,
+        Err(403)
+    );
+    let first = ws_with_origin(&live, &format!("http://127.0.0.1:{video_port}"), auth)
         .await
         .expect("same-server page may watch");
     assert_eq!(first.first(), Some(&0x09));
-    let first = ws_with_origin(&live, "http://trusted.example")
+    let first = ws_with_origin(&live, "http://trusted.example", auth)
         .await
         .expect("a configured origin may watch");
     assert_eq!(first.first(), Some(&0x09));
@@ -717,20 +825,34 @@ async fn cross_site_requests_are_refused(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cross_site_requests_are_refused_sqlite() {
-    cross_site_requests_are_refused("sqlite").await;
+    cross_site_requests_are_refused("sqlite", Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_site_requests_are_refused_with_auth_on() {
+    cross_site_requests_are_refused("sqlite", Auth::Admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cross_site_requests_are_refused_postgres() {
-    cross_site_requests_are_refused("postgres").await;
+    cross_site_requests_are_refused("postgres", Auth::Off).await;
 }
 
 /// DNS rebinding: listeners bound to 127.0.0.1 answer 421 to any `Host` that is not a loopback
 /// name or address, on every route of both listeners.
-async fn rebinding_hosts_are_misdirected(engine: &str) {
+async fn rebinding_hosts_are_misdirected(engine: &str, auth: Auth) {
     let index = engine_db(engine).await;
-    let s = InProcess::start_with_db(&demo_with_trusted_origin(), Some(index.url.clone())).await;
-    let c = http();
+    let keep = tempfile::tempdir().expect("tmp");
+    let s = InProcess::start_with_db(
+        &format!(
+            "{}{}",
+            demo_with_trusted_origin(),
+            auth.section(keep.path())
+        ),
+        Some(index.url.clone()),
+    )
+    .await;
+    let c = auth.http();
     let video = format!("http://{}", s.video);
     for (base, path) in [
         (&s.api, "/api/v1/streams"),
@@ -775,10 +897,15 @@ async fn rebinding_hosts_are_misdirected(engine: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebinding_hosts_are_misdirected_sqlite() {
-    rebinding_hosts_are_misdirected("sqlite").await;
+    rebinding_hosts_are_misdirected("sqlite", Auth::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rebinding_hosts_are_misdirected_with_auth_on() {
+    rebinding_hosts_are_misdirected("sqlite", Auth::Admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebinding_hosts_are_misdirected_postgres() {
-    rebinding_hosts_are_misdirected("postgres").await;
+    rebinding_hosts_are_misdirected("postgres", Auth::Off).await;
 }

@@ -12,7 +12,7 @@ use crate::support::media::RtspServer;
 
 /// A recvonly video offer as Chromium makes it (trimmed to one H.264 payload type), for the
 /// checks that need a valid offer but no browser.
-const OFFER: &str = "v=0\r\n\
+pub(crate) const OFFER: &str = "v=0\r\n\
 o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
 s=-\r\n\
 t=0 0\r\n\

@@ -480,3 +480,20 @@ impl InProcess {
         self.dir
     }
 }
+
+/// Asserts that the OpenAPI document declares `status` on `method path` (lower-case method, the
+/// document's path) with the `Retry-After` header: what a test calls after receiving such an
+/// answer over a `[limits]` limit, so the document cannot leave it out.
+pub fn assert_documented_retry_after(method: &str, path: &str, status: &str) {
+    let doc: serde_json::Value =
+        serde_json::from_str(&video_server::api::openapi_json()).expect("valid JSON");
+    let answer = &doc["paths"][path][method]["responses"][status];
+    assert!(
+        answer.is_object(),
+        "the OpenAPI document does not declare {status} on {method} {path}"
+    );
+    assert!(
+        answer["headers"]["Retry-After"].is_object(),
+        "{status} on {method} {path} is declared without its Retry-After header: {answer}"
+    );
+}
