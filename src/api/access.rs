@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::archive::rfc3339_ms;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody, parse_id, parse_uuid};
 use crate::auth::scope::{Action, Actions, Streams};
 use crate::auth::{self, AuthError, Caller, MAX_TOKEN_TTL_S, TokenSpec};
 use crate::db::audit::{self, AuditRow};
@@ -36,15 +36,15 @@ pub struct TokenInput {
     #[serde(default)]
     #[schema(max_length = 200)]
     pub name: String,
-    /// An admin token may do everything; then `streams` and `actions` must be absent.
+    /// An admin token may do everything; then `streams` and `actions` must be absent (or empty).
     #[serde(default)]
     pub admin: bool,
-    /// Stream UUIDs (at most 1000), or `["*"]` for every stream (present and future). Required
-    /// (not empty) unless `admin`.
+    /// Stream UUIDs (hyphenated, at most 1000), or `["*"]` for every stream (present and
+    /// future). Required (not empty) unless `admin`.
     #[serde(default)]
     #[schema(max_items = 1000)]
     pub streams: Vec<String>,
-    /// What the token may do on those streams.
+    /// What the token may do on those streams. Required (not empty) unless `admin`.
     #[serde(default)]
     pub actions: Vec<Action>,
     /// Lifetime in seconds (at most about ten years); absent: the token never expires.
@@ -170,12 +170,27 @@ pub fn token_spec(input: TokenInput) -> Result<TokenSpec, ApiError> {
             format!("streams lists more than {MAX_TOKEN_STREAMS} ids: use [\"*\"]"),
         ));
     }
-    let streams = Streams::parse_list(&input.streams.join(",")).map_err(|bad| {
-        ApiError::invalid(
-            "streams",
-            format!("'{bad}' is neither a stream UUID nor '*'"),
-        )
-    })?;
+    // Item by item, as the document's pattern states: `*` or one hyphenated UUID (not a comma
+    // list, not blank).
+    let mut ids = std::collections::BTreeSet::new();
+    let mut every = false;
+    for item in &input.streams {
+        if item == "*" {
+            every = true;
+        } else if let Some(id) = parse_uuid(item) {
+            ids.insert(id);
+        } else {
+            return Err(ApiError::invalid(
+                "streams",
+                format!("'{item}' is neither a stream UUID nor '*'"),
+            ));
+        }
+    }
+    let streams = if every {
+        Streams::All
+    } else {
+        Streams::Only(ids)
+    };
     let actions: Actions = input.actions.into_iter().collect();
     if actions.is_empty() {
         return Err(ApiError::invalid(
@@ -366,7 +381,9 @@ pub async fn list_audit(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInput {
-    /// `live` (`/ws/live`, `/hls/...`), `archive` (`/ws/archive`) and/or `export` (`export.mp4`).
+    /// `live` (`/ws/live`, `/hls/...`), `archive` (`/ws/archive`) and/or `export` (`export.mp4`);
+    /// at least one, never `manage`.
+    #[schema(min_items = 1)]
     pub actions: Vec<Action>,
     /// Lifetime in seconds (default 3600, at most `[auth] max_signed_ttl_s`, 86400 by default;
     /// 422 above it).

@@ -119,6 +119,7 @@ pub fn router_and_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     openapi::state_shared_rules(&mut doc);
     openapi::state_limit_answers(&mut doc);
     cross_site::document(&mut doc);
+    whep::document(&mut doc);
     (router, doc)
 }
 

@@ -38,7 +38,9 @@ pub fn base() -> utoipa::openapi::OpenApi {
 /// * the variants of `SourceDto` refuse unknown properties, as its `deny_unknown_fields` does
 ///   (utoipa states it for structs, not for the variants of a tagged enum);
 /// * ids a client chooses (a new stream's `id`, the Go routes' `guid`) are not the nil UUID;
-/// * the Go enable body's `output_types` items are the names the server takes.
+/// * the Go enable body's `output_types` items are the names the server takes;
+/// * a signed URL names 1..n of `live`, `archive`, `export` (never `manage`); a token is either
+///   admin (no streams, no actions) or names streams (`*` or hyphenated UUIDs) and actions.
 pub fn state_shared_rules(doc: &mut utoipa::openapi::OpenApi) {
     state_schema_rules(doc);
     state_operation_rules(doc);
@@ -55,6 +57,10 @@ pub const NON_BLANK_PATTERN: &str =
 
 /// The last instant the server takes as a time (9999-12-31T23:59:59.999999Z), in Unix seconds.
 const MAX_UNIX_SECONDS: f64 = (super::archive::MAX_TIME_US / 1_000_000) as f64 + 0.9999;
+
+/// An item of a token's `streams`: `*` or a UUID in the hyphenated form (`parse_uuid`).
+const STREAM_ITEM_PATTERN: &str =
+    r"^(\*|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$";
 
 /// The nil UUID, which no stream may have.
 const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
@@ -140,6 +146,46 @@ fn state_schema_rules(doc: &mut utoipa::openapi::OpenApi) {
                 }
             }
         }
+    }
+    // A signed URL opens media only: `manage` is refused (the `Action` enum has it).
+    if let Some(Schema::Array(a)) = object_property(schemas, "SignInput", "actions") {
+        a.items = ArrayItems::RefOrSchema(Box::new(RefOr::T(Schema::Object(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["live", "archive", "export"]))
+                .build(),
+        ))));
+    }
+    // A token's streams: each `*` or a hyphenated UUID; an admin token names no streams and no
+    // actions, any other names at least one of each (`admin` absent is `false`).
+    if let Some(Schema::Array(a)) = object_property(schemas, "TokenInput", "streams")
+        && let ArrayItems::RefOrSchema(item) = &mut a.items
+        && let RefOr::T(Schema::Object(o)) = item.as_mut()
+    {
+        o.pattern = Some(STREAM_ITEM_PATTERN.to_owned());
+    }
+    if let Some(RefOr::T(Schema::Object(o))) = schemas.get_mut("TokenInput") {
+        o.extensions.get_or_insert_with(Default::default).insert(
+            "anyOf".to_owned(),
+            serde_json::json!([
+                {
+                    "required": ["admin"],
+                    "properties": {
+                        "admin": { "const": true },
+                        "streams": { "maxItems": 0 },
+                        "actions": { "maxItems": 0 }
+                    }
+                },
+                {
+                    "required": ["streams", "actions"],
+                    "properties": {
+                        "admin": { "const": false },
+                        "streams": { "minItems": 1 },
+                        "actions": { "minItems": 1 }
+                    }
+                }
+            ]),
+        );
     }
     if let Some(Schema::Array(a)) = object_property(schemas, "EnableCameraRequest", "output_types")
         && let ArrayItems::RefOrSchema(item) = &mut a.items

@@ -39,6 +39,11 @@ where
 
 use serde::Deserialize as _;
 
+/// 2^64 and -2^63 as floats: integral floats in `[0, U64_END)` are read as `u64`, those in
+/// `[I64_START, 0)` as `i64`.
+const U64_END: f64 = 18_446_744_073_709_551_616.0;
+const I64_START: f64 = -9_223_372_036_854_775_808.0;
+
 /// The tag property of our internally tagged enums (`SourceDto`).
 const TAG: &str = "kind";
 
@@ -78,7 +83,16 @@ impl<'de> Deserializer<'de> for Strict<'de> {
                 } else if let Some(i) = n.as_i64() {
                     visitor.visit_i64(i)
                 } else {
-                    visitor.visit_f64(n.as_f64().unwrap_or(f64::NAN))
+                    let f = n.as_f64().unwrap_or(f64::NAN);
+                    // JSON Schema counts `9561.0` as an integer: the document's `integer` fields
+                    // take it as serde's integers would take `9561` (fractions stay floats).
+                    if f.fract() == 0.0 && (0.0..U64_END).contains(&f) {
+                        visitor.visit_u64(f as u64)
+                    } else if f.fract() == 0.0 && (I64_START..0.0).contains(&f) {
+                        visitor.visit_i64(f as i64)
+                    } else {
+                        visitor.visit_f64(f)
+                    }
                 }
             }
             Value::String(s) => visitor.visit_borrowed_str(s),
@@ -311,5 +325,31 @@ mod tests {
         assert!(from_value::<Outer>(&json!({"tagged": ["one", "y"]})).is_err());
         assert!(from_value::<Outer>(&json!({"tagged": {"kind": 0, "x": "y"}})).is_err());
         assert!(from_value::<Outer>(&json!({"tagged": {"kind": "one", "x": ["y"]}})).is_err());
+    }
+
+    #[test]
+    fn integral_floats_are_integers_as_json_schema_says() {
+        #[derive(Debug, Deserialize, PartialEq)]
+        struct Numbers {
+            u: u64,
+            i: i32,
+            f: f64,
+        }
+        let n: Numbers = from_value(&json!({"u": 9561.0, "i": -3.0, "f": 2.0})).expect("integral");
+        assert_eq!(
+            n,
+            Numbers {
+                u: 9561,
+                i: -3,
+                f: 2.0
+            }
+        );
+        let n: Numbers = from_value(&json!({"u": 7, "i": 1, "f": 2.5})).expect("plain");
+        assert_eq!(n, Numbers { u: 7, i: 1, f: 2.5 });
+        // A fraction is no integer, and a float beyond the type's range is refused as before.
+        assert!(from_value::<Numbers>(&json!({"u": 1.5, "i": 0, "f": 0})).is_err());
+        assert!(from_value::<Numbers>(&json!({"u": 1e20, "i": 0, "f": 0})).is_err());
+        assert!(from_value::<Numbers>(&json!({"u": 0, "i": 3e9, "f": 0})).is_err());
+        assert!(from_value::<Numbers>(&json!({"u": -1.0, "i": 0, "f": 0})).is_err());
     }
 }

@@ -55,7 +55,9 @@ fn retry_after(mut resp: Response) -> Response {
         (status = 201, description = "The SDP answer; `Location` names the session (for DELETE)",
             body = String, content_type = "application/sdp",
             headers(("Location" = String, description = "`/whep/{stream_id}/{session_id}`"))),
-        (status = 400, description = "Malformed offer, or no H.264 video in it", body = ErrorBody),
+        (status = 400, description = "Not an offer the server can answer (code `bad_offer`, \
+            field `sdp`): not SDP text (RFC 8866) the parser reads, no receivable video m-line, \
+            or no H.264 payload type with packetization-mode=1; or a blank body, or a bad id", body = ErrorBody),
         (status = 404, description = "No such stream running", body = ErrorBody),
         (status = 409, description = "Not live yet (`Retry-After`), or the stream sends B-frames or H.265 (use MSE or HLS)", body = ErrorBody),
         (status = 413, description = "Offer larger than 64 KiB", body = ErrorBody),
@@ -176,32 +178,92 @@ fn open_error(e: OpenError) -> Response {
     }
 }
 
-/// Adds `Accept-Post: application/sdp` to every answer to `OPTIONS /whep/...`: the CORS layer
-/// answers OPTIONS requests itself, before the route's handler.
+/// `OPTIONS /whep/{stream_id}` in front of the CORS layer, which answers every `OPTIONS` request
+/// itself (as a preflight) before any route: a plain `OPTIONS` (no
+/// `Access-Control-Request-Method`) gets the route's own answer ([`options_answer`]: 204, or 400
+/// for a bad id), a preflight the CORS answer with `Accept-Post` added. Any other request passes.
 pub async fn accept_post(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let whep_options =
-        req.method() == axum::http::Method::OPTIONS && req.uri().path().starts_with("/whep/");
-    let mut resp = next.run(req).await;
-    if whep_options {
-        resp.headers_mut()
-            .insert("accept-post", HeaderValue::from_static(SDP));
+    let raw_id = (req.method() == axum::http::Method::OPTIONS)
+        .then(|| req.uri().path().strip_prefix("/whep/"))
+        .flatten()
+        .filter(|rest| !rest.contains('/'))
+        .map(str::to_owned);
+    let Some(raw_id) = raw_id else {
+        return next.run(req).await;
+    };
+    if !req
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        // Decoded as the router's `Path` extractor would have (the id is then judged alike).
+        let id = percent_encoding::percent_decode_str(&raw_id).decode_utf8_lossy();
+        return options_answer(&id);
     }
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert("accept-post", HeaderValue::from_static(SDP));
     resp
 }
 
+// A plain `OPTIONS` is answered by `accept_post` in front of the CORS layer (the same answer as
+// this handler's); a CORS preflight by the CORS rules. The handler is the route the document and
+// the access policy are built from.
 /// What `POST` takes (WHEP discovery and CORS).
 #[utoipa::path(options, path = "/whep/{stream_id}", tag = "live",
     params(("stream_id" = Uuid, Path, description = "Stream UUID")),
     responses(
+        (status = 200, description = "A CORS preflight (the request carries \
+            `Access-Control-Request-Method`): the CORS answer, with `Accept-Post`",
+            headers(("Accept-Post" = String, description = "`application/sdp`"))),
         (status = 204, description = "`Accept-Post: application/sdp`",
             headers(("Accept-Post" = String, description = "`application/sdp`"))),
+        (status = 400, description = "Bad id", body = ErrorBody),
     ))]
-pub async fn options(Path(_raw): Path<String>) -> Response {
+pub async fn options(Path(raw): Path<String>) -> Response {
+    options_answer(&raw)
+}
+
+/// The answer to a plain `OPTIONS /whep/{stream_id}`: 204 with `Accept-Post` and `Allow` for a
+/// stream id of the right form (whether the stream exists is `POST`'s concern), 400 otherwise.
+fn options_answer(raw_id: &str) -> Response {
+    if let Err(e) = parse_id(raw_id) {
+        return e.into_response();
+    }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
     h.insert("accept-post", HeaderValue::from_static(SDP));
     h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
     resp
+}
+
+/// An offer with something other than white space in it (a blank one is refused with 400
+/// before anything else is looked at). JSON Schema patterns are unanchored: one such character
+/// anywhere.
+pub const OFFER_PATTERN: &str = r"\S";
+
+/// States in the document the rules on the offer that utoipa's attributes cannot express for a
+/// text body: not empty, not blank ([`OFFER_PATTERN`]). Whether the text is an SDP offer with
+/// H.264 video is judged by the SDP parser (400 `bad_offer`), which no schema can state.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, Schema};
+    let schema = doc
+        .paths
+        .paths
+        .get_mut("/whep/{stream_id}")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|op| op.request_body.as_mut())
+        .and_then(|body| match body {
+            RefOr::T(body) => body.content.get_mut(SDP),
+            RefOr::Ref(_) => None,
+        })
+        .and_then(|content| match content {
+            RefOr::T(content) => content.schema.as_mut(),
+            RefOr::Ref(_) => None,
+        });
+    if let Some(RefOr::T(Schema::Object(o))) = schema {
+        o.min_length = Some(1);
+        o.pattern = Some(OFFER_PATTERN.to_owned());
+    }
 }
 
 fn session_ids(raw_stream: &str, raw_session: &str) -> Result<(uuid::Uuid, uuid::Uuid), ApiError> {

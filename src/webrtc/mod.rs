@@ -505,7 +505,7 @@ impl Engine {
             }
         }
         let offer = SdpOffer::from_sdp_string(offer_text)
-            .map_err(|e| OpenError::BadOffer(e.to_string()))?;
+            .map_err(|e| OpenError::BadOffer(parse_error_text(&e.to_string())))?;
         let params = rt.hub.params().borrow().clone();
         let Some(video) = params.as_ref().and_then(|p| p.video.clone()) else {
             // An on-demand source starts when someone asks for it; the client retries.
@@ -678,6 +678,25 @@ fn offer_video_mid(offer: &str) -> Option<Mid> {
     None
 }
 
+/// The SDP parser's error as a client may see it: its lines joined with "; ", without the
+/// `at PointerOffset(0x...)` the parser puts in (the address of the position in this process's
+/// memory, which tells nothing about the offer and must not leave the server).
+fn parse_error_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find("PointerOffset(") {
+        let before = rest[..at].trim_end();
+        out.push_str(before.strip_suffix(" at").unwrap_or(before));
+        rest = rest[at..].find(')').map_or("", |end| &rest[at + end + 1..]);
+    }
+    out.push_str(rest);
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The video m-line of the offer and the payload type to send on: an H.264 type with
 /// packetization-mode 1, constrained baseline preferred. The camera's own profile is not
 /// matched: browsers decode Main and High on any H.264 type (Chromium offers no High profile).
@@ -718,5 +737,29 @@ fn video_target(rtc: &mut Rtc, offer: &str) -> Result<(Mid, Pt), OpenError> {
         _ => Err(OpenError::BadOffer(
             "the offer has no H.264 payload type with packetization-mode=1".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdp_parse_errors_reach_clients_without_addresses() {
+        let Err(e) = SdpOffer::from_sdp_string("0") else {
+            panic!("\"0\" parsed as an SDP offer");
+        };
+        let raw = e.to_string();
+        assert!(
+            raw.contains("PointerOffset(0x"),
+            "parser text changed: {raw}"
+        );
+        let text = parse_error_text(&raw);
+        assert!(!text.contains("0x") && !text.contains('\n'), "{text}");
+        assert!(text.contains("Expected `v`"), "{text}");
+        assert_eq!(
+            parse_error_text("Parse error at PointerOffset(0x1234)\nUnexpected `0`\n"),
+            "Parse error; Unexpected `0`"
+        );
     }
 }

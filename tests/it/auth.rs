@@ -1125,6 +1125,13 @@ both_engines! {
         assert_eq!(created["streams"], json!([a]));
         assert!(created["expires_at"].is_string() && created["expired"] == false, "{created}");
 
+        // `3600.0` is an integer to JSON Schema (and so to the document): taken as 3600.
+        let r = post(Some(ADMIN), &json!({"streams": ["*", a], "actions": ["live"], "expires_in_s": 3600.0})).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["streams"], json!(["*"]));
+        let r = post(Some(ADMIN), &json!({"streams": ["*"], "actions": ["live"], "expires_in_s": 3600.5})).await;
+        assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+
         // Scoped tokens cannot make tokens.
         let r = post(Some(&viewer), &json!({"streams": ["*"], "actions": ["manage"]})).await;
         assert_eq!(r.status, 403);
@@ -1140,6 +1147,10 @@ both_engines! {
         for (body, field) in [
             (json!({"streams": [], "actions": ["live"]}), "streams"),
             (json!({"streams": ["nope"], "actions": ["live"]}), "streams"),
+            // Each item is one id or `*`, as the document's pattern says: no blank item, no list.
+            (json!({"streams": [""], "actions": ["live"]}), "streams"),
+            (json!({"streams": [format!("{a},{a}")], "actions": ["live"]}), "streams"),
+            (json!({"streams": [format!("{{{a}}}")], "actions": ["live"]}), "streams"),
             (json!({"streams": ["*"], "actions": []}), "actions"),
             (json!({"streams": ["*"], "actions": ["fly"]}), "actions[0]"),
             (json!({"admin": true, "streams": ["*"]}), "admin"),
@@ -1178,10 +1189,10 @@ both_engines! {
             r.json()
         };
         let entries = |j: &Value| j["items"].as_array().expect("items").clone();
-        // 19 = the 401, 201, 403 and seven 422 answers of POST /api/v1/tokens, the 204, 401 and
-        // 404 around the deletion, and three creations and deletions.
+        // 24 = the 401, two 201, 403 and eleven 422 answers of POST /api/v1/tokens, the 204, 401
+        // and 404 around the deletion, and three creations and deletions.
         wait_until("audit entries", Duration::from_secs(20), async || {
-            entries(&page("limit=1000").await).len() >= 19
+            entries(&page("limit=1000").await).len() >= 24
         })
         .await;
         let all = entries(&page("limit=1000").await);
