@@ -19,6 +19,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A session that ran this long resets the backoff to the minimum.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// A file without `loop` plays again this long after its end: the Go original's restart pause
+/// (2 s, then 5 s) before it started every ended session again.
+pub const REPLAY_PAUSE: Duration = Duration::from_secs(7);
 
 /// Who is watching a stream, for on-demand start and stop (go-original.md §6.6).
 pub struct Demand {
@@ -142,7 +145,7 @@ pub fn backoff_delay(failures: u32) -> Duration {
 }
 
 impl Supervisor {
-    /// Runs until `cancel` fires (or a non-looping file ends).
+    /// Runs until `cancel` fires. A file without `loop` plays again [`REPLAY_PAUSE`] after its end.
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures: u32 = 0;
         loop {
@@ -180,8 +183,15 @@ impl Supervisor {
             }
             match result {
                 Ok(SessionEnd::Finished) => {
-                    tracing::info!("source finished (file without loop)");
-                    break;
+                    tracing::info!(
+                        replay_in_ms = REPLAY_PAUSE.as_millis() as u64,
+                        "source finished (file without loop): played again after the pause"
+                    );
+                    lock_status(&self.status).streaming = false;
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(REPLAY_PAUSE) => {}
+                    }
                 }
                 Ok(SessionEnd::Cancelled) => {
                     if cancel.is_cancelled() {

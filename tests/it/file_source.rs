@@ -9,8 +9,10 @@ use uuid::Uuid;
 
 use crate::support::InProcess;
 
+/// A file without `loop` plays to its end in real time, rests for the Go original's restart
+/// pause (7 s) and plays again, as the original did.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_file_without_loop_plays_once_and_stops_for_good() {
+async fn a_file_without_loop_plays_again_after_the_restart_pause() {
     let tmp = tempfile::tempdir().expect("tmp");
     let clip = tmp.path().join("two_seconds.mp4");
     let status = Command::new("ffmpeg")
@@ -39,7 +41,7 @@ async fn a_file_without_loop_plays_once_and_stops_for_good() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = Instant::now();
-    // ...to its end, then the source is gone.
+    // ...to its end...
     while status(&s).streaming {
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -52,14 +54,28 @@ async fn a_file_without_loop_plays_once_and_stops_for_good() {
         "played in real time: {:?}",
         started.elapsed()
     );
-    // It does not come back: watch for longer than the original's replay pause (2 s + 5 s).
-    let quiet_until = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < quiet_until {
+    // ...rests for the pause (7 s; seen from here it can only look longer)...
+    let ended = Instant::now();
+    let pause = video_server::source::supervisor::REPLAY_PAUSE;
+    while ended.elapsed() < pause - Duration::from_secs(1) {
         let st = status(&s);
-        assert!(!st.streaming && !st.status, "the file played again: {st:?}");
+        assert!(
+            !st.streaming && !st.status,
+            "played again {:?} after its end: {st:?}",
+            ended.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The stream itself is still there (enabled, listed), just finished.
+    // ...and plays again.
+    while !status(&s).status {
+        assert!(
+            ended.elapsed() < pause + Duration::from_secs(8),
+            "the file did not play again after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&s).source_sessions, 2, "{:?}", status(&s));
+    // The stream is listed as ever.
     let list: serde_json::Value = reqwest::get(format!("{}/list", s.api))
         .await
         .expect("list")
