@@ -46,7 +46,7 @@ make_clip() {
 
 # The browser tests that play the demo clip (webui::routes are router tests without a browser;
 # the other WebRTC browser test plays the RTSP test stream). CHECK_TESTS: a subset (filters).
-read -r -a TESTS <<<"${CHECK_TESTS:-e2e:: webui::operator_ webui::with_auth_ webui::sixteen_ webrtc::chromium_plays_the_demo}"
+read -r -a TESTS <<<"${CHECK_TESTS:-e2e:: webui::operator_ webui::with_auth_ webui::tiles_ webui::sixteen_ webrtc::chromium_plays_the_demo}"
 
 # Runs the browser tests with CLIP served (empty: the real one); prints one line per test.
 run_tests() {

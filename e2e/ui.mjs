@@ -7,7 +7,12 @@
 //
 // Scenarios (run in the order given, in one browser):
 //   grid      the grid plays STREAM_ID: > 50 decoded frames, currentTime advancing, no page errors;
-//             screenshot `grid.png` (and `grid-phone.png` at phone width)
+//             screenshot `grid.png`
+//   phone     at phone width (390 x 844): the grid, the camera view of STREAM_ID, the cameras list
+//             and the form fit the screen (no sideways scrolling) and their main controls are
+//             shown, inside the screen, not covered, and work (tile → camera view, zoom, pause,
+//             live, the form's field error); screenshots `grid-phone.png`, `camera-phone.png`,
+//             `camera-form-phone.png`
 //   cameras   an invalid RTSP URL shows the API's message next to the URL field; a camera added
 //             through the form (RTSP_URL) plays in its tile; restarted by an API change → the
 //             tile shows the close reason and plays again; edited through the form; disabled →
@@ -26,9 +31,11 @@
 //             tile through hls.js
 //   a11y      axe-core (WCAG 2.1 A/AA) on every page: no serious or critical violation
 //   system    the system page lists the demo camera's storage; screenshot `system.png`
-//   tiles     the grid with every stream (TILES_EXPECTED of them): decoded frames per tile over
-//             MEASURE_S seconds (the 16-tile measurement), then the first tile's picture
-//             (PICTURE_VIDEOS=1 samples only that one)
+//   tiles     the grid with every stream (TILES_EXPECTED of them): per tile over MEASURE_S seconds
+//             (the 16-tile measurement) decoded frames per second, the longest time without a new
+//             frame on screen, and whether the picture (the demo's running counter) changed
+//             between crops; then the first tile's picture in full (PICTURE_VIDEOS=1 samples
+//             only that one)
 //
 // The demo pictures (grid tile, archive) are judged with the shared picture checks of
 // e2e/picture.mjs against the real assets/demo.mp4 (REFERENCE), so a frozen or black demo clip
@@ -158,6 +165,27 @@ async function checkDemoPicture(page, sel, timeoutMs = 20_000, fps = 25) {
   return verdict.stats;
 }
 
+/**
+ * As checkDemoPicture for a clip other than the demo: a real picture of size `expectSize` that
+ * changes from sample to sample, decoded and played in real time (`fps` frames per second).
+ */
+async function checkMovingPicture(page, sel, expectSize, timeoutMs = 20_000, fps = 25) {
+  const index = await page.evaluate((q) => [...document.querySelectorAll('video')].indexOf(document.querySelector(q)), sel);
+  if (index < 0) throw new Error(`no video at ${sel}`);
+  await takeSamples(page);
+  const samples = [];
+  let verdict = null;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    await sleep(500);
+    samples.push(...(await takeSamples(page)).filter((x) => x.video === index));
+    verdict = analysePicture(samples, { picture: 'moving', expectSize, fps, minSamples: 8 });
+    if (verdict.ok || verdict.final) break;
+  }
+  if (!verdict || !verdict.ok) throw new Error(`wrong picture at ${sel}: ${verdict ? verdict.failures.join('; ') : 'no samples'}`);
+  return verdict.stats;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async function scenarioGrid(page) {
@@ -174,11 +202,6 @@ async function scenarioGrid(page) {
   const badges = await page.textContent(`${tileSel(cfg.streamId)} .tile-badges`);
   await sleep(1500); // badges from the first status poll
   await shot(page, 'grid.png');
-  const vp = page.viewportSize();
-  await page.setViewportSize({ width: 390, height: 844 });
-  await sleep(800);
-  await shot(page, 'grid-phone.png');
-  await page.setViewportSize(vp);
   return { ok: true, frames: s.frames, advanced: +s.advanced.toFixed(2), videoSize: `${s.w}x${s.h}`, transport, badges, picture, firstPicture };
 }
 
@@ -280,8 +303,26 @@ async function scenarioArchive(page) {
   await page.goto(`${cfg.url}#/camera/${cfg.streamId}`, { waitUntil: 'load' });
   await waitPlaying(page, '.stage video', 25, 40_000);
   out.liveTransport = await page.evaluate(() => document.querySelector('.badge-path')?.dataset.transport || null);
-  // Zoom to 10 minutes so a pixel is well under a second.
-  await page.selectOption('.timeline select', String(10 * 60 * 1000));
+  // The timeline opens on the last 24 hours (the issue's "timeline of the last 24 h").
+  const viewSpan = () => page.evaluate(() => {
+    const c = document.querySelector('.timeline-canvas');
+    return Number(c.dataset.endMs) - Number(c.dataset.startMs);
+  });
+  out.openSpanH = (await until('the timeline drawn', 10_000, viewSpan)) / 3_600_000;
+  const openLabel = await page.evaluate(() => document.querySelector('.timeline select').selectedOptions[0].textContent);
+  if (out.openSpanH !== 24 || openLabel !== '24 h') throw new Error(`the timeline opens on ${out.openSpanH} h (span control: '${openLabel}')`);
+  // Zoom in with the toolbar's button, as a user would, down to 10 minutes (a pixel is then well
+  // under a second): 24 h halves eight times to the 10-minute floor.
+  for (let i = 0; i < 12 && (await viewSpan()) > 10 * 60_000; i++) await page.click('.timeline-toolbar button[aria-label="Zoom in"]');
+  out.zoomedSpanMin = (await viewSpan()) / 60_000;
+  if (out.zoomedSpanMin !== 10) throw new Error(`zoomed in to ${out.zoomedSpanMin} min, not 10`);
+  // Zoomed around now, the view still ends just after now (and keeps following it).
+  const nowInView = await page.evaluate(() => {
+    const c = document.querySelector('.timeline-canvas');
+    const now = Date.now() + window.__vs.server.skewMs;
+    return { afterNowS: (Number(c.dataset.endMs) - now) / 1000, follow: window.__vs.camera.timeline.follow };
+  });
+  if (!nowInView.follow || nowInView.afterNowS < 0 || nowInView.afterNowS > 60) throw new Error(`after zooming in the view ends ${nowInView.afterNowS} s after now (following: ${nowInView.follow})`);
   // The recorded range must reach at least 32 s back (the server records from its start).
   const canvas = '.timeline-canvas';
   out.recordedS = await until('32 s of recording', 90_000, () => page.evaluate(() => {
@@ -407,6 +448,48 @@ async function scenarioArchive(page) {
   if (Math.abs(out.protectedS - out.selectionS) > 0.01) throw new Error(`protected ${out.protectedS} s of a ${out.selectionS} s selection`);
   const drawn = await page.evaluate(() => window.__vs.camera.timeline.protected.length);
   if (drawn !== 1) throw new Error(`${drawn} protected ranges on the timeline`);
+
+  // Edit it: "Edit" loads the range and its reason into the selection panel; a new reason and an
+  // end 3 s earlier (typed into the "To" field) are saved as one range that replaces the old one.
+  const oldId = String(stored[0].id);
+  await page.click(`.prot-list li[data-range-id="${oldId}"] button:has-text("Edit")`);
+  const loaded = await page.evaluate(() => {
+    const i = document.querySelector('.sel-info');
+    return { start: Number(i.dataset.startMs), end: Number(i.dataset.endMs), reason: document.querySelector('#prot-reason').value,
+      button: document.querySelector('[data-testid="protect"]').textContent };
+  });
+  if (loaded.start !== Date.parse(stored[0].start) || loaded.end !== Date.parse(stored[0].end) || loaded.reason !== 'e2e incident') {
+    throw new Error(`"Edit" loaded ${JSON.stringify(loaded)} for ${JSON.stringify(stored[0])}`);
+  }
+  if (loaded.button !== 'Save changes') throw new Error(`the protect button says '${loaded.button}' while editing`);
+  const newEnd = await page.evaluate(async (end) => {
+    const { toLocalInput } = await import('./ui/js/util.js');
+    return toLocalInput(end - 3000);
+  }, loaded.end);
+  await page.fill('#sel-end', newEnd);
+  await page.fill('#prot-reason', 'e2e incident (edited)');
+  const edited = await page.evaluate(() => {
+    const i = document.querySelector('.sel-info');
+    return { start: Number(i.dataset.startMs), end: Number(i.dataset.endMs) };
+  });
+  if (Math.abs(edited.end - (loaded.end - 3000)) >= 1000) throw new Error(`the typed end gave the selection ${JSON.stringify(edited)}`);
+  await page.click('[data-testid="protect"]');
+  await page.waitForSelector(`.prot-list li[data-range-id]:not([data-range-id="${oldId}"])`, { timeout: 10_000 });
+  const after = await page.evaluate(async (sid) => {
+    const { api } = await import('./ui/js/api.js');
+    return (await api('GET', `/api/v1/streams/${sid}/protected-ranges`)).items;
+  }, cfg.streamId);
+  if (after.length !== 1 || String(after[0].id) === oldId || after[0].reason !== 'e2e incident (edited)' ||
+      Date.parse(after[0].start) !== edited.start || Date.parse(after[0].end) !== edited.end) {
+    throw new Error(`after the edit the server has ${JSON.stringify(after)} (selection ${JSON.stringify(edited)}, old id ${oldId})`);
+  }
+  out.protectedEditedS = +((Date.parse(after[0].end) - Date.parse(after[0].start)) / 1000).toFixed(2);
+  out.protectedEditedText = (await page.textContent('.prot-list li[data-range-id]')).trim();
+  if (!out.protectedEditedText.includes('e2e incident (edited)')) throw new Error(`edited range listed as '${out.protectedEditedText}'`);
+  if ((await page.textContent('[data-testid="protect"]')) !== 'Protect') throw new Error('the button still says "Save changes" after saving');
+  const drawnAfter = await page.evaluate(() => window.__vs.camera.timeline.protected);
+  if (drawnAfter.length !== 1 || drawnAfter[0].endMs !== edited.end) throw new Error(`the timeline draws ${JSON.stringify(drawnAfter)} after the edit`);
+
   await page.click('.prot-list li[data-range-id] .btn-danger');
   await page.click('dialog[open] button[data-confirm]');
   await page.waitForSelector('.prot-list li[data-range-id]', { state: 'detached', timeout: 10_000 });
@@ -437,6 +520,118 @@ async function scenarioArchive(page) {
   return out;
 }
 
+/**
+ * Checks the page as laid out now at phone width: nothing wider than the screen (no sideways
+ * scrolling), and each of `controls` (selectors) shown, inside the screen's width and not covered
+ * by anything else once scrolled to (so a tap reaches it). Returns what it measured.
+ */
+async function checkPhoneLayout(page, where, controls) {
+  const r = await page.evaluate((sels) => {
+    const problems = [];
+    for (const sel of sels) {
+      const el = document.querySelector(sel);
+      if (!el) {
+        problems.push(`${sel}: missing`);
+        continue;
+      }
+      el.scrollIntoView({ block: 'center', inline: 'nearest' });
+      const b = el.getBoundingClientRect();
+      if (b.width < 1 || b.height < 1 || getComputedStyle(el).visibility === 'hidden') {
+        problems.push(`${sel}: not shown`);
+        continue;
+      }
+      if (b.left < -0.5 || b.right > window.innerWidth + 0.5) problems.push(`${sel}: spans x ${Math.round(b.left)}..${Math.round(b.right)} of ${window.innerWidth}`);
+      const hit = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2);
+      const reached = hit && (hit === el || el.contains(hit) || [...(el.labels || [])].some((l) => l.contains(hit)));
+      if (!reached) problems.push(`${sel}: covered by ${hit ? `${hit.tagName.toLowerCase()}.${hit.className}` : 'nothing'}`);
+    }
+    window.scrollTo(0, 0);
+    return { innerWidth: window.innerWidth, scrollWidth: document.documentElement.scrollWidth, problems };
+  }, controls);
+  if (r.innerWidth !== 390) throw new Error(`${where}: the window is ${r.innerWidth} px wide, not 390`);
+  if (r.scrollWidth > r.innerWidth) r.problems.unshift(`the page is ${r.scrollWidth} px wide on a ${r.innerWidth} px screen`);
+  if (r.problems.length) throw new Error(`${where} at phone width: ${r.problems.join('; ')}`);
+  return { scrollWidth: r.scrollWidth, controls: controls.length };
+}
+
+/** The grid, the camera view and the cameras pages on a phone-width screen (390 × 844), used. */
+async function scenarioPhone(page) {
+  const out = { ok: false };
+  const vp = page.viewportSize();
+  await page.setViewportSize({ width: 390, height: 844 });
+  try {
+    // The grid: one column, the demo playing, the navigation and the tile reachable.
+    await page.goto(cfg.url + '#/', { waitUntil: 'load' });
+    await waitPlaying(page, `${tileSel(cfg.streamId)} video`, 25, 40_000);
+    out.grid = await checkPhoneLayout(page, 'the grid', [
+      'nav a[href="#/"]', 'nav a[href="#/cameras"]', 'nav a[href="#/system"]', '#grid-layout', tileSel(cfg.streamId) + ' .tile-link',
+    ]);
+    const tile = await page.locator(tileSel(cfg.streamId)).boundingBox();
+    if (tile.width < 300) throw new Error(`the tile is ${tile.width} px wide on a 390 px screen`);
+    await sleep(1000); // badges from the first status poll
+    await shot(page, 'grid-phone.png');
+
+    // A tap on the tile opens the camera view; its player, controls and timeline fit and work.
+    await page.click(tileSel(cfg.streamId) + ' .tile-link');
+    await page.waitForURL(new RegExp(`#/camera/${cfg.streamId}$`), { timeout: 10_000 });
+    await waitPlaying(page, '.stage video', 25, 40_000);
+    out.camera = await checkPhoneLayout(page, 'the camera view', [
+      '.stage video', '.btn-live', '.controls button[aria-label="Pause"]', '.controls #speed', '.timeline-canvas',
+      '.timeline select', '.timeline-toolbar button[aria-label="Zoom in"]', '#sel-start', '#sel-end', '[data-testid="export"]',
+    ]);
+    const canvas = await page.locator('.timeline-canvas').boundingBox();
+    if (canvas.width < 300) throw new Error(`the timeline is ${canvas.width} px wide on a 390 px screen`);
+    await page.click('.timeline-toolbar button[aria-label="Zoom in"]');
+    const span = await page.evaluate(() => {
+      const c = document.querySelector('.timeline-canvas');
+      return Number(c.dataset.endMs) - Number(c.dataset.startMs);
+    });
+    const spanText = await page.evaluate(() => document.querySelector('.timeline select').selectedOptions[0].textContent);
+    if (span !== 12 * 3_600_000 || spanText !== '12 h') throw new Error(`"Zoom in" from 24 h shows ${span / 3_600_000} h (span control: '${spanText}')`);
+    // Pause holds: still paused after the live stream delivered more (an MSE sink resumes a
+    // video paused by anything but the user) or, without a sink, for two seconds.
+    const fed = () => page.evaluate(() => {
+      const p = window.__vs.camera.state.player;
+      const sink = p && (p.sink || (p.current && p.current.sink));
+      return sink ? sink.stats.appended : null;
+    });
+    const fedBefore = await fed();
+    await page.click('.controls button[aria-label="Pause"]');
+    const pausedAt = Date.now();
+    await until('the video to stay paused', 15_000, async () => {
+      const v = await page.evaluate(() => ({ paused: document.querySelector('.stage video').paused, label: document.querySelector('.controls button[aria-label="Play"]') !== null }));
+      if (!v.paused || !v.label) throw new Error(`the pause button did not hold: ${JSON.stringify(v)} after ${Date.now() - pausedAt} ms`);
+      const f = await fed();
+      return f === null ? Date.now() - pausedAt >= 2000 : f >= fedBefore + 2;
+    });
+    await page.click('.btn-live');
+    await waitPlaying(page, '.stage video', 10, 30_000);
+    await shot(page, 'camera-phone.png');
+
+    // The cameras list and the form: fields fit, and the API's message shows under the URL.
+    await page.goto(cfg.url + '#/cameras', { waitUntil: 'load' });
+    await page.waitForSelector(`tr[data-stream-id="${cfg.streamId}"]`);
+    out.cameras = await checkPhoneLayout(page, 'the cameras page', [
+      '.page-tools a[href="#/cameras/new"]', `tr[data-stream-id="${cfg.streamId}"] input[data-testid="enabled"]`,
+      `tr[data-stream-id="${cfg.streamId}"] button[data-testid="delete"]`,
+    ]);
+    await page.click('.page-tools a[href="#/cameras/new"]');
+    await page.waitForSelector('#f-name');
+    await page.fill('#f-name', 'Phone cam');
+    await page.fill('#f-source-url', 'http://not-rtsp.example/stream');
+    await page.click('button[type="submit"]');
+    await page.waitForSelector('[data-error-for="source.url"]:not([hidden])', { timeout: 10_000 });
+    out.form = await checkPhoneLayout(page, 'the camera form', [
+      '#f-name', '#f-source-url', '[data-error-for="source.url"]', '#f-source-transport', 'button[type="submit"]', '.form a[href="#/cameras"]',
+    ]);
+    await shot(page, 'camera-form-phone.png');
+    out.ok = true;
+    return out;
+  } finally {
+    await page.setViewportSize(vp);
+  }
+}
+
 async function scenarioTiles(page) {
   await page.goto(cfg.url + '#/', { waitUntil: 'load' });
   await page.selectOption('#grid-layout', '4');
@@ -445,22 +640,119 @@ async function scenarioTiles(page) {
   const ids = await page.$$eval('.tile', (ts) => ts.map((t) => t.dataset.streamId));
   for (const id of ids) await waitPlaying(page, `${tileSel(id)} video`, 25, 60_000);
   await sleep(2000);
+  // During the measurement, per tile: the time of every frame presented
+  // (requestVideoFrameCallback), so the longest time the tile went without a new frame while the
+  // page kept presenting the other tiles' (its own stall), and the longest time the whole page
+  // presented nothing (the browser not rendering: CPU starvation on a loaded machine, and a shared
+  // headless browser that skips a page's frames for a second at times). Then CROPS_PER_TILE crops
+  // of the demo clip's running counter (top left, e2e/picture.mjs) 0.4 s apart, so a tile whose
+  // picture does not change (a frozen or black clip still decodes at full rate) is caught on every
+  // tile, not only the first.
+  const CROPS_PER_TILE = 5;
+  await page.evaluate(() => {
+    window.__tileWatch = [...document.querySelectorAll('.tile')].map((t) => {
+      const v = t.querySelector('video');
+      // The callbacks come at most once per display refresh, so at 25 fps about once per frame
+      // (the metadata's presentedFrames does not advance in headless Chromium).
+      const w = { id: t.dataset.streamId, times: null, crops: [] };
+      const onFrame = (nowMs) => {
+        if (w.times === 'done') return;
+        if (w.times) w.times.push(nowMs);
+        v.requestVideoFrameCallback(onFrame);
+      };
+      v.requestVideoFrameCallback(onFrame);
+      return w;
+    });
+  });
+  const takeCrops = () => page.evaluate(() => {
+    const c = document.createElement('canvas');
+    c.width = 104;
+    c.height = 38;
+    const ctx = c.getContext('2d', { willReadFrequently: true });
+    document.querySelectorAll('.tile video').forEach((v, i) => {
+      const sx = v.videoWidth / 640;
+      const sy = v.videoHeight / 360;
+      ctx.drawImage(v, 0, 0, 104 * sx, 38 * sy, 0, 0, 104, 38);
+      const px = ctx.getImageData(0, 0, 104, 38).data;
+      const grey = new Array(px.length / 4);
+      for (let j = 0; j < grey.length; j++) grey[j] = Math.round(0.299 * px[4 * j] + 0.587 * px[4 * j + 1] + 0.114 * px[4 * j + 2]);
+      window.__tileWatch[i].crops.push(grey);
+    });
+  });
   const sample = () => page.evaluate(() => [...document.querySelectorAll('.tile')].map((t) => {
     const v = t.querySelector('video');
     const q = v.getVideoPlaybackQuality();
     return { id: t.dataset.streamId, frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, ct: v.currentTime, at: performance.now() };
   }));
   const a = await sample();
+  await page.evaluate(() => {
+    window.__tileWatchFrom = performance.now();
+    window.__tileWatch.forEach((w) => { w.times = []; });
+  });
   await sleep(cfg.measureS * 1000);
   const b = await sample();
+  const stalls = await page.evaluate(() => {
+    const from = window.__tileWatchFrom;
+    const to = performance.now();
+    const all = window.__tileWatch.map((w) => w.times);
+    window.__tileWatch.forEach((w) => { w.times = 'done'; });
+    const page = [...new Set(all.flat())].sort((x, y) => x - y);
+    // The longest time in (t0, t1) with no frame on the page at all.
+    const pageGap = (t0, t1) => {
+      let prev = t0;
+      let max = 0;
+      for (const t of page) {
+        if (t <= t0) continue;
+        if (t >= t1) break;
+        max = Math.max(max, t - prev);
+        prev = t;
+      }
+      return Math.max(max, t1 - prev);
+    };
+    return {
+      pageMaxGapMs: Math.round(pageGap(from, to)),
+      perTile: all.map((times) => {
+        const edges = [from, ...times, to];
+        let own = 0;
+        let raw = 0;
+        for (let i = 1; i < edges.length; i++) {
+          const gap = edges[i] - edges[i - 1];
+          raw = Math.max(raw, gap);
+          own = Math.max(own, gap - pageGap(edges[i - 1], edges[i]));
+        }
+        return { maxGapMs: Math.round(raw), ownStallMs: Math.round(own), shownFps: +(times.length / ((to - from) / 1000)).toFixed(1) };
+      }),
+    };
+  });
+  // The crops after the measurement: reading 16 video frames back blocks the page for a moment,
+  // which would show up as a stall of every tile.
+  for (let i = 0; i < CROPS_PER_TILE; i++) {
+    if (i > 0) await sleep(400);
+    await takeCrops();
+  }
+  const watched = await page.evaluate(() => window.__tileWatch.map((w) => {
+    let changed = 0;
+    let flat = 0;
+    for (let i = 1; i < w.crops.length; i++) {
+      let d = 0;
+      for (let j = 0; j < w.crops[i].length; j++) d += Math.abs(w.crops[i][j] - w.crops[i - 1][j]);
+      if (d / w.crops[i].length >= 0.5) changed++;
+    }
+    for (const c of w.crops) {
+      const m = c.reduce((s, x) => s + x, 0) / c.length;
+      if (Math.sqrt(c.reduce((s, x) => s + (x - m) * (x - m), 0) / c.length) < 6) flat++;
+    }
+    return { pictureChanges: changed, cropPairs: w.crops.length - 1, blankCrops: flat };
+  }));
   const per = b.map((e, i) => {
     const s = (e.at - a[i].at) / 1000;
-    return { fps: +((e.frames - a[i].frames) / s).toFixed(1), dropped: e.dropped - a[i].dropped, advanced: +(e.ct - a[i].ct).toFixed(2) };
+    return { fps: +((e.frames - a[i].frames) / s).toFixed(1), dropped: e.dropped - a[i].dropped, advanced: +(e.ct - a[i].ct).toFixed(2), ...stalls.perTile[i], ...watched[i] };
   });
   const fps = per.map((p) => p.fps).sort((x, y) => x - y);
   // The path each tile plays over (the player's choice, shown in its badge).
   const transports = {};
   for (const t of await page.$$eval('.tile', (ts) => ts.map((x) => x.dataset.transport))) transports[t] = (transports[t] || 0) + 1;
+  const shown = per.map((p) => p.shownFps).sort((x, y) => x - y);
   await shot(page, 'grid-16.png');
   // The first tile's picture is the demo clip's (after the measurement: the probe draws it). Its
   // frame rate is the measurement's (16 software decoders on a loaded machine fall below 25).
@@ -468,6 +760,8 @@ async function scenarioTiles(page) {
   return {
     ok: true, tiles: per.length, measureS: cfg.measureS, picture, transports,
     minFps: fps[0], medianFps: fps[Math.floor(fps.length / 2)], maxFps: fps[fps.length - 1],
+    minShownFps: shown[0], medianShownFps: shown[Math.floor(shown.length / 2)],
+    maxStallMs: Math.max(...per.map((p) => p.ownStallMs)), pageMaxGapMs: stalls.pageMaxGapMs,
     droppedTotal: per.reduce((s, p) => s + p.dropped, 0), perTile: per,
   };
 }
@@ -546,8 +840,17 @@ async function scenarioSwitch(page) {
       return sizes.size >= 2 && `${x.w}x${x.h}` !== `${before.w}x${before.h}` ? x : null;
     });
     const s = await waitPlaying(page, `${tileSel(id)} video`, after.frames + 10, 20_000);
-    const resets = await page.evaluate((sid) => window.__tiles.get(sid).history.filter((x) => x.state === 'waiting').length, id);
-    return { ok: true, sizes: [...sizes], framesAfter: s.frames - after.frames, reconnects: resets };
+    // The picture at the new size is a real, changing one (the tests' picture checks: not blank,
+    // not frozen, decoded and shown in real time), not a stuck last frame of the old size.
+    const picture = cfg.picture ? await checkMovingPicture(page, `${tileSel(id)} video`, `${after.w}x${after.h}`) : null;
+    const tile = await page.evaluate((sid) => {
+      const t = window.__tiles.get(sid);
+      return { waits: t.history.filter((x) => x.state === 'waiting').length, transport: t.playerState.transport };
+    }, id);
+    return {
+      ok: true, sizes: [...sizes], firstSize: `${before.w}x${before.h}`, newSize: `${after.w}x${after.h}`,
+      framesAfter: s.frames - after.frames, reconnects: tile.waits, transport: tile.transport, picture,
+    };
   } finally {
     await page.evaluate(async (sid) => {
       const { api } = await import('./ui/js/api.js');
@@ -572,7 +875,22 @@ async function scenarioFallback(page) {
     const s = await waitPlaying(page, `${tileSel(id)} video`, 25, 60_000);
     const transport = await page.getAttribute(tileSel(id), 'data-transport');
     if (transport !== 'hls.js') throw new Error(`the HLS-only camera plays over ${transport}`);
-    return { ok: true, transport, frames: s.frames, videoSize: `${s.w}x${s.h}` };
+    // What plays is hls.js's: the tile's player holds an hls.js instance feeding the video, and
+    // every transport the tile tried was hls.js (the list had nothing else to offer).
+    const how = await page.evaluate((sid) => {
+      const t = window.__tiles.get(sid);
+      const p = t.player;
+      const impl = p && p.current;
+      return {
+        tried: [...new Set(t.history.map((x) => x.transport).filter(Boolean))],
+        hlsJs: Boolean(impl && impl.hls && typeof impl.hls.loadSource === 'function'),
+        src: t.video.currentSrc.slice(0, 5),
+      };
+    }, id);
+    if (how.tried.join() !== 'hls.js' || !how.hlsJs || how.src !== 'blob:') throw new Error(`not played by hls.js: ${JSON.stringify(how)}`);
+    // The demo clip's picture, judged like the grid's (frames in order against the clip).
+    const picture = cfg.picture ? await checkDemoPicture(page, `${tileSel(id)} video`) : null;
+    return { ok: true, transport, frames: s.frames, videoSize: `${s.w}x${s.h}`, picture, ...how };
   } finally {
     await page.evaluate(async (sid) => {
       const { api } = await import('./ui/js/api.js');
@@ -616,7 +934,7 @@ async function scenarioSystem(page) {
   return { ok: true, archiveTotal: total };
 }
 
-const SCENARIOS = { auth: scenarioAuth, switch: scenarioSwitch, a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
+const SCENARIOS = { phone: scenarioPhone, auth: scenarioAuth, switch: scenarioSwitch, a11y: scenarioA11y, fallback: scenarioFallback, system: scenarioSystem, grid: scenarioGrid, cameras: scenarioCameras, archive: scenarioArchive, tiles: scenarioTiles };
 
 // ---------------------------------------------------------------------------------------------
 

@@ -38,15 +38,13 @@ fn run_ui(url: &str, scenarios: &str, env: &[(&str, &str)]) -> serde_json::Value
 fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
-    // A camera that switches from 640x360 to 320x180 mid-stream (same codec string).
-    let clip = crate::codec_switch::switching_clip(dir.path());
-    let rtsp = RtspServer::start_with_file(0, &clip);
+    let rtsp = RtspServer::start(0);
     let server = ServerProcess::start(dir.path(), &[], &[]);
     let shots = screenshots_dir();
     let export = dir.path().join("export.mp4");
     let v = run_ui(
         &format!("http://{}/", server.video),
-        "grid,cameras,archive,system,a11y",
+        "grid,cameras,archive,phone,system,a11y",
         &[
             ("RTSP_URL", &rtsp.url("test")),
             ("SHOTS_DIR", &shots.display().to_string()),
@@ -99,6 +97,28 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
         "{v}"
     );
     assert_eq!(s["archive"]["snapshot"], "640x360", "{v}");
+    // The timeline opened on the last 24 h and the zoom button brought it to 10 minutes.
+    assert_eq!(s["archive"]["openSpanH"], 24, "{v}");
+    assert_eq!(s["archive"]["zoomedSpanMin"], 10, "{v}");
+    // A protected range was added, then edited (a new reason, an end 3 s earlier: one range
+    // replacing the other) and removed.
+    let protected_s = s["archive"]["protectedS"].as_f64().expect("protectedS");
+    let edited_s = s["archive"]["protectedEditedS"]
+        .as_f64()
+        .expect("protectedEditedS");
+    assert!(
+        (protected_s - 3.0 - edited_s).abs() <= 1.0,
+        "protected {protected_s} s, {edited_s} s after the edit"
+    );
+    // At phone width every page checked fit the screen with its controls usable.
+    for page in ["grid", "camera", "cameras", "form"] {
+        assert!(
+            s["phone"][page]["scrollWidth"]
+                .as_u64()
+                .is_some_and(|w| w <= 390),
+            "{page}: {v}"
+        );
+    }
     // The exported selection is a valid MP4 as long as the selection (±1 s).
     let selection_s = s["archive"]["selectionS"].as_f64().expect("selectionS");
     let probe = ffprobe(&export.display().to_string());
@@ -122,6 +142,66 @@ fn operator_watches_adds_a_camera_scrubs_the_archive_and_exports() {
     assert_eq!(
         from_api["scenarios"]["grid"]["transport"], "webrtc",
         "{from_api}"
+    );
+    assert!(server.terminate());
+}
+
+/// The players a tile falls back to or must survive, each judged on its picture: a camera with
+/// only the HLS output plays through the vendored hls.js (the demo clip, frames in order), and a
+/// camera that switches from 640x360 to 320x180 mid-stream (same codec string, a new init
+/// segment) keeps playing in its MSE tile at the new size.
+#[test]
+fn tiles_fall_back_to_hls_js_and_play_through_a_resolution_switch() {
+    let dir = tempfile::tempdir().expect("tmp");
+    shipped_setup(dir.path());
+    // WebRTC off: the switch must go through the MSE player's new-init-segment path (with WebRTC
+    // on, the tile would prefer it).
+    let conf = std::fs::read_to_string(dir.path().join("conf.toml")).expect("conf");
+    let conf = conf.replace("[webrtc]\nenabled = true\n", "[webrtc]\nenabled = false\n");
+    assert!(
+        conf.contains("[webrtc]\nenabled = false\n"),
+        "the shipped conf.toml has a [webrtc] section"
+    );
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let clip = crate::codec_switch::switching_clip(dir.path());
+    let rtsp = RtspServer::start_with_file(0, &clip);
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let demo = dir.path().join("assets/demo.mp4");
+    let v = run_ui(
+        &format!("http://{}/", server.video),
+        "fallback,switch",
+        &[
+            ("FILE_PATH", &demo.display().to_string()),
+            ("SWITCH_RTSP_URL", &rtsp.url("file")),
+        ],
+    );
+    eprintln!("fallback and switch: {v}");
+    let f = &v["scenarios"]["fallback"];
+    assert_eq!(f["transport"], "hls.js", "{v}");
+    assert_eq!(f["hlsJs"], true, "{v}");
+    assert_eq!(f["videoSize"], "640x360", "{v}");
+    assert!(
+        f["picture"]["framesInOrder"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{v}"
+    );
+    let sw = &v["scenarios"]["switch"];
+    assert_eq!(sw["transport"], "mse", "{v}");
+    let mut sizes: Vec<&str> = sw["sizes"]
+        .as_array()
+        .expect("sizes")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, ["320x180", "640x360"], "{v}");
+    assert_ne!(sw["firstSize"], sw["newSize"], "{v}");
+    assert!(sw["framesAfter"].as_u64().is_some_and(|n| n >= 10), "{v}");
+    // The picture after the switch was judged (real, changing, real time) at the new size.
+    assert!(
+        sw["picture"]["window"].as_u64().is_some_and(|n| n >= 8),
+        "{v}"
     );
     assert!(server.terminate());
 }
@@ -179,9 +259,10 @@ fn with_auth_on_the_ui_asks_for_a_token_and_plays_through_signed_urls() {
     assert!(server.terminate());
 }
 
-/// 16 tiles of the demo clip in the grid (4 × 4 at 1280 × 720): every tile decodes and plays,
-/// each over WebRTC (16 sessions).
-/// The numbers (decoded frames per second per tile) are printed; docs/benchmarks.md has a run.
+/// 16 tiles of the demo clip in the grid (4 × 4 at 1280 × 720) play smoothly: every tile decodes
+/// and shows a moving picture without stalling. The numbers (decoded and shown frames per second
+/// per tile, the longest stall) are printed; docs/benchmarks.md has a run. Every tile plays over
+/// WebRTC, the player's first path (16 sessions).
 #[test]
 fn sixteen_demo_tiles_all_play() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -220,19 +301,67 @@ fn sixteen_demo_tiles_all_play() {
     );
     let t = &v["scenarios"]["tiles"];
     eprintln!(
-        "16 tiles: decoded fps per tile min {} median {} max {}, dropped {} in {} s",
-        t["minFps"], t["medianFps"], t["maxFps"], t["droppedTotal"], t["measureS"]
+        "16 tiles: decoded fps per tile min {} median {} max {}, shown fps min {} median {}, \
+         longest stall of a tile {} ms (of the whole page {} ms), dropped {} in {} s",
+        t["minFps"],
+        t["medianFps"],
+        t["maxFps"],
+        t["minShownFps"],
+        t["medianShownFps"],
+        t["maxStallMs"],
+        t["pageMaxGapMs"],
+        t["droppedTotal"],
+        t["measureS"]
     );
+    eprintln!("16 tiles per tile: {}", t["perTile"]);
     assert_eq!(t["tiles"], 16, "{v}");
     // Every tile over WebRTC, the player's first choice (measured: 25 decoded frames/s on each
     // of the 16, a little better than MSE's ~20 on this machine, so the grid needs no other
     // rule for many tiles).
     assert_eq!(t["transports"], serde_json::json!({"webrtc": 16}), "{v}");
-    // The clip is 25 fps. On a loaded 2-core machine software decoding of 16 streams keeps about
-    // 20; a tile that stalls or freezes falls far below this floor.
-    for tile in t["perTile"].as_array().expect("perTile") {
-        assert!(tile["fps"].as_f64().is_some_and(|f| f >= 5.0), "{v}");
-        assert!(tile["advanced"].as_f64().is_some_and(|a| a >= 3.0), "{v}");
+    // Smooth: the clip is 25 fps; with 16 software decoders on a loaded 2-core machine the tiles
+    // keep 18-23 decoded frames per second each and none goes 0.5 s without a new frame on screen
+    // while the others play (docs/benchmarks.md). The floors leave room for a busier CI machine, yet a tile that
+    // stutters (a stall of a second), crawls, or shows a frozen or blank picture (its counter
+    // crops unchanged: a frozen clip still decodes at full rate) fails.
+    assert!(
+        t["medianFps"].as_f64().is_some_and(|f| f >= 12.0),
+        "median tile {} fps: {v}",
+        t["medianFps"]
+    );
+    // The browser itself may render nothing for a moment on a starved machine (every tile
+    // waits alike; a shared headless browser skips a page's frames for a second at times): that
+    // is not a tile stalling, but the page must not freeze for longer.
+    assert!(
+        t["pageMaxGapMs"].as_u64().is_some_and(|ms| ms <= 2000),
+        "the page rendered nothing for {} ms: {v}",
+        t["pageMaxGapMs"]
+    );
+    let measure_s = t["measureS"].as_f64().expect("measureS");
+    for (i, tile) in t["perTile"].as_array().expect("perTile").iter().enumerate() {
+        assert!(
+            tile["fps"].as_f64().is_some_and(|f| f >= 8.0),
+            "tile {i}: {v}"
+        );
+        assert!(
+            tile["ownStallMs"].as_u64().is_some_and(|ms| ms <= 1000),
+            "tile {i} stalled: {v}"
+        );
+        assert!(
+            tile["advanced"]
+                .as_f64()
+                .is_some_and(|a| a >= 0.6 * measure_s),
+            "tile {i}: {v}"
+        );
+        assert!(
+            tile["cropPairs"].as_u64().is_some_and(|n| n >= 4),
+            "tile {i}: {v}"
+        );
+        assert_eq!(
+            tile["pictureChanges"], tile["cropPairs"],
+            "tile {i}'s picture froze: {v}"
+        );
+        assert_eq!(tile["blankCrops"], 0, "tile {i} went blank: {v}");
     }
     // The first tile shows the demo clip (a frozen or black clip fails here).
     assert!(

@@ -6,7 +6,7 @@
 // shift: ten times as far), Enter plays from the cursor, +/- zoom, PageUp/PageDown pan, Home goes
 // back to now, Esc clears the selection. Buttons above do the same for pointer-only users.
 
-import { h, fmtDateTime } from './util.js';
+import { h, fmtDateTime, replace } from './util.js';
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;
@@ -23,6 +23,12 @@ const TICKS = [
 const FUTURE = 0.06;
 
 const pad = (n) => String(n).padStart(2, '0');
+
+/** 720 000 → "12 min", 43 200 000 → "12 h", 5 400 000 → "1.5 h", 172 800 000 → "2 d". */
+function spanLabel(ms) {
+  const [unit, size] = ms < HOUR ? ['min', MIN] : ms < DAY ? ['h', HOUR] : ['d', DAY];
+  return `${+(ms / size).toFixed(1)} ${unit}`;
+}
 
 export class Timeline {
   /**
@@ -45,8 +51,8 @@ export class Timeline {
       class: 'timeline-canvas', tabindex: '0', role: 'slider', 'aria-label': 'Archive timeline',
       'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': '100', 'data-testid': 'timeline',
     });
-    this.spanSelect = h('select', { 'aria-label': 'Timeline span', onchange: (e) => this.setSpan(Number(e.target.value)) },
-      SPANS.map(([label, ms]) => h('option', { value: String(ms), selected: ms === span }, label)));
+    this.spanSelect = h('select', { 'aria-label': 'Timeline span', onchange: (e) => this.setSpan(Number(e.target.value)) });
+    this.spanOptions();
     const btn = (label, title, fn) => h('button', { type: 'button', class: 'btn btn-small', title, 'aria-label': title, onclick: fn }, label);
     this.el = h('div', { class: 'timeline' },
       h('div', { class: 'timeline-toolbar' },
@@ -109,7 +115,16 @@ export class Timeline {
   zoom(factor, atMs) {
     const span = Math.min(MAX_SPAN, Math.max(MIN_SPAN, this.span * factor));
     if (span === this.span) return;
-    const at = atMs ?? (this.follow ? this.now() : this.start + this.span / 2);
+    if (this.follow && atMs === undefined) {
+      // Following now stays following now. (Zooming around now and clamping would not: the
+      // clock moves between the two reads, the end falls a millisecond short of the latest and
+      // the view would stop following and drift into the past at the next zoom.)
+      this.span = span;
+      this.end = this.now() + span * FUTURE;
+      this.changed();
+      return;
+    }
+    const at = atMs ?? this.start + this.span / 2;
     const frac = (at - this.start) / this.span;
     this.span = span;
     this.end = at + (1 - frac) * span;
@@ -140,8 +155,20 @@ export class Timeline {
     }
   }
 
+  /**
+   * The span control's choices: the presets, and the current span among them when zooming (the
+   * buttons, the wheel, the keys) led to one that is not a preset, so the control never names a
+   * span other than the one shown.
+   */
+  spanOptions() {
+    if (this.optionsSpan === this.span) return;
+    this.optionsSpan = this.span;
+    const spans = SPANS.some(([, ms]) => ms === this.span) ? SPANS : [...SPANS, [spanLabel(this.span), this.span]].sort((a, b) => a[1] - b[1]);
+    replace(this.spanSelect, spans.map(([label, ms]) => h('option', { value: String(ms), selected: ms === this.span }, label)));
+  }
+
   changed() {
-    for (const o of this.spanSelect.options) o.selected = Number(o.value) === this.span;
+    this.spanOptions();
     this.draw();
     this.onView(this.start, this.end);
   }

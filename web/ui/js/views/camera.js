@@ -42,9 +42,9 @@ export function cameraView(root, id) {
     else stage.requestFullscreen().catch(() => {});
   } }, 'Full screen');
 
+  // Opens on the last 24 hours (the Timeline's default span), zoomable from 10 minutes to 30 days.
   const timeline = new Timeline({
     now,
-    span: 3600 * 1000,
     onSeek: (t) => (t >= now() - 1000 ? goLive() : playArchive(t)),
     onSelect: (a, b) => setSelection(a === null ? null : [a, b], false),
     onView: () => loadRanges(),
@@ -161,16 +161,24 @@ export function cameraView(root, id) {
     renderBadges();
   }
 
+  /** The MSE sink feeding the video on screen (archive, or live over MSE), which resumes a
+   * paused video when data arrives unless told the user paused it. */
+  function sinkOnScreen() {
+    const p = state.player;
+    return (p && (p.sink || (p.current && p.current.sink))) || null;
+  }
+
   function togglePause() {
     const v = state.video;
     if (!v) return;
+    const sink = sinkOnScreen();
     if (v.paused) {
-      if (state.player && state.player.sink) state.player.sink.pausedByUser = false;
+      if (sink) sink.pausedByUser = false;
       v.play().catch(() => {});
       playBtn.textContent = '❚❚';
       playBtn.setAttribute('aria-label', 'Pause');
     } else {
-      if (state.player && state.player.sink) state.player.sink.pausedByUser = true;
+      if (sink) sink.pausedByUser = true;
       v.pause();
       playBtn.textContent = '▶';
       playBtn.setAttribute('aria-label', 'Play');
