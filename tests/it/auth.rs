@@ -19,6 +19,7 @@ use video_server::auth::scope::{Action, Actions, Streams};
 use video_server::auth::signing::SignedQuery;
 
 use crate::both_engines;
+use crate::support::admin::admin_token_section;
 use crate::support::binary::{ServerProcess, base_config, binary};
 use crate::support::{InProcess, TestDb, call_as};
 
@@ -30,21 +31,6 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
-}
-
-/// Writes the bootstrap token file and returns the `[auth]` section naming it.
-fn auth_section(dir: &Path) -> String {
-    let file = dir.join("admin.token");
-    std::fs::write(&file, format!("{ADMIN}\n")).expect("token file");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    format!(
-        "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
-        file.display()
-    )
 }
 
 /// An in-process server with auth on.
@@ -71,7 +57,11 @@ impl Answer {
 impl Secured {
     async fn start(extra: &str) -> Secured {
         let tmp = tempfile::tempdir().expect("tmp");
-        let s = InProcess::start(&format!("{}{extra}", auth_section(tmp.path()))).await;
+        let s = InProcess::start(&format!(
+            "{}{extra}",
+            admin_token_section(tmp.path(), ADMIN)
+        ))
+        .await;
         Secured {
             s,
             http: http(),
@@ -1101,7 +1091,11 @@ async fn media_sessions_and_changes_are_audited() {
 
 /// Answers of the API app for a test database, as the bootstrap admin or another token.
 async fn secured_state(t: &TestDb, dir: &Path) -> video_server::api::AppState {
-    crate::support::state(&t.db, crate::support::config(&auth_section(dir))).await
+    crate::support::state(
+        &t.db,
+        crate::support::config(&admin_token_section(dir, ADMIN)),
+    )
+    .await
 }
 
 both_engines! {

@@ -3,7 +3,6 @@
 //! client and in total, and byte ranges at the edge of `u64`. Every limit is filled, overrun,
 //! released and filled again (places are never leaked).
 
-use std::path::Path;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -17,6 +16,7 @@ use uuid::Uuid;
 
 use crate::playback::synthesize;
 use crate::support::InProcess;
+use crate::support::admin::{Auth, admin_token_section};
 use crate::support::media::eventually;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -37,62 +37,6 @@ fn local_file(guid: &str) -> String {
     format!(
         "[[local_files]]\nguid = \"{guid}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n"
     )
-}
-
-/// `[auth]` with a bootstrap admin token file in `dir`.
-fn auth_section(dir: &Path) -> String {
-    let file = dir.join("admin.token");
-    std::fs::write(&file, format!("{ADMIN}\n")).expect("token file");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    format!(
-        "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
-        file.display()
-    )
-}
-
-/// Whether a test's server runs with auth off (anonymous clients) or on, every request sending
-/// the bootstrap admin token: the limits hold alike.
-#[derive(Debug, Clone, Copy)]
-enum Auth {
-    Off,
-    Admin,
-}
-
-impl Auth {
-    /// The config section (the token file is written to `dir`).
-    fn section(self, dir: &Path) -> String {
-        match self {
-            Auth::Off => String::new(),
-            Auth::Admin => auth_section(dir),
-        }
-    }
-
-    fn bearer(self) -> Option<&'static str> {
-        match self {
-            Auth::Off => None,
-            Auth::Admin => Some(ADMIN),
-        }
-    }
-
-    /// An HTTP client sending the bearer token, if any.
-    fn http(self) -> reqwest::Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(t) = self.bearer() {
-            headers.insert(
-                "authorization",
-                format!("Bearer {t}").parse().expect("header"),
-            );
-        }
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .default_headers(headers)
-            .build()
-            .expect("client")
-    }
 }
 
 /// A new token for every stream with `actions`, made by the admin.
@@ -286,7 +230,7 @@ async fn oversized_websocket_messages_close_1009_and_the_server_stays_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_websocket_messages_close_1009_with_auth_on() {
-    oversized_websocket_messages_close_1009(Auth::Admin).await;
+    oversized_websocket_messages_close_1009(Auth::Admin(ADMIN)).await;
 }
 
 /// Viewers per stream and in total: over either limit, the upgrade is closed with 1013 and a
@@ -347,7 +291,7 @@ async fn viewers_over_their_limits_are_refused_and_places_come_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn viewers_over_their_limits_are_refused_with_auth_on() {
-    viewers_over_their_limits(Auth::Admin).await;
+    viewers_over_their_limits(Auth::Admin(ADMIN)).await;
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
@@ -374,7 +318,7 @@ async fn hls_viewers_count_until_they_stop_fetching() {
         "[limits]\nviewers_per_stream = 1\n\
          [hls]\nms_per_segment = 1000\nwindow_size = 5\n\
          [[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\", \"hls\"]\nloop = true\n{}",
-        auth_section(tmp.path())
+        admin_token_section(tmp.path(), ADMIN)
     ))
     .await;
     let alice = token(&s, "alice", &["live"]).await;
@@ -468,7 +412,7 @@ async fn archive_sessions_are_limited_per_client_and_in_total() {
         "[limits]\narchive_sessions_per_client = 2\narchive_sessions_total = 3\n\
          [archive]\nserving = true\ndirectory = \"{}\"\nplayback_chunk_s = 2\n{}",
         tmp.path().display(),
-        auth_section(tmp.path())
+        admin_token_section(tmp.path(), ADMIN)
     ))
     .await;
     let id = Uuid::new_v4();
@@ -539,7 +483,7 @@ async fn exports_over_their_limits_get_429_and_503_with_retry_after() {
         "[limits]\nexports_per_client = 1\nexports_total = 2\n\
          [archive]\nserving = true\ndirectory = \"{}\"\n{}",
         tmp.path().display(),
-        auth_section(tmp.path())
+        admin_token_section(tmp.path(), ADMIN)
     ))
     .await;
     let id = Uuid::new_v4();

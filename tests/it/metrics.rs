@@ -757,17 +757,7 @@ fn toml_string(s: &str) -> String {
 both_engines!(
     async fn metrics_need_an_admin_token_unless_public(t: &TestDb) {
         let tmp = tempfile::tempdir().expect("tmp");
-        let file = tmp.path().join("admin.token");
-        std::fs::write(&file, format!("{ADMIN}\n")).expect("token file");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-        let auth = format!(
-            "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
-            file.display()
-        );
+        let auth = crate::support::admin::admin_token_section(tmp.path(), ADMIN);
         let state = crate::support::state(&t.db, crate::support::config(&auth)).await;
         let (status, body) = scrape_app(&state, None).await;
         assert_eq!(status, 401, "{body}");

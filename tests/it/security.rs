@@ -11,56 +11,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::InProcess;
+use crate::support::admin::Auth;
 use crate::support::binary::ServerProcess;
 use crate::support::media::RtspServer;
 
 /// The bootstrap admin token of the servers run with auth on.
 const ADMIN: &str = "security-test-admin-token-0123456789abcdef";
-
-/// How a test's server runs: auth off (anonymous clients, the defences that hold without auth),
-/// or on, every request sending the bootstrap admin token (the most trusted caller must not get
-/// around any of these defences either).
-#[derive(Debug, Clone, Copy)]
-enum Auth {
-    Off,
-    Admin,
-}
-
-impl Auth {
-    /// The `[auth]` section, with the token file written to `dir` (empty when off).
-    fn section(self, dir: &Path) -> String {
-        match self {
-            Auth::Off => String::new(),
-            Auth::Admin => {
-                let file = dir.join("admin.token");
-                std::fs::write(&file, format!("{ADMIN}\n")).expect("token file");
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                    .expect("chmod");
-                format!(
-                    "[auth]\nenabled = true\nadmin_token_file = \"{}\"\n",
-                    file.display()
-                )
-            }
-        }
-    }
-
-    /// An HTTP client that sends the admin token when auth is on.
-    fn http(self) -> reqwest::Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Auth::Admin = self {
-            headers.insert(
-                "authorization",
-                format!("Bearer {ADMIN}").parse().expect("header"),
-            );
-        }
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .default_headers(headers)
-            .build()
-            .expect("client")
-    }
-}
 
 /// Every body the session saw, to search for secrets at the end.
 #[derive(Default)]
@@ -301,7 +257,7 @@ async fn secrets_never_leave_the_server_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_leave_the_server_with_auth_on() {
-    secrets_never_leave_the_server("sqlite://data/index.db", Auth::Admin).await;
+    secrets_never_leave_the_server("sqlite://data/index.db", Auth::Admin(ADMIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -478,7 +434,7 @@ async fn health_errors_are_categories_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_errors_are_categories_with_auth_on() {
-    health_errors_are_categories("sqlite", Auth::Admin).await;
+    health_errors_are_categories("sqlite", Auth::Admin(ADMIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,7 +538,7 @@ async fn file_sources_stay_in_their_roots_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn file_sources_stay_in_their_roots_with_auth_on() {
-    file_sources_stay_in_their_roots("sqlite", Auth::Admin).await;
+    file_sources_stay_in_their_roots("sqlite", Auth::Admin(ADMIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -678,7 +634,7 @@ async fn storage_stays_in_its_roots_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_stays_in_its_roots_with_auth_on() {
-    storage_stays_in_its_roots("sqlite", Auth::Admin).await;
+    storage_stays_in_its_roots("sqlite", Auth::Admin(ADMIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -714,10 +670,10 @@ async fn ws_with_origin(url: &str, origin: &str, auth: Auth) -> Result<Vec<u8>, 
     let mut req = url.into_client_request().expect("request");
     req.headers_mut()
         .insert("origin", origin.parse().expect("origin"));
-    if let Auth::Admin = auth {
+    if let Some(token) = auth.bearer() {
         req.headers_mut().insert(
             "authorization",
-            format!("Bearer {ADMIN}").parse().expect("header"),
+            format!("Bearer {token}").parse().expect("header"),
         );
     }
     match tokio_tungstenite::connect_async(req).await {
@@ -830,7 +786,7 @@ async fn cross_site_requests_are_refused_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cross_site_requests_are_refused_with_auth_on() {
-    cross_site_requests_are_refused("sqlite", Auth::Admin).await;
+    cross_site_requests_are_refused("sqlite", Auth::Admin(ADMIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -902,7 +858,7 @@ async fn rebinding_hosts_are_misdirected_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rebinding_hosts_are_misdirected_with_auth_on() {
-    rebinding_hosts_are_misdirected("sqlite", Auth::Admin).await;
+    rebinding_hosts_are_misdirected("sqlite", Auth::Admin(ADMIN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

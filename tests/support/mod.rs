@@ -2,6 +2,7 @@
 //! and a launcher for the real binary.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod binary;
 pub mod browser;
 pub mod media;
