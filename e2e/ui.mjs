@@ -142,23 +142,21 @@ async function waitPlaying(page, sel, minFrames, timeoutMs) {
 const tileSel = (id) => `.tile[data-stream-id="${id}"]`;
 
 /**
- * Judges what the <video> matching `sel` shows with the tests' picture checks (e2e/picture.mjs):
- * the demo clip's colour bars where they belong, the frames the media time says (against the
- * reference clip), a changing picture, about `fps` decoded frames per second (null: any rate). Samples taken before
- * the call are dropped; it samples until the verdict is in (at most `timeoutMs`).
+ * Judges what the <video> matching `sel` shows with the tests' picture checks (e2e/picture.mjs),
+ * `judge` being analysePicture's options for the expected picture. Samples taken before the call
+ * are dropped; it samples until the verdict is in (at most `timeoutMs`).
  */
-async function checkDemoPicture(page, sel, timeoutMs = 20_000, fps = 25) {
+async function checkPicture(page, sel, judge, timeoutMs) {
   const index = await page.evaluate((q) => [...document.querySelectorAll('video')].indexOf(document.querySelector(q)), sel);
   if (index < 0) throw new Error(`no video at ${sel}`);
   await takeSamples(page);
-  const reference = loadReference(cfg.reference);
   const samples = [];
   let verdict = null;
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     await sleep(500);
     samples.push(...(await takeSamples(page)).filter((x) => x.video === index));
-    verdict = analysePicture(samples, { picture: 'demo', reference, expectSize: '640x360', fps, minSamples: 8 });
+    verdict = analysePicture(samples, { ...judge, minSamples: 8 });
     if (verdict.ok || verdict.final) break;
   }
   if (!verdict || !verdict.ok) throw new Error(`wrong picture at ${sel}: ${verdict ? verdict.failures.join('; ') : 'no samples'}`);
@@ -166,24 +164,20 @@ async function checkDemoPicture(page, sel, timeoutMs = 20_000, fps = 25) {
 }
 
 /**
- * As checkDemoPicture for a clip other than the demo: a real picture of size `expectSize` that
- * changes from sample to sample, decoded and played in real time (`fps` frames per second).
+ * The demo clip: its colour bars where they belong, the frames the media time says (against the
+ * reference clip), a changing picture, about `fps` decoded frames per second (null: any rate).
+ */
+async function checkDemoPicture(page, sel, timeoutMs = 20_000, fps = 25) {
+  const judge = { picture: 'demo', reference: loadReference(cfg.reference), expectSize: '640x360', fps };
+  return checkPicture(page, sel, judge, timeoutMs);
+}
+
+/**
+ * A clip other than the demo: a real picture of size `expectSize` that changes from sample to
+ * sample, decoded and played in real time (`fps` frames per second).
  */
 async function checkMovingPicture(page, sel, expectSize, timeoutMs = 20_000, fps = 25) {
-  const index = await page.evaluate((q) => [...document.querySelectorAll('video')].indexOf(document.querySelector(q)), sel);
-  if (index < 0) throw new Error(`no video at ${sel}`);
-  await takeSamples(page);
-  const samples = [];
-  let verdict = null;
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    await sleep(500);
-    samples.push(...(await takeSamples(page)).filter((x) => x.video === index));
-    verdict = analysePicture(samples, { picture: 'moving', expectSize, fps, minSamples: 8 });
-    if (verdict.ok || verdict.final) break;
-  }
-  if (!verdict || !verdict.ok) throw new Error(`wrong picture at ${sel}: ${verdict ? verdict.failures.join('; ') : 'no samples'}`);
-  return verdict.stats;
+  return checkPicture(page, sel, { picture: 'moving', expectSize, fps }, timeoutMs);
 }
 
 // ---------------------------------------------------------------------------------------------

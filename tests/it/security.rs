@@ -644,12 +644,21 @@ async fn storage_stays_in_its_roots_postgres() {
 
 const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
 
-/// The demo clip as a live stream, plus a trusted foreign origin.
-fn demo_with_trusted_origin() -> String {
-    format!(
+/// A server on `engine` with `auth` playing the demo clip as a live stream, with a trusted
+/// foreign origin; the index and the token file's directory are kept for as long as the server.
+async fn start_demo_with_trusted_origin(
+    engine: &str,
+    auth: Auth,
+) -> (InProcess, crate::support::Index, tempfile::TempDir) {
+    let index = engine_db(engine).await;
+    let keep = tempfile::tempdir().expect("tmp");
+    let config = format!(
         "[[local_files]]\nguid = \"{DEMO}\"\nfile = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\n\
-         loop = true\n[cors]\nenabled = true\nallow_origins = [\"http://trusted.example\"]\n"
-    )
+         loop = true\n[cors]\nenabled = true\nallow_origins = [\"http://trusted.example\"]\n{}",
+        auth.section(keep.path())
+    );
+    let s = InProcess::start_with_db(&config, Some(index.url.clone())).await;
+    (s, index, keep)
 }
 
 /// Sends `req` with the optional `Origin` and returns status and JSON body.
@@ -696,17 +705,7 @@ async fn ws_with_origin(url: &str, origin: &str, auth: Auth) -> Result<Vec<u8>, 
 /// shape and change nothing; the server's own listeners, a configured origin and clients without
 /// `Origin` (curl) pass.
 async fn cross_site_requests_are_refused(engine: &str, auth: Auth) {
-    let index = engine_db(engine).await;
-    let keep = tempfile::tempdir().expect("tmp");
-    let s = InProcess::start_with_db(
-        &format!(
-            "{}{}",
-            demo_with_trusted_origin(),
-            auth.section(keep.path())
-        ),
-        Some(index.url.clone()),
-    )
-    .await;
+    let (s, _index, _keep) = start_demo_with_trusted_origin(engine, auth).await;
     let c = auth.http();
     let api_port = s.api.rsplit(':').next().expect("port").to_owned();
     let video_port = s.video.rsplit(':').next().expect("port").to_owned();
@@ -797,17 +796,7 @@ async fn cross_site_requests_are_refused_postgres() {
 /// DNS rebinding: listeners bound to 127.0.0.1 answer 421 to any `Host` that is not a loopback
 /// name or address, on every route of both listeners.
 async fn rebinding_hosts_are_misdirected(engine: &str, auth: Auth) {
-    let index = engine_db(engine).await;
-    let keep = tempfile::tempdir().expect("tmp");
-    let s = InProcess::start_with_db(
-        &format!(
-            "{}{}",
-            demo_with_trusted_origin(),
-            auth.section(keep.path())
-        ),
-        Some(index.url.clone()),
-    )
-    .await;
+    let (s, _index, _keep) = start_demo_with_trusted_origin(engine, auth).await;
     let c = auth.http();
     let video = format!("http://{}", s.video);
     for (base, path) in [
