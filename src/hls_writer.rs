@@ -187,16 +187,23 @@ impl HlsWriter {
             return;
         }
         remove_stale(&self.dir, self.stream_id, &self.token).await;
+        let mut batch = Vec::new();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
-            let delivery = tokio::select! {
-                _ = cancel.cancelled() => break,
-                d = self.sub.recv() => match d {
-                    Some(d) => d,
-                    None => break,
-                },
+            let more = tokio::select! {
+                _ = &mut cancelled => false,
+                // Segments are written whole: frames are taken in batches, a few times a second,
+                // not with one wake-up per frame.
+                more = self.sub.recv_batch(&mut batch, Some(crate::hub::next_batch_tick())) => more,
             };
-            if let Err(e) = self.push(delivery).await {
-                tracing::warn!(error = %e, "HLS segment not written");
+            if !more {
+                break;
+            }
+            for d in batch.drain(..) {
+                if let Err(e) = self.push(d).await {
+                    tracing::warn!(error = %e, "HLS segment not written");
+                }
             }
         }
         // Keep the last files around for players that are still fetching them, then clean up.

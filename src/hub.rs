@@ -11,8 +11,10 @@
 //! * Timestamps are continuous across source sessions: when a source reconnects, its new
 //!   session-relative timestamps are shifted to continue after the previous session's last frame.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -307,6 +309,9 @@ impl Hub {
             hub: Arc::downgrade(self),
             rx,
             queued_bytes,
+            max_bytes,
+            batch_timer: None,
+            busy: false,
         }
     }
 
@@ -364,6 +369,29 @@ pub struct Subscription {
     rx: mpsc::Receiver<Delivery>,
     /// Payload bytes in `rx` (shared with the hub's slot).
     queued_bytes: Arc<AtomicUsize>,
+    /// The most `queued_bytes` may reach (the slot's limit).
+    max_bytes: usize,
+    /// The timer of [`Subscription::recv_batch`] (made on first use, then reset).
+    batch_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last batch filled a quarter of the queue (in frames or bytes): the next one is taken
+    /// without waiting, so a source with a very high frame rate cannot overrun the queue.
+    busy: bool,
+}
+
+/// The pace of consumers that take frames in batches ([`Subscription::recv_batch`] with
+/// [`next_batch_tick`]): the HLS segmenter writes whole segments, so waking it for every frame
+/// (a task switch, often a thread wake-up, per frame) buys nothing.
+pub const BATCH_PERIOD: Duration = Duration::from_millis(200);
+
+/// The next [`BATCH_PERIOD`] tick, at the same phase everywhere in the process, so the batched
+/// consumers of all streams wake together (one timer expiry, one thread wake-up for all).
+pub fn next_batch_tick() -> tokio::time::Instant {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    let period = BATCH_PERIOD.as_nanos();
+    let next = (start.elapsed().as_nanos() / period + 1) * period;
+    let next = u64::try_from(next).unwrap_or(u64::MAX);
+    tokio::time::Instant::from_std(start + Duration::from_nanos(next))
 }
 
 impl Subscription {
@@ -381,6 +409,41 @@ impl Subscription {
         self.queued_bytes
             .fetch_sub(d.frame.data.len(), Ordering::Relaxed);
         Some(d)
+    }
+
+    /// Replaces `out` with every frame queued now, waiting for at least one; `false` once the
+    /// hub is gone and the queue is empty. With `not_before`, first waits until then (unless
+    /// the last batch filled a quarter of the queue), so a consumer that acts on whole
+    /// fragments or segments wakes a few times a second instead of once per frame; live
+    /// viewers pass `None`. Cancel safe: a frame is either in `out` or still in the queue.
+    pub async fn recv_batch(
+        &mut self,
+        out: &mut Vec<Delivery>,
+        not_before: Option<tokio::time::Instant>,
+    ) -> bool {
+        out.clear();
+        if let Some(at) = not_before
+            && !self.busy
+            && at > tokio::time::Instant::now()
+        {
+            match &mut self.batch_timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.batch_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            if let Some(t) = &mut self.batch_timer {
+                t.as_mut().await;
+            }
+        }
+        // Everything queued now (at least one frame), taken off in one go.
+        let limit = self.rx.max_capacity().max(1);
+        if self.rx.recv_many(out, limit).await == 0 {
+            return false;
+        }
+        let bytes: usize = out.iter().map(|d| d.frame.data.len()).sum();
+        let queued = self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.busy =
+            out.len().saturating_mul(4) >= limit || queued.saturating_mul(4) >= self.max_bytes;
+        true
     }
 
     /// Payload bytes waiting in this consumer's queue.
@@ -560,5 +623,65 @@ mod tests {
         let d = sub.recv().await.expect("resumed");
         assert!(d.discontinuity && d.frame.keyframe);
         assert_eq!(hub.published_bytes(), 51 * len as u64);
+    }
+
+    /// A batched consumer sleeps until its time, then takes everything queued in one go; a
+    /// batch that fills a quarter of the queue makes the next one come without waiting; the
+    /// end of the hub ends the batches once the queue is empty.
+    #[tokio::test]
+    async fn batches_wait_for_their_time_and_take_everything_queued() {
+        use tokio::time::Instant;
+        let hub = Hub::new();
+        let p = params();
+        let mut sub = hub.subscribe(100);
+        let mut batch = Vec::new();
+        let at = Instant::now() + Duration::from_millis(300);
+        let publisher = {
+            let hub = hub.clone();
+            let p = p.clone();
+            tokio::spawn(async move {
+                for n in 0..10 {
+                    hub.publish(frame(&p, n, n == 0));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        assert!(sub.recv_batch(&mut batch, Some(at)).await);
+        assert!(Instant::now() >= at, "woke before its time");
+        assert_eq!(batch.len(), 10, "everything published meanwhile, in one batch");
+        assert!(batch[0].frame.keyframe);
+        assert_eq!(sub.queued_bytes(), 0);
+        publisher.await.expect("publisher");
+        // 30 frames of a queue of 100: past a quarter, so the batch after them does not wait.
+        for n in 10..40 {
+            hub.publish(frame(&p, n, n % 25 == 0));
+        }
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(sub.recv_batch(&mut batch, Some(soon)).await);
+        assert_eq!(batch.len(), 30);
+        hub.publish(frame(&p, 40, false));
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(60);
+        assert!(sub.recv_batch(&mut batch, Some(far)).await);
+        assert_eq!(batch.len(), 1);
+        assert!(t0.elapsed() < Duration::from_secs(5), "busy: no wait");
+        // A small batch again: the next one waits for its time.
+        hub.publish(frame(&p, 41, false));
+        let t0 = Instant::now();
+        assert!(sub.recv_batch(&mut batch, Some(t0 + Duration::from_millis(200))).await);
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        drop(hub);
+        assert!(!sub.recv_batch(&mut batch, None).await, "hub gone, queue empty");
+        assert!(batch.is_empty());
+    }
+
+    /// The shared tick is the same instant for every caller and at most one period away.
+    #[tokio::test]
+    async fn batch_ticks_share_one_phase() {
+        let a = next_batch_tick();
+        let b = next_batch_tick();
+        let now = tokio::time::Instant::now();
+        assert!(a > now - Duration::from_millis(1) && a <= now + BATCH_PERIOD);
+        assert!(b == a || b == a + BATCH_PERIOD);
     }
 }

@@ -23,7 +23,8 @@ use crate::stream::RtspTransport;
 
 /// Budget for DESCRIBE, SETUP and PLAY together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A session that delivers nothing for this long is dropped and reconnected.
+/// A session that delivers nothing for this long is dropped and reconnected (judged on the
+/// session's one-second watchdog tick, so within a second after it passes).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USER_AGENT: &str = concat!("video-server/", env!("CARGO_PKG_VERSION"));
@@ -222,22 +223,29 @@ pub async fn run(
     }
     let mut filler = DurationFiller::default();
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    // The cancellation waiter is made once, and the read timeout is judged on the watchdog's
+    // ticks: a new timer and a new waiter for every item (several per frame) cost more than
+    // handling the item.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut last_item = tokio::time::Instant::now();
     loop {
         let item = tokio::select! {
-            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+            _ = &mut cancelled => return Ok(SessionEnd::Cancelled),
             _ = watchdog.tick() => {
+                if last_item.elapsed() >= READ_TIMEOUT {
+                    return Err(SourceError::Timeout("no data from the camera"));
+                }
                 sink.check_watchdog()?;
                 continue;
             }
-            r = tokio::time::timeout(READ_TIMEOUT, demuxed.next()) => {
-                match r {
-                    Err(_) => return Err(SourceError::Timeout("no data from the camera")),
-                    Ok(None) => return Err(SourceError::Ended),
-                    Ok(Some(Err(e))) => return Err(rtsp_error(&e, raw_url)),
-                    Ok(Some(Ok(item))) => item,
-                }
-            }
+            r = demuxed.next() => match r {
+                None => return Err(SourceError::Ended),
+                Some(Err(e)) => return Err(rtsp_error(&e, raw_url)),
+                Some(Ok(item)) => item,
+            },
         };
+        last_item = tokio::time::Instant::now();
         match item {
             CodecItem::VideoFrame(f) => {
                 if f.has_new_parameters() || params.is_none() {

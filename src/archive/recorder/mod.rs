@@ -8,6 +8,9 @@
 //!   flushed to disk (`fdatasync`) before the index is told: a crash loses at most the fragment in
 //!   progress, and start-up repair (`archive::repair`) fixes the rest. The directory is fsynced
 //!   after a file is created, so the file's name survives a power cut too.
+//! * Frames are taken from the hub in batches, not one wake-up per frame: the recorder sleeps
+//!   until the media time still missing from its fragment has passed, then takes the last few
+//!   frames one by one, so each fragment is flushed as soon as its last frame is in.
 //! * The index is written by a background task ([`index`]) that retries through database
 //!   outages: files keep being written while the database is away, and the rows catch up when it
 //!   returns. Nothing here waits for SQL.
@@ -78,6 +81,9 @@ pub const MAX_OVERSHOOT: Duration = Duration::from_secs(300);
 /// A segment is cut at the next keyframe once its file holds this much, whatever its media
 /// duration says (tiny durations must not make one file grow forever), and at once at twice this.
 pub const MAX_SEGMENT_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Below this much media time missing from the fragment, frames are taken one by one again.
+const BATCH_MIN_WAIT: Duration = Duration::from_millis(20);
 
 /// How often the row's end time is advanced while recording.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -308,25 +314,58 @@ impl Recorder {
     /// index writer drain (bounded by [`index::DRAIN_TIMEOUT`]).
     pub async fn run(mut self, cancel: CancellationToken) {
         let writer = tokio::spawn(self.index.clone().run_writer(self.db.clone()));
+        let mut batch = Vec::new();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
-            let d = tokio::select! {
-                _ = cancel.cancelled() => break,
-                d = self.sub.recv() => match d {
-                    Some(d) => d,
-                    None => break,
-                },
+            let at = self.next_batch_at();
+            let more = tokio::select! {
+                _ = &mut cancelled => false,
+                more = self.sub.recv_batch(&mut batch, at) => more,
             };
-            self.stats.frame_taken(d.frame.wallclock_us);
-            if let Err(e) = self.push(d).await {
-                self.failed(e).await;
+            if !more {
+                break;
             }
+            self.take(&mut batch).await;
         }
+        // What the hub queued before the stop still goes into the file.
+        while let Some(d) = self.sub.try_recv() {
+            batch.push(d);
+        }
+        self.take(&mut batch).await;
         if let Err(e) = self.close().await {
             self.failed(e).await;
         }
         self.index.close();
         if let Err(e) = writer.await {
             tracing::error!(error = %e, "index writer task failed");
+        }
+    }
+
+    /// When to take the next batch of frames from the hub. Fragments are written once a second,
+    /// so the recorder does not wake for every frame: while a fragment fills, it sleeps until
+    /// the media time still missing from it has passed, then takes what arrived meanwhile (and,
+    /// close to the end, frame by frame: the fragment is flushed as soon as its last frame is
+    /// in, as before, so batching adds nothing to what a crash can lose). Without an open
+    /// segment, at the process-wide [`crate::hub::BATCH_PERIOD`] ticks.
+    fn next_batch_at(&self) -> Option<Instant> {
+        let Some(o) = &self.open else {
+            return Some(crate::hub::next_batch_tick());
+        };
+        let left_us = FRAGMENT.as_micros() as i64 - o.pending_us;
+        (left_us >= BATCH_MIN_WAIT.as_micros() as i64)
+            .then(|| Instant::now() + Duration::from_micros(left_us.unsigned_abs()))
+    }
+
+    /// Records a batch of frames taken from the hub (leaves `batch` empty).
+    async fn take(&mut self, batch: &mut Vec<Delivery>) {
+        if let Some(last) = batch.last() {
+            self.stats.frame_taken(last.frame.wallclock_us);
+        }
+        for d in batch.drain(..) {
+            if let Err(e) = self.push(d).await {
+                self.failed(e).await;
+            }
         }
     }
 
