@@ -179,7 +179,12 @@ async fn chromium_plays_the_demo_stream_over_whep() {
             &video,
             DEMO,
             "delete",
-            &[("PICTURE", "demo"), ("EXPECT_FPS", "25")],
+            &[
+                ("PICTURE", "demo"),
+                ("EXPECT_FPS", "25"),
+                // The clip's audio is AAC, which WebRTC does not carry: video only, and said so.
+                ("EXPECT_AUDIO", "no"),
+            ],
         )
     })
     .await
@@ -296,6 +301,62 @@ async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped()
         m.value("video_server_stream_viewers", &webrtc_viewers),
         Some(0.0)
     );
+    assert!(server.terminate());
+    rtsp.kill();
+}
+
+/// A camera with G.711 audio (the test server's `/g711` mount: H.264 and a 440 Hz tone in PCMU):
+/// the answer accepts the browser's audio m-line with PCMU and says so (`X-WebRTC-Audio: PCMU`),
+/// Chromium receives the sound (packets, 8 kHz samples growing, energy > 0) and the picture still
+/// plays; the server counted the audio packets it sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_receives_a_g711_cameras_sound_over_whep() {
+    let rtsp = RtspServer::start(0);
+    let dir = tempfile::tempdir().expect("tmp");
+    let id = "6f1c1a52-32a5-4c4e-9a57-0d0e7e1d9a02";
+    let conf = format!(
+        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
+        base_config(),
+        rtsp.url("g711")
+    );
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let video = server.video.clone();
+    let turn = ONE_PLAYER_AT_A_TIME.lock().await;
+    let (verdict, _) = tokio::task::spawn_blocking(move || {
+        play(
+            &video,
+            id,
+            "delete",
+            &[
+                ("PICTURE", "moving"),
+                ("EXPECT_FPS", "25"),
+                ("EXPECT_AUDIO", "yes"),
+            ],
+        )
+    })
+    .await
+    .expect("browser run");
+    drop(turn);
+    eprintln!("WHEP G.711 verdict: {verdict}");
+    assert_eq!(verdict["audio"], "PCMU", "{verdict}");
+    assert!(
+        verdict["audioStats"]["packetsReceived"]
+            .as_u64()
+            // The test server sends about 170 ms of sound per packet.
+            .is_some_and(|n| n > 10),
+        "{verdict}"
+    );
+    assert_eq!(verdict["picture"]["ok"], true, "{verdict}");
+    let c = reqwest::Client::new();
+    let m = scrape(&c, &server.api).await;
+    let sent = m
+        .value("video_server_webrtc_audio_frames_total", &[("stream", id)])
+        .expect("audio frames sent");
+    let received = verdict["audioStats"]["packetsReceived"]
+        .as_f64()
+        .expect("packets");
+    assert!(sent >= received, "sent {sent} audio packets, the browser got {received}");
     assert!(server.terminate());
     rtsp.kill();
 }

@@ -268,10 +268,18 @@ class WebRtcTransport {
     const pc = new RTCPeerConnection();
     this.pc = pc;
     const tr = pc.addTransceiver('video', { direction: 'recvonly' });
+    // Audio too: the server sends a camera's G.711 (PCMU/PCMA) and rejects this m-line when the
+    // stream has none (AAC cameras play video-only over WebRTC).
+    pc.addTransceiver('audio', { direction: 'recvonly' });
     // Ask for the smallest playout delay where the browser lets us.
     if ('jitterBufferTarget' in tr.receiver) tr.receiver.jitterBufferTarget = 0;
     pc.ontrack = (e) => {
-      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      // One MediaStream of our own for both tracks: the server's answer puts video and audio in
+      // separate streams (msid), and the <video> must get both.
+      const ms = this.remote || (this.remote = new MediaStream());
+      ms.addTrack(e.track);
+      if (this.video.srcObject !== ms) this.video.srcObject = ms;
+      if (e.track.kind !== 'video') return;
       this.video.play().catch(() => {});
       this.watchFrames();
     };
