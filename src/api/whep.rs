@@ -48,7 +48,7 @@ fn retry_after(mut resp: Response) -> Response {
 
 /// Starts a WebRTC session (WHEP). Served on both listeners; the web UI uses the video
 /// listener. The answer carries every server candidate (the server does not trickle) on the one
-/// UDP port `[webrtc] udp_port`. H.264 video, and a camera's G.711 audio when the offer has an
+/// UDP port `[webrtc] udp_port`. H.264 video (H.265 where the offer has an H265 payload type), and a camera's G.711 audio when the offer has an
 /// audio m-line with its codec (AAC has no WebRTC codec: AAC cameras are video-only).
 #[utoipa::path(post, path = "/whep/{stream_id}", tag = "live",
     params(("stream_id" = Uuid, Path, description = "Stream UUID")),
@@ -63,7 +63,7 @@ fn retry_after(mut resp: Response) -> Response {
             field `sdp`): not SDP text (RFC 8866) the parser reads, no receivable video m-line, \
             or no H.264 payload type with packetization-mode=1; or a blank body, or a bad id", body = ErrorBody),
         (status = 404, description = "No such stream", body = ErrorBody),
-        (status = 409, description = "Not live yet, or the stream is disabled or stopped (`not_live`, `not_running`; both with `Retry-After`; in a cluster, `not_running` without it for a stream another node holds), or the stream sends B-frames or H.265 (use MSE or HLS)", body = ErrorBody),
+        (status = 409, description = "Not live yet, or the stream is disabled or stopped (`not_live`, `not_running`; both with `Retry-After`; in a cluster, `not_running` without it for a stream another node holds), or the stream sends B-frames, or H.265 and the offer has no H265 payload type (`b_frames`, `unsupported_codec`: use MSE or HLS)", body = ErrorBody),
         (status = 413, description = "Offer larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/sdp`", body = ErrorBody),
         (status = 503, description = "WebRTC is off or unavailable, or the session or viewer limits are reached (`[webrtc] max_sessions*`, `[limits] viewers_*`; `Retry-After`)", body = ErrorBody),

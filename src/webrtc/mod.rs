@@ -8,7 +8,8 @@
 //!
 //! The server is ICE-lite: it answers the browser's checks on the advertised addresses and never
 //! sends checks of its own, so it needs no client candidates (Chromium hides them behind mDNS).
-//! Video is H.264 only, sent as the camera made it (no B-frames). Audio is sent when the camera
+//! Video is H.264, or H.265 where the browser offers it, sent as the camera made it (no
+//! B-frames). Audio is sent when the camera
 //! sends G.711 (PCMU/PCMA at 8 kHz, mono) and the browser offers that codec; AAC has no WebRTC
 //! codec, so AAC cameras play video-only (README "WebRTC"). The answer says which
 //! ([`Opened::audio`], the `X-WebRTC-Audio` header of the WHEP answer).
@@ -562,11 +563,16 @@ impl Engine {
             rt.demand.hls_request();
             return Err(OpenError::NotLive(stream_id));
         };
-        if video.codec == VideoCodec::H265 {
-            return Err(OpenError::Codec(stream_id, "H.265"));
+        // H.265 only where the browser offers it (Chromium 136+ and Safari 18+ with hardware
+        // decoding do; others are sent to MSE or HLS with the reason).
+        if video.codec == VideoCodec::H265 && !offers_h265(offer_text) {
+            return Err(OpenError::Codec(
+                stream_id,
+                "H.265 and the browser's offer has no H265 payload type",
+            ));
         }
         let annexb = h264::AnnexB::new(&video).map_err(|e| {
-            tracing::warn!(stream = %stream_id, error = %e, "WebRTC: unusable H.264 parameters");
+            tracing::warn!(stream = %stream_id, error = %e, "WebRTC: unusable video parameters");
             OpenError::NotLive(stream_id)
         })?;
         // Subscribe now, so the cached GOP (the burst a new session starts with) is checked
@@ -597,10 +603,12 @@ impl Engine {
 
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
+        let h265 = video.codec == VideoCodec::H265;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .clear_codecs()
-            .enable_h264(true);
+            .enable_h264(!h265)
+            .enable_h265(h265);
         // Only the camera's own law is offered back: the answer accepts the browser's audio
         // m-line with it, or rejects the m-line when there is nothing to send.
         config = match g711_ok.map(|g| g.law) {
@@ -623,7 +631,7 @@ impl Engine {
             .accept_offer(offer)
             .map_err(|e| OpenError::BadOffer(e.to_string()))?;
         let added = media_added(&mut rtc, offer_text)?;
-        let (mid, pt) = video_target(&mut rtc, offer_text, &added)?;
+        let (mid, pt) = video_target(&mut rtc, offer_text, &added, video.codec)?;
         let audio_target = g711_ok.and_then(|g| audio_target(&mut rtc, &added, g));
         let audio_name = audio_target.map(|_| g711_ok.map_or("", |g| g.law.name()));
         let audio_info = match (audio_name, g711) {
@@ -763,6 +771,16 @@ impl Engine {
     }
 }
 
+/// Whether any video m-line of the offer has an H265 payload type.
+fn offers_h265(offer: &str) -> bool {
+    offer.lines().any(|l| {
+        l.trim()
+            .strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .is_some_and(|enc| enc.to_ascii_lowercase().starts_with("h265/"))
+    })
+}
+
 /// The `a=mid` of each audio and video m-line of the offer, in order.
 fn offer_mids(offer: &str) -> Vec<(Mid, MediaKind)> {
     let mut out = Vec::new();
@@ -857,10 +875,13 @@ fn audio_target(rtc: &mut Rtc, added: &[(Mid, MediaKind)], g711: G711Params) -> 
 /// The video m-line of the offer and the payload type to send on: an H.264 type with
 /// packetization-mode 1, constrained baseline preferred. The camera's own profile is not
 /// matched: browsers decode Main and High on any H.264 type (Chromium offers no High profile).
+/// For H.265 streams, the offer's first H265 payload type is taken (str0m matches its profile,
+/// tier and level parameters against ours).
 fn video_target(
     rtc: &mut Rtc,
     offer: &str,
     added: &[(Mid, MediaKind)],
+    codec: VideoCodec,
 ) -> Result<(Mid, Pt), OpenError> {
     let mid = offer_video_mid(offer).or_else(|| {
         added
@@ -872,6 +893,15 @@ fn video_target(
     let writer = rtc
         .writer(mid)
         .ok_or_else(|| OpenError::BadOffer("the offer's video is not receivable".into()))?;
+    if codec == VideoCodec::H265 {
+        return writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::H265)
+            .map(|p| (mid, p.pt()))
+            .ok_or_else(|| {
+                OpenError::BadOffer("the offer's H265 payload types were not accepted".into())
+            });
+    }
     let mut best: Option<(u8, Pt)> = None;
     for p in writer.payload_params() {
         let spec = p.spec();
@@ -920,7 +950,19 @@ a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
     /// Answers `offer` as [`Engine::open`] does for a stream with `g711`: the answer, the video
     /// target and the audio target.
     fn negotiate(offer: &str, g711: Option<G711Params>) -> (String, (Mid, Pt), Option<(Mid, Pt)>) {
-        let mut config = RtcConfig::new().set_ice_lite(true).clear_codecs().enable_h264(true);
+        let (answer, video, audio) = negotiate_codec(offer, g711, VideoCodec::H264);
+        (answer, video.expect("video"), audio)
+    }
+
+    type Negotiated = (String, Result<(Mid, Pt), OpenError>, Option<(Mid, Pt)>);
+
+    fn negotiate_codec(offer: &str, g711: Option<G711Params>, codec: VideoCodec) -> Negotiated {
+        let h265 = codec == VideoCodec::H265;
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(!h265)
+            .enable_h265(h265);
         config = match g711.map(|g| g.law) {
             Some(G711Law::Pcmu) => config.enable_pcmu(true, false),
             Some(G711Law::Pcma) => config.enable_pcma(true, false),
@@ -930,13 +972,47 @@ a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
         let parsed = SdpOffer::from_sdp_string(offer).expect("offer");
         let answer = rtc.sdp_api().accept_offer(parsed).expect("accepted");
         let added = media_added(&mut rtc, offer).expect("media");
-        let video = video_target(&mut rtc, offer, &added).expect("video");
+        let video = video_target(&mut rtc, offer, &added, codec);
         let audio = g711.and_then(|g| audio_target(&mut rtc, &added, g));
         (answer.to_sdp_string(), video, audio)
     }
 
+    /// A recvonly video offer with one H.264 and one H.265 payload type, as Chromium 136+ makes
+    /// it where the GPU decodes H.265 (headless Chromium here offers no H265).
+    pub(crate) const H265_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102 49\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 8A:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8\r\n\
+a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:49 H265/90000\r\na=rtcp-fb:49 nack\r\na=rtcp-fb:49 nack pli\r\n\
+a=fmtp:49 level-id=180;profile-id=1;tier-flag=0;tx-mode=SRST\r\n";
+
+    #[test]
+    fn h265_streams_answer_with_the_offers_h265_payload_type() {
+        assert!(offers_h265(H265_OFFER));
+        assert!(!offers_h265(AV_OFFER));
+        let (answer, video, _) = negotiate_codec(H265_OFFER, None, VideoCodec::H265);
+        let (mid, pt) = video.expect("H265 accepted");
+        assert_eq!((mid, *pt), (Mid::from("0"), 49));
+        assert!(
+            answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 49"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:49 H265/90000"), "{answer}");
+        assert!(!answer.contains("H264"), "{answer}");
+        // The same offer for an H.264 stream keeps H.264.
+        let (answer, video, _) = negotiate_codec(H265_OFFER, None, VideoCodec::H264);
+        assert_eq!(video.map(|(_, pt)| *pt).ok(), Some(102));
+        assert!(!answer.contains("H265"), "{answer}");
+    }
+
     fn audio_section(answer: &str) -> &str {
-        let at = answer.find("m=audio").expect("an audio m-line in the answer");
+        let at = answer
+            .find("m=audio")
+            .expect("an audio m-line in the answer");
         &answer[at..]
     }
 
@@ -952,8 +1028,14 @@ a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
         let (amid, apt) = audio.expect("audio accepted");
         assert_eq!((amid, *apt), (Mid::from("1"), 0));
         let a = audio_section(&answer);
-        assert!(a.starts_with("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"), "{answer}");
-        assert!(a.contains("a=sendonly") && a.contains("PCMU/8000"), "{answer}");
+        assert!(
+            a.starts_with("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"),
+            "{answer}"
+        );
+        assert!(
+            a.contains("a=sendonly") && a.contains("PCMU/8000"),
+            "{answer}"
+        );
 
         let pcma = G711Params {
             law: G711Law::Pcma,

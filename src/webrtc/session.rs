@@ -191,8 +191,13 @@ impl Session {
             let Some(video) = frame.params.video.as_ref() else {
                 return Err("the stream has no video any more");
             };
-            self.annexb = AnnexB::new(video)
+            let next = AnnexB::new(video)
                 .map_err(|_| "the stream changed to a codec WebRTC does not carry")?;
+            if next.codec() != self.annexb.codec() {
+                // The answer named one codec; a new session negotiates the other.
+                return Err("the stream changed its video codec");
+            }
+            self.annexb = next;
             self.params_version = frame.params.version;
         }
         if frame.cts_offset != 0 {
