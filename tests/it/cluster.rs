@@ -1162,6 +1162,18 @@ async fn a_segment_still_local_to_its_node_plays_and_exports_from_another_node()
         "{:?}",
         asked.elapsed()
     );
+    // Archive playback there skips the unreadable segments as missing ones and says so.
+    let p = crate::playback::play(&nodes[other].proc().video, &query, true, false).await;
+    assert!(p.fragments.is_empty(), "{} fragments", p.fragments.len());
+    assert_eq!(
+        p.close,
+        Some((1011, "No valid archive segments found".to_owned()))
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        asked.elapsed()
+    );
     for n in &mut nodes {
         assert!(n.terminate(), "{}: graceful stop", n.name);
     }
