@@ -180,11 +180,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             );
         }
     }
+    let node_id = if config.cluster.enabled {
+        Some(crate::cluster::resolve_node_id(&config)?)
+    } else {
+        None
+    };
+    let mut archive = crate::archive::Archive::new(&config);
+    if let Some(id) = &node_id {
+        // Filesystem segments other nodes have not uploaded yet are read through them.
+        match crate::archive::storage::peer::PeerReads::new(
+            db.clone(),
+            auth.clone(),
+            id.as_str().into(),
+        ) {
+            Ok(peers) => archive = archive.with_peer_reads(peers),
+            Err(e) => tracing::error!(error = %e, "segments local to other nodes cannot be read"),
+        }
+    }
     let state = AppState {
         config: config.clone(),
         db: db.clone(),
         manager: manager.clone(),
-        archive: Arc::new(crate::archive::Archive::new(&config)),
+        archive: Arc::new(archive),
         uploads: Default::default(),
         roots: roots.clone(),
         reconcile,
@@ -204,8 +221,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .metrics
         .add_pool("recorder", manager.recorder_db().clone());
     // Cluster mode: register this node and start taking camera leases; until then no stream runs.
-    let cluster_tasks = if config.cluster.enabled {
-        let node_id = crate::cluster::resolve_node_id(&config)?;
+    let cluster_tasks = if let Some(node_id) = node_id {
         let cluster = crate::cluster::Cluster::start(
             &config,
             &db,

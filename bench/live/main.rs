@@ -38,6 +38,8 @@ options:
   --seconds S         measuring window per step (default 20; soak: total length, default 120)
   --sessions S        archive sessions (default 100) / ttff samples (default 100)
   --segment-ms MS     archive segment length for ttff/archive (default 10000)
+  --ffmpeg-max N      ingest: run the ffmpeg reference only up to N cameras (default 50); above it the
+                      ratio uses the per-camera ffmpeg CPU of the largest N measured in the same run
   --report FILE       append the markdown report to FILE
   --command TEXT      the command line to quote in the report
 ";
@@ -49,6 +51,7 @@ struct Opts {
     seconds: Option<u64>,
     sessions: usize,
     segment_ms: u64,
+    ffmpeg_max: usize,
     report: Option<PathBuf>,
     command: Option<String>,
 }
@@ -72,6 +75,7 @@ fn parse_args() -> Opts {
         seconds: None,
         sessions: 100,
         segment_ms: 10_000,
+        ffmpeg_max: 50,
         report: None,
         command: None,
     };
@@ -86,6 +90,7 @@ fn parse_args() -> Opts {
             "--seconds" => o.seconds = Some(value().parse().expect("--seconds")),
             "--sessions" => o.sessions = value().parse().expect("--sessions"),
             "--segment-ms" => o.segment_ms = value().parse().expect("--segment-ms"),
+            "--ffmpeg-max" => o.ffmpeg_max = value().parse().expect("--ffmpeg-max"),
             "--report" => o.report = Some(PathBuf::from(value())),
             "--command" => o.command = Some(value()),
             "-h" | "--help" => {
@@ -189,6 +194,19 @@ impl Bench {
         recording: bool,
         extra: &str,
     ) -> (Server, Vec<uuid::Uuid>) {
+        let (server, ids, _) = self.server_in(name, n, outputs, recording, extra);
+        (server, ids)
+    }
+
+    /// As `server`, also returning the server's directory (its index is `index.db` there).
+    fn server_in(
+        &mut self,
+        name: &str,
+        n: usize,
+        outputs: &str,
+        recording: bool,
+        extra: &str,
+    ) -> (Server, Vec<uuid::Uuid>, PathBuf) {
         let dir = self.scratch(name);
         let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
         let url = self.url("/av");
@@ -208,7 +226,7 @@ impl Bench {
                 conf.push_str("archive = { recording = true }\n");
             }
         }
-        (Server::start(&dir, &conf), ids)
+        (Server::start(&dir, &conf), ids, dir)
     }
 }
 
@@ -289,23 +307,77 @@ struct IngestRow {
     /// Frames per second per camera received (ours) or MB/s written (ffmpeg).
     rate: String,
     losses: String,
+    /// What the server's index says about the recording (see `index_continuity`).
+    index: String,
 }
 
-async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut String) {
+/// Reads a stopped server's SQLite index: segments per camera and the longest gap between
+/// consecutive segments of one camera (end of one to the start of the next), over `cameras`
+/// cameras. "n/a" with the reason when the index cannot be read.
+async fn index_continuity(db: &Path, cameras: usize) -> String {
+    use sqlx::Row;
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let pool = match sqlx::SqlitePool::connect(&url).await {
+        Ok(p) => p,
+        Err(e) => return format!("n/a ({e})"),
+    };
+    let rows = sqlx::query(
+        "SELECT stream_id, start_us, end_us FROM segments \
+         WHERE state IN ('complete', 'recording') ORDER BY stream_id, start_us",
+    )
+    .fetch_all(&pool)
+    .await;
+    pool.close().await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return format!("n/a ({e})"),
+    };
+    let mut streams = 0usize;
+    let mut max_gap_us = 0i64;
+    let mut prev: Option<(String, i64)> = None;
+    for r in &rows {
+        let (id, start, end): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        match &prev {
+            Some((p, prev_end)) if *p == id => max_gap_us = max_gap_us.max(start - prev_end),
+            _ => streams += 1,
+        }
+        prev = Some((id, end));
+    }
+    format!(
+        "{streams}/{cameras} cameras recorded, {:.1} segments each, longest gap {:.0} ms",
+        rows.len() as f64 / cameras.max(1) as f64,
+        max_gap_us as f64 / 1000.0
+    )
+}
+
+async fn ingest(
+    b: &mut Bench,
+    cameras: &[usize],
+    ffmpeg_max: usize,
+    window: Duration,
+    out: &mut String,
+) {
     out.push_str(&format!(
         "Ingest: N cameras pulling `{}` (640x360 25 fps H.264 + AAC, shared mount), measured over \
          {} s after a {} s warm-up. CPU and RSS of the measured processes only (the ffmpeg \
-         processes summed; the server process); \"client\" is the load client's own CPU.\n\n\
-         | configuration | N | CPU % of a core | per camera | vs ffmpeg | RSS MiB | per camera | fds | client CPU % | input | lost (skipped frames / dropped bytes) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+         processes summed; the server process); \"client\" is the load client's own CPU. ffmpeg \
+         runs up to {ffmpeg_max} cameras; above that, \"vs ffmpeg\" (marked *) compares with \
+         ffmpeg's CPU per camera at the largest N measured in this run. \"index\" is read from the \
+         server's SQLite index after it stopped: segments per camera and the longest gap between \
+         one segment's end and the next one's start (a recording outage or lost frames at a \
+         segment boundary would show there).\n\n\
+         | configuration | N | CPU % of a core | per camera | vs ffmpeg | RSS MiB | per camera | fds | client CPU % | input | lost (skipped frames / dropped bytes) | index |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
         b.url("/av"),
         window.as_secs(),
         WARM_UP.as_secs()
     ));
+    // ffmpeg's CPU per camera at the largest N it ran at (the reference above `ffmpeg_max`).
+    let mut ffmpeg_ref: Option<f64> = None;
     for &n in cameras {
         let mut rows = Vec::new();
         // ffmpeg, one process per camera.
-        {
+        if n <= ffmpeg_max {
             let dir = b.scratch(&format!("ffmpeg{n}"));
             let mut ff = procs::Ffmpeg::start(&b.url("/av"), n, &dir);
             // Generous: 50 ffmpeg processes probing their input at once on a loaded machine.
@@ -322,6 +394,7 @@ async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut St
                 usage,
                 rate: format!("{rate:.1} video frames/s per camera"),
                 losses: "n/a".into(),
+                index: "n/a".into(),
             });
         }
         for (what, outputs, viewers) in [
@@ -332,7 +405,7 @@ async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut St
                 true,
             ),
         ] {
-            let (server, ids) = b.server("ingest", n, outputs, true, "ms_per_file = 30000");
+            let (server, ids, dir) = b.server_in("ingest", n, outputs, true, "ms_per_file = 30000");
             server
                 .wait_receiving(&b.http, n, Duration::from_secs(60 + n as u64 / 2))
                 .await;
@@ -374,26 +447,42 @@ async fn ingest(b: &mut Bench, cameras: &[usize], window: Duration, out: &mut St
                     frames / elapsed / n as f64
                 ),
                 losses: format!("{} / {}", skip1 - skip0, drop1 - drop0),
+                index: String::new(),
             });
             server.stop();
+            if let Some(row) = rows.last_mut() {
+                row.index = index_continuity(&dir.join("index.db"), n).await;
+            }
         }
-        let ffmpeg_cpu = rows[0].usage.cpu_percent;
+        let (ffmpeg_per_camera, mark) = match rows.first() {
+            Some(r) if r.what.starts_with("ffmpeg") => {
+                let per = r.usage.cpu_percent / r.cameras as f64;
+                ffmpeg_ref = Some(per);
+                (Some(per), "")
+            }
+            _ => (ffmpeg_ref, "*"),
+        };
         for r in &rows {
+            let ratio = ffmpeg_per_camera.map_or_else(
+                || "n/a".to_owned(),
+                |f| format!("{:.2}x{mark}", r.usage.cpu_percent / r.cameras as f64 / f),
+            );
             push_row(
                 out,
                 format!(
-                    "| {} | {} | {:.2} | {:.3} | {:.2}x | {:.1} | {:.2} | {} | {:.2} | {} | {} |\n",
+                    "| {} | {} | {:.2} | {:.3} | {} | {:.1} | {:.2} | {} | {:.2} | {} | {} | {} |\n",
                     r.what,
                     r.cameras,
                     r.usage.cpu_percent,
                     r.usage.cpu_percent / r.cameras as f64,
-                    r.usage.cpu_percent / ffmpeg_cpu,
+                    ratio,
                     mib(r.usage.rss_kib),
                     mib(r.usage.rss_kib) / r.cameras as f64,
                     r.usage.fds,
                     r.usage.client_cpu_percent,
                     r.rate,
-                    r.losses
+                    r.losses,
+                    r.index
                 ),
             );
         }
@@ -746,10 +835,13 @@ async fn main() {
         match s {
             "smoke" => {
                 let w = Duration::from_secs(o.seconds.unwrap_or(5));
-                ingest(&mut b, &cameras(&[5]), w, &mut out).await;
+                ingest(&mut b, &cameras(&[5]), o.ffmpeg_max, w, &mut out).await;
                 fanout(&mut b, &viewers(&[50]), w, &mut out).await;
             }
-            "ingest" => ingest(&mut b, &cameras(&[1, 10, 50, 100, 200]), window, &mut out).await,
+            "ingest" => {
+                let c = cameras(&[1, 10, 50, 100, 200]);
+                ingest(&mut b, &c, o.ffmpeg_max, window, &mut out).await;
+            }
             "fanout" => fanout(&mut b, &viewers(&[1, 10, 100, 500, 1000]), window, &mut out).await,
             "ttff" => ttff(&mut b, o.sessions, o.segment_ms, &mut out).await,
             "archive" => {

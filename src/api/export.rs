@@ -24,6 +24,7 @@ use super::AppState;
 use super::archive::{TimeError, parse_time};
 use super::error::{ApiError, ApiQuery, ErrorBody, parse_id};
 use crate::archive::export::{self, ExportError, MAX_RANGE_US};
+use crate::archive::storage::StorageError;
 use crate::auth::Caller;
 use crate::db::segments::SegmentRow;
 use crate::db::streams;
@@ -166,7 +167,7 @@ fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
         (status = 422, description = "`start` not before `end`, a range over 24 h, a time before 1970 or after 9999 or on a day that does not exist, or segments that cannot be exported", body = ErrorBody),
         (status = 429, description = "This client already has `[limits] exports_per_client` exports running (code `limit_reached`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "The server already has `[limits] exports_total` exports running (code `server_busy`)", body = ErrorBody,
+        (status = 503, description = "The server already has `[limits] exports_total` exports running (code `server_busy`, with `Retry-After`); or a segment in the range cannot be read now: its object store, or the cluster node that recorded it and still holds the file, does not answer (code `storage_unavailable`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ))]
 pub async fn export_mp4(
@@ -316,6 +317,22 @@ async fn plan_export(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "not_exportable",
                 e.to_string(),
+            ))
+        }
+        // An object store or another cluster node that cannot be reached (or timed out): the
+        // bytes exist but cannot be read now. The detail (keys, node) goes to the log only.
+        Err(
+            e @ ExportError::Storage {
+                source: StorageError::Remote { .. },
+                ..
+            },
+        ) => {
+            tracing::warn!(error = %e, "export: a segment cannot be read right now");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "a segment in the range cannot be read right now (its object store or the \
+                 cluster node that recorded it does not answer); try again later",
             ))
         }
         Err(e) => Err(ApiError::internal(&e)),

@@ -48,6 +48,10 @@ pub enum Access {
     Admin,
     /// `/metrics`: public when `[auth] metrics_public = true`, else admin.
     Metrics,
+    /// Another node of the cluster: a node proof (`auth::signing::NodeProof` in the
+    /// `x-video-server-node-proof` header) over the `key` query parameter, whether `[auth]` is
+    /// on or not. Tokens and signed URLs do not open these routes.
+    Node,
 }
 
 impl Access {
@@ -59,6 +63,7 @@ impl Access {
             Access::Stream(a) => a.as_str(),
             Access::CreateStream => "create",
             Access::Admin | Access::Metrics => "admin",
+            Access::Node => "node",
         }
     }
 }
@@ -229,6 +234,8 @@ pub const VIDEO: &[RoutePolicy] = &[
     p("GET", "/api/v1/server", Public, NONE, V1, Refusals),
     p("GET", "/", Public, NONE, V1, Refusals),
     p("GET", "/ui/{*path}", Public, NONE, V1, Refusals),
+    // Cluster mode: a node reads a segment file still local to this node (not in the document).
+    p("GET", "/internal/v1/segment", Access::Node, NONE, V1, Refusals),
 ];
 
 /// Refusals of one client on one route are recorded at most this often.
@@ -406,6 +413,18 @@ async fn authenticate(
     stream: Option<Uuid>,
     peer: Option<IpAddr>,
 ) -> Result<Caller, AuthError> {
+    if access == Access::Node {
+        let proof = headers
+            .get(crate::auth::signing::NODE_PROOF_HEADER)
+            .ok_or(AuthError::NodeProof("a node proof is required"))?
+            .to_str()
+            .ok()
+            .and_then(crate::auth::signing::NodeProof::from_header)
+            .ok_or(AuthError::NodeProof("malformed node proof"))?;
+        let key = query_param(query, "key").unwrap_or_default();
+        state.auth.verify_node_proof(&key, &proof).await?;
+        return Ok(Caller::node(peer));
+    }
     if !state.auth.enabled() {
         return Ok(Caller::open(peer));
     }
@@ -439,6 +458,8 @@ fn authorize(access: Access, caller: &Caller, stream: Option<Uuid>) -> Result<()
         Access::StreamAny => stream.is_none_or(|id| caller.sees(id)),
         Access::CreateStream => caller.grant.allows_everywhere(Manage),
         Access::Admin | Access::Metrics => caller.is_admin(),
+        // Authenticated by its proof, or refused with 401 before this.
+        Access::Node => caller.credential == crate::auth::Credential::Node,
     };
     if ok {
         return Ok(());
@@ -633,7 +654,7 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi, table: &'static [RoutePolicy
                 .into()
             });
             let forbidden = match policy.access {
-                Access::Listing | Access::Public => None,
+                Access::Listing | Access::Public | Access::Node => None,
                 Access::Admin | Access::Metrics => Some("The credential is not an admin token"),
                 Access::CreateStream => Some("The credential lacks `manage` on every stream (`*`)"),
                 Access::Stream(_) | Access::StreamAny => {

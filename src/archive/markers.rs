@@ -186,6 +186,11 @@ impl Root {
         lock(&self.name).clone()
     }
 
+    /// The id recorded for the root (learned at its first successful check).
+    pub fn id(&self) -> Option<Uuid> {
+        lock(&self.state).1
+    }
+
     pub fn streams(&self) -> Vec<Uuid> {
         lock(&self.streams).clone()
     }

@@ -25,6 +25,9 @@ use storage::s3::S3Storage;
 pub struct Archive {
     /// The local filesystem (every segment starts there).
     fs: Arc<dyn Storage>,
+    /// Cluster mode: the filesystem rows are read through this (the local file, else the
+    /// recording node's: `storage::peer`).
+    cluster_fs: Option<Arc<dyn Storage>>,
     /// The `[s3]` (or `minio_settings`) bucket, when configured. Other buckets (per-stream
     /// overrides) are handles sharing its client.
     s3: Option<Arc<S3Storage>>,
@@ -56,12 +59,23 @@ impl Archive {
     pub fn with_storages(fs: Arc<dyn Storage>, s3: Option<S3Storage>) -> Archive {
         Archive {
             fs,
+            cluster_fs: None,
             s3: s3.map(Arc::new),
             export_plans: export::PlanCache::default(),
             retention: Default::default(),
             leases: Default::default(),
             playback: Default::default(),
         }
+    }
+
+    /// Cluster mode: reads of filesystem rows fall back to the node that recorded them when the
+    /// file is not on this node (`storage::peer`).
+    pub fn with_peer_reads(mut self, peers: storage::peer::PeerReads) -> Archive {
+        self.cluster_fs = Some(Arc::new(storage::peer::ClusterFs::new(
+            self.fs.clone(),
+            Arc::new(peers),
+        )));
+        self
     }
 
     /// Whether an object store is configured (without one, `s3` rows cannot be reached).
@@ -74,13 +88,18 @@ impl Archive {
         self.s3.as_deref().map(S3Storage::bucket)
     }
 
-    /// The storage holding a segment row's bytes.
+    /// The storage to read a segment row's bytes from (playback, export). In cluster mode a
+    /// filesystem row may be another node's file: read through that node.
     pub fn storage_for_row(&self, row: &SegmentRow) -> Option<Arc<dyn Storage>> {
-        self.storage_for(&row.storage, row.bucket.as_deref())
+        match (StorageKind::parse(&row.storage)?, &self.cluster_fs) {
+            (StorageKind::Filesystem, Some(cluster)) => Some(cluster.clone()),
+            _ => self.storage_for(&row.storage, row.bucket.as_deref()),
+        }
     }
 
     /// The storage for a row's `storage` and `bucket` columns: `None` for an unknown kind, or an
-    /// `s3` row when no object store is configured.
+    /// `s3` row when no object store is configured. Filesystem rows: this node's disk only (what
+    /// retention deletes from).
     ///
     /// A bucket other than `[s3]`'s gets a new handle each time rather than a cached one: it only
     /// clones the shared client (an `Arc`), negligible next to the request it serves.

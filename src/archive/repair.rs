@@ -88,6 +88,13 @@ pub struct ReconcileCounters {
     pub uploaded_copies: AtomicU64,
     /// Passes over a root that finished.
     pub passes: AtomicU64,
+    /// Directories whose entries a pass did not look at: unchanged since the root's last clean
+    /// pass (their change time says so).
+    pub dirs_skipped: AtomicU64,
+    /// Segment files a pass looked up in the index (candidates for files without a row).
+    pub files_examined: AtomicU64,
+    /// Complete rows whose file a pass checked for.
+    pub rows_examined: AtomicU64,
 }
 
 impl ReconcileCounters {
@@ -107,6 +114,16 @@ impl ReconcileCounters {
         }
     }
 
+    /// Directories skipped, files examined, rows examined so far.
+    fn pass_stats(&self) -> PassStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PassStats(
+            get(&self.dirs_skipped),
+            get(&self.files_examined),
+            get(&self.rows_examined),
+        )
+    }
+
     /// The totals as one report.
     pub fn snapshot(&self) -> RepairReport {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -121,6 +138,20 @@ impl ReconcileCounters {
             deferred: get(&self.deferred),
             uploaded_copies: get(&self.uploaded_copies),
         }
+    }
+}
+
+/// Directories skipped, files examined, rows examined (see [`ReconcileCounters`]).
+#[derive(Debug, Clone, Copy)]
+struct PassStats(u64, u64, u64);
+
+impl PassStats {
+    fn since(self, before: &PassStats) -> (u64, u64, u64) {
+        (
+            self.0.saturating_sub(before.0),
+            self.1.saturating_sub(before.1),
+            self.2.saturating_sub(before.2),
+        )
     }
 }
 
@@ -340,31 +371,79 @@ pub fn parse_segment_name(name: &str) -> Option<(uuid::Uuid, i64)> {
         .then_some((id, secs))
 }
 
-/// Segment files under `root` (`<root>/<uuid>/<day>/<file>`, or flat like the Go original).
-fn segment_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.to_owned(), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() && depth < 2 {
-                stack.push((path, depth + 1));
-            } else if ft.is_file()
-                && path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| parse_segment_name(n).is_some())
-            {
-                out.push(path);
-            }
+/// A change made within this much before a pass started listing may not show in a directory's
+/// change time (timestamp granularity, clocks read a moment apart): such a directory is looked at
+/// again by the next pass.
+const CHANGE_MARGIN_US: i64 = 2_000_000;
+
+/// Deepest directory level of the layout `<root>/<uuid>/<day>/<file>` (the root is level 0). Files
+/// directly in the root or a camera directory (the Go original's flat layout) are found too.
+const DAY_DEPTH: u8 = 2;
+
+/// When a directory last changed, in µs since the epoch: its *change* time (ctime), which moves
+/// whenever an entry is created, removed or renamed in it and when the directory itself is renamed
+/// or copied in, and which, unlike the modification time, no tool (`touch -d`, `cp -a`, `rsync
+/// -t`) can set back. `None` where the platform has none: such a directory is always looked at.
+#[cfg(unix)]
+fn change_time_us(m: &std::fs::Metadata) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    Some(
+        m.ctime()
+            .saturating_mul(1_000_000)
+            .saturating_add(m.ctime_nsec() / 1_000),
+    )
+}
+
+#[cfg(not(unix))]
+fn change_time_us(_: &std::fs::Metadata) -> Option<i64> {
+    None
+}
+
+/// What a pass found in one directory.
+enum Looked {
+    /// A day directory unchanged since the last clean pass: not read.
+    Skipped,
+    /// Read: its segment files and subdirectory names. `changed`: its entries must be reconciled
+    /// (otherwise only its subdirectories are visited).
+    Listed {
+        changed: bool,
+        files: Vec<PathBuf>,
+        subdirs: Vec<String>,
+    },
+}
+
+/// Stats and (unless it is an unchanged day directory) reads one directory of a root.
+fn look(dir: &Path, depth: u8, since_us: Option<i64>, forced: bool) -> std::io::Result<Looked> {
+    let meta = std::fs::metadata(dir)?;
+    let changed = forced
+        || since_us.is_none_or(|t| {
+            change_time_us(&meta).is_none_or(|c| c >= t.saturating_sub(CHANGE_MARGIN_US))
+        });
+    if !changed && depth >= DAY_DEPTH {
+        return Ok(Looked::Skipped);
+    }
+    let mut files = Vec::new();
+    let mut subdirs = Vec::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        let name = e.file_name();
+        if ft.is_dir() && depth < DAY_DEPTH {
+            subdirs.push(name.to_string_lossy().into_owned());
+        } else if ft.is_file()
+            && name
+                .to_str()
+                .is_some_and(|n| parse_segment_name(n).is_some())
+        {
+            files.push(e.path());
         }
     }
-    out.sort();
-    out
+    files.sort();
+    subdirs.sort();
+    Ok(Looked::Listed {
+        changed,
+        files,
+        subdirs,
+    })
 }
 
 /// Reconciles storage roots with the index, in the background, for as long as the server runs:
@@ -428,31 +507,139 @@ impl Reconciler {
         }
     }
 
+    /// Whether a segment key belongs to `root` (and not to a root nested in it).
+    fn owns(&self, root: &Arc<Root>, key: &str) -> bool {
+        self.roots
+            .root_of(Path::new(key))
+            .is_some_and(|r| Arc::ptr_eq(&r, root))
+    }
+
     /// One root: leftovers of crashed recorders, files without rows, rows without files. Returns
     /// false when interrupted (cancelled, or the root became unavailable on the way).
+    ///
+    /// Incremental: a pass that finishes without I/O errors stores when it started listing the
+    /// root (`storage_roots.reconciled_from_us`). The next pass skips every directory whose change
+    /// time is older than that (less [`CHANGE_MARGIN_US`]): no entry of it was created, removed
+    /// or renamed since, so its files and rows are as the last pass left them. A changed day
+    /// directory is reconciled whole (its files against the index, its rows against its files);
+    /// in a changed root or camera directory, the files directly in it and the rows of
+    /// subdirectories that are gone are, and a subdirectory the index has no rows in (created,
+    /// or moved in with its old times) is reconciled whole with everything below it.
     pub async fn reconcile_root(
         &self,
         root: &Arc<Root>,
         cancel: &CancellationToken,
     ) -> Result<bool, RepairError> {
-        let mut report = RepairReport::default();
-        let mine = |key: &str| {
-            self.roots
-                .root_of(Path::new(key))
-                .is_some_and(|r| Arc::ptr_eq(&r, root))
+        let began = std::time::Instant::now();
+        let listing_from = crate::db::now_us();
+        let since_us = match root.id() {
+            Some(id) => crate::db::roots::reconciled_from(&self.db, id)
+                .await?
+                // A time ahead of the clock (set back since): trust nothing.
+                .filter(|t| *t <= listing_from),
+            None => None,
         };
+        let mut report = RepairReport::default();
         for row in segments::with_state(&self.db, SegmentState::Recording).await? {
-            if row.id <= self.max_id && mine(&row.storage_key) {
+            if row.id <= self.max_id && self.owns(root, &row.storage_key) {
                 repair_row(&self.db, &self.roots, &row, &mut report).await?;
             }
         }
-        let r = root.path.clone();
-        let files = tokio::task::spawn_blocking(move || segment_files(&r))
-            .await
-            .unwrap_or_default();
-        for path in files {
+        let nested: Vec<PathBuf> = self
+            .roots
+            .all()
+            .into_iter()
+            .filter(|r| r.path != root.path && r.path.starts_with(&root.path))
+            .map(|r| r.path.clone())
+            .collect();
+        let before = self.counters.pass_stats();
+        let mut stack = vec![(root.path.clone(), 0u8, false)];
+        while let Some((dir, depth, forced)) = stack.pop() {
             if cancel.is_cancelled() {
                 self.record("archive reconciliation interrupted", root, &report);
+                return Ok(false);
+            }
+            let d = dir.clone();
+            let looked = tokio::task::spawn_blocking(move || look(&d, depth, since_us, forced))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (changed, files, subdirs) = match looked {
+                Ok(Looked::Listed {
+                    changed,
+                    files,
+                    subdirs,
+                }) => (changed, files, subdirs),
+                Ok(Looked::Skipped) => {
+                    self.counters.dirs_skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // Gone since its parent was read: the parent changed, so the next pass sees to it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read an archive directory");
+                    report.io_errors += 1;
+                    continue;
+                }
+            };
+            let mut known = std::collections::HashSet::new();
+            if changed {
+                if !self
+                    .reconcile_files(root, &files, &mut report, cancel)
+                    .await?
+                {
+                    self.record("archive reconciliation interrupted", root, &report);
+                    return Ok(false);
+                }
+                let done = if depth >= DAY_DEPTH {
+                    self.check_rows_under(root, &dir, &mut report, cancel)
+                        .await?
+                } else {
+                    self.check_rows_beside(root, &dir, &subdirs, &mut known, &mut report, cancel)
+                        .await?
+                };
+                if !done {
+                    self.record("archive reconciliation interrupted", root, &report);
+                    return Ok(false);
+                }
+            } else {
+                self.counters.dirs_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            for sub in subdirs.into_iter().rev() {
+                let path = dir.join(&sub);
+                if nested.contains(&path) {
+                    continue;
+                }
+                let forced = forced || (changed && !known.contains(&sub));
+                stack.push((path, depth + 1, forced));
+            }
+        }
+        if report.io_errors == 0
+            && let Some(id) = root.id()
+        {
+            crate::db::roots::set_reconciled_from(&self.db, id, listing_from).await?;
+        }
+        let stats = self.counters.pass_stats().since(&before);
+        self.counters.add(&report);
+        // Also when there was nothing to do: the end of a pass is observable (tests wait for it
+        // before they stop a server whose archive must match its index; the bench times it).
+        tracing::info!(root = %root.path.display(), ?report, incremental = since_us.is_some(),
+            dirs_skipped = stats.0, files_examined = stats.1, rows_examined = stats.2,
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "archive reconciled with the files on disk");
+        Ok(true)
+    }
+
+    /// Files directly in a changed directory: each one without a row is indexed (or, the local
+    /// copy of an uploaded segment, removed). False when cancelled.
+    async fn reconcile_files(
+        &self,
+        root: &Arc<Root>,
+        files: &[PathBuf],
+        report: &mut RepairReport,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepairError> {
+        for path in files {
+            if cancel.is_cancelled() {
                 return Ok(false);
             }
             let key = path.to_string_lossy().into_owned();
@@ -461,66 +648,135 @@ impl Reconciler {
                 .and_then(|n| n.to_str())
                 .and_then(parse_segment_name)
                 .map_or(i64::MAX, |(_, secs)| secs * 1_000_000);
-            if named_us >= self.started_us - 1_000_000 || !mine(&key) {
+            if named_us >= self.started_us - 1_000_000 || !self.owns(root, &key) {
                 continue;
             }
+            self.counters.files_examined.fetch_add(1, Ordering::Relaxed);
             if segments::key_exists(&self.db, &key).await? {
                 continue;
             }
-            if remove_uploaded_copy(&self.db, &path, &mut report).await? {
+            if remove_uploaded_copy(&self.db, path, report).await? {
                 continue;
             }
-            index_orphan(&self.db, &path, &mut report).await?;
+            index_orphan(&self.db, path, report).await?;
         }
-        // Complete rows whose file is gone, in key order, a batch at a time. The root is checked
-        // again before each batch is marked: a disk unmounted meanwhile must not turn into
-        // thousands of missing rows.
+        Ok(true)
+    }
+
+    /// Every complete row under a changed day directory, in key order, a batch at a time.
+    async fn check_rows_under(
+        &self,
+        root: &Arc<Root>,
+        dir: &Path,
+        report: &mut RepairReport,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepairError> {
+        let key = dir.to_string_lossy().into_owned();
         let mut after: Option<String> = None;
         loop {
             let rows = segments::under_dir(
                 &self.db,
-                &root.key(),
+                &key,
                 &[SegmentState::Complete],
                 after.as_deref(),
                 BATCH,
             )
             .await?;
-            let Some(last) = rows.last() else { break };
+            let Some(last) = rows.last() else {
+                return Ok(true);
+            };
             after = Some(last.storage_key.clone());
-            let mut gone = Vec::new();
-            for row in rows {
-                if !mine(&row.storage_key) {
-                    continue;
-                }
-                match exists(Path::new(&row.storage_key)).await {
-                    Some(false) => gone.push(row),
-                    Some(true) => {}
-                    None => report.io_errors += 1,
-                }
-            }
-            if cancel.is_cancelled() {
-                self.record("archive reconciliation interrupted", root, &report);
+            if !self.check_rows(root, rows, report, cancel).await? {
                 return Ok(false);
             }
-            if !gone.is_empty() {
-                if !self.roots.check(root).await.is_available() {
-                    self.record("archive reconciliation interrupted", root, &report);
-                    return Ok(false);
+        }
+    }
+
+    /// The complete rows of a changed root or camera directory that are not under one of its
+    /// present `subdirs`: files directly in it, and files of subdirectories that are gone. The
+    /// key range of a present subdirectory is jumped over (one index probe each; those are
+    /// visited on their own), and the subdirectories the index has rows in are put in `known`.
+    async fn check_rows_beside(
+        &self,
+        root: &Arc<Root>,
+        dir: &Path,
+        subdirs: &[String],
+        known: &mut std::collections::HashSet<String>,
+        report: &mut RepairReport,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepairError> {
+        let present: std::collections::HashSet<&str> = subdirs.iter().map(String::as_str).collect();
+        let (lo, hi) = segments::key_range(&dir.to_string_lossy());
+        let (mut from, mut inclusive, mut limit) = (lo.clone(), true, 1);
+        loop {
+            let rows = segments::in_key_range(
+                &self.db,
+                &from,
+                inclusive,
+                &hi,
+                &[SegmentState::Complete],
+                limit,
+            )
+            .await?;
+            let Some(last) = rows.last() else {
+                return Ok(true);
+            };
+            (from, inclusive, limit) = (last.storage_key.clone(), false, BATCH);
+            let mut check = Vec::new();
+            for row in rows {
+                let rest = row.storage_key.get(lo.len()..).unwrap_or("");
+                if let Some((sub, _)) = rest.split_once('/')
+                    && present.contains(sub)
+                {
+                    // Keys under `dir/sub/` sort before `dir/sub0`.
+                    (from, inclusive, limit) = (format!("{lo}{sub}0"), true, 1);
+                    known.insert(sub.to_owned());
+                    break;
                 }
-                let marked = segments::mark_missing(&self.db, &gone, MissingBy::Reconcile).await?;
-                for row in gone.iter().filter(|r| marked.contains(&r.id)) {
-                    tracing::warn!(segment = row.id, stream = %row.stream_id, path = %row.storage_key,
-                        "segment file is gone: row marked missing");
-                }
-                report.missing += marked.len() as u64;
+                check.push(row);
+            }
+            if !self.check_rows(root, check, report, cancel).await? {
+                return Ok(false);
             }
         }
-        self.record("archive reconciled with the files on disk", root, &report);
-        // Also when there was nothing to do: the end of a pass is observable (tests wait for it
-        // before they stop a server whose archive must match its index).
-        if report.is_empty() {
-            tracing::info!(root = %root.path.display(), "archive reconciled with the files on disk");
+    }
+
+    /// Marks the rows whose file is gone `missing` (after checking the root again: a disk
+    /// unmounted meanwhile must not turn into thousands of missing rows). False when interrupted.
+    async fn check_rows(
+        &self,
+        root: &Arc<Root>,
+        rows: Vec<SegmentRow>,
+        report: &mut RepairReport,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepairError> {
+        let mut gone = Vec::new();
+        for row in rows {
+            if !self.owns(root, &row.storage_key) {
+                continue;
+            }
+            self.counters.rows_examined.fetch_add(1, Ordering::Relaxed);
+            match exists(Path::new(&row.storage_key)).await {
+                Some(false) => gone.push(row),
+                Some(true) => {}
+                None => report.io_errors += 1,
+            }
         }
+        if cancel.is_cancelled() {
+            return Ok(false);
+        }
+        if gone.is_empty() {
+            return Ok(true);
+        }
+        if !self.roots.check(root).await.is_available() {
+            return Ok(false);
+        }
+        let marked = segments::mark_missing(&self.db, &gone, MissingBy::Reconcile).await?;
+        for row in gone.iter().filter(|r| marked.contains(&r.id)) {
+            tracing::warn!(segment = row.id, stream = %row.stream_id, path = %row.storage_key,
+                "segment file is gone: row marked missing");
+        }
+        report.missing += marked.len() as u64;
         Ok(true)
     }
 

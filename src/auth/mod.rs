@@ -55,6 +55,8 @@ pub enum Credential {
     Open,
     /// No credential, on a public route.
     Anonymous,
+    /// Another node of the cluster, by a node proof (`signing::NodeProof`): internal routes only.
+    Node,
     /// A token from the `tokens` table.
     Token { id: String },
     /// The bootstrap admin token.
@@ -95,6 +97,16 @@ impl Caller {
         }
     }
 
+    /// Another node of the cluster (a valid node proof): no rights on streams; internal routes
+    /// admit it by their policy (`Access::Node`).
+    pub fn node(peer: Option<IpAddr>) -> Caller {
+        Caller {
+            credential: Credential::Node,
+            grant: Grant::nothing(),
+            peer,
+        }
+    }
+
     /// The key per-client limits count by: `token:<id>` for token holders, `ip:<address>` for
     /// everyone else (signed URLs are shared with players, so they count by address). An IPv6
     /// peer counts by its /64 (one host usually owns a whole /64 and could rotate through it); an
@@ -116,14 +128,16 @@ impl Caller {
             Credential::Token { id } => Some(id),
             Credential::Bootstrap => Some(BOOTSTRAP_ID),
             Credential::Signed { token, .. } => token.as_deref(),
-            Credential::Open | Credential::Anonymous => None,
+            Credential::Open | Credential::Anonymous | Credential::Node => None,
         }
     }
 
     /// The credential's kind as the audit log stores it.
     pub fn credential_kind(&self) -> &'static str {
         match self.credential {
-            Credential::Open | Credential::Anonymous => "none",
+            // A node proof is no credential of a person or program the audit log could name
+            // (and the log's `credential` column allows these four kinds only).
+            Credential::Open | Credential::Anonymous | Credential::Node => "none",
             Credential::Token { .. } => "token",
             Credential::Bootstrap => "bootstrap",
             Credential::Signed { .. } => "signed",
@@ -187,6 +201,8 @@ pub enum AuthError {
     SignatureExpired,
     #[error("the token that signed this URL is no longer valid")]
     SignerRevoked,
+    #[error("internal route: {0}")]
+    NodeProof(&'static str),
     #[error("credentials cannot be checked right now")]
     Unavailable(#[source] DbError),
 }
@@ -451,6 +467,56 @@ impl Auth {
             exp,
             caller.token_id().map(str::to_owned),
         ))
+    }
+
+    /// A node proof for reading `segment_key` from another node of the cluster (its internal
+    /// segment endpoint), valid for `ttl_s` seconds. Made with the current signing key, which
+    /// every node reads from the shared index whether `[auth]` is on or not.
+    pub async fn node_proof(
+        &self,
+        segment_key: &str,
+        ttl_s: i64,
+    ) -> Result<signing::NodeProof, AuthError> {
+        let (keys, _) = self.keys().await?;
+        let key = match keys.first() {
+            Some(k) => k.clone(),
+            None => self
+                .reload_keys()
+                .await?
+                .first()
+                .cloned()
+                .ok_or(AuthError::Unavailable(DbError::Corrupt(
+                    "no signing key".into(),
+                )))?,
+        };
+        let exp = unix_now_s().saturating_add(ttl_s.clamp(1, signing::NODE_PROOF_MAX_TTL_S));
+        Ok(signing::NodeProof::sign(&key, segment_key, exp))
+    }
+
+    /// Checks a node proof for `segment_key`: made with a valid signing key, not expired, and
+    /// not valid for longer than [`signing::NODE_PROOF_MAX_TTL_S`].
+    pub async fn verify_node_proof(
+        &self,
+        segment_key: &str,
+        proof: &signing::NodeProof,
+    ) -> Result<(), AuthError> {
+        let now = unix_now_s();
+        if proof.exp <= now {
+            return Err(AuthError::NodeProof("the node proof has expired"));
+        }
+        if proof.exp > now.saturating_add(signing::NODE_PROOF_MAX_TTL_S) {
+            return Err(AuthError::NodeProof("the node proof is valid for too long"));
+        }
+        let (keys, age) = self.keys().await?;
+        let mut valid = proof.verify(&keys, segment_key);
+        if !valid && age >= KEY_RELOAD_ON_MISS {
+            valid = proof.verify(&self.reload_keys().await?, segment_key);
+        }
+        if valid {
+            Ok(())
+        } else {
+            Err(AuthError::NodeProof("invalid node proof"))
+        }
     }
 
     /// Resolves once `caller` may no longer `action` stream `id`: its token (for a signed URL,

@@ -132,6 +132,69 @@ impl SignedQuery {
     }
 }
 
+/// Header carrying a node proof on the internal segment endpoint (cluster mode).
+pub const NODE_PROOF_HEADER: &str = "x-video-server-node-proof";
+
+/// Longest lifetime of a node proof a node accepts (seconds from now): proofs are made per
+/// request with a short expiry, so a captured one is worth little.
+pub const NODE_PROOF_MAX_TTL_S: i64 = 300;
+
+/// Version tag of node proofs: never the same message as a signed player URL's.
+const NODE_MESSAGE_VERSION: &str = "vs-node-1";
+
+/// Proof that a request comes from a node of the cluster: an HMAC with the shared signing key
+/// over the segment key it asks for and an expiry. Only processes that can read the index hold
+/// the key, and a proof opens one segment key for a short time. Header form: `<exp>.<sig>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProof {
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+    /// base64url HMAC.
+    pub sig: String,
+}
+
+fn node_message(segment_key: &str, exp: i64) -> String {
+    format!("{NODE_MESSAGE_VERSION}\n{segment_key}\n{exp}")
+}
+
+impl NodeProof {
+    /// A proof for reading `segment_key` until `exp`, made with `key`.
+    pub fn sign(key: &SigningKey, segment_key: &str, exp: i64) -> NodeProof {
+        let tag = mac(&key.secret, &node_message(segment_key, exp))
+            .finalize()
+            .into_bytes();
+        NodeProof {
+            exp,
+            sig: URL_SAFE_NO_PAD.encode(tag),
+        }
+    }
+
+    /// Whether one of `keys` made this proof for `segment_key` (constant-time comparison).
+    pub fn verify(&self, keys: &[SigningKey], segment_key: &str) -> bool {
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(&self.sig) else {
+            return false;
+        };
+        let msg = node_message(segment_key, self.exp);
+        keys.iter()
+            .any(|k| mac(&k.secret, &msg).verify_slice(&tag).is_ok())
+    }
+
+    /// The header value.
+    pub fn to_header(&self) -> String {
+        format!("{}.{}", self.exp, self.sig)
+    }
+
+    /// Reads a header value (`None` when it is not `<exp>.<sig>`).
+    pub fn from_header(value: &str) -> Option<NodeProof> {
+        let (exp, sig) = value.trim().split_once('.')?;
+        let exp = exp.parse::<i64>().ok()?;
+        (!sig.is_empty()).then(|| NodeProof {
+            exp,
+            sig: sig.to_owned(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +206,26 @@ mod tests {
             secret: vec![byte; 32],
             created_at_us: 0,
             valid_until_us: None,
+        }
+    }
+
+    #[test]
+    fn node_proofs_cover_the_segment_key_and_expiry() {
+        let (k1, k2) = (key(1, 1), key(2, 2));
+        let p = NodeProof::sign(&k1, "/archive/a.mp4", 2_000_000_000);
+        let parsed = NodeProof::from_header(&p.to_header()).expect("parses");
+        assert_eq!(parsed, p);
+        assert!(p.verify(&[k2.clone(), k1.clone()], "/archive/a.mp4"));
+        assert!(!p.verify(std::slice::from_ref(&k2), "/archive/a.mp4"));
+        assert!(!p.verify(std::slice::from_ref(&k1), "/archive/b.mp4"));
+        let later = NodeProof {
+            exp: p.exp + 1,
+            ..p.clone()
+        };
+        assert!(!later.verify(std::slice::from_ref(&k1), "/archive/a.mp4"));
+        // Never interchangeable with a player URL's signature over similar text.
+        for bad in ["", "123", ".abc", "x.abc", "123."] {
+            assert!(NodeProof::from_header(bad).is_none(), "{bad:?}");
         }
     }
 

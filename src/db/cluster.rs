@@ -40,6 +40,17 @@ pub struct NodeRow {
     pub heartbeat_us: i64,
 }
 
+impl NodeRow {
+    /// `host:port` of the node's video listener (IPv6 addresses in brackets).
+    pub fn video_authority(&self) -> String {
+        if self.advertise_host.contains(':') {
+            format!("[{}]:{}", self.advertise_host, self.video_port)
+        } else {
+            format!("{}:{}", self.advertise_host, self.video_port)
+        }
+    }
+}
+
 /// A held lease: which node records a stream, until when, under which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRow {
@@ -280,6 +291,32 @@ pub async fn owner_of(db: &Db, stream_id: Uuid) -> Result<Option<NodeRow>> {
     Ok(sqlx::query_as(SQL)
         .bind(stream_id)
         .fetch_optional(pg(db)?)
+        .await?)
+}
+
+/// The node that recorded the filesystem segment stored at `storage_key`, with its address
+/// (cluster mode: where another node reads a file not uploaded yet). `None` when no such row, or
+/// the row names no node (recorded outside cluster mode) or a node `nodes` does not know.
+pub async fn recording_node(db: &Db, storage_key: &str) -> Result<Option<NodeRow>> {
+    const SQL: &str = "SELECT n.node_id, n.advertise_host, n.api_port, n.video_port, n.lease_ms, \
+                n.started_us, n.heartbeat_us \
+         FROM segments s JOIN nodes n ON n.node_id = s.node_id \
+         WHERE s.storage_key = $1 AND s.storage = 'filesystem' LIMIT 1";
+    Ok(sqlx::query_as(SQL)
+        .bind(storage_key)
+        .fetch_optional(pg(db)?)
+        .await?)
+}
+
+/// Whether `storage_key` is a filesystem segment recorded by `node_id` (what the internal segment
+/// endpoint serves, and nothing else).
+pub async fn is_local_segment(db: &Db, storage_key: &str, node_id: &str) -> Result<bool> {
+    const SQL: &str = "SELECT EXISTS (SELECT 1 FROM segments \
+         WHERE storage_key = $1 AND storage = 'filesystem' AND node_id = $2)";
+    Ok(sqlx::query_scalar(SQL)
+        .bind(storage_key)
+        .bind(node_id)
+        .fetch_one(pg(db)?)
         .await?)
 }
 

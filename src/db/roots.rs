@@ -62,3 +62,20 @@ pub async fn seen(db: &Db, id: Uuid) -> Result<()> {
     with_pool!(db, p => sqlx::query(SQL).bind(DbUuid(id)).bind(now).execute(p).await.map(|_| ()))?;
     Ok(())
 }
+
+/// When the last clean reconciliation pass over the root started listing it (`None`: none yet).
+pub async fn reconciled_from(db: &Db, id: Uuid) -> Result<Option<i64>> {
+    const SQL: &str = "SELECT reconciled_from_us FROM storage_roots WHERE id = $1";
+    let found: Option<Option<i64>> = with_pool!(db, p => sqlx::query_scalar(SQL)
+        .bind(DbUuid(id))
+        .fetch_optional(p)
+        .await?);
+    Ok(found.flatten())
+}
+
+/// Records that a reconciliation pass that started listing the root at `from_us` finished cleanly.
+pub async fn set_reconciled_from(db: &Db, id: Uuid, from_us: i64) -> Result<()> {
+    const SQL: &str = "UPDATE storage_roots SET reconciled_from_us = $2 WHERE id = $1";
+    with_pool!(db, p => sqlx::query(SQL).bind(DbUuid(id)).bind(from_us).execute(p).await.map(|_| ()))?;
+    Ok(())
+}

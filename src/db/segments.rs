@@ -551,6 +551,37 @@ pub async fn under_dir(
     Ok(rows)
 }
 
+/// Filesystem rows in `states` with `from <= key < hi` (`from < key` unless `inclusive`), at most
+/// `limit`, in key order: reconciliation walks one directory's rows with it, jumping over the
+/// key ranges of subdirectories it handles separately.
+pub async fn in_key_range(
+    db: &Db,
+    from: &str,
+    inclusive: bool,
+    hi: &str,
+    states: &[SegmentState],
+    limit: u32,
+) -> Result<Vec<SegmentRow>> {
+    let list: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let op = if inclusive { ">=" } else { ">" };
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE storage_key {op} $1 AND storage_key < $2 \
+         AND storage = 'filesystem' AND state IN ($4, $5, $6, $7) ORDER BY storage_key LIMIT $3"
+    );
+    let pick = |i: usize| list.get(i).or(list.first()).copied().unwrap_or("");
+    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(from)
+        .bind(hi)
+        .bind(i64::from(limit))
+        .bind(pick(0))
+        .bind(pick(1))
+        .bind(pick(2))
+        .bind(pick(3))
+        .fetch_all(p)
+        .await?);
+    Ok(rows)
+}
+
 /// The highest segment id so far (0 for none): rows up to it were made by earlier runs.
 pub async fn max_id(db: &Db) -> Result<i64> {
     const SQL: &str = "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM segments";

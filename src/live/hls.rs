@@ -161,7 +161,7 @@ pub async fn serve(
 async fn owner_redirect(state: &AppState, stream: Uuid, uri: &axum::http::Uri) -> Option<Response> {
     let owner = super::relay::other_holder(state, stream).await?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let location = format!("http://{}{path}", super::relay::video_authority(&owner));
+    let location = format!("http://{}{path}", owner.video_authority());
     let value = HeaderValue::from_str(&location).ok()?;
     let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
     resp.headers_mut().insert(header::LOCATION, value);

@@ -2,6 +2,7 @@
 //! and HLS files. Paths and wire behaviour follow the Go original (go-original.md §2.2, §3, §4).
 
 pub mod hls;
+pub mod internal;
 pub mod mse;
 pub mod relay;
 pub mod ws;
@@ -14,7 +15,8 @@ use crate::api::{AppState, policy};
 
 /// The video application: `/ws/archive`, `/ws/{anything}`, `/hls/{file}`, and the web UI (`/`,
 /// `/ui/...`) with the one API route it needs first, `/api/v1/server` (where the API listener is),
-/// all under the access policy (`api::policy::VIDEO`).
+/// and the internal route cluster nodes read each other's local segments through
+/// (`/internal/v1/segment`), all under the access policy (`api::policy::VIDEO`).
 pub fn app(state: AppState) -> Router {
     let cors = crate::api::cors_layer(&state.config.cors, state.listeners);
     // `/ws/archive` is a static route, so axum prefers it over the `/ws/{any}` parameter route, as
@@ -32,6 +34,10 @@ pub fn app(state: AppState) -> Router {
             axum::routing::delete(crate::api::whep::delete).patch(crate::api::whep::patch),
         )
         .route("/api/v1/server", get(crate::api::system::server_info))
+        .route(
+            crate::archive::storage::peer::INTERNAL_SEGMENT_PATH,
+            get(internal::segment),
+        )
         .merge(crate::api::web::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

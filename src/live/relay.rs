@@ -72,18 +72,13 @@ pub async fn other_holder(state: &AppState, stream: Uuid) -> Option<NodeRow> {
     (*owner.node_id != *me).then_some(owner)
 }
 
-/// `host:port` of a node's video listener (IPv6 addresses in brackets).
-pub fn video_authority(node: &NodeRow) -> String {
-    if node.advertise_host.contains(':') {
-        format!("[{}]:{}", node.advertise_host, node.video_port)
-    } else {
-        format!("{}:{}", node.advertise_host, node.video_port)
-    }
-}
-
 /// Relays one live viewer from `holder` until either side ends the session.
 pub async fn relay(mut viewer: WebSocket, holder: &NodeRow, forward: &Forward, stream: Uuid) {
-    let url = format!("ws://{}/ws/live?{}", video_authority(holder), forward.query);
+    let url = format!(
+        "ws://{}/ws/live?{}",
+        holder.video_authority(),
+        forward.query
+    );
     let upstream = match open(&url, forward).await {
         Ok(ws) => ws,
         Err(e) => {

@@ -233,6 +233,25 @@ pub fn encode(
         None,
         one(state.reconcile.passes.load(Ordering::Relaxed)),
     )?;
+    for (name, help, c) in [
+        (
+            "video_server_reconcile_directories_skipped",
+            "Archive directories reconciliation did not look into: unchanged since the root's last clean pass",
+            &state.reconcile.dirs_skipped,
+        ),
+        (
+            "video_server_reconcile_files_examined",
+            "Segment files reconciliation looked up in the index",
+            &state.reconcile.files_examined,
+        ),
+        (
+            "video_server_reconcile_rows_examined",
+            "Complete segment rows whose file reconciliation checked for",
+            &state.reconcile.rows_examined,
+        ),
+    ] {
+        out.counter(name, help, None, one(c.load(Ordering::Relaxed)))?;
+    }
 
     // Storage roots (their last check; no I/O here).
     let roots = state.roots.all();

@@ -1,9 +1,13 @@
-//! H.264 for WebRTC: length-prefixed samples (as the hub carries them) to Annex-B access units
-//! with SPS and PPS in front of every IDR, and whether a stream may reorder frames (B-frames).
+//! H.264 and H.265 for WebRTC: length-prefixed samples (as the hub carries them) to Annex-B
+//! access units with the parameter sets in front of every keyframe (SPS and PPS before an H.264
+//! IDR; VPS, SPS and PPS before an H.265 IRAP picture), and whether a stream may reorder frames
+//! (B-frames). str0m's packetizers cut the access units into RTP packets (RFC 6184 for H.264,
+//! RFC 7798 for H.265: single NAL unit packets, fragmentation units for NAL units larger than a
+//! packet, parameter sets aggregated into one packet).
 
 use bytes::Bytes;
 
-use crate::media::codec::{AvcRecordFields, avc_record_fields};
+use crate::media::codec::{AvcRecordFields, avc_record_fields, hevc_parameter_sets};
 use crate::media::{Frame, MediaError, VideoCodec, VideoParams};
 
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
@@ -11,42 +15,68 @@ const NAL_IDR: u8 = 5;
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
 const NAL_AUD: u8 = 9;
+/// H.265 NAL unit types: IRAP pictures (BLA, IDR, CRA and the reserved IRAP types), parameter
+/// sets and the access unit delimiter.
+const HEVC_IRAP: std::ops::RangeInclusive<u8> = 16..=23;
+const HEVC_VPS: u8 = 32;
+const HEVC_SPS: u8 = 33;
+const HEVC_PPS: u8 = 34;
+const HEVC_AUD: u8 = 35;
 
 /// Rewrites a stream's samples into Annex-B access units for str0m's packetizer.
 #[derive(Debug, Clone)]
 pub struct AnnexB {
+    codec: VideoCodec,
     length_size: usize,
-    sps: Vec<Bytes>,
-    pps: Vec<Bytes>,
+    /// The parameter sets put before every keyframe, in order (SPS, PPS; or VPS, SPS, PPS).
+    params: Vec<Bytes>,
 }
 
 impl AnnexB {
-    /// From the stream's video parameters; H.264 only.
+    /// From the stream's video parameters (H.264 or H.265).
     pub fn new(video: &VideoParams) -> Result<AnnexB, MediaError> {
-        if video.codec != VideoCodec::H264 {
-            return Err(MediaError::Unsupported(
-                "only H.264 is sent over WebRTC".into(),
-            ));
+        match video.codec {
+            VideoCodec::H264 => {
+                let AvcRecordFields {
+                    length_size_minus_one,
+                    sps,
+                    pps,
+                    ..
+                } = avc_record_fields(&video.config_record)?;
+                if sps.is_empty() || pps.is_empty() {
+                    return Err(MediaError::InvalidParams("avcC without SPS or PPS".into()));
+                }
+                Ok(AnnexB {
+                    codec: VideoCodec::H264,
+                    length_size: usize::from(length_size_minus_one & 3) + 1,
+                    params: sps.into_iter().chain(pps).collect(),
+                })
+            }
+            VideoCodec::H265 => {
+                let (length_size_minus_one, params) = hevc_parameter_sets(&video.config_record)?;
+                let has = |t: u8| params.iter().any(|p| hevc_type(p) == t);
+                if !(has(HEVC_VPS) && has(HEVC_SPS) && has(HEVC_PPS)) {
+                    return Err(MediaError::InvalidParams(
+                        "hvcC without VPS, SPS or PPS".into(),
+                    ));
+                }
+                Ok(AnnexB {
+                    codec: VideoCodec::H265,
+                    length_size: usize::from(length_size_minus_one & 3) + 1,
+                    params,
+                })
+            }
         }
-        let AvcRecordFields {
-            length_size_minus_one,
-            sps,
-            pps,
-            ..
-        } = avc_record_fields(&video.config_record)?;
-        if sps.is_empty() || pps.is_empty() {
-            return Err(MediaError::InvalidParams("avcC without SPS or PPS".into()));
-        }
-        Ok(AnnexB {
-            length_size: usize::from(length_size_minus_one & 3) + 1,
-            sps,
-            pps,
-        })
     }
 
-    /// The Annex-B access unit of one sample. In-band SPS/PPS and access unit delimiters are
-    /// dropped; the record's SPS and PPS go before every IDR, so a decoder can start at any
-    /// keyframe. A sample whose lengths run past its end is cut at the last whole NAL unit.
+    /// The codec the access units are of.
+    pub fn codec(&self) -> VideoCodec {
+        self.codec
+    }
+
+    /// The Annex-B access unit of one sample. In-band parameter sets and access unit delimiters
+    /// are dropped; the record's parameter sets go before every keyframe, so a decoder can start
+    /// at any of them. A sample whose lengths run past its end is cut at the last whole NAL unit.
     pub fn access_unit(&self, sample: &[u8]) -> Vec<u8> {
         let mut nals: Vec<&[u8]> = Vec::new();
         let mut rest = sample;
@@ -62,17 +92,26 @@ impl AnnexB {
             nals.push(nal);
             rest = tail;
         }
-        let kind = |n: &[u8]| n.first().map_or(0, |h| h & 0x1f);
-        let idr = nals.iter().any(|n| kind(n) == NAL_IDR);
+        // Which NAL units make a keyframe, and which are dropped (parameter sets, delimiters).
+        let (keyframe, dropped): (NalTest, NalTest) = match self.codec {
+            VideoCodec::H264 => (
+                |n| h264_type(n) == NAL_IDR,
+                |n| matches!(h264_type(n), NAL_SPS | NAL_PPS | NAL_AUD),
+            ),
+            VideoCodec::H265 => (
+                |n| HEVC_IRAP.contains(&hevc_type(n)),
+                |n| matches!(hevc_type(n), HEVC_VPS | HEVC_SPS | HEVC_PPS | HEVC_AUD),
+            ),
+        };
         let mut out = Vec::with_capacity(sample.len() + 64);
-        if idr {
-            for p in self.sps.iter().chain(&self.pps) {
+        if nals.iter().any(|n| keyframe(n)) {
+            for p in &self.params {
                 out.extend_from_slice(&START_CODE);
                 out.extend_from_slice(p);
             }
         }
         for n in nals {
-            if matches!(kind(n), NAL_SPS | NAL_PPS | NAL_AUD) {
+            if dropped(n) {
                 continue;
             }
             out.extend_from_slice(&START_CODE);
@@ -82,6 +121,17 @@ impl AnnexB {
     }
 }
 
+/// A test on one NAL unit.
+type NalTest = fn(&[u8]) -> bool;
+
+fn h264_type(nal: &[u8]) -> u8 {
+    nal.first().map_or(0, |h| h & 0x1f)
+}
+
+fn hevc_type(nal: &[u8]) -> u8 {
+    nal.first().map_or(0, |h| (h >> 1) & 0x3f)
+}
+
 /// Whether a stream sends frames out of presentation order (B-frames), which browsers decode at
 /// about one frame per second over WebRTC: a frame with a composition offset, or an SPS whose
 /// VUI allows reordering (`max_num_reorder_frames > 0`). Cameras that say nothing in their VUI
@@ -89,6 +139,10 @@ impl AnnexB {
 pub fn reorders(video: &VideoParams, frames: &[Frame]) -> bool {
     if frames.iter().any(|f| f.cts_offset != 0) {
         return true;
+    }
+    if video.codec == VideoCodec::H265 {
+        // No SPS check for H.265 (cameras send no B-frames; the offsets above tell).
+        return false;
     }
     let Ok(fields) = avc_record_fields(&video.config_record) else {
         return false;
@@ -207,9 +261,37 @@ mod tests {
     }
 
     #[test]
-    fn h265_is_refused() {
-        let mut p = params();
-        p.codec = VideoCodec::H265;
-        assert!(AnnexB::new(&p).is_err());
+    fn h265_irap_pictures_get_vps_sps_and_pps() {
+        use crate::media::codec::hevc_parameter_sets;
+        use crate::media::codec::tests::X265_HVCC;
+        let video =
+            crate::media::codec::h265_params(Bytes::from_static(X265_HVCC)).expect("x265 record");
+        let a = AnnexB::new(&video).expect("params");
+        assert_eq!(a.codec(), VideoCodec::H265);
+        let (_, sets) = hevc_parameter_sets(X265_HVCC).expect("sets");
+        let types: Vec<u8> = sets.iter().map(|p| hevc_type(p)).collect();
+        assert_eq!(types, [HEVC_VPS, HEVC_SPS, HEVC_PPS]);
+        // An access unit delimiter, in-band VPS, an IDR_W_RADL slice (type 19) and a CRA (21).
+        let aud: &[u8] = &[HEVC_AUD << 1, 0x01, 0x50];
+        let idr: &[u8] = &[19 << 1, 0x01, 0xaf, 0x01];
+        let cra: &[u8] = &[21 << 1, 0x01, 0xaf, 0x02];
+        let trail: &[u8] = &[1 << 1, 0x01, 0xd0, 0x03];
+        let mut want = Vec::new();
+        for n in sets.iter().map(|b| &b[..]).chain([idr]) {
+            want.extend_from_slice(&START_CODE);
+            want.extend_from_slice(n);
+        }
+        assert_eq!(a.access_unit(&sample(&[aud, &sets[0], idr])), want);
+        let au = a.access_unit(&sample(&[cra]));
+        assert!(au.ends_with(cra) && au.len() > cra.len() + 40, "{au:?}");
+        // A trailing picture goes alone.
+        assert_eq!(
+            a.access_unit(&sample(&[trail])),
+            [&START_CODE[..], trail].concat()
+        );
+        // An avcC record is no hvcC.
+        let mut wrong = params();
+        wrong.codec = VideoCodec::H265;
+        assert!(AnnexB::new(&wrong).is_err());
     }
 }

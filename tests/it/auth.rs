@@ -253,7 +253,8 @@ fn right_scope(access: Access, a: Uuid) -> Option<(Vec<String>, Vec<&'static str
             Some((vec![a.to_string()], vec!["live"]))
         }
         Access::CreateStream => Some((vec!["*".into()], vec!["manage"])),
-        Access::Admin | Access::Metrics => None,
+        // Internal routes: no token opens them (see every_route_enforces_its_policy).
+        Access::Admin | Access::Metrics | Access::Node => None,
     }
 }
 
@@ -273,7 +274,7 @@ fn wrong_scopes(access: Access, a: Uuid, b: Uuid) -> Vec<(Vec<String>, Vec<&'sta
             (vec!["*".into()], others("manage")),
         ],
         Access::Admin | Access::Metrics => vec![(vec!["*".into()], ALL.to_vec())],
-        Access::Listing | Access::Public => Vec::new(),
+        Access::Listing | Access::Public | Access::Node => Vec::new(),
     }
 }
 
@@ -355,6 +356,42 @@ async fn every_route_enforces_its_policy() {
         } else {
             assert_eq!(ans.status, 401, "{}", what("expired token"));
             check_shape(policy, &ans, "unauthorized", &what("expired token"));
+        }
+
+        // Internal routes take a node proof (over the `key` parameter), never a token: even the
+        // admin token is 401 there.
+        if policy.access == Access::Node {
+            let ans = s.send(method, &url, Some(ADMIN), body.as_ref()).await;
+            assert_eq!(
+                ans.status,
+                401,
+                "{}",
+                what("admin token on an internal route")
+            );
+            check_shape(policy, &ans, "unauthorized", &what("admin token"));
+            let key = url
+                .split_once('?')
+                .and_then(|(_, q)| policy::query_param(Some(q), "key"))
+                .unwrap_or_default();
+            let proof = s.s.state.auth.node_proof(&key, 60).await.expect("proof");
+            let ans = s
+                .http
+                .get(&url)
+                .header(
+                    video_server::auth::signing::NODE_PROOF_HEADER,
+                    proof.to_header(),
+                )
+                .send()
+                .await
+                .expect("send");
+            assert!(
+                !matches!(ans.status().as_u16(), 401 | 403 | 500),
+                "{}: {}",
+                what("node proof"),
+                ans.status()
+            );
+            checked += 1;
+            continue;
         }
 
         // Scopes that do not cover the route.

@@ -112,8 +112,19 @@ async fn owners(api: &str) -> Option<HashMap<Uuid, String>> {
     Some(all)
 }
 
-/// Creates `n` recording RTSP cameras through `api`, with outputs `outputs`.
+/// Creates `n` recording RTSP cameras through `api`, with outputs `outputs`, archived to S3.
 async fn create_cameras(api: &str, url: &str, n: usize, outputs: &[&str]) -> Vec<Uuid> {
+    create_cameras_on(api, url, n, outputs, "s3").await
+}
+
+/// Creates `n` recording RTSP cameras archived to `storage` (`s3` or `filesystem`).
+async fn create_cameras_on(
+    api: &str,
+    url: &str,
+    n: usize,
+    outputs: &[&str],
+    storage: &str,
+) -> Vec<Uuid> {
     let c = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..n {
@@ -123,7 +134,7 @@ async fn create_cameras(api: &str, url: &str, n: usize, outputs: &[&str]) -> Vec
                 "name": format!("cam {i}"),
                 "source": {"kind": "rtsp", "url": url},
                 "outputs": outputs,
-                "archive": {"recording": true, "ms_per_file": 2000, "storage": "s3"},
+                "archive": {"recording": true, "ms_per_file": 2000, "storage": storage},
             }))
             .send()
             .await
@@ -917,4 +928,254 @@ async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
     for mut n in nodes {
         assert!(n.terminate(), "{}: graceful stop", n.name);
     }
+}
+
+/// Byte ranges a node has served to other nodes (its `/metrics`: 206 answers of the internal
+/// segment route).
+async fn internal_ranges_served(api: &str) -> u64 {
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with("video_server_http_requests_total{"))
+        .filter(|l| l.contains("route=\"/internal/v1/segment\"") && l.contains("status=\"206\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A request to a node's internal segment endpoint for `key`, with a node proof made with the
+/// index's signing key when `proof` is set (`Some(None)`: a proof for another key).
+async fn internal_get(
+    db: &sqlx::PgPool,
+    video: &str,
+    key: &str,
+    proof: Option<Option<&str>>,
+    range: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
+    use video_server::auth::signing::{NODE_PROOF_HEADER, NodeProof};
+    let mut url = url::Url::parse(&format!("http://{video}/internal/v1/segment")).expect("url");
+    url.query_pairs_mut().append_pair("key", key);
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(signed_key) = proof {
+        let secret: Vec<u8> =
+            sqlx::query_scalar("SELECT secret FROM signing_keys ORDER BY id DESC LIMIT 1")
+                .fetch_one(db)
+                .await
+                .expect("signing key");
+        let k = video_server::db::signing_keys::SigningKey {
+            id: 1,
+            secret,
+            created_at_us: 0,
+            valid_until_us: None,
+        };
+        let exp = chrono::Utc::now().timestamp() + 60;
+        let p = NodeProof::sign(&k, signed_key.unwrap_or("/some/other/key.mp4"), exp);
+        req = req.header(NODE_PROOF_HEADER, p.to_header());
+    }
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    let r = req.send().await.expect("internal request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.expect("body"))
+}
+
+/// Filesystem segments stay on the node that recorded them; another node plays them over
+/// `/ws/archive` and exports them by reading through the recording node's internal endpoint,
+/// and gets exactly what the recording node serves. That endpoint wants a node proof for the key,
+/// answers byte ranges, and serves this node's segments only. With the recording node down, the
+/// other node's export fails at once with 503 instead of hanging.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_segment_still_local_to_its_node_plays_and_exports_from_another_node() {
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    let url = schema.url();
+    let mut nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| Node::start(n, &url, &s3))
+        .collect();
+    let ids = create_cameras_on(
+        &nodes[0].api(),
+        &rtsp.url("test"),
+        1,
+        &["mse"],
+        "filesystem",
+    )
+    .await;
+    let id = ids[0];
+    let owners = spread(&nodes[1].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
+    let rec = nodes
+        .iter()
+        .position(|n| n.name == owners[&id])
+        .expect("recording node");
+    let other = 1 - rec;
+    let db = pool(&schema).await;
+    // Four complete segments, all on the recording node's disk only.
+    let rows: Vec<(i64, i64, String, String)> = until(
+        "four complete segments",
+        Duration::from_secs(40),
+        || async {
+            let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+                "SELECT start_us, end_us, storage_key, storage FROM segments \
+                 WHERE stream_id = $1 AND state = 'complete' ORDER BY start_us",
+            )
+            .bind(id)
+            .fetch_all(&db)
+            .await
+            .ok()?;
+            (rows.len() >= 4).then_some(rows)
+        },
+    )
+    .await;
+    let archive_rec = nodes[rec].dir.path().join("archive");
+    for (_, _, key, storage) in &rows {
+        assert_eq!(storage, "filesystem");
+        assert!(Path::new(key).starts_with(&archive_rec), "{key}");
+    }
+    let (from_s, to_s) = (rows[0].0 / 1_000_000 + 1, rows[3].1 / 1_000_000);
+    assert!(to_s > from_s + 2, "{rows:?}");
+
+    // The test runs both nodes on one machine, so the other node could open the recording node's
+    // files by path: count what the recording node serves to show the bytes came through it.
+    let served_before = internal_ranges_served(&nodes[rec].api()).await;
+
+    // Export: the same file from both nodes.
+    let export = |api: String| async move {
+        let r = reqwest::get(format!(
+            "{api}/api/v1/streams/{id}/export.mp4?start={from_s}&end={to_s}"
+        ))
+        .await
+        .expect("export");
+        let status = r.status().as_u16();
+        (status, r.bytes().await.expect("body"))
+    };
+    let (status, here) = export(nodes[rec].api()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&here));
+    let (status, there) = export(nodes[other].api()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&there));
+    assert!(here.len() > 10_000, "{} bytes", here.len());
+    assert!(
+        here == there,
+        "the exports differ ({} and {} bytes)",
+        here.len(),
+        there.len()
+    );
+
+    // Archive playback: the same messages from both nodes.
+    let query = format!("stream_id={id}&start={from_s}&duration={}", to_s - from_s);
+    let p_rec = crate::playback::play(&nodes[rec].proc().video, &query, true, false).await;
+    let p_other = crate::playback::play(&nodes[other].proc().video, &query, true, false).await;
+    assert!(
+        p_rec.fragments.len() >= 2,
+        "{} fragments",
+        p_rec.fragments.len()
+    );
+    assert_eq!(p_other.codecs, p_rec.codecs);
+    assert!(p_other.init == p_rec.init, "init segments differ");
+    assert_eq!(p_other.fragments.len(), p_rec.fragments.len());
+    assert!(p_other.fragments == p_rec.fragments, "fragments differ");
+    assert_eq!(p_other.texts.last().map(String::as_str), Some("eos"));
+    let served = internal_ranges_served(&nodes[rec].api()).await - served_before;
+    eprintln!("the recording node served {served} byte ranges to the other node");
+    assert!(
+        served >= 4,
+        "read through the recording node: {served} ranges"
+    );
+
+    // The internal endpoint itself.
+    let video = nodes[rec].proc().video.clone();
+    let key = rows[0].2.as_str();
+    let file = std::fs::read(key).expect("segment file");
+    let len = file.len();
+    let (status, headers, body) = internal_get(&db, &video, key, None, None).await;
+    assert_eq!(status, 401, "no proof");
+    let j: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(j["error"]["code"], "unauthorized", "{j}");
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, _, _) = internal_get(&db, &video, key, Some(None), None).await;
+    assert_eq!(status, 401, "a proof for another key");
+    let (status, headers, body) =
+        internal_get(&db, &video, key, Some(Some(key)), Some("bytes=100-199")).await;
+    assert_eq!(status, 206);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes 100-199/{len}").as_str()
+    );
+    assert!(body[..] == file[100..200], "the range's bytes");
+    let (status, _, body) = internal_get(&db, &video, key, Some(Some(key)), None).await;
+    assert_eq!(status, 200);
+    assert!(body[..] == file[..], "the whole file");
+    let past = format!("bytes={len}-");
+    let (status, headers, _) = internal_get(&db, &video, key, Some(Some(key)), Some(&past)).await;
+    assert_eq!(status, 416);
+    assert_eq!(headers["content-range"], format!("bytes */{len}").as_str());
+    // Hostile keys, each with a valid proof for itself: outside the roots, leading out of them
+    // with `..`, inside them but no segment, and relative.
+    let conf = nodes[rec].dir.path().join("conf.toml");
+    let dotdot = format!("{}/../conf.toml", archive_rec.display());
+    let marker = archive_rec.join(".video-server-root");
+    let conf = conf.display().to_string();
+    let marker = marker.display().to_string();
+    for (hostile, want) in [
+        ("/etc/passwd", 403),
+        (conf.as_str(), 403),
+        (dotdot.as_str(), 403),
+        (marker.as_str(), 404),
+        ("archive/x.mp4", 400),
+    ] {
+        let (status, _, body) = internal_get(&db, &video, hostile, Some(Some(hostile)), None).await;
+        assert_eq!(
+            status,
+            want,
+            "{hostile}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(j["error"]["code"].is_string(), "{hostile}: {j}");
+    }
+    // The other node does not serve a segment it did not record (outside its own roots).
+    let other_video = nodes[other].proc().video.clone();
+    let (status, _, _) = internal_get(&db, &other_video, key, Some(Some(key)), None).await;
+    assert_eq!(status, 403);
+
+    // The recording node is killed: the other node answers an export at once with 503 (a range
+    // it has not planned before: a cached plan would already be streaming).
+    nodes[rec].kill9();
+    let asked = Instant::now();
+    let r = reqwest::get(format!(
+        "{}/api/v1/streams/{id}/export.mp4?start={from_s}&end={}",
+        nodes[other].api(),
+        to_s - 1
+    ))
+    .await
+    .expect("export");
+    let status = r.status().as_u16();
+    let body = r.bytes().await.expect("body");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Archive playback there skips the unreadable segments as missing ones and says so.
+    let p = crate::playback::play(&nodes[other].proc().video, &query, true, false).await;
+    assert!(p.fragments.is_empty(), "{} fragments", p.fragments.len());
+    assert_eq!(
+        p.close,
+        Some((1011, "No valid archive segments found".to_owned()))
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        asked.elapsed()
+    );
+    for n in &mut nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
+    db.close().await;
 }

@@ -3,6 +3,7 @@
 //! Readers (playback, export, retention) go through [`Storage`] whatever the backend.
 
 pub mod fs;
+pub mod peer;
 pub mod s3;
 
 use std::ops::Range;
