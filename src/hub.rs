@@ -733,7 +733,11 @@ mod tests {
         };
         assert!(sub.recv_batch(&mut batch, Some(at)).await);
         assert!(Instant::now() >= at, "woke before its time");
-        assert_eq!(batch.len(), 10, "everything published meanwhile, in one batch");
+        assert_eq!(
+            batch.len(),
+            10,
+            "everything published meanwhile, in one batch"
+        );
         assert!(batch[0].frame.keyframe);
         assert_eq!(sub.queued_bytes(), 0);
         publisher.await.expect("publisher");
@@ -753,10 +757,16 @@ mod tests {
         // A small batch again: the next one waits for its time.
         hub.publish(frame(&p, 41, false));
         let t0 = Instant::now();
-        assert!(sub.recv_batch(&mut batch, Some(t0 + Duration::from_millis(200))).await);
+        assert!(
+            sub.recv_batch(&mut batch, Some(t0 + Duration::from_millis(200)))
+                .await
+        );
         assert!(t0.elapsed() >= Duration::from_millis(200));
         drop(hub);
-        assert!(!sub.recv_batch(&mut batch, None).await, "hub gone, queue empty");
+        assert!(
+            !sub.recv_batch(&mut batch, None).await,
+            "hub gone, queue empty"
+        );
         assert!(batch.is_empty());
     }
 
