@@ -10,6 +10,7 @@
 
 mod client;
 mod procs;
+mod startup;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +31,8 @@ scenarios:
   ttff      time to first fragment, live (GOP cache) and archive, sequential sessions
   archive   S concurrent archive playback sessions: time to first fragment, memory per session
   soak      N cameras recorded and viewed; RSS, descriptors and CPU sampled over time
-  all       ingest, fanout, ttff, archive, soak with their defaults
+  startup   a server started twice on a large archive: listeners, reconciliation, RSS
+  all       ingest, fanout, ttff, archive, soak, startup with their defaults
 
 options:
   --cameras LIST      cameras per step (ingest: 1,10,50,100,200; soak: 20; archive: 1)
@@ -40,6 +42,9 @@ options:
   --segment-ms MS     archive segment length for ttff/archive (default 10000)
   --ffmpeg-max N      ingest: run the ffmpeg reference only up to N cameras (default 50); above it the
                       ratio uses the per-camera ffmpeg CPU of the largest N measured in the same run
+  --rows N            startup: segment rows in the index (default 10000000)
+  --files N           startup: of which local files (default 1000000; smoke size: --rows 100000
+                      --files 10000)
   --report FILE       append the markdown report to FILE
   --command TEXT      the command line to quote in the report
 ";
@@ -52,6 +57,8 @@ struct Opts {
     sessions: usize,
     segment_ms: u64,
     ffmpeg_max: usize,
+    rows: i64,
+    files: i64,
     report: Option<PathBuf>,
     command: Option<String>,
 }
@@ -76,6 +83,8 @@ fn parse_args() -> Opts {
         sessions: 100,
         segment_ms: 10_000,
         ffmpeg_max: 50,
+        rows: 10_000_000,
+        files: 1_000_000,
         report: None,
         command: None,
     };
@@ -91,6 +100,8 @@ fn parse_args() -> Opts {
             "--sessions" => o.sessions = value().parse().expect("--sessions"),
             "--segment-ms" => o.segment_ms = value().parse().expect("--segment-ms"),
             "--ffmpeg-max" => o.ffmpeg_max = value().parse().expect("--ffmpeg-max"),
+            "--rows" => o.rows = value().parse().expect("--rows"),
+            "--files" => o.files = value().parse().expect("--files"),
             "--report" => o.report = Some(PathBuf::from(value())),
             "--command" => o.command = Some(value()),
             "-h" | "--help" => {
@@ -828,7 +839,7 @@ async fn main() {
     let cameras = |d: &[usize]| o.cameras.clone().unwrap_or_else(|| d.to_vec());
     let viewers = |d: &[usize]| o.viewers.clone().unwrap_or_else(|| d.to_vec());
     let scenarios: Vec<&str> = match o.scenario.as_str() {
-        "all" => vec!["ingest", "fanout", "ttff", "archive", "soak"],
+        "all" => vec!["ingest", "fanout", "ttff", "archive", "soak", "startup"],
         s => vec![s],
     };
     for s in scenarios {
@@ -848,6 +859,7 @@ async fn main() {
                 let c = cameras(&[1]);
                 archive(&mut b, c[0], o.sessions, o.segment_ms, &mut out).await;
             }
+            "startup" => startup::startup(&mut b, o.rows, o.files, &mut out).await,
             "soak" => {
                 let total = Duration::from_secs(o.seconds.unwrap_or(120));
                 soak(&mut b, cameras(&[20])[0], total, &mut out).await;

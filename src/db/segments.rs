@@ -391,9 +391,14 @@ pub async fn finalize_fenced(
 
 /// Segments in a given state (for start-up repair), oldest first.
 pub async fn with_state(db: &Db, state: SegmentState) -> Result<Vec<SegmentRow>> {
-    let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE state = $1 ORDER BY id");
+    // The state is spelled into the statement (one of a few fixed words): with a bound parameter
+    // neither engine can use the partial index of `recording` rows, and start-up (which asks for
+    // those before the listeners open) would read the whole table.
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE state = '{}' ORDER BY id",
+        state.as_str()
+    );
     let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(state.as_str())
         .fetch_all(p)
         .await?);
     Ok(rows)
