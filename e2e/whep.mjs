@@ -15,6 +15,9 @@
 // the session with WHEP DELETE (the verdict has its status); END=vanish starts a browser of its
 // own and SIGKILLs it (no DELETE, no DTLS close: the server must notice the silence); END=keep
 // closes the page only. EXPECT_STATUS=<code> expects the POST to fail with that status instead.
+// EXPECT_AUDIO=yes: the answer says the session sends G.711 (X-WebRTC-Audio PCMU/PCMA) and the
+// browser receives it (inbound audio packets, samples growing over the window, sound energy > 0);
+// EXPECT_AUDIO=no: the answer says `none` and no audio arrives (video-only, e.g. AAC cameras).
 // Prints ONE line of JSON (`ok`, `firstFrameMs`, `framesDecoded`, `freezeCount`, `size`,
 // `location`, `answerMs` and `connectedMs` (POST to 201, to ICE+DTLS up), ...) and exits 0 when ok.
 
@@ -34,6 +37,7 @@ const end = env.END || 'delete';
 const expectStatus = Number(env.EXPECT_STATUS || 0);
 const picture = (env.PICTURE || 'demo').toLowerCase();
 const expectFps = Number(env.EXPECT_FPS || 0) || null;
+const expectAudio = (env.EXPECT_AUDIO || '').toLowerCase();
 const reference = env.REFERENCE || path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'assets', 'demo.mp4');
 const T0 = Date.now();
 const log = (...a) => console.error(`[whep +${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
@@ -75,6 +79,8 @@ async function main() {
   page.on('console', (m) => log('page:', m.text()));
   const q = new URLSearchParams({ stream_id: streamId });
   if (token) q.set('token', token);
+  // Unmuted: Chromium reports no audio level for a muted element.
+  if (expectAudio === 'yes') q.set('sound', '1');
   await page.goto(`http://${videoAddr}/ui/whep.html?${q}`);
   const result = { ok: false };
   const deadline = Date.now() + 15_000;
@@ -88,6 +94,7 @@ async function main() {
       firstFrameMs: window.__whep.firstFrameMs,
       answerMs: window.__whep.answerMs,
       connectedMs: window.__whep.connectedMs,
+      audio: window.__whep.audio,
     }));
     if (s.state === 'playing' || s.state === 'error' || s.state === 'failed' || Date.now() > deadline) break;
     await sleep(50);
@@ -101,9 +108,13 @@ async function main() {
   }
   if (s.state !== 'playing') {
     result.error = `not playing: ${s.state} ${s.error || ''}`;
+    // What did arrive, for the diagnosis.
+    result.videoStats = await page.evaluate(() => window.__whepStats()).catch(() => null);
+    result.audioStats = await page.evaluate(() => window.__whepAudioStats()).catch(() => null);
     return result;
   }
   const first = await page.evaluate(() => window.__whepStats());
+  const firstAudio = await page.evaluate(() => window.__whepAudioStats());
   // Sampled through the window, so a freeze can be placed in time (at join, or later). The
   // picture samples of the join (the GOP burst) count: it must show the clip's frames too.
   const playStart = Date.now();
@@ -144,6 +155,22 @@ async function main() {
   result.pliCount = last.pliCount;
   result.size = `${last.width}x${last.height}`;
   const problems = [];
+  if (expectAudio) {
+    const a = await page.evaluate(() => window.__whepAudioStats());
+    result.audioStats = a;
+    const grew = a && firstAudio ? a.totalSamplesReceived - firstAudio.totalSamplesReceived : 0;
+    result.audioSamplesInWindow = grew;
+    if (expectAudio === 'yes') {
+      if (!/^PCM[UA]$/.test(s.audio || '')) problems.push(`audio: the answer says '${s.audio}'`);
+      if (!(a && a.packetsReceived > 0)) problems.push(`audio: no packets received (${JSON.stringify(a)})`);
+      // 8000 samples a second: over the window at least half of that.
+      if (!(grew > playS * 4000)) problems.push(`audio: ${grew} samples in ${playS} s`);
+      if (!(a && a.totalAudioEnergy > 0)) problems.push(`audio: silent (${JSON.stringify(a)})`);
+    } else {
+      if (!(s.audio || '').startsWith('none')) problems.push(`audio: the answer says '${s.audio}', expected none`);
+      if (a && a.packetsReceived > 0) problems.push(`audio: ${a.packetsReceived} packets received, expected none`);
+    }
+  }
   if (!(result.framesDecoded > 100)) problems.push(`framesDecoded ${result.framesDecoded} <= 100`);
   if (result.freezeCount !== 0) problems.push(`freezeCount ${result.freezeCount}`);
   if (!(s.firstFrameMs < 500)) problems.push(`first frame after ${s.firstFrameMs} ms`);

@@ -14,9 +14,9 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::media::{Frame, StreamParams, TrackKind};
+use crate::media::{Frame, G711Frame, G711Params, StreamParams, TrackKind};
 
 /// Most frames kept in the GOP cache. A source with absurdly long GOPs (or audio without video)
 /// would otherwise grow it without bound; past this the cache is dropped and new consumers wait for
@@ -27,6 +27,10 @@ const GOP_CACHE_MAX_FRAMES: usize = 1500;
 /// fits; a source with tiny frame durations (thousands of frames per "second") or giant frames
 /// cannot make it grow without bound. Past this the cache is dropped, as for the frame limit.
 pub const GOP_CACHE_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// G.711 frames buffered for each WebRTC session (a camera packet is 20-40 ms of sound, so this is
+/// several seconds); a session further behind loses the oldest (heard as a gap).
+const G711_QUEUE: usize = 256;
 
 /// Bytes a consumer's queue may hold when [`Hub::subscribe`] is given no byte limit.
 pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024 * 1024;
@@ -85,6 +89,10 @@ pub struct Hub {
     dropped_bytes: AtomicU64,
     /// Times the GOP cache was dropped for passing its frame or byte limit.
     gop_overflows: AtomicU64,
+    /// The source's G.711 track, when it has one: not a [`TrackKind`] of the muxed stream (fMP4
+    /// cannot carry it; MSE, HLS and the recorder never see it), only sent over WebRTC.
+    g711: watch::Sender<Option<G711Params>>,
+    g711_frames: broadcast::Sender<G711Frame>,
 }
 
 fn track_index(t: TrackKind) -> usize {
@@ -105,7 +113,11 @@ fn from_us(us: i64, timescale: u32) -> i64 {
 impl Hub {
     pub fn new() -> Arc<Hub> {
         let (params, _) = watch::channel(None);
+        let (g711, _) = watch::channel(None);
+        let (g711_frames, _) = broadcast::channel(G711_QUEUE);
         Arc::new(Hub {
+            g711,
+            g711_frames,
             inner: Mutex::new(Inner::default()),
             params,
             skipped_frames: AtomicU64::new(0),
@@ -156,6 +168,37 @@ impl Hub {
     pub fn end_session(&self) {
         self.lock().clear_gop();
         self.params.send_replace(None);
+        self.g711.send_replace(None);
+    }
+
+    /// The source's G.711 track (from its SDP), or `None`: set by the source when a session
+    /// starts, cleared when it ends.
+    pub fn set_g711(&self, params: Option<G711Params>) {
+        self.g711.send_if_modified(|cur| {
+            let changed = *cur != params;
+            *cur = params;
+            changed
+        });
+    }
+
+    /// The G.711 track now, if the source has one.
+    pub fn g711(&self) -> Option<G711Params> {
+        *self.g711.borrow()
+    }
+
+    /// Publishes G.711 samples (`pts` relative to the current source session, shifted here like
+    /// every other timestamp) to the WebRTC sessions listening. Never blocks; no cache (a joining
+    /// session starts with the next packet, 20-40 ms later).
+    pub fn publish_g711(&self, mut frame: G711Frame) {
+        let offset_us = self.lock().session_offset_us;
+        frame.pts += from_us(offset_us, frame.params.clock_rate);
+        // No receiver is not an error: nobody listens over WebRTC now.
+        let _ = self.g711_frames.send(frame);
+    }
+
+    /// Listens to the G.711 frames published from now on.
+    pub fn subscribe_g711(&self) -> broadcast::Receiver<G711Frame> {
+        self.g711_frames.subscribe()
     }
 
     /// Publishes one frame (timestamps relative to the current session). Never blocks.
@@ -420,6 +463,48 @@ mod tests {
             }),
             audio: None,
         })
+    }
+
+    /// G.711 goes only to its own listeners, shifted like the rest across source sessions; the
+    /// muxed stream's consumers and the GOP cache never see it; the track ends with the session.
+    #[test]
+    fn g711_is_a_side_track_only_its_listeners_get() {
+        use crate::media::{G711Frame, G711Law, G711Params};
+        let hub = Hub::new();
+        let p = params();
+        let g = G711Params {
+            law: G711Law::Pcmu,
+            clock_rate: 8000,
+            channels: 1,
+        };
+        hub.set_g711(Some(g));
+        assert_eq!(hub.g711(), Some(g));
+        let mut muxed = hub.subscribe(64);
+        let mut audio = hub.subscribe_g711();
+        for n in 0..25 {
+            hub.publish(frame(&p, n, n == 0));
+        }
+        let packet = |pts| G711Frame {
+            pts,
+            data: Bytes::from_static(&[0xff; 160]),
+            params: g,
+        };
+        hub.publish_g711(packet(160));
+        assert_eq!(audio.try_recv().map(|f| f.pts), Ok(160));
+        let mut got = 0;
+        while let Some(d) = muxed.try_recv() {
+            assert_eq!(d.frame.track, TrackKind::Video);
+            got += 1;
+        }
+        assert_eq!(got, 25);
+        assert_eq!(hub.gop_cache().0, 25);
+        // A new source session: its G.711 continues after the first session's last frame (25
+        // frames of 40 ms = 1 s = 8000 ticks at 8 kHz).
+        hub.begin_session();
+        hub.publish_g711(packet(0));
+        assert_eq!(audio.try_recv().map(|f| f.pts), Ok(8000));
+        hub.end_session();
+        assert_eq!(hub.g711(), None);
     }
 
     fn frame(p: &Arc<StreamParams>, n: i64, key: bool) -> Frame {

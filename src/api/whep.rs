@@ -26,6 +26,8 @@ pub const MAX_OFFER_BYTES: usize = 64 * 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 const SDP: &str = "application/sdp";
 const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+/// Says whether the session sends audio: `PCMU`, `PCMA`, or `none: <why>`.
+const AUDIO_HEADER: &str = "x-webrtc-audio";
 
 /// Whether the request's `Content-Type` is `expected` (parameters ignored).
 fn content_type_is(headers: &HeaderMap, expected: &str) -> bool {
@@ -46,7 +48,8 @@ fn retry_after(mut resp: Response) -> Response {
 
 /// Starts a WebRTC session (WHEP). Served on both listeners; the web UI uses the video
 /// listener. The answer carries every server candidate (the server does not trickle) on the one
-/// UDP port `[webrtc] udp_port`. H.264 video only: AAC audio has no WebRTC codec.
+/// UDP port `[webrtc] udp_port`. H.264 video (H.265 where the offer has an H265 payload type), and a camera's G.711 audio when the offer has an
+/// audio m-line with its codec (AAC has no WebRTC codec: AAC cameras are video-only).
 #[utoipa::path(post, path = "/whep/{stream_id}", tag = "live",
     params(("stream_id" = Uuid, Path, description = "Stream UUID")),
     request_body(content = String, content_type = "application/sdp",
@@ -54,12 +57,13 @@ fn retry_after(mut resp: Response) -> Response {
     responses(
         (status = 201, description = "The SDP answer; `Location` names the session (for DELETE)",
             body = String, content_type = "application/sdp",
-            headers(("Location" = String, description = "`/whep/{stream_id}/{session_id}`"))),
+            headers(("Location" = String, description = "`/whep/{stream_id}/{session_id}`"),
+                ("X-WebRTC-Audio" = String, description = "`PCMU` or `PCMA` when the session sends the camera's G.711 audio, else `none: <why>` (video only)"))),
         (status = 400, description = "Not an offer the server can answer (code `bad_offer`, \
             field `sdp`): not SDP text (RFC 8866) the parser reads, no receivable video m-line, \
             or no H.264 payload type with packetization-mode=1; or a blank body, or a bad id", body = ErrorBody),
         (status = 404, description = "No such stream", body = ErrorBody),
-        (status = 409, description = "Not live yet, or the stream is disabled or stopped (`not_live`, `not_running`; both with `Retry-After`; in a cluster, `not_running` without it for a stream another node holds), or the stream sends B-frames or H.265 (use MSE or HLS)", body = ErrorBody),
+        (status = 409, description = "Not live yet, or the stream is disabled or stopped (`not_live`, `not_running`; both with `Retry-After`; in a cluster, `not_running` without it for a stream another node holds), or the stream sends B-frames, or H.265 and the offer has no H265 payload type (`b_frames`, `unsupported_codec`: use MSE or HLS)", body = ErrorBody),
         (status = 413, description = "Offer larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/sdp`", body = ErrorBody),
         (status = 503, description = "WebRTC is off or unavailable, or the session or viewer limits are reached (`[webrtc] max_sessions*`, `[limits] viewers_*`; `Retry-After`)", body = ErrorBody),
@@ -116,7 +120,11 @@ pub async fn offer(
         }
     };
     match state.webrtc.open(id, rt, text, place) {
-        Ok((session, answer)) => {
+        Ok(crate::webrtc::Opened {
+            id: session,
+            answer,
+            audio,
+        }) => {
             // The session ends when the credential that opened it stops covering it.
             if let Some(ended) = state.webrtc.session_token(session) {
                 let state = state.clone();
@@ -137,6 +145,10 @@ pub async fn offer(
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
             if let Ok(v) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, v);
+            }
+            // Whether the session sends sound: the codec, or `none: <why>` (video only).
+            if let Ok(v) = HeaderValue::from_str(&audio) {
+                h.insert(AUDIO_HEADER, v);
             }
             resp
         }

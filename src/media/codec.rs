@@ -305,6 +305,23 @@ pub fn avc_record_fields(config_record: &[u8]) -> Result<AvcRecordFields, MediaE
     })
 }
 
+/// The parameter sets of an `HEVCDecoderConfigurationRecord`, VPS first, then SPS, then PPS
+/// (each NAL unit with its two-byte header), and its NAL length size minus one.
+pub fn hevc_parameter_sets(config_record: &[u8]) -> Result<(u8, Vec<Bytes>), MediaError> {
+    let hvcc: HvccBox = decode_record(HvccBox::TYPE, config_record, "hvcC")?;
+    let mut out = Vec::new();
+    for nal_type in [HEVC_NAL_VPS, HEVC_NAL_SPS, HEVC_NAL_PPS] {
+        out.extend(
+            hvcc.nalu_arrays
+                .iter()
+                .filter(|a| a.nal_unit_type.get() == nal_type)
+                .flat_map(|a| a.nalus.iter())
+                .map(|n| Bytes::copy_from_slice(n)),
+        );
+    }
+    Ok((hvcc.length_size_minus_one.get(), out))
+}
+
 /// What an H.264 sequence parameter set says about the picture, read with `h264-reader` (the
 /// parser retina uses, so both agree on every SPS a camera sends).
 #[derive(Debug, Clone, PartialEq)]

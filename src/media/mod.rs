@@ -73,6 +73,46 @@ pub struct AudioParams {
     pub codec_string: String,
 }
 
+/// The two G.711 companding laws (RTP static payload types 0 and 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum G711Law {
+    /// µ-law (`PCMU`, payload type 0).
+    Pcmu,
+    /// A-law (`PCMA`, payload type 8).
+    Pcma,
+}
+
+impl G711Law {
+    /// The RTP encoding name (`PCMU`, `PCMA`).
+    pub fn name(self) -> &'static str {
+        match self {
+            G711Law::Pcmu => "PCMU",
+            G711Law::Pcma => "PCMA",
+        }
+    }
+}
+
+/// A camera's G.711 audio track. fMP4 (MSE, HLS, recordings) cannot carry it, so it is not part
+/// of [`StreamParams`] and its frames never reach the muxers: the hub keeps it beside the other
+/// tracks ([`crate::hub::Hub::publish_g711`]) for WebRTC, whose browsers all decode G.711.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct G711Params {
+    pub law: G711Law,
+    /// RTP clock rate from the camera's SDP (8000 for every camera seen; others are kept as said).
+    pub clock_rate: u32,
+    pub channels: u16,
+}
+
+/// A run of G.711 samples as the camera packetised it (one byte per sample and channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct G711Frame {
+    /// Presentation time of the first sample, at `params.clock_rate` (continuous across source
+    /// sessions once published, like the hub's other timestamps).
+    pub pts: i64,
+    pub data: Bytes,
+    pub params: G711Params,
+}
+
 /// Parameters of everything a source delivers. A change of any parameter is a new value with a
 /// higher `version`; consumers start a new init segment when the version changes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -86,6 +86,12 @@ pub fn encode(state: &Sources, out: &mut Families) -> std::fmt::Result {
         per(|c| c.frames),
     )?;
     out.counter(
+        "video_server_webrtc_audio_frames",
+        "G.711 audio packets of the camera handed to the packetizer (sessions sending audio)",
+        None,
+        per(|c| c.audio_frames),
+    )?;
+    out.counter(
         "video_server_webrtc_keyframe_requests",
         "PLI and FIR from browsers (counted only: a camera cannot be asked for a keyframe)",
         None,

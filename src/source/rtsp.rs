@@ -1,5 +1,7 @@
 //! RTSP cameras through retina: DESCRIBE/SETUP/PLAY over TCP interleaved (or UDP), H.264/H.265
-//! video and AAC audio; other audio (G.711, G.726, ...) is left out and reported.
+//! video and AAC audio into the hub's muxed stream; G.711 audio (PCMU/PCMA) into the hub's side
+//! track for WebRTC only (fMP4 cannot carry it, so MSE, HLS and recordings leave it out, and the
+//! stream's `skipped_tracks` says so); other audio (G.726, ...) is left out and reported.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,9 @@ use url::Url;
 use super::{
     DurationFiller, HealthCategory, SessionEnd, SessionSink, SourceError, is_keyframe, lock_status,
 };
-use crate::media::{self, AudioParams, Frame, StreamParams, TrackKind, VideoParams};
+use crate::media::{
+    self, AudioParams, Frame, G711Frame, G711Law, G711Params, StreamParams, TrackKind, VideoParams,
+};
 use crate::redact::{mask_url, scrub};
 use crate::stream::RtspTransport;
 
@@ -146,11 +150,31 @@ pub async fn run(
             .map_err(|e| rtsp_error(&e, raw_url))?;
         let mut video_i = None;
         let mut audio_i = None;
+        let mut g711: Option<(usize, G711Params)> = None;
         let mut skipped = Vec::new();
         for (i, s) in session.streams().iter().enumerate() {
             match (s.media(), s.encoding_name()) {
                 ("video", "h264" | "h265") if video_i.is_none() => video_i = Some(i),
                 ("audio", "mpeg4-generic") if audio_i.is_none() => audio_i = Some(i),
+                ("audio", enc @ ("pcmu" | "pcma")) if g711.is_none() => {
+                    let law = if enc == "pcmu" {
+                        G711Law::Pcmu
+                    } else {
+                        G711Law::Pcma
+                    };
+                    g711 = Some((
+                        i,
+                        G711Params {
+                            law,
+                            clock_rate: s.clock_rate_hz(),
+                            channels: s.channels().map_or(1, |c| c.get()),
+                        },
+                    ));
+                    skipped.push(format!(
+                        "audio track {i} ({enc}): not carried in fMP4 (MSE, HLS, recordings), \
+                         left out there; forwarded over WebRTC"
+                    ));
+                }
                 (media, enc) => skipped.push(format!(
                     "{media} track {i} ({enc}): not carried in fMP4/MSE, left out"
                 )),
@@ -163,7 +187,8 @@ pub async fn run(
                 skipped.join("; ")
             }));
         }
-        for i in [video_i, audio_i].into_iter().flatten() {
+        let g711_i = g711.map(|(i, _)| i);
+        for i in [video_i, audio_i, g711_i].into_iter().flatten() {
             let t = match transport {
                 RtspTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
                 RtspTransport::Udp => Transport::Udp(UdpTransportOptions::default()),
@@ -183,15 +208,16 @@ pub async fn run(
             .await
             .map_err(|e| rtsp_error(&e, raw_url))?;
         let demuxed = playing.demuxed().map_err(|e| rtsp_error(&e, raw_url))?;
-        Ok::<_, SourceError>((demuxed, video_i, audio_i, skipped))
+        Ok::<_, SourceError>((demuxed, video_i, audio_i, g711, skipped))
     };
-    let (mut demuxed, video_i, audio_i, skipped) = tokio::select! {
+    let (mut demuxed, video_i, audio_i, g711, skipped) = tokio::select! {
         _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => {
             r.map_err(|_| SourceError::Timeout("RTSP connect"))??
         }
     };
     lock_status(&sink.status).skipped_tracks = skipped;
+    sink.hub.set_g711(g711.map(|(_, p)| p));
 
     let mut version: u64 = 1;
     let mut params: Option<Arc<StreamParams>> = None;
@@ -280,6 +306,19 @@ pub async fn run(
                 if let Some(out) = filler.push(frame) {
                     sink.publish(out);
                 }
+            }
+            CodecItem::AudioFrame(f) if g711.is_some_and(|(i, _)| i == f.stream_id()) => {
+                let Some((_, gp)) = g711 else { continue };
+                // Sent only once the stream is live (video known), like everything else.
+                if params.is_none() {
+                    continue;
+                }
+                let clock = i64::from(f.timestamp().clock_rate().get());
+                sink.hub.publish_g711(G711Frame {
+                    pts: rescale(f.timestamp().elapsed(), clock, i64::from(gp.clock_rate)),
+                    data: Bytes::copy_from_slice(f.data()),
+                    params: gp,
+                });
             }
             CodecItem::AudioFrame(f) => {
                 let Some(p) = params.clone() else { continue };

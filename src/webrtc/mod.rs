@@ -8,8 +8,11 @@
 //!
 //! The server is ICE-lite: it answers the browser's checks on the advertised addresses and never
 //! sends checks of its own, so it needs no client candidates (Chromium hides them behind mDNS).
-//! Video is H.264 only, sent as the camera made it (no B-frames); AAC audio has no WebRTC codec,
-//! so sessions are video-only (README "WebRTC").
+//! Video is H.264, or H.265 where the browser offers it, sent as the camera made it (no
+//! B-frames). Audio is sent when the camera
+//! sends G.711 (PCMU/PCMA at 8 kHz, mono) and the browser offers that codec; AAC has no WebRTC
+//! codec, so AAC cameras play video-only (README "WebRTC"). The answer says which
+//! ([`Opened::audio`], the `X-WebRTC-Audio` header of the WHEP answer).
 
 pub mod h264;
 mod session;
@@ -37,7 +40,7 @@ use crate::config::WebRtcConfig;
 use crate::hub::Delivery;
 use crate::limits::Permit;
 use crate::manager::StreamRuntime;
-use crate::media::VideoCodec;
+use crate::media::{G711Law, G711Params, VideoCodec};
 
 /// Frames queued between the hub and one session beyond the cached GOP (as for MSE viewers: a
 /// session further behind skips to the next keyframe).
@@ -79,6 +82,8 @@ pub struct SessionCounters {
     pub bytes: AtomicU64,
     /// Video frames handed to the packetizer.
     pub frames: AtomicU64,
+    /// G.711 frames (camera packets) handed to the packetizer.
+    pub audio_frames: AtomicU64,
     /// PLI and FIR from the browser (counted: we cannot ask the camera for a keyframe).
     pub keyframe_requests: AtomicU64,
     /// NACKs from the browser (the lost packets are resent from str0m's send buffer).
@@ -99,9 +104,12 @@ pub struct SessionStats {
     pub packets: u64,
     pub bytes: u64,
     pub frames: u64,
+    pub audio_frames: u64,
     pub keyframe_requests: u64,
     pub nacks: u64,
     pub resyncs: u64,
+    /// The audio codec sent (`PCMU`, `PCMA`), or `None`: video only.
+    pub audio: Option<&'static str>,
 }
 
 /// Engine-wide totals (ended sessions included) and the sessions now open.
@@ -129,6 +137,7 @@ pub struct StreamCounts {
     pub packets: u64,
     pub bytes: u64,
     pub frames: u64,
+    pub audio_frames: u64,
     pub keyframe_requests: u64,
     pub nacks: u64,
     pub resyncs: u64,
@@ -140,10 +149,21 @@ impl StreamCounts {
         self.packets += load(&c.packets);
         self.bytes += load(&c.bytes);
         self.frames += load(&c.frames);
+        self.audio_frames += load(&c.audio_frames);
         self.keyframe_requests += load(&c.keyframe_requests);
         self.nacks += load(&c.nacks);
         self.resyncs += load(&c.resyncs);
     }
+}
+
+/// A session that was opened: its id, the SDP answer, and whether it sends audio.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub id: Uuid,
+    pub answer: String,
+    /// `PCMU`/`PCMA` when the session sends the camera's G.711 audio, else why it is video-only
+    /// (e.g. `none: the stream has no G.711 audio`).
+    pub audio: String,
 }
 
 /// The WebRTC side of the server: a running [`Engine`], or why there is none.
@@ -244,7 +264,7 @@ impl WebRtc {
         rt: Arc<StreamRuntime>,
         offer: &str,
         place: Permit,
-    ) -> Result<(Uuid, String), OpenError> {
+    ) -> Result<Opened, OpenError> {
         let engine = self
             .engine
             .as_ref()
@@ -460,6 +480,7 @@ struct Entry {
     cancel: CancellationToken,
     counters: Arc<SessionCounters>,
     created: Instant,
+    audio: Option<&'static str>,
 }
 
 impl Entry {
@@ -474,6 +495,8 @@ impl Entry {
             packets: load(&c.packets),
             bytes: load(&c.bytes),
             frames: load(&c.frames),
+            audio_frames: load(&c.audio_frames),
+            audio: self.audio,
             keyframe_requests: load(&c.keyframe_requests),
             nacks: load(&c.nacks),
             resyncs: load(&c.resyncs),
@@ -515,7 +538,7 @@ impl Engine {
         rt: Arc<StreamRuntime>,
         offer_text: &str,
         place: Permit,
-    ) -> Result<(Uuid, String), OpenError> {
+    ) -> Result<Opened, OpenError> {
         {
             let reg = self.lock();
             if self.max_sessions > 0 && reg.sessions.len() >= self.max_sessions {
@@ -540,11 +563,16 @@ impl Engine {
             rt.demand.hls_request();
             return Err(OpenError::NotLive(stream_id));
         };
-        if video.codec == VideoCodec::H265 {
-            return Err(OpenError::Codec(stream_id, "H.265"));
+        // H.265 only where the browser offers it (Chromium 136+ and Safari 18+ with hardware
+        // decoding do; others are sent to MSE or HLS with the reason).
+        if video.codec == VideoCodec::H265 && !offers_h265(offer_text) {
+            return Err(OpenError::Codec(
+                stream_id,
+                "H.265 and the browser's offer has no H265 payload type",
+            ));
         }
         let annexb = h264::AnnexB::new(&video).map_err(|e| {
-            tracing::warn!(stream = %stream_id, error = %e, "WebRTC: unusable H.264 parameters");
+            tracing::warn!(stream = %stream_id, error = %e, "WebRTC: unusable video parameters");
             OpenError::NotLive(stream_id)
         })?;
         // Subscribe now, so the cached GOP (the burst a new session starts with) is checked
@@ -567,12 +595,28 @@ impl Engine {
             return Err(OpenError::BFrames(stream_id));
         }
 
+        // The camera's G.711, when it has one WebRTC can carry (browsers offer PCMU and PCMA
+        // at 8 kHz mono only): listened to now, so the session misses nothing once connected.
+        let g711 = rt.hub.g711();
+        let g711_ok = g711.filter(|g| g.clock_rate == 8000 && g.channels == 1);
+        let audio_rx = g711_ok.map(|_| rt.hub.subscribe_g711());
+
         let creds = IceCreds::new();
         let ufrag = creds.ufrag.clone();
-        let mut rtc = RtcConfig::new()
+        let h265 = video.codec == VideoCodec::H265;
+        let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .clear_codecs()
-            .enable_h264(true)
+            .enable_h264(!h265)
+            .enable_h265(h265);
+        // Only the camera's own law is offered back: the answer accepts the browser's audio
+        // m-line with it, or rejects the m-line when there is nothing to send.
+        config = match g711_ok.map(|g| g.law) {
+            Some(G711Law::Pcmu) => config.enable_pcmu(true, false),
+            Some(G711Law::Pcma) => config.enable_pcma(true, false),
+            None => config,
+        };
+        let mut rtc = config
             .set_local_ice_credentials(creds)
             .set_dtls_cert(self.dtls_cert.clone())
             .set_stats_interval(Some(std::time::Duration::from_secs(1)))
@@ -586,7 +630,25 @@ impl Engine {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| OpenError::BadOffer(e.to_string()))?;
-        let (mid, pt) = video_target(&mut rtc, offer_text)?;
+        let added = media_added(&mut rtc, offer_text)?;
+        let (mid, pt) = video_target(&mut rtc, offer_text, &added, video.codec)?;
+        let audio_target = g711_ok.and_then(|g| audio_target(&mut rtc, &added, g));
+        let audio_name = audio_target.map(|_| g711_ok.map_or("", |g| g.law.name()));
+        let audio_info = match (audio_name, g711) {
+            (Some(name), _) => name.to_owned(),
+            (None, None) => "none: the stream has no G.711 audio (AAC has no WebRTC codec)".into(),
+            (None, Some(g)) if Some(g) != g711_ok => format!(
+                "none: the camera's {} is {} Hz, {} channel(s); WebRTC carries 8000 Hz mono",
+                g.law.name(),
+                g.clock_rate,
+                g.channels
+            ),
+            (None, Some(g)) => format!("none: the offer has no {} audio", g.law.name()),
+        };
+        let audio = match (audio_target, audio_rx) {
+            (Some((mid, pt)), Some(rx)) => Some(session::AudioOut { mid, pt, rx }),
+            _ => None,
+        };
 
         let id = Uuid::new_v4();
         let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
@@ -602,12 +664,14 @@ impl Engine {
                     cancel: cancel.clone(),
                     counters: counters.clone(),
                     created: Instant::now(),
+                    audio: audio_name,
                 },
             );
             reg.by_ufrag.insert(ufrag, id);
         }
         self.totals.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(stream = %stream_id, session = %id, pt = ?pt, "WebRTC session opened");
+        tracing::info!(stream = %stream_id, session = %id, pt = ?pt, audio = %audio_info,
+            "WebRTC session opened");
         let task = session::Session {
             id,
             stream_id,
@@ -621,13 +685,18 @@ impl Engine {
             params_version: params.as_ref().map_or(0, |p| p.version),
             mid,
             pt,
+            audio,
             counters,
             cancel,
             rt,
             _place: place,
         };
         tokio::spawn(task.run());
-        Ok((id, answer.to_sdp_string()))
+        Ok(Opened {
+            id,
+            answer: answer.to_sdp_string(),
+            audio: audio_info,
+        })
     }
 
     /// Removes an ended session, adds its counters to the totals and remembers why it ended.
@@ -702,6 +771,37 @@ impl Engine {
     }
 }
 
+/// Whether any video m-line of the offer has an H265 payload type.
+fn offers_h265(offer: &str) -> bool {
+    offer.lines().any(|l| {
+        l.trim()
+            .strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .is_some_and(|enc| enc.to_ascii_lowercase().starts_with("h265/"))
+    })
+}
+
+/// The `a=mid` of each audio and video m-line of the offer, in order.
+fn offer_mids(offer: &str) -> Vec<(Mid, MediaKind)> {
+    let mut out = Vec::new();
+    let mut kind = None;
+    for line in offer.lines().map(str::trim) {
+        if let Some(media) = line.strip_prefix("m=") {
+            kind = if media.starts_with("video") {
+                Some(MediaKind::Video)
+            } else if media.starts_with("audio") {
+                Some(MediaKind::Audio)
+            } else {
+                None
+            };
+        } else if let (Some(k), Some(mid)) = (kind, line.strip_prefix("a=mid:")) {
+            out.push((Mid::from(mid.trim()), k));
+            kind = None;
+        }
+    }
+    out
+}
+
 /// The `a=mid` of the offer's first video m-line.
 fn offer_video_mid(offer: &str) -> Option<Mid> {
     let mut in_video = false;
@@ -734,25 +834,74 @@ fn parse_error_text(raw: &str) -> String {
         .join("; ")
 }
 
-/// The video m-line of the offer and the payload type to send on: an H.264 type with
-/// packetization-mode 1, constrained baseline preferred. The camera's own profile is not
-/// matched: browsers decode Main and High on any H.264 type (Chromium offers no High profile).
-fn video_target(rtc: &mut Rtc, offer: &str) -> Result<(Mid, Pt), OpenError> {
-    let mut mid = offer_video_mid(offer);
+/// The m-lines of the accepted offer, in order, with their kind: the offer's `a=mid` lines (in
+/// the offer's order), then any the `Rtc` announced that the text did not name.
+fn media_added(rtc: &mut Rtc, offer: &str) -> Result<Vec<(Mid, MediaKind)>, OpenError> {
+    let mut added = offer_mids(offer);
     loop {
         match rtc.poll_output() {
-            Ok(Output::Event(Event::MediaAdded(m))) if m.kind == MediaKind::Video => {
-                mid = mid.or(Some(m.mid));
+            Ok(Output::Event(Event::MediaAdded(m))) => {
+                if !added.iter().any(|(mid, _)| *mid == m.mid) {
+                    added.push((m.mid, m.kind));
+                }
             }
             Ok(Output::Event(_) | Output::Transmit(_)) => {}
-            Ok(Output::Timeout(_)) => break,
+            Ok(Output::Timeout(_)) => return Ok(added),
             Err(e) => return Err(OpenError::BadOffer(e.to_string())),
         }
     }
+}
+
+/// The audio m-line to send the camera's G.711 on, and its payload type: the first audio m-line
+/// whose accepted payload types include the camera's law. `None`: video only.
+fn audio_target(rtc: &mut Rtc, added: &[(Mid, MediaKind)], g711: G711Params) -> Option<(Mid, Pt)> {
+    let codec = match g711.law {
+        G711Law::Pcmu => Codec::PCMU,
+        G711Law::Pcma => Codec::PCMA,
+    };
+    added
+        .iter()
+        .filter(|(_, kind)| *kind == MediaKind::Audio)
+        .find_map(|(mid, _)| {
+            let writer = rtc.writer(*mid)?;
+            let pt = writer
+                .payload_params()
+                .find(|p| p.spec().codec == codec && p.spec().clock_rate.get() == 8000)
+                .map(|p| p.pt())?;
+            Some((*mid, pt))
+        })
+}
+
+/// The video m-line of the offer and the payload type to send on: an H.264 type with
+/// packetization-mode 1, constrained baseline preferred. The camera's own profile is not
+/// matched: browsers decode Main and High on any H.264 type (Chromium offers no High profile).
+/// For H.265 streams, the offer's first H265 payload type is taken (str0m matches its profile,
+/// tier and level parameters against ours).
+fn video_target(
+    rtc: &mut Rtc,
+    offer: &str,
+    added: &[(Mid, MediaKind)],
+    codec: VideoCodec,
+) -> Result<(Mid, Pt), OpenError> {
+    let mid = offer_video_mid(offer).or_else(|| {
+        added
+            .iter()
+            .find(|(_, kind)| *kind == MediaKind::Video)
+            .map(|(mid, _)| *mid)
+    });
     let mid = mid.ok_or_else(|| OpenError::BadOffer("the offer has no video m-line".into()))?;
     let writer = rtc
         .writer(mid)
         .ok_or_else(|| OpenError::BadOffer("the offer's video is not receivable".into()))?;
+    if codec == VideoCodec::H265 {
+        return writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::H265)
+            .map(|p| (mid, p.pt()))
+            .ok_or_else(|| {
+                OpenError::BadOffer("the offer's H265 payload types were not accepted".into())
+            });
+    }
     let mut best: Option<(u8, Pt)> = None;
     for p in writer.payload_params() {
         let spec = p.spec();
@@ -780,6 +929,138 @@ fn video_target(rtc: &mut Rtc, offer: &str) -> Result<(Mid, Pt), OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recvonly offer as Chromium makes it with a video and an audio transceiver (trimmed): one
+    /// H.264 type, and Opus, PCMU and PCMA for audio.
+    const AV_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0 1\r\na=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 8A:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8\r\n\
+a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 8A:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8\r\n\
+a=setup:actpass\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
+
+    /// Answers `offer` as [`Engine::open`] does for a stream with `g711`: the answer, the video
+    /// target and the audio target.
+    fn negotiate(offer: &str, g711: Option<G711Params>) -> (String, (Mid, Pt), Option<(Mid, Pt)>) {
+        let (answer, video, audio) = negotiate_codec(offer, g711, VideoCodec::H264);
+        (answer, video.expect("video"), audio)
+    }
+
+    type Negotiated = (String, Result<(Mid, Pt), OpenError>, Option<(Mid, Pt)>);
+
+    fn negotiate_codec(offer: &str, g711: Option<G711Params>, codec: VideoCodec) -> Negotiated {
+        let h265 = codec == VideoCodec::H265;
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(!h265)
+            .enable_h265(h265);
+        config = match g711.map(|g| g.law) {
+            Some(G711Law::Pcmu) => config.enable_pcmu(true, false),
+            Some(G711Law::Pcma) => config.enable_pcma(true, false),
+            None => config,
+        };
+        let mut rtc = config.build(Instant::now());
+        let parsed = SdpOffer::from_sdp_string(offer).expect("offer");
+        let answer = rtc.sdp_api().accept_offer(parsed).expect("accepted");
+        let added = media_added(&mut rtc, offer).expect("media");
+        let video = video_target(&mut rtc, offer, &added, codec);
+        let audio = g711.and_then(|g| audio_target(&mut rtc, &added, g));
+        (answer.to_sdp_string(), video, audio)
+    }
+
+    /// A recvonly video offer with one H.264 and one H.265 payload type, as Chromium 136+ makes
+    /// it where the GPU decodes H.265 (headless Chromium here offers no H265).
+    pub(crate) const H265_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102 49\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 8A:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8\r\n\
+a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:49 H265/90000\r\na=rtcp-fb:49 nack\r\na=rtcp-fb:49 nack pli\r\n\
+a=fmtp:49 level-id=180;profile-id=1;tier-flag=0;tx-mode=SRST\r\n";
+
+    #[test]
+    fn h265_streams_answer_with_the_offers_h265_payload_type() {
+        assert!(offers_h265(H265_OFFER));
+        assert!(!offers_h265(AV_OFFER));
+        let (answer, video, _) = negotiate_codec(H265_OFFER, None, VideoCodec::H265);
+        let (mid, pt) = video.expect("H265 accepted");
+        assert_eq!((mid, *pt), (Mid::from("0"), 49));
+        assert!(
+            answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 49"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:49 H265/90000"), "{answer}");
+        assert!(!answer.contains("H264"), "{answer}");
+        // The same offer for an H.264 stream keeps H.264.
+        let (answer, video, _) = negotiate_codec(H265_OFFER, None, VideoCodec::H264);
+        assert_eq!(video.map(|(_, pt)| *pt).ok(), Some(102));
+        assert!(!answer.contains("H265"), "{answer}");
+    }
+
+    fn audio_section(answer: &str) -> &str {
+        let at = answer
+            .find("m=audio")
+            .expect("an audio m-line in the answer");
+        &answer[at..]
+    }
+
+    #[test]
+    fn g711_cameras_get_their_law_accepted_and_others_send_no_audio() {
+        let pcmu = G711Params {
+            law: G711Law::Pcmu,
+            clock_rate: 8000,
+            channels: 1,
+        };
+        let (answer, (vmid, _), audio) = negotiate(AV_OFFER, Some(pcmu));
+        assert_eq!(vmid, Mid::from("0"));
+        let (amid, apt) = audio.expect("audio accepted");
+        assert_eq!((amid, *apt), (Mid::from("1"), 0));
+        let a = audio_section(&answer);
+        assert!(
+            a.starts_with("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"),
+            "{answer}"
+        );
+        assert!(
+            a.contains("a=sendonly") && a.contains("PCMU/8000"),
+            "{answer}"
+        );
+
+        let pcma = G711Params {
+            law: G711Law::Pcma,
+            ..pcmu
+        };
+        let (answer, _, audio) = negotiate(AV_OFFER, Some(pcma));
+        assert_eq!(audio.map(|(_, pt)| *pt), Some(8));
+        assert!(audio_section(&answer).contains("PCMA/8000"), "{answer}");
+
+        // An AAC (or silent) camera: the audio m-line is not sent on, the video still is.
+        let (answer, (vmid, _), audio) = negotiate(AV_OFFER, None);
+        assert_eq!(vmid, Mid::from("0"));
+        assert!(audio.is_none());
+        // Rejected: port 0, out of the BUNDLE group.
+        assert!(audio_section(&answer).starts_with("m=audio 0 "), "{answer}");
+        assert!(answer.contains("a=group:BUNDLE 0\r\n"), "{answer}");
+
+        // A browser offering only Opus for a PCMU camera: video only.
+        let opus_only = AV_OFFER.replace("111 0 8\r\n", "111\r\n");
+        let opus_only = opus_only
+            .replace("a=rtpmap:0 PCMU/8000\r\n", "")
+            .replace("a=rtpmap:8 PCMA/8000\r\n", "");
+        let (_, _, audio) = negotiate(&opus_only, Some(pcmu));
+        assert!(audio.is_none());
+    }
 
     #[test]
     fn sdp_parse_errors_reach_clients_without_addresses() {

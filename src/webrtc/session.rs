@@ -1,17 +1,17 @@
 //! One WebRTC session: a task that owns its `Rtc`, feeds it datagrams and timeouts, sends what
 //! it outputs through the shared socket, and writes the stream's video once ICE and DTLS are up
 //! (the cached GOP first, as a burst, so the browser shows a picture without waiting for the
-//! next keyframe).
+//! next keyframe), and the camera's G.711 audio when the answer accepted an audio m-line.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaTime, Mid, Pt};
+use str0m::media::{Frequency, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -20,7 +20,7 @@ use super::{Datagram, Engine, SessionCounters};
 use crate::hub::{Delivery, Subscription};
 use crate::limits::Permit;
 use crate::manager::StreamRuntime;
-use crate::media::TrackKind;
+use crate::media::{G711Frame, TrackKind};
 
 /// A session that has heard nothing from its browser for this long is closed. Browsers send a
 /// consent check (STUN) every few seconds and RTCP receiver reports more often (RFC 7675 gives
@@ -37,6 +37,14 @@ const TICK: Duration = Duration::from_millis(500);
 /// the picture is still up well within the first half second.
 const BURST_SPREAD: Duration = Duration::from_millis(40);
 
+/// Where a session sends the camera's G.711: the audio m-line, its payload type, and the hub's
+/// G.711 frames.
+pub(super) struct AudioOut {
+    pub mid: Mid,
+    pub pt: Pt,
+    pub rx: broadcast::Receiver<G711Frame>,
+}
+
 pub(super) struct Session {
     pub id: Uuid,
     pub stream_id: Uuid,
@@ -51,6 +59,8 @@ pub(super) struct Session {
     pub params_version: u64,
     pub mid: Mid,
     pub pt: Pt,
+    /// `None`: video only (the stream has no G.711, or the offer no audio for it).
+    pub audio: Option<AudioOut>,
     pub counters: Arc<SessionCounters>,
     pub cancel: CancellationToken,
     pub rt: Arc<StreamRuntime>,
@@ -119,6 +129,17 @@ impl Session {
                     last_heard = Instant::now();
                     self.receive(d);
                 }
+                a = next_audio(&mut self.audio), if connected && self.audio.is_some() => {
+                    match a {
+                        Some(f) => {
+                            if let Err(reason) = self.write_audio(f) {
+                                return reason;
+                            }
+                        }
+                        // The source ended its G.711 track: video goes on.
+                        None => self.audio = None,
+                    }
+                }
                 d = next_delivery(&mut self.burst, &mut self.sub), if connected && !pacing => {
                     let Some(d) = d else { return "stream stopped" };
                     if d.burst {
@@ -170,8 +191,13 @@ impl Session {
             let Some(video) = frame.params.video.as_ref() else {
                 return Err("the stream has no video any more");
             };
-            self.annexb = AnnexB::new(video)
+            let next = AnnexB::new(video)
                 .map_err(|_| "the stream changed to a codec WebRTC does not carry")?;
+            if next.codec() != self.annexb.codec() {
+                // The answer named one codec; a new session negotiates the other.
+                return Err("the stream changed its video codec");
+            }
+            self.annexb = next;
             self.params_version = frame.params.version;
         }
         if frame.cts_offset != 0 {
@@ -194,6 +220,33 @@ impl Session {
             }
             Err(e) => {
                 tracing::debug!(session = %self.id, error = %e, "WebRTC write");
+                Err("WebRTC error")
+            }
+        }
+    }
+
+    /// Hands one G.711 frame to the packetizer; its RTP time is its presentation time at the
+    /// codec's 8 kHz clock (the hub's G.711 timestamps are at the camera's clock rate, 8 kHz for
+    /// every session that sends audio).
+    fn write_audio(&mut self, f: G711Frame) -> Result<(), &'static str> {
+        let Some(audio) = &self.audio else {
+            return Ok(());
+        };
+        let (mid, pt) = (audio.mid, audio.pt);
+        let pts = u64::try_from(f.pts).unwrap_or(0);
+        let Some(writer) = self.rtc.writer(mid) else {
+            // The browser removed the audio: video goes on.
+            self.audio = None;
+            return Ok(());
+        };
+        let time = MediaTime::new(pts, Frequency::EIGHT_KHZ);
+        match writer.write(pt, Instant::now(), time, f.data.to_vec()) {
+            Ok(()) => {
+                self.counters.audio_frames.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.id, error = %e, "WebRTC audio write");
                 Err("WebRTC error")
             }
         }
@@ -249,6 +302,19 @@ impl Session {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The next G.711 frame; `None` once the source's G.711 track is gone. A session that fell
+/// behind loses the oldest frames (a gap in the sound) and goes on.
+async fn next_audio(audio: &mut Option<AudioOut>) -> Option<G711Frame> {
+    let audio = audio.as_mut()?;
+    loop {
+        match audio.rx.recv().await {
+            Ok(f) => return Some(f),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
     }
 }
 

@@ -566,10 +566,11 @@ async fn a_camera_without_keyframes_for_15_s_is_reconnected() {
 
 // ----- skipped tracks ------------------------------------------------------------------------------
 
-/// A camera with G.711 audio (which fMP4/MSE cannot carry): the video plays, the audio is left out
-/// and listed in `skipped_tracks` of the stream's status.
+/// A camera with G.711 audio (which fMP4 cannot carry): over MSE the video plays and the audio is
+/// left out, and `skipped_tracks` of the stream's status says so, and that the track is forwarded
+/// over WebRTC instead (`webrtc::chromium_receives_a_g711_cameras_sound_over_whep`).
 #[tokio::test(flavor = "multi_thread")]
-async fn g711_audio_is_left_out_and_listed_in_skipped_tracks() {
+async fn g711_audio_is_left_out_of_mse_and_listed_as_forwarded_over_webrtc() {
     let rtsp = RtspServer::start(0);
     let id = Uuid::new_v4();
     let s = InProcess::start(&format!(
@@ -593,7 +594,10 @@ async fn g711_audio_is_left_out_and_listed_in_skipped_tracks() {
     assert_eq!(skipped.len(), 1, "{v}");
     let text = skipped[0].as_str().expect("text");
     assert!(
-        text.starts_with("audio") && text.to_ascii_lowercase().contains("pcmu"),
+        text.starts_with("audio")
+            && text.to_ascii_lowercase().contains("pcmu")
+            && text.contains("MSE, HLS, recordings")
+            && text.contains("forwarded over WebRTC"),
         "{v}"
     );
     s.stop().await;

@@ -179,7 +179,12 @@ async fn chromium_plays_the_demo_stream_over_whep() {
             &video,
             DEMO,
             "delete",
-            &[("PICTURE", "demo"), ("EXPECT_FPS", "25")],
+            &[
+                ("PICTURE", "demo"),
+                ("EXPECT_FPS", "25"),
+                // The clip's audio is AAC, which WebRTC does not carry: video only, and said so.
+                ("EXPECT_AUDIO", "no"),
+            ],
         )
     })
     .await
@@ -299,6 +304,161 @@ async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped()
     assert!(server.terminate());
     rtsp.kill();
 }
+
+/// A camera with G.711 audio (the test server's `/g711` mount: H.264 and a 440 Hz tone in PCMU):
+/// the answer accepts the browser's audio m-line with PCMU and says so (`X-WebRTC-Audio: PCMU`),
+/// Chromium receives the sound (packets, 8 kHz samples growing, energy > 0) and the picture still
+/// plays; the server counted the audio packets it sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_receives_a_g711_cameras_sound_over_whep() {
+    let rtsp = RtspServer::start(0);
+    let dir = tempfile::tempdir().expect("tmp");
+    let id = "6f1c1a52-32a5-4c4e-9a57-0d0e7e1d9a02";
+    let conf = format!(
+        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
+        base_config(),
+        rtsp.url("g711")
+    );
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let video = server.video.clone();
+    let turn = ONE_PLAYER_AT_A_TIME.lock().await;
+    let (verdict, _) = tokio::task::spawn_blocking(move || {
+        play(
+            &video,
+            id,
+            "delete",
+            &[
+                ("PICTURE", "moving"),
+                ("EXPECT_FPS", "25"),
+                ("EXPECT_AUDIO", "yes"),
+            ],
+        )
+    })
+    .await
+    .expect("browser run");
+    drop(turn);
+    eprintln!("WHEP G.711 verdict: {verdict}");
+    assert_eq!(verdict["audio"], "PCMU", "{verdict}");
+    assert!(
+        verdict["audioStats"]["packetsReceived"]
+            .as_u64()
+            // The test server sends about 170 ms of sound per packet.
+            .is_some_and(|n| n > 10),
+        "{verdict}"
+    );
+    assert_eq!(verdict["picture"]["ok"], true, "{verdict}");
+    let c = reqwest::Client::new();
+    let m = scrape(&c, &server.api).await;
+    let sent = m
+        .value("video_server_webrtc_audio_frames_total", &[("stream", id)])
+        .expect("audio frames sent");
+    let received = verdict["audioStats"]["packetsReceived"]
+        .as_f64()
+        .expect("packets");
+    assert!(
+        sent >= received,
+        "sent {sent} audio packets, the browser got {received}"
+    );
+    assert!(server.terminate());
+    rtsp.kill();
+}
+
+/// An H.265 camera (the test server's `/h265` mount): a hand-written offer with an H265 payload
+/// type, as Chromium 136+ makes it where the GPU decodes H.265, is answered with that payload type
+/// and no H.264; an offer without H265 (headless Chromium offers none) is refused with 409
+/// `unsupported_codec` and the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn h265_streams_are_answered_only_where_the_offer_has_h265() {
+    let rtsp = RtspServer::start(0);
+    let dir = tempfile::tempdir().expect("tmp");
+    let id = "6f1c1a52-32a5-4c4e-9a57-0d0e7e1d9a03";
+    let conf = format!(
+        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
+        base_config(),
+        rtsp.url("h265")
+    );
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let base = format!("http://{}", server.video);
+    let c = reqwest::Client::new();
+    let sdp = Some("application/sdp");
+    // Once the camera is live (frames published), the H265 offer is answered.
+    let t0 = Instant::now();
+    let r = loop {
+        let r = post_offer(&c, &base, id, None, sdp, H265_OFFER).await;
+        if r.status().as_u16() == 201 {
+            break r;
+        }
+        let s = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert!(
+            s == 409 && body["error"]["code"] == "not_live",
+            "{s}: {body}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the H.265 camera never went live: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let answer = r.text().await.expect("answer");
+    assert!(
+        answer.contains("m=video 9 UDP/TLS/RTP/SAVPF 49\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("a=rtpmap:49 H265/90000"), "{answer}");
+    assert!(!answer.contains("H264"), "{answer}");
+    assert!(answer.contains("a=sendonly"), "{answer}");
+
+    // An offer without H265 (all headless Chromium offers): 409 with the reason.
+    let r = post_offer(&c, &base, id, None, sdp, OFFER).await;
+    assert_eq!(r.status().as_u16(), 409);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unsupported_codec", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("H.265") && message.contains("H265"),
+        "{message}"
+    );
+    let r = c
+        .delete(format!("{base}{location}"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(server.terminate());
+    rtsp.kill();
+}
+
+/// A recvonly offer with an H.264 and an H.265 payload type (Chromium 136+ where the GPU decodes
+/// H.265).
+const H265_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051337 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102 49\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abce\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwy\r\n\
+a=fingerprint:sha-256 8A:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=recvonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:49 H265/90000\r\n\
+a=rtcp-fb:49 nack\r\n\
+a=rtcp-fb:49 nack pli\r\n\
+a=fmtp:49 level-id=180;profile-id=1;tier-flag=0;tx-mode=SRST\r\n";
 
 /// What WHEP refuses, and how: bad offers (415, 400), unknown streams (404), a stream that is
 /// not live or is disabled (409 + Retry-After), a stream with B-frames (409), and without or with the wrong

@@ -8,7 +8,7 @@
 //      connect.
 //   3. hls.js (vendored, loaded only when needed) on `/hls/<id>.m3u8`.
 //   4. The browser's own HLS (Safari).
-// A transport that cannot play here (no WebRTC or MSE; WebRTC refused — B-frames, H.265, 404,
+// A transport that cannot play here (no WebRTC or MSE; WebRTC refused — B-frames, H.265 not offered, 404,
 // 503, WebRTC off — or not showing a picture within WEBRTC_CONNECT_MS; unsupported codec,
 // decode error) hands over to the next one at once; a transport whose connection ends (camera
 // offline, stream stopped, network) reconnects with exponential backoff, and the tile shows the
@@ -252,7 +252,7 @@ const WEBRTC_NOT_LIVE_TRIES = 3;
  * answer applied; DELETE on the session's Location when closed. The server is ICE-lite and puts
  * all its candidates in the answer, so there is no trickle. 409 with Retry-After (not live yet,
  * stopped) retries like a closed connection, up to WEBRTC_NOT_LIVE_TRIES times; any other refusal
- * (404, B-frames, H.265, WebRTC off, too many sessions) or no picture within WEBRTC_CONNECT_MS
+ * (404, B-frames, H.265 not offered, WebRTC off, too many sessions) or no picture within WEBRTC_CONNECT_MS
  * hands over to MSE. When the picture stalls or ICE disconnects, the session's URL tells whether
  * the server ended it (404 `session_ended` with the reason, e.g. "stream stopped"): that reason
  * is what the tile shows.
@@ -268,10 +268,18 @@ class WebRtcTransport {
     const pc = new RTCPeerConnection();
     this.pc = pc;
     const tr = pc.addTransceiver('video', { direction: 'recvonly' });
+    // Audio too: the server sends a camera's G.711 (PCMU/PCMA) and rejects this m-line when the
+    // stream has none (AAC cameras play video-only over WebRTC).
+    pc.addTransceiver('audio', { direction: 'recvonly' });
     // Ask for the smallest playout delay where the browser lets us.
     if ('jitterBufferTarget' in tr.receiver) tr.receiver.jitterBufferTarget = 0;
     pc.ontrack = (e) => {
-      this.video.srcObject = e.streams[0] || new MediaStream([e.track]);
+      // One MediaStream of our own for both tracks: the server's answer puts video and audio in
+      // separate streams (msid), and the <video> must get both.
+      const ms = this.remote || (this.remote = new MediaStream());
+      ms.addTrack(e.track);
+      if (this.video.srcObject !== ms) this.video.srcObject = ms;
+      if (e.track.kind !== 'video') return;
       this.video.play().catch(() => {});
       this.watchFrames();
     };
