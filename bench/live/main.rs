@@ -10,6 +10,7 @@
 
 mod client;
 mod procs;
+mod startup;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +31,8 @@ scenarios:
   ttff      time to first fragment, live (GOP cache) and archive, sequential sessions
   archive   S concurrent archive playback sessions: time to first fragment, memory per session
   soak      N cameras recorded and viewed; RSS, descriptors and CPU sampled over time
-  all       ingest, fanout, ttff, archive, soak with their defaults
+  startup   a server started twice on a large archive: listeners, reconciliation, RSS
+  all       ingest, fanout, ttff, archive, soak, startup with their defaults
 
 options:
   --cameras LIST      cameras per step (ingest: 1,10,50,100,200; soak: 20; archive: 1)
@@ -40,6 +42,9 @@ options:
   --segment-ms MS     archive segment length for ttff/archive (default 10000)
   --ffmpeg-max N      ingest: run the ffmpeg reference only up to N cameras (default 50); above it the
                       ratio uses the per-camera ffmpeg CPU of the largest N measured in the same run
+  --rows N            startup: segment rows in the index (default 10000000)
+  --files N           startup: of which local files (default 1000000; smoke size: --rows 100000
+                      --files 10000)
   --report FILE       append the markdown report to FILE
   --command TEXT      the command line to quote in the report
 ";
@@ -52,6 +57,8 @@ struct Opts {
     sessions: usize,
     segment_ms: u64,
     ffmpeg_max: usize,
+    rows: i64,
+    files: i64,
     report: Option<PathBuf>,
     command: Option<String>,
 }
@@ -76,6 +83,8 @@ fn parse_args() -> Opts {
         sessions: 100,
         segment_ms: 10_000,
         ffmpeg_max: 50,
+        rows: 10_000_000,
+        files: 1_000_000,
         report: None,
         command: None,
     };
@@ -91,6 +100,8 @@ fn parse_args() -> Opts {
             "--sessions" => o.sessions = value().parse().expect("--sessions"),
             "--segment-ms" => o.segment_ms = value().parse().expect("--segment-ms"),
             "--ffmpeg-max" => o.ffmpeg_max = value().parse().expect("--ffmpeg-max"),
+            "--rows" => o.rows = value().parse().expect("--rows"),
+            "--files" => o.files = value().parse().expect("--files"),
             "--report" => o.report = Some(PathBuf::from(value())),
             "--command" => o.command = Some(value()),
             "-h" | "--help" => {
@@ -107,11 +118,19 @@ fn parse_args() -> Opts {
     o
 }
 
+/// Cameras served by one GStreamer RTSP server process: its Python main loop answers RTSP
+/// requests one at a time, and a few hundred cameras connecting at once (with retries) time out
+/// on one process on a loaded 2-core machine. Above this, the cameras are spread over several
+/// source processes (each with its own encoder; none of them is measured).
+const CAMERAS_PER_SOURCE: usize = 50;
+
 /// Everything a scenario needs: the RTSP source, a scratch directory, an HTTP client, the clock
 /// tick rate.
 struct Bench {
     root: PathBuf,
     rtsp: RtspServer,
+    /// More sources for scenarios with more than `CAMERAS_PER_SOURCE` cameras.
+    more_rtsp: Vec<RtspServer>,
     tmp: tempfile::TempDir,
     http: reqwest::Client,
     tck: f64,
@@ -146,6 +165,7 @@ impl Bench {
         Bench {
             root,
             rtsp,
+            more_rtsp: Vec::new(),
             tmp: tempfile::tempdir().expect("temp dir"),
             http: reqwest::Client::new(),
             tck: procs::clock_ticks_per_second(),
@@ -157,6 +177,19 @@ impl Bench {
         format!("{}{mount}", self.rtsp.base)
     }
 
+    /// The source URL of camera `i` of `n`: the first source up to `CAMERAS_PER_SOURCE` cameras,
+    /// else spread round-robin over `n / CAMERAS_PER_SOURCE` (rounded up) sources.
+    fn camera_url(&mut self, i: usize, n: usize, mount: &str) -> String {
+        let sources = n.div_ceil(CAMERAS_PER_SOURCE).max(1);
+        while self.more_rtsp.len() + 1 < sources {
+            self.more_rtsp.push(RtspServer::start(&self.root));
+        }
+        match i % sources {
+            0 => self.url(mount),
+            k => format!("{}{mount}", self.more_rtsp[k - 1].base),
+        }
+    }
+
     /// A new phase: the RTSP server has no client left from the previous one (and is restarted
     /// if it died, which is reported).
     fn scratch(&mut self, name: &str) -> PathBuf {
@@ -165,6 +198,11 @@ impl Bench {
             println!("note: the GStreamer RTSP server had exited; restarted it");
             self.rtsp = RtspServer::start(&self.root);
         }
+        for more in &self.more_rtsp {
+            more.wait_idle(Duration::from_secs(20));
+        }
+        // A dead extra source is dropped; `camera_url` starts a new one when needed.
+        self.more_rtsp.retain_mut(|r| r.alive());
         self.runs += 1;
         self.tmp.path().join(format!("{}-{name}", self.runs))
     }
@@ -209,7 +247,6 @@ impl Bench {
     ) -> (Server, Vec<uuid::Uuid>, PathBuf) {
         let dir = self.scratch(name);
         let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
-        let url = self.url("/av");
         let mut conf = format!(
             "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
              [hls]\nms_per_segment = 2000\ndirectory = \"./hls\"\n\
@@ -218,7 +255,8 @@ impl Bench {
              [limits]\nviewers_per_stream = 5000\nviewers_total = 20000\n\
              archive_sessions_per_client = 2000\narchive_sessions_total = 2000\n"
         );
-        for id in &ids {
+        for (i, id) in ids.iter().enumerate() {
+            let url = self.camera_url(i, n, "/av");
             conf.push_str(&format!(
                 "\n[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{url}\"\noutput_types = [{outputs}]\n"
             ));
@@ -358,7 +396,7 @@ async fn ingest(
     out: &mut String,
 ) {
     out.push_str(&format!(
-        "Ingest: N cameras pulling `{}` (640x360 25 fps H.264 + AAC, shared mount), measured over \
+        "Ingest: N cameras pulling `{}` (640x360 25 fps H.264 + AAC, shared mount; above {CAMERAS_PER_SOURCE} cameras spread round-robin over one source process per {CAMERAS_PER_SOURCE} cameras), measured over \
          {} s after a {} s warm-up. CPU and RSS of the measured processes only (the ffmpeg \
          processes summed; the server process); \"client\" is the load client's own CPU. ffmpeg \
          runs up to {ffmpeg_max} cameras; above that, \"vs ffmpeg\" (marked *) compares with \
@@ -828,7 +866,7 @@ async fn main() {
     let cameras = |d: &[usize]| o.cameras.clone().unwrap_or_else(|| d.to_vec());
     let viewers = |d: &[usize]| o.viewers.clone().unwrap_or_else(|| d.to_vec());
     let scenarios: Vec<&str> = match o.scenario.as_str() {
-        "all" => vec!["ingest", "fanout", "ttff", "archive", "soak"],
+        "all" => vec!["ingest", "fanout", "ttff", "archive", "soak", "startup"],
         s => vec![s],
     };
     for s in scenarios {
@@ -848,6 +886,7 @@ async fn main() {
                 let c = cameras(&[1]);
                 archive(&mut b, c[0], o.sessions, o.segment_ms, &mut out).await;
             }
+            "startup" => startup::startup(&mut b, o.rows, o.files, &mut out).await,
             "soak" => {
                 let total = Duration::from_secs(o.seconds.unwrap_or(120));
                 soak(&mut b, cameras(&[20])[0], total, &mut out).await;

@@ -336,6 +336,11 @@ impl Server {
     pub fn stop(mut self) {
         stop_child(&mut self.child);
     }
+
+    /// The first of the kept log lines (the last few hundred) that `f` picks a value from.
+    pub fn find_log(&self, f: impl Fn(&str) -> Option<String>) -> Option<String> {
+        self.logs.find(f)
+    }
 }
 
 impl Drop for Server {

@@ -391,11 +391,18 @@ pub async fn finalize_fenced(
 
 /// Segments in a given state (for start-up repair), oldest first.
 pub async fn with_state(db: &Db, state: SegmentState) -> Result<Vec<SegmentRow>> {
-    let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE state = $1 ORDER BY id");
-    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(state.as_str())
+    // The state is spelled into the statement (one of a few fixed words) and the rows are sorted
+    // here: with a bound parameter, or with `ORDER BY id` (SQLite then prefers walking the table
+    // in id order to sorting), the partial index of `recording` rows is not used, and start-up,
+    // which asks for those before the listeners open, reads the whole table.
+    let sql = format!(
+        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE state = '{}'",
+        state.as_str()
+    );
+    let mut rows: Vec<SegmentRow> = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .fetch_all(p)
         .await?);
+    rows.sort_unstable_by_key(|r| r.id);
     Ok(rows)
 }
 

@@ -295,3 +295,278 @@ mod tests {
         assert!(AnnexB::new(&wrong).is_err());
     }
 }
+
+/// The H.265 RTP packets str0m makes of our access units (RFC 7798), seen by a second `Rtc` in
+/// RTP mode over an in-memory link: the units are a real IDR and P picture of the GStreamer test
+/// server's `/h265` mount (x265; `testdata/h265_idr_p.hevc`, captured with `ffmpeg -c copy`).
+#[cfg(test)]
+mod rfc7798_tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use str0m::format::Codec;
+    use str0m::media::{Direction, MediaKind, MediaTime};
+    use str0m::net::{Protocol, Receive};
+    use str0m::rtp::RawPacket;
+    use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+    use super::{HEVC_PPS, HEVC_SPS, HEVC_VPS, hevc_type};
+
+    /// VPS, SPS, PPS, SEI (as extradata), then the same again in-band with the IDR_N_LP slice,
+    /// then a TRAIL_R slice.
+    const CAPTURE: &[u8] = include_bytes!("testdata/h265_idr_p.hevc");
+    const AP: u8 = 48;
+    const FU: u8 = 49;
+
+    /// The NAL units of an Annex-B byte stream.
+    fn nal_units(stream: &[u8]) -> Vec<&[u8]> {
+        let starts: Vec<usize> = stream
+            .windows(3)
+            .enumerate()
+            .filter(|(_, w)| *w == [0, 0, 1])
+            .map(|(i, _)| i + 3)
+            .collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, &s)| {
+                let end = starts.get(n + 1).map_or(stream.len(), |next| next - 3);
+                let mut nal = &stream[s..end];
+                while let [rest @ .., 0] = nal {
+                    nal = rest;
+                }
+                nal
+            })
+            .collect()
+    }
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        nals.iter()
+            .flat_map(|n| [&[0, 0, 0, 1][..], n].concat())
+            .collect()
+    }
+
+    /// An RTP packet as sent: its marker bit and payload.
+    type Packet = (bool, Vec<u8>);
+
+    /// Moves everything `from` wants to send into `to`; returns `from`'s events.
+    fn pump(from: &mut Rtc, to: &mut Rtc, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            match from.poll_output().expect("output") {
+                Output::Timeout(_) => return events,
+                Output::Transmit(t) => {
+                    let data = t.contents.to_vec();
+                    let input = Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: t.source,
+                            destination: t.destination,
+                            contents: data.as_slice().try_into().expect("datagram"),
+                        },
+                    );
+                    // Lost or unexpected datagrams are the link's business, as on a network.
+                    let _ = to.handle_input(input);
+                }
+                Output::Event(e) => events.push(e),
+            }
+        }
+    }
+
+    /// Sends `aus` (Annex-B access units, 40 ms apart) from an `Rtc` configured as our sessions
+    /// are (ICE-lite, H.265 only) to a receiving `Rtc`; returns the RTP packets sent (marker,
+    /// payload) and the access units the receiver put back together.
+    fn send_over_rtp(aus: &[Vec<u8>]) -> (Vec<Packet>, Vec<Vec<u8>>) {
+        let mut now = Instant::now();
+        let ours: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let theirs: SocketAddr = "127.0.0.1:6000".parse().expect("addr");
+        let mut browser = RtcConfig::new().clear_codecs().enable_h265(true).build(now);
+        browser.add_local_candidate(Candidate::host(theirs, "udp").expect("candidate"));
+        let mut change = browser.sdp_api();
+        let mid = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().expect("offer");
+        let mut server = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h265(true)
+            .enable_raw_packets(true)
+            .build(now);
+        server.add_local_candidate(Candidate::host(ours, "udp").expect("candidate"));
+        let answer = server.sdp_api().accept_offer(offer).expect("answer");
+        browser
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accepted");
+        // Both ends up (the server may finish its DTLS handshake before the browser does).
+        let (mut server_up, mut browser_up) = (false, false);
+        let mut next = 0;
+        let mut sent = Vec::new();
+        let mut got = Vec::new();
+        for _ in 0..4000 {
+            for e in pump(&mut server, &mut browser, now) {
+                match e {
+                    Event::Connected => server_up = true,
+                    Event::RawPacket(raw) => {
+                        // The whole packet: its payload follows the header (no padding
+                        // on media packets).
+                        if let RawPacket::RtpTx(header, packet) = *raw
+                            && let Some(payload) = packet.get(header.header_len..)
+                        {
+                            sent.push((header.marker, payload.to_vec()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for e in pump(&mut browser, &mut server, now) {
+                match e {
+                    Event::Connected => browser_up = true,
+                    Event::MediaData(d) => got.push(d.data.to_vec()),
+                    _ => {}
+                }
+            }
+            let connected = server_up && browser_up;
+            if connected && next < aus.len() {
+                let writer = server.writer(mid).expect("writer");
+                let pt = writer
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::H265)
+                    .map(|p| p.pt())
+                    .expect("H265 payload type");
+                let time = MediaTime::from_90khz(3600 * next as u64);
+                writer
+                    .write(pt, now, time, aus[next].clone())
+                    .expect("write");
+                next += 1;
+            }
+            let ends = sent.iter().filter(|(marker, _)| *marker).count();
+            let units_in: usize = aus.iter().map(|au| nal_units(au).len()).sum();
+            let units_out = nal_units(&got.concat()).len();
+            if next == aus.len() && ends == aus.len() && units_out >= units_in {
+                return (sent, got);
+            }
+            now += Duration::from_millis(5);
+            server.handle_input(Input::Timeout(now)).expect("timeout");
+            browser.handle_input(Input::Timeout(now)).expect("timeout");
+        }
+        panic!(
+            "connected {server_up}/{browser_up}, wrote {next}, sent {:?}, received {:?}",
+            sent.iter()
+                .map(|(m, p)| (*m, hevc_type(p), p.len()))
+                .collect::<Vec<_>>(),
+            lens(&got)
+        );
+    }
+
+    fn lens<T: AsRef<[u8]>>(units: &[T]) -> Vec<usize> {
+        units.iter().map(|u| u.as_ref().len()).collect()
+    }
+
+    fn payload_type(p: &[u8]) -> u8 {
+        hevc_type(p)
+    }
+
+    #[test]
+    fn parameter_sets_are_aggregated_big_units_fragmented_and_small_ones_sent_whole() {
+        let nals = nal_units(CAPTURE);
+        let types: Vec<u8> = nals.iter().map(|n| hevc_type(n)).collect();
+        assert_eq!(
+            types,
+            [32, 33, 34, 39, 39, 32, 33, 34, 39, 20, 1],
+            "the capture"
+        );
+        // The IDR access unit as our sessions hand it over (parameter sets first), then the P.
+        let idr_au: Vec<&[u8]> = nals[5..10].to_vec();
+        let p_au: Vec<&[u8]> = nals[10..].to_vec();
+        let sei = nals[8];
+        assert!(
+            sei.len() > 2000,
+            "a unit larger than a packet: {}",
+            sei.len()
+        );
+        let aus = [annexb(&idr_au), annexb(&p_au)];
+        let (packets, received) = send_over_rtp(&aus);
+
+        // No packet exceeds what str0m sends on a 1200-byte-ish path.
+        assert!(
+            packets.iter().all(|(_, p)| p.len() <= 1200),
+            "{:?}",
+            packets.iter().map(|(_, p)| p.len()).collect::<Vec<_>>()
+        );
+
+        // The parameter sets go first, aggregated in one AP: 16-bit sizes, each unit whole.
+        let (_, ap) = &packets[0];
+        assert_eq!(payload_type(ap), AP);
+        let mut rest = &ap[2..];
+        let mut in_ap = Vec::new();
+        while rest.len() >= 2 {
+            let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            in_ap.push(&rest[2..2 + size]);
+            rest = &rest[2 + size..];
+        }
+        assert_eq!(in_ap, [nals[5], nals[6], nals[7]]);
+        assert_eq!(
+            in_ap.iter().map(|n| hevc_type(n)).collect::<Vec<_>>(),
+            [HEVC_VPS, HEVC_SPS, HEVC_PPS]
+        );
+
+        // Every other unit comes back byte for byte: whole in a single NAL unit packet, or as
+        // fragmentation units (start bit on the first, end bit on the last, the unit's type in
+        // the FU header, the payload header's layer and TID kept) when larger than a packet.
+        let mut units: Vec<Vec<u8>> = Vec::new();
+        let mut fragments = 0;
+        let mut open: Option<Vec<u8>> = None;
+        for (_, p) in &packets[1..] {
+            match payload_type(p) {
+                FU => {
+                    fragments += 1;
+                    let fu = p[2];
+                    let (start, end, kind) = (fu & 0x80 != 0, fu & 0x40 != 0, fu & 0x3f);
+                    if start {
+                        assert!(open.is_none(), "a new FU before the last ended");
+                        // The original header: the FU's with its type put back.
+                        open = Some(vec![(p[0] & 0x81) | (kind << 1), p[1]]);
+                    }
+                    let unit = open.as_mut().expect("an FU after its start");
+                    unit.extend_from_slice(&p[3..]);
+                    if end {
+                        units.extend(open.take());
+                    }
+                }
+                AP => panic!("only parameter sets are aggregated here"),
+                _ => units.push(p.clone()),
+            }
+        }
+        assert!(open.is_none(), "an unfinished FU");
+        assert!(fragments >= 2, "the SEI was not fragmented");
+        let want: Vec<Vec<u8>> = [nals[8], nals[9], nals[10]]
+            .iter()
+            .map(|n| n.to_vec())
+            .collect();
+        assert!(
+            units == want,
+            "units of {:?} bytes, sent {:?}",
+            lens(&units),
+            lens(&want)
+        );
+
+        // The marker bit ends each access unit: the IDR slice's packet and the P slice's.
+        let markers: Vec<usize> = packets
+            .iter()
+            .enumerate()
+            .filter(|(_, (m, _))| *m)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(markers.len(), 2);
+        assert_eq!(markers[1], packets.len() - 1);
+        assert_eq!(packets[markers[0]].1, nals[9]);
+
+        // And the receiving end got the same NAL units back, in order (as Annex-B; it may group
+        // them into frames its own way).
+        let all = received.concat();
+        let back = nal_units(&all);
+        let sent_units: Vec<&[u8]> = idr_au.iter().chain(&p_au).copied().collect();
+        assert!(back == sent_units, "received {:?}", lens(&back));
+    }
+}
