@@ -17,6 +17,8 @@ pub struct ProcSample {
     /// but a thread that exits takes its time with it).
     pub cpu_ns: u64,
     pub rss_kib: u64,
+    /// The anonymous part of `rss_kib` (the rest is file pages: memory maps, the binary).
+    pub rss_anon_kib: u64,
     pub fds: u64,
 }
 
@@ -42,12 +44,15 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (rss_kib, rss_anon_kib) = (field("VmRSS:"), field("RssAnon:"));
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count() as u64)
         .unwrap_or(0);
@@ -63,6 +68,7 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         cpu_ticks: utime + stime,
         cpu_ns,
         rss_kib,
+        rss_anon_kib,
         fds,
     })
 }
@@ -75,6 +81,7 @@ pub fn sample_all(pids: &[u32]) -> ProcSample {
             cpu_ticks: a.cpu_ticks + s.cpu_ticks,
             cpu_ns: a.cpu_ns + s.cpu_ns,
             rss_kib: a.rss_kib + s.rss_kib,
+            rss_anon_kib: a.rss_anon_kib + s.rss_anon_kib,
             fds: a.fds + s.fds,
         })
 }

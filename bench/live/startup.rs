@@ -134,6 +134,7 @@ struct Start {
     reconciled: Duration,
     pass_ms: u64,
     rss_after_kib: u64,
+    rss_after_anon_kib: u64,
     skipped: f64,
     files: f64,
     rows: f64,
@@ -208,13 +209,15 @@ async fn start_once(http: &reqwest::Client, dir: &Path, root: &Path) -> Start {
         })
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let after = server.sample();
     let start = Start {
         api: api.unwrap_or_default(),
         video: video.unwrap_or_default(),
         rss_ready_kib,
         reconciled,
         pass_ms,
-        rss_after_kib: server.sample().rss_kib,
+        rss_after_kib: after.rss_kib,
+        rss_after_anon_kib: after.rss_anon_kib,
         skipped: m.sum("video_server_reconcile_directories_skipped_total"),
         files: m.sum("video_server_reconcile_files_examined_total"),
         rows: m.sum("video_server_reconcile_rows_examined_total"),
@@ -250,15 +253,15 @@ pub async fn startup(b: &mut Bench, rows: i64, files: i64, out: &mut String) {
          the times from the spawn until each listener answered an HTTP request (polled every \
          5 ms); \"reconciled\" when the background reconciliation pass ended (from the spawn; \
          the pass's own duration from its log line); then what the pass examined (`/metrics`).\n\n\
-         | start | API s | video s | RSS at ready MiB | reconciled s | pass s | dirs skipped | files examined | rows examined | RSS after MiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | start | API s | video s | RSS at ready MiB | reconciled s | pass s | dirs skipped | files examined | rows examined | RSS after MiB | of which anonymous MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         per * CAMERAS,
         rows_took.as_secs_f64(),
         files_took.as_secs_f64()
     ));
     for (what, s) in [("first", &first), ("second", &second)] {
         out.push_str(&format!(
-            "| {what} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.1} |\n",
+            "| {what} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.1} | {:.1} |\n",
             s.api.as_secs_f64(),
             s.video.as_secs_f64(),
             mib(s.rss_ready_kib),
@@ -267,7 +270,8 @@ pub async fn startup(b: &mut Bench, rows: i64, files: i64, out: &mut String) {
             s.skipped,
             s.files,
             s.rows,
-            mib(s.rss_after_kib)
+            mib(s.rss_after_kib),
+            mib(s.rss_after_anon_kib)
         ));
     }
     out.push('\n');
