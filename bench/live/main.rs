@@ -118,10 +118,12 @@ fn parse_args() -> Opts {
     o
 }
 
-/// Cameras served by one GStreamer RTSP server process: its Python main loop answers RTSP
-/// requests one at a time, and a few hundred cameras connecting at once (with retries) time out
-/// on one process on a loaded 2-core machine. Above this, the cameras are spread over several
-/// source processes (each with its own encoder; none of them is measured).
+/// Cameras served by one GStreamer RTSP server process (the load generator). Above this, the
+/// cameras are spread over several source processes (each with its own encoder; none of them is
+/// measured). At 200 cameras connecting at once, one of the source processes (of 4 at 50
+/// cameras each, and of 8 at 25) stopped answering RTSP requests for good while it went on
+/// streaming to the clients it had (its sockets full of unread requests, in CLOSE-WAIT as the
+/// server's connect attempts timed out): see docs/benchmarks.md, "Where we stand".
 const CAMERAS_PER_SOURCE: usize = 50;
 
 /// Everything a scenario needs: the RTSP source, a scratch directory, an HTTP client, the clock

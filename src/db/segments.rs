@@ -539,23 +539,9 @@ pub async fn under_dir(
     limit: u32,
 ) -> Result<Vec<SegmentRow>> {
     let (lo, hi) = key_range(dir);
-    let list: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-    let sql = format!(
-        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE storage_key > $1 AND storage_key < $2 \
-         AND storage = 'filesystem' AND state IN ($4, $5, $6, $7) ORDER BY storage_key LIMIT $3"
-    );
-    let pick = |i: usize| list.get(i).or(list.first()).copied().unwrap_or("");
-    let rows = with_pool!(db, p => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(after.unwrap_or(&lo))
-        .bind(hi.as_str())
-        .bind(i64::from(limit))
-        .bind(pick(0))
-        .bind(pick(1))
-        .bind(pick(2))
-        .bind(pick(3))
-        .fetch_all(p)
-        .await?);
-    Ok(rows)
+    // Keys under the directory are longer than `lo` (the directory and its '/'), so "after `lo`"
+    // is every key under it.
+    in_key_range(db, after.unwrap_or(&lo), false, &hi, states, limit).await
 }
 
 /// Filesystem rows in `states` with `from <= key < hi` (`from < key` unless `inclusive`), at most

@@ -605,6 +605,45 @@ async fn g711_audio_is_left_out_of_mse_and_listed_as_forwarded_over_webrtc() {
 
 // ----- start-up reconciliation ---------------------------------------------------------------------
 
+/// The demo clip played in a loop as stream `13bf3e5c-…` and recorded (when `recording`) in 2 s
+/// segments under `archive`.
+fn looping_demo_conf(archive: &std::path::Path, recording: bool) -> String {
+    format!(
+        "[archive]\nrecording = {recording}\nserving = true\nms_per_file = 2000\n\
+         directory = \"{}\"\n[[local_files]]\nguid = \"13bf3e5c-d537-4f10-98e8-9d0afca8b070\"\n\
+         file = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n\
+         archive = {{ recording = true }}\n",
+        archive.display()
+    )
+}
+
+/// Runs a server with `conf` until stream `id` has three complete segments, stops it, and
+/// returns a connection to the index and the stream's complete rows.
+async fn record_three_segments(
+    index: &crate::support::Index,
+    conf: &str,
+    id: Uuid,
+) -> (
+    video_server::db::Db,
+    Vec<video_server::db::segments::SegmentRow>,
+) {
+    let complete = |rows: Vec<video_server::db::segments::SegmentRow>| {
+        rows.into_iter()
+            .filter(|r| r.state == "complete")
+            .collect::<Vec<_>>()
+    };
+    let s = InProcess::start_with_db(conf, Some(index.url.clone())).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while complete(crate::archive::all_segments(&s.state.db, id).await).len() < 3 {
+        assert!(Instant::now() < deadline, "three segments recorded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.stop().await;
+    let db = index.connect().await;
+    let rows = complete(crate::archive::all_segments(&db, id).await);
+    (db, rows)
+}
+
 crate::on_both_engines!(
     /// While the server is down a segment file vanishes and another one is copied in: at the next
     /// start the vanished one's row is marked `missing` (and its time leaves the ranges) and the
@@ -613,31 +652,9 @@ crate::on_both_engines!(
         const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
         let tmp = tempfile::tempdir().expect("tmp");
         let archive = tmp.path().join("mp4");
-        let conf = |recording: bool| {
-            format!(
-                "[archive]\nrecording = {recording}\nserving = true\nms_per_file = 2000\n\
-                 directory = \"{}\"\n[[local_files]]\nguid = \"{DEMO}\"\n\
-                 file = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n\
-                 archive = {{ recording = true }}\n",
-                archive.display()
-            )
-        };
+        let conf = |recording: bool| looping_demo_conf(&archive, recording);
         let id: Uuid = DEMO.parse().expect("uuid");
-        let s = InProcess::start_with_db(&conf(true), Some(index.url.clone())).await;
-        let complete = |rows: Vec<video_server::db::segments::SegmentRow>| {
-            rows.into_iter()
-                .filter(|r| r.state == "complete")
-                .collect::<Vec<_>>()
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while complete(crate::archive::all_segments(&s.state.db, id).await).len() < 3 {
-            assert!(Instant::now() < deadline, "three segments recorded");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        s.stop().await;
-
-        let db = index.connect().await;
-        let rows = complete(crate::archive::all_segments(&db, id).await);
+        let (db, rows) = record_three_segments(index, &conf(true), id).await;
         let gone = &rows[1];
         std::fs::remove_file(&gone.storage_key).expect("remove a segment file");
         // Named an hour before the recording (files named after the start belong to this run's
@@ -729,15 +746,7 @@ crate::on_both_engines!(
         const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
         let tmp = tempfile::tempdir().expect("tmp");
         let archive = tmp.path().join("mp4");
-        let conf = |recording: bool| {
-            format!(
-                "[archive]\nrecording = {recording}\nserving = true\nms_per_file = 2000\n\
-                 directory = \"{}\"\n[[local_files]]\nguid = \"{DEMO}\"\n\
-                 file = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n\
-                 archive = {{ recording = true }}\n",
-                archive.display()
-            )
-        };
+        let conf = |recording: bool| looping_demo_conf(&archive, recording);
         let id: Uuid = DEMO.parse().expect("uuid");
         // (directories skipped, files examined, rows examined) of the first pass of a start.
         let pass = |s: &InProcess| {
@@ -758,20 +767,7 @@ crate::on_both_engines!(
                 )
             }
         };
-        let s = InProcess::start_with_db(&conf(true), Some(index.url.clone())).await;
-        let complete = |rows: Vec<video_server::db::segments::SegmentRow>| {
-            rows.into_iter()
-                .filter(|r| r.state == "complete")
-                .collect::<Vec<_>>()
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while complete(crate::archive::all_segments(&s.state.db, id).await).len() < 3 {
-            assert!(Instant::now() < deadline, "three segments recorded");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        s.stop().await;
-        let db = index.connect().await;
-        let rows = complete(crate::archive::all_segments(&db, id).await);
+        let (db, rows) = record_three_segments(index, &conf(true), id).await;
         // Changes within 2 s before a pass may not show in a directory's change time: they are
         // looked at again by the next pass, which this test is not about.
         tokio::time::sleep(Duration::from_millis(2500)).await;

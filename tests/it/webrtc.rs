@@ -162,6 +162,35 @@ fn play(
     (verdict, 2)
 }
 
+/// One camera on the GStreamer test server's `mount` (outputs mse), under stream `id`, served by
+/// a new server process; the RTSP server, the server's directory and the server.
+fn rtsp_camera(mount: &str, id: &str) -> (RtspServer, tempfile::TempDir, ServerProcess) {
+    let rtsp = RtspServer::start(0);
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = format!(
+        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
+        base_config(),
+        rtsp.url(mount)
+    );
+    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    (rtsp, dir, server)
+}
+
+/// `play`, one browser test at a time (`ONE_PLAYER_AT_A_TIME`), off the async runtime.
+async fn play_in_turn(
+    video: &str,
+    stream: &str,
+    end: &'static str,
+    extra: &'static [(&'static str, &'static str)],
+) -> (serde_json::Value, usize) {
+    let (video, stream) = (video.to_owned(), stream.to_owned());
+    let _turn = ONE_PLAYER_AT_A_TIME.lock().await;
+    tokio::task::spawn_blocking(move || play(&video, &stream, end, extra))
+        .await
+        .expect("browser run")
+}
+
 /// The demo clip over WebRTC in Chromium: the first picture within 500 ms of the POST (the cached
 /// GOP is sent as a burst), > 100 frames decoded in 5 s, no freeze, 640x360; the picture is the
 /// demo clip's (e2e/picture.mjs: colour bars in place, each sample the frame its RTP timestamp
@@ -172,24 +201,18 @@ async fn chromium_plays_the_demo_stream_over_whep() {
     let dir = tempfile::tempdir().expect("tmp");
     shipped_setup(dir.path());
     let server = ServerProcess::start(dir.path(), &[], &[]);
-    let video = server.video.clone();
-    let turn = ONE_PLAYER_AT_A_TIME.lock().await;
-    let (verdict, _) = tokio::task::spawn_blocking(move || {
-        play(
-            &video,
-            DEMO,
-            "delete",
-            &[
-                ("PICTURE", "demo"),
-                ("EXPECT_FPS", "25"),
-                // The clip's audio is AAC, which WebRTC does not carry: video only, and said so.
-                ("EXPECT_AUDIO", "no"),
-            ],
-        )
-    })
-    .await
-    .expect("browser run");
-    drop(turn);
+    let (verdict, _) = play_in_turn(
+        &server.video,
+        DEMO,
+        "delete",
+        &[
+            ("PICTURE", "demo"),
+            ("EXPECT_FPS", "25"),
+            // The clip's audio is AAC, which WebRTC does not carry: video only, and said so.
+            ("EXPECT_AUDIO", "no"),
+        ],
+    )
+    .await;
     eprintln!("WHEP demo verdict: {verdict}");
     assert_eq!(verdict["deleteStatus"], 200, "{verdict}");
     // The picture was judged against the clip, on the RTP clock (whep.mjs fails otherwise).
@@ -245,29 +268,15 @@ async fn chromium_plays_the_demo_stream_over_whep() {
 /// close) and the server closes the silent session within 30 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped() {
-    let rtsp = RtspServer::start(0);
-    let dir = tempfile::tempdir().expect("tmp");
     let id = "6f1c1a52-32a5-4c4e-9a57-0d0e7e1d9a01";
-    let conf = format!(
-        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
-        base_config(),
-        rtsp.url("test")
-    );
-    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
-    let server = ServerProcess::start(dir.path(), &[], &[]);
-    let video = server.video.clone();
-    let turn = ONE_PLAYER_AT_A_TIME.lock().await;
-    let (verdict, runs) = tokio::task::spawn_blocking(move || {
-        play(
-            &video,
-            id,
-            "vanish",
-            &[("PICTURE", "moving"), ("EXPECT_FPS", "25")],
-        )
-    })
-    .await
-    .expect("browser run");
-    drop(turn);
+    let (rtsp, _dir, server) = rtsp_camera("test", id);
+    let (verdict, runs) = play_in_turn(
+        &server.video,
+        id,
+        "vanish",
+        &[("PICTURE", "moving"), ("EXPECT_FPS", "25")],
+    )
+    .await;
     eprintln!("WHEP RTSP verdict: {verdict}");
     assert_eq!(verdict["picture"]["ok"], true, "{verdict}");
     let location = verdict["location"].as_str().expect("location").to_owned();
@@ -311,33 +320,19 @@ async fn chromium_plays_the_rtsp_test_stream_and_a_vanished_browser_is_dropped()
 /// plays; the server counted the audio packets it sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_receives_a_g711_cameras_sound_over_whep() {
-    let rtsp = RtspServer::start(0);
-    let dir = tempfile::tempdir().expect("tmp");
     let id = "6f1c1a52-32a5-4c4e-9a57-0d0e7e1d9a02";
-    let conf = format!(
-        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
-        base_config(),
-        rtsp.url("g711")
-    );
-    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
-    let server = ServerProcess::start(dir.path(), &[], &[]);
-    let video = server.video.clone();
-    let turn = ONE_PLAYER_AT_A_TIME.lock().await;
-    let (verdict, _) = tokio::task::spawn_blocking(move || {
-        play(
-            &video,
-            id,
-            "delete",
-            &[
-                ("PICTURE", "moving"),
-                ("EXPECT_FPS", "25"),
-                ("EXPECT_AUDIO", "yes"),
-            ],
-        )
-    })
-    .await
-    .expect("browser run");
-    drop(turn);
+    let (rtsp, _dir, server) = rtsp_camera("g711", id);
+    let (verdict, _) = play_in_turn(
+        &server.video,
+        id,
+        "delete",
+        &[
+            ("PICTURE", "moving"),
+            ("EXPECT_FPS", "25"),
+            ("EXPECT_AUDIO", "yes"),
+        ],
+    )
+    .await;
     eprintln!("WHEP G.711 verdict: {verdict}");
     assert_eq!(verdict["audio"], "PCMU", "{verdict}");
     assert!(
@@ -370,16 +365,8 @@ async fn chromium_receives_a_g711_cameras_sound_over_whep() {
 /// `unsupported_codec` and the reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn h265_streams_are_answered_only_where_the_offer_has_h265() {
-    let rtsp = RtspServer::start(0);
-    let dir = tempfile::tempdir().expect("tmp");
     let id = "6f1c1a52-32a5-4c4e-9a57-0d0e7e1d9a03";
-    let conf = format!(
-        "{}[[rtsp_streams]]\nguid = \"{id}\"\nurl = \"{}\"\noutput_types = [\"mse\"]\n",
-        base_config(),
-        rtsp.url("h265")
-    );
-    std::fs::write(dir.path().join("conf.toml"), conf).expect("conf");
-    let server = ServerProcess::start(dir.path(), &[], &[]);
+    let (rtsp, _dir, server) = rtsp_camera("h265", id);
     let base = format!("http://{}", server.video);
     let c = reqwest::Client::new();
     let sdp = Some("application/sdp");
