@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::{Db, DbUuid, Result, with_pool};
+use super::{BeginWrite, Db, DbUuid, Result, with_pool};
 
 /// One audit entry, as written and as read (`id` is 0 before insertion).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub async fn insert_batch(db: &Db, rows: &[AuditRow]) -> Result<()> {
         return Ok(());
     }
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         for r in rows {
             sqlx::query(SQL)
                 .bind(r.at_us)

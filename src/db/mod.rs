@@ -114,6 +114,39 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
+/// taken at once, waiting for it under the busy timeout. A deferred `BEGIN` that reads first and
+/// writes later cannot wait when another connection has written in between: SQLite refuses the
+/// upgrade at once (`database is locked`, SQLITE_BUSY or BUSY_SNAPSHOT) whatever the busy
+/// timeout, which 200 recorders opening their first segments together met. On Postgres it is a
+/// plain `BEGIN` (row locks and the fence do the work there).
+pub(crate) trait BeginWrite {
+    type Database: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
+    > + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = Sqlite;
+    async fn begin_write(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = Postgres;
+    async fn begin_write(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
 /// Largest part of a SQLite database file read through a memory map (`PRAGMA mmap_size`): SQLite's
 /// default compile-time cap (`SQLITE_MAX_MMAP_SIZE`), so a larger value would be clamped anyway.
 pub const SQLITE_MMAP_BYTES: i64 = 2_147_418_112;

@@ -14,7 +14,7 @@
 use uuid::Uuid;
 
 use super::protected::unprotected_segment_sql;
-use super::{Db, DbUuid, Result, with_pool};
+use super::{BeginWrite, Db, DbUuid, Result, with_pool};
 
 /// A segment retention may delete (or has marked `deleting`).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -155,7 +155,7 @@ pub async fn mark_deleting(
     );
     let mut marked = Vec::with_capacity(candidates.len());
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         // (stream, run id, run start, run end) of every run that loses a segment.
         let mut touched: Vec<(Uuid, i64, i64, i64)> = Vec::new();
         for c in candidates {
@@ -185,7 +185,7 @@ pub async fn delete_rows(db: &Db, ids: &[i64]) -> Result<u64> {
     const SQL: &str = "DELETE FROM segments WHERE id = $1 AND state = 'deleting'";
     let mut deleted = 0;
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         for id in ids {
             deleted += sqlx::query(SQL).bind(*id).execute(&mut *tx).await?.rows_affected();
         }
@@ -216,7 +216,7 @@ pub async fn delete_and_purge(db: &Db, stream_id: Uuid, requested_at_us: i64) ->
     const PURGE: &str = "INSERT INTO stream_purges (stream_id, requested_at_us) VALUES ($1, $2) \
         ON CONFLICT (stream_id) DO UPDATE SET requested_at_us = excluded.requested_at_us";
     let deleted = with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         let n = sqlx::query(DELETE)
             .bind(DbUuid(stream_id))
             .execute(&mut *tx)

@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use super::TimeRange;
-use super::{Db, DbUuid, Result, with_pool};
+use super::{BeginWrite, Db, DbUuid, Result, with_pool};
 
 /// Closed segments separated by at most this much belong to one run. Recorded segments are back to
 /// back; a source reconnect leaves a gap of seconds.
@@ -233,7 +233,7 @@ pub(crate) use insert_derived;
 /// Re-derives a stream's runs from its closed segments (gaps and islands), replacing the rows.
 pub async fn rebuild(db: &Db, stream_id: Uuid) -> Result<()> {
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         sqlx::query("DELETE FROM runs WHERE stream_id = $1")
             .bind(DbUuid(stream_id))
             .execute(&mut *tx)

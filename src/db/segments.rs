@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::cluster::{Fence, FenceCheck};
-use super::{Db, DbUuid, Result, with_pool};
+use super::{BeginWrite, Db, DbUuid, Result, with_pool};
 // Re-exported: callers name it `segments::TimeRange`; it lives in `db` so that `runs` need not
 // import this module (which uses `runs`' macros).
 pub use super::TimeRange;
@@ -259,7 +259,7 @@ pub async fn insert_recorded(db: &Db, r: &RecordedSegment) -> Result<i64> {
         WHERE stream_id = $1 AND start_us = $2 AND storage_key = $3";
     let s = &r.segment;
     let id: i64 = with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         let existing: Option<i64> = sqlx::query_scalar(SAME)
             .bind(DbUuid(s.stream_id))
             .bind(s.start_us)
@@ -326,7 +326,7 @@ pub async fn update_progress_fenced(
         return update_progress(db, id, end_us, media_duration_us, bytes).await;
     }
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         let stream: Option<DbUuid> = sqlx::query_scalar(STREAM).bind(id).fetch_optional(&mut *tx).await?;
         if let Some(stream) = stream {
             (*tx).check_fence(stream.0, fence).await?;
@@ -367,7 +367,7 @@ pub async fn finalize_fenced(
         state = 'complete' WHERE id = $1 AND state = 'recording' RETURNING stream_id, start_us";
     const STREAM: &str = "SELECT stream_id FROM segments WHERE id = $1";
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         if fence.is_some() {
             let stream: Option<DbUuid> = sqlx::query_scalar(STREAM).bind(id).fetch_optional(&mut *tx).await?;
             if let Some(stream) = stream {
@@ -434,7 +434,7 @@ pub async fn mark_missing(db: &Db, rows: &[SegmentRow], by: MissingBy) -> Result
     let uploader = by == MissingBy::Uploader;
     let mut marked = Vec::new();
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         // (stream, run id, run start, run end) of every run that loses a segment.
         let mut touched: Vec<(Uuid, i64, i64, i64)> = Vec::new();
         for r in rows {
@@ -482,7 +482,7 @@ pub async fn restore_missing(db: &Db, rows: &[(SegmentRow, Restored)]) -> Result
         RETURNING stream_id, start_us";
     let mut restored = Vec::new();
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         for (row, m) in rows {
             let changed: Option<(DbUuid, i64)> = sqlx::query_as(SQL)
                 .bind(row.id)

@@ -3,7 +3,7 @@
 //! The key with the highest id signs. Rotation gives the previous current key an end of validity
 //! (`valid_until_us`, now plus a grace period) and adds a new one, in one transaction.
 
-use super::{Db, Result, now_us, with_pool};
+use super::{BeginWrite, Db, Result, now_us, with_pool};
 
 /// A signing key.
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -56,7 +56,7 @@ pub async fn rotate(db: &Db, secret: &[u8], grace_us: i64) -> Result<i64> {
     let now = now_us();
     let until = now.saturating_add(grace_us.max(0));
     let id = with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        let mut tx = p.begin_write().await?;
         sqlx::query(RETIRE).bind(until).execute(&mut *tx).await?;
         // A rotation with a shorter grace also cuts the grace of earlier rotations: "rotate with
         // grace 0" must end every old key at once (the answer to a leaked key).

@@ -376,3 +376,65 @@ both_engines!(
         assert_eq!(pending[0].bucket.as_deref(), Some("cams-own"));
     }
 );
+
+both_engines!(
+    /// Many recorders index their first segments at the same moment (a server starting 200
+    /// cameras): every write transaction succeeds. On SQLite a deferred `BEGIN` whose transaction
+    /// reads before it writes could not wait for the write lock once another connection had
+    /// written meanwhile (`database is locked` at once, whatever the busy timeout); write
+    /// transactions begin `IMMEDIATE` there, and wait their turn.
+    async fn concurrent_recorders_all_index_their_segments(t: &TestDb) {
+        let db = &t.db;
+        let writers: Vec<_> = (0..64)
+            .map(|i: i64| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let stream = Uuid::new_v4();
+                    let start_us = 1_700_000_000_000_000 + i;
+                    let record = segments::RecordedSegment {
+                        segment: NewSegment {
+                            stream_id: stream,
+                            start_us,
+                            end_us: start_us,
+                            media_duration_us: 0,
+                            storage: StorageKind::Filesystem,
+                            storage_key: format!("/archive/{stream}/{stream}_{i}.mp4"),
+                            bytes: 0,
+                            state: SegmentState::Recording,
+                        },
+                        codecs: "avc1.42c01e".into(),
+                        init: bytes::Bytes::from(vec![i as u8; 64]),
+                        upload_state: "none",
+                        clock_correction_us: None,
+                        fence: None,
+                    };
+                    let id = segments::insert_recorded(&db, &record).await?;
+                    segments::finalize(&db, id, start_us + 2_000_000, 2_000_000, 1000).await?;
+                    Ok::<i64, video_server::db::DbError>(id)
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for w in writers {
+            if let Err(e) = w.await.expect("writer task") {
+                failures.push(e.to_string());
+            }
+        }
+        assert!(failures.is_empty(), "on {}: {failures:?}", t.engine_name());
+        let n: i64 = match db {
+            Db::Sqlite(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM segments WHERE state = 'complete'")
+                    .fetch_one(p)
+                    .await
+                    .expect("count")
+            }
+            Db::Postgres(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM segments WHERE state = 'complete'")
+                    .fetch_one(p)
+                    .await
+                    .expect("count")
+            }
+        };
+        assert_eq!(n, 64);
+    }
+);
