@@ -225,21 +225,9 @@ impl Bench {
         }
     }
 
-    /// A server with `n` cameras pulling `/av`.
+    /// The server under test in a new scratch directory, with `n` cameras on `/av`; the server,
+    /// the cameras' ids and the directory (its index is `index.db` there).
     fn server(
-        &mut self,
-        name: &str,
-        n: usize,
-        outputs: &str,
-        recording: bool,
-        extra: &str,
-    ) -> (Server, Vec<uuid::Uuid>) {
-        let (server, ids, _) = self.server_in(name, n, outputs, recording, extra);
-        (server, ids)
-    }
-
-    /// As `server`, also returning the server's directory (its index is `index.db` there).
-    fn server_in(
         &mut self,
         name: &str,
         n: usize,
@@ -445,7 +433,7 @@ async fn ingest(
                 true,
             ),
         ] {
-            let (server, ids, dir) = b.server_in("ingest", n, outputs, true, "ms_per_file = 30000");
+            let (server, ids, dir) = b.server("ingest", n, outputs, true, "ms_per_file = 30000");
             server
                 .wait_receiving(&b.http, n, Duration::from_secs(60 + n as u64 / 2))
                 .await;
@@ -538,7 +526,7 @@ fn push_row(out: &mut String, row: String) {
 }
 
 async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut String) {
-    let (server, ids) = b.server("fanout", 1, "\"mse\"", false, "");
+    let (server, ids, _) = b.server("fanout", 1, "\"mse\"", false, "");
     server
         .wait_receiving(&b.http, 1, Duration::from_secs(30))
         .await;
@@ -620,7 +608,7 @@ async fn wait_segments(server: &Server, http: &reqwest::Client, segments: f64, w
 }
 
 async fn ttff(b: &mut Bench, samples: usize, segment_ms: u64, out: &mut String) {
-    let (server, ids) = b.server(
+    let (server, ids, _) = b.server(
         "ttff",
         1,
         "\"mse\"",
@@ -698,7 +686,7 @@ async fn archive(
     out: &mut String,
 ) {
     let record_s: i64 = 40;
-    let (server, ids) = b.server(
+    let (server, ids, _) = b.server(
         "archive",
         cameras,
         "",
@@ -780,7 +768,7 @@ async fn archive(
 }
 
 async fn soak(b: &mut Bench, cameras: usize, total: Duration, out: &mut String) {
-    let (server, ids) = b.server(
+    let (server, ids, _) = b.server(
         "soak",
         cameras,
         "\"mse\", \"hls\"",

@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use crate::e2e::DEMO;
 use crate::support::InProcess;
 use crate::support::media::{RtspServer, eventually, ffmpeg_decode_errors, watch_live, write_mp4};
 use crate::support::ports::ClosedPort;
@@ -605,12 +606,12 @@ async fn g711_audio_is_left_out_of_mse_and_listed_as_forwarded_over_webrtc() {
 
 // ----- start-up reconciliation ---------------------------------------------------------------------
 
-/// The demo clip played in a loop as stream `13bf3e5c-…` and recorded (when `recording`) in 2 s
+/// The demo clip played in a loop as stream [`DEMO`] and recorded (when `recording`) in 2 s
 /// segments under `archive`.
 fn looping_demo_conf(archive: &std::path::Path, recording: bool) -> String {
     format!(
         "[archive]\nrecording = {recording}\nserving = true\nms_per_file = 2000\n\
-         directory = \"{}\"\n[[local_files]]\nguid = \"13bf3e5c-d537-4f10-98e8-9d0afca8b070\"\n\
+         directory = \"{}\"\n[[local_files]]\nguid = \"{DEMO}\"\n\
          file = \"assets/demo.mp4\"\noutput_types = [\"mse\"]\nloop = true\n\
          archive = {{ recording = true }}\n",
         archive.display()
@@ -649,7 +650,6 @@ crate::on_both_engines!(
     /// start the vanished one's row is marked `missing` (and its time leaves the ranges) and the
     /// copied-in file is indexed; the other rows are left alone.
     async fn startup_marks_vanished_files_missing_and_indexes_strays(index: &Index) {
-        const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
         let tmp = tempfile::tempdir().expect("tmp");
         let archive = tmp.path().join("mp4");
         let conf = |recording: bool| looping_demo_conf(&archive, recording);
@@ -743,7 +743,6 @@ crate::on_both_engines!(
     /// still reconciled whole. The counters are the ones `/metrics` shows.
     async fn reconcile_skips_directories_unchanged_since_the_last_pass(index: &Index) {
         use std::sync::atomic::Ordering;
-        const DEMO: &str = "13bf3e5c-d537-4f10-98e8-9d0afca8b070";
         let tmp = tempfile::tempdir().expect("tmp");
         let archive = tmp.path().join("mp4");
         let conf = |recording: bool| looping_demo_conf(&archive, recording);
