@@ -118,6 +118,9 @@ pub struct RoutePolicy {
     pub stream: StreamRef,
     /// Signed URLs are accepted (media routes for players).
     pub signed: bool,
+    /// Another node relaying the stream (cluster mode, `live::relay`) may open it with a node
+    /// proof over `auth::signing::live_relay_subject` of the route's stream: the live WebSocket.
+    pub relay: bool,
     pub shape: Shape,
     pub audit: Audit,
 }
@@ -136,6 +139,7 @@ const fn p(
         access,
         stream,
         signed: false,
+        relay: false,
         shape,
         audit,
     }
@@ -219,11 +223,19 @@ pub const API: &[RoutePolicy] = &[
     media("PATCH", "/whep/{stream_id}/{session_id}", Live, WHEP_STREAM, V1, Refusals),
 ];
 
+/// The live WebSocket: a media route another node may also open to relay the stream.
+const fn relayed(policy: RoutePolicy) -> RoutePolicy {
+    RoutePolicy {
+        relay: true,
+        ..policy
+    }
+}
+
 /// The video listener's routes.
 #[rustfmt::skip]
 pub const VIDEO: &[RoutePolicy] = &[
     media("GET", "/ws/archive", Archive, Query("stream_id"), GoUpper, Every),
-    media("GET", "/ws/{any}", Live, Query("stream_id"), GoUpper, Every),
+    relayed(media("GET", "/ws/{any}", Live, Query("stream_id"), GoUpper, Every)),
     media("GET", "/hls/{file}", Live, HlsFile, GoUpper, Fetches),
     // WebRTC (WHEP): a session is one request, like a WebSocket.
     media("POST", "/whep/{stream_id}", Live, WHEP_STREAM, V1, Every),
@@ -424,6 +436,21 @@ async fn authenticate(
         let key = query_param(query, "key").unwrap_or_default();
         state.auth.verify_node_proof(&key, &proof).await?;
         return Ok(Caller::node(peer));
+    }
+    // A node relaying a live stream: its proof is checked whether `[auth]` is on or not (a node
+    // that sends one means to be a node), and opens this one stream's live route only.
+    if policy.relay
+        && let Some(value) = headers.get(crate::auth::signing::NODE_PROOF_HEADER)
+    {
+        let proof = value
+            .to_str()
+            .ok()
+            .and_then(crate::auth::signing::NodeProof::from_header)
+            .ok_or(AuthError::NodeProof("malformed node proof"))?;
+        let id = stream.ok_or(AuthError::NodeProof("a node proof needs a stream"))?;
+        let subject = crate::auth::signing::live_relay_subject(id);
+        state.auth.verify_node_proof(&subject, &proof).await?;
+        return Ok(Caller::relay_node(peer, id));
     }
     if !state.auth.enabled() {
         return Ok(Caller::open(peer));
@@ -708,6 +735,17 @@ mod tests {
                 }
             }
         }
+        // A node proof opens the live WebSocket only (relays), nothing on the API listener.
+        let relayed: Vec<_> = [API, VIDEO]
+            .iter()
+            .flat_map(|t| t.iter())
+            .filter(|r| r.relay)
+            .map(|r| (r.method, r.path, r.access))
+            .collect();
+        assert_eq!(
+            relayed,
+            [("GET", "/ws/{any}", Access::Stream(Action::Live))]
+        );
         assert_eq!(
             find(API, &Method::HEAD, "/healthz").map(|r| r.method),
             Some("GET")
@@ -737,5 +775,11 @@ mod tests {
         assert!(authorize(Access::CreateStream, &caller, None).is_err());
         assert!(authorize(Access::Admin, &caller, None).is_err());
         assert!(authorize(Access::Admin, &Caller::open(None), None).is_ok());
+        // A node relaying stream a: live on a, nothing else.
+        let node = Caller::relay_node(None, a);
+        assert!(authorize(Access::Stream(Action::Live), &node, Some(a)).is_ok());
+        assert!(authorize(Access::Stream(Action::Live), &node, Some(b)).is_err());
+        assert!(authorize(Access::Stream(Action::Archive), &node, Some(a)).is_err());
+        assert!(authorize(Access::Admin, &node, None).is_err());
     }
 }

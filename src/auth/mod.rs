@@ -55,7 +55,8 @@ pub enum Credential {
     Open,
     /// No credential, on a public route.
     Anonymous,
-    /// Another node of the cluster, by a node proof (`signing::NodeProof`): internal routes only.
+    /// Another node of the cluster, by a node proof (`signing::NodeProof`): internal routes, and
+    /// the live WebSocket of the one stream it relays.
     Node,
     /// A token from the `tokens` table.
     Token { id: String },
@@ -103,6 +104,21 @@ impl Caller {
         Caller {
             credential: Credential::Node,
             grant: Grant::nothing(),
+            peer,
+        }
+    }
+
+    /// Another node relaying stream `stream` to its own viewers (a valid node proof over
+    /// [`signing::live_relay_subject`]): `live` on that stream and nothing else. Each of that
+    /// node's viewers was authorised there, by its own credentials, before it joined the relay.
+    pub fn relay_node(peer: Option<IpAddr>, stream: Uuid) -> Caller {
+        Caller {
+            credential: Credential::Node,
+            grant: Grant {
+                admin: false,
+                streams: Streams::Only([stream].into()),
+                actions: [scope::Action::Live].into_iter().collect(),
+            },
             peer,
         }
     }

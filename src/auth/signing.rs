@@ -132,8 +132,15 @@ impl SignedQuery {
     }
 }
 
-/// Header carrying a node proof on the internal segment endpoint (cluster mode).
+/// Header carrying a node proof (cluster mode): on the internal segment endpoint, and on a live
+/// WebSocket another node opens to relay the stream ([`live_relay_subject`]).
 pub const NODE_PROOF_HEADER: &str = "x-video-server-node-proof";
+
+/// What a node proof covers when a node opens `/ws/live` of `stream` on its holder, to relay it
+/// to its own viewers. Never a segment key: those are absolute paths.
+pub fn live_relay_subject(stream: Uuid) -> String {
+    format!("live-relay:{stream}")
+}
 
 /// Longest lifetime of a node proof a node accepts (seconds from now): proofs are made per
 /// request with a short expiry, so a captured one is worth little.
@@ -143,8 +150,9 @@ pub const NODE_PROOF_MAX_TTL_S: i64 = 300;
 const NODE_MESSAGE_VERSION: &str = "vs-node-1";
 
 /// Proof that a request comes from a node of the cluster: an HMAC with the shared signing key
-/// over the segment key it asks for and an expiry. Only processes that can read the index hold
-/// the key, and a proof opens one segment key for a short time. Header form: `<exp>.<sig>`.
+/// over what it asks for (a segment key, or [`live_relay_subject`]) and an expiry. Only
+/// processes that can read the index hold the key, and a proof opens one segment key (or one
+/// stream's live WebSocket) for a short time. Header form: `<exp>.<sig>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeProof {
     /// Expiry, Unix seconds.

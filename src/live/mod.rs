@@ -43,6 +43,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             policy::enforce_video,
         ))
+        .layer(axum::Extension(relay::Relays::new(state.metrics.clone())))
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
         .layer(cors)

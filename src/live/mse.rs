@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures::SinkExt;
 
-use crate::hub::Delivery;
+use crate::hub::{Delivery, Hub};
 use crate::manager::StreamRuntime;
 use crate::media::fmp4::FragmentWriter;
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
@@ -158,20 +158,38 @@ impl MseMuxer {
     }
 }
 
-/// Serves one live viewer until it leaves, lags beyond repair, or the stream stops. A client
-/// message over `max_message` bytes (the socket's configured limit) closes it with 1009.
-pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_message: usize) {
+/// Serves one live viewer of a stream running here until it leaves, lags beyond repair, or the
+/// stream stops (then close 1001 `Stream stopped`). A client message over `max_message` bytes
+/// (the socket's configured limit) closes it with 1009.
+pub async fn serve_viewer(socket: WebSocket, rt: Arc<StreamRuntime>, max_message: usize) {
     // Registered before codecs are known: this is what starts an on-demand source.
     let _viewer = rt.demand.viewer();
-    let mut sub = rt.hub.subscribe(VIEWER_QUEUE);
-    let mut params = rt.hub.params();
+    let stopped = async {
+        rt.stopped().await;
+        crate::wsproto::stopped_frame()
+    };
+    serve_from_hub(socket, &rt.hub, stopped, max_message).await;
+}
+
+/// Serves one live viewer from `hub` (a local stream's, or the hub a relayed stream is published
+/// into, `live::relay`) until it leaves, lags beyond repair, or `ended` resolves, with the close
+/// frame the viewer is then sent.
+pub async fn serve_from_hub(
+    mut socket: WebSocket,
+    hub: &Arc<Hub>,
+    ended: impl Future<Output = CloseFrame>,
+    max_message: usize,
+) {
+    tokio::pin!(ended);
+    let mut sub = hub.subscribe(VIEWER_QUEUE);
+    let mut params = hub.params();
     let waited = tokio::select! {
         r = tokio::time::timeout(CODEC_WAIT, params.wait_for(Option::is_some)) => {
-            Ok(Some(matches!(r, Ok(Ok(_)))))
+            Ok(Ok(matches!(r, Ok(Ok(_)))))
         }
         // The viewer may leave while waiting.
         err = wait_closed(&mut socket) => Err(err),
-        _ = rt.stopped() => Ok(None),
+        frame = &mut ended => Ok(Err(frame)),
     };
     // (Answered outside the select: its futures, a lock guard among them, are gone by now.)
     let got_codecs = match waited {
@@ -183,9 +201,12 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
             return;
         }
     };
-    let Some(got_codecs) = got_codecs else {
-        close_stopped(&mut socket).await;
-        return;
+    let got_codecs = match got_codecs {
+        Ok(got) => got,
+        Err(frame) => {
+            crate::wsproto::close(&mut socket, Some(frame)).await;
+            return;
+        }
     };
     if !got_codecs {
         close_with(&mut socket, "Timeout waiting for codec information").await;
@@ -199,8 +220,6 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
     let mut keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
     let keyframe_timer = tokio::time::sleep_until(keyframe_deadline);
     tokio::pin!(keyframe_timer);
-    let stopped = rt.stopped();
-    tokio::pin!(stopped);
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         tokio::select! {
@@ -220,7 +239,7 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
             },
             d = sub.recv() => {
                 let Some(d) = d else {
-                    close_stopped(&mut socket).await;
+                    crate::wsproto::close(&mut socket, Some(crate::wsproto::stopped_frame())).await;
                     return;
                 };
                 // Frames already queued behind this one (a new viewer's cached GOP, a viewer
@@ -242,8 +261,8 @@ pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_mes
                     return;
                 }
             }
-            () = &mut stopped => {
-                close_stopped(&mut socket).await;
+            frame = &mut ended => {
+                crate::wsproto::close(&mut socket, Some(frame)).await;
                 return;
             }
             () = &mut keyframe_timer => {
@@ -272,12 +291,6 @@ async fn send_batch(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> bool {
         socket.flush().await
     };
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
-}
-
-/// Tells a viewer its stream stopped (deleted, disabled, restarted, server shutdown), so a client
-/// can reconnect or say so instead of waiting for video that will not come.
-async fn close_stopped(socket: &mut WebSocket) {
-    crate::wsproto::close(socket, Some(crate::wsproto::stopped_frame())).await;
 }
 
 async fn send(socket: &mut WebSocket, m: Message) -> bool {

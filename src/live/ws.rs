@@ -7,6 +7,8 @@
 //! limit. (A browser's WebSocket API shows the close code and reason, but not the HTTP status of a
 //! refused upgrade, so a 429/503 before the upgrade would reach a web page as a bare failure.)
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
@@ -14,6 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use uuid::Uuid;
 
+use super::relay::Relays;
 use crate::api::AppState;
 use crate::api::policy::query_param;
 use crate::archive::playback::ArchiveRequest;
@@ -64,11 +67,14 @@ pub async fn live(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(relays): Extension<Arc<Relays>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let stream_id = query_param(query.as_deref(), "stream_id").unwrap_or_default();
-    let forward = super::relay::Forward::from_request(query.as_deref(), &headers);
+    // Opened by another node relaying the stream: never relayed again.
+    let relayed = headers.contains_key(super::relay::RELAYED)
+        || caller.credential == crate::auth::Credential::Node;
     let id = Uuid::parse_str(&stream_id).ok();
     // A place among the stream's viewers, taken before the upgrade and held by the session until
     // it ends, however it ends (or given back at once if the upgrade never completes).
@@ -92,7 +98,7 @@ pub async fn live(
             caller,
             Action::Live,
             id,
-            live_session(socket, state, stream_id, max_message, forward),
+            live_session(socket, state, relays, stream_id, max_message, relayed),
         )
         .await
     })
@@ -122,9 +128,10 @@ async fn until_revoked(
 async fn live_session(
     mut socket: WebSocket,
     state: AppState,
+    relays: Arc<Relays>,
     raw_id: String,
     max_message: usize,
-    forward: super::relay::Forward,
+    relayed: bool,
 ) {
     let Ok(id) = Uuid::parse_str(&raw_id) else {
         close_with(&mut socket, &format!("Not valid UUID: '{raw_id}'")).await;
@@ -135,11 +142,10 @@ async fn live_session(
         .runtime(id)
         .filter(|rt| rt.has_output(OutputType::Mse))
     else {
-        // Cluster mode: another node records it; relay the viewer from there (once).
-        if !forward.relayed
-            && let Some(holder) = super::relay::other_holder(&state, id).await
-        {
-            return super::relay::relay(socket, &holder, &forward, id).await;
+        // Cluster mode: another node records it; serve the viewer from this node's relay of it
+        // (a relayed request is not relayed again).
+        if !relayed && let Some(holder) = super::relay::other_holder(&state, id).await {
+            return super::relay::serve(socket, &state, &relays, &holder, id, max_message).await;
         }
         // The original closes at once, without a close frame, for an unknown stream or one without
         // the mse output. Dropping the socket does exactly that.

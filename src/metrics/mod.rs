@@ -5,7 +5,8 @@
 //! hub's, the recorder's [`RecorderStats`](crate::archive::recorder::RecorderStats), the
 //! uploader's, retention's, the storage roots', the pools'), so nothing is counted twice and a
 //! stream's series appear and disappear with its runtime. Only HTTP requests are counted here
-//! ([`http::HttpMetrics`]), by route template (never the raw URL, so the label set stays bounded).
+//! ([`http::HttpMetrics`]), by route template (never the raw URL, so the label set stays bounded),
+//! and the relay upstreams of `live::relay` (a layer above, so it reports into [`Metrics`]).
 //!
 //! One module per subsystem, each a function writing its families into the scrape's encoder:
 //! [`streams`] (per stream: source, hub, viewers, HLS, recorder), [`storage`] (index, pools,
@@ -34,10 +35,14 @@ use crate::db::Db;
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Long-lived metric state: the HTTP request families and the connection pools to report.
+/// Long-lived metric state: the HTTP request families, the connection pools to report, and the
+/// count of open relay upstreams (kept by `live::relay`, which sits above this module).
 #[derive(Default)]
 pub struct Metrics {
     pub http: http::HttpMetrics,
+    /// Cluster mode: upstream connections this node has open to relay live streams other nodes
+    /// hold (one per stream at most).
+    pub relay_upstreams: std::sync::atomic::AtomicU64,
     /// Pools besides the API's (`Sources::db`), by name: the recorders', the upkeep tasks'.
     pools: Mutex<Vec<(&'static str, Db)>>,
 }

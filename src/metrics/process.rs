@@ -201,6 +201,16 @@ pub fn encode(state: &Sources, out: &mut Families) -> std::fmt::Result {
                 int(state.manager.held().len() as u64),
             )],
         )?;
+        out.gauge(
+            "video_server_relay_upstreams",
+            "Upstream connections open to other nodes to relay live streams they hold (one per \
+             stream at most, shared by this node's viewers of it)",
+            None,
+            one(int(state
+                .metrics
+                .relay_upstreams
+                .load(std::sync::atomic::Ordering::Relaxed))),
+        )?;
     }
     Ok(())
 }

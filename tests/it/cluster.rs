@@ -930,6 +930,194 @@ async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
     }
 }
 
+/// A gauge without labels from a node's `/metrics` (`None` when it is not there).
+async fn gauge(api: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{api}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// MSE viewers of `id` on a node's API (`GET /api/v1/streams/{id}/status`).
+async fn viewers(api: &str, id: Uuid) -> Option<u64> {
+    let v: serde_json::Value = reqwest::get(format!("{api}/api/v1/streams/{id}/status"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["viewers"].as_u64()
+}
+
+/// Two viewers on a node that does not hold the camera share one upstream: both play (codec
+/// message, init segment, fragments from a keyframe, the holder's codec list) while the holder
+/// counts one viewer; when both have left, the upstream closes (the holder counts none, the
+/// relaying node's `video_server_relay_upstreams` is 0). The holder takes a relay only with a
+/// node proof for that stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_on_one_node_share_one_upstream_from_the_holder() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    let url = schema.url();
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| Node::start(n, &url, &s3))
+        .collect();
+    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse"]).await;
+    let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
+    let id = ids[0];
+    let holder = nodes
+        .iter()
+        .position(|n| n.name == owners[&id])
+        .expect("holder");
+    let (holder, relay) = (&nodes[holder], &nodes[1 - holder]);
+    let video = relay.proc().video.clone();
+
+    let (first, mut ws1) = until("a relayed viewer", Duration::from_secs(20), || async {
+        watch(&video, id, 10).await.ok()
+    })
+    .await;
+    let (second, mut ws2) = watch(&video, id, 10)
+        .await
+        .expect("a second relayed viewer");
+    for got in [&first, &second] {
+        assert!(got.order.starts_with("cif"), "{}", got.order);
+        assert_eq!(got.codec_messages.len(), 1, "{:?}", got.codec_messages);
+        assert_eq!(got.first_video_keyframe, Some(true));
+        assert!(got.frames >= 10, "{} frames", got.frames);
+        assert_eq!(got.other, 0, "only codec, init and fragments");
+    }
+    // Both open: the holder serves one viewer, the relay, and the relaying node has one upstream.
+    for _ in 0..5 {
+        assert_eq!(viewers(&holder.api(), id).await, Some(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        viewers(&relay.api(), id).await,
+        Some(0),
+        "not running there"
+    );
+    assert_eq!(
+        gauge(&relay.api(), "video_server_relay_upstreams").await,
+        Some(1.0)
+    );
+
+    for ws in [&mut ws1, &mut ws2] {
+        let _ = ws.send(Message::Close(None)).await;
+    }
+    drop((ws1, ws2));
+    until(
+        "the upstream closed after the last viewer left",
+        Duration::from_secs(10),
+        || async {
+            let holder_viewers = viewers(&holder.api(), id).await?;
+            let upstreams = gauge(&relay.api(), "video_server_relay_upstreams").await?;
+            (holder_viewers == 0 && upstreams == 0.0).then_some(())
+        },
+    )
+    .await;
+
+    // A viewer on the holder itself gets the codec list the relayed viewers got.
+    let (direct, _ws) = watch(&holder.proc().video, id, 3)
+        .await
+        .expect("direct viewer");
+    assert_eq!(direct.codec_messages, first.codec_messages);
+
+    // The holder admits a relay only with a node proof for this stream.
+    let relay_request = |proof: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = format!("ws://{}/ws/live?stream_id={id}", holder.proc().video)
+            .into_client_request()
+            .expect("request");
+        r.headers_mut()
+            .insert("x-video-server-relayed", "1".parse().expect("header"));
+        r.headers_mut().insert(
+            video_server::auth::signing::NODE_PROOF_HEADER,
+            proof.parse().expect("header"),
+        );
+        r
+    };
+    use video_server::auth::signing::live_relay_subject;
+    let db = pool(&schema).await;
+    let exp = chrono::Utc::now().timestamp() + 60;
+    let (own, _) = tokio_tungstenite::connect_async(relay_request(
+        &node_proof(&db, &live_relay_subject(id)).await,
+    ))
+    .await
+    .expect("a node proof for the stream opens its live route");
+    drop(own);
+    for proof in [
+        node_proof(&db, &live_relay_subject(ids[1])).await,
+        node_proof(&db, "/some/segment.mp4").await,
+        format!("{exp}.Zm9yZ2Vk"),
+        "garbage".to_owned(),
+    ] {
+        match tokio_tungstenite::connect_async(relay_request(&proof)).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 401, "{proof}");
+            }
+            other => panic!("a relay with proof {proof:?} was not refused: {other:?}"),
+        }
+    }
+    for mut n in nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
+}
+
+/// A codec change on the holder's camera (H.264 Main → High and a new size) reaches a relayed
+/// viewer as it reaches a viewer on the holder: a new `0x09` codec message, then the new init
+/// segment, then fragments. The camera is on demand: the relay's upstream is the viewer that
+/// starts it on the holder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_codec_change_reaches_relayed_viewers_as_on_the_holder() {
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let clip = crate::codec_switch::codec_changing_clip(tmp.path());
+    let (_rtsp, source) = crate::codec_switch::source_of(&clip);
+    let url = schema.url();
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| Node::start(n, &url, &s3))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/streams", nodes[0].api()))
+        .json(&json!({
+            "name": "switching",
+            "source": {"kind": "rtsp", "url": source},
+            "outputs": ["mse"],
+            "on_demand": true,
+            "archive": {"recording": false},
+        }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status().as_u16(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    let id: Uuid = v["id"].as_str().expect("id").parse().expect("uuid");
+    let owners = spread(&nodes[0].api(), &[id], &["a", "b"], Duration::from_secs(30)).await;
+    let relay = nodes.iter().find(|n| n.name != owners[&id]).expect("relay");
+    let got = crate::codec_switch::watch_the_switch(&relay.proc().video, id).await;
+    assert_eq!(
+        got.codec_messages,
+        vec!["avc1.4D401E".to_owned(), "avc1.64001E".to_owned()],
+        "{got:?}"
+    );
+    assert_eq!(got.sizes(), vec![(640, 360), (320, 180)], "{got:?}");
+    assert_eq!(got.order, "cifcif", "{got:?}");
+    assert_eq!(got.other, 0, "{got:?}");
+    for mut n in nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
+}
+
 /// Byte ranges a node has served to other nodes (its `/metrics`: 206 answers of the internal
 /// segment route).
 async fn internal_ranges_served(api: &str) -> u64 {
@@ -946,6 +1134,23 @@ async fn internal_ranges_served(api: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// A node proof (header value) over `subject`, made with the index's signing key as a node does.
+async fn node_proof(db: &sqlx::PgPool, subject: &str) -> String {
+    let secret: Vec<u8> =
+        sqlx::query_scalar("SELECT secret FROM signing_keys ORDER BY id DESC LIMIT 1")
+            .fetch_one(db)
+            .await
+            .expect("signing key");
+    let k = video_server::db::signing_keys::SigningKey {
+        id: 1,
+        secret,
+        created_at_us: 0,
+        valid_until_us: None,
+    };
+    let exp = chrono::Utc::now().timestamp() + 60;
+    video_server::auth::signing::NodeProof::sign(&k, subject, exp).to_header()
+}
+
 /// A request to a node's internal segment endpoint for `key`, with a node proof made with the
 /// index's signing key when `proof` is set (`Some(None)`: a proof for another key).
 async fn internal_get(
@@ -955,25 +1160,13 @@ async fn internal_get(
     proof: Option<Option<&str>>,
     range: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
-    use video_server::auth::signing::{NODE_PROOF_HEADER, NodeProof};
+    use video_server::auth::signing::NODE_PROOF_HEADER;
     let mut url = url::Url::parse(&format!("http://{video}/internal/v1/segment")).expect("url");
     url.query_pairs_mut().append_pair("key", key);
     let mut req = reqwest::Client::new().get(url);
     if let Some(signed_key) = proof {
-        let secret: Vec<u8> =
-            sqlx::query_scalar("SELECT secret FROM signing_keys ORDER BY id DESC LIMIT 1")
-                .fetch_one(db)
-                .await
-                .expect("signing key");
-        let k = video_server::db::signing_keys::SigningKey {
-            id: 1,
-            secret,
-            created_at_us: 0,
-            valid_until_us: None,
-        };
-        let exp = chrono::Utc::now().timestamp() + 60;
-        let p = NodeProof::sign(&k, signed_key.unwrap_or("/some/other/key.mp4"), exp);
-        req = req.header(NODE_PROOF_HEADER, p.to_header());
+        let p = node_proof(db, signed_key.unwrap_or("/some/other/key.mp4")).await;
+        req = req.header(NODE_PROOF_HEADER, p);
     }
     if let Some(r) = range {
         req = req.header("range", r);

@@ -77,6 +77,8 @@ pub struct Messages {
     pub frames: usize,
     /// The setup of the last init segment, to read fragments with.
     params: Option<std::sync::Arc<video_server::media::StreamParams>>,
+    /// Whether the first video frame was a keyframe (`None` before any video frame).
+    pub first_video_keyframe: Option<bool>,
     /// Binary messages that are none of the above.
     pub other: usize,
     pub texts: Vec<String>,
@@ -111,10 +113,14 @@ impl Messages {
             self.fragments += 1;
             let p = self.params.as_ref().expect("init before fragments");
             let frames = fmp4::parse_fragment(p, b).expect("fragment parses");
-            self.frames += frames
+            let mut video = frames
                 .iter()
                 .filter(|f| f.track == video_server::media::TrackKind::Video)
-                .count();
+                .peekable();
+            if self.first_video_keyframe.is_none() {
+                self.first_video_keyframe = video.peek().map(|f| f.keyframe);
+            }
+            self.frames += video.count();
         } else {
             self.other += 1;
         }
@@ -148,7 +154,7 @@ pub fn switching_source(tmp: &Path) -> (RtspServer, String) {
 }
 
 /// The RTSP test server playing `clip` at `/file`, and that URL.
-fn source_of(clip: &Path) -> (RtspServer, String) {
+pub fn source_of(clip: &Path) -> (RtspServer, String) {
     let rtsp = RtspServer::start_with_file(0, clip);
     let url = format!("rtsp://127.0.0.1:{}/file", rtsp.port);
     (rtsp, url)
@@ -165,7 +171,7 @@ pub async fn start_server(tmp: &Path, streams: &str) -> InProcess {
 
 /// A live viewer of on-demand stream `id` on `video`: every message until a second of video
 /// after the clip's switch has arrived (the clip switches after `HALF_S` s).
-async fn watch_the_switch(video: &str, id: Uuid) -> Messages {
+pub async fn watch_the_switch(video: &str, id: Uuid) -> Messages {
     let url = format!("ws://{video}/ws/live?stream_id={id}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
