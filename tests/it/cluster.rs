@@ -623,20 +623,24 @@ async fn a_node_cut_off_from_postgres_stops_recording_before_its_leases_expire()
     .await;
 
     let cut_at = Instant::now();
+    let cut_at_us = chrono::Utc::now().timestamp_micros();
     proxy.cut();
     // The other node takes every camera once the cut node's leases expired.
     spread(&keep.api(), &ids, &["keep"], Duration::from_secs(30)).await;
     let took = cut_at.elapsed();
     eprintln!("cameras of the cut node taken over after {took:?}");
     for id in &held {
-        // The lease shows before the holder's start is logged: wait for both lines.
+        // The lease shows before the holder's start is logged: wait for both lines. Only lines
+        // after the cut count: the other node may have started the camera before, when the
+        // cameras were first spread (it then handed it over).
         let (stopped, started) = until(
             "the stop and start logged",
             Duration::from_secs(10),
             || async {
-                let stopped = stream_log_times(cut.proc(), "stream stopping", *id);
-                let started = stream_log_times(keep.proc(), "stream started", *id);
-                Some((*stopped.last()?, *started.last()?))
+                let after_cut = |times: Vec<i64>| times.into_iter().find(|t| *t >= cut_at_us);
+                let stopped = after_cut(stream_log_times(cut.proc(), "stream stopping", *id))?;
+                let started = after_cut(stream_log_times(keep.proc(), "stream started", *id))?;
+                Some((stopped, started))
             },
         )
         .await;

@@ -220,6 +220,10 @@ def main(argv) -> int:
         mounts["/file"] = file_mount(args.file)
 
     server = GstRtspServer.RTSPServer()
+    # GStreamer's default listen backlog is 5: when dozens of clients connect at once (a benchmark
+    # starting 200 cameras), the kernel completes connections the server has no room to accept and
+    # their requests wait for SYN-ACK retransmissions, seconds each. A deep backlog lets them all in.
+    server.set_backlog(1024)
     server.set_address(args.host)
     server.set_service(str(args.port))
     if args.auth:
