@@ -163,7 +163,13 @@ impl MseMuxer {
 pub async fn serve_viewer(mut socket: WebSocket, rt: Arc<StreamRuntime>, max_message: usize) {
     // Registered before codecs are known: this is what starts an on-demand source.
     let _viewer = rt.demand.viewer();
-    let mut sub = rt.hub.subscribe(VIEWER_QUEUE);
+    // Audio rides with the next video frame anyway: waking for each audio frame would only
+    // queue it in the muxer (for AAC at 48 kHz, about two wake-ups in three).
+    let mut sub = rt.hub.subscribe_with(
+        VIEWER_QUEUE,
+        crate::hub::DEFAULT_QUEUE_BYTES,
+        crate::hub::AudioWake::WithVideo,
+    );
     let mut params = rt.hub.params();
     let waited = tokio::select! {
         r = tokio::time::timeout(CODEC_WAIT, params.wait_for(Option::is_some)) => {
