@@ -46,9 +46,31 @@ pub struct Delivery {
     pub discontinuity: bool,
 }
 
+/// How a consumer takes the audio frames of a stream that also has video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioWake {
+    /// Each audio frame is queued as it comes (the recorder, the HLS segmenter).
+    Each,
+    /// Audio frames are held back and queued together just before the next video frame, so
+    /// the consumer wakes once per video frame instead of once per frame of either track (an
+    /// MSE viewer sends the audio with the next video frame anyway; AAC at 48 kHz is ~47
+    /// frames a second beside 25 video frames).
+    WithVideo,
+    /// Audio frames are not delivered (WebRTC carries no AAC).
+    Never,
+}
+
+/// Most audio frames a [`AudioWake::WithVideo`] consumer holds back (~1.4 s of AAC at 48 kHz);
+/// past it they are queued without waiting for video (a camera whose video paused).
+const HELD_AUDIO_MAX: usize = 64;
+
 struct Slot {
     id: u64,
     tx: mpsc::Sender<Delivery>,
+    audio: AudioWake,
+    /// Audio frames held back for an [`AudioWake::WithVideo`] consumer (their bytes are counted
+    /// in `queued_bytes`).
+    held: Vec<Delivery>,
     /// Payload bytes in the queue (added here, taken off by [`Subscription::recv`]).
     queued_bytes: Arc<AtomicUsize>,
     /// The most `queued_bytes` may reach; a frame that would pass it is a lag like a full queue.
@@ -59,6 +81,94 @@ struct Slot {
     waiting_for_sync: bool,
     /// The next delivered frame must carry `discontinuity`.
     mark_next: bool,
+}
+
+/// Frames and bytes consumers did not get during one [`Hub::publish`].
+#[derive(Default)]
+struct Losses {
+    skipped: u64,
+    dropped: u64,
+}
+
+impl Slot {
+    /// Hands `frame` to this consumer (`sync`: a point it may start from; `has_video`: the
+    /// stream has video). Returns `false` once the consumer is gone.
+    fn offer(&mut self, frame: &Frame, sync: bool, has_video: bool, losses: &mut Losses) -> bool {
+        let len = frame.data.len();
+        let side_audio = frame.track == TrackKind::Audio && has_video;
+        if side_audio && self.audio == AudioWake::Never {
+            return !self.tx.is_closed();
+        }
+        if self.waiting_for_sync {
+            if !sync {
+                if self.lagging {
+                    losses.dropped += len as u64;
+                }
+                return !self.tx.is_closed();
+            }
+            self.waiting_for_sync = false;
+        }
+        let over = self
+            .queued_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(len)
+            > self.max_bytes;
+        if over {
+            self.lag(1, len, losses);
+            return true;
+        }
+        let delivery = Delivery {
+            frame: frame.clone(),
+            discontinuity: self.mark_next,
+        };
+        // Counted before sending, so the receiver never takes off more than was added.
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.mark_next = false;
+        self.lagging = false;
+        if side_audio && self.audio == AudioWake::WithVideo && self.held.len() < HELD_AUDIO_MAX {
+            self.held.push(delivery);
+            return true;
+        }
+        // What was held back goes first, then this frame.
+        let mut failed: Option<(bool, u64, usize)> = None;
+        for d in self.held.drain(..).chain(std::iter::once(delivery)) {
+            match failed.as_mut() {
+                Some((_, frames, bytes)) => {
+                    *frames += 1;
+                    *bytes += d.frame.data.len();
+                }
+                None => {
+                    let n = d.frame.data.len();
+                    if let Err(e) = self.tx.try_send(d) {
+                        let closed = matches!(e, mpsc::error::TrySendError::Closed(_));
+                        failed = Some((closed, 1, n));
+                    }
+                }
+            }
+        }
+        match failed {
+            None => true,
+            Some((true, _, _)) => false,
+            Some((false, frames, bytes)) => {
+                // Not delivered: no longer queued.
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.lag(frames, bytes, losses);
+                true
+            }
+        }
+    }
+
+    /// This consumer lagged: it drops the rest of this GOP (`frames` of `bytes` now, counted)
+    /// and what it held back.
+    fn lag(&mut self, frames: u64, bytes: usize, losses: &mut Losses) {
+        let held: usize = self.held.drain(..).map(|d| d.frame.data.len()).sum();
+        self.queued_bytes.fetch_sub(held, Ordering::Relaxed);
+        self.waiting_for_sync = true;
+        self.mark_next = true;
+        self.lagging = true;
+        losses.skipped += frames;
+        losses.dropped += (bytes + held) as u64;
+    }
 }
 
 #[derive(Default)]
@@ -232,69 +342,21 @@ impl Hub {
             inner.clear_gop();
             self.gop_overflows.fetch_add(1, Ordering::Relaxed);
         }
-        let mut skipped = 0u64;
-        let mut dropped = 0u64;
-        inner.slots.retain_mut(|slot| {
-            if slot.waiting_for_sync {
-                if !sync {
-                    if slot.lagging {
-                        dropped += len as u64;
-                    }
-                    return !slot.tx.is_closed();
-                }
-                slot.waiting_for_sync = false;
-            }
-            let over = slot
-                .queued_bytes
-                .load(Ordering::Relaxed)
-                .saturating_add(len)
-                > slot.max_bytes;
-            let sent = if over {
-                Err(mpsc::error::TrySendError::Full(()))
-            } else {
-                let delivery = Delivery {
-                    frame: frame.clone(),
-                    discontinuity: slot.mark_next,
-                };
-                // Counted before sending, so the receiver never takes off more than was added.
-                slot.queued_bytes.fetch_add(len, Ordering::Relaxed);
-                slot.tx.try_send(delivery).map_err(|e| {
-                    slot.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                    match e {
-                        mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                        mpsc::error::TrySendError::Closed(_) => {
-                            mpsc::error::TrySendError::Closed(())
-                        }
-                    }
-                })
-            };
-            match sent {
-                Ok(()) => {
-                    slot.mark_next = false;
-                    slot.lagging = false;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    // Lagging: drop the rest of this GOP for this consumer.
-                    slot.waiting_for_sync = true;
-                    slot.mark_next = true;
-                    slot.lagging = true;
-                    skipped += 1;
-                    dropped += len as u64;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(())) => false,
-            }
-        });
+        let mut losses = Losses::default();
+        inner
+            .slots
+            .retain_mut(|slot| slot.offer(&frame, sync, has_video, &mut losses));
         drop(inner);
         self.published_frames.fetch_add(1, Ordering::Relaxed);
         self.published_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        if skipped > 0 {
-            self.skipped_frames.fetch_add(skipped, Ordering::Relaxed);
+        if losses.skipped > 0 {
+            self.skipped_frames
+                .fetch_add(losses.skipped, Ordering::Relaxed);
         }
-        if dropped > 0 {
-            self.dropped_bytes.fetch_add(dropped, Ordering::Relaxed);
+        if losses.dropped > 0 {
+            self.dropped_bytes
+                .fetch_add(losses.dropped, Ordering::Relaxed);
         }
     }
 
@@ -309,7 +371,18 @@ impl Hub {
     /// payload past `max_bytes` makes the consumer lag like a full queue (skip to the next
     /// keyframe, counted), so large frames cannot fill memory before the frame limit is reached.
     pub fn subscribe_bounded(self: &Arc<Self>, capacity: usize, max_bytes: usize) -> Subscription {
+        self.subscribe_with(capacity, max_bytes, AudioWake::Each)
+    }
+
+    /// [`Hub::subscribe_bounded`] taking the audio of a stream with video as `audio` says.
+    pub fn subscribe_with(
+        self: &Arc<Self>,
+        capacity: usize,
+        max_bytes: usize,
+        audio: AudioWake,
+    ) -> Subscription {
         let mut inner = self.lock();
+        let skip_audio = audio == AudioWake::Never && inner.has_video;
         let (tx, rx) = mpsc::channel(capacity.max(2) + inner.gop.len());
         let id = inner.next_id;
         inner.next_id += 1;
@@ -319,6 +392,9 @@ impl Hub {
         if !inner.gop.is_empty() {
             waiting_for_sync = false;
             for frame in &inner.gop {
+                if skip_audio && frame.track == TrackKind::Audio {
+                    continue;
+                }
                 let len = frame.data.len();
                 if queued_bytes.load(Ordering::Relaxed) + len > max_bytes {
                     waiting_for_sync = true;
@@ -341,6 +417,8 @@ impl Hub {
         inner.slots.push(Slot {
             id,
             tx,
+            audio,
+            held: Vec::new(),
             queued_bytes: queued_bytes.clone(),
             max_bytes,
             lagging: false,
@@ -708,6 +786,83 @@ mod tests {
         let d = sub.recv().await.expect("resumed");
         assert!(d.discontinuity && d.frame.keyframe);
         assert_eq!(hub.published_bytes(), 51 * len as u64);
+    }
+
+    fn audio(p: &Arc<StreamParams>, n: i64) -> Frame {
+        Frame {
+            track: TrackKind::Audio,
+            dts: n * 1024,
+            duration: 1024,
+            keyframe: false,
+            data: Bytes::from(vec![0xa0; 10]),
+            ..frame(p, n, false)
+        }
+    }
+
+    fn tracks(sub: &mut Subscription) -> String {
+        let mut out = String::new();
+        while let Some(d) = sub.try_recv() {
+            out.push(match d.frame.track {
+                TrackKind::Video => 'v',
+                TrackKind::Audio => 'a',
+            });
+        }
+        out
+    }
+
+    /// Beside video, an `AudioWake::WithVideo` consumer gets the audio frames only when the
+    /// next video frame comes (in their order, before it: nothing queued meanwhile, so nothing
+    /// wakes it), or once too many are held; an `AudioWake::Never` one never gets them, not
+    /// even from the GOP cache; `Each` gets every frame as it comes. Held bytes count against
+    /// the queue's byte limit, and a lag drops them with the rest of the GOP, counted.
+    #[tokio::test]
+    async fn audio_beside_video_waits_for_the_next_video_frame_or_is_left_out() {
+        let hub = Hub::new();
+        let p = params();
+        hub.publish(frame(&p, 0, true));
+        hub.publish(audio(&p, 0));
+        let mut each = hub.subscribe(1000);
+        let mut with_video = hub.subscribe_with(1000, DEFAULT_QUEUE_BYTES, AudioWake::WithVideo);
+        let mut never = hub.subscribe_with(1000, DEFAULT_QUEUE_BYTES, AudioWake::Never);
+        // The cached GOP: the video-only consumer's copy has no audio.
+        assert_eq!(tracks(&mut each), "va");
+        assert_eq!(tracks(&mut with_video), "va");
+        assert_eq!(tracks(&mut never), "v");
+        hub.publish(audio(&p, 1));
+        hub.publish(audio(&p, 2));
+        assert_eq!(tracks(&mut each), "aa");
+        assert_eq!((with_video.queued(), with_video.queued_bytes()), (0, 20));
+        assert_eq!(tracks(&mut never), "");
+        hub.publish(frame(&p, 1, false));
+        assert_eq!(tracks(&mut with_video), "aav");
+        assert_eq!(with_video.queued_bytes(), 0);
+        assert_eq!(tracks(&mut never), "v");
+        // Video pauses: held audio goes out once the hold is full.
+        for n in 0..=HELD_AUDIO_MAX as i64 {
+            hub.publish(audio(&p, 3 + n));
+        }
+        assert_eq!(with_video.queued(), HELD_AUDIO_MAX + 1);
+        assert_eq!(tracks(&mut never), "");
+        assert_eq!(hub.skips(), 0);
+
+        // Held audio fills the byte limit: the consumer lags, the held frames are dropped with
+        // the frame that did not fit, and it starts again at the next keyframe.
+        let mut small = hub.subscribe_with(1000, 25, AudioWake::WithVideo);
+        // The cached GOP's start, as far as 25 bytes go; then it waits for a keyframe.
+        assert_eq!(tracks(&mut small), "vaa");
+        hub.publish(frame(&p, 2, true));
+        assert_eq!(tracks(&mut small), "v");
+        hub.publish(audio(&p, 100));
+        hub.publish(audio(&p, 101));
+        let dropped = hub.dropped_bytes();
+        hub.publish(audio(&p, 102));
+        assert_eq!(hub.dropped_bytes() - dropped, 30);
+        assert_eq!((small.queued(), small.queued_bytes()), (0, 0));
+        hub.publish(frame(&p, 3, false));
+        assert_eq!(tracks(&mut small), "");
+        hub.publish(frame(&p, 4, true));
+        let d = small.try_recv().expect("resumed");
+        assert!(d.discontinuity && d.frame.keyframe);
     }
 
     /// A batched consumer sleeps until its time, then takes everything queued in one go; a

@@ -118,13 +118,13 @@ fn parse_args() -> Opts {
     o
 }
 
-/// Cameras served by one GStreamer RTSP server process (the load generator). Above this, the
-/// cameras are spread over several source processes (each with its own encoder; none of them is
-/// measured). At 200 cameras connecting at once, one of the source processes (of 4 at 50
-/// cameras each, and of 8 at 25) stopped answering RTSP requests for good while it went on
-/// streaming to the clients it had (its sockets full of unread requests, in CLOSE-WAIT as the
-/// server's connect attempts timed out): see docs/benchmarks.md, "Where we stand".
-const CAMERAS_PER_SOURCE: usize = 50;
+/// Cameras served by one GStreamer RTSP server process (the load generator, one shared encoder per
+/// mount). Above this, the cameras are spread over several source processes (each with its own
+/// encoder; none of them is measured). One process serves 200 cameras connecting at once since
+/// it listens with a deep backlog (tests/support/gst_rtsp_server.py); with GStreamer's default of
+/// 5, connections beyond the backlog waited seconds for their first answer and the harness gave
+/// up (docs/benchmarks.md, "Where we stand").
+const CAMERAS_PER_SOURCE: usize = 200;
 
 /// Everything a scenario needs: the RTSP source, a scratch directory, an HTTP client, the clock
 /// tick rate.

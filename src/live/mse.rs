@@ -181,7 +181,13 @@ pub async fn serve_from_hub(
     max_message: usize,
 ) {
     tokio::pin!(ended);
-    let mut sub = hub.subscribe(VIEWER_QUEUE);
+    // Audio rides with the next video frame anyway: waking for each audio frame would only
+    // queue it in the muxer (for AAC at 48 kHz, about two wake-ups in three).
+    let mut sub = hub.subscribe_with(
+        VIEWER_QUEUE,
+        crate::hub::DEFAULT_QUEUE_BYTES,
+        crate::hub::AudioWake::WithVideo,
+    );
     let mut params = hub.params();
     let waited = tokio::select! {
         r = tokio::time::timeout(CODEC_WAIT, params.wait_for(Option::is_some)) => {

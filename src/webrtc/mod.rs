@@ -577,7 +577,12 @@ impl Engine {
         })?;
         // Subscribe now, so the cached GOP (the burst a new session starts with) is checked
         // for B-frames before answering.
-        let mut sub = rt.hub.subscribe_bounded(SESSION_QUEUE, SESSION_QUEUE_BYTES);
+        // AAC is not a WebRTC codec: its frames are not even queued (no wake-up for them).
+        let mut sub = rt.hub.subscribe_with(
+            SESSION_QUEUE,
+            SESSION_QUEUE_BYTES,
+            crate::hub::AudioWake::Never,
+        );
         let mut burst: Vec<Delivery> = Vec::new();
         while sub.queued() > 0 {
             match sub.recv().now_or_never() {
