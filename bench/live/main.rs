@@ -350,7 +350,7 @@ async fn index_continuity(db: &Path, cameras: usize) -> String {
         Err(e) => return format!("n/a ({e})"),
     };
     let rows = sqlx::query(
-        "SELECT stream_id, start_us, end_us FROM segments \
+        "SELECT stream_id, start_us, end_us, media_duration_us FROM segments \
          WHERE state IN ('complete', 'recording') ORDER BY stream_id, start_us",
     )
     .fetch_all(&pool)
@@ -362,9 +362,13 @@ async fn index_continuity(db: &Path, cameras: usize) -> String {
     };
     let mut streams = 0usize;
     let mut max_gap_us = 0i64;
+    // Wall-clock time the segments span, and the media (sum of frame durations) in them.
+    let (mut span_us, mut media_us) = (0i64, 0i64);
     let mut prev: Option<(String, i64)> = None;
     for r in &rows {
         let (id, start, end): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        span_us += end - start;
+        media_us += r.get::<i64, _>(3);
         match &prev {
             Some((p, prev_end)) if *p == id => max_gap_us = max_gap_us.max(start - prev_end),
             _ => streams += 1,
@@ -372,9 +376,11 @@ async fn index_continuity(db: &Path, cameras: usize) -> String {
         prev = Some((id, end));
     }
     format!(
-        "{streams}/{cameras} cameras recorded, {:.1} segments each, longest gap {:.0} ms",
+        "{streams}/{cameras} cameras recorded, {:.1} segments each, longest gap {:.0} ms, \
+         media {:.2} % of the span",
         rows.len() as f64 / cameras.max(1) as f64,
-        max_gap_us as f64 / 1000.0
+        max_gap_us as f64 / 1000.0,
+        media_us as f64 * 100.0 / span_us.max(1) as f64
     )
 }
 
@@ -393,7 +399,9 @@ async fn ingest(
          ffmpeg's CPU per camera at the largest N measured in this run. \"index\" is read from the \
          server's SQLite index after it stopped: segments per camera and the longest gap between \
          one segment's end and the next one's start (a recording outage or lost frames at a \
-         segment boundary would show there).\n\n\
+         segment boundary would show there), and the media in the segments (sum of frame \
+         durations) as a share of the wall-clock time they span (frames lost inside a segment \
+         would lower it).\n\n\
          | configuration | N | CPU % of a core | per camera | vs ffmpeg | RSS MiB | per camera | fds | client CPU % | input | lost (skipped frames / dropped bytes) | index |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
         b.url("/av"),
