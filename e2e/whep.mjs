@@ -153,6 +153,7 @@ async function main() {
   result.freezeCount = last.freezeCount;
   result.freezeS = last.totalFreezesDuration;
   result.pliCount = last.pliCount;
+  result.packetsReceived = last.packetsReceived;
   result.size = `${last.width}x${last.height}`;
   const problems = [];
   if (expectAudio) {

@@ -6,13 +6,18 @@
 #
 #   bench/webrtc/run.sh                 # JOINS, VIEWERS, MEASURE_S pass through to bench.mjs
 #   PROFILE=dev bench/webrtc/run.sh     # a debug build (numbers not comparable)
+#   BIN=/path/to/video-server bench/webrtc/run.sh   # a binary built before (A/B of two commits)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 profile=${PROFILE:-release}
 cd "$root"
-cargo build --profile "$profile" --bin video-server >&2
-dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-bin="$root/target/$dir/video-server"
+if [ -n "${BIN:-}" ]; then
+    bin=$(realpath "$BIN")
+else
+    cargo build --profile "$profile" --bin video-server >&2
+    dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+    bin="$root/target/$dir/video-server"
+fi
 
 work=$(mktemp -d)
 server_pid=

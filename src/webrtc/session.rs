@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::h264::AnnexB;
+use super::send::Outbox;
 use super::{Datagram, Engine, SessionCounters};
 use crate::hub::{Delivery, Subscription};
 use crate::limits::Permit;
@@ -30,6 +31,9 @@ pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest sleep between checks of the timers above.
 const TICK: Duration = Duration::from_millis(500);
+/// Deadlines already passed that one drain handles at once; past these it returns to the
+/// select loop (which wakes at once for a passed deadline), so other work is not starved.
+const MAX_DUE_PER_DRAIN: u32 = 8;
 /// The cached GOP a session starts with is spread over this much time, each frame waiting its
 /// share by size, rather than written at once: a 2 s GOP is a few hundred packets, and handed to
 /// the socket in one go they overrun the browser's receive buffer, so the lost ones come back by
@@ -56,6 +60,8 @@ pub(super) struct Session {
     /// Bytes of the burst's frames (their share of [`BURST_SPREAD`]).
     pub burst_bytes: usize,
     pub annexb: AnnexB,
+    /// What the `Rtc` output in one drain, sent together.
+    pub outbox: Outbox,
     pub params_version: u64,
     pub mid: Mid,
     pub pt: Pt,
@@ -178,7 +184,8 @@ impl Session {
         }
     }
 
-    /// Hands one frame to the packetizer. Audio is skipped (AAC has no WebRTC codec).
+    /// Hands one frame to the packetizer. The subscription is video-only; anything else is
+    /// skipped (the muxed stream's audio is AAC, which WebRTC cannot carry).
     fn write(&mut self, d: Delivery) -> Result<(), &'static str> {
         let frame = d.frame;
         if frame.track != TrackKind::Video {
@@ -252,9 +259,26 @@ impl Session {
         }
     }
 
-    /// Polls the `Rtc` until it waits: sends its datagrams, handles its events. Returns when to
-    /// poll again, `None` when the peer is gone, or why the session must end.
+    /// Polls the `Rtc` until it waits: handles its events, then sends the datagrams it output
+    /// together ([`Outbox`]). A deadline that has already passed (str0m asks for one to
+    /// packetize a frame just written, or to send due feedback) is handled here at once rather
+    /// than through another turn of the select loop. Returns when to poll again, `None` when the
+    /// peer is gone, or why the session must end.
     async fn drain(&mut self) -> Result<Option<Instant>, &'static str> {
+        let polled = self.poll_all();
+        let sent = self
+            .outbox
+            .flush(&self.engine.socket, &self.engine.gso)
+            .await;
+        self.counters
+            .packets
+            .fetch_add(sent.datagrams, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(sent.bytes, Ordering::Relaxed);
+        polled
+    }
+
+    fn poll_all(&mut self) -> Result<Option<Instant>, &'static str> {
+        let mut due_handled = 0;
         loop {
             if !self.rtc.is_alive() {
                 return Ok(None);
@@ -264,19 +288,18 @@ impl Session {
                 "WebRTC error"
             })?;
             match out {
-                Output::Timeout(t) => return Ok(Some(t)),
-                Output::Transmit(t) => {
-                    let len = t.contents.len() as u64;
-                    match self.engine.socket.send_to(&t.contents, t.destination).await {
-                        Ok(_) => {
-                            self.counters.packets.fetch_add(1, Ordering::Relaxed);
-                            self.counters.bytes.fetch_add(len, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            tracing::debug!(session = %self.id, error = %e, "WebRTC send");
-                        }
+                Output::Timeout(t) => {
+                    let now = Instant::now();
+                    if t > now || due_handled == MAX_DUE_PER_DRAIN {
+                        return Ok(Some(t));
+                    }
+                    due_handled += 1;
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                        tracing::debug!(session = %self.id, error = %e, "WebRTC timeout handling");
+                        return Err("WebRTC error");
                     }
                 }
+                Output::Transmit(t) => self.outbox.push(t.destination, t.contents.into()),
                 Output::Event(e) => self.event(e)?,
             }
         }
