@@ -161,8 +161,6 @@ pub struct RtspServer {
     child: Child,
     _stdin: ChildStdin,
     pub base: String,
-    /// Its last `CLIENTS n` line: established client connections.
-    clients: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl RtspServer {
@@ -179,9 +177,7 @@ impl RtspServer {
             );
         let stdin = child.stdin.take().expect("stdin piped");
         let stdout = child.stdout.take().expect("stdout piped");
-        let clients = Arc::new(std::sync::atomic::AtomicI64::new(-1));
         let (tx, rx) = std::sync::mpsc::channel();
-        let counter = clients.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             // Read to the end (CLIENTS lines follow READY), so the server never blocks on stdout.
@@ -190,10 +186,6 @@ impl RtspServer {
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(base.to_owned());
-                } else if let Some(n) = line.strip_prefix("CLIENTS ")
-                    && let Ok(n) = n.trim().parse()
-                {
-                    counter.store(n, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
@@ -204,23 +196,6 @@ impl RtspServer {
             child,
             _stdin: stdin,
             base,
-            clients,
-        }
-    }
-
-    /// Whether the process still runs.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits until no client is connected (the previous phase's sessions are torn down), so
-    /// phases do not overlap.
-    pub fn wait_idle(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.clients.load(std::sync::atomic::Ordering::Relaxed) > 0
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
