@@ -29,9 +29,9 @@ use crate::wsproto::{CLOSE_TRY_AGAIN, close_code, close_with};
 /// Bytes the WebSocket layer reads from a socket at a time. Its default (128 KiB) is zero-filled
 /// before every read attempt, and a live session attempts a read each time it wakes for a frame:
 /// with hundreds of viewers that memset was two thirds of the server's CPU (docs/benchmarks.md,
-/// "Profiles"). Clients only send short text (`ping`, `more`); a longer message still arrives, in
-/// several reads.
-const READ_BUFFER_BYTES: usize = 4096;
+/// "Profiles"; at 4 KiB it was still 1.5 % at 1000 viewers). Clients only send short text
+/// (`ping`, `more`, close frames); a longer message still arrives, in several reads.
+const READ_BUFFER_BYTES: usize = 512;
 
 /// Applies `[limits] ws_max_message_bytes` to a connection about to be upgraded: a larger message
 /// (or frame) is refused as soon as its header arrives, before it is buffered. Also sets the read
