@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use futures::SinkExt;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, SinkExt, StreamExt};
+use tokio::sync::mpsc;
 
 use crate::hub::{Delivery, Hub};
 use crate::manager::StreamRuntime;
@@ -218,6 +220,12 @@ pub async fn serve_from_hub(
         close_with(&mut socket, "Timeout waiting for codec information").await;
         return;
     }
+    // The client's messages are read by a task of their own, so this one, woken for every
+    // frame, never polls the socket for reading: each such poll registered wakers, checked the
+    // socket's readiness and zero-filled the WebSocket layer's read buffer, ~7 % of the fan-out
+    // cost at 1000 viewers (docs/benchmarks.md, "Profiles"). The halves are joined again to close.
+    let (mut sink, stream) = socket.split();
+    let (mut reader, mut from_client) = ClientReader::spawn(stream);
     let mut mux = MseMuxer::new();
     // The keyframe timer and the stop signal are set up once per session, not around every frame:
     // re-registering a timer and a cancellation waiter per frame and viewer was a visible part of
@@ -227,66 +235,153 @@ pub async fn serve_from_hub(
     let keyframe_timer = tokio::time::sleep_until(keyframe_deadline);
     tokio::pin!(keyframe_timer);
     let mut batch: Vec<Bytes> = Vec::new();
-    loop {
+    // How the session ends: the close to send (`None`: just drop the connection).
+    let end: Ending = loop {
         tokio::select! {
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
-                    if !send(&mut socket, Message::Text("pong".into())).await {
-                        close_with(&mut socket, "Can't write PONG message").await;
-                        return;
+            event = from_client.recv() => match event {
+                Some(ClientEvent::Ping) => {
+                    if !send(&mut sink, Message::Text("pong".into())).await {
+                        break Ending::Reason("Can't write PONG message");
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => return,
-                Some(Err(e)) => {
-                    close_read_error(&mut socket, &e, max_message).await;
-                    return;
-                }
-                Some(Ok(_)) => {}
+                Some(ClientEvent::Closed) | None => break Ending::Drop,
+                Some(ClientEvent::Failed(e)) => break Ending::ReadError(e),
             },
             d = sub.recv() => {
                 let Some(d) = d else {
-                    crate::wsproto::close(&mut socket, Some(crate::wsproto::stopped_frame())).await;
-                    return;
+                    break Ending::Frame(crate::wsproto::stopped_frame());
                 };
                 // Frames already queued behind this one (a new viewer's cached GOP, a viewer
                 // catching up) go out in the same write: one flush, one syscall.
                 let mut next = Some(d);
+                let mut failed = false;
                 while let Some(d) = next {
                     if d.frame.track == TrackKind::Video && d.frame.keyframe {
                         keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
                     }
                     if let Err(e) = mux.push_into(d, &mut batch) {
                         tracing::warn!(error = %e, "cannot mux a fragment for a viewer");
-                        close_with(&mut socket, "Can't write packet to the muxer").await;
-                        return;
+                        failed = true;
+                        break;
                     }
                     next = if batch.len() < MAX_BATCH_MESSAGES { sub.try_recv() } else { None };
                 }
-                if !send_batch(&mut socket, &mut batch).await {
-                    close_with(&mut socket, "Can't write buffered message").await;
-                    return;
+                if failed {
+                    break Ending::Reason("Can't write packet to the muxer");
+                }
+                if !send_batch(&mut sink, &mut batch).await {
+                    break Ending::Reason("Can't write buffered message");
                 }
             }
-            frame = &mut ended => {
-                crate::wsproto::close(&mut socket, Some(frame)).await;
-                return;
-            }
+            frame = &mut ended => break Ending::Frame(frame),
             () = &mut keyframe_timer => {
                 if keyframe_deadline > tokio::time::Instant::now() {
                     keyframe_timer.as_mut().reset(keyframe_deadline);
                 } else {
                     // As in the original: no keyframe for 10 s closes the connection without a
                     // frame.
-                    return;
+                    break Ending::Drop;
                 }
             }
+        }
+    };
+    if matches!(end, Ending::Drop) {
+        return;
+    }
+    // (A reader waiting to hand over an event gives up once nobody listens.)
+    drop(from_client);
+    let Some(mut socket) = reader.rejoin(sink).await else {
+        return;
+    };
+    match end {
+        Ending::Drop => {}
+        Ending::Reason(reason) => close_with(&mut socket, reason).await,
+        Ending::Frame(frame) => crate::wsproto::close(&mut socket, Some(frame)).await,
+        Ending::ReadError(e) => close_read_error(&mut socket, &e, max_message).await,
+    }
+}
+
+/// How a live session ends.
+enum Ending {
+    /// The connection is dropped without a close frame (the client left, or no keyframe came).
+    Drop,
+    /// Close 1000 with this reason (the original's reasons).
+    Reason(&'static str),
+    /// This close frame.
+    Frame(CloseFrame),
+    /// Reading the client's messages failed: 1009 for one over the limit, else a reason.
+    ReadError(axum::Error),
+}
+
+/// What a live viewer's client sent, as far as the session cares.
+enum ClientEvent {
+    /// Text `ping` (answered with `pong`).
+    Ping,
+    /// The client closed the connection (or its close frame came).
+    Closed,
+    Failed(axum::Error),
+}
+
+/// The task reading a live viewer's messages; gives its half of the socket back on
+/// [`ClientReader::rejoin`], and stops when dropped.
+struct ClientReader {
+    task: Option<tokio::task::JoinHandle<SplitStream<WebSocket>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ClientReader {
+    fn spawn(mut stream: SplitStream<WebSocket>) -> (ClientReader, mpsc::Receiver<ClientEvent>) {
+        let (tx, rx) = mpsc::channel(4);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    _ = &mut stopped => return stream,
+                    msg = stream.next() => match msg {
+                        Some(Ok(Message::Text(t))) if t.as_str() == "ping" => ClientEvent::Ping,
+                        Some(Ok(Message::Close(_))) | None => ClientEvent::Closed,
+                        Some(Err(e)) => ClientEvent::Failed(e),
+                        Some(Ok(_)) => continue,
+                    },
+                };
+                let last = !matches!(event, ClientEvent::Ping);
+                if tx.send(event).await.is_err() || last {
+                    return stream;
+                }
+            }
+        });
+        let reader = ClientReader {
+            task: Some(task),
+            stop: Some(stop),
+        };
+        (reader, rx)
+    }
+
+    /// Stops reading and joins the two halves again (`None` if the reader task failed).
+    async fn rejoin(&mut self, sink: SplitSink<WebSocket, Message>) -> Option<WebSocket> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let stream = self.task.take()?.await.ok()?;
+        sink.reunite(stream).ok()
+    }
+}
+
+impl Drop for ClientReader {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
     }
 }
 
 /// Sends `batch` (emptied) with one flush at the end: the WebSocket layer buffers the messages
 /// and writes them together. `WRITE_TIMEOUT` applies to the whole batch.
-async fn send_batch(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> bool {
+async fn send_batch<S>(socket: &mut S, batch: &mut Vec<Bytes>) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
     if batch.is_empty() {
         return true;
     }
@@ -299,7 +394,10 @@ async fn send_batch(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> bool {
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
-async fn send(socket: &mut WebSocket, m: Message) -> bool {
+async fn send<S>(socket: &mut S, m: Message) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
     matches!(
         tokio::time::timeout(WRITE_TIMEOUT, socket.send(m)).await,
         Ok(Ok(()))
