@@ -99,6 +99,15 @@ impl Session {
         let mut params = self.rt.hub.params();
         let cancel = self.cancel.clone();
         let rt = self.rt.clone();
+        // The stop signals and the timer are made once per session, not on every turn of the
+        // loop (a turn per frame, datagram and timeout): re-registering waiters and a timer each
+        // time is measurable per viewer (docs/benchmarks.md, "WebRTC").
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let stopped = rt.stopped();
+        tokio::pin!(stopped);
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now() + TICK);
+        tokio::pin!(timer);
         // When the next frame of the burst may be written (paced, see BURST_SPREAD).
         let mut burst_next = Instant::now();
         loop {
@@ -121,10 +130,14 @@ impl Session {
             if pacing {
                 wake = wake.min(burst_next);
             }
+            let wake = tokio::time::Instant::from_std(wake);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return "closed (DELETE or shutdown)",
-                () = rt.stopped() => return "stream stopped",
+                () = &mut cancelled => return "closed (DELETE or shutdown)",
+                () = &mut stopped => return "stream stopped",
                 changed = params.changed() => {
                     if changed.is_err() || params.borrow().is_none() {
                         return "stream stopped";
@@ -155,7 +168,7 @@ impl Session {
                         return reason;
                     }
                 }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                () = &mut timer => {
                     if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
                         tracing::debug!(session = %self.id, error = %e, "WebRTC timeout handling");
                         return "WebRTC error";

@@ -79,6 +79,18 @@ impl Node {
     }
 }
 
+/// Starts one node per name on the index `url` and the store `s3`.
+fn start_nodes(names: &[&str], url: &str, s3: &S3Server) -> Vec<Node> {
+    names.iter().map(|n| Node::start(n, url, s3)).collect()
+}
+
+/// Stops every node; each must exit cleanly.
+fn terminate_all(nodes: &mut [Node]) {
+    for n in nodes {
+        assert!(n.terminate(), "{}: graceful stop", n.name);
+    }
+}
+
 /// Polls `f` every 100 ms until it returns `Some` (or panics after `timeout`).
 async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
@@ -251,10 +263,7 @@ async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
     let url = schema.url();
-    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| Node::start(n, &url, &s3))
-        .collect();
+    let mut nodes = start_nodes(&["n1", "n2", "n3"], &url, &s3);
     let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 10, &["mse"]).await;
     let owners_before = spread(
         &nodes[1].api(),
@@ -439,9 +448,7 @@ async fn ten_cameras_spread_over_three_nodes_and_fail_over_from_a_killed_one() {
     );
     assert!(worst_gap_us < 6_000_000, "a gap of {worst_gap_us} µs");
     assert_no_overlap(&rows);
-    for n in &mut nodes {
-        assert!(n.terminate(), "{}: graceful stop", n.name);
-    }
+    terminate_all(&mut nodes);
     // A rolling stop leaves no overlap either, and the leases were given back.
     assert_no_overlap(&segment_rows(&db).await);
     let held: i64 =
@@ -461,10 +468,7 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
     let url = schema.url();
-    let nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node::start(n, &url, &s3))
-        .collect();
+    let mut nodes = start_nodes(&["a", "b"], &url, &s3);
     let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse", "hls"]).await;
     let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
     let id = ids[0];
@@ -570,9 +574,7 @@ async fn a_change_through_another_node_is_applied_by_the_owner_within_a_second()
     let r = patch(json!({"enabled": true})).await.expect("patch");
     assert_eq!(r.status().as_u16(), 200);
     spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(10)).await;
-    for mut n in nodes {
-        assert!(n.terminate(), "{}: graceful stop", n.name);
-    }
+    terminate_all(&mut nodes);
 }
 
 /// A node whose connection to Postgres is cut stops its cameras before its leases expire: every
@@ -880,10 +882,7 @@ async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
     let url = schema.url();
-    let mut nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node::start(n, &url, &s3))
-        .collect();
+    let mut nodes = start_nodes(&["a", "b"], &url, &s3);
     let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse"]).await;
     let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
     let id = ids[0];
@@ -929,9 +928,7 @@ async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
     .await;
     eprintln!("playing again {:?} after the kill", started.elapsed());
     assert!(again.order.starts_with("cif"), "{}", again.order);
-    for mut n in nodes {
-        assert!(n.terminate(), "{}: graceful stop", n.name);
-    }
+    terminate_all(&mut nodes);
 }
 
 /// A gauge without labels from a node's `/metrics` (`None` when it is not there).
@@ -970,10 +967,7 @@ async fn viewers_on_one_node_share_one_upstream_from_the_holder() {
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
     let url = schema.url();
-    let nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node::start(n, &url, &s3))
-        .collect();
+    let mut nodes = start_nodes(&["a", "b"], &url, &s3);
     let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse"]).await;
     let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
     let id = ids[0];
@@ -1070,9 +1064,7 @@ async fn viewers_on_one_node_share_one_upstream_from_the_holder() {
             other => panic!("a relay with proof {proof:?} was not refused: {other:?}"),
         }
     }
-    for mut n in nodes {
-        assert!(n.terminate(), "{}: graceful stop", n.name);
-    }
+    terminate_all(&mut nodes);
 }
 
 /// A codec change on the holder's camera (H.264 Main → High and a new size) reaches a relayed
@@ -1087,10 +1079,7 @@ async fn a_codec_change_reaches_relayed_viewers_as_on_the_holder() {
     let clip = crate::codec_switch::codec_changing_clip(tmp.path());
     let (_rtsp, source) = crate::codec_switch::source_of(&clip);
     let url = schema.url();
-    let nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node::start(n, &url, &s3))
-        .collect();
+    let mut nodes = start_nodes(&["a", "b"], &url, &s3);
     let r = reqwest::Client::new()
         .post(format!("{}/api/v1/streams", nodes[0].api()))
         .json(&json!({
@@ -1117,9 +1106,7 @@ async fn a_codec_change_reaches_relayed_viewers_as_on_the_holder() {
     assert_eq!(got.sizes(), vec![(640, 360), (320, 180)], "{got:?}");
     assert_eq!(got.order, "cifcif", "{got:?}");
     assert_eq!(got.other, 0, "{got:?}");
-    for mut n in nodes {
-        assert!(n.terminate(), "{}: graceful stop", n.name);
-    }
+    terminate_all(&mut nodes);
 }
 
 /// Byte ranges a node has served to other nodes (its `/metrics`: 206 answers of the internal
@@ -1192,10 +1179,7 @@ async fn a_segment_still_local_to_its_node_plays_and_exports_from_another_node()
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
     let url = schema.url();
-    let mut nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node::start(n, &url, &s3))
-        .collect();
+    let mut nodes = start_nodes(&["a", "b"], &url, &s3);
     let ids = create_cameras_on(
         &nodes[0].api(),
         &rtsp.url("test"),
@@ -1371,8 +1355,6 @@ async fn a_segment_still_local_to_its_node_plays_and_exports_from_another_node()
         "{:?}",
         asked.elapsed()
     );
-    for n in &mut nodes {
-        assert!(n.terminate(), "{}: graceful stop", n.name);
-    }
+    terminate_all(&mut nodes);
     db.close().await;
 }
