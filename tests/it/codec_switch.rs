@@ -169,6 +169,20 @@ pub async fn start_server(tmp: &Path, streams: &str) -> InProcess {
     InProcess::start(&format!("{archive}{streams}")).await
 }
 
+/// What a viewer of the codec-changing clip must get: a `0x09` codec message for each codec (Main,
+/// then High), each followed by its init segment (640x360, then 320x180) and fragments, nothing
+/// else.
+pub fn assert_codec_change(got: &Messages) {
+    assert_eq!(
+        got.codec_messages,
+        vec!["avc1.4D401E".to_owned(), "avc1.64001E".to_owned()],
+        "{got:?}"
+    );
+    assert_eq!(got.sizes(), vec![(640, 360), (320, 180)], "{got:?}");
+    assert_eq!(got.order, "cifcif", "{got:?}");
+    assert_eq!(got.other, 0, "{got:?}");
+}
+
 /// A live viewer of on-demand stream `id` on `video`: every message until a second of video
 /// after the clip's switch has arrived (the clip switches after `HALF_S` s).
 pub async fn watch_the_switch(video: &str, id: Uuid) -> Messages {
@@ -226,15 +240,7 @@ async fn a_codec_change_sends_a_new_codec_message_then_the_init_segment() {
     let (_rtsp, url) = source_of(&codec_changing_clip(tmp.path()));
     let id = Uuid::new_v4();
     let s = start_server(tmp.path(), &stream_entry(id, &url, false, true)).await;
-    let got = watch_the_switch(&s.video, id).await;
-    assert_eq!(
-        got.codec_messages,
-        vec!["avc1.4D401E".to_owned(), "avc1.64001E".to_owned()],
-        "{got:?}"
-    );
-    assert_eq!(got.sizes(), vec![(640, 360), (320, 180)], "{got:?}");
-    assert_eq!(got.order, "cifcif", "{got:?}");
-    assert_eq!(got.other, 0, "{got:?}");
+    assert_codec_change(&watch_the_switch(&s.video, id).await);
     let _ = s.stop().await;
 }
 
