@@ -414,6 +414,15 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, AuthError>> {
     Some(parsed)
 }
 
+/// The node proof a node-proof header carries.
+fn node_proof(value: &HeaderValue) -> Result<crate::auth::signing::NodeProof, AuthError> {
+    value
+        .to_str()
+        .ok()
+        .and_then(crate::auth::signing::NodeProof::from_header)
+        .ok_or(AuthError::NodeProof("malformed node proof"))
+}
+
 /// Who is calling. Takes the headers and query rather than the request: a request (its body) is
 /// not `Sync`, so a reference to it cannot be held across an `.await` in a `Send` future.
 async fn authenticate(
@@ -426,13 +435,11 @@ async fn authenticate(
     peer: Option<IpAddr>,
 ) -> Result<Caller, AuthError> {
     if access == Access::Node {
-        let proof = headers
-            .get(crate::auth::signing::NODE_PROOF_HEADER)
-            .ok_or(AuthError::NodeProof("a node proof is required"))?
-            .to_str()
-            .ok()
-            .and_then(crate::auth::signing::NodeProof::from_header)
-            .ok_or(AuthError::NodeProof("malformed node proof"))?;
+        let proof = node_proof(
+            headers
+                .get(crate::auth::signing::NODE_PROOF_HEADER)
+                .ok_or(AuthError::NodeProof("a node proof is required"))?,
+        )?;
         let key = query_param(query, "key").unwrap_or_default();
         state.auth.verify_node_proof(&key, &proof).await?;
         return Ok(Caller::node(peer));
@@ -442,11 +449,7 @@ async fn authenticate(
     if policy.relay
         && let Some(value) = headers.get(crate::auth::signing::NODE_PROOF_HEADER)
     {
-        let proof = value
-            .to_str()
-            .ok()
-            .and_then(crate::auth::signing::NodeProof::from_header)
-            .ok_or(AuthError::NodeProof("malformed node proof"))?;
+        let proof = node_proof(value)?;
         let id = stream.ok_or(AuthError::NodeProof("a node proof needs a stream"))?;
         let subject = crate::auth::signing::live_relay_subject(id);
         state.auth.verify_node_proof(&subject, &proof).await?;

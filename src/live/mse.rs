@@ -16,7 +16,7 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::hub::{Delivery, Hub};
+use crate::hub::{Delivery, Hub, Subscription};
 use crate::manager::StreamRuntime;
 use crate::media::fmp4::FragmentWriter;
 use crate::media::{Frame, MediaError, StreamParams, TrackKind};
@@ -177,114 +177,25 @@ pub async fn serve_viewer(socket: WebSocket, rt: Arc<StreamRuntime>, max_message
 /// into, `live::relay`) until it leaves, lags beyond repair, or `ended` resolves, with the close
 /// frame the viewer is then sent.
 pub async fn serve_from_hub(
-    mut socket: WebSocket,
+    socket: WebSocket,
     hub: &Arc<Hub>,
     ended: impl Future<Output = CloseFrame>,
     max_message: usize,
 ) {
-    tokio::pin!(ended);
     // Audio rides with the next video frame anyway: waking for each audio frame would only
     // queue it in the muxer (for AAC at 48 kHz, about two wake-ups in three).
-    let mut sub = hub.subscribe_with(
+    let sub = hub.subscribe_with(
         VIEWER_QUEUE,
         crate::hub::DEFAULT_QUEUE_BYTES,
         crate::hub::AudioWake::WithVideo,
     );
-    let mut params = hub.params();
-    let waited = tokio::select! {
-        r = tokio::time::timeout(CODEC_WAIT, params.wait_for(Option::is_some)) => {
-            Ok(Ok(matches!(r, Ok(Ok(_)))))
-        }
-        // The viewer may leave while waiting.
-        err = wait_closed(&mut socket) => Err(err),
-        frame = &mut ended => Ok(Err(frame)),
-    };
-    // (Answered outside the select: its futures, a lock guard among them, are gone by now.)
-    let got_codecs = match waited {
-        Ok(g) => g,
-        Err(err) => {
-            if let Some(e) = err {
-                close_read_error(&mut socket, &e, max_message).await;
-            }
-            return;
-        }
-    };
-    let got_codecs = match got_codecs {
-        Ok(got) => got,
-        Err(frame) => {
-            crate::wsproto::close(&mut socket, Some(frame)).await;
-            return;
-        }
-    };
-    if !got_codecs {
-        close_with(&mut socket, "Timeout waiting for codec information").await;
-        return;
-    }
-    // The client's messages are read by a task of their own, so this one, woken for every
+    // The client's messages are read by a task of their own, so the session, woken for every
     // frame, never polls the socket for reading: each such poll registered wakers, checked the
     // socket's readiness and zero-filled the WebSocket layer's read buffer, ~7 % of the fan-out
     // cost at 1000 viewers (docs/benchmarks.md, "Profiles"). The halves are joined again to close.
     let (mut sink, stream) = socket.split();
     let (mut reader, mut from_client) = ClientReader::spawn(stream);
-    let mut mux = MseMuxer::new();
-    // The keyframe timer and the stop signal are set up once per session, not around every frame:
-    // re-registering a timer and a cancellation waiter per frame and viewer was a visible part of
-    // the fan-out cost (docs/benchmarks.md, "Profiles"). The timer is moved on lazily: when it
-    // fires early because keyframes came meanwhile, it is set to the latest deadline.
-    let mut keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
-    let keyframe_timer = tokio::time::sleep_until(keyframe_deadline);
-    tokio::pin!(keyframe_timer);
-    let mut batch: Vec<Bytes> = Vec::new();
-    // How the session ends: the close to send (`None`: just drop the connection).
-    let end: Ending = loop {
-        tokio::select! {
-            event = from_client.recv() => match event {
-                Some(ClientEvent::Ping) => {
-                    if !send(&mut sink, Message::Text("pong".into())).await {
-                        break Ending::Reason("Can't write PONG message");
-                    }
-                }
-                Some(ClientEvent::Closed) | None => break Ending::Drop,
-                Some(ClientEvent::Failed(e)) => break Ending::ReadError(e),
-            },
-            d = sub.recv() => {
-                let Some(d) = d else {
-                    break Ending::Frame(crate::wsproto::stopped_frame());
-                };
-                // Frames already queued behind this one (a new viewer's cached GOP, a viewer
-                // catching up) go out in the same write: one flush, one syscall.
-                let mut next = Some(d);
-                let mut failed = false;
-                while let Some(d) = next {
-                    if d.frame.track == TrackKind::Video && d.frame.keyframe {
-                        keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
-                    }
-                    if let Err(e) = mux.push_into(d, &mut batch) {
-                        tracing::warn!(error = %e, "cannot mux a fragment for a viewer");
-                        failed = true;
-                        break;
-                    }
-                    next = if batch.len() < MAX_BATCH_MESSAGES { sub.try_recv() } else { None };
-                }
-                if failed {
-                    break Ending::Reason("Can't write packet to the muxer");
-                }
-                if !send_batch(&mut sink, &mut batch).await {
-                    break Ending::Reason("Can't write buffered message");
-                }
-            }
-            frame = &mut ended => break Ending::Frame(frame),
-            () = &mut keyframe_timer => {
-                if keyframe_deadline > tokio::time::Instant::now() {
-                    keyframe_timer.as_mut().reset(keyframe_deadline);
-                } else {
-                    // As in the original: no keyframe for 10 s closes the connection without a
-                    // frame.
-                    break Ending::Drop;
-                }
-            }
-        }
-    };
+    let end = session(hub, sub, &mut sink, &mut from_client, ended).await;
     if matches!(end, Ending::Drop) {
         return;
     }
@@ -298,6 +209,100 @@ pub async fn serve_from_hub(
         Ending::Reason(reason) => close_with(&mut socket, reason).await,
         Ending::Frame(frame) => crate::wsproto::close(&mut socket, Some(frame)).await,
         Ending::ReadError(e) => close_read_error(&mut socket, &e, max_message).await,
+    }
+}
+
+/// One live session on the socket's write half: waits for the stream's codecs, then sends its
+/// frames, answering the client's `ping`s throughout; returns how it ends.
+async fn session(
+    hub: &Arc<Hub>,
+    mut sub: Subscription,
+    sink: &mut SplitSink<WebSocket, Message>,
+    from_client: &mut mpsc::Receiver<ClientEvent>,
+    ended: impl Future<Output = CloseFrame>,
+) -> Ending {
+    tokio::pin!(ended);
+    {
+        let mut params = hub.params();
+        // (A bool, not the watch's guard: that guard must not live across the other arms'
+        // awaits.)
+        let codecs = async {
+            let got = tokio::time::timeout(CODEC_WAIT, params.wait_for(Option::is_some)).await;
+            matches!(got, Ok(Ok(_)))
+        };
+        tokio::pin!(codecs);
+        loop {
+            tokio::select! {
+                got = &mut codecs => {
+                    if got {
+                        break;
+                    }
+                    return Ending::Reason("Timeout waiting for codec information");
+                }
+                // The viewer may leave while waiting (a failed `pong` does not end the wait).
+                event = from_client.recv() => match event {
+                    Some(ClientEvent::Ping) => {
+                        let _ = send(sink, Message::Text("pong".into())).await;
+                    }
+                    Some(ClientEvent::Closed) | None => return Ending::Drop,
+                    Some(ClientEvent::Failed(e)) => return Ending::ReadError(e),
+                },
+                frame = &mut ended => return Ending::Frame(frame),
+            }
+        }
+    }
+    let mut mux = MseMuxer::new();
+    // The keyframe timer and the stop signal are set up once per session, not around every frame:
+    // re-registering a timer and a cancellation waiter per frame and viewer was a visible part of
+    // the fan-out cost (docs/benchmarks.md, "Profiles"). The timer is moved on lazily: when it
+    // fires early because keyframes came meanwhile, it is set to the latest deadline.
+    let mut keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
+    let keyframe_timer = tokio::time::sleep_until(keyframe_deadline);
+    tokio::pin!(keyframe_timer);
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        tokio::select! {
+            event = from_client.recv() => match event {
+                Some(ClientEvent::Ping) => {
+                    if !send(sink, Message::Text("pong".into())).await {
+                        return Ending::Reason("Can't write PONG message");
+                    }
+                }
+                Some(ClientEvent::Closed) | None => return Ending::Drop,
+                Some(ClientEvent::Failed(e)) => return Ending::ReadError(e),
+            },
+            d = sub.recv() => {
+                let Some(d) = d else {
+                    return Ending::Frame(crate::wsproto::stopped_frame());
+                };
+                // Frames already queued behind this one (a new viewer's cached GOP, a viewer
+                // catching up) go out in the same write: one flush, one syscall.
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    if d.frame.track == TrackKind::Video && d.frame.keyframe {
+                        keyframe_deadline = tokio::time::Instant::now() + KEYFRAME_TIMEOUT;
+                    }
+                    if let Err(e) = mux.push_into(d, &mut batch) {
+                        tracing::warn!(error = %e, "cannot mux a fragment for a viewer");
+                        return Ending::Reason("Can't write packet to the muxer");
+                    }
+                    next = if batch.len() < MAX_BATCH_MESSAGES { sub.try_recv() } else { None };
+                }
+                if !send_batch(sink, &mut batch).await {
+                    return Ending::Reason("Can't write buffered message");
+                }
+            }
+            frame = &mut ended => return Ending::Frame(frame),
+            () = &mut keyframe_timer => {
+                if keyframe_deadline > tokio::time::Instant::now() {
+                    keyframe_timer.as_mut().reset(keyframe_deadline);
+                } else {
+                    // As in the original: no keyframe for 10 s closes the connection without a
+                    // frame.
+                    return Ending::Drop;
+                }
+            }
+        }
     }
 }
 
@@ -402,21 +407,6 @@ where
         tokio::time::timeout(WRITE_TIMEOUT, socket.send(m)).await,
         Ok(Ok(()))
     )
-}
-
-/// Resolves when the client closes, with the receive error if that is how it ended (other
-/// messages are ignored while waiting for codecs, except `ping`, which is answered).
-async fn wait_closed(socket: &mut WebSocket) -> Option<axum::Error> {
-    loop {
-        match socket.recv().await {
-            Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
-                let _ = send(socket, Message::Text("pong".into())).await;
-            }
-            Some(Ok(Message::Close(_))) | None => return None,
-            Some(Err(e)) => return Some(e),
-            Some(Ok(_)) => {}
-        }
-    }
 }
 
 #[cfg(test)]

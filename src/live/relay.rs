@@ -86,8 +86,8 @@ struct Feed {
     /// The node it reads from.
     holder: String,
     hub: Arc<Hub>,
-    /// Local viewers attached (changed under the registry's lock, so the upstream cannot retire
-    /// while a viewer joins).
+    /// Local viewers attached (raised, and checked before retiring, under the registry's lock,
+    /// so the upstream cannot retire while a viewer joins).
     viewers: AtomicUsize,
     /// Told when the last viewer left.
     idle: Notify,

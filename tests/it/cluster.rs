@@ -870,37 +870,33 @@ async fn watch(video: &str, id: Uuid, fragments: usize) -> Result<(Messages, Vie
     Ok((got, ws))
 }
 
-/// Two nodes "a" and "b" sharing two recording cameras (outputs mse), and the index of the node
-/// holding the first one. The schema, store and RTSP server live as long as this.
-struct Pair {
+/// What two-node tests run on: the index's schema, the S3 server and the RTSP server, kept alive
+/// as long as this is.
+struct Shared {
     schema: PgSchema,
     _s3: S3Server,
     _rtsp: RtspServer,
-    nodes: Vec<Node>,
-    ids: Vec<Uuid>,
-    holder: usize,
 }
 
-async fn two_nodes_with_cameras() -> Pair {
+/// Two nodes "a" and "b" sharing two recording cameras (outputs mse): what they run on, the nodes,
+/// the cameras, and the index of the node holding the first one.
+async fn two_nodes_with_cameras() -> (Shared, Vec<Node>, Vec<Uuid>, usize) {
     let schema = PgSchema::create().await;
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
     let nodes = start_nodes(&["a", "b"], &schema.url(), &s3);
     let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse"]).await;
     let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
-    let id = ids[0];
     let holder = nodes
         .iter()
-        .position(|n| n.name == owners[&id])
+        .position(|n| n.name == owners[&ids[0]])
         .expect("holder");
-    Pair {
+    let shared = Shared {
         schema,
         _s3: s3,
         _rtsp: rtsp,
-        nodes,
-        ids,
-        holder,
-    }
+    };
+    (shared, nodes, ids, holder)
 }
 
 /// A live viewer on a node that does not hold the camera is relayed from the holder, in the Go
@@ -911,14 +907,7 @@ async fn two_nodes_with_cameras() -> Pair {
 async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let Pair {
-        schema: _schema,
-        _s3,
-        _rtsp,
-        mut nodes,
-        ids,
-        holder,
-    } = two_nodes_with_cameras().await;
+    let (_shared, mut nodes, ids, holder) = two_nodes_with_cameras().await;
     let id = ids[0];
     let video = nodes[1 - holder].proc().video.clone();
 
@@ -993,14 +982,7 @@ async fn viewers(api: &str, id: Uuid) -> Option<u64> {
 async fn viewers_on_one_node_share_one_upstream_from_the_holder() {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let Pair {
-        schema,
-        _s3,
-        _rtsp,
-        mut nodes,
-        ids,
-        holder,
-    } = two_nodes_with_cameras().await;
+    let (shared, mut nodes, ids, holder) = two_nodes_with_cameras().await;
     let id = ids[0];
     let (holder, relay) = (&nodes[holder], &nodes[1 - holder]);
     let video = relay.proc().video.clone();
@@ -1070,7 +1052,7 @@ async fn viewers_on_one_node_share_one_upstream_from_the_holder() {
         r
     };
     use video_server::auth::signing::live_relay_subject;
-    let db = pool(&schema).await;
+    let db = pool(&shared.schema).await;
     let exp = chrono::Utc::now().timestamp() + 60;
     let (own, _) = tokio_tungstenite::connect_async(relay_request(
         &node_proof(&db, &live_relay_subject(id)).await,
