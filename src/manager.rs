@@ -82,11 +82,26 @@ pub struct RuntimeCounts {
 }
 
 impl RuntimeCounters {
+    /// The counters, with `started` and `stopped` as they were at one moment however starts and
+    /// stops race, so `started - stopped` is the number of runtimes alive then. Both only grow: a
+    /// `stopped` read between two equal reads of `started` pairs with that value. Starts are rare,
+    /// so the reads agree at once or after a retry; should they keep moving, `stopped` read before
+    /// `started` still never exceeds it (a runtime starts before it stops; acquire loads against
+    /// the release of [`bump`]).
     pub fn snapshot(&self) -> RuntimeCounts {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
+        let (mut started, mut stopped) = (0, 0);
+        for _ in 0..64 {
+            let before = get(&self.started);
+            stopped = get(&self.stopped);
+            started = get(&self.started);
+            if before == started {
+                break;
+            }
+        }
         RuntimeCounts {
-            started: get(&self.started),
-            stopped: get(&self.stopped),
+            started,
+            stopped,
             spec_updates: get(&self.spec_updates),
             stop_timeouts: get(&self.stop_timeouts),
             task_panics: get(&self.task_panics),
@@ -95,7 +110,7 @@ impl RuntimeCounters {
 }
 
 fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+    c.fetch_add(1, Ordering::AcqRel);
 }
 
 /// One running stream.
@@ -615,5 +630,46 @@ impl StreamManager {
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One stream started and stopped over and over on one thread while another reads the
+    /// counters: every snapshot sees zero or one runtime alive, never minus one or two.
+    #[test]
+    fn snapshots_pair_starts_with_stops() {
+        use std::sync::atomic::AtomicBool;
+        let counters = Arc::new(RuntimeCounters::default());
+        let done = Arc::new(AtomicBool::new(false));
+        let flipper = {
+            let (counters, done) = (counters.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    bump(&counters.started);
+                    bump(&counters.stopped);
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut seen = [0u64; 2];
+        for _ in 0..1_000_000 {
+            let n = counters.snapshot();
+            let alive = n.started.checked_sub(n.stopped);
+            assert!(matches!(alive, Some(0 | 1)), "{n:?}");
+            seen[usize::from(alive == Some(1))] += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        let flips = flipper.join().unwrap_or(0);
+        let n = counters.snapshot();
+        assert_eq!((n.started, n.stopped), (flips, flips));
+        assert!(
+            flips > 0 && seen[0] > 0,
+            "both ran: {flips} flips, {seen:?}"
+        );
     }
 }
