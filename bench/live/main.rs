@@ -11,6 +11,7 @@
 mod client;
 mod procs;
 mod startup;
+mod webrtc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ scenarios:
   smoke     ingest N=5 (with ffmpeg) and fanout M=50, short windows; fails only if the harness breaks
   ingest    N cameras: ffmpeg -c copy -f mp4 vs the server (recording only; mse+hls+recording+1 viewer)
   fanout    one camera to M MSE viewers
+  webrtc    one camera to M WebRTC (WHEP) viewers, next to M MSE viewers in the same run
   ttff      time to first fragment, live (GOP cache) and archive, sequential sessions
   archive   S concurrent archive playback sessions: time to first fragment, memory per session
   soak      N cameras recorded and viewed; RSS, descriptors and CPU sampled over time
@@ -36,7 +38,7 @@ scenarios:
 
 options:
   --cameras LIST      cameras per step (ingest: 1,10,50,100,200; soak: 20; archive: 1)
-  --viewers LIST      viewers per step (fanout: 1,10,100,500,1000)
+  --viewers LIST      viewers per step (fanout: 1,10,100,500,1000; webrtc: 10,50,100,200)
   --seconds S         measuring window per step (default 20; soak: total length, default 120)
   --sessions S        archive sessions (default 100) / ttff samples (default 100)
   --segment-ms MS     archive segment length for ttff/archive (default 10000)
@@ -271,6 +273,17 @@ impl Viewers {
     fn add(&mut self, video: &str, stream: uuid::Uuid) {
         let url = format!("ws://{video}/ws/live?stream_id={stream}");
         self.tasks.push(tokio::spawn(client::live_viewer(
+            url,
+            self.totals.clone(),
+            self.stop.clone(),
+        )));
+    }
+
+    /// A WebRTC viewer (WHEP on the video listener) instead of an MSE one.
+    fn add_whep(&mut self, http: &reqwest::Client, video: &str, stream: uuid::Uuid) {
+        let url = format!("http://{video}/whep/{stream}");
+        self.tasks.push(tokio::spawn(webrtc::whep_viewer(
+            http.clone(),
             url,
             self.totals.clone(),
             self.stop.clone(),
@@ -589,6 +602,93 @@ async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut St
     out.push('\n');
 }
 
+/// The demo stream to M WebRTC (WHEP) viewers and, in the same run, to M MSE viewers: for each
+/// M the MSE viewers are measured, leave, then the WebRTC viewers are measured and leave, so both
+/// kinds meet the same machine state. The source is the bundled demo clip played in a loop (the
+/// bitrate the issue's target names); its audio is AAC, which is not a WebRTC codec, so WebRTC
+/// viewers get the video and MSE viewers both tracks.
+async fn webrtc_fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut String) {
+    let most = viewers.iter().max().copied().unwrap_or(1) + 10;
+    let demo = uuid::Uuid::new_v4();
+    let extra = format!(
+        "[webrtc]\nudp_port = 0\nmax_sessions = {most}\nmax_sessions_per_stream = {most}\n\
+         [[local_files]]\nguid = \"{demo}\"\nfile = \"{}\"\nloop = true\noutput_types = [\"mse\"]\n",
+        b.root.join("assets/demo.mp4").display()
+    );
+    let (server, _, _) = b.server("webrtc", 0, "\"mse\"", false, &extra);
+    let ids = [demo];
+    server
+        .wait_receiving(&b.http, 1, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(WARM_UP).await;
+    let base = b.measure(&[server.pid()], window).await;
+    out.push_str(&format!(
+        "WebRTC fan-out: the demo clip (`assets/demo.mp4` looped: 640×360, 25 fps, 2 s GOP, \
+         H.264 + AAC; outputs mse, not recorded) to M WebRTC viewers (WHEP; str0m clients in one \
+         process: ICE, DTLS, SRTP, depacketizing, no decoding) and, in the same run, to M MSE \
+         viewers; {} s windows. With no viewer the server uses {:.2} % \
+         of a core. \"Per viewer\" is (CPU − CPU with no viewer) / M. WebRTC viewers get the \
+         video only (AAC is not a WebRTC codec); \"frames/s\" counts whole video frames as \
+         received (a WebRTC viewer's first frame must be a keyframe: the GOP burst).\n\n\
+         | viewers | kind | CPU % of a core | per viewer | RSS MiB | client CPU % | kbit/s per viewer | video frames/s per viewer | skipped frames | first frame p50 / max ms | bad starts |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        window.as_secs(),
+        base.cpu_percent,
+    ));
+    for &m in viewers {
+        for kind in ["MSE", "WebRTC"] {
+            let mut v = Viewers::new();
+            for _ in 0..m {
+                if kind == "MSE" {
+                    v.add(&server.video, ids[0]);
+                } else {
+                    v.add_whep(&b.http, &server.video, ids[0]);
+                }
+            }
+            v.wait_started(Duration::from_secs(30 + m as u64 / 10))
+                .await;
+            tokio::time::sleep(WARM_UP).await;
+            let (skip0, _) = losses(&server, &b.http).await;
+            let s0 = v.totals.snapshot();
+            let t0 = Instant::now();
+            let usage = b.measure(&[server.pid()], window).await;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let s1 = v.totals.snapshot();
+            let (skip1, _) = losses(&server, &b.http).await;
+            let per = |i: usize| (s1[i] - s0[i]) as f64 / elapsed / m as f64;
+            assert!(per(3) > 0.0, "{kind} viewers received no video");
+            let bad = v.totals.bad_starts.load(Ordering::Relaxed);
+            let ended = v.totals.ended.load(Ordering::Relaxed);
+            let mut firsts = v.stop().await;
+            firsts.sort();
+            push_row(
+                out,
+                format!(
+                    "| {m} | {kind} | {:.2} | {:.4} | {:.1} | {:.2} | {:.0} | {:.1} | {} | {:.0} / {:.0} | {bad} |\n",
+                    usage.cpu_percent,
+                    (usage.cpu_percent - base.cpu_percent) / m as f64,
+                    mib(usage.rss_kib),
+                    usage.client_cpu_percent,
+                    per(1) * 8.0 / 1000.0,
+                    per(3),
+                    skip1 - skip0,
+                    pct(&firsts, 0.5),
+                    pct(&firsts, 1.0),
+                ),
+            );
+            assert_eq!(
+                ended, 0,
+                "{ended} {kind} viewers were closed during the window"
+            );
+            assert_eq!(bad, 0, "a {kind} viewer started mid-GOP");
+            // The sessions close (WHEP DELETE, WebSocket close) before the next step.
+            tokio::time::sleep(WARM_UP).await;
+        }
+    }
+    server.stop();
+    out.push('\n');
+}
+
 fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -873,6 +973,9 @@ async fn main() {
                 ingest(&mut b, &c, o.ffmpeg_max, window, &mut out).await;
             }
             "fanout" => fanout(&mut b, &viewers(&[1, 10, 100, 500, 1000]), window, &mut out).await,
+            "webrtc" => {
+                webrtc_fanout(&mut b, &viewers(&[10, 50, 100, 200]), window, &mut out).await
+            }
             "ttff" => ttff(&mut b, o.sessions, o.segment_ms, &mut out).await,
             "archive" => {
                 let c = cameras(&[1]);
