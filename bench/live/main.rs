@@ -26,7 +26,8 @@ const USAGE: &str = "\
 usage: cargo bench --bench live -- SCENARIO [options]
 
 scenarios:
-  smoke     ingest N=5 (with ffmpeg) and fanout M=50, short windows; fails only if the harness breaks
+  smoke     ingest N=5 (with ffmpeg), fanout M=50 and webrtc M=5, short windows; fails only if the
+            harness breaks
   ingest    N cameras: ffmpeg -c copy -f mp4 vs the server (recording only; mse+hls+recording+1 viewer)
   fanout    one camera to M MSE viewers
   webrtc    one camera to M WebRTC (WHEP) viewers, next to M MSE viewers in the same run
@@ -967,6 +968,7 @@ async fn main() {
                 let w = Duration::from_secs(o.seconds.unwrap_or(5));
                 ingest(&mut b, &cameras(&[5]), o.ffmpeg_max, w, &mut out).await;
                 fanout(&mut b, &viewers(&[50]), w, &mut out).await;
+                webrtc_fanout(&mut b, &[5], w, &mut out).await;
             }
             "ingest" => {
                 let c = cameras(&[1, 10, 50, 100, 200]);
