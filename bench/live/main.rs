@@ -222,6 +222,15 @@ impl Bench {
         }
     }
 
+    /// The server's use with its one stream received and no viewer: the baseline of a fan-out.
+    async fn idle(&self, server: &Server, window: Duration) -> Use {
+        server
+            .wait_receiving(&self.http, 1, Duration::from_secs(30))
+            .await;
+        tokio::time::sleep(WARM_UP).await;
+        self.measure(&[server.pid()], window).await
+    }
+
     /// The server under test in a new scratch directory, with `n` cameras on `/av`; the server,
     /// the cameras' ids and the directory (its index is `index.db` there).
     fn server(
@@ -541,13 +550,40 @@ fn push_row(out: &mut String, row: String) {
     out.push_str(&row);
 }
 
-async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut String) {
-    let (server, ids, _) = b.server("fanout", 1, "\"mse\"", false, "");
-    server
-        .wait_receiving(&b.http, 1, Duration::from_secs(30))
+/// One measured step of a fan-out: the server's use over a window and what the viewers got.
+struct Step {
+    usage: Use,
+    /// Messages, bytes, fragments and video samples per second per viewer (`Totals::snapshot`).
+    per: [f64; 4],
+    /// Frames the hub skipped for lagging viewers during the window.
+    skipped: f64,
+}
+
+/// Waits until every viewer of `v` plays, lets them settle, and measures the server over `window`.
+async fn step(b: &Bench, server: &Server, v: &Viewers, window: Duration) -> Step {
+    let m = v.tasks.len();
+    v.wait_started(Duration::from_secs(30 + m as u64 / 10))
         .await;
     tokio::time::sleep(WARM_UP).await;
-    let base = b.measure(&[server.pid()], window).await;
+    let (skip0, _) = losses(server, &b.http).await;
+    let s0 = v.totals.snapshot();
+    let t0 = Instant::now();
+    let usage = b.measure(&[server.pid()], window).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let s1 = v.totals.snapshot();
+    let (skip1, _) = losses(server, &b.http).await;
+    let per = std::array::from_fn(|i| (s1[i] - s0[i]) as f64 / elapsed / m as f64);
+    assert!(per[3] > 0.0, "viewers received no video");
+    Step {
+        usage,
+        per,
+        skipped: skip1 - skip0,
+    }
+}
+
+async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut String) {
+    let (server, ids, _) = b.server("fanout", 1, "\"mse\"", false, "");
+    let base = b.idle(&server, window).await;
     out.push_str(&format!(
         "Fan-out: one camera (`/av`, outputs mse, not recorded) to M MSE viewers in one client \
          process; {} s windows. With no viewer the server uses {:.2} % of a core and {:.1} MiB. \
@@ -564,31 +600,23 @@ async fn fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: &mut St
         while v.tasks.len() < m {
             v.add(&server.video, ids[0]);
         }
-        v.wait_started(Duration::from_secs(30 + m as u64 / 10))
-            .await;
-        tokio::time::sleep(WARM_UP).await;
-        let (skip0, _) = losses(&server, &b.http).await;
-        let s0 = v.totals.snapshot();
-        let t0 = Instant::now();
-        let usage = b.measure(&[server.pid()], window).await;
-        let elapsed = t0.elapsed().as_secs_f64();
-        let s1 = v.totals.snapshot();
-        let (skip1, _) = losses(&server, &b.http).await;
-        let per = |i: usize| (s1[i] - s0[i]) as f64 / elapsed / m as f64;
-        assert!(per(3) > 0.0, "viewers received no video");
+        let Step {
+            usage,
+            per,
+            skipped,
+        } = step(b, &server, &v, window).await;
         push_row(
             out,
             format!(
-                "| {m} | {:.2} | {:.4} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.1} | {} | {} |\n",
+                "| {m} | {:.2} | {:.4} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.1} | {skipped} | {} |\n",
                 usage.cpu_percent,
                 (usage.cpu_percent - base.cpu_percent) / m as f64,
                 mib(usage.rss_kib),
                 usage.rss_kib.saturating_sub(base.rss_kib) as f64 / m as f64,
                 usage.client_cpu_percent,
-                per(0),
-                per(1) * 8.0 / 1000.0,
-                per(3),
-                skip1 - skip0,
+                per[0],
+                per[1] * 8.0 / 1000.0,
+                per[3],
                 v.totals.bad_starts.load(Ordering::Relaxed),
             ),
         );
@@ -618,11 +646,7 @@ async fn webrtc_fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: 
     );
     let (server, _, _) = b.server("webrtc", 0, "\"mse\"", false, &extra);
     let ids = [demo];
-    server
-        .wait_receiving(&b.http, 1, Duration::from_secs(30))
-        .await;
-    tokio::time::sleep(WARM_UP).await;
-    let base = b.measure(&[server.pid()], window).await;
+    let base = b.idle(&server, window).await;
     out.push_str(&format!(
         "WebRTC fan-out: the demo clip (`assets/demo.mp4` looped: 640×360, 25 fps, 2 s GOP, \
          H.264 + AAC; outputs mse, not recorded) to M WebRTC viewers (WHEP; str0m clients in one \
@@ -646,18 +670,11 @@ async fn webrtc_fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: 
                     v.add_whep(&b.http, &server.video, ids[0]);
                 }
             }
-            v.wait_started(Duration::from_secs(30 + m as u64 / 10))
-                .await;
-            tokio::time::sleep(WARM_UP).await;
-            let (skip0, _) = losses(&server, &b.http).await;
-            let s0 = v.totals.snapshot();
-            let t0 = Instant::now();
-            let usage = b.measure(&[server.pid()], window).await;
-            let elapsed = t0.elapsed().as_secs_f64();
-            let s1 = v.totals.snapshot();
-            let (skip1, _) = losses(&server, &b.http).await;
-            let per = |i: usize| (s1[i] - s0[i]) as f64 / elapsed / m as f64;
-            assert!(per(3) > 0.0, "{kind} viewers received no video");
+            let Step {
+                usage,
+                per,
+                skipped,
+            } = step(b, &server, &v, window).await;
             let bad = v.totals.bad_starts.load(Ordering::Relaxed);
             let ended = v.totals.ended.load(Ordering::Relaxed);
             let mut firsts = v.stop().await;
@@ -665,14 +682,13 @@ async fn webrtc_fanout(b: &mut Bench, viewers: &[usize], window: Duration, out: 
             push_row(
                 out,
                 format!(
-                    "| {m} | {kind} | {:.2} | {:.4} | {:.1} | {:.2} | {:.0} | {:.1} | {} | {:.0} / {:.0} | {bad} |\n",
+                    "| {m} | {kind} | {:.2} | {:.4} | {:.1} | {:.2} | {:.0} | {:.1} | {skipped} | {:.0} / {:.0} | {bad} |\n",
                     usage.cpu_percent,
                     (usage.cpu_percent - base.cpu_percent) / m as f64,
                     mib(usage.rss_kib),
                     usage.client_cpu_percent,
-                    per(1) * 8.0 / 1000.0,
-                    per(3),
-                    skip1 - skip0,
+                    per[1] * 8.0 / 1000.0,
+                    per[3],
                     pct(&firsts, 0.5),
                     pct(&firsts, 1.0),
                 ),
