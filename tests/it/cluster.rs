@@ -29,8 +29,13 @@ struct Node {
 impl Node {
     /// Writes the node's config (cluster on, `db_url`, the S3 server) and starts it.
     fn start(name: &str, db_url: &str, s3: &S3Server) -> Node {
+        Node::start_with(name, db_url, s3, None)
+    }
+
+    /// As [`Node::start`], with access control on when `admin` names the bootstrap admin token.
+    fn start_with(name: &str, db_url: &str, s3: &S3Server, admin: Option<&str>) -> Node {
         let dir = tempfile::tempdir().expect("tmp");
-        let text = format!(
+        let mut text = format!(
             "[api]\nhost = \"127.0.0.1\"\nport = 0\n[video]\nhost = \"127.0.0.1\"\nport = 0\n\
              [database]\nurl = \"{db_url}\"\n[hls]\nms_per_segment = 1000\n\
              [archive]\nserving = true\nrecording = true\nms_per_file = 2000\ndirectory = \"{archive}\"\n\
@@ -41,6 +46,12 @@ impl Node {
             archive = dir.path().join("archive").display(),
             endpoint = s3.endpoint,
         );
+        if let Some(token) = admin {
+            text.push_str(&crate::support::admin::admin_token_section(
+                dir.path(),
+                token,
+            ));
+        }
         std::fs::write(dir.path().join("conf.toml"), text).expect("conf");
         let mut node = Node {
             name: name.to_owned(),
@@ -107,9 +118,12 @@ async fn until<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
-/// `GET /api/v1/cluster` of a node: stream id → owner.
-async fn owners(api: &str) -> Option<HashMap<Uuid, String>> {
-    let v: serde_json::Value = reqwest::get(format!("{api}/api/v1/cluster"))
+/// `GET /api/v1/cluster` of a node, asked with client `c` (with auth on: one sending an admin
+/// token): stream id → owner.
+async fn owners_as(c: &reqwest::Client, api: &str) -> Option<HashMap<Uuid, String>> {
+    let v: serde_json::Value = c
+        .get(format!("{api}/api/v1/cluster"))
+        .send()
         .await
         .ok()?
         .json()
@@ -126,7 +140,7 @@ async fn owners(api: &str) -> Option<HashMap<Uuid, String>> {
 
 /// Creates `n` recording RTSP cameras through `api`, with outputs `outputs`, archived to S3.
 async fn create_cameras(api: &str, url: &str, n: usize, outputs: &[&str]) -> Vec<Uuid> {
-    create_cameras_on(api, url, n, outputs, "s3").await
+    create_cameras_as(&reqwest::Client::new(), api, url, n, outputs, "s3").await
 }
 
 /// Creates `n` recording RTSP cameras archived to `storage` (`s3` or `filesystem`).
@@ -137,7 +151,18 @@ async fn create_cameras_on(
     outputs: &[&str],
     storage: &str,
 ) -> Vec<Uuid> {
-    let c = reqwest::Client::new();
+    create_cameras_as(&reqwest::Client::new(), api, url, n, outputs, storage).await
+}
+
+/// [`create_cameras_on`] through client `c`.
+async fn create_cameras_as(
+    c: &reqwest::Client,
+    api: &str,
+    url: &str,
+    n: usize,
+    outputs: &[&str],
+    storage: &str,
+) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for i in 0..n {
         let r = c
@@ -231,12 +256,23 @@ async fn spread(
     names: &[&str],
     timeout: Duration,
 ) -> HashMap<Uuid, String> {
+    spread_as(&reqwest::Client::new(), api, ids, names, timeout).await
+}
+
+/// [`spread`] asked with client `c`.
+async fn spread_as(
+    c: &reqwest::Client,
+    api: &str,
+    ids: &[Uuid],
+    names: &[&str],
+    timeout: Duration,
+) -> HashMap<Uuid, String> {
     let (lo, hi) = (ids.len() / names.len(), ids.len().div_ceil(names.len()));
     until(
         "the cameras spread evenly over the nodes",
         timeout,
         || async {
-            let o = owners(api).await?;
+            let o = owners_as(c, api).await?;
             if !ids
                 .iter()
                 .all(|id| o.get(id).is_some_and(|n| names.contains(&n.as_str())))
@@ -850,12 +886,35 @@ type Viewer =
 /// arrived (each parsed with the session's init segment); the messages so far and the open
 /// session, or why it failed.
 async fn watch(video: &str, id: Uuid, fragments: usize) -> Result<(Messages, Viewer), String> {
+    watch_as(video, id, fragments, "", None).await
+}
+
+/// [`watch`] with credentials: `query` appended to the URL (a signed query) and `bearer` sent
+/// as `Authorization: Bearer`. A refused upgrade is `Err("HTTP <status>")`.
+async fn watch_as(
+    video: &str,
+    id: Uuid,
+    fragments: usize,
+    query: &str,
+    bearer: Option<&str>,
+) -> Result<(Messages, Viewer), String> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let url = format!("ws://{video}/ws/live?stream_id={id}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let sep = if query.is_empty() { "" } else { "&" };
+    let url = format!("ws://{video}/ws/live?stream_id={id}{sep}{query}");
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(token) = bearer {
+        let value = format!("Bearer {token}").parse().map_err(|_| "header")?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (mut ws, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(ok) => ok,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            return Err(format!("HTTP {}", r.status().as_u16()));
+        }
+        Err(e) => return Err(format!("connect: {e}")),
+    };
     let mut got = Messages::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while got.fragments < fragments {
@@ -952,7 +1011,14 @@ async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
 
 /// A gauge without labels from a node's `/metrics` (`None` when it is not there).
 async fn gauge(api: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{api}/metrics"))
+    gauge_as(&reqwest::Client::new(), api, name).await
+}
+
+/// [`gauge`] read with client `c`.
+async fn gauge_as(c: &reqwest::Client, api: &str, name: &str) -> Option<f64> {
+    let text = c
+        .get(format!("{api}/metrics"))
+        .send()
         .await
         .ok()?
         .text()
@@ -971,6 +1037,142 @@ async fn viewers(api: &str, id: Uuid) -> Option<u64> {
         .await
         .ok()?;
     v["viewers"].as_u64()
+}
+
+/// A client sending `token` as a bearer token on every request.
+fn client_as(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {token}").parse().expect("header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// With access control on, a viewer on a node that does not hold the camera needs what the holder
+/// would ask for, checked where it connects: nothing, an unknown token or a forged signature →
+/// 401, a token for another stream → 403, all before the upgrade; a token with `live` on the
+/// stream, and a URL signed on the holder with it, play through the node's one upstream (which
+/// the holder takes on a node proof only). Revoking the token on the holder ends both relayed
+/// viewers, as it ends local ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_viewers_need_the_credentials_the_holder_would_ask_for() {
+    use futures::StreamExt;
+    const ADMIN: &str = "cluster-relay-admin-token-0123456789abcdef";
+    let schema = PgSchema::create().await;
+    let s3 = S3Server::start().await;
+    let rtsp = RtspServer::start(0);
+    let mut nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| Node::start_with(n, &schema.url(), &s3, Some(ADMIN)))
+        .collect();
+    let admin = client_as(ADMIN);
+    let url = rtsp.url("test");
+    let ids = create_cameras_as(&admin, &nodes[0].api(), &url, 2, &["mse"], "s3").await;
+    let names = ["a", "b"];
+    let owners = spread_as(
+        &admin,
+        &nodes[0].api(),
+        &ids,
+        &names,
+        Duration::from_secs(30),
+    )
+    .await;
+    let id = ids[0];
+    let holder = nodes
+        .iter()
+        .position(|n| n.name == owners[&id])
+        .expect("holder");
+    let (holder_api, relay) = (nodes[holder].api(), &nodes[1 - holder]);
+    let video = relay.proc().video.clone();
+
+    // Tokens made on the relaying node: `live` on the stream, and `live` on the other one only.
+    let token = async |stream: Uuid| {
+        let r = admin
+            .post(format!("{}/api/v1/tokens", relay.api()))
+            .json(&json!({"name": "viewer", "streams": [stream], "actions": ["live"]}))
+            .send()
+            .await
+            .expect("create token");
+        assert_eq!(r.status().as_u16(), 201);
+        let v: serde_json::Value = r.json().await.expect("json");
+        let secret = v["token"].as_str().expect("token").to_owned();
+        (secret, v["id"].as_str().expect("id").to_owned())
+    };
+    let (viewer, viewer_id) = token(id).await;
+    let (stranger, _) = token(ids[1]).await;
+
+    let refused = async |query: &str, bearer: Option<&str>| {
+        watch_as(&video, id, 1, query, bearer).await.err()
+    };
+    assert_eq!(refused("", None).await.as_deref(), Some("HTTP 401"));
+    let unknown = "vs_0123456789abcdef_not-a-secret";
+    assert_eq!(
+        refused("", Some(unknown)).await.as_deref(),
+        Some("HTTP 401")
+    );
+    let forged = "exp=4102444800&act=live&tok=0123456789abcdef&sig=AAAA";
+    assert_eq!(refused(forged, None).await.as_deref(), Some("HTTP 401"));
+    assert_eq!(
+        refused("", Some(&stranger)).await.as_deref(),
+        Some("HTTP 403")
+    );
+
+    // The holder may still be connecting to the camera: retry until its first fragments.
+    let (got, mut by_token) = until(
+        "a relayed viewer with a token",
+        Duration::from_secs(20),
+        || async { watch_as(&video, id, 10, "", Some(&viewer)).await.ok() },
+    )
+    .await;
+    assert!(got.order.starts_with("cif"), "{}", got.order);
+    // A URL signed on the holder opens the stream on the relaying node too (one key, in the index).
+    let r = client_as(&viewer)
+        .post(format!("{holder_api}/api/v1/streams/{id}/sign"))
+        .json(&json!({"actions": ["live"], "ttl_s": 600}))
+        .send()
+        .await
+        .expect("sign");
+    assert_eq!(r.status().as_u16(), 200);
+    let signed: serde_json::Value = r.json().await.expect("json");
+    let query = signed["query"].as_str().expect("query").to_owned();
+    let (got, mut by_url) = watch_as(&video, id, 10, &query, None)
+        .await
+        .expect("a relayed viewer with a signed URL");
+    assert!(got.order.starts_with("cif"), "{}", got.order);
+    assert_eq!(
+        gauge_as(&admin, &relay.api(), "video_server_relay_upstreams").await,
+        Some(1.0),
+        "both viewers are relayed, over one upstream"
+    );
+
+    // Revoked on the holder: both relayed sessions end (credentials are re-checked every 5 s,
+    // lookups cached for 5 s).
+    let r = admin
+        .delete(format!("{holder_api}/api/v1/tokens/{viewer_id}"))
+        .send()
+        .await
+        .expect("revoke");
+    assert!(r.status().is_success(), "{}", r.status());
+    let revoked = Instant::now();
+    for (what, ws) in [("token", &mut by_token), ("signed URL", &mut by_url)] {
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(m)) if !m.is_close() => {}
+                    other => break other,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the viewer by {what} still plays after the revocation"));
+        eprintln!(
+            "the viewer by {what} ended {:?} after the revocation: {end:?}",
+            revoked.elapsed()
+        );
+    }
+    terminate_all(&mut nodes);
 }
 
 /// Two viewers on a node that does not hold the camera share one upstream: both play (codec
