@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::codec_switch::Messages;
 use crate::support::PgSchema;
+use crate::support::admin::bearer_client;
 use crate::support::binary::{ServerProcess, base_config};
 use crate::support::media::RtspServer;
 use crate::support::ports::TcpProxy;
@@ -143,18 +144,8 @@ async fn create_cameras(api: &str, url: &str, n: usize, outputs: &[&str]) -> Vec
     create_cameras_as(&reqwest::Client::new(), api, url, n, outputs, "s3").await
 }
 
-/// Creates `n` recording RTSP cameras archived to `storage` (`s3` or `filesystem`).
-async fn create_cameras_on(
-    api: &str,
-    url: &str,
-    n: usize,
-    outputs: &[&str],
-    storage: &str,
-) -> Vec<Uuid> {
-    create_cameras_as(&reqwest::Client::new(), api, url, n, outputs, storage).await
-}
-
-/// [`create_cameras_on`] through client `c`.
+/// Creates `n` recording RTSP cameras through client `c`, archived to `storage` (`s3` or
+/// `filesystem`).
 async fn create_cameras_as(
     c: &reqwest::Client,
     api: &str,
@@ -1039,17 +1030,6 @@ async fn viewers(api: &str, id: Uuid) -> Option<u64> {
     v["viewers"].as_u64()
 }
 
-/// A client sending `token` as a bearer token on every request.
-fn client_as(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {token}").parse().expect("header value");
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("client")
-}
-
 /// With access control on, a viewer on a node that does not hold the camera needs what the holder
 /// would ask for, checked where it connects: nothing, an unknown token or a forged signature →
 /// 401, a token for another stream → 403, all before the upgrade; a token with `live` on the
@@ -1067,7 +1047,7 @@ async fn relayed_viewers_need_the_credentials_the_holder_would_ask_for() {
         .iter()
         .map(|n| Node::start_with(n, &schema.url(), &s3, Some(ADMIN)))
         .collect();
-    let admin = client_as(ADMIN);
+    let admin = bearer_client(Some(ADMIN));
     let url = rtsp.url("test");
     let ids = create_cameras_as(&admin, &nodes[0].api(), &url, 2, &["mse"], "s3").await;
     let names = ["a", "b"];
@@ -1128,7 +1108,7 @@ async fn relayed_viewers_need_the_credentials_the_holder_would_ask_for() {
     .await;
     assert!(got.order.starts_with("cif"), "{}", got.order);
     // A URL signed on the holder opens the stream on the relaying node too (one key, in the index).
-    let r = client_as(&viewer)
+    let r = bearer_client(Some(&viewer))
         .post(format!("{holder_api}/api/v1/streams/{id}/sign"))
         .json(&json!({"actions": ["live"], "ttl_s": 600}))
         .send()
@@ -1384,7 +1364,8 @@ async fn a_segment_still_local_to_its_node_plays_and_exports_from_another_node()
     let rtsp = RtspServer::start(0);
     let url = schema.url();
     let mut nodes = start_nodes(&["a", "b"], &url, &s3);
-    let ids = create_cameras_on(
+    let ids = create_cameras_as(
+        &reqwest::Client::new(),
         &nodes[0].api(),
         &rtsp.url("test"),
         1,

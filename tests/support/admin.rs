@@ -49,17 +49,22 @@ impl Auth {
 
     /// An HTTP client that sends the admin token when auth is on.
     pub fn http(self) -> reqwest::Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(t) = self.bearer() {
-            headers.insert(
-                "authorization",
-                format!("Bearer {t}").parse().expect("header"),
-            );
-        }
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .default_headers(headers)
-            .build()
-            .expect("client")
+        bearer_client(self.bearer())
     }
+}
+
+/// An HTTP client that sends `token` as a bearer token on every request (`None`: no header).
+pub fn bearer_client(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
