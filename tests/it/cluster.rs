@@ -970,6 +970,19 @@ async fn a_viewer_on_another_node_is_relayed_and_plays_on_after_a_failover() {
     assert_eq!(first.codec_messages.len(), 1, "{:?}", first.codec_messages);
     assert!(first.frames >= 10, "{} frames", first.frames);
     assert_eq!(first.other, 0, "only codec, init and fragments");
+    // Still relayed from the same holder (a lease that moved meanwhile would void the rest).
+    let relay_api = nodes[1 - holder].api();
+    assert_eq!(
+        gauge(&relay_api, "video_server_relay_upstreams").await,
+        Some(1.0),
+        "the viewer is relayed"
+    );
+    let now = owners_as(&reqwest::Client::new(), &relay_api).await;
+    assert_eq!(
+        now.as_ref().and_then(|o| o.get(&id)),
+        Some(&nodes[holder].name),
+        "the camera is still held by the node about to be killed"
+    );
 
     nodes[holder].kill9();
     let close = tokio::time::timeout(Duration::from_secs(10), async {
