@@ -30,7 +30,7 @@ scenarios:
             harness breaks
   ingest    N cameras: ffmpeg -c copy -f mp4 vs the server (recording only; mse+hls+recording+1 viewer)
   fanout    one camera to M MSE viewers
-  webrtc    one camera to M WebRTC (WHEP) viewers, next to M MSE viewers in the same run
+  webrtc    the demo clip to M WebRTC (WHEP) viewers, next to M MSE viewers in the same run
   ttff      time to first fragment, live (GOP cache) and archive, sequential sessions
   archive   S concurrent archive playback sessions: time to first fragment, memory per session
   soak      N cameras recorded and viewed; RSS, descriptors and CPU sampled over time
