@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::codec_switch::Messages;
 use crate::support::PgSchema;
-use crate::support::admin::bearer_client;
+use crate::support::admin::{bearer_client, create_token};
 use crate::support::binary::{ServerProcess, base_config};
 use crate::support::media::RtspServer;
 use crate::support::ports::TcpProxy;
@@ -931,12 +931,24 @@ struct Shared {
 /// Two nodes "a" and "b" sharing two recording cameras (outputs mse): what they run on, the nodes,
 /// the cameras, and the index of the node holding the first one.
 async fn two_nodes_with_cameras() -> (Shared, Vec<Node>, Vec<Uuid>, usize) {
+    two_nodes_with_cameras_as(None).await
+}
+
+/// [`two_nodes_with_cameras`], with access control on when `admin` names the bootstrap admin
+/// token (the cameras are then made and their holders read with it).
+async fn two_nodes_with_cameras_as(admin: Option<&str>) -> (Shared, Vec<Node>, Vec<Uuid>, usize) {
     let schema = PgSchema::create().await;
     let s3 = S3Server::start().await;
     let rtsp = RtspServer::start(0);
-    let nodes = start_nodes(&["a", "b"], &schema.url(), &s3);
-    let ids = create_cameras(&nodes[0].api(), &rtsp.url("test"), 2, &["mse"]).await;
-    let owners = spread(&nodes[0].api(), &ids, &["a", "b"], Duration::from_secs(30)).await;
+    let names = ["a", "b"];
+    let nodes: Vec<Node> = names
+        .iter()
+        .map(|n| Node::start_with(n, &schema.url(), &s3, admin))
+        .collect();
+    let c = bearer_client(admin);
+    let url = rtsp.url("test");
+    let ids = create_cameras_as(&c, &nodes[0].api(), &url, 2, &["mse"], "s3").await;
+    let owners = spread_as(&c, &nodes[0].api(), &ids, &names, Duration::from_secs(30)).await;
     let holder = nodes
         .iter()
         .position(|n| n.name == owners[&ids[0]])
@@ -1053,45 +1065,16 @@ async fn viewers(api: &str, id: Uuid) -> Option<u64> {
 async fn relayed_viewers_need_the_credentials_the_holder_would_ask_for() {
     use futures::StreamExt;
     const ADMIN: &str = "cluster-relay-admin-token-0123456789abcdef";
-    let schema = PgSchema::create().await;
-    let s3 = S3Server::start().await;
-    let rtsp = RtspServer::start(0);
-    let mut nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|n| Node::start_with(n, &schema.url(), &s3, Some(ADMIN)))
-        .collect();
+    let (_shared, mut nodes, ids, holder) = two_nodes_with_cameras_as(Some(ADMIN)).await;
     let admin = bearer_client(Some(ADMIN));
-    let url = rtsp.url("test");
-    let ids = create_cameras_as(&admin, &nodes[0].api(), &url, 2, &["mse"], "s3").await;
-    let names = ["a", "b"];
-    let owners = spread_as(
-        &admin,
-        &nodes[0].api(),
-        &ids,
-        &names,
-        Duration::from_secs(30),
-    )
-    .await;
     let id = ids[0];
-    let holder = nodes
-        .iter()
-        .position(|n| n.name == owners[&id])
-        .expect("holder");
     let (holder_api, relay) = (nodes[holder].api(), &nodes[1 - holder]);
     let video = relay.proc().video.clone();
 
     // Tokens made on the relaying node: `live` on the stream, and `live` on the other one only.
     let token = async |stream: Uuid| {
-        let r = admin
-            .post(format!("{}/api/v1/tokens", relay.api()))
-            .json(&json!({"name": "viewer", "streams": [stream], "actions": ["live"]}))
-            .send()
-            .await
-            .expect("create token");
-        assert_eq!(r.status().as_u16(), 201);
-        let v: serde_json::Value = r.json().await.expect("json");
-        let secret = v["token"].as_str().expect("token").to_owned();
-        (secret, v["id"].as_str().expect("id").to_owned())
+        let stream = stream.to_string();
+        create_token(&relay.api(), ADMIN, "viewer", &[&stream], &["live"]).await
     };
     let (viewer, viewer_id) = token(id).await;
     let (stranger, _) = token(ids[1]).await;

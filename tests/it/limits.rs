@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::playback::synthesize;
 use crate::support::InProcess;
-use crate::support::admin::{Auth, admin_token_section};
+use crate::support::admin::{Auth, admin_token_section, create_token};
 use crate::support::media::eventually;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -41,16 +41,7 @@ fn local_file(guid: &str) -> String {
 
 /// A new token for every stream with `actions`, made by the admin.
 async fn token(s: &InProcess, name: &str, actions: &[&str]) -> String {
-    let resp = http()
-        .post(format!("{}/api/v1/tokens", s.api))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": name, "streams": ["*"], "actions": actions}))
-        .send()
-        .await
-        .expect("create token");
-    assert_eq!(resp.status(), 201);
-    let body: Value = resp.json().await.expect("json");
-    body["token"].as_str().expect("token").to_owned()
+    create_token(&s.api, ADMIN, name, &["*"], actions).await.0
 }
 
 async fn connect(url: &str, bearer: Option<&str>) -> Ws {

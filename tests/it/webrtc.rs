@@ -520,16 +520,15 @@ async fn whep_refuses_what_it_cannot_serve() {
     // Credentials first: nothing is served without them.
     let r = post_offer(&c, &base, b_id, None, sdp, OFFER).await;
     assert_eq!(status(&r), 401);
-    let r = c
-        .post(format!("{}/api/v1/tokens", server.api))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"name": "wall", "streams": [other_id], "actions": ["live"]}))
-        .send()
-        .await
-        .expect("token");
-    assert_eq!(r.status().as_u16(), 201);
-    let other: serde_json::Value = r.json().await.expect("json");
-    let other = other["token"].as_str().expect("token").to_owned();
+    let other_stream = other_id.to_string();
+    let (other, _) = crate::support::admin::create_token(
+        &server.api,
+        admin,
+        "wall",
+        &[&other_stream],
+        &["live"],
+    )
+    .await;
     let r = post_offer(&c, &base, b_id, Some(&other), sdp, OFFER).await;
     assert_eq!(status(&r), 403);
     let token = Some(admin);

@@ -68,3 +68,24 @@ pub fn bearer_client(token: Option<&str>) -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// A new token made by `admin` through the API at `api` (`POST /api/v1/tokens`): `actions` on
+/// `streams` (ids, or `*`); its secret and its id.
+pub async fn create_token(
+    api: &str,
+    admin: &str,
+    name: &str,
+    streams: &[&str],
+    actions: &[&str],
+) -> (String, String) {
+    let r = bearer_client(Some(admin))
+        .post(format!("{api}/api/v1/tokens"))
+        .json(&serde_json::json!({"name": name, "streams": streams, "actions": actions}))
+        .send()
+        .await
+        .expect("create token");
+    assert_eq!(r.status().as_u16(), 201, "create token");
+    let v: serde_json::Value = r.json().await.expect("json");
+    let field = |k: &str| v[k].as_str().expect("token field").to_owned();
+    (field("token"), field("id"))
+}
