@@ -128,20 +128,9 @@ async fn open(http: &reqwest::Client, url: &str) -> Option<(UdpSocket, Rtc, Opti
         .headers()
         .get("location")
         .and_then(|l| l.to_str().ok())
-        .map(|l| resolve(url, l));
+        .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+        .map(String::from);
     let answer = SdpAnswer::from_sdp_string(&response.text().await.ok()?).ok()?;
     rtc.sdp_api().accept_answer(pending, answer).ok()?;
     Some((socket, rtc, location))
-}
-
-/// `location` (an absolute path, as the server sends it) against the origin of `url`.
-fn resolve(url: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        return location.to_owned();
-    }
-    let origin_end = url
-        .find("://")
-        .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
-        .unwrap_or(url.len());
-    format!("{}{location}", &url[..origin_end])
 }
